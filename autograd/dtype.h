@@ -1,0 +1,64 @@
+// Element types. float32 is the compute type; bfloat16 is a storage type (math upcasts to
+// float32 and rounds back to nearest-even); float64 exists for references and gradcheck.
+#pragma once
+#include <cstdint>
+#include <cstring>
+#include <string>
+
+namespace lowbit {
+
+enum class DType : uint8_t { Float32, BFloat16, Float64, Int8, UInt8, Int32, Int64, Bool };
+
+inline constexpr DType kFloat32 = DType::Float32;
+inline constexpr DType kBFloat16 = DType::BFloat16;
+inline constexpr DType kFloat64 = DType::Float64;
+inline constexpr DType kInt8 = DType::Int8;
+inline constexpr DType kUInt8 = DType::UInt8;
+inline constexpr DType kInt32 = DType::Int32;
+inline constexpr DType kInt64 = DType::Int64;
+inline constexpr DType kBool = DType::Bool;
+
+/// Bytes per element.
+size_t element_size(DType dtype);
+/// "float32", "bfloat16", ... as PyTorch names them.
+const char* dtype_name(DType dtype);
+/// Parses a dtype name ("float32", "bf16", "int8", ...); throws lowbit::Error on unknown names.
+DType dtype_from_name(const std::string& name);
+bool is_floating(DType dtype);  // float32, bfloat16, float64
+bool is_integral(DType dtype);  // int8, uint8, int32, int64 (not bool)
+
+/// bfloat16 bits. Conversion from float rounds to nearest, ties to even; NaN stays a quiet NaN.
+struct BFloat16 {
+  uint16_t bits = 0;
+  BFloat16() = default;
+  explicit BFloat16(float f) : bits(from_float(f)) {}
+  operator float() const { return to_float(bits); }
+
+  static uint16_t from_float(float f) {
+    uint32_t u;
+    std::memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);  // NaN
+    const uint32_t lsb = (u >> 16) & 1u;
+    u += 0x7fffu + lsb;
+    return static_cast<uint16_t>(u >> 16);
+  }
+  static float to_float(uint16_t b) {
+    const uint32_t u = static_cast<uint32_t>(b) << 16;
+    float f;
+    std::memcpy(&f, &u, 4);
+    return f;
+  }
+};
+
+/// Maps a C++ type to its DType (float, double, BFloat16, int8_t, uint8_t, int32_t, int64_t, bool).
+template <typename T> struct dtype_of;
+template <> struct dtype_of<float> { static constexpr DType value = DType::Float32; };
+template <> struct dtype_of<BFloat16> { static constexpr DType value = DType::BFloat16; };
+template <> struct dtype_of<double> { static constexpr DType value = DType::Float64; };
+template <> struct dtype_of<int8_t> { static constexpr DType value = DType::Int8; };
+template <> struct dtype_of<uint8_t> { static constexpr DType value = DType::UInt8; };
+template <> struct dtype_of<int32_t> { static constexpr DType value = DType::Int32; };
+template <> struct dtype_of<int64_t> { static constexpr DType value = DType::Int64; };
+template <> struct dtype_of<bool> { static constexpr DType value = DType::Bool; };
+
+}  // namespace lowbit
