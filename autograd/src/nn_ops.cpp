@@ -207,8 +207,7 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
     scores = masked_fill(scores, m, -std::numeric_limits<double>::infinity());
   } else if (attn_mask.defined()) {
     if (attn_mask.dtype() == kBool) {
-      NoGradGuard ng;
-      const Tensor drop = eq(attn_mask.to(kUInt8), full({}, 0, kUInt8));
+      const Tensor drop = eq(attn_mask.to(kUInt8), full({}, 0, kUInt8));  // true = masked out
       scores = masked_fill(scores, drop, -std::numeric_limits<double>::infinity());
     } else {
       scores = add(scores, attn_mask);

@@ -53,7 +53,7 @@ struct Printer {
         if (d == nd - 1) out += " ";
         else out += std::string(static_cast<size_t>(nd - 1 - d), '\n') + std::string(static_cast<size_t>(indent + 1), ' ');
       }
-      if (idx[k] < 0) { out += "..."; continue; }
+      if (idx[k] < 0) { out += d == nd - 1 ? " ..." : "..."; continue; }
       if (d == nd - 1) {
         std::string s = fmt_value(vals[off + idx[k] * strides[d]], f);
         out += std::string(static_cast<size_t>(std::max<int>(0, f.width - static_cast<int>(s.size()))), ' ') + s;
