@@ -35,6 +35,8 @@ struct LambdaNode : Node {
   std::vector<Tensor> apply(const Tensor& grad_output) override;
   void release() override { fn_ = nullptr; released = true; }
   std::string name() const override { return name_; }
+  /// dtype of each input: gradients are cast to it (e.g. float32 grads of a bfloat16 input)
+  std::vector<DType> input_dtypes;
 
  private:
   std::string name_;

@@ -39,7 +39,10 @@ std::vector<Tensor> LambdaNode::apply(const Tensor& grad_output) {
   LOWBIT_CHECK(!released && fn_,
                "Trying to backward through the graph a second time (or directly access saved tensors after they have already been freed) "
                "at node {}. Specify retain_graph=true when calling backward the first time.", name_);
-  return fn_(grad_output);
+  std::vector<Tensor> grads = fn_(grad_output);
+  for (size_t i = 0; i < grads.size() && i < input_dtypes.size(); ++i)
+    if (grads[i].defined() && grads[i].dtype() != input_dtypes[i]) grads[i] = grads[i].to(input_dtypes[i]);
+  return grads;
 }
 
 void AutogradContext::save_for_backward(std::vector<Tensor> tensors) {
@@ -76,7 +79,10 @@ Edge gradient_edge(const Tensor& t) {
 void record(Tensor& out, const char* name, const std::vector<Tensor>& inputs, LambdaNode::Fn fn) {
   auto node = std::make_shared<LambdaNode>(name, std::move(fn));
   node->next.reserve(inputs.size());
-  for (const Tensor& t : inputs) node->next.push_back(gradient_edge(t));
+  for (const Tensor& t : inputs) {
+    node->next.push_back(gradient_edge(t));
+    node->input_dtypes.push_back(t.defined() ? t.dtype() : DType::Float32);
+  }
   // out may be a view sharing storage with an input; give it its own impl so history is its own
   if (out.impl()->grad_fn || out.impl()->requires_grad) out = out.detach();
   out.impl()->grad_fn = std::move(node);
@@ -141,7 +147,7 @@ void run_backward(const Tensor& root, const Tensor& gradient, bool retain_graph,
   if (!g.defined()) {
     LOWBIT_CHECK(root.numel() == 1, "backward: grad can be implicitly created only for scalar outputs; got output of shape {} "
                  "(pass a gradient of the same shape)", shape_str(root.shape()));
-    g = ones(root.shape(), detail::compute_dtype(root.dtype()));
+    g = ones(root.shape(), root.dtype());
   } else {
     LOWBIT_CHECK(g.shape() == root.shape(), "backward: gradient has shape {} but the output has shape {}", shape_str(g.shape()), shape_str(root.shape()));
   }

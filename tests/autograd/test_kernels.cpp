@@ -1,1 +1,138 @@
+// Optimized float32 kernels against their plain reference implementations at sizes that take
+// the vectorized, blocked and multi-threaded paths.
 #include <gtest/gtest.h>
+
+#include <cstring>
+#include <functional>
+
+#include "op_harness.h"
+
+using namespace lowbit;
+using lowbit::testing::max_rel_err;
+
+namespace {
+Tensor rnd(const Shape& s, uint64_t seed, double lo = -3, double hi = 3) {
+  Generator g(seed);
+  Tensor t = empty(s);
+  t.uniform_(lo, hi, &g);
+  return t;
+}
+// runs f with optimized and with reference kernels, returns max relative error
+double compare(const std::function<Tensor()>& f) {
+  Tensor fast = f();
+  set_reference_kernels(true);
+  Tensor ref = f();
+  set_reference_kernels(false);
+  EXPECT_EQ(fast.shape(), ref.shape());
+  return max_rel_err(fast, ref);
+}
+}  // namespace
+
+TEST(Kernels, BinaryBroadcastPaths) {
+  const Tensor a = rnd({64, 300}, 1), b = rnd({64, 300}, 2), row = rnd({300}, 3), col = rnd({64, 1}, 4), s = rnd({}, 5);
+  EXPECT_EQ(compare([&] { return add(a, b); }), 0.0);
+  EXPECT_EQ(compare([&] { return mul(a, row); }), 0.0);
+  EXPECT_EQ(compare([&] { return div(a, col); }), 0.0);
+  EXPECT_EQ(compare([&] { return sub(s, a); }), 0.0);
+  EXPECT_EQ(compare([&] { return maximum(col, row); }), 0.0);
+  EXPECT_EQ(compare([&] { return gt(a, row).to(kFloat32); }), 0.0);
+  const Tensor big = rnd({1 << 18}, 6), big2 = rnd({1 << 18}, 7);
+  EXPECT_EQ(compare([&] { return mul(big, big2); }), 0.0);
+}
+
+TEST(Kernels, UnaryAndActivationKernels) {
+  const Tensor x = rnd({1 << 17}, 11, -8, 8), pos = rnd({1 << 17}, 12, 0.01, 50);
+  EXPECT_LE(compare([&] { return exp(x); }), 2e-6);
+  EXPECT_LE(compare([&] { return log(pos); }), 2e-6);
+  EXPECT_LE(compare([&] { return tanh(x); }), 4e-6);
+  EXPECT_LE(compare([&] { return sigmoid(x); }), 2e-6);
+  EXPECT_LE(compare([&] { return silu(x); }), 4e-6);
+  EXPECT_LE(compare([&] { return gelu(x); }), 4e-6);
+  EXPECT_LE(compare([&] { return gelu(x, "tanh"); }), 4e-6);
+  EXPECT_EQ(compare([&] { return relu(x); }), 0.0);
+  EXPECT_EQ(compare([&] { return clamp(x, -1.0, 2.0); }), 0.0);
+  EXPECT_LE(compare([&] { return sqrt(pos); }), 1e-7);
+}
+
+TEST(Kernels, BackwardKernels) {
+  const Tensor x0 = rnd({1 << 16}, 21, -6, 6), w = rnd({1 << 16}, 22);
+  for (auto f : std::vector<std::function<Tensor(const Tensor&)>>{
+           [](const Tensor& x) { return relu(x); }, [](const Tensor& x) { return gelu(x); },
+           [](const Tensor& x) { return gelu(x, "tanh"); }, [](const Tensor& x) { return silu(x); },
+           [](const Tensor& x) { return tanh(x); }, [](const Tensor& x) { return sigmoid(x); }}) {
+    EXPECT_LE(compare([&] {
+                Tensor x = x0.clone().requires_grad_();
+                sum(mul(f(x), w)).backward();
+                return x.grad();
+              }),
+              2e-5);
+  }
+}
+
+TEST(Kernels, Reductions) {
+  const Tensor x = rnd({3, 70000}, 31), y = rnd({40, 50, 60}, 32), big = rnd({1 << 22}, 33);
+  EXPECT_LE(compare([&] { return sum(x, {1}); }), 4e-6);
+  EXPECT_LE(compare([&] { return sum(big); }), 1e-6);
+  EXPECT_LE(compare([&] { return sum(y, {0}); }), 1e-6);
+  EXPECT_LE(compare([&] { return sum(y, {1}); }), 1e-6);
+  EXPECT_LE(compare([&] { return mean(y, {0, 2}); }), 1e-6);
+  EXPECT_EQ(compare([&] { return amax(y, {2}); }), 0.0);
+  EXPECT_EQ(compare([&] { return amin(y, {0, 1}); }), 0.0);
+  EXPECT_LE(compare([&] { return softmax(y, -1); }), 1e-6);
+  EXPECT_LE(compare([&] { return log_softmax(y, 1); }), 1e-6);
+}
+
+TEST(Kernels, ReductionsAreThreadCountIndependent) {
+  const Tensor big = rnd({(1 << 22) + 123}, 41), rows = rnd({7, 100003}, 42);
+  const int saved = get_num_threads();
+  std::vector<Tensor> r;
+  for (int t : {1, 2, 3}) {
+    set_num_threads(t);
+    r.push_back(cat({sum(big).reshape({1}), sum(rows, {1}), amax(rows, {1})}));
+  }
+  set_num_threads(saved);
+  EXPECT_EQ(std::memcmp(r[0].raw_data(), r[1].raw_data(), r[0].nbytes()), 0);
+  EXPECT_EQ(std::memcmp(r[0].raw_data(), r[2].raw_data(), r[0].nbytes()), 0);
+}
+
+TEST(Kernels, NanPropagation) {
+  Tensor x = from_vector<float>({1.0f, std::nanf(""), 3.0f});
+  EXPECT_TRUE(std::isnan(amax(x).item<float>()));
+  EXPECT_TRUE(std::isnan(amin(x).item<float>()));
+  EXPECT_TRUE(std::isnan(max(x, 0).first.item<float>()));
+  EXPECT_TRUE(std::isnan(relu(x).data_ptr<float>()[1]));
+  EXPECT_TRUE(std::isnan(clamp(x, 0.0, 2.0).data_ptr<float>()[1]));
+  EXPECT_TRUE(std::isnan(maximum(x, zeros({3})).data_ptr<float>()[1]));
+}
+
+// float32 accumulation over K up to 784 terms of |a*b| <= 9: rounding differences reach ~1e-4
+// relative to max(1, |result|) when the result is small; a wrong kernel is off by O(1).
+constexpr double kGemmTol = 5e-4;
+TEST(Kernels, GemmAllTransposesAgainstReference) {
+  for (auto [m, k, n] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{256, 784, 64}, {33, 17, 65}, {1, 300, 200}}) {
+    const Tensor a = rnd({m, k}, 51), b = rnd({k, n}, 52), w = rnd({n, k}, 53), bias = rnd({n}, 54), g = rnd({m, n}, 55);
+    EXPECT_LE(compare([&] { return matmul(a, b); }), kGemmTol);
+    EXPECT_LE(compare([&] { return linear(a, w, bias); }), kGemmTol);
+    EXPECT_LE(compare([&] {  // linear backward products: g·W and gᵀ·X
+                Tensor x = a.clone().requires_grad_(), wt = w.clone().requires_grad_();
+                linear(x, wt).backward(g);
+                return cat({x.grad().flatten(), wt.grad().flatten()});
+              }),
+              kGemmTol);
+  }
+  const Tensor a = rnd({4, 30, 20}, 56), b = rnd({4, 20, 10}, 57), b1 = rnd({1, 20, 10}, 58);
+  EXPECT_LE(compare([&] { return matmul(a, b); }), kGemmTol);
+  EXPECT_LE(compare([&] { return matmul(a, b1); }), kGemmTol);
+}
+
+TEST(Kernels, PermuteMatchesIndexing) {
+  const Tensor x = rnd({3, 4, 5, 6}, 61);
+  const Tensor p = permute(x, {2, 0, 3, 1});
+  ASSERT_EQ(p.shape(), (Shape{5, 3, 6, 4}));
+  const float* xp = x.data_ptr<float>();
+  const float* pp = p.data_ptr<float>();
+  for (int a = 0; a < 3; ++a)
+    for (int b = 0; b < 4; ++b)
+      for (int c = 0; c < 5; ++c)
+        for (int d = 0; d < 6; ++d) ASSERT_EQ(pp[((c * 3 + a) * 6 + d) * 4 + b], xp[((a * 4 + b) * 5 + c) * 6 + d]);
+}
