@@ -142,6 +142,8 @@ Tensor from_blob(void* data, const Shape& shape, DType dtype, std::function<void
 Tensor rand(const Shape& shape, Generator* gen = nullptr, DType dtype = kFloat32);
 Tensor randn(const Shape& shape, Generator* gen = nullptr, DType dtype = kFloat32);
 Tensor randint(int64_t low, int64_t high, const Shape& shape, Generator* gen = nullptr, DType dtype = kInt64);
+/// Returns cached free blocks of the large-block allocator to the system.
+void empty_cache();
 /// A 0-dim tensor holding value.
 Tensor scalar_tensor(double value, DType dtype = kFloat32);
 

@@ -18,8 +18,10 @@ struct AccumulateGrad : Node {
   std::vector<Tensor> apply(const Tensor& g) override {
     Tensor& cur = leaf_->grad;
     if (!cur.defined()) {
-      // own the buffer: the incoming gradient may alias a saved tensor
-      cur = g.shape() == leaf_->shape ? g.clone() : g.reshape(leaf_->shape).clone();
+      // take the buffer when nothing else can see it (like PyTorch); otherwise copy, since the
+      // incoming gradient may alias a saved tensor or another gradient
+      const bool unique = g.impl_ptr().use_count() == 1 && g.impl()->storage.use_count() == 1 && !g.requires_grad();
+      cur = unique ? g.reshape(leaf_->shape) : g.reshape(leaf_->shape).clone();
       if (cur.dtype() != leaf_->dtype) cur = cur.to(leaf_->dtype);
     } else {
       Tensor add = g.dtype() == cur.dtype() ? g : g.to(cur.dtype());

@@ -1,0 +1,82 @@
+// Elementwise and reduction bandwidth on 16M floats vs a plain triad loop (a = b + s*c) measured
+// in the same run. GB/s counts bytes read + written by the op (add/mul: 3 arrays, gelu: 2,
+// sum: 1; triad: 3). Prints each op's share of the triad bandwidth.
+//   ./build/bench/bench_elementwise [--threads=N]
+#include <omp.h>
+
+#include <cstring>
+
+#include "bench_util.h"
+#include <lowbit/lowbit.h>
+
+using namespace lowbit;
+
+namespace {
+constexpr int64_t kN = int64_t{1} << 24;
+
+void bytes(benchmark::State& st, int arrays) {
+  st.counters["GB/s"] = benchmark::Counter(static_cast<double>(arrays) * kN * 4, benchmark::Counter::kIsIterationInvariantRate,
+                                           benchmark::Counter::kIs1000);
+}
+
+void BM_triad(benchmark::State& st) {
+  Tensor a = empty({kN}), b = randn({kN}), c = randn({kN});
+  float* pa = a.data_ptr<float>();
+  const float* pb = b.data_ptr<float>();
+  const float* pc = c.data_ptr<float>();
+  const float s = 1.5f;
+  for (auto _ : st) {
+#pragma omp parallel for simd schedule(static) num_threads(get_num_threads())
+    for (int64_t i = 0; i < kN; ++i) pa[i] = pb[i] + s * pc[i];
+    benchmark::ClobberMemory();
+  }
+  bytes(st, 3);
+}
+void BM_add(benchmark::State& st) {
+  Tensor a = randn({kN}), b = randn({kN});
+  NoGradGuard ng;
+  for (auto _ : st) benchmark::DoNotOptimize(add(a, b).raw_data());
+  bytes(st, 3);
+}
+void BM_mul(benchmark::State& st) {
+  Tensor a = randn({kN}), b = randn({kN});
+  NoGradGuard ng;
+  for (auto _ : st) benchmark::DoNotOptimize(mul(a, b).raw_data());
+  bytes(st, 3);
+}
+void BM_gelu(benchmark::State& st) {
+  Tensor a = randn({kN});
+  NoGradGuard ng;
+  for (auto _ : st) benchmark::DoNotOptimize(gelu(a).raw_data());
+  bytes(st, 2);
+}
+void BM_sum(benchmark::State& st) {
+  Tensor a = randn({kN});
+  NoGradGuard ng;
+  for (auto _ : st) benchmark::DoNotOptimize(sum(a).item<float>());
+  bytes(st, 1);
+}
+}  // namespace
+
+BENCHMARK(BM_triad)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
+BENCHMARK(BM_add)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
+BENCHMARK(BM_mul)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
+BENCHMARK(BM_gelu)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
+BENCHMARK(BM_sum)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
+
+int main(int argc, char** argv) {
+  int threads = 0;
+  for (int i = 1; i < argc; ++i)
+    if (std::strncmp(argv[i], "--threads=", 10) == 0) threads = std::atoi(argv[i] + 10);
+  if (threads > 0) set_num_threads(threads);
+  benchmark::Initialize(&argc, argv);
+  lowbit::bench::CollectingReporter rep;
+  benchmark::RunSpecifiedBenchmarks(&rep);
+  const double triad = rep.counter("BM_triad", "GB/s") / 1e9;
+  std::printf("\nthreads=%d, 16M float32 elements\n%-8s %10s %10s %12s\n", get_num_threads(), "op", "GB/s", "triad GB/s", "% of triad");
+  for (const char* op : {"add", "mul", "gelu", "sum"}) {
+    const double gbs = rep.counter(std::string("BM_") + op, "GB/s") / 1e9;
+    std::printf("%-8s %10.1f %10.1f %11.0f%%\n", op, gbs, triad, 100.0 * gbs / triad);
+  }
+  return 0;
+}

@@ -1,0 +1,51 @@
+// Shared benchmark helpers: a console reporter that also keeps each run's real time, so a
+// program can print "ours vs reference" ratios measured in the same run.
+#pragma once
+#include <benchmark/benchmark.h>
+
+#include <cstdio>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace lowbit::bench {
+
+class CollectingReporter : public benchmark::ConsoleReporter {
+ public:
+  void ReportRuns(const std::vector<Run>& runs) override {
+    for (const auto& r : runs)
+      if (r.run_type == Run::RT_Iteration || r.aggregate_name == "median") {
+        seconds_[r.benchmark_name()] = r.GetAdjustedRealTime() * time_unit_factor(r.time_unit);
+        for (const auto& [k, v] : r.counters) counters_[r.benchmark_name()][k] = v.value;
+      }
+    ConsoleReporter::ReportRuns(runs);
+  }
+  /// Seconds per iteration of the benchmark whose full name starts with prefix (first match).
+  double seconds(const std::string& name) const {
+    for (const auto& [k, v] : seconds_)
+      if (k == name || k.rfind(name + "/", 0) == 0 || k.rfind(name + "_median", 0) == 0) return v;
+    return 0.0;
+  }
+  double counter(const std::string& name, const std::string& key) const {
+    for (const auto& [k, v] : counters_)
+      if (k == name || k.rfind(name + "/", 0) == 0) {
+        auto it = v.find(key);
+        if (it != v.end()) return it->second;
+      }
+    return 0.0;
+  }
+
+ private:
+  static double time_unit_factor(benchmark::TimeUnit u) {
+    switch (u) {
+      case benchmark::kNanosecond: return 1e-9;
+      case benchmark::kMicrosecond: return 1e-6;
+      case benchmark::kMillisecond: return 1e-3;
+      default: return 1.0;
+    }
+  }
+  std::map<std::string, double> seconds_;
+  std::map<std::string, std::map<std::string, double>> counters_;
+};
+
+}  // namespace lowbit::bench
