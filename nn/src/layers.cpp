@@ -1,0 +1,120 @@
+#include "lowbit/nn/layers.h"
+
+#include <cmath>
+
+#include "lowbit/autograd/autograd.h"
+#include "lowbit/autograd/ops.h"
+
+namespace lowbit::nn {
+
+namespace {
+const char* py_bool(bool b) { return b ? "True" : "False"; }
+std::string shape_tuple(const Shape& s) {
+  std::string out = "(";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + (s.size() == 1 ? ",)" : ")");
+}
+}  // namespace
+
+// ---------------- Linear ----------------
+Linear::Linear(int64_t in, int64_t out, bool has_bias, Generator* gen) : in_features(in), out_features(out) {
+  LOWBIT_CHECK(in > 0 && out > 0, "Linear: in_features ({}) and out_features ({}) must be positive", in, out);
+  weight = register_parameter("weight", empty({out, in}));
+  if (has_bias) bias = register_parameter("bias", empty({out}));
+  reset_parameters(gen);
+}
+void Linear::reset_parameters(Generator* gen) {
+  NoGradGuard ng;
+  // kaiming_uniform_(a=sqrt(5)) reduces to U(-1/sqrt(fan_in), 1/sqrt(fan_in)); bias the same
+  const double bound = 1.0 / std::sqrt(static_cast<double>(in_features));
+  weight.uniform_(-bound, bound, gen);
+  if (bias.defined()) bias.uniform_(-bound, bound, gen);
+}
+std::string Linear::extra_repr() const {
+  return fmt::format("in_features={}, out_features={}, bias={}", in_features, out_features, py_bool(bias.defined()));
+}
+Tensor Linear::forward(const Tensor& x) { return linear(x, weight, bias); }
+
+// ---------------- Embedding ----------------
+Embedding::Embedding(int64_t n, int64_t d, Generator* gen) : num_embeddings(n), embedding_dim(d) {
+  LOWBIT_CHECK(n > 0 && d > 0, "Embedding: num_embeddings ({}) and embedding_dim ({}) must be positive", n, d);
+  Tensor w = empty({n, d});
+  w.normal_(0.0, 1.0, gen);
+  weight = register_parameter("weight", w);
+}
+std::string Embedding::extra_repr() const { return fmt::format("{}, {}", num_embeddings, embedding_dim); }
+Tensor Embedding::forward(const Tensor& idx) { return embedding(weight, idx); }
+
+// ---------------- norms ----------------
+LayerNorm::LayerNorm(Shape shape, double eps_, bool affine, bool has_bias) : normalized_shape(std::move(shape)), eps(eps_) {
+  if (affine) {
+    weight = register_parameter("weight", ones(normalized_shape));
+    if (has_bias) bias = register_parameter("bias", zeros(normalized_shape));
+  }
+}
+std::string LayerNorm::extra_repr() const {
+  return fmt::format("{}, eps={}, elementwise_affine={}", shape_tuple(normalized_shape), eps, py_bool(weight.defined()));
+}
+Tensor LayerNorm::forward(const Tensor& x) { return layer_norm(x, normalized_shape, weight, bias, eps); }
+
+RMSNorm::RMSNorm(Shape shape, std::optional<double> eps_, bool affine) : normalized_shape(std::move(shape)), eps(eps_) {
+  if (affine) weight = register_parameter("weight", ones(normalized_shape));
+}
+std::string RMSNorm::extra_repr() const {
+  return fmt::format("{}, eps={}, elementwise_affine={}", shape_tuple(normalized_shape), eps ? fmt::format("{}", *eps) : "None",
+                     py_bool(weight.defined()));
+}
+Tensor RMSNorm::forward(const Tensor& x) { return rms_norm(x, normalized_shape, weight, eps); }
+
+// ---------------- dropout and activations ----------------
+Dropout::Dropout(double p_, Generator* g) : p(p_), gen(g) {
+  LOWBIT_CHECK(p >= 0.0 && p <= 1.0, "Dropout: probability has to be between 0 and 1, but got {}", p);
+}
+std::string Dropout::extra_repr() const { return fmt::format("p={}, inplace=False", p); }
+Tensor Dropout::forward(const Tensor& x) { return dropout(x, p, is_training(), gen); }
+Tensor ReLU::forward(const Tensor& x) { return relu(x); }
+GELU::GELU(std::string a) : approximate(std::move(a)) {
+  LOWBIT_CHECK(approximate == "none" || approximate == "tanh", "GELU: approximate must be 'none' or 'tanh', got '{}'", approximate);
+}
+std::string GELU::extra_repr() const { return fmt::format("approximate='{}'", approximate); }
+Tensor GELU::forward(const Tensor& x) { return gelu(x, approximate); }
+Tensor SiLU::forward(const Tensor& x) { return silu(x); }
+Tensor Tanh::forward(const Tensor& x) { return tanh(x); }
+std::string Flatten::extra_repr() const { return fmt::format("start_dim={}, end_dim={}", start_dim, end_dim); }
+Tensor Flatten::forward(const Tensor& x) { return x.flatten(start_dim, end_dim); }
+
+// ---------------- containers ----------------
+Sequential::Sequential(std::vector<std::shared_ptr<Module>> modules) {
+  for (auto& m : modules) push_back(std::move(m));
+}
+void Sequential::push_back(std::shared_ptr<Module> m) { add_child(std::to_string(size()), std::move(m)); }
+std::shared_ptr<Module> Sequential::operator[](size_t i) const {
+  LOWBIT_CHECK(i < size(), "Sequential: index {} is out of range (size {})", i, size());
+  return named_children()[i].second;
+}
+Tensor Sequential::forward(const Tensor& x) {
+  Tensor h = x;
+  for (auto& m : children()) h = m->forward(h);
+  return h;
+}
+ModuleList::ModuleList(std::vector<std::shared_ptr<Module>> modules) {
+  for (auto& m : modules) push_back(std::move(m));
+}
+void ModuleList::push_back(std::shared_ptr<Module> m) { add_child(std::to_string(size()), std::move(m)); }
+std::shared_ptr<Module> ModuleList::operator[](size_t i) const {
+  LOWBIT_CHECK(i < size(), "ModuleList: index {} is out of range (size {})", i, size());
+  return named_children()[i].second;
+}
+void ModuleDict::insert(const std::string& key, std::shared_ptr<Module> m) { add_child(key, std::move(m)); }
+bool ModuleDict::contains(const std::string& key) const {
+  for (auto& [n, _] : named_children())
+    if (n == key) return true;
+  return false;
+}
+std::shared_ptr<Module> ModuleDict::operator[](const std::string& key) const {
+  for (auto& [n, m] : named_children())
+    if (n == key) return m;
+  throw Error(fmt::format("ModuleDict: no module named '{}'", key));
+}
+
+}  // namespace lowbit::nn
