@@ -29,7 +29,8 @@ void onednn_gemm(const float* a, bool ta, const float* b, bool tb, const float* 
   using dims = dnnl::memory::dims;
   static std::mutex mu;
   static std::map<Key, Cached> cache;
-  const Key key{ba, bb, m, n, k, 0, ta, tb, bias != nullptr};
+  // oneDNN fixes a primitive's thread count when it is created: the key includes it
+  const Key key{ba, bb, m, n, k, get_num_threads(), ta, tb, bias != nullptr};
   Cached* entry;
   {
     std::lock_guard<std::mutex> lock(mu);

@@ -92,12 +92,12 @@ void set_num_threads(int n) {
 int get_num_threads() { return thread_setting(); }
 
 // ---------------- storage ----------------
-// Large blocks (>= 1 MiB) are cached by exact rounded size: a training step allocates the same
+// Large blocks (>= 128 KiB) are cached by exact rounded size: a training step allocates the same
 // shapes every iteration, and returning 64 MiB to the OS and faulting it back in costs more than
 // the kernel that uses it. The cache is bounded (LOWBIT_ALLOCATOR_CACHE_MB, default 4096) and
 // empty_cache() releases it.
 namespace {
-constexpr size_t kCacheMin = size_t{1} << 20;
+constexpr size_t kCacheMin = size_t{1} << 17;
 struct BlockCache {
   std::mutex mu;
   std::unordered_map<size_t, std::vector<void*>> free_blocks;
