@@ -1,0 +1,248 @@
+#include "lowbit/cli/config.h"
+
+#include <toml++/toml.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "lowbit/autograd/error.h"
+
+namespace lowbit::cli {
+
+const std::vector<KeySpec>& config_schema() {
+  using L = std::vector<int64_t>;
+  static const std::vector<KeySpec> schema = {
+      {"model.type", std::string("mlp"), "mlp | gpt"},
+      {"model.input_dim", int64_t{784}, "mlp: input features"},
+      {"model.hidden", L{1024, 1024}, "mlp: hidden layer widths"},
+      {"model.num_classes", int64_t{10}, "mlp: output classes"},
+      {"model.activation", std::string("relu"), "mlp: relu | gelu | silu | tanh"},
+      {"model.dropout", 0.0, "dropout probability"},
+      {"model.context", int64_t{128}, "gpt: context length"},
+      {"model.d_model", int64_t{256}, "gpt: embedding width"},
+      {"model.n_heads", int64_t{4}, "gpt: attention heads"},
+      {"model.n_layers", int64_t{4}, "gpt: transformer blocks"},
+      {"model.d_ff", int64_t{0}, "gpt: feed-forward width (0 = 4 * d_model)"},
+      {"model.tie_weights", true, "gpt: share the token embedding with the LM head"},
+      {"data.dataset", std::string("fashion_mnist"), "fashion_mnist | chars"},
+      {"data.path", std::string(""), "dataset directory or text corpus ('' = default location)"},
+      {"data.batch_size", int64_t{256}, "examples per step"},
+      {"data.shuffle", true, "reshuffle every epoch (seeded)"},
+      {"data.drop_last", false, "drop the last incomplete batch"},
+      {"data.val_fraction", 0.1, "chars: share of the corpus held out for validation"},
+      {"optimizer.name", std::string("adamw"), "adamw | adam | sgd"},
+      {"optimizer.lr", 1e-3, "learning rate"},
+      {"optimizer.weight_decay", 1e-2, "weight decay (decoupled for adamw)"},
+      {"optimizer.beta1", 0.9, "adam: beta1"},
+      {"optimizer.beta2", 0.999, "adam: beta2"},
+      {"optimizer.eps", 1e-8, "adam: epsilon"},
+      {"optimizer.amsgrad", false, "adam: amsgrad"},
+      {"optimizer.momentum", 0.0, "sgd: momentum"},
+      {"optimizer.nesterov", false, "sgd: nesterov momentum"},
+      {"lr_scheduler.name", std::string("none"), "none | step | cosine | warmup_cosine | onecycle"},
+      {"lr_scheduler.warmup_steps", int64_t{0}, "warmup_cosine: linear warmup steps"},
+      {"lr_scheduler.min_lr", 0.0, "cosine, warmup_cosine: final learning rate"},
+      {"lr_scheduler.step_size", int64_t{1000}, "step: steps between decays"},
+      {"lr_scheduler.gamma", 0.1, "step: decay factor"},
+      {"lr_scheduler.max_lr", 1e-2, "onecycle: peak learning rate"},
+      {"training.epochs", int64_t{5}, "passes over the training set (fashion_mnist)"},
+      {"training.max_steps", int64_t{0}, "stop after this many steps (0 = epochs decide; chars: required)"},
+      {"training.seed", int64_t{0}, "seed for initialization, shuffling and dropout"},
+      {"training.threads", int64_t{0}, "threads (0 = all cores)"},
+      {"training.grad_clip", 0.0, "clip the gradient norm to this value (0 = off)"},
+      {"training.log_interval", int64_t{50}, "steps between log lines when not on a terminal"},
+      {"training.eval_interval", int64_t{0}, "chars: steps between validation passes (0 = at the end)"},
+      {"training.eval_batches", int64_t{20}, "chars: validation batches per evaluation"},
+      {"training.sample_tokens", int64_t{200}, "chars: length of the generated sample"},
+      {"training.temperature", 0.8, "chars: sampling temperature"},
+      {"training.top_k", int64_t{0}, "chars: sample from the top k tokens (0 = all)"},
+      {"training.run_dir", std::string("runs/default"), "where config.toml and metrics.jsonl are written"},
+  };
+  return schema;
+}
+
+namespace {
+const KeySpec* find_spec(const std::string& key) {
+  for (const auto& s : config_schema())
+    if (s.key == key) return &s;
+  return nullptr;
+}
+std::string known_keys(const std::string& section) {
+  std::string out;
+  for (const auto& s : config_schema())
+    if (section.empty() || s.key.rfind(section + ".", 0) == 0) out += (out.empty() ? "" : ", ") + s.key;
+  return out;
+}
+std::string type_name(const Value& v) {
+  switch (v.index()) {
+    case 0: return "integer";
+    case 1: return "float";
+    case 2: return "boolean";
+    case 3: return "string";
+    default: return "list of integers";
+  }
+}
+Value parse_text(const KeySpec& spec, const std::string& text) {
+  const std::string where = fmt::format("--{} '{}'", spec.key, text);
+  try {
+    size_t pos = 0;
+    switch (spec.default_value.index()) {
+      case 0: {
+        const long long v = std::stoll(text, &pos);
+        if (pos != text.size()) break;
+        return int64_t{v};
+      }
+      case 1: {
+        const double v = std::stod(text, &pos);
+        if (pos != text.size()) break;
+        return v;
+      }
+      case 2:
+        if (text == "true" || text == "1") return true;
+        if (text == "false" || text == "0") return false;
+        break;
+      case 3: return text;
+      default: {
+        std::vector<int64_t> out;
+        std::string t = text;
+        if (!t.empty() && t.front() == '[') t = t.substr(1);
+        if (!t.empty() && t.back() == ']') t.pop_back();
+        std::stringstream ss(t);
+        std::string item;
+        while (std::getline(ss, item, ',')) {
+          if (item.find_first_not_of(' ') == std::string::npos) continue;
+          out.push_back(std::stoll(item));
+        }
+        return out;
+      }
+    }
+  } catch (const std::exception&) {
+  }
+  throw Error(fmt::format("{}: expected a value of type {}", where, type_name(spec.default_value)));
+}
+}  // namespace
+
+RunConfig::RunConfig() {
+  for (const auto& s : config_schema()) values_[s.key] = s.default_value;
+}
+
+RunConfig RunConfig::from_file(const std::string& path) {
+  std::ifstream in(path);
+  LOWBIT_CHECK(in.good(), "cannot open config file '{}'", path);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return from_string(ss.str(), path);
+}
+
+RunConfig RunConfig::from_string(const std::string& text, const std::string& source) {
+  RunConfig cfg;
+  toml::table root;
+  try {
+    root = toml::parse(text, source);
+  } catch (const toml::parse_error& e) {
+    const auto& b = e.source().begin;
+    throw Error(fmt::format("{}:{}:{}: TOML syntax error: {}", source, b.line, b.column, e.description()));
+  }
+  for (auto&& [section_key, section_node] : root) {
+    const std::string section(section_key.str());
+    const auto* table = section_node.as_table();
+    LOWBIT_CHECK(table != nullptr, "{}: top-level key '{}' must be a [section]; sections are model, data, optimizer, lr_scheduler, training", source, section);
+    LOWBIT_CHECK(!known_keys(section).empty(), "{}: unknown section [{}]; sections are model, data, optimizer, lr_scheduler, training", source, section);
+    for (auto&& [k, node] : *table) {
+      const std::string key = section + "." + std::string(k.str());
+      const KeySpec* spec = find_spec(key);
+      LOWBIT_CHECK(spec != nullptr, "{}: unknown key '{}' (keys in [{}]: {})", source, key, section, known_keys(section));
+      const auto mismatch = [&] { return Error(fmt::format("{}: key '{}' must be a {}", source, key, type_name(spec->default_value))); };
+      switch (spec->default_value.index()) {
+        case 0:
+          if (!node.is_integer()) throw mismatch();
+          cfg.values_[key] = node.value<int64_t>().value();
+          break;
+        case 1:
+          if (!node.is_number()) throw mismatch();
+          cfg.values_[key] = node.value<double>().value();
+          break;
+        case 2:
+          if (!node.is_boolean()) throw mismatch();
+          cfg.values_[key] = node.value<bool>().value();
+          break;
+        case 3:
+          if (!node.is_string()) throw mismatch();
+          cfg.values_[key] = node.value<std::string>().value();
+          break;
+        default: {
+          const auto* arr = node.as_array();
+          if (!arr) throw mismatch();
+          std::vector<int64_t> v;
+          for (auto&& el : *arr) {
+            if (!el.is_integer()) throw mismatch();
+            v.push_back(el.value<int64_t>().value());
+          }
+          cfg.values_[key] = v;
+        }
+      }
+    }
+  }
+  return cfg;
+}
+
+void RunConfig::set(const std::string& key, const std::string& text) {
+  const KeySpec* spec = find_spec(key);
+  LOWBIT_CHECK(spec != nullptr, "unknown config key '{}' (known keys: {})", key, known_keys(""));
+  values_[key] = parse_text(*spec, text);
+}
+
+void RunConfig::apply_overrides(const std::vector<std::string>& args) {
+  for (size_t i = 0; i < args.size(); ++i) {
+    const std::string& a = args[i];
+    LOWBIT_CHECK(a.rfind("--", 0) == 0 && a.size() > 2, "unexpected argument '{}' (overrides look like --section.key value)", a);
+    std::string key = a.substr(2), value;
+    const auto eq = key.find('=');
+    if (eq != std::string::npos) {
+      value = key.substr(eq + 1);
+      key = key.substr(0, eq);
+    } else {
+      LOWBIT_CHECK(i + 1 < args.size(), "--{}: missing value", key);
+      value = args[++i];
+    }
+    set(key, value);
+  }
+}
+
+const Value& RunConfig::at(const std::string& key) const {
+  auto it = values_.find(key);
+  LOWBIT_ASSERT(it != values_.end());
+  return it->second;
+}
+int64_t RunConfig::get_int(const std::string& k) const { return std::get<int64_t>(at(k)); }
+double RunConfig::get_float(const std::string& k) const { return std::get<double>(at(k)); }
+bool RunConfig::get_bool(const std::string& k) const { return std::get<bool>(at(k)); }
+const std::string& RunConfig::get_string(const std::string& k) const { return std::get<std::string>(at(k)); }
+const std::vector<int64_t>& RunConfig::get_int_list(const std::string& k) const { return std::get<std::vector<int64_t>>(at(k)); }
+
+std::string RunConfig::to_toml() const {
+  toml::table root;
+  for (const auto& s : config_schema()) {
+    const auto dot = s.key.find('.');
+    const std::string section = s.key.substr(0, dot), name = s.key.substr(dot + 1);
+    if (!root.contains(section)) root.insert(section, toml::table{});
+    toml::table& t = *root[section].as_table();
+    std::visit(
+        [&](const auto& v) {
+          using T = std::decay_t<decltype(v)>;
+          if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
+            toml::array arr;
+            for (int64_t x : v) arr.push_back(x);
+            t.insert(name, arr);
+          } else {
+            t.insert(name, v);
+          }
+        },
+        at(s.key));
+  }
+  std::stringstream ss;
+  ss << root << "\n";
+  return ss.str();
+}
+
+}  // namespace lowbit::cli

@@ -1,0 +1,297 @@
+#include "lowbit/cli/train.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include <nlohmann/json.hpp>
+
+#include "lowbit/autograd/autograd.h"
+#include "lowbit/autograd/generator.h"
+#include "lowbit/autograd/ops.h"
+#include "lowbit/autograd/parallel.h"
+#include "lowbit/data/dataset.h"
+#include "lowbit/nn/layers.h"
+#include "lowbit/nn/transformer.h"
+
+namespace lowbit::cli {
+
+namespace {
+using clk = std::chrono::steady_clock;
+
+std::shared_ptr<nn::Module> activation(const std::string& name) {
+  if (name == "relu") return std::make_shared<nn::ReLU>();
+  if (name == "gelu") return std::make_shared<nn::GELU>();
+  if (name == "silu") return std::make_shared<nn::SiLU>();
+  if (name == "tanh") return std::make_shared<nn::Tanh>();
+  throw Error(fmt::format("model.activation: unknown activation '{}' (relu, gelu, silu, tanh)", name));
+}
+
+std::string fmt_duration(double s) {
+  const int64_t t = static_cast<int64_t>(std::max(0.0, s));
+  return t >= 3600 ? fmt::format("{}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60) : fmt::format("{}:{:02}", t / 60, t % 60);
+}
+
+// One status line: a bar on terminals, plain log lines (every log_interval steps) otherwise.
+class Progress {
+ public:
+  Progress(bool tty, int64_t log_interval) : tty_(tty), interval_(std::max<int64_t>(1, log_interval)) {}
+  void update(const std::string& prefix, int64_t done, int64_t total, double loss, double samples_per_s, double eta_s) {
+    if (tty_) {
+      const int width = 24;
+      const int filled = total > 0 ? static_cast<int>(width * done / total) : 0;
+      std::printf("\r%s [%s%s] %lld/%lld loss %.4f | %.0f samples/s | ETA %s   ", prefix.c_str(), std::string(filled, '#').c_str(),
+                  std::string(width - filled, '.').c_str(), static_cast<long long>(done), static_cast<long long>(total), loss, samples_per_s,
+                  fmt_duration(eta_s).c_str());
+      std::fflush(stdout);
+    } else if (done % interval_ == 0 || done == total) {
+      std::printf("%s step %lld/%lld loss %.4f samples/s %.0f eta %s\n", prefix.c_str(), static_cast<long long>(done),
+                  static_cast<long long>(total), loss, samples_per_s, fmt_duration(eta_s).c_str());
+      std::fflush(stdout);
+    }
+  }
+  void line(const std::string& text) {
+    if (tty_) std::printf("\r\033[K");
+    std::printf("%s\n", text.c_str());
+    std::fflush(stdout);
+  }
+
+ private:
+  bool tty_;
+  int64_t interval_;
+};
+
+class Metrics {
+ public:
+  explicit Metrics(const std::string& path) : out_(path, std::ios::app) {
+    LOWBIT_CHECK(out_.good(), "cannot open metrics file '{}' for appending", path);
+  }
+  void write(const nlohmann::json& j) {
+    out_ << j.dump() << "\n";
+    out_.flush();
+  }
+
+ private:
+  std::ofstream out_;
+};
+
+double step_once(nn::Module& model, optim::Optimizer& opt, optim::LRScheduler* sched, const Tensor& x, const Tensor& y, double clip, bool lm) {
+  Tensor logits = model.forward(x);
+  Tensor loss = lm ? cross_entropy(logits.reshape({-1, logits.size(-1)}), y.reshape({-1})) : cross_entropy(logits, y);
+  opt.zero_grad();
+  loss.backward();
+  if (clip > 0) optim::clip_grad_norm_(model.parameters(), clip);
+  opt.step();
+  if (sched) sched->step();
+  return loss.item<double>();
+}
+
+// Mean loss and accuracy of a classifier over a dataset, in batches, without gradients.
+std::pair<double, double> evaluate(nn::Module& model, const data::TensorDataset& ds, int64_t batch) {
+  NoGradGuard ng;
+  model.eval();
+  double loss = 0;
+  int64_t correct = 0;
+  const int64_t n = ds.size();
+  for (int64_t s = 0; s < n; s += batch) {
+    const int64_t len = std::min(batch, n - s);
+    Tensor x = narrow(ds.data(), 0, s, len), y = narrow(ds.target(), 0, s, len);
+    Tensor logits = model.forward(x);
+    loss += cross_entropy(logits, y, -100, 0.0, Reduction::Sum).item<double>();
+    Tensor pred = argmax(logits, 1);
+    for (int64_t i = 0; i < len; ++i) correct += pred.data_ptr<int64_t>()[i] == y.data_ptr<int64_t>()[i];
+  }
+  model.train();
+  return {loss / static_cast<double>(n), static_cast<double>(correct) / static_cast<double>(n)};
+}
+}  // namespace
+
+std::shared_ptr<nn::Module> build_model(const RunConfig& cfg, int64_t vocab_size) {
+  const std::string type = cfg.get_string("model.type");
+  if (type == "mlp") {
+    auto seq = std::make_shared<nn::Sequential>();
+    int64_t in = cfg.get_int("model.input_dim");
+    for (int64_t h : cfg.get_int_list("model.hidden")) {
+      LOWBIT_CHECK(h > 0, "model.hidden: layer widths must be positive, got {}", h);
+      seq->push_back(std::make_shared<nn::Linear>(in, h));
+      seq->push_back(activation(cfg.get_string("model.activation")));
+      if (cfg.get_float("model.dropout") > 0) seq->push_back(std::make_shared<nn::Dropout>(cfg.get_float("model.dropout")));
+      in = h;
+    }
+    seq->push_back(std::make_shared<nn::Linear>(in, cfg.get_int("model.num_classes")));
+    return seq;
+  }
+  if (type == "gpt") {
+    nn::GPTConfig g;
+    g.vocab_size = vocab_size > 0 ? vocab_size : 256;
+    g.context = cfg.get_int("model.context");
+    g.d_model = cfg.get_int("model.d_model");
+    g.n_heads = cfg.get_int("model.n_heads");
+    g.n_layers = cfg.get_int("model.n_layers");
+    g.d_ff = cfg.get_int("model.d_ff");
+    g.dropout = cfg.get_float("model.dropout");
+    g.tie_weights = cfg.get_bool("model.tie_weights");
+    return std::make_shared<nn::GPT>(g);
+  }
+  throw Error(fmt::format("model.type: unknown model '{}' (mlp, gpt)", type));
+}
+
+std::unique_ptr<optim::Optimizer> build_optimizer(const RunConfig& cfg, const std::vector<Tensor>& params) {
+  const std::string name = cfg.get_string("optimizer.name");
+  if (name == "adamw" || name == "adam") {
+    optim::AdamOptions o;
+    o.lr = cfg.get_float("optimizer.lr");
+    o.beta1 = cfg.get_float("optimizer.beta1");
+    o.beta2 = cfg.get_float("optimizer.beta2");
+    o.eps = cfg.get_float("optimizer.eps");
+    o.weight_decay = cfg.get_float("optimizer.weight_decay");
+    o.amsgrad = cfg.get_bool("optimizer.amsgrad");
+    if (name == "adamw") return std::make_unique<optim::AdamW>(params, o);
+    return std::make_unique<optim::Adam>(params, o);
+  }
+  if (name == "sgd") {
+    optim::SGDOptions o;
+    o.lr = cfg.get_float("optimizer.lr");
+    o.momentum = cfg.get_float("optimizer.momentum");
+    o.nesterov = cfg.get_bool("optimizer.nesterov");
+    o.weight_decay = cfg.get_float("optimizer.weight_decay");
+    return std::make_unique<optim::SGD>(params, o);
+  }
+  throw Error(fmt::format("optimizer.name: unknown optimizer '{}' (adamw, adam, sgd)", name));
+}
+
+std::unique_ptr<optim::LRScheduler> build_scheduler(const RunConfig& cfg, optim::Optimizer& opt, int64_t total) {
+  const std::string name = cfg.get_string("lr_scheduler.name");
+  if (name == "none") return nullptr;
+  if (name == "step") return std::make_unique<optim::StepLR>(opt, cfg.get_int("lr_scheduler.step_size"), cfg.get_float("lr_scheduler.gamma"));
+  if (name == "cosine") return std::make_unique<optim::CosineAnnealingLR>(opt, total, cfg.get_float("lr_scheduler.min_lr"));
+  if (name == "warmup_cosine")
+    return std::make_unique<optim::WarmupCosineLR>(opt, cfg.get_int("lr_scheduler.warmup_steps"), total, cfg.get_float("lr_scheduler.min_lr"));
+  if (name == "onecycle") return std::make_unique<optim::OneCycleLR>(opt, cfg.get_float("lr_scheduler.max_lr"), total);
+  throw Error(fmt::format("lr_scheduler.name: unknown scheduler '{}' (none, step, cosine, warmup_cosine, onecycle)", name));
+}
+
+TrainResult train(const RunConfig& cfg, bool tty) {
+  if (cfg.get_int("training.threads") > 0) set_num_threads(static_cast<int>(cfg.get_int("training.threads")));
+  const uint64_t seed = static_cast<uint64_t>(cfg.get_int("training.seed"));
+  manual_seed(seed);
+  const std::string run_dir = cfg.get_string("training.run_dir");
+  std::filesystem::create_directories(run_dir);
+  {
+    std::ofstream c(run_dir + "/config.toml");
+    LOWBIT_CHECK(c.good(), "cannot write '{}/config.toml'", run_dir);
+    c << cfg.to_toml();
+  }
+  Metrics metrics(run_dir + "/metrics.jsonl");
+  Progress progress(tty, cfg.get_int("training.log_interval"));
+  const double clip = cfg.get_float("training.grad_clip");
+  const int64_t batch = cfg.get_int("data.batch_size");
+  const std::string dataset = cfg.get_string("data.dataset");
+  TrainResult result;
+  const auto t0 = clk::now();
+
+  if (dataset == "fashion_mnist") {
+    auto train_set = data::FashionMNIST::load(cfg.get_string("data.path"), true);
+    auto test_set = data::FashionMNIST::load(cfg.get_string("data.path"), false);
+    data::DataLoader loader(train_set, {.batch_size = batch, .shuffle = cfg.get_bool("data.shuffle"), .seed = seed, .drop_last = cfg.get_bool("data.drop_last")});
+    auto model = build_model(cfg);
+    auto opt = build_optimizer(cfg, model->parameters());
+    const int64_t epochs = cfg.get_int("training.epochs");
+    const int64_t max_steps = cfg.get_int("training.max_steps");
+    const int64_t total = max_steps > 0 ? std::min(max_steps, epochs * loader.num_batches()) : epochs * loader.num_batches();
+    auto sched = build_scheduler(cfg, *opt, total);
+    progress.line(fmt::format("training {} parameters on {} examples: {} epochs x {} steps", model->num_parameters(), train_set->size(), epochs,
+                              loader.num_batches()));
+    for (int64_t epoch = 1; epoch <= epochs && result.steps < total; ++epoch) {
+      const auto te = clk::now();
+      double loss_sum = 0;
+      int64_t n = 0, samples = 0;
+      while (auto b = loader.next()) {
+        const double loss = step_once(*model, *opt, sched.get(), b->data, b->target, clip, false);
+        loss_sum += loss;
+        ++n;
+        ++result.steps;
+        samples += b->data.size(0);
+        const double el = std::chrono::duration<double>(clk::now() - t0).count();
+        const double rate = samples / std::max(1e-9, std::chrono::duration<double>(clk::now() - te).count());
+        progress.update(fmt::format("epoch {}/{}", epoch, epochs), n, loader.num_batches(), loss_sum / n, rate,
+                        el / result.steps * static_cast<double>(total - result.steps));
+        if (result.steps >= total) break;
+      }
+      const auto [test_loss, acc] = evaluate(*model, *test_set, 1000);
+      result.final_train_loss = loss_sum / std::max<int64_t>(n, 1);
+      result.test_accuracy = acc;
+      const double secs = std::chrono::duration<double>(clk::now() - te).count();
+      progress.line(fmt::format("epoch {}/{}: train loss {:.4f}, test loss {:.4f}, test accuracy {:.2f}%, {:.1f} s", epoch, epochs,
+                                result.final_train_loss, test_loss, 100 * acc, secs));
+      metrics.write({{"epoch", epoch}, {"step", result.steps}, {"train_loss", result.final_train_loss}, {"test_loss", test_loss},
+                     {"test_accuracy", acc}, {"lr", opt->lr()}, {"epoch_seconds", secs}});
+    }
+  } else if (dataset == "chars") {
+    LOWBIT_CHECK(cfg.get_string("model.type") == "gpt", "data.dataset 'chars' needs model.type = \"gpt\", got \"{}\"", cfg.get_string("model.type"));
+    const auto corpus = data::CharCorpus::load(cfg.get_string("data.path"), cfg.get_float("data.val_fraction"));
+    const int64_t ctx = cfg.get_int("model.context");
+    auto train_set = std::make_shared<data::CharDataset>(corpus.train_tokens, ctx);
+    auto val_set = std::make_shared<data::CharDataset>(corpus.val_tokens, ctx);
+    data::DataLoader loader(train_set, {.batch_size = batch, .shuffle = true, .seed = seed, .drop_last = true});
+    auto model = build_model(cfg, static_cast<int64_t>(corpus.vocab.size()));
+    auto opt = build_optimizer(cfg, model->parameters());
+    const int64_t total = cfg.get_int("training.max_steps");
+    LOWBIT_CHECK(total > 0, "training.max_steps must be positive for data.dataset = 'chars' (an epoch covers every window of the corpus)");
+    auto sched = build_scheduler(cfg, *opt, total);
+    const int64_t eval_every = cfg.get_int("training.eval_interval") > 0 ? cfg.get_int("training.eval_interval") : total;
+    progress.line(fmt::format("training a {}-parameter GPT on {} characters (vocabulary {}), {} steps", model->num_parameters(),
+                              corpus.train_tokens.size(), corpus.vocab.size(), total));
+    auto val_loss = [&] {
+      NoGradGuard ng;
+      model->eval();
+      Generator g(seed + 1);
+      double s = 0;
+      const int64_t nb = cfg.get_int("training.eval_batches");
+      for (int64_t i = 0; i < nb; ++i) {
+        std::vector<int64_t> starts(batch);
+        for (auto& st : starts) st = static_cast<int64_t>(Generator::bits(g.seed(), g.reserve(1)) % static_cast<uint64_t>(val_set->size()));
+        auto b = val_set->get_batch(starts);
+        Tensor logits = model->forward(b.data);
+        s += cross_entropy(logits.reshape({-1, logits.size(-1)}), b.target.reshape({-1})).item<double>();
+      }
+      model->train();
+      return s / static_cast<double>(nb);
+    };
+    double loss_sum = 0;
+    int64_t n = 0;
+    while (result.steps < total) {
+      auto b = loader.next();
+      if (!b) continue;  // epoch boundary
+      loss_sum += step_once(*model, *opt, sched.get(), b->data, b->target, clip, true);
+      ++n;
+      ++result.steps;
+      const double el = std::chrono::duration<double>(clk::now() - t0).count();
+      progress.update("gpt", result.steps, total, loss_sum / n, static_cast<double>(result.steps * batch * ctx) / el,
+                      el / result.steps * static_cast<double>(total - result.steps));
+      if (result.steps % eval_every == 0 || result.steps == total) {
+        result.final_train_loss = loss_sum / n;
+        result.val_loss = val_loss();
+        progress.line(fmt::format("step {}/{}: train loss {:.4f}, validation loss {:.4f}", result.steps, total, result.final_train_loss, result.val_loss));
+        metrics.write({{"step", result.steps}, {"train_loss", result.final_train_loss}, {"val_loss", result.val_loss}, {"lr", opt->lr()}});
+        loss_sum = 0;
+        n = 0;
+      }
+    }
+    auto* gpt = dynamic_cast<nn::GPT*>(model.get());
+    Generator g(seed + 2);
+    Tensor prompt = from_vector<int64_t>({corpus.encode("\n")[0]}, {1, 1});
+    Tensor out = gpt->generate(prompt, cfg.get_int("training.sample_tokens"), cfg.get_float("training.temperature"), cfg.get_int("training.top_k"), &g);
+    std::vector<int64_t> ids(out.data_ptr<int64_t>() + 1, out.data_ptr<int64_t>() + out.numel());
+    result.sample = corpus.decode(ids);
+    progress.line("sample:\n" + result.sample);
+  } else {
+    throw Error(fmt::format("data.dataset: unknown dataset '{}' (fashion_mnist, chars)", dataset));
+  }
+  result.train_seconds = std::chrono::duration<double>(clk::now() - t0).count();
+  return result;
+}
+
+}  // namespace lowbit::cli

@@ -1,0 +1,32 @@
+// `lowbit train`: builds the model, data, optimizer and scheduler a RunConfig describes and
+// trains, logging progress (a bar on a terminal, plain lines otherwise), evaluating, and
+// appending metrics to <run_dir>/metrics.jsonl beside the resolved <run_dir>/config.toml.
+#pragma once
+#include <memory>
+#include <string>
+
+#include "lowbit/cli/config.h"
+#include "lowbit/nn/module.h"
+#include "lowbit/optim/lr_scheduler.h"
+#include "lowbit/optim/optimizer.h"
+
+namespace lowbit::cli {
+
+struct TrainResult {
+  int64_t steps = 0;
+  double final_train_loss = 0;
+  double test_accuracy = 0;  // fashion_mnist
+  double val_loss = 0;       // chars
+  double train_seconds = 0;
+  std::string sample;        // chars: generated text
+};
+
+std::shared_ptr<nn::Module> build_model(const RunConfig& cfg, int64_t vocab_size = 0);
+std::unique_ptr<optim::Optimizer> build_optimizer(const RunConfig& cfg, const std::vector<Tensor>& params);
+/// nullptr for "none"; total_steps sizes cosine/onecycle schedules.
+std::unique_ptr<optim::LRScheduler> build_scheduler(const RunConfig& cfg, optim::Optimizer& opt, int64_t total_steps);
+
+/// Trains as configured. progress_bar: redraw one status line (for terminals).
+TrainResult train(const RunConfig& cfg, bool progress_bar);
+
+}  // namespace lowbit::cli
