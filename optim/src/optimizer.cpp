@@ -48,8 +48,11 @@ void Optimizer::add_param_group(ParamGroup g) {
     LOWBIT_CHECK(defaults_.count(k), "{}: unknown option '{}' in parameter group {}", name_, k, groups_.size());
   for (auto& [k, v] : defaults_)
     if (!g.options.count(k)) g.options[k] = v;
-  for (auto& p : g.params) {
+  for (size_t i = 0; i < g.params.size(); ++i) {
+    const Tensor& p = g.params[i];
     check_param(p, name_.c_str());
+    for (size_t j = 0; j < i; ++j)
+      LOWBIT_CHECK(g.params[j].impl() != p.impl(), "{}: parameter group {} contains the same parameter twice (positions {} and {})", name_, groups_.size(), j, i);
     for (auto& og : groups_)
       for (auto& q : og.params)
         LOWBIT_CHECK(q.impl() != p.impl(), "{}: some parameters appear in more than one parameter group", name_);

@@ -1,0 +1,97 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+
+#include "lowbit/cli/config.h"
+#include "lowbit/cli/train.h"
+#include <lowbit/lowbit.h>
+
+using namespace lowbit;
+using namespace lowbit::cli;
+
+namespace {
+void expect_error(const std::function<void()>& f, const std::vector<std::string>& parts) {
+  try {
+    f();
+    FAIL() << "expected lowbit::Error";
+  } catch (const Error& e) {
+    for (auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what() << "\nmissing: " << p;
+  }
+}
+std::string tmpdir(const std::string& name) {
+  auto p = std::filesystem::temp_directory_path() / ("lowbit_cli_" + name);
+  std::filesystem::remove_all(p);
+  return p.string();
+}
+}  // namespace
+
+TEST(RunConfig, ParsesOverridesAndRoundTrips) {
+  auto cfg = RunConfig::from_string("[optimizer]\nlr = 0.01\n[model]\nhidden = [8, 4]\n[data]\nshuffle = false\n");
+  EXPECT_EQ(cfg.get_float("optimizer.lr"), 0.01);
+  EXPECT_EQ(cfg.get_int_list("model.hidden"), (std::vector<int64_t>{8, 4}));
+  EXPECT_FALSE(cfg.get_bool("data.shuffle"));
+  EXPECT_EQ(cfg.get_int("data.batch_size"), 256);  // default
+  cfg.apply_overrides({"--optimizer.lr", "3e-4", "--training.epochs=2", "--model.hidden", "[16,16,16]"});
+  EXPECT_EQ(cfg.get_float("optimizer.lr"), 3e-4);
+  EXPECT_EQ(cfg.get_int("training.epochs"), 2);
+  EXPECT_EQ(cfg.get_int_list("model.hidden").size(), 3u);
+  auto again = RunConfig::from_string(cfg.to_toml());
+  EXPECT_EQ(again.to_toml(), cfg.to_toml());
+  EXPECT_EQ(again.get_float("optimizer.lr"), 3e-4);
+}
+
+TEST(RunConfig, ErrorsNameTheKey) {
+  expect_error([] { RunConfig::from_string("[optimizer]\nlearning_rate = 1\n", "x.toml"); }, {"x.toml", "unknown key 'optimizer.learning_rate'", "optimizer.lr"});
+  expect_error([] { RunConfig::from_string("[optimiser]\nlr = 1\n", "x.toml"); }, {"unknown section [optimiser]"});
+  expect_error([] { RunConfig::from_string("[optimizer]\nlr = \"fast\"\n", "x.toml"); }, {"'optimizer.lr' must be a float"});
+  expect_error([] { RunConfig::from_string("[optimizer\nlr = 1\n", "x.toml"); }, {"x.toml:1", "TOML syntax error"});
+  RunConfig cfg;
+  expect_error([&] { cfg.apply_overrides({"--training.epochs", "five"}); }, {"--training.epochs 'five'", "integer"});
+  expect_error([&] { cfg.apply_overrides({"--nope.key", "1"}); }, {"unknown config key 'nope.key'"});
+  expect_error([&] { cfg.apply_overrides({"--optimizer.lr"}); }, {"--optimizer.lr: missing value"});
+  expect_error([] { RunConfig::from_file("/nonexistent.toml"); }, {"cannot open config file '/nonexistent.toml'"});
+  cfg.set("model.type", "resnet");
+  expect_error([&] { build_model(cfg); }, {"model.type", "'resnet'"});
+}
+
+TEST(Train, ShippedConfigsParse) {
+  for (const char* f : {"fmnist_mlp.toml", "gpt_chars.toml"}) {
+    auto cfg = RunConfig::from_file(std::string(LOWBIT_SOURCE_DIR) + "/configs/" + f);
+    EXPECT_FALSE(cfg.to_toml().empty());
+  }
+}
+
+TEST(Train, FashionMnistShortRunWritesConfigAndMetrics) {
+  if (!std::filesystem::exists(data::FashionMNIST::default_dir() + "/t10k-images-idx3-ubyte.gz")) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  auto cfg = RunConfig::from_file(std::string(LOWBIT_SOURCE_DIR) + "/configs/fmnist_mlp.toml");
+  const std::string dir = tmpdir("fmnist");
+  cfg.apply_overrides({"--training.max_steps", "30", "--training.epochs", "1", "--model.hidden", "[64]", "--training.run_dir", dir});
+  auto r = train(cfg, false);
+  EXPECT_EQ(r.steps, 30);
+  EXPECT_GT(r.test_accuracy, 0.6);  // 30 steps of a small MLP already learn most classes
+  EXPECT_TRUE(std::filesystem::exists(dir + "/config.toml"));
+  std::ifstream m(dir + "/metrics.jsonl");
+  std::string line;
+  std::getline(m, line);
+  EXPECT_NE(line.find("\"test_accuracy\""), std::string::npos);
+  EXPECT_EQ(RunConfig::from_file(dir + "/config.toml").get_int("training.max_steps"), 30);
+}
+
+TEST(Train, CharGptShortRunGeneratesText) {
+  const std::string dir = tmpdir("gpt");
+  std::filesystem::create_directories(dir);
+  {
+    std::ofstream f(dir + "/corpus.txt");
+    for (int i = 0; i < 200; ++i) f << "the quick brown fox jumps over the lazy dog\n";
+  }
+  auto cfg = RunConfig::from_file(std::string(LOWBIT_SOURCE_DIR) + "/configs/gpt_chars.toml");
+  cfg.apply_overrides({"--data.path", dir + "/corpus.txt", "--model.context", "16", "--model.d_model", "32", "--model.n_layers", "1",
+                       "--data.batch_size", "8", "--training.max_steps", "40", "--training.eval_interval", "20", "--training.eval_batches", "2",
+                       "--lr_scheduler.warmup_steps", "5", "--training.sample_tokens", "30", "--training.run_dir", dir});
+  auto r = train(cfg, false);
+  EXPECT_EQ(r.steps, 40);
+  EXPECT_EQ(r.sample.size(), 30u);
+  EXPECT_LT(r.val_loss, std::log(28.0));  // better than uniform over the vocabulary
+}
