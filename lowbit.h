@@ -8,6 +8,7 @@
 #include "lowbit/autograd/parallel.h"
 #include "lowbit/autograd/tensor.h"
 #include "lowbit/data/dataset.h"
+#include "lowbit/io/checkpoint.h"
 #include "lowbit/nn/layers.h"
 #include "lowbit/nn/module.h"
 #include "lowbit/nn/transformer.h"

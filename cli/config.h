@@ -1,5 +1,5 @@
 // Run configuration: a TOML file with sections [model] [data] [optimizer] [lr_scheduler]
-// [training], every key overridable on the command line (--optimizer.lr 3e-4). Keys, types and
+// [training] [checkpoint], every key overridable on the command line (--optimizer.lr 3e-4). Keys, types and
 // defaults come from one schema table; unknown keys and wrong types are errors that name them.
 #pragma once
 #include <cstdint>

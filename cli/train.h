@@ -19,6 +19,7 @@ struct TrainResult {
   double val_loss = 0;       // chars
   double train_seconds = 0;
   std::string sample;        // chars: generated text
+  std::string last_checkpoint;
 };
 
 std::shared_ptr<nn::Module> build_model(const RunConfig& cfg, int64_t vocab_size = 0);
@@ -26,7 +27,9 @@ std::unique_ptr<optim::Optimizer> build_optimizer(const RunConfig& cfg, const st
 /// nullptr for "none"; total_steps sizes cosine/onecycle schedules.
 std::unique_ptr<optim::LRScheduler> build_scheduler(const RunConfig& cfg, optim::Optimizer& opt, int64_t total_steps);
 
-/// Trains as configured. progress_bar: redraw one status line (for terminals).
-TrainResult train(const RunConfig& cfg, bool progress_bar);
+/// Trains as configured. progress_bar: redraw one status line (for terminals). resume: a
+/// checkpoint written by an earlier run of the same config; training continues exactly where it
+/// stopped (same batches, same random numbers, same optimizer and scheduler state).
+TrainResult train(const RunConfig& cfg, bool progress_bar, const std::string& resume = "");
 
 }  // namespace lowbit::cli

@@ -7,6 +7,8 @@ PACKAGES=(
   g++ cmake ninja-build ccache pkg-config
   libeigen3-dev libdnnl-dev libhdf5-dev libfmt-dev zlib1g-dev
   libgtest-dev libgmock-dev libbenchmark-dev
+  libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
+  dataset-fashion-mnist fortunes
 )
 
 missing=()

@@ -57,6 +57,10 @@ const std::vector<KeySpec>& config_schema() {
       {"training.temperature", 0.8, "chars: sampling temperature"},
       {"training.top_k", int64_t{0}, "chars: sample from the top k tokens (0 = all)"},
       {"training.run_dir", std::string("runs/default"), "where config.toml and metrics.jsonl are written"},
+      {"checkpoint.interval", int64_t{0}, "save a checkpoint every this many steps, and at the end (0 = only at the end)"},
+      {"checkpoint.keep_last", int64_t{3}, "keep this many periodic checkpoints (older ones are deleted)"},
+      {"checkpoint.dir", std::string(""), "checkpoint directory ('' = <run_dir>/checkpoints)"},
+      {"checkpoint.enabled", true, "write checkpoints at all"},
   };
   return schema;
 }
@@ -146,8 +150,8 @@ RunConfig RunConfig::from_string(const std::string& text, const std::string& sou
   for (auto&& [section_key, section_node] : root) {
     const std::string section(section_key.str());
     const auto* table = section_node.as_table();
-    LOWBIT_CHECK(table != nullptr, "{}: top-level key '{}' must be a [section]; sections are model, data, optimizer, lr_scheduler, training", source, section);
-    LOWBIT_CHECK(!known_keys(section).empty(), "{}: unknown section [{}]; sections are model, data, optimizer, lr_scheduler, training", source, section);
+    LOWBIT_CHECK(table != nullptr, "{}: top-level key '{}' must be a [section]; sections are model, data, optimizer, lr_scheduler, training, checkpoint", source, section);
+    LOWBIT_CHECK(!known_keys(section).empty(), "{}: unknown section [{}]; sections are model, data, optimizer, lr_scheduler, training, checkpoint", source, section);
     for (auto&& [k, node] : *table) {
       const std::string key = section + "." + std::string(k.str());
       const KeySpec* spec = find_spec(key);

@@ -1,9 +1,13 @@
 // The lowbit command line.
-//   lowbit train CONFIG.toml [--section.key value ...] [--print-config]
+//   lowbit train CONFIG.toml [--section.key value ...] [--print-config] [--resume CKPT.h5]
+//   lowbit inspect FILE.h5 [--json]
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <nlohmann/json.hpp>
+
+#include "lowbit/io/checkpoint.h"
 
 #include "lowbit/cli/config.h"
 #include "lowbit/cli/train.h"
@@ -17,7 +21,14 @@ int main(int argc, char** argv) {
   train->add_option("config", config_path, "run config (TOML), e.g. configs/fmnist_mlp.toml");
   train->add_flag("--print-config", print_config, "print the resolved config and exit");
   train->add_flag("--list-keys", list_keys, "list every config key with its default and meaning, then exit");
+  std::string resume;
+  train->add_option("--resume", resume, "continue a run from a checkpoint written by it");
   train->allow_extras();
+  auto* inspect = app.add_subcommand("inspect", "show the tensors, sizes and metadata of a lowbit HDF5 checkpoint");
+  std::string inspect_path;
+  bool as_json = false;
+  inspect->add_option("file", inspect_path, "checkpoint (.h5)")->required();
+  inspect->add_flag("--json", as_json, "machine-readable output");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -39,7 +50,40 @@ int main(int argc, char** argv) {
         std::printf("%s", cfg.to_toml().c_str());
         return 0;
       }
-      lowbit::cli::train(cfg, isatty(STDOUT_FILENO) != 0);
+      lowbit::cli::train(cfg, isatty(STDOUT_FILENO) != 0, resume);
+    } else if (inspect->parsed()) {
+      const auto info = lowbit::io::inspect(inspect_path);
+      const double ratio = info.stored_bytes ? static_cast<double>(info.float32_bytes) / static_cast<double>(info.stored_bytes) : 0.0;
+      if (as_json) {
+        nlohmann::json j;
+        j["file"] = inspect_path;
+        j["attributes"] = info.attributes;
+        j["integrity_checked"] = info.integrity_checked;
+        j["parameters"] = info.parameters;
+        j["stored_bytes"] = info.stored_bytes;
+        j["file_bytes"] = info.file_bytes;
+        j["compression_vs_float32"] = ratio;
+        j["tensors"] = nlohmann::json::array();
+        for (const auto& t : info.tensors)
+          j["tensors"].push_back({{"path", t.path}, {"dtype", t.dtype}, {"shape", t.shape}, {"bytes", t.bytes}, {"logical_bytes", t.logical_bytes},
+                                  {"scheme", t.scheme}});
+        std::printf("%s\n", j.dump(2).c_str());
+      } else {
+        std::printf("%s\n", inspect_path.c_str());
+        for (const auto& [k, v] : info.attributes) {
+          if (k == "config") continue;
+          std::printf("  %-16s %s\n", k.c_str(), v.c_str());
+        }
+        std::printf("  %-16s %s\n", "integrity", info.integrity_checked ? "CRC-32 verified" : "no lowbit integrity header");
+        std::printf("\n  %-48s %-9s %-16s %12s  %s\n", "tensor", "dtype", "shape", "bytes", "scheme");
+        for (const auto& t : info.tensors)
+          std::printf("  %-48s %-9s %-16s %12llu  %s\n", t.path.c_str(), t.dtype.c_str(), lowbit::shape_str(t.shape).c_str(),
+                      static_cast<unsigned long long>(t.bytes), t.scheme.empty() ? "-" : t.scheme.c_str());
+        std::printf("\n  %lld parameters, %llu bytes stored (%llu in the file), %.2fx vs float32\n", static_cast<long long>(info.parameters),
+                    static_cast<unsigned long long>(info.stored_bytes), static_cast<unsigned long long>(info.file_bytes), ratio);
+        if (info.attributes.count("config") && !info.attributes.at("config").empty())
+          std::printf("\n  run config:\n%s\n", info.attributes.at("config").c_str());
+      }
     }
   } catch (const std::exception& e) {
     std::fprintf(stderr, "lowbit: error: %s\n", e.what());

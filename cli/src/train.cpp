@@ -13,6 +13,7 @@
 #include "lowbit/autograd/ops.h"
 #include "lowbit/autograd/parallel.h"
 #include "lowbit/data/dataset.h"
+#include "lowbit/io/checkpoint.h"
 #include "lowbit/nn/layers.h"
 #include "lowbit/nn/transformer.h"
 
@@ -75,6 +76,39 @@ class Metrics {
 
  private:
   std::ofstream out_;
+};
+
+// Periodic checkpoints: <dir>/step_00001234.h5, keeping the newest keep_last.
+class Checkpointer {
+ public:
+  explicit Checkpointer(const RunConfig& cfg)
+      : enabled_(cfg.get_bool("checkpoint.enabled")), interval_(cfg.get_int("checkpoint.interval")), keep_(std::max<int64_t>(1, cfg.get_int("checkpoint.keep_last"))),
+        dir_(cfg.get_string("checkpoint.dir").empty() ? cfg.get_string("training.run_dir") + "/checkpoints" : cfg.get_string("checkpoint.dir")),
+        config_(cfg.to_toml()), sched_name_(cfg.get_string("lr_scheduler.name")) {}
+  bool due(int64_t step) const { return enabled_ && interval_ > 0 && step % interval_ == 0; }
+  std::string save(int64_t step, const nn::Module& m, const optim::Optimizer& o, const optim::LRScheduler* s, const data::DataLoader& l) {
+    if (!enabled_) return "";
+    std::filesystem::create_directories(dir_);
+    const std::string path = fmt::format("{}/step_{:08}.h5", dir_, step);
+    io::TrainingState st;
+    st.step = step;
+    st.config_toml = config_;
+    st.scheduler_name = sched_name_;
+    io::save_checkpoint(path, m, &o, s, &l, st);
+    std::vector<std::string> files;
+    for (auto& e : std::filesystem::directory_iterator(dir_)) {
+      const auto n = e.path().filename().string();
+      if (n.rfind("step_", 0) == 0 && e.path().extension() == ".h5") files.push_back(e.path().string());
+    }
+    std::sort(files.begin(), files.end());
+    for (size_t i = 0; i + static_cast<size_t>(keep_) < files.size(); ++i) std::filesystem::remove(files[i]);
+    return path;
+  }
+
+ private:
+  bool enabled_;
+  int64_t interval_, keep_;
+  std::string dir_, config_, sched_name_;
 };
 
 double step_once(nn::Module& model, optim::Optimizer& opt, optim::LRScheduler* sched, const Tensor& x, const Tensor& y, double clip, bool lm) {
@@ -173,7 +207,7 @@ std::unique_ptr<optim::LRScheduler> build_scheduler(const RunConfig& cfg, optim:
   throw Error(fmt::format("lr_scheduler.name: unknown scheduler '{}' (none, step, cosine, warmup_cosine, onecycle)", name));
 }
 
-TrainResult train(const RunConfig& cfg, bool tty) {
+TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume) {
   if (cfg.get_int("training.threads") > 0) set_num_threads(static_cast<int>(cfg.get_int("training.threads")));
   const uint64_t seed = static_cast<uint64_t>(cfg.get_int("training.seed"));
   manual_seed(seed);
@@ -185,12 +219,14 @@ TrainResult train(const RunConfig& cfg, bool tty) {
     c << cfg.to_toml();
   }
   Metrics metrics(run_dir + "/metrics.jsonl");
+  Checkpointer ckpt(cfg);
   Progress progress(tty, cfg.get_int("training.log_interval"));
   const double clip = cfg.get_float("training.grad_clip");
   const int64_t batch = cfg.get_int("data.batch_size");
   const std::string dataset = cfg.get_string("data.dataset");
   TrainResult result;
   const auto t0 = clk::now();
+  int64_t run_steps = 0;  // steps taken by this process (a resumed run starts at 0)
 
   if (dataset == "fashion_mnist") {
     auto train_set = data::FashionMNIST::load(cfg.get_string("data.path"), true);
@@ -202,9 +238,14 @@ TrainResult train(const RunConfig& cfg, bool tty) {
     const int64_t max_steps = cfg.get_int("training.max_steps");
     const int64_t total = max_steps > 0 ? std::min(max_steps, epochs * loader.num_batches()) : epochs * loader.num_batches();
     auto sched = build_scheduler(cfg, *opt, total);
+    if (!resume.empty()) {
+      const auto rep = io::load_checkpoint(resume, *model, opt.get(), sched.get(), &loader);
+      result.steps = rep.state->step;
+      progress.line(fmt::format("resumed from {} at step {} (epoch {}, batch {})", resume, result.steps, loader.epoch() + 1, loader.position()));
+    }
     progress.line(fmt::format("training {} parameters on {} examples: {} epochs x {} steps", model->num_parameters(), train_set->size(), epochs,
                               loader.num_batches()));
-    for (int64_t epoch = 1; epoch <= epochs && result.steps < total; ++epoch) {
+    for (int64_t epoch = loader.epoch() + 1; epoch <= epochs && result.steps < total; ++epoch) {
       const auto te = clk::now();
       double loss_sum = 0;
       int64_t n = 0, samples = 0;
@@ -213,11 +254,13 @@ TrainResult train(const RunConfig& cfg, bool tty) {
         loss_sum += loss;
         ++n;
         ++result.steps;
+        ++run_steps;
         samples += b->data.size(0);
         const double el = std::chrono::duration<double>(clk::now() - t0).count();
         const double rate = samples / std::max(1e-9, std::chrono::duration<double>(clk::now() - te).count());
-        progress.update(fmt::format("epoch {}/{}", epoch, epochs), n, loader.num_batches(), loss_sum / n, rate,
-                        el / result.steps * static_cast<double>(total - result.steps));
+        progress.update(fmt::format("epoch {}/{}", epoch, epochs), loader.position(), loader.num_batches(), loss_sum / n, rate,
+                        el / run_steps * static_cast<double>(total - result.steps));
+        if (ckpt.due(result.steps)) result.last_checkpoint = ckpt.save(result.steps, *model, *opt, sched.get(), loader);
         if (result.steps >= total) break;
       }
       const auto [test_loss, acc] = evaluate(*model, *test_set, 1000);
@@ -229,6 +272,8 @@ TrainResult train(const RunConfig& cfg, bool tty) {
       metrics.write({{"epoch", epoch}, {"step", result.steps}, {"train_loss", result.final_train_loss}, {"test_loss", test_loss},
                      {"test_accuracy", acc}, {"lr", opt->lr()}, {"epoch_seconds", secs}});
     }
+    if (!ckpt.due(result.steps)) result.last_checkpoint = ckpt.save(result.steps, *model, *opt, sched.get(), loader);
+    if (!result.last_checkpoint.empty()) progress.line("checkpoint: " + result.last_checkpoint);
   } else if (dataset == "chars") {
     LOWBIT_CHECK(cfg.get_string("model.type") == "gpt", "data.dataset 'chars' needs model.type = \"gpt\", got \"{}\"", cfg.get_string("model.type"));
     const auto corpus = data::CharCorpus::load(cfg.get_string("data.path"), cfg.get_float("data.val_fraction"));
@@ -241,6 +286,11 @@ TrainResult train(const RunConfig& cfg, bool tty) {
     const int64_t total = cfg.get_int("training.max_steps");
     LOWBIT_CHECK(total > 0, "training.max_steps must be positive for data.dataset = 'chars' (an epoch covers every window of the corpus)");
     auto sched = build_scheduler(cfg, *opt, total);
+    if (!resume.empty()) {
+      const auto rep = io::load_checkpoint(resume, *model, opt.get(), sched.get(), &loader);
+      result.steps = rep.state->step;
+      progress.line(fmt::format("resumed from {} at step {}", resume, result.steps));
+    }
     const int64_t eval_every = cfg.get_int("training.eval_interval") > 0 ? cfg.get_int("training.eval_interval") : total;
     progress.line(fmt::format("training a {}-parameter GPT on {} characters (vocabulary {}), {} steps", model->num_parameters(),
                               corpus.train_tokens.size(), corpus.vocab.size(), total));
@@ -268,9 +318,11 @@ TrainResult train(const RunConfig& cfg, bool tty) {
       loss_sum += step_once(*model, *opt, sched.get(), b->data, b->target, clip, true);
       ++n;
       ++result.steps;
+      ++run_steps;
       const double el = std::chrono::duration<double>(clk::now() - t0).count();
-      progress.update("gpt", result.steps, total, loss_sum / n, static_cast<double>(result.steps * batch * ctx) / el,
-                      el / result.steps * static_cast<double>(total - result.steps));
+      progress.update("gpt", result.steps, total, loss_sum / n, static_cast<double>(run_steps * batch * ctx) / el,
+                      el / run_steps * static_cast<double>(total - result.steps));
+      if (ckpt.due(result.steps)) result.last_checkpoint = ckpt.save(result.steps, *model, *opt, sched.get(), loader);
       if (result.steps % eval_every == 0 || result.steps == total) {
         result.final_train_loss = loss_sum / n;
         result.val_loss = val_loss();
@@ -280,6 +332,7 @@ TrainResult train(const RunConfig& cfg, bool tty) {
         n = 0;
       }
     }
+    if (!ckpt.due(result.steps)) result.last_checkpoint = ckpt.save(result.steps, *model, *opt, sched.get(), loader);
     auto* gpt = dynamic_cast<nn::GPT*>(model.get());
     Generator g(seed + 2);
     Tensor prompt = from_vector<int64_t>({corpus.encode("\n")[0]}, {1, 1});

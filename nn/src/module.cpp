@@ -12,7 +12,7 @@ namespace lowbit::nn {
 
 namespace {
 void check_name(const std::string& name, const char* what) {
-  LOWBIT_CHECK(!name.empty() && name.find('.') == std::string::npos, "{} name '{}' must be non-empty and contain no '.'", what, name);
+  LOWBIT_CHECK(!name.empty() && name.find_first_of("./") == std::string::npos, "{} name '{}' must be non-empty and contain no '.' or '/'", what, name);
 }
 std::vector<std::string> split_path(const std::string& path) {
   std::vector<std::string> parts;
