@@ -9,6 +9,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
   dataset-fashion-mnist fortunes
+  python3-h5py python3-numpy hdf5-tools
 )
 
 missing=()

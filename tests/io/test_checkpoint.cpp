@@ -1,0 +1,314 @@
+// Checkpoints: bit-exact resume, validation errors naming file and key, corruption fuzzing,
+// crash safety of the atomic save.
+#include <gtest/gtest.h>
+#include <hdf5.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <random>
+
+#include <lowbit/lowbit.h>
+
+using namespace lowbit;
+
+namespace {
+std::string tmp(const std::string& name) {
+  const auto dir = std::filesystem::temp_directory_path() / ("lowbit_io_" + std::to_string(::getpid()));
+  std::filesystem::create_directories(dir);
+  return (dir / name).string();
+}
+std::shared_ptr<nn::Sequential> make_model(double dropout = 0.0) {
+  std::vector<std::shared_ptr<nn::Module>> layers = {std::make_shared<nn::Linear>(8, 16), std::make_shared<nn::GELU>()};
+  if (dropout > 0) layers.push_back(std::make_shared<nn::Dropout>(dropout));
+  layers.push_back(std::make_shared<nn::Linear>(16, 3));
+  return std::make_shared<nn::Sequential>(layers);
+}
+std::shared_ptr<data::TensorDataset> make_data() {
+  Generator g(11);
+  return std::make_shared<data::TensorDataset>(randn({50, 8}, &g), randint(0, 3, {50}, &g));
+}
+bool same_bits(const nn::Module& a, const nn::Module& b) {
+  auto sa = a.state_dict(), sb = b.state_dict();
+  if (sa.size() != sb.size()) return false;
+  for (size_t i = 0; i < sa.size(); ++i)
+    if (sa[i].second.nbytes() != sb[i].second.nbytes() || std::memcmp(sa[i].second.raw_data(), sb[i].second.raw_data(), sa[i].second.nbytes()) != 0)
+      return false;
+  return true;
+}
+void expect_error(const std::function<void()>& f, const std::vector<std::string>& parts) {
+  try {
+    f();
+    FAIL() << "expected lowbit::Error";
+  } catch (const Error& e) {
+    for (auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what() << "\nmissing: " << p;
+  }
+}
+
+// A training run that can stop after `stop_at` steps (saving) or resume from a file.
+struct TrainRun {
+  std::shared_ptr<nn::Sequential> model;
+  std::unique_ptr<optim::Optimizer> opt;
+  std::unique_ptr<optim::LRScheduler> sched;
+  std::unique_ptr<data::DataLoader> loader;
+  std::vector<float> losses;
+  TrainRun(bool adamw, uint64_t seed) {
+    manual_seed(seed);
+    model = make_model(0.2);
+    if (adamw) {
+      opt = std::make_unique<optim::AdamW>(model->parameters(), optim::AdamOptions{.lr = 1e-2, .weight_decay = 0.05});
+      sched = std::make_unique<optim::CosineAnnealingLR>(*opt, 40);
+    } else {
+      opt = std::make_unique<optim::SGD>(model->parameters(), optim::SGDOptions{.lr = 0.05, .momentum = 0.9, .nesterov = true});
+    }
+    loader = std::make_unique<data::DataLoader>(make_data(), data::DataLoaderOptions{.batch_size = 8, .shuffle = true, .seed = seed});
+  }
+  void steps(int n) {
+    for (int i = 0; i < n;) {
+      auto b = loader->next();
+      if (!b) continue;
+      Tensor loss = cross_entropy(model->forward(b->data), b->target);
+      opt->zero_grad();
+      loss.backward();
+      opt->step();
+      if (sched) sched->step();
+      losses.push_back(loss.item<float>());
+      ++i;
+    }
+  }
+};
+}  // namespace
+
+class Resume : public ::testing::TestWithParam<bool> {};
+TEST_P(Resume, IsBitExact) {
+  const bool adamw = GetParam();
+  const int N = 13, M = 17;  // crosses epoch boundaries (7 batches per epoch)
+  TrainRun full_run(adamw, 5);
+  full_run.steps(N + M);
+
+  const std::string path = tmp(adamw ? "resume_adamw.h5" : "resume_sgd.h5");
+  {
+    TrainRun first(adamw, 5);
+    first.steps(N);
+    io::TrainingState st;
+    st.step = N;
+    io::save_checkpoint(path, *first.model, first.opt.get(), first.sched.get(), first.loader.get(), st);
+  }
+  manual_seed(999);  // the resumed process starts from a different RNG state
+  TrainRun second(adamw, 5);
+  manual_seed(12345);
+  const auto rep = io::load_checkpoint(path, *second.model, second.opt.get(), second.sched.get(), second.loader.get());
+  ASSERT_TRUE(rep.state.has_value());
+  EXPECT_EQ(rep.state->step, N);
+  second.steps(M);
+  ASSERT_EQ(second.losses.size(), static_cast<size_t>(M));
+  for (int i = 0; i < M; ++i) EXPECT_EQ(second.losses[i], full_run.losses[N + i]) << "step " << N + i;
+  EXPECT_TRUE(same_bits(*second.model, *full_run.model));
+  if (adamw) {
+    EXPECT_EQ(second.opt->lr(), full_run.opt->lr());
+  }
+}
+INSTANTIATE_TEST_SUITE_P(Checkpoint, Resume, ::testing::Values(false, true), [](const auto& i) { return i.param ? "AdamWWithScheduler" : "SGDMomentum"; });
+
+TEST(Checkpoint, ModelExportRoundTripAndTiedWeights) {
+  nn::GPTConfig c;
+  c.vocab_size = 20;
+  c.context = 8;
+  c.d_model = 16;
+  c.n_heads = 2;
+  c.n_layers = 1;
+  auto a = std::make_shared<nn::GPT>(c);
+  const std::string path = tmp("gpt.h5");
+  io::export_model(path, *a, "[model]\ntype = 'gpt'\n", {.gzip_level = 4});
+  auto b = std::make_shared<nn::GPT>(c);
+  EXPECT_FALSE(same_bits(*a, *b));
+  const auto rep = io::load_checkpoint(path, *b);
+  EXPECT_EQ(rep.kind, "model");
+  EXPECT_FALSE(rep.state.has_value());
+  EXPECT_TRUE(same_bits(*a, *b));
+  // the tied LM head is stored once (a hard link) but listed under both names
+  const auto info = io::inspect(path);
+  EXPECT_TRUE(info.integrity_checked);
+  EXPECT_EQ(info.parameters, a->num_parameters());
+  const auto tensors = io::read_model_tensors(path);
+  bool head = false;
+  for (auto& [n, _] : tensors) head |= n == "lm_head.weight";
+  EXPECT_TRUE(head);
+  EXPECT_EQ(info.attributes.at("format"), "lowbit-checkpoint");
+  EXPECT_EQ(info.attributes.at("kind"), "model");
+}
+
+TEST(Checkpoint, DtypeFaithfulStorage) {
+  struct M : nn::Module {
+    M() {
+      register_buffer("b16", from_vector<float>({1.5f, -2.25f, 3.0f}).to(kBFloat16));
+      register_buffer("f64", from_vector<double>({1e-300, 2.0}));
+      register_buffer("i8", from_vector<int8_t>({-128, 127}));
+      register_buffer("u8", from_vector<uint8_t>({0, 255}));
+      register_buffer("i32", from_vector<int32_t>({-7}));
+      register_buffer("i64", from_vector<int64_t>({int64_t{1} << 40}));
+      register_buffer("flag", from_vector<bool>({true, false}));
+      register_buffer("empty", zeros({0, 4}));
+      register_buffer("scalar", scalar_tensor(4.5));
+    }
+    std::string type_name() const override { return "M"; }
+  };
+  auto a = std::make_shared<M>();
+  const std::string path = tmp("dtypes.h5");
+  io::export_model(path, *a);
+  auto t = io::read_model_tensors(path);
+  std::map<std::string, Tensor> m(t.begin(), t.end());
+  EXPECT_EQ(m.at("b16").dtype(), kBFloat16);
+  EXPECT_EQ(m.at("b16").to(kFloat32).data_ptr<float>()[1], -2.25f);
+  EXPECT_EQ(m.at("f64").data_ptr<double>()[0], 1e-300);
+  EXPECT_EQ(m.at("i8").data_ptr<int8_t>()[0], -128);
+  EXPECT_EQ(m.at("u8").data_ptr<uint8_t>()[1], 255);
+  EXPECT_EQ(m.at("i64").data_ptr<int64_t>()[0], int64_t{1} << 40);
+  EXPECT_EQ(m.at("flag").dtype(), kBool);
+  EXPECT_EQ(m.at("empty").shape(), (Shape{0, 4}));
+  EXPECT_EQ(m.at("scalar").dim(), 0);
+  auto b = std::make_shared<M>();
+  io::load_checkpoint(path, *b);
+  EXPECT_TRUE(same_bits(*a, *b));
+}
+
+TEST(Checkpoint, MismatchesAreReportedByKey) {
+  auto a = make_model();
+  const std::string path = tmp("small.h5");
+  io::export_model(path, *a);
+  // wrong shape
+  auto wide = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(8, 17), std::make_shared<nn::GELU>(), std::make_shared<nn::Linear>(17, 3)});
+  expect_error([&] { io::load_checkpoint(path, *wide); }, {path, "mismatch 0.weight: shape [16, 8] in the file, [17, 8] in the model", "mismatch 2.weight"});
+  // missing and unexpected keys
+  auto deeper = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(8, 16), std::make_shared<nn::GELU>(), std::make_shared<nn::Linear>(16, 3), std::make_shared<nn::Linear>(3, 3)});
+  expect_error([&] { io::load_checkpoint(path, *deeper); }, {"missing key '3.weight'", "missing key '3.bias'"});
+  auto nobias = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(8, 16, false), std::make_shared<nn::GELU>(), std::make_shared<nn::Linear>(16, 3)});
+  expect_error([&] { io::load_checkpoint(path, *nobias); }, {"unexpected key '0.bias'"});
+  // wrong dtype
+  auto f64 = make_model();
+  f64->to(kFloat64);
+  expect_error([&] { io::load_checkpoint(path, *f64); }, {"0.weight: dtype float32 in the file, float64 in the model"});
+  // strict failure leaves the model untouched; non-strict loads what matches
+  auto before = deeper->state_dict()[0].second.clone();
+  EXPECT_EQ(std::memcmp(before.raw_data(), deeper->state_dict()[0].second.raw_data(), before.nbytes()), 0);
+  const auto rep = io::load_checkpoint(path, *deeper, nullptr, nullptr, nullptr, {.strict = false});
+  EXPECT_EQ(rep.missing_keys.size(), 2u);
+  EXPECT_EQ(std::memcmp(deeper->state_dict()[0].second.raw_data(), a->state_dict()[0].second.raw_data(), before.nbytes()), 0);
+  // optimizer state requested from a model-only file
+  optim::AdamW opt(a->parameters());
+  expect_error([&] { io::load_checkpoint(path, *a, &opt); }, {path, "no optimizer state"});
+}
+
+TEST(Checkpoint, OptimizerMismatchIsNamed) {
+  auto a = make_model();
+  optim::AdamW opt(a->parameters());
+  const std::string path = tmp("opt.h5");
+  io::save_checkpoint(path, *a, &opt, nullptr, nullptr, {});
+  optim::SGD sgd(a->parameters(), {.lr = 0.1});
+  expect_error([&] { io::load_checkpoint(path, *a, &sgd); }, {"saved by AdamW but is being loaded into SGD"});
+  auto p = a->parameters();
+  optim::AdamW partial(std::vector<Tensor>{p[0], p[1]});
+  expect_error([&] { io::load_checkpoint(path, *a, &partial); }, {"lists 4 parameters, the optimizer's group has 2"});
+}
+
+namespace {
+// An HDF5 file written without lowbit: a tensor under /model and the given root attributes.
+void write_foreign(const std::string& path, const std::string& format, int64_t version) {
+  hid_t f = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT);
+  if (!format.empty()) {
+    hid_t st = H5Tcopy(H5T_C_S1);
+    H5Tset_size(st, format.size());
+    hid_t sp = H5Screate(H5S_SCALAR);
+    hid_t a = H5Acreate2(f, "format", st, sp, H5P_DEFAULT, H5P_DEFAULT);
+    H5Awrite(a, st, format.c_str());
+    H5Aclose(a);
+    hid_t v = H5Acreate2(f, "schema_version", H5T_STD_I64LE, sp, H5P_DEFAULT, H5P_DEFAULT);
+    H5Awrite(v, H5T_NATIVE_INT64, &version);
+    H5Aclose(v);
+    H5Sclose(sp);
+    H5Tclose(st);
+  }
+  hid_t g = H5Gcreate2(f, "/model", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+  H5Gclose(g);
+  H5Fclose(f);
+}
+}  // namespace
+
+TEST(Checkpoint, ForeignAndFutureFilesAreRejected) {
+  auto m = make_model();
+  const std::string plain = tmp("plain.h5"), future = tmp("future.h5"), text = tmp("text.h5");
+  write_foreign(plain, "", 0);
+  expect_error([&] { io::load_checkpoint(plain, *m); }, {plain, "not a lowbit checkpoint", "'format'"});
+  write_foreign(future, "lowbit-checkpoint", 99);
+  expect_error([&] { io::load_checkpoint(future, *m); }, {future, "schema version 99 is newer"});
+  std::ofstream(text) << "this is not HDF5\n";
+  expect_error([&] { io::load_checkpoint(text, *m); }, {text, "not an HDF5 file"});
+  expect_error([&] { io::load_checkpoint(tmp("absent.h5"), *m); }, {"absent.h5", "no such file"});
+}
+
+TEST(Checkpoint, FuzzedFilesNeverCrash) {
+  auto m = make_model();
+  optim::AdamW opt(m->parameters());
+  data::DataLoader loader(make_data(), {.batch_size = 8});
+  const std::string good = tmp("fuzz_src.h5"), bad = tmp("fuzz.h5");
+  io::save_checkpoint(good, *m, &opt, nullptr, &loader, {});
+  std::ifstream in(good, std::ios::binary);
+  const std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::mt19937_64 rng(2024);
+  int loaded = 0, rejected = 0;
+  for (int iter = 0; iter < 1200; ++iter) {
+    std::vector<char> b = bytes;
+    const int kind = iter % 4;
+    if (kind == 0) {  // bit flips
+      for (int k = 0, n = 1 + static_cast<int>(rng() % 8); k < n; ++k) b[rng() % b.size()] ^= static_cast<char>(1 << (rng() % 8));
+    } else if (kind == 1) {  // truncation
+      b.resize(rng() % b.size());
+    } else if (kind == 2) {  // random overwrite of a span
+      const size_t at = rng() % b.size(), len = std::min<size_t>(b.size() - at, 1 + rng() % 256);
+      for (size_t k = 0; k < len; ++k) b[at + k] = static_cast<char>(rng());
+    } else {  // corrupt the HDF5 part only, so the user-block check must catch it
+      const size_t at = 512 + rng() % (b.size() - 512);
+      b[at] = static_cast<char>(b[at] + 1 + rng() % 255);
+    }
+    std::ofstream(bad, std::ios::binary).write(b.data(), static_cast<std::streamsize>(b.size()));
+    auto fresh = make_model();
+    optim::AdamW fresh_opt(fresh->parameters());
+    try {
+      io::load_checkpoint(bad, *fresh, &fresh_opt);
+      ++loaded;
+    } catch (const Error&) {
+      ++rejected;
+    }
+  }
+  EXPECT_EQ(loaded + rejected, 1200);
+  EXPECT_GT(rejected, 1100);  // nearly every corruption is detected
+}
+
+TEST(Checkpoint, KillDuringSaveKeepsPreviousCheckpoint) {
+  // a model big enough that a save takes a while
+  auto big = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(1024, 2048), std::make_shared<nn::Linear>(2048, 1024)});
+  const std::string path = tmp("killed.h5");
+  io::export_model(path, *big);
+  for (int round = 0; round < 4; ++round) {
+    const pid_t child = fork();
+    ASSERT_GE(child, 0);
+    if (child == 0) {
+      // keep overwriting the checkpoint until killed
+      for (int i = 0; i < 1000; ++i) io::export_model(path, *big);
+      _exit(0);
+    }
+    usleep(static_cast<useconds_t>(20000 + 37000 * round));
+    kill(child, SIGKILL);
+    int status = 0;
+    waitpid(child, &status, 0);
+    auto fresh = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(1024, 2048), std::make_shared<nn::Linear>(2048, 1024)});
+    EXPECT_NO_THROW(io::load_checkpoint(path, *fresh)) << "round " << round;
+    EXPECT_TRUE(same_bits(*fresh, *big));
+  }
+}
