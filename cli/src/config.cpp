@@ -2,6 +2,7 @@
 
 #include <toml++/toml.h>
 
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -224,29 +225,60 @@ bool RunConfig::get_bool(const std::string& k) const { return std::get<bool>(at(
 const std::string& RunConfig::get_string(const std::string& k) const { return std::get<std::string>(at(k)); }
 const std::vector<int64_t>& RunConfig::get_int_list(const std::string& k) const { return std::get<std::vector<int64_t>>(at(k)); }
 
+namespace {
+std::string toml_string(const std::string& v) {
+  std::string out = "\"";
+  for (unsigned char c : v) {
+    switch (c) {
+      case '"': out += "\\\""; break;
+      case '\\': out += "\\\\"; break;
+      case '\n': out += "\\n"; break;
+      case '\t': out += "\\t"; break;
+      case '\r': out += "\\r"; break;
+      default:
+        if (c < 0x20) out += fmt::format("\\u{:04x}", c);
+        else out += static_cast<char>(c);
+    }
+  }
+  return out + "\"";
+}
+// Shortest text that reads back as the same double, always a TOML float.
+std::string toml_float(double v) {
+  if (std::isnan(v)) return "nan";
+  if (std::isinf(v)) return v > 0 ? "inf" : "-inf";
+  std::string t = fmt::format("{}", v);
+  if (t.find_first_of(".e") == std::string::npos) t += ".0";
+  return t;
+}
+}  // namespace
+
+// Sections and keys in schema order, values in their shortest exact form.
 std::string RunConfig::to_toml() const {
-  toml::table root;
+  std::string out, section;
   for (const auto& s : config_schema()) {
     const auto dot = s.key.find('.');
-    const std::string section = s.key.substr(0, dot), name = s.key.substr(dot + 1);
-    if (!root.contains(section)) root.insert(section, toml::table{});
-    toml::table& t = *root[section].as_table();
-    std::visit(
-        [&](const auto& v) {
-          using T = std::decay_t<decltype(v)>;
-          if constexpr (std::is_same_v<T, std::vector<int64_t>>) {
-            toml::array arr;
-            for (int64_t x : v) arr.push_back(x);
-            t.insert(name, arr);
-          } else {
-            t.insert(name, v);
-          }
-        },
-        at(s.key));
+    const std::string sec = s.key.substr(0, dot), name = s.key.substr(dot + 1);
+    if (sec != section) {
+      out += fmt::format("{}[{}]\n", out.empty() ? "" : "\n", sec);
+      section = sec;
+    }
+    const Value& v = at(s.key);
+    std::string text;
+    switch (v.index()) {
+      case 0: text = std::to_string(std::get<int64_t>(v)); break;
+      case 1: text = toml_float(std::get<double>(v)); break;
+      case 2: text = std::get<bool>(v) ? "true" : "false"; break;
+      case 3: text = toml_string(std::get<std::string>(v)); break;
+      default: {
+        text = "[";
+        const auto& l = std::get<std::vector<int64_t>>(v);
+        for (size_t i = 0; i < l.size(); ++i) text += (i ? ", " : "") + std::to_string(l[i]);
+        text += "]";
+      }
+    }
+    out += fmt::format("{} = {}\n", name, text);
   }
-  std::stringstream ss;
-  ss << root << "\n";
-  return ss.str();
+  return out;
 }
 
 }  // namespace lowbit::cli
