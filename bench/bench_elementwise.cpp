@@ -65,13 +65,7 @@ BENCHMARK(BM_gelu)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 BENCHMARK(BM_sum)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 
 int main(int argc, char** argv) {
-  int threads = 0;
-  for (int i = 1; i < argc; ++i)
-    if (std::strncmp(argv[i], "--threads=", 10) == 0) threads = std::atoi(argv[i] + 10);
-  if (threads > 0) set_num_threads(threads);
-  benchmark::Initialize(&argc, argv);
-  lowbit::bench::CollectingReporter rep;
-  benchmark::RunSpecifiedBenchmarks(&rep);
+  const auto rep = lowbit::bench::run_all(argc, argv, [](int n) { set_num_threads(n); });
   const double triad = rep.counter("BM_triad", "GB/s") / 1e9;
   std::printf("\nthreads=%d, 16M float32 elements\n%-8s %10s %10s %12s\n", get_num_threads(), "op", "GB/s", "triad GB/s", "% of triad");
   for (const char* op : {"add", "mul", "gelu", "sum"}) {

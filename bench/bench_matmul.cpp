@@ -92,13 +92,7 @@ BENCHMARK(BM_lowbit_linear_bwd)->DenseRange(0, 1)->Unit(benchmark::kMicrosecond)
 BENCHMARK(BM_onednn_linear_bwd)->DenseRange(0, 1)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
 int main(int argc, char** argv) {
-  int threads = 0;
-  for (int i = 1; i < argc; ++i)
-    if (std::strncmp(argv[i], "--threads=", 10) == 0) threads = std::atoi(argv[i] + 10);
-  if (threads > 0) set_num_threads(threads);
-  benchmark::Initialize(&argc, argv);
-  lowbit::bench::CollectingReporter rep;
-  benchmark::RunSpecifiedBenchmarks(&rep);
+  const auto rep = lowbit::bench::run_all(argc, argv, [](int n) { set_num_threads(n); });
   std::printf("\nthreads=%d\n%-28s %12s %12s %10s\n", get_num_threads(), "case", "lowbit us", "oneDNN us", "overhead");
   for (int i = 0; i < 2; ++i)
     for (const char* pass : {"fwd", "fwd+bwd"}) {

@@ -38,13 +38,7 @@ void BM_mlp_step(benchmark::State& st) {
 BENCHMARK(BM_mlp_step)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 
 int main(int argc, char** argv) {
-  int threads = 0;
-  for (int i = 1; i < argc; ++i)
-    if (std::strncmp(argv[i], "--threads=", 10) == 0) threads = std::atoi(argv[i] + 10);
-  if (threads > 0) set_num_threads(threads);
-  benchmark::Initialize(&argc, argv);
-  lowbit::bench::CollectingReporter rep;
-  benchmark::RunSpecifiedBenchmarks(&rep);
+  const auto rep = lowbit::bench::run_all(argc, argv, [](int n) { set_num_threads(n); });
   const double ms = rep.seconds("BM_mlp_step") * 1e3;
   const double gflop = 6.0 * 256 * (784.0 * 1024 + 1024.0 * 1024 + 1024.0 * 10) / 1e9;
   std::printf("\nthreads=%d  MLP 784-1024-1024-10, batch 256, fwd+bwd: %.2f ms/step (%.0f GFLOP/s on %.2f GFLOP of GEMMs)\n",

@@ -4,6 +4,7 @@
 #include <benchmark/benchmark.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <string>
 #include <vector>
@@ -47,5 +48,16 @@ class CollectingReporter : public benchmark::ConsoleReporter {
   std::map<std::string, double> seconds_;
   std::map<std::string, std::map<std::string, double>> counters_;
 };
+
+/// Applies --threads=N (lowbit and oneDNN), initializes Google Benchmark and runs every
+/// registered benchmark through a CollectingReporter, which is returned for the summary table.
+inline CollectingReporter run_all(int argc, char** argv, void (*set_threads)(int)) {
+  for (int i = 1; i < argc; ++i)
+    if (std::string(argv[i]).rfind("--threads=", 0) == 0) set_threads(std::atoi(argv[i] + 10));
+  benchmark::Initialize(&argc, argv);
+  CollectingReporter rep;
+  benchmark::RunSpecifiedBenchmarks(&rep);
+  return rep;
+}
 
 }  // namespace lowbit::bench

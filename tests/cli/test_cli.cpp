@@ -8,18 +8,13 @@
 #include "lowbit/cli/train.h"
 #include <lowbit/lowbit.h>
 
+#include "test_util.h"
+
 using namespace lowbit;
+using lowbit::testing::expect_error;
 using namespace lowbit::cli;
 
 namespace {
-void expect_error(const std::function<void()>& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    FAIL() << "expected lowbit::Error";
-  } catch (const Error& e) {
-    for (auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what() << "\nmissing: " << p;
-  }
-}
 std::string tmpdir(const std::string& name) {
   auto p = std::filesystem::temp_directory_path() / ("lowbit_cli_" + name);
   std::filesystem::remove_all(p);

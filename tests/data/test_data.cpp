@@ -7,7 +7,10 @@
 
 #include <lowbit/lowbit.h>
 
+#include "test_util.h"
+
 using namespace lowbit;
+using lowbit::testing::expect_error;
 using namespace lowbit::data;
 
 namespace {
@@ -35,14 +38,6 @@ std::vector<unsigned char> idx_bytes(uint8_t dims, std::vector<uint32_t> shape, 
     for (int k = 3; k >= 0; --k) b.push_back(static_cast<unsigned char>(s >> (8 * k)));
   for (size_t i = 0; i < data_bytes; ++i) b.push_back(static_cast<unsigned char>(i % 10));
   return b;
-}
-void expect_error(const std::function<void()>& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    FAIL() << "expected lowbit::Error";
-  } catch (const Error& e) {
-    for (auto& p : parts) EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what() << "\nmissing: " << p;
-  }
 }
 }  // namespace
 
