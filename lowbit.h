@@ -13,4 +13,5 @@
 #include "lowbit/nn/module.h"
 #include "lowbit/nn/transformer.h"
 #include "lowbit/optim/lr_scheduler.h"
+#include "lowbit/qat/affine.h"
 #include "lowbit/optim/optimizer.h"

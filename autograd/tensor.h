@@ -153,6 +153,8 @@ int64_t numel_of(const Shape& shape);
 /// Wraps a negative dim and checks range; op names the caller in the error.
 int64_t wrap_dim(int64_t dim, int64_t ndim, const char* op);
 void check_shape(const Shape& shape, const char* op);
+/// "[2, 3] float32": a tensor's shape and dtype for error messages.
+std::string desc(const Tensor& t);
 /// A new tensor viewing t's storage at byte offset with shape (no autograd).
 Tensor make_view(const Tensor& t, const Shape& shape, size_t byte_offset);
 }  // namespace detail

@@ -73,8 +73,6 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op);
 std::vector<int64_t> broadcast_strides(const Shape& in, const Shape& out);
 /// Row-major contiguous strides.
 std::vector<int64_t> contiguous_strides(const Shape& shape);
-/// A "tensor(a) shape [2, 3] dtype float32" fragment for messages.
-std::string desc(const Tensor& t);
 /// Materializes a broadcast of t to shape (copy).
 Tensor expand_copy(const Tensor& t, const Shape& shape);
 /// Internal GEMM: C = op(A)·op(B) for 2-D or 3-D (batched, batch 1 broadcast) float tensors.

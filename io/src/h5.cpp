@@ -64,7 +64,7 @@ std::string read_attr_string(hid_t obj, const std::string& name, const std::stri
   Hid s(H5Aget_space(a), H5Sclose);
   LOWBIT_CHECK(H5Tget_class(t) == H5T_STRING && H5Sget_simple_extent_npoints(s) == 1, "{}: attribute '{}' on {} is not a string", file, name, where);
   if (H5Tis_variable_str(t) > 0) {
-    Hid mt = vlen_string_type();
+    Hid mt(H5Tcopy(t), H5Tclose);  // the stored character set (ASCII or UTF-8)
     char* p = nullptr;
     check(H5Aread(a, mt, &p), file, "cannot read attribute '" + name + "' on " + where, 0);
     std::string out = p ? p : "";
@@ -145,7 +145,7 @@ std::vector<std::string> read_strings(hid_t loc, const std::string& name, const 
   const hssize_t n = H5Sget_simple_extent_npoints(s);
   LOWBIT_CHECK(n >= 0 && n < (1 << 24), "{}: dataset '{}' has an implausible length", file, name);
   std::vector<char*> ptrs(static_cast<size_t>(n), nullptr);
-  Hid mt = vlen_string_type();
+  Hid mt(H5Tcopy(t), H5Tclose);
   if (n) check(H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()), file, "cannot read dataset '" + name + "'", 0);
   std::vector<std::string> out;
   for (char* p : ptrs) {

@@ -1,0 +1,54 @@
+// Affine quantization primitives with torchao's numerics (spec: shared/spec/torchao-numerics.md
+// §0-1; golden vectors: shared/golden/affine.h5).
+//
+// Rules reproduced bit for bit for float32 inputs:
+//  * qparams are computed in float32: per-block amin/amax (NaN propagates), range forced to
+//    include 0, SYMMETRIC scale = amax / ((qmax - qmin) / 2) (a true division), ASYMMETRIC
+//    scale = (max_pos - min_neg) / (qmax - qmin), both clamped below by eps; the asymmetric
+//    zero point is clamp(qmin - round(min_neg / scale), qmin, qmax).
+//  * quantize multiplies by the float32 reciprocal of the scale, rounds half to even, adds the
+//    zero point, clamps, then casts.
+//  * dequantize is (float(q) - float(zp)) * scale in float32.
+//  * Non-finite values: a NaN in a block makes its scale NaN; float -> integer casts follow
+//    x86 (and PyTorch's CPU kernels): NaN or out-of-range -> INT32_MIN, then truncation to the
+//    container, so a NaN code is stored as 0 and a NaN zero point as -2147483648.
+#pragma once
+#include <optional>
+#include <string>
+#include <utility>
+
+#include "lowbit/autograd/tensor.h"
+
+namespace lowbit::qat {
+
+enum class MappingType { SYMMETRIC = 1, SYMMETRIC_NO_CLIPPING_ERR = 2, ASYMMETRIC = 3 };
+enum class ZeroPointDomain { INT = 1, FLOAT = 2, NONE = 3 };
+
+const char* to_string(MappingType m);
+const char* to_string(ZeroPointDomain d);
+
+/// Integer range of a target dtype name: "int1".."int8" (-2^(n-1) .. 2^(n-1)-1), "uint1".."uint8"
+/// (0 .. 2^n - 1), "int16", "int32". Throws for unknown names.
+std::pair<int64_t, int64_t> quant_range(const std::string& dtype);
+
+/// Checks block_size against shape (same rank; each entry divides its dim) and returns the
+/// number of blocks per dim (the shape of scales and zero points).
+Shape blocks_shape(const Shape& shape, const Shape& block_size, const char* op);
+
+/// (scale float32, zero_point int32 — or float32 for ZeroPointDomain::FLOAT) with shape
+/// blocks_shape(x.shape(), block_size). eps defaults to float32's smallest normal (torchao HEAD).
+std::pair<Tensor, Tensor> choose_qparams_affine(const Tensor& x, MappingType mapping, const Shape& block_size, int64_t quant_min,
+                                                int64_t quant_max, std::optional<double> eps = std::nullopt,
+                                                ZeroPointDomain domain = ZeroPointDomain::INT);
+/// Codes in `out_dtype` (int8, uint8 or int32 containers).
+Tensor quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& scale, const Tensor& zero_point, DType out_dtype,
+                       int64_t quant_min, int64_t quant_max, ZeroPointDomain domain = ZeroPointDomain::INT);
+/// float32 values of codes q.
+Tensor dequantize_affine(const Tensor& q, const Shape& block_size, const Tensor& scale, const Tensor& zero_point, int64_t quant_min,
+                         int64_t quant_max, ZeroPointDomain domain = ZeroPointDomain::INT);
+/// quantize without the integer cast, then dequantize; differentiable: straight-through with
+/// the clamping mask (the gradient is zero where the rounded code was clamped).
+Tensor fake_quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& scale, const Tensor& zero_point, int64_t quant_min,
+                            int64_t quant_max, ZeroPointDomain domain = ZeroPointDomain::INT);
+
+}  // namespace lowbit::qat

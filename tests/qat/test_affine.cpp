@@ -1,0 +1,94 @@
+// Affine primitives against every case of torchao's affine.h5 (bit for bit: scale, zero_point,
+// q, dq, fq), iterating over whatever cases the file holds; plus API error cases and the
+// straight-through gradient.
+#include <gtest/gtest.h>
+
+#include "golden.h"
+#include "test_util.h"
+
+using namespace lowbit;
+using namespace lowbit::qat;
+using lowbit::testing::count_mismatches;
+
+namespace {
+MappingType parse_mapping(const std::string& s) {
+  if (s == "MappingType.SYMMETRIC") return MappingType::SYMMETRIC;
+  if (s == "MappingType.SYMMETRIC_NO_CLIPPING_ERR") return MappingType::SYMMETRIC_NO_CLIPPING_ERR;
+  if (s == "MappingType.ASYMMETRIC") return MappingType::ASYMMETRIC;
+  throw Error("unknown mapping type " + s);
+}
+}  // namespace
+
+TEST(AffineGolden, EveryCaseBitExact) {
+  namespace t = lowbit::testing;
+  const std::string path = t::golden_dir() + "/affine.h5";
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << "golden file not found: " << path << " (set LOWBIT_GOLDEN_DIR)";
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  ASSERT_GE(f, 0);
+  const auto cases = t::golden_cases(f);
+  ASSERT_FALSE(cases.empty());
+  int checked = 0;
+  for (const auto& name : cases) {
+    SCOPED_TRACE(name);
+    hid_t g = H5Gopen2(f, name.c_str(), H5P_DEFAULT);
+    const int64_t qmin = t::attr_ints(g, "quant_min")[0], qmax = t::attr_ints(g, "quant_max")[0];
+    const auto bs = t::attr_ints(g, "block_size");
+    const Shape block(bs.begin(), bs.end());
+    hid_t qd = H5Dopen2(g, "q", H5P_DEFAULT);
+    const DType container = t::attr_string(qd, "torch_dtype") == "torch.uint8" ? kUInt8 : kInt8;
+    H5Dclose(qd);
+    const Tensor x = t::dataset(g, "input", kFloat32);
+    const Tensor g_scale = t::dataset(g, "scale", kFloat32), g_zp = t::dataset(g, "zero_point", kInt32);
+    Tensor scale = g_scale.reshape(blocks_shape(x.shape(), block, "golden")), zp = g_zp.reshape(scale.shape());
+    std::string where;
+    if (t::has_attr(g, "mapping_type")) {
+      const std::optional<double> eps = t::has_attr(g, "eps_effective") ? std::optional<double>(t::attr_double(g, "eps_effective")) : std::nullopt;
+      auto [s, z] = choose_qparams_affine(x, parse_mapping(t::attr_string(g, "mapping_type")), block, qmin, qmax, eps);
+      EXPECT_EQ(count_mismatches(s.flatten(), g_scale.flatten(), &where), 0) << "scale: " << where;
+      EXPECT_EQ(count_mismatches(z.flatten(), g_zp.flatten(), &where), 0) << "zero_point: " << where;
+      scale = s;
+      zp = z;
+    }
+    const Tensor q = quantize_affine(x, block, scale, zp, container, qmin, qmax);
+    EXPECT_EQ(count_mismatches(q, t::dataset(g, "q", container), &where), 0) << "q: " << where;
+    const Tensor dq = dequantize_affine(q, block, scale, zp, qmin, qmax);
+    EXPECT_EQ(count_mismatches(dq, t::dataset(g, "dq", kFloat32), &where), 0) << "dq: " << where;
+    const Tensor fq = fake_quantize_affine(x, block, scale, zp, qmin, qmax);
+    EXPECT_EQ(count_mismatches(fq, t::dataset(g, "fq", kFloat32), &where), 0) << "fq: " << where;
+    H5Gclose(g);
+    ++checked;
+  }
+  H5Fclose(f);
+  EXPECT_EQ(checked, static_cast<int>(cases.size()));
+  std::printf("checked %d affine.h5 cases\n", checked);
+}
+
+TEST(Affine, RangesAndErrors) {
+  EXPECT_EQ(quant_range("int4"), (std::pair<int64_t, int64_t>{-8, 7}));
+  EXPECT_EQ(quant_range("uint4"), (std::pair<int64_t, int64_t>{0, 15}));
+  EXPECT_EQ(quant_range("int1"), (std::pair<int64_t, int64_t>{-1, 0}));
+  EXPECT_EQ(quant_range("uint8"), (std::pair<int64_t, int64_t>{0, 255}));
+  lowbit::testing::expect_error([] { quant_range("int9"); }, {"unknown target dtype 'int9'"});
+  const Tensor x = randn({4, 64});
+  lowbit::testing::expect_error([&] { choose_qparams_affine(x, MappingType::SYMMETRIC, {1, 48}, -8, 7); },
+                                {"choose_qparams_affine", "block_size [1, 48]", "[4, 64]"});
+  lowbit::testing::expect_error([&] { choose_qparams_affine(x, MappingType::SYMMETRIC, {1, 32, 1}, -8, 7); }, {"rank"});
+  auto [s, z] = choose_qparams_affine(x, MappingType::SYMMETRIC, {1, 32}, -8, 7);
+  EXPECT_EQ(s.shape(), (Shape{4, 2}));
+  lowbit::testing::expect_error([&] { quantize_affine(x, {1, 32}, s, z, kUInt8, -8, 7); }, {"quantize_affine", "[-8, 7]", "uint8"});
+  lowbit::testing::expect_error([&] { quantize_affine(x, {1, 16}, s, z, kInt8, -8, 7); }, {"scale must be float32 with one value per block", "16 blocks", "[4, 2]"});
+  lowbit::testing::expect_error([&] { quantize_affine(x.to(kFloat64), {1, 32}, s, z, kInt8, -8, 7); }, {"input must be float32", "float64"});
+}
+
+TEST(Affine, StraightThroughGradientWithClampMask) {
+  // scale 1, zero point 0, int4: codes outside [-8, 7] are clamped and get no gradient
+  Tensor x = from_vector<float>({0.4f, -3.6f, 7.4f, 7.6f, -8.4f, -8.6f, 100.0f}, {1, 7}).requires_grad_();
+  Tensor scale = from_vector<float>({1.0f}, {1, 1});
+  Tensor zp = from_vector<int32_t>({0}, {1, 1});
+  Tensor y = fake_quantize_affine(x, {1, 7}, scale, zp, -8, 7);
+  EXPECT_EQ(y.to_string(), "tensor([[ 0., -4.,  7.,  7., -8., -8.,  7.]], dtype=float32, grad_fn=<FakeQuantizeAffineBackward0>)");
+  y.backward(ones({1, 7}));
+  const float* g = x.grad().data_ptr<float>();
+  const std::vector<float> expect = {1, 1, 1, 0, 1, 0, 0};  // 7.6 rounds to 8 (clamped); -8.4 rounds to -8 (kept)
+  for (int i = 0; i < 7; ++i) EXPECT_EQ(g[i], expect[i]) << i;
+}
