@@ -14,4 +14,5 @@
 #include "lowbit/nn/transformer.h"
 #include "lowbit/optim/lr_scheduler.h"
 #include "lowbit/qat/affine.h"
+#include "lowbit/qat/fake_quantizer.h"
 #include "lowbit/optim/optimizer.h"

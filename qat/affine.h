@@ -37,9 +37,11 @@ Shape blocks_shape(const Shape& shape, const Shape& block_size, const char* op);
 
 /// (scale float32, zero_point int32 — or float32 for ZeroPointDomain::FLOAT) with shape
 /// blocks_shape(x.shape(), block_size). eps defaults to float32's smallest normal (torchao HEAD).
+/// zero_point_dtype: int32 (torchao's default) or float32 (e.g. the 8da4w activation config;
+/// integral values, NaN kept as NaN).
 std::pair<Tensor, Tensor> choose_qparams_affine(const Tensor& x, MappingType mapping, const Shape& block_size, int64_t quant_min,
                                                 int64_t quant_max, std::optional<double> eps = std::nullopt,
-                                                ZeroPointDomain domain = ZeroPointDomain::INT);
+                                                ZeroPointDomain domain = ZeroPointDomain::INT, DType zero_point_dtype = kInt32);
 /// Codes in `out_dtype` (int8, uint8 or int32 containers).
 Tensor quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& scale, const Tensor& zero_point, DType out_dtype,
                        int64_t quant_min, int64_t quant_max, ZeroPointDomain domain = ZeroPointDomain::INT);

@@ -98,13 +98,13 @@ void check_qparams(const Tensor& scale, const Tensor& zp, const Shape& nblocks, 
                "{}: scale must be float32 with one value per block ({} blocks of shape {}), got {}", op, detail::numel_of(nblocks), shape_str(nblocks),
                scale.defined() ? detail::desc(scale) : "undefined");
   if (domain == ZeroPointDomain::NONE) return;
-  const DType want = domain == ZeroPointDomain::FLOAT ? kFloat32 : kInt32;
-  LOWBIT_CHECK(zp.defined() && zp.dtype() == want && zp.numel() == scale.numel(), "{}: zero_point must be {} with {} values for domain {}, got {}", op,
-               dtype_name(want), scale.numel(), to_string(domain), zp.defined() ? detail::desc(zp) : "undefined");
+  const bool ok_dtype = zp.defined() && (zp.dtype() == kFloat32 || (domain == ZeroPointDomain::INT && zp.dtype() == kInt32));
+  LOWBIT_CHECK(ok_dtype && zp.numel() == scale.numel(), "{}: zero_point must be {} with {} values for domain {}, got {}", op,
+               domain == ZeroPointDomain::INT ? "int32 or float32" : "float32", scale.numel(), to_string(domain), zp.defined() ? detail::desc(zp) : "undefined");
 }
 float zp_at(const Tensor& zp, ZeroPointDomain domain, int64_t b) {
   if (domain == ZeroPointDomain::NONE) return 0.0f;
-  if (domain == ZeroPointDomain::FLOAT) return zp.data_ptr<float>()[b];
+  if (zp.dtype() == kFloat32) return zp.data_ptr<float>()[b];
   return static_cast<float>(zp.data_ptr<int32_t>()[b]);
 }
 
@@ -128,7 +128,7 @@ float dequantize_one(float q, float scale, float zp, float qmin, float qmax, Zer
 }  // namespace
 
 std::pair<Tensor, Tensor> choose_qparams_affine(const Tensor& x, MappingType mapping, const Shape& block_size, int64_t qmin, int64_t qmax,
-                                                std::optional<double> eps_opt, ZeroPointDomain domain) {
+                                                std::optional<double> eps_opt, ZeroPointDomain domain, DType zp_dtype) {
   const char* op = "choose_qparams_affine";
   check_input(x, op);
   check_range(qmin, qmax, op);
@@ -145,7 +145,9 @@ std::pair<Tensor, Tensor> choose_qparams_affine(const Tensor& x, MappingType map
   const float eps = static_cast<float>(eps_opt ? *eps_opt : static_cast<double>(std::numeric_limits<float>::min()));
   const float fqmin = static_cast<float>(qmin), fqmax = static_cast<float>(qmax);
   Tensor scale = empty(bi.nblocks, kFloat32);
-  Tensor zp = empty(bi.nblocks, domain == ZeroPointDomain::FLOAT ? kFloat32 : kInt32);
+  LOWBIT_CHECK(zp_dtype == kInt32 || zp_dtype == kFloat32, "{}: zero_point_dtype must be int32 or float32, got {}", op, dtype_name(zp_dtype));
+  if (domain == ZeroPointDomain::FLOAT) zp_dtype = kFloat32;
+  Tensor zp = empty(bi.nblocks, zp_dtype);
   float* sp = scale.data_ptr<float>();
   for (int64_t b = 0; b < nb; ++b) {
     float s, z;
@@ -174,7 +176,8 @@ std::pair<Tensor, Tensor> choose_qparams_affine(const Tensor& x, MappingType map
       z = clamp_f(fqmin - rne(min_neg / s), fqmin, fqmax);
     }
     sp[b] = s;
-    if (domain == ZeroPointDomain::NONE) zp.data_ptr<int32_t>()[b] = 0;
+    if (domain == ZeroPointDomain::NONE) z = 0.0f;
+    if (zp_dtype == kFloat32) zp.data_ptr<float>()[b] = z;
     else zp.data_ptr<int32_t>()[b] = to_int32(z);
   }
   return {scale, zp};
@@ -254,8 +257,9 @@ Tensor fake_quantize_affine(const Tensor& x, const Shape& block_size, const Tens
     mp[e] = (unclamped >= fqmin && unclamped <= fqmax) ? 1.0f : 0.0f;
   });
   if (detail::any_requires_grad({&x})) {
-    // autograd through torchao's ops gives mask * ((g * scale) * (1 / scale)) in float32,
-    // which is not always g: reproduce it exactly
+    // autograd through torchao's ops gives where(mask, g * scale, 0) * (1 / scale) in float32
+    // (clamp's backward selects, then the x * (1/scale) backward multiplies), which is not
+    // always g and is NaN for every element of a block whose scale is NaN or inf: reproduce it
     const Tensor s = scale.detach();
     const Shape bs = block_size;
     detail::record(y, "FakeQuantizeAffineBackward0", {x}, [mask, s, bs](const Tensor& g_in) {
@@ -266,7 +270,7 @@ Tensor fake_quantize_affine(const Tensor& x, const Shape& block_size, const Tens
       const float* mp = mask.data_ptr<float>();
       const float* sp = s.data_ptr<float>();
       float* op = gx.data_ptr<float>();
-      bi.for_each([&](int64_t e, int64_t b) { op[e] = mp[e] != 0.0f ? (gp[e] * sp[b]) * (1.0f / sp[b]) : 0.0f; });
+      bi.for_each([&](int64_t e, int64_t b) { op[e] = (mp[e] != 0.0f ? gp[e] * sp[b] : 0.0f) * (1.0f / sp[b]); });
       return std::vector<Tensor>{gx};
     });
   }

@@ -1,0 +1,195 @@
+#include "lowbit/qat/fake_quantizer.h"
+
+#include "lowbit/autograd/autograd.h"
+#include "lowbit/autograd/ops.h"
+
+namespace lowbit::qat {
+
+std::string to_string(const Granularity& g) {
+  return std::visit(
+      [](const auto& v) -> std::string {
+        using T = std::decay_t<decltype(v)>;
+        if constexpr (std::is_same_v<T, PerTensor>) return "PerTensor()";
+        else if constexpr (std::is_same_v<T, PerAxis>) return fmt::format("PerAxis(axis={})", v.axis);
+        else if constexpr (std::is_same_v<T, PerGroup>) return fmt::format("PerGroup(group_size={})", v.group_size);
+        else if constexpr (std::is_same_v<T, PerRow>) return fmt::format("PerRow(dim={})", v.dim);
+        else return "PerToken()";
+      },
+      g);
+}
+
+Shape block_size_for(const Granularity& g, const Shape& shape) {
+  const int64_t nd = static_cast<int64_t>(shape.size());
+  LOWBIT_CHECK(nd >= 1, "block_size_for: {} needs a tensor with at least one dimension, got shape {}", to_string(g), shape_str(shape));
+  Shape b(shape.size(), 1);
+  std::visit(
+      [&](const auto& v) {
+        using T = std::decay_t<decltype(v)>;
+        if constexpr (std::is_same_v<T, PerTensor>) {
+          b = shape;
+        } else if constexpr (std::is_same_v<T, PerAxis>) {
+          const int64_t a = detail::wrap_dim(v.axis, nd, "PerAxis");
+          b = shape;
+          b[a] = 1;
+        } else if constexpr (std::is_same_v<T, PerGroup>) {
+          LOWBIT_CHECK(v.group_size > 0 && shape.back() % v.group_size == 0, "PerGroup(group_size={}): the last dimension of shape {} must divide by the group size",
+                       v.group_size, shape_str(shape));
+          b.back() = v.group_size;
+        } else if constexpr (std::is_same_v<T, PerRow>) {
+          const int64_t d = detail::wrap_dim(v.dim, nd, "PerRow");
+          b[d] = shape[d];
+        } else {
+          b.back() = shape.back();
+        }
+      },
+      g);
+  return b;
+}
+
+// ---------------- IntxFakeQuantizeConfig ----------------
+IntxFakeQuantizeConfig::IntxFakeQuantizeConfig(std::string dt, std::optional<Granularity> gran, std::optional<int64_t> group_size,
+                                               std::optional<bool> is_symmetric, std::optional<MappingType> mapping)
+    : dtype(std::move(dt)), granularity(std::move(gran)) {
+  LOWBIT_CHECK(!(group_size && granularity), "IntxFakeQuantizeConfig: pass either granularity or group_size, not both");
+  if (group_size) granularity = PerGroup{*group_size};
+  LOWBIT_CHECK(!(is_symmetric && mapping), "IntxFakeQuantizeConfig: pass either mapping_type or is_symmetric, not both");
+  if (mapping) mapping_type = *mapping;
+  if (is_symmetric) set_is_symmetric(*is_symmetric);
+  validate();
+}
+
+IntxFakeQuantizeConfig IntxFakeQuantizeConfig::from_string_granularity(const std::string& dt, const std::string& g, std::optional<int64_t> group_size,
+                                                                       std::optional<bool> is_symmetric) {
+  std::optional<Granularity> gran;
+  if (g == "per_token") {
+    gran = PerToken{};
+  } else if (g == "per_channel") {
+    gran = PerAxis{0};
+  } else if (g == "per_group") {
+    LOWBIT_CHECK(group_size.has_value(), "IntxFakeQuantizeConfig: granularity 'per_group' needs group_size");
+    gran = PerGroup{*group_size};
+    group_size.reset();
+  } else {
+    throw Error(fmt::format("IntxFakeQuantizeConfig: unknown granularity '{}' (per_token, per_channel, per_group)", g));
+  }
+  return IntxFakeQuantizeConfig(dt, gran, group_size, is_symmetric);
+}
+
+void IntxFakeQuantizeConfig::validate() const {
+  (void)quant_range(dtype);  // throws for unknown dtypes
+  LOWBIT_CHECK(dtype.rfind("int", 0) == 0 || dtype.rfind("uint", 0) == 0, "IntxFakeQuantizeConfig: dtype must be intN or uintN, got '{}'", dtype);
+  LOWBIT_CHECK(mapping_type == MappingType::SYMMETRIC || mapping_type == MappingType::ASYMMETRIC,
+               "IntxFakeQuantizeConfig: mapping_type must be SYMMETRIC or ASYMMETRIC, got {}", qat::to_string(mapping_type));
+  LOWBIT_CHECK(scale_precision == kFloat32, "IntxFakeQuantizeConfig: scale_precision {} is not supported (float32)", dtype_name(scale_precision));
+  LOWBIT_CHECK(zero_point_precision == kInt32 || zero_point_precision == kFloat32, "IntxFakeQuantizeConfig: zero_point_precision must be int32 or float32, got {}",
+               dtype_name(zero_point_precision));
+  LOWBIT_CHECK(zero_point_domain != ZeroPointDomain::NONE || mapping_type == MappingType::SYMMETRIC,
+               "IntxFakeQuantizeConfig: zero_point_domain NONE needs a symmetric mapping");
+  LOWBIT_CHECK(zero_point_domain != ZeroPointDomain::FLOAT || mapping_type == MappingType::ASYMMETRIC,
+               "IntxFakeQuantizeConfig: zero_point_domain FLOAT needs an asymmetric mapping");
+  LOWBIT_CHECK(!(range_learning && is_dynamic), "IntxFakeQuantizeConfig: range_learning requires is_dynamic=False");
+  LOWBIT_CHECK(!range_learning, "IntxFakeQuantizeConfig: range_learning is not supported by lowbit yet");
+  if (granularity) {
+    if (auto* g = std::get_if<PerGroup>(&*granularity)) LOWBIT_CHECK(g->group_size > 0, "IntxFakeQuantizeConfig: group_size must be positive, got {}", g->group_size);
+  }
+}
+
+std::string IntxFakeQuantizeConfig::to_string() const {
+  auto torch_dtype = [](DType d) { return fmt::format("torch.{}", dtype_name(d)); };
+  return fmt::format(
+      "IntxFakeQuantizeConfig(dtype=torch.{}, granularity={}, mapping_type=<MappingType.{}: {}>, scale_precision={}, zero_point_precision={}, "
+      "zero_point_domain=<ZeroPointDomain.{}: {}>, is_dynamic={}, range_learning={}, eps={})",
+      dtype, granularity ? qat::to_string(*granularity) : "None", qat::to_string(mapping_type), static_cast<int>(mapping_type), torch_dtype(scale_precision),
+      torch_dtype(zero_point_precision), qat::to_string(zero_point_domain), static_cast<int>(zero_point_domain), is_dynamic ? "True" : "False",
+      range_learning ? "True" : "False", eps ? fmt::format("{}", *eps) : "None");
+}
+
+// ---------------- FakeQuantizer ----------------
+FakeQuantizer::FakeQuantizer(const FakeQuantizeConfigBase& config) : config_(config.clone()) { config_->validate(); }
+
+Tensor FakeQuantizer::forward(const Tensor& x_in) {
+  if (!enabled) return x_in;
+  const auto* cfg = dynamic_cast<const IntxFakeQuantizeConfig*>(config_.get());
+  LOWBIT_CHECK(cfg != nullptr, "FakeQuantizer: unsupported config {}", config_->to_string());
+  LOWBIT_CHECK(x_in.defined() && is_floating(x_in.dtype()), "FakeQuantizer: input must be floating, got {}", x_in.defined() ? detail::desc(x_in) : "undefined");
+  LOWBIT_CHECK(cfg->granularity.has_value(), "FakeQuantizer: {} has no granularity", cfg->to_string());
+  const Tensor x = x_in.dtype() == kFloat32 ? x_in : x_in.to(kFloat32);
+  const Granularity& g = *cfg->granularity;
+  if (std::holds_alternative<PerAxis>(g) || std::holds_alternative<PerGroup>(g)) {
+    LOWBIT_CHECK(x.dim() == 2, "FakeQuantizer: {} applies to 2-D weights, got input {}", qat::to_string(g), shape_str(x.shape()));
+    if (auto* a = std::get_if<PerAxis>(&g)) LOWBIT_CHECK(a->axis == 0, "FakeQuantizer: only PerAxis(axis=0) is supported, got axis={}", a->axis);
+  }
+  const Shape block = std::holds_alternative<PerAxis>(g) ? Shape{1, x.size(1)} : block_size_for(g, x.shape());
+  const auto [qmin, qmax] = cfg->range();
+  if (cfg->is_dynamic || !scale.defined()) {
+    NoGradGuard ng;
+    auto qp = choose_qparams_affine(x.detach(), cfg->mapping_type, block, qmin, qmax, cfg->eps, cfg->zero_point_domain, cfg->zero_point_precision);
+    scale = qp.first;
+    zero_point = qp.second;
+  }
+  Tensor y = fake_quantize_affine(x, block, scale, zero_point, qmin, qmax, cfg->zero_point_domain);
+  return y.dtype() == x_in.dtype() ? y : y.to(x_in.dtype());
+}
+
+// ---------------- modules ----------------
+FakeQuantizedLinear::FakeQuantizedLinear(int64_t in, int64_t out, bool has_bias, const FakeQuantizeConfigBase* act, const FakeQuantizeConfigBase* w)
+    : nn::Linear(in, out, has_bias) {
+  if (act) activation_fake_quantizer = register_module("activation_fake_quantizer", std::make_shared<FakeQuantizer>(*act));
+  if (w) {
+    if (const auto* ic = dynamic_cast<const IntxFakeQuantizeConfig*>(w); ic && ic->granularity) {
+      if (const auto* pg = std::get_if<PerGroup>(&*ic->granularity))
+        LOWBIT_CHECK(in % pg->group_size == 0, "FakeQuantizedLinear: in_features ({}) must be divisible by the weight group size ({})", in, pg->group_size);
+    }
+    weight_fake_quantizer = register_module("weight_fake_quantizer", std::make_shared<FakeQuantizer>(*w));
+  }
+}
+std::shared_ptr<FakeQuantizedLinear> FakeQuantizedLinear::from_linear(const nn::Linear& l, const FakeQuantizeConfigBase* act, const FakeQuantizeConfigBase* w) {
+  auto m = std::make_shared<FakeQuantizedLinear>(l.in_features, l.out_features, l.bias.defined(), act, w);
+  m->weight = l.weight;
+  m->replace_parameter("weight", l.weight);
+  if (l.bias.defined()) {
+    m->bias = l.bias;
+    m->replace_parameter("bias", l.bias);
+  }
+  m->train(l.is_training());
+  return m;
+}
+std::shared_ptr<nn::Linear> FakeQuantizedLinear::to_linear() const {
+  auto l = std::make_shared<nn::Linear>(in_features, out_features, bias.defined());
+  l->weight = weight;
+  l->replace_parameter("weight", weight);
+  if (bias.defined()) {
+    l->bias = bias;
+    l->replace_parameter("bias", bias);
+  }
+  l->train(is_training());
+  return l;
+}
+Tensor FakeQuantizedLinear::forward(const Tensor& x) {
+  const Tensor xq = activation_fake_quantizer ? activation_fake_quantizer->forward(x) : x;
+  const Tensor wq = weight_fake_quantizer ? weight_fake_quantizer->forward(weight) : weight;
+  return linear(xq, wq, bias);
+}
+void FakeQuantizedLinear::enable_fake_quant(bool on) {
+  if (activation_fake_quantizer) activation_fake_quantizer->enabled = on;
+  if (weight_fake_quantizer) weight_fake_quantizer->enabled = on;
+}
+
+FakeQuantizedEmbedding::FakeQuantizedEmbedding(int64_t n, int64_t d, const FakeQuantizeConfigBase& w) : nn::Embedding(n, d) {
+  weight_fake_quantizer = register_module("weight_fake_quantizer", std::make_shared<FakeQuantizer>(w));
+}
+std::shared_ptr<FakeQuantizedEmbedding> FakeQuantizedEmbedding::from_embedding(const nn::Embedding& e, const FakeQuantizeConfigBase& w) {
+  auto m = std::make_shared<FakeQuantizedEmbedding>(e.num_embeddings, e.embedding_dim, w);
+  m->weight = e.weight;
+  m->replace_parameter("weight", e.weight);
+  return m;
+}
+std::shared_ptr<nn::Embedding> FakeQuantizedEmbedding::to_embedding() const {
+  auto e = std::make_shared<nn::Embedding>(num_embeddings, embedding_dim);
+  e->weight = weight;
+  e->replace_parameter("weight", weight);
+  return e;
+}
+Tensor FakeQuantizedEmbedding::forward(const Tensor& idx) { return embedding(weight_fake_quantizer->forward(weight), idx); }
+
+}  // namespace lowbit::qat
