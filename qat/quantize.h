@@ -1,0 +1,83 @@
+// torchao's quantize_ API: configs named as in torchao, a registry from config type to the
+// handler that transforms a module, QATConfig prepare/convert, per-module configs by exact name,
+// "re:<regex>" and "_default" (spec §2.4, §6).
+#pragma once
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <typeindex>
+
+#include "lowbit/qat/fake_quantizer.h"
+
+namespace lowbit::qat {
+
+struct QuantConfigBase {
+  virtual ~QuantConfigBase() = default;
+  virtual std::string to_string() const = 0;
+};
+
+/// int8 dynamic per-token activations (asymmetric) x intN weights (int2..int8), torchao's "8da4w"
+/// family. Used for PTQ, and as a QATConfig base.
+struct Int8DynamicActivationIntxWeightConfig : QuantConfigBase {
+  std::string weight_dtype = "int8";
+  Granularity weight_granularity = PerGroup{32};
+  MappingType weight_mapping_type = MappingType::SYMMETRIC;
+  MappingType act_mapping_type = MappingType::ASYMMETRIC;
+  std::string to_string() const override;
+};
+/// intN weights only (activations stay float).
+struct IntxWeightOnlyConfig : QuantConfigBase {
+  std::string weight_dtype = "int8";
+  Granularity granularity = PerGroup{32};
+  MappingType mapping_type = MappingType::SYMMETRIC;
+  std::string to_string() const override;
+};
+/// int4 weight-only, per group (lowbit stores symmetric int4 codes; see docs/qat.md).
+struct Int4WeightOnlyConfig : QuantConfigBase {
+  int64_t group_size = 128;
+  std::string to_string() const override;
+};
+/// int8 per-channel symmetric weights only.
+struct Int8WeightOnlyConfig : QuantConfigBase {
+  std::string to_string() const override { return "Int8WeightOnlyConfig()"; }
+};
+/// int8 dynamic per-token symmetric activations x int8 per-channel symmetric weights.
+struct Int8DynamicActivationInt8WeightConfig : QuantConfigBase {
+  std::string to_string() const override { return "Int8DynamicActivationInt8WeightConfig()"; }
+};
+
+/// QATConfig(base_config) or QATConfig(activation_config, weight_config); step "prepare"/"convert".
+struct QATConfig : QuantConfigBase {
+  std::shared_ptr<QuantConfigBase> base_config;
+  std::optional<IntxFakeQuantizeConfig> activation_config, weight_config;
+  std::string step = "prepare";
+  QATConfig() = default;
+  QATConfig(std::shared_ptr<QuantConfigBase> base, std::string step);
+  QATConfig(std::optional<IntxFakeQuantizeConfig> activation, std::optional<IntxFakeQuantizeConfig> weight, std::string step = "prepare");
+  void validate() const;
+  std::string to_string() const override;
+};
+
+/// Different configs for different modules: exact dotted names first, then "re:<regex>" keys
+/// in insertion order (full match), then "_default".
+struct ModuleFqnToConfig : QuantConfigBase {
+  std::vector<std::pair<std::string, std::shared_ptr<QuantConfigBase>>> entries;
+  std::string to_string() const override;
+};
+
+/// The fake-quantize configs a base config implies for QAT (torchao's _infer_fake_quantize_configs).
+std::pair<std::optional<IntxFakeQuantizeConfig>, std::optional<IntxFakeQuantizeConfig>> infer_fake_quantize_configs(const QuantConfigBase& base);
+
+using FilterFn = std::function<bool(const nn::Module&, const std::string& fqn)>;
+/// Transforms one module; returns its replacement (or the module itself when untouched).
+using Handler = std::function<std::shared_ptr<nn::Module>(std::shared_ptr<nn::Module>, const QuantConfigBase&)>;
+/// Registers the handler for a config type (the built-in configs are registered already).
+void register_quantize_handler(std::type_index config_type, Handler handler);
+
+/// Applies config to every module selected by filter_fn (default: Linear and its QAT/quantized
+/// variants) and returns the model (a new object only when the root itself was replaced).
+std::shared_ptr<nn::Module> quantize_(std::shared_ptr<nn::Module> model, const QuantConfigBase& config, FilterFn filter_fn = nullptr);
+
+}  // namespace lowbit::qat

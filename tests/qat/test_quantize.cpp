@@ -1,0 +1,141 @@
+// QATConfig prepare/convert and quantize_ against torchao's 8da4w cases in qat.h5, and the API.
+#include <gtest/gtest.h>
+
+#include <cmath>
+
+#include "golden.h"
+#include "test_util.h"
+
+using namespace lowbit;
+using namespace lowbit::qat;
+using lowbit::testing::count_mismatches;
+
+namespace {
+double rel_err(const Tensor& a, const Tensor& b) {
+  double num = 0, den = 0;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const double d = static_cast<double>(a.data_ptr<float>()[i]) - b.data_ptr<float>()[i];
+    num += d * d;
+    den += static_cast<double>(b.data_ptr<float>()[i]) * b.data_ptr<float>()[i];
+  }
+  return std::sqrt(num / den);
+}
+std::shared_ptr<nn::Sequential> one_linear(const Tensor& w) {
+  auto lin = std::make_shared<nn::Linear>(w.size(1), w.size(0), false);
+  NoGradGuard ng;
+  lin->weight.copy_(w);
+  return std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{lin});
+}
+}  // namespace
+
+TEST(QatGolden, EightDaFourW) {
+  namespace t = lowbit::testing;
+  const std::string path = t::golden_dir() + "/qat.h5";
+  if (!std::filesystem::exists(path)) GTEST_SKIP() << "golden file not found: " << path;
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  struct Case {
+    const char* name;
+    bool legacy;
+  };
+  for (Case c : {Case{"qat_8da4w_qatconfig/Int8DynamicActivationIntxWeightConfig_int4_g32", false}, Case{"qat_8da4w_legacy_quantizer/g32", true}}) {
+    SCOPED_TRACE(c.name);
+    hid_t g = H5Gopen2(f, c.name, H5P_DEFAULT);
+    ASSERT_GE(g, 0);
+    const Tensor w = t::dataset(g, "weight", kFloat32), x = t::dataset(g, "input", kFloat32), up = t::dataset(g, "upstream_grad", kFloat32);
+    auto model = one_linear(w);
+    std::shared_ptr<QuantConfigBase> base;
+    QATConfig prepare;
+    if (!c.legacy) {
+      auto b = std::make_shared<Int8DynamicActivationIntxWeightConfig>();
+      b->weight_dtype = "int4";
+      b->weight_granularity = PerGroup{32};
+      base = b;
+      prepare = QATConfig(base, "prepare");
+    } else {
+      // Int8DynActInt4WeightQATQuantizer(groupsize=32): activation eps = float32 eps, float32 zero points
+      IntxFakeQuantizeConfig act("int8", PerToken{}, std::nullopt, false);
+      act.eps = 1.1920928955078125e-07;
+      act.zero_point_precision = kFloat32;
+      prepare = QATConfig(act, IntxFakeQuantizeConfig("int4", PerGroup{32}), "prepare");
+    }
+    auto prepared = quantize_(model, prepare);
+    ASSERT_NE(dynamic_cast<FakeQuantizedLinear*>(prepared->get_submodule("0").get()), nullptr);
+    auto w_param = prepared->parameters()[0];
+    Tensor xin = x.clone().requires_grad_();
+    Tensor y_prepared = prepared->forward(xin);
+    y_prepared.backward(up);
+    // GEMMs sum in another order than PyTorch's: a few ulps
+    EXPECT_LT(rel_err(y_prepared.detach(), t::dataset(g, "output_prepared_fakequant", kFloat32)), 1e-6);
+    EXPECT_LT(rel_err(xin.grad(), t::dataset(g, "grad_input_prepared", kFloat32)), 1e-6);
+    EXPECT_LT(rel_err(w_param.grad(), t::dataset(g, "grad_weight_prepared", kFloat32)), 1e-6);
+
+    std::shared_ptr<nn::Module> converted;
+    if (!c.legacy) {
+      converted = quantize_(prepared, QATConfig(base, "convert"));
+    } else {
+      // legacy convert = the same PTQ with the prepared configs
+      auto* fql = dynamic_cast<FakeQuantizedLinear*>(prepared->get_submodule("0").get());
+      auto act = dynamic_cast<const IntxFakeQuantizeConfig&>(fql->activation_fake_quantizer->config());
+      auto wc = dynamic_cast<const IntxFakeQuantizeConfig&>(fql->weight_fake_quantizer->config());
+      prepared->replace_module("0", QuantizedLinear::from_linear(*fql->to_linear(), act, wc));
+      converted = prepared;
+    }
+    auto* ql = dynamic_cast<QuantizedLinear*>(converted->get_submodule("0").get());
+    ASSERT_NE(ql, nullptr);
+    std::string where;
+    EXPECT_EQ(count_mismatches(ql->weight_codes(), t::dataset(g, c.legacy ? "converted_weight" : "converted_weight_qdata", kInt8), &where), 0) << where;
+    EXPECT_EQ(count_mismatches(ql->scale, t::dataset(g, c.legacy ? "converted_scales" : "converted_weight_scale", kFloat32), &where), 0) << where;
+    EXPECT_EQ(ql->qdata.nbytes(), 64u * 128u);  // int4 packed two per byte
+    NoGradGuard ng;
+    const Tensor y_converted = converted->forward(x);
+    // the property torchao asserts: converted == prepared, bit for bit
+    EXPECT_EQ(count_mismatches(y_converted, y_prepared.detach(), &where), 0) << where;
+    EXPECT_LT(rel_err(y_converted, t::dataset(g, "output_converted", kFloat32)), 1e-6);
+    H5Gclose(g);
+  }
+  H5Fclose(f);
+}
+
+TEST(Quantize, PerModuleConfigsAndFilters) {
+  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(64, 64), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(64, 64), std::make_shared<nn::Linear>(64, 10)});
+  ModuleFqnToConfig cfg;
+  auto w4 = std::make_shared<IntxWeightOnlyConfig>();
+  w4->weight_dtype = "int4";
+  auto dyn = std::make_shared<Int8DynamicActivationIntxWeightConfig>();
+  cfg.entries = {{"3", std::make_shared<Int8WeightOnlyConfig>()}, {"re:[02]", w4}, {"_default", dyn}};
+  auto q = quantize_(model, cfg);
+  auto* l0 = dynamic_cast<QuantizedLinear*>(q->get_submodule("0").get());
+  auto* l3 = dynamic_cast<QuantizedLinear*>(q->get_submodule("3").get());
+  ASSERT_TRUE(l0 && l3);
+  EXPECT_EQ(l0->weight_dtype, "int4");
+  EXPECT_FALSE(l0->activation_config.has_value());
+  EXPECT_EQ(l3->weight_dtype, "int8");
+  EXPECT_EQ(l3->block_size, (Shape{1, 64}));
+  // a filter that skips the last layer
+  auto m2 = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(32, 32), std::make_shared<nn::Linear>(32, 4)});
+  auto q2 = quantize_(m2, QATConfig(dyn, "prepare"), [](const nn::Module& m, const std::string& fqn) {
+    return fqn != "1" && dynamic_cast<const nn::Linear*>(&m) != nullptr;
+  });
+  EXPECT_NE(dynamic_cast<FakeQuantizedLinear*>(q2->get_submodule("0").get()), nullptr);
+  EXPECT_EQ(q2->get_submodule("1")->type_name(), "Linear");
+  // PTQ of a float model equals QAT-convert without training, and the printed tree names it
+  auto m3 = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(32, 8)});
+  Tensor x = randn({3, 32});
+  auto ptq = quantize_(m3, *dyn);
+  EXPECT_NE(ptq->to_string().find("QuantizedLinear(in_features=32, out_features=8, bias=True, weight_dtype=int8"), std::string::npos);
+  EXPECT_EQ(ptq->forward(x).shape(), (Shape{3, 8}));
+}
+
+TEST(Quantize, ConfigErrors) {
+  auto dyn = std::make_shared<Int8DynamicActivationIntxWeightConfig>();
+  lowbit::testing::expect_error([&] { QATConfig(dyn, "calibrate"); }, {"step must be 'prepare' or 'convert'", "calibrate"});
+  lowbit::testing::expect_error([] { QATConfig(std::nullopt, std::nullopt, "prepare"); }, {"prepare step needs"});
+  lowbit::testing::expect_error([] { QATConfig(std::nullopt, IntxFakeQuantizeConfig("int4", PerGroup{32}), "convert"); }, {"convert step takes only a base config"});
+  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(30, 8)});
+  lowbit::testing::expect_error([&] { quantize_(model, QATConfig(dyn, "prepare")); }, {"in_features (30)", "group size (32)"});
+  struct Unknown : QuantConfigBase {
+    std::string to_string() const override { return "Unknown()"; }
+  };
+  lowbit::testing::expect_error([&] { quantize_(model, Unknown()); }, {"no handler registered for Unknown()"});
+}
