@@ -17,4 +17,5 @@
 #include "lowbit/qat/fake_quantizer.h"
 #include "lowbit/qat/quantize.h"
 #include "lowbit/qat/quantized_linear.h"
+#include "lowbit/qat/recipes.h"
 #include "lowbit/optim/optimizer.h"

@@ -76,6 +76,10 @@ using Handler = std::function<std::shared_ptr<nn::Module>(std::shared_ptr<nn::Mo
 /// Registers the handler for a config type (the built-in configs are registered already).
 void register_quantize_handler(std::type_index config_type, Handler handler);
 
+/// A filter selecting the Linear layers whose in_features the config's weight group size divides
+/// (others stay float); the names of the skipped layers are appended to `skipped` when given.
+FilterFn compatible_linears(const QuantConfigBase& config, std::vector<std::string>* skipped = nullptr);
+
 /// Applies config to every module selected by filter_fn (default: Linear and its QAT/quantized
 /// variants) and returns the model (a new object only when the root itself was replaced).
 std::shared_ptr<nn::Module> quantize_(std::shared_ptr<nn::Module> model, const QuantConfigBase& config, FilterFn filter_fn = nullptr);

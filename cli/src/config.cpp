@@ -2,6 +2,7 @@
 
 #include <toml++/toml.h>
 
+#include <algorithm>
 #include <cmath>
 #include <fstream>
 #include <sstream>
@@ -58,6 +59,13 @@ const std::vector<KeySpec>& config_schema() {
       {"training.temperature", 0.8, "chars: sampling temperature"},
       {"training.top_k", int64_t{0}, "chars: sample from the top k tokens (0 = all)"},
       {"training.run_dir", std::string("runs/default"), "where config.toml and metrics.jsonl are written"},
+      {"quantize.recipe", std::string("none"), "none | 8da4w | 8da-intx | int4-weight-only | intx-weight-only | int8-dyn | int8-weight-only"},
+      {"quantize.mode", std::string("qat"), "qat: fine-tune with fake quantization, then convert | ptq: convert the float model"},
+      {"quantize.weight_dtype", std::string("int4"), "intN weights for 8da-intx / intx-weight-only (int2..int8)"},
+      {"quantize.group_size", int64_t{32}, "weight group size"},
+      {"quantize.qat_epochs", int64_t{2}, "qat: fine-tuning epochs after float training"},
+      {"quantize.qat_lr", 1e-4, "qat: learning rate while fine-tuning"},
+      {"training.export", true, "write <run_dir>/model.h5 (the final, possibly converted, model)"},
       {"checkpoint.interval", int64_t{0}, "save a checkpoint every this many steps, and at the end (0 = only at the end)"},
       {"checkpoint.keep_last", int64_t{3}, "keep this many periodic checkpoints (older ones are deleted)"},
       {"checkpoint.dir", std::string(""), "checkpoint directory ('' = <run_dir>/checkpoints)"},
@@ -151,8 +159,8 @@ RunConfig RunConfig::from_string(const std::string& text, const std::string& sou
   for (auto&& [section_key, section_node] : root) {
     const std::string section(section_key.str());
     const auto* table = section_node.as_table();
-    LOWBIT_CHECK(table != nullptr, "{}: top-level key '{}' must be a [section]; sections are model, data, optimizer, lr_scheduler, training, checkpoint", source, section);
-    LOWBIT_CHECK(!known_keys(section).empty(), "{}: unknown section [{}]; sections are model, data, optimizer, lr_scheduler, training, checkpoint", source, section);
+    LOWBIT_CHECK(table != nullptr, "{}: top-level key '{}' must be a [section]; sections are model, data, optimizer, lr_scheduler, training, quantize, checkpoint", source, section);
+    LOWBIT_CHECK(!known_keys(section).empty(), "{}: unknown section [{}]; sections are model, data, optimizer, lr_scheduler, training, quantize, checkpoint", source, section);
     for (auto&& [k, node] : *table) {
       const std::string key = section + "." + std::string(k.str());
       const KeySpec* spec = find_spec(key);
@@ -252,16 +260,21 @@ std::string toml_float(double v) {
 }
 }  // namespace
 
-// Sections and keys in schema order, values in their shortest exact form.
+// Sections in order of first appearance in the schema, keys in schema order, values in their
+// shortest exact form.
 std::string RunConfig::to_toml() const {
-  std::string out, section;
+  std::vector<std::string> sections;
+  for (const auto& s : config_schema()) {
+    const std::string sec = s.key.substr(0, s.key.find('.'));
+    if (std::find(sections.begin(), sections.end(), sec) == sections.end()) sections.push_back(sec);
+  }
+  std::string out;
+  for (const auto& section : sections) {
+  out += fmt::format("{}[{}]\n", out.empty() ? "" : "\n", section);
   for (const auto& s : config_schema()) {
     const auto dot = s.key.find('.');
     const std::string sec = s.key.substr(0, dot), name = s.key.substr(dot + 1);
-    if (sec != section) {
-      out += fmt::format("{}[{}]\n", out.empty() ? "" : "\n", sec);
-      section = sec;
-    }
+    if (sec != section) continue;
     const Value& v = at(s.key);
     std::string text;
     switch (v.index()) {
@@ -277,6 +290,7 @@ std::string RunConfig::to_toml() const {
       }
     }
     out += fmt::format("{} = {}\n", name, text);
+  }
   }
   return out;
 }

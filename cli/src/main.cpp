@@ -1,6 +1,9 @@
 // The lowbit command line.
 //   lowbit train CONFIG.toml [--section.key value ...] [--print-config] [--resume CKPT.h5]
 //   lowbit inspect FILE.h5 [--json]
+//   lowbit eval FILE.h5
+//   lowbit convert IN.h5 OUT.h5 --recipe 8da4w [--weight-dtype int4] [--group-size 32]
+//   lowbit recipes
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -8,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lowbit/io/checkpoint.h"
+#include "lowbit/qat/recipes.h"
 
 #include "lowbit/cli/config.h"
 #include "lowbit/cli/train.h"
@@ -29,6 +33,19 @@ int main(int argc, char** argv) {
   bool as_json = false;
   inspect->add_option("file", inspect_path, "checkpoint (.h5)")->required();
   inspect->add_flag("--json", as_json, "machine-readable output");
+  auto* eval = app.add_subcommand("eval", "evaluate a Fashion-MNIST model file (float or converted) on the test set");
+  std::string eval_path, data_dir;
+  eval->add_option("file", eval_path, "model or checkpoint (.h5)")->required();
+  eval->add_option("--data", data_dir, "Fashion-MNIST directory (default: the one in the file's config)");
+  auto* convert = app.add_subcommand("convert", "post-training quantization of a float model file with a named recipe");
+  std::string conv_in, conv_out, recipe = "8da4w", wdtype = "int4";
+  int64_t group_size = 32;
+  convert->add_option("input", conv_in, "float model or checkpoint (.h5)")->required();
+  convert->add_option("output", conv_out, "converted model (.h5)")->required();
+  convert->add_option("--recipe", recipe, "recipe name (see `lowbit recipes`)");
+  convert->add_option("--weight-dtype", wdtype, "intN weights for 8da-intx / intx-weight-only");
+  convert->add_option("--group-size", group_size, "weight group size");
+  auto* recipes = app.add_subcommand("recipes", "list the quantization recipes");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -51,6 +68,15 @@ int main(int argc, char** argv) {
         return 0;
       }
       lowbit::cli::train(cfg, isatty(STDOUT_FILENO) != 0, resume);
+    } else if (recipes->parsed()) {
+      for (const auto& r : lowbit::qat::list_recipes()) std::printf("%-18s %s\n", r.name.c_str(), r.description.c_str());
+    } else if (eval->parsed()) {
+      const auto [loss, acc] = lowbit::cli::evaluate_file(eval_path, data_dir);
+      std::printf("%s: test loss %.4f, test accuracy %.2f%%\n", eval_path.c_str(), loss, 100 * acc);
+    } else if (convert->parsed()) {
+      lowbit::cli::convert_file(conv_in, conv_out, recipe, wdtype, group_size);
+      const auto [loss, acc] = lowbit::cli::evaluate_file(conv_out);
+      std::printf("%s -> %s (%s): test accuracy %.2f%%\n", conv_in.c_str(), conv_out.c_str(), recipe.c_str(), 100 * acc);
     } else if (inspect->parsed()) {
       const auto info = lowbit::io::inspect(inspect_path);
       const double ratio = info.stored_bytes ? static_cast<double>(info.float32_bytes) / static_cast<double>(info.stored_bytes) : 0.0;

@@ -16,6 +16,8 @@
 #include "lowbit/io/checkpoint.h"
 #include "lowbit/nn/layers.h"
 #include "lowbit/nn/transformer.h"
+#include "lowbit/qat/quantized_linear.h"
+#include "lowbit/qat/recipes.h"
 
 namespace lowbit::cli {
 
@@ -207,6 +209,54 @@ std::unique_ptr<optim::LRScheduler> build_scheduler(const RunConfig& cfg, optim:
   throw Error(fmt::format("lr_scheduler.name: unknown scheduler '{}' (none, step, cosine, warmup_cosine, onecycle)", name));
 }
 
+int64_t model_bytes(const nn::Module& m) {
+  int64_t b = 0;
+  for (const auto& [_, t] : m.state_dict()) b += static_cast<int64_t>(t.nbytes());
+  return b;
+}
+
+namespace {
+// Rebuilds the module tree a file was written from: the model of its config, quantized by the
+// config's recipe when the file holds quantized tensors.
+std::shared_ptr<nn::Module> model_for_file(const std::string& path, RunConfig* cfg_out) {
+  const auto info = io::inspect(path);
+  auto it = info.attributes.find("config");
+  LOWBIT_CHECK(it != info.attributes.end() && !it->second.empty(), "{}: the file stores no run config, so its model cannot be rebuilt", path);
+  RunConfig cfg = RunConfig::from_string(it->second, path + " (config attribute)");
+  auto model = build_model(cfg);
+  bool quantized = false;
+  for (const auto& t : info.tensors) quantized |= t.path.size() >= 6 && t.path.compare(t.path.size() - 6, 6, "/qdata") == 0;
+  if (quantized) {
+    const auto q = qat::recipe_config(cfg.get_string("quantize.recipe"), cfg.get_string("quantize.weight_dtype"), cfg.get_int("quantize.group_size"));
+    model = qat::quantize_(model, *q, qat::compatible_linears(*q));
+  }
+  io::load_checkpoint(path, *model);
+  if (cfg_out) *cfg_out = cfg;
+  return model;
+}
+}  // namespace
+
+std::pair<double, double> evaluate_file(const std::string& path, const std::string& data_path) {
+  RunConfig cfg;
+  auto model = model_for_file(path, &cfg);
+  auto test_set = data::FashionMNIST::load(data_path.empty() ? cfg.get_string("data.path") : data_path, false);
+  return evaluate(*model, *test_set, 1000);
+}
+
+void convert_file(const std::string& in, const std::string& out, const std::string& recipe, const std::string& weight_dtype, int64_t group_size) {
+  RunConfig cfg;
+  auto model = model_for_file(in, &cfg);
+  for (const auto& [name, t] : model->state_dict())
+    LOWBIT_CHECK(name.find("qdata") == std::string::npos, "{}: the model is already quantized", in);
+  const auto q = qat::recipe_config(recipe, weight_dtype, group_size);
+  model = qat::quantize_(model, *q, qat::compatible_linears(*q));
+  cfg.set("quantize.recipe", recipe);
+  cfg.set("quantize.mode", "ptq");
+  cfg.set("quantize.weight_dtype", weight_dtype);
+  cfg.set("quantize.group_size", std::to_string(group_size));
+  io::export_model(out, *model, cfg.to_toml());
+}
+
 TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume) {
   if (cfg.get_int("training.threads") > 0) set_num_threads(static_cast<int>(cfg.get_int("training.threads")));
   const uint64_t seed = static_cast<uint64_t>(cfg.get_int("training.seed"));
@@ -274,6 +324,59 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume) {
     }
     if (!ckpt.due(result.steps)) result.last_checkpoint = ckpt.save(result.steps, *model, *opt, sched.get(), loader);
     if (!result.last_checkpoint.empty()) progress.line("checkpoint: " + result.last_checkpoint);
+
+    // ---- quantization: QAT fine-tuning then convert, or PTQ ----
+    const std::string recipe = cfg.get_string("quantize.recipe");
+    if (recipe != "none") {
+      result.float_accuracy = result.test_accuracy;
+      const int64_t float_bytes = model_bytes(*model);
+      const auto qcfg = qat::recipe_config(recipe, cfg.get_string("quantize.weight_dtype"), cfg.get_int("quantize.group_size"));
+      const std::string mode = cfg.get_string("quantize.mode");
+      LOWBIT_CHECK(mode == "qat" || mode == "ptq", "quantize.mode must be 'qat' or 'ptq', got '{}'", mode);
+      std::vector<std::string> skipped;
+      const auto filter = qat::compatible_linears(*qcfg, &skipped);
+      if (mode == "qat") {
+        model = qat::quantize_(model, qat::QATConfig(qcfg, "prepare"), filter);
+        for (const auto& s : skipped) progress.line("kept in float32: " + s);
+        opt->set_lr(cfg.get_float("quantize.qat_lr"));  // the prepared modules share the trained parameters
+        const int64_t qat_epochs = cfg.get_int("quantize.qat_epochs");
+        if (loader.position() == loader.num_batches()) loader.next();  // step over the finished epoch's end
+        for (int64_t e = 1; e <= qat_epochs; ++e) {
+          const auto te = clk::now();
+          double loss_sum = 0;
+          int64_t n = 0;
+          while (auto b = loader.next()) {
+            loss_sum += step_once(*model, *opt, nullptr, b->data, b->target, clip, false);
+            ++n;
+            ++result.steps;
+            progress.update(fmt::format("qat {}/{}", e, qat_epochs), loader.position(), loader.num_batches(), loss_sum / n,
+                            static_cast<double>(n * batch) / std::max(1e-9, std::chrono::duration<double>(clk::now() - te).count()), 0.0);
+          }
+          const auto [tl, acc] = evaluate(*model, *test_set, 1000);
+          result.qat_accuracy = acc;
+          progress.line(fmt::format("qat epoch {}/{} ({}): train loss {:.4f}, test loss {:.4f}, fake-quantized test accuracy {:.2f}%", e, qat_epochs, recipe,
+                                    loss_sum / std::max<int64_t>(n, 1), tl, 100 * acc));
+          metrics.write({{"phase", "qat"}, {"epoch", e}, {"step", result.steps}, {"train_loss", loss_sum / std::max<int64_t>(n, 1)}, {"test_loss", tl},
+                         {"test_accuracy", acc}});
+        }
+        model = qat::quantize_(model, qat::QATConfig(qcfg, "convert"));
+      } else {
+        model = qat::quantize_(model, *qcfg, filter);
+        for (const auto& s : skipped) progress.line("kept in float32: " + s);
+      }
+      const auto [tl, acc] = evaluate(*model, *test_set, 1000);
+      result.test_accuracy = acc;
+      progress.line(fmt::format("converted ({}, {}): test loss {:.4f}, test accuracy {:.2f}% (float {:.2f}%), model {} bytes (float32 {} bytes)", recipe, mode, tl,
+                                100 * acc, 100 * result.float_accuracy, model_bytes(*model), float_bytes));
+      metrics.write({{"phase", "converted"}, {"recipe", recipe}, {"mode", mode}, {"test_loss", tl}, {"test_accuracy", acc}, {"float_accuracy", result.float_accuracy},
+                     {"model_bytes", model_bytes(*model)}});
+    }
+    result.model_bytes = model_bytes(*model);
+    if (cfg.get_bool("training.export")) {
+      result.export_path = run_dir + "/model.h5";
+      io::export_model(result.export_path, *model, cfg.to_toml());
+      progress.line("exported: " + result.export_path);
+    }
   } else if (dataset == "chars") {
     LOWBIT_CHECK(cfg.get_string("model.type") == "gpt", "data.dataset 'chars' needs model.type = \"gpt\", got \"{}\"", cfg.get_string("model.type"));
     const auto corpus = data::CharCorpus::load(cfg.get_string("data.path"), cfg.get_float("data.val_fraction"));

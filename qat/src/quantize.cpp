@@ -124,6 +124,31 @@ const QuantConfigBase* config_for(const ModuleFqnToConfig& map, const std::strin
 }
 }  // namespace
 
+FilterFn compatible_linears(const QuantConfigBase& config, std::vector<std::string>* skipped) {
+  int64_t group = 0;
+  const QuantConfigBase* base = &config;
+  if (auto* q = dynamic_cast<const QATConfig*>(&config); q && q->base_config) base = q->base_config.get();
+  if (auto* q = dynamic_cast<const QATConfig*>(&config); q && q->weight_config && q->weight_config->granularity)
+    if (auto* pg = std::get_if<PerGroup>(&*q->weight_config->granularity)) group = pg->group_size;
+  if (!dynamic_cast<const QATConfig*>(base)) {
+    try {
+      auto [a, w] = infer_fake_quantize_configs(*base);
+      if (w && w->granularity)
+        if (auto* pg = std::get_if<PerGroup>(&*w->granularity)) group = pg->group_size;
+    } catch (const Error&) {
+    }
+  }
+  return [group, skipped](const nn::Module& m, const std::string& fqn) {
+    auto* lin = dynamic_cast<const nn::Linear*>(&m);
+    if (!lin) return false;
+    if (group > 0 && lin->in_features % group != 0) {
+      if (skipped) skipped->push_back(fmt::format("{} (in_features {} not divisible by group size {})", fqn, lin->in_features, group));
+      return false;
+    }
+    return true;
+  };
+}
+
 void register_quantize_handler(std::type_index t, Handler h) {
   std::lock_guard<std::mutex> lock(g_registry_mu);
   registry()[t] = std::move(h);

@@ -6,6 +6,7 @@
 
 #include "lowbit/cli/config.h"
 #include "lowbit/cli/train.h"
+#include "lowbit/io/checkpoint.h"
 #include <lowbit/lowbit.h>
 
 #include "test_util.h"
@@ -52,7 +53,7 @@ TEST(RunConfig, ErrorsNameTheKey) {
 }
 
 TEST(Train, ShippedConfigsParse) {
-  for (const char* f : {"fmnist_mlp.toml", "gpt_chars.toml"}) {
+  for (const char* f : {"fmnist_mlp.toml", "fmnist_qat.toml", "gpt_chars.toml"}) {
     auto cfg = RunConfig::from_file(std::string(LOWBIT_SOURCE_DIR) + "/configs/" + f);
     EXPECT_FALSE(cfg.to_toml().empty());
   }
@@ -89,4 +90,33 @@ TEST(Train, CharGptShortRunGeneratesText) {
   EXPECT_EQ(r.steps, 40);
   EXPECT_EQ(r.sample.size(), 30u);
   EXPECT_LT(r.val_loss, std::log(28.0));  // better than uniform over the vocabulary
+}
+
+TEST(Train, QatConvertEvalExportWorkflow) {
+  if (!std::filesystem::exists(data::FashionMNIST::default_dir() + "/t10k-images-idx3-ubyte.gz")) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  auto cfg = RunConfig::from_file(std::string(LOWBIT_SOURCE_DIR) + "/configs/fmnist_qat.toml");
+  const std::string dir = tmpdir("qat");
+  cfg.apply_overrides({"--training.max_steps", "40", "--training.epochs", "1", "--model.hidden", "[64]", "--quantize.qat_epochs", "1",
+                       "--checkpoint.enabled", "false", "--training.run_dir", dir});
+  const auto r = train(cfg, false);
+  EXPECT_GT(r.float_accuracy, 0.6);
+  EXPECT_GT(r.test_accuracy, 0.6);
+  EXPECT_EQ(r.export_path, dir + "/model.h5");
+  // the exported, converted model evaluates to the same accuracy when rebuilt from the file
+  const auto [loss, acc] = evaluate_file(r.export_path);
+  EXPECT_EQ(acc, r.test_accuracy);
+  bool packed = false;
+  for (const auto& t : io::inspect(r.export_path).tensors) packed |= t.path == "/model/2/qdata" && t.dtype == "uint8" && t.shape == Shape{10, 32};
+  EXPECT_TRUE(packed);
+  // PTQ of a float export with another recipe
+  auto fcfg = RunConfig::from_file(std::string(LOWBIT_SOURCE_DIR) + "/configs/fmnist_mlp.toml");
+  const std::string fdir = tmpdir("float");
+  fcfg.apply_overrides({"--training.max_steps", "40", "--training.epochs", "1", "--model.hidden", "[64]", "--checkpoint.enabled", "false",
+                        "--training.run_dir", fdir});
+  const auto fr = train(fcfg, false);
+  convert_file(fr.export_path, fdir + "/int8.h5", "int8-dyn", "int4", 32);
+  const auto [qloss, qacc] = evaluate_file(fdir + "/int8.h5");
+  EXPECT_NEAR(qacc, fr.test_accuracy, 0.01);  // int8 PTQ barely moves accuracy
+  expect_error([&] { convert_file(fdir + "/int8.h5", fdir + "/again.h5", "8da4w", "int4", 32); }, {"already quantized"});
+  expect_error([&] { convert_file(fr.export_path, fdir + "/x.h5", "int3-magic", "int4", 32); }, {"unknown quantization recipe 'int3-magic'"});
 }
