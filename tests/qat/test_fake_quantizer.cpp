@@ -11,6 +11,7 @@
 using namespace lowbit;
 using namespace lowbit::qat;
 using lowbit::testing::count_mismatches;
+using lowbit::testing::rel_err;
 
 namespace {
 // Builds the config a torchao repr describes (the fields qat.h5 uses), then checks the round trip.
@@ -46,15 +47,6 @@ IntxFakeQuantizeConfig config_from_repr(const std::string& r) {
 }
 bool is_asym_per_group(const IntxFakeQuantizeConfig& c) {
   return c.mapping_type == MappingType::ASYMMETRIC && c.granularity && (std::holds_alternative<PerGroup>(*c.granularity) || std::holds_alternative<PerAxis>(*c.granularity));
-}
-double rel_err(const Tensor& a, const Tensor& b) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    const double d = a.data_ptr<float>()[i] - b.data_ptr<float>()[i];
-    num += d * d;
-    den += static_cast<double>(b.data_ptr<float>()[i]) * b.data_ptr<float>()[i];
-  }
-  return std::sqrt(num / den);
 }
 }  // namespace
 

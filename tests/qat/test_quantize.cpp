@@ -9,17 +9,9 @@
 using namespace lowbit;
 using namespace lowbit::qat;
 using lowbit::testing::count_mismatches;
+using lowbit::testing::rel_err;
 
 namespace {
-double rel_err(const Tensor& a, const Tensor& b) {
-  double num = 0, den = 0;
-  for (int64_t i = 0; i < a.numel(); ++i) {
-    const double d = static_cast<double>(a.data_ptr<float>()[i]) - b.data_ptr<float>()[i];
-    num += d * d;
-    den += static_cast<double>(b.data_ptr<float>()[i]) * b.data_ptr<float>()[i];
-  }
-  return std::sqrt(num / den);
-}
 std::shared_ptr<nn::Sequential> one_linear(const Tensor& w) {
   auto lin = std::make_shared<nn::Linear>(w.size(1), w.size(0), false);
   NoGradGuard ng;
