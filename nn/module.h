@@ -2,6 +2,7 @@
 // Names are PyTorch's dotted paths ("blocks.0.attn.qkv.weight"); registration order is kept.
 #pragma once
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <utility>
@@ -73,6 +74,10 @@ class Module : public std::enable_shared_from_this<Module> {
   LoadResult load_state_dict(const NamedTensors& state, bool strict = true);
   /// Total number of parameter elements.
   int64_t num_parameters() const;
+
+  /// Attributes a checkpoint stores on this module's group (quantized modules describe their
+  /// scheme here; see docs/checkpoint-format.md). Empty by default.
+  virtual std::map<std::string, std::string> checkpoint_attributes() const { return {}; }
 
   /// PyTorch-style repr of the module tree.
   std::string to_string() const;

@@ -18,6 +18,8 @@ class QuantizedLinear : public nn::Module {
                                                       const IntxFakeQuantizeConfig& weight_config);
   std::string type_name() const override { return "QuantizedLinear"; }
   std::string extra_repr() const override;
+  /// quant_scheme "intx_affine" and its parameters (bits, block_size, packing, nibble order, ...).
+  std::map<std::string, std::string> checkpoint_attributes() const override;
   Tensor forward(const Tensor& x) override;
   /// Integer codes (out, in) as int8 (unpacked).
   Tensor weight_codes() const;

@@ -4,6 +4,7 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include <cctype>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -264,6 +265,15 @@ void write_model_group(hid_t file, const nn::Module& model, const SaveOptions& o
     }
     write_tensor(file, path, t, opts, fname);
     written[t.impl()] = path;
+  }
+  // modules that describe themselves (quantized linears) get their attributes on their group
+  for (const auto& [name, m] : const_cast<nn::Module&>(model).named_modules()) {
+    const auto attrs = m->checkpoint_attributes();
+    if (attrs.empty()) continue;
+    const std::string path = name.empty() ? std::string("/model") : to_h5_path("/model/", name);
+    LOWBIT_CHECK(h5::link_exists(file, path), "{}: module '{}' has attributes but no tensors", fname, name);
+    Hid grp(h5::check(H5Gopen2(file, path.c_str(), H5P_DEFAULT), fname, "cannot open '" + path + "'"), H5Gclose);
+    for (const auto& [k, v] : attrs) h5::write_attr(grp, k, v, fname);
   }
 }
 
@@ -531,21 +541,21 @@ FileInfo inspect(const std::string& path) {
   Hid model(H5Gopen2(f.file, "/model", H5P_DEFAULT), H5Gclose);
   auto visit = [](hid_t loc, const char* name, const H5O_info_t* oi, void* data) -> herr_t {
     auto* c = static_cast<Ctx*>(data);
-    if (oi->type == H5O_TYPE_GROUP && std::strcmp(name, ".") != 0) {
-      Hid g(H5Gopen2(loc, name, H5P_DEFAULT), H5Gclose);
-      if (g.valid() && h5::has_attr(g, "quant_scheme")) {
-        TensorInfo ti;
-        ti.path = std::string("/model/") + name;
-        ti.scheme = h5::read_attr_string(g, "quant_scheme", c->file, ti.path);
-        c->info->tensors.push_back(ti);
-      }
-      return 0;
-    }
+    if (oi->type == H5O_TYPE_GROUP) return 0;
     if (oi->type != H5O_TYPE_DATASET) return 0;
     Hid ds(H5Dopen2(loc, name, H5P_DEFAULT), H5Dclose);
     if (!ds.valid()) return -1;
     TensorInfo ti;
     ti.path = std::string("/model/") + name;
+    {  // the scheme of the enclosing quantized group, if any
+      std::string parent = name;
+      const auto slash = parent.rfind('/');
+      parent = slash == std::string::npos ? "." : parent.substr(0, slash);
+      if (H5Aexists_by_name(loc, parent.c_str(), "quant_scheme", H5P_DEFAULT) > 0) {
+        Hid pg(H5Gopen2(loc, parent.c_str(), H5P_DEFAULT), H5Gclose);
+        if (pg.valid()) ti.scheme = h5::read_attr_string(pg, "quant_scheme", c->file, parent) + " " + h5::read_attr_string(pg, "dtype", c->file, parent);
+      }
+    }
     try {
       ti.dtype = dtype_name(stored_dtype(ds, c->file, ti.path));
     } catch (const Error&) {
@@ -560,9 +570,32 @@ FileInfo inspect(const std::string& path) {
     const int64_t n = detail::numel_of(ti.shape);
     ti.logical_bytes = static_cast<uint64_t>(n) * element_size(dtype_from_name(ti.dtype));
     ti.bytes = H5Dget_storage_size(ds);
-    c->info->parameters += n;
+    // a quantized module's codes stand for its logical weight ("shape" attribute); its scales and
+    // zero points are overhead, not parameters
+    int64_t logical = n;
+    const std::string leaf = ti.path.substr(ti.path.rfind('/') + 1);
+    if (!ti.scheme.empty() && (leaf == "scale" || leaf == "zero_point")) logical = 0;
+    if (!ti.scheme.empty() && leaf == "qdata") {
+      std::string parent = name;
+      parent = parent.rfind('/') == std::string::npos ? "." : parent.substr(0, parent.rfind('/'));
+      Hid pg(H5Gopen2(loc, parent.c_str(), H5P_DEFAULT), H5Gclose);
+      if (pg.valid() && h5::has_attr(pg, "shape")) {
+        const std::string shp = h5::read_attr_string(pg, "shape", c->file, parent);
+        logical = 1;
+        for (size_t i = 0; i < shp.size();) {
+          if (std::isdigit(static_cast<unsigned char>(shp[i]))) {
+            size_t used = 0;
+            logical *= std::stoll(shp.substr(i), &used);
+            i += used;
+          } else {
+            ++i;
+          }
+        }
+      }
+    }
+    c->info->parameters += logical;
     c->info->stored_bytes += ti.bytes;
-    c->info->float32_bytes += static_cast<uint64_t>(n) * 4;
+    c->info->float32_bytes += static_cast<uint64_t>(logical) * 4;
     c->info->tensors.push_back(ti);
     return 0;
   };

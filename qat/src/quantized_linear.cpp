@@ -83,6 +83,21 @@ std::string QuantizedLinear::extra_repr() const {
                      activation_config ? activation_config->to_string() : "None");
 }
 
+std::map<std::string, std::string> QuantizedLinear::checkpoint_attributes() const {
+  const bool packed = qdata.dtype() == kUInt8 && qdata.dim() == 2 && qdata.size(1) * 2 == in_features;
+  return {{"quant_scheme", "intx_affine"},
+          {"dtype", weight_dtype},
+          {"bits", std::to_string(bits_of(weight_dtype))},
+          {"shape", shape_str(Shape{out_features, in_features})},
+          {"block_size", shape_str(block_size)},
+          {"mapping_type", "symmetric"},
+          {"zero_point_domain", "int"},
+          {"packing", packed ? "nibbles" : "none"},
+          {"nibble_order", packed ? "low_first" : "none"},
+          {"scale_dtype", "float32"},
+          {"activation", activation_config ? activation_config->to_string() : "none"}};
+}
+
 Tensor QuantizedLinear::forward(const Tensor& x) {
   Tensor xq = x;
   if (activation_config) {

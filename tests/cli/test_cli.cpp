@@ -106,8 +106,11 @@ TEST(Train, QatConvertEvalExportWorkflow) {
   const auto [loss, acc] = evaluate_file(r.export_path);
   EXPECT_EQ(acc, r.test_accuracy);
   bool packed = false;
-  for (const auto& t : io::inspect(r.export_path).tensors) packed |= t.path == "/model/2/qdata" && t.dtype == "uint8" && t.shape == Shape{10, 32};
+  const auto info = io::inspect(r.export_path);
+  for (const auto& t : info.tensors) packed |= t.path == "/model/2/qdata" && t.dtype == "uint8" && t.shape == Shape{10, 32} && t.scheme == "intx_affine int4";
   EXPECT_TRUE(packed);
+  EXPECT_EQ(info.parameters, 784 * 64 + 64 + 64 * 10 + 10);  // logical parameters, as the float model
+  EXPECT_GT(static_cast<double>(info.float32_bytes) / static_cast<double>(info.stored_bytes), 1.0);
   // PTQ of a float export with another recipe
   auto fcfg = RunConfig::from_file(std::string(LOWBIT_SOURCE_DIR) + "/configs/fmnist_mlp.toml");
   const std::string fdir = tmpdir("float");
