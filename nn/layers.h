@@ -100,18 +100,6 @@ class Flatten : public Module {
   int64_t start_dim, end_dim;
 };
 
-/// Runs children in order; children are named "0", "1", ...
-class Sequential : public Module {
- public:
-  Sequential() = default;
-  explicit Sequential(std::vector<std::shared_ptr<Module>> modules);
-  std::string type_name() const override { return "Sequential"; }
-  Tensor forward(const Tensor& x) override;
-  void push_back(std::shared_ptr<Module> m);
-  size_t size() const { return named_children().size(); }
-  std::shared_ptr<Module> operator[](size_t i) const;
-};
-
 /// A list of modules (named "0", "1", ...) with no forward of its own.
 class ModuleList : public Module {
  public:
@@ -121,6 +109,14 @@ class ModuleList : public Module {
   void push_back(std::shared_ptr<Module> m);
   size_t size() const { return named_children().size(); }
   std::shared_ptr<Module> operator[](size_t i) const;
+};
+
+/// A ModuleList whose forward runs the children in order.
+class Sequential : public ModuleList {
+ public:
+  using ModuleList::ModuleList;
+  std::string type_name() const override { return "Sequential"; }
+  Tensor forward(const Tensor& x) override;
 };
 
 /// Modules by name, in insertion order.

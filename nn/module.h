@@ -91,9 +91,6 @@ class Module : public std::enable_shared_from_this<Module> {
   NamedTensors params_;
   NamedTensors buffers_;
   std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
-  friend class ModuleList;
-  friend class ModuleDict;
-  friend class Sequential;
 };
 
 std::ostream& operator<<(std::ostream& os, const Module& m);

@@ -84,14 +84,6 @@ std::string Flatten::extra_repr() const { return fmt::format("start_dim={}, end_
 Tensor Flatten::forward(const Tensor& x) { return x.flatten(start_dim, end_dim); }
 
 // ---------------- containers ----------------
-Sequential::Sequential(std::vector<std::shared_ptr<Module>> modules) {
-  for (auto& m : modules) push_back(std::move(m));
-}
-void Sequential::push_back(std::shared_ptr<Module> m) { add_child(std::to_string(size()), std::move(m)); }
-std::shared_ptr<Module> Sequential::operator[](size_t i) const {
-  LOWBIT_CHECK(i < size(), "Sequential: index {} is out of range (size {})", i, size());
-  return named_children()[i].second;
-}
 Tensor Sequential::forward(const Tensor& x) {
   Tensor h = x;
   for (auto& m : children()) h = m->forward(h);
@@ -102,7 +94,7 @@ ModuleList::ModuleList(std::vector<std::shared_ptr<Module>> modules) {
 }
 void ModuleList::push_back(std::shared_ptr<Module> m) { add_child(std::to_string(size()), std::move(m)); }
 std::shared_ptr<Module> ModuleList::operator[](size_t i) const {
-  LOWBIT_CHECK(i < size(), "ModuleList: index {} is out of range (size {})", i, size());
+  LOWBIT_CHECK(i < size(), "{}: index {} is out of range (size {})", type_name(), i, size());
   return named_children()[i].second;
 }
 void ModuleDict::insert(const std::string& key, std::shared_ptr<Module> m) { add_child(key, std::move(m)); }
