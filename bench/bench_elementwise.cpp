@@ -21,13 +21,8 @@ void bytes(benchmark::State& st, int arrays) {
 
 void BM_triad(benchmark::State& st) {
   Tensor a = empty({kN}), b = randn({kN}), c = randn({kN});
-  float* pa = a.data_ptr<float>();
-  const float* pb = b.data_ptr<float>();
-  const float* pc = c.data_ptr<float>();
-  const float s = 1.5f;
   for (auto _ : st) {
-#pragma omp parallel for simd schedule(static) num_threads(get_num_threads())
-    for (int64_t i = 0; i < kN; ++i) pa[i] = pb[i] + s * pc[i];
+    lowbit::bench::triad(a.data_ptr<float>(), b.data_ptr<float>(), c.data_ptr<float>(), kN, get_num_threads());
     benchmark::ClobberMemory();
   }
   bytes(st, 3);

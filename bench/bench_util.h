@@ -60,4 +60,11 @@ inline CollectingReporter run_all(int argc, char** argv, void (*set_threads)(int
   return rep;
 }
 
+/// The STREAM triad a = b + s*c over n floats with every thread (the bandwidth reference).
+inline void triad(float* a, const float* b, const float* c, int64_t n, int threads) {
+  const float s = 1.5f;
+#pragma omp parallel for simd schedule(static) num_threads(threads)
+  for (int64_t i = 0; i < n; ++i) a[i] = b[i] + s * c[i];
+}
+
 }  // namespace lowbit::bench

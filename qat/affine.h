@@ -53,4 +53,16 @@ Tensor dequantize_affine(const Tensor& q, const Shape& block_size, const Tensor&
 Tensor fake_quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& scale, const Tensor& zero_point, int64_t quant_min,
                             int64_t quant_max, ZeroPointDomain domain = ZeroPointDomain::INT);
 
+/// Result of fake_quantize_affine_dynamic.
+struct FakeQuantized {
+  Tensor y, scale, zero_point;
+};
+/// choose_qparams_affine followed by fake_quantize_affine, bit-identical to the two calls (the
+/// returned scale / zero point are choose_qparams_affine's), fused into one pass over x when the
+/// blocks are short contiguous runs (per-group, per-token, per-row): what dynamic fake
+/// quantizers run every step. Differentiable in x like fake_quantize_affine (qparams are not).
+FakeQuantized fake_quantize_affine_dynamic(const Tensor& x, MappingType mapping, const Shape& block_size, int64_t quant_min, int64_t quant_max,
+                                           std::optional<double> eps = std::nullopt, ZeroPointDomain domain = ZeroPointDomain::INT,
+                                           DType zero_point_dtype = kInt32);
+
 }  // namespace lowbit::qat

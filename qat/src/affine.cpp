@@ -6,6 +6,7 @@
 
 #include "lowbit/autograd/autograd.h"
 #include "lowbit/autograd/ops.h"
+#include "../../autograd/src/internal.h"
 
 namespace lowbit::qat {
 
@@ -127,59 +128,182 @@ float dequantize_one(float q, float scale, float zp, float qmin, float qmax, Zer
 }
 }  // namespace
 
-std::pair<Tensor, Tensor> choose_qparams_affine(const Tensor& x, MappingType mapping, const Shape& block_size, int64_t qmin, int64_t qmax,
-                                                std::optional<double> eps_opt, ZeroPointDomain domain, DType zp_dtype) {
-  const char* op = "choose_qparams_affine";
+namespace {
+// Blocks that are consecutive runs of `len` elements in row-major order (block_size is 1 before
+// some dim k and the full extent after it: per-tensor, per-token, per-row of a 2-D weight,
+// per-group along the last dim). Returns 0 when the blocks are strided.
+int64_t run_length(const Shape& shape, const Shape& block) {
+  const size_t nd = shape.size();
+  size_t k = 0;
+  while (k < nd && block[k] == 1) ++k;
+  if (k == nd) return 1;
+  int64_t len = block[k];
+  for (size_t d = k + 1; d < nd; ++d) {
+    if (block[d] != shape[d]) return 0;
+    len *= shape[d];
+  }
+  return len;
+}
+int64_t grain_for(int64_t len) { return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(len, 1)); }
+
+struct MinMax {
+  float mn, mx;
+};
+// min and max of a run; NaN (both) when any element is NaN, as torch.aminmax.
+MinMax run_minmax(const float* x, int64_t n) {
+  float mn = std::numeric_limits<float>::infinity(), mx = -std::numeric_limits<float>::infinity();
+  int nan = 0;
+#pragma omp simd reduction(min : mn) reduction(max : mx) reduction(| : nan)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    mn = v < mn ? v : mn;
+    mx = v > mx ? v : mx;
+    nan |= v != v;
+  }
+  if (nan) return {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::quiet_NaN()};
+  return {mn, mx};
+}
+
+struct QParams {
+  float scale, zero_point;  // zero_point before the integer cast
+};
+// torchao's scale / zero point of one block from its min and max, in float32.
+QParams qparams_from_minmax(MinMax m, MappingType mapping, float fqmin, float fqmax, int64_t qmin, int64_t qmax, float eps, ZeroPointDomain domain) {
+  float s, z;
+  if (domain == ZeroPointDomain::FLOAT) {  // tinygemm: raw min/max, zp = min + scale * mid
+    s = fmax_nan((m.mx - m.mn) / static_cast<float>(qmax - qmin), eps);
+    s = s != s ? s : std::max(s, eps);
+    return {s, m.mn + s * static_cast<float>((qmax + qmin + 1) / 2)};
+  }
+  const float min_neg = fmin_nan(m.mn, 0.0f), max_pos = fmax_nan(m.mx, 0.0f);
+  if (mapping == MappingType::SYMMETRIC || mapping == MappingType::SYMMETRIC_NO_CLIPPING_ERR) {
+    if (mapping == MappingType::SYMMETRIC) {
+      const float amax = fmax_nan(-min_neg, max_pos);
+      s = amax / static_cast<float>(static_cast<double>(qmax - qmin) / 2.0);
+    } else {
+      const float smin = min_neg / fqmin, smax = max_pos / fqmax;
+      s = smin > smax ? smin : smax;
+    }
+    z = static_cast<float>((qmax + qmin + 1) / 2);
+    s = s != s ? s : std::max(s, eps);
+  } else {
+    s = (max_pos - min_neg) / static_cast<float>(qmax - qmin);
+    s = s != s ? s : std::max(s, eps);
+    z = clamp_f(fqmin - rne(min_neg / s), fqmin, fqmax);
+  }
+  if (domain == ZeroPointDomain::NONE) z = 0.0f;
+  return {s, z};
+}
+
+void store_qparams(const QParams& p, int64_t b, float* sp, Tensor& zp) {
+  sp[b] = p.scale;
+  if (zp.dtype() == kFloat32) zp.data_ptr<float>()[b] = p.zero_point;
+  else zp.data_ptr<int32_t>()[b] = to_int32(p.zero_point);
+}
+
+// Fake-quantizes a run sharing one (scale, zero point): y, and the straight-through mask (1 where
+// the rounded code was inside [qmin, qmax]). Vectorized for the INT and NONE domains.
+template <ZeroPointDomain D>
+void fq_run(const float* __restrict x, int64_t n, float s, float z, float fqmin, float fqmax, float* __restrict y, uint8_t* __restrict m) {
+  if constexpr (D == ZeroPointDomain::FLOAT) {
+    const float min_val = z - s * std::floor((fqmax + fqmin + 1.0f) / 2.0f);
+    for (int64_t i = 0; i < n; ++i) {
+      const float u = rne((x[i] - min_val) / s);
+      m[i] = u >= fqmin && u <= fqmax;
+      y[i] = dequantize_one(clamp_f(u, fqmin, fqmax), s, z, fqmin, fqmax, D);
+    }
+  } else {
+    const float inv = 1.0f / s;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      float q = std::nearbyint(x[i] * inv);
+      if constexpr (D == ZeroPointDomain::INT) q = q + z;
+      m[i] = static_cast<uint8_t>((q >= fqmin) & (q <= fqmax));  // no short-circuit: keeps the loop vectorizable
+      float c = q < fqmin ? fqmin : q;                               // NaN stays NaN
+      c = c > fqmax ? fqmax : c;
+      y[i] = D == ZeroPointDomain::INT ? (c - z) * s : c * s;
+    }
+  }
+}
+void fq_run(ZeroPointDomain d, const float* x, int64_t n, float s, float z, float fqmin, float fqmax, float* y, uint8_t* m) {
+  switch (d) {
+    case ZeroPointDomain::INT: return fq_run<ZeroPointDomain::INT>(x, n, s, z, fqmin, fqmax, y, m);
+    case ZeroPointDomain::FLOAT: return fq_run<ZeroPointDomain::FLOAT>(x, n, s, z, fqmin, fqmax, y, m);
+    case ZeroPointDomain::NONE: return fq_run<ZeroPointDomain::NONE>(x, n, s, z, fqmin, fqmax, y, m);
+  }
+}
+
+// where(mask, g * s, 0) * (1 / s) over a run
+void ste_run(const float* __restrict g, const uint8_t* __restrict m, int64_t n, float s, float* __restrict out) {
+  const float inv = 1.0f / s;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = (m[i] ? g[i] * s : 0.0f) * inv;
+}
+
+// Autograd through torchao's ops gives where(mask, g * scale, 0) * (1 / scale) in float32 (clamp's
+// backward selects, then the x * (1/scale) backward multiplies), which is not always g and is NaN
+// for every element of a block whose scale is NaN or inf: reproduce it.
+void record_fq_backward(Tensor& y, const Tensor& x, const Tensor& mask, const Tensor& scale, const Shape& block) {
+  if (!detail::any_requires_grad({&x})) return;
+  const Tensor s = scale.detach();
+  detail::record(y, "FakeQuantizeAffineBackward0", {x}, [mask, s, block](const Tensor& g_in) {
+    const Tensor g = g_in.to(kFloat32);
+    Tensor gx = empty(g.shape(), kFloat32);
+    const float* gp = g.data_ptr<float>();
+    const uint8_t* mp = mask.data_ptr<uint8_t>();
+    const float* sp = s.data_ptr<float>();
+    float* op = gx.data_ptr<float>();
+    if (const int64_t len = run_length(g.shape(), block); len > 0) {
+      detail::parallel_for(s.numel(), grain_for(len), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          ste_run(gp + b * len, mp + b * len, len, sp[b], op + b * len);
+        }
+      });
+    } else {
+      BlockIndexer bi(g.shape(), block, "fake_quantize_affine backward");
+      bi.for_each([&](int64_t e, int64_t b) { op[e] = (mp[e] != 0 ? gp[e] * sp[b] : 0.0f) * (1.0f / sp[b]); });
+    }
+    return std::vector<Tensor>{gx};
+  });
+}
+
+float eps_value(std::optional<double> eps_opt) {
+  return static_cast<float>(eps_opt ? *eps_opt : static_cast<double>(std::numeric_limits<float>::min()));
+}
+void check_choose_args(const Tensor& x, MappingType mapping, int64_t qmin, int64_t qmax, ZeroPointDomain domain, DType zp_dtype, const char* op) {
   check_input(x, op);
   check_range(qmin, qmax, op);
   LOWBIT_CHECK(domain != ZeroPointDomain::FLOAT || mapping == MappingType::ASYMMETRIC,
                "{}: the FLOAT zero-point domain (tinygemm) is asymmetric only, got {}", op, to_string(mapping));
+  LOWBIT_CHECK(zp_dtype == kInt32 || zp_dtype == kFloat32, "{}: zero_point_dtype must be int32 or float32, got {}", op, dtype_name(zp_dtype));
+}
+}  // namespace
+
+std::pair<Tensor, Tensor> choose_qparams_affine(const Tensor& x, MappingType mapping, const Shape& block_size, int64_t qmin, int64_t qmax,
+                                                std::optional<double> eps_opt, ZeroPointDomain domain, DType zp_dtype) {
+  const char* op = "choose_qparams_affine";
+  check_choose_args(x, mapping, qmin, qmax, domain, zp_dtype, op);
   BlockIndexer bi(x.shape(), block_size, op);
   const int64_t nb = detail::numel_of(bi.nblocks);
-  std::vector<float> mn(nb, std::numeric_limits<float>::infinity()), mx(nb, -std::numeric_limits<float>::infinity());
+  const float eps = eps_value(eps_opt);
+  const float fqmin = static_cast<float>(qmin), fqmax = static_cast<float>(qmax);
+  Tensor scale = empty(bi.nblocks, kFloat32);
+  Tensor zp = empty(bi.nblocks, domain == ZeroPointDomain::FLOAT ? kFloat32 : zp_dtype);
+  float* sp = scale.data_ptr<float>();
   const float* xp = x.data_ptr<float>();
+  if (const int64_t len = run_length(x.shape(), block_size); len > 0) {
+    detail::parallel_for(nb, grain_for(len), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        store_qparams(qparams_from_minmax(run_minmax(xp + b * len, len), mapping, fqmin, fqmax, qmin, qmax, eps, domain), b, sp, zp);
+    });
+    return {scale, zp};
+  }
+  std::vector<float> mn(nb, std::numeric_limits<float>::infinity()), mx(nb, -std::numeric_limits<float>::infinity());
   bi.for_each([&](int64_t e, int64_t b) {
     mn[b] = fmin_nan(mn[b], xp[e]);
     mx[b] = fmax_nan(mx[b], xp[e]);
   });
-  const float eps = static_cast<float>(eps_opt ? *eps_opt : static_cast<double>(std::numeric_limits<float>::min()));
-  const float fqmin = static_cast<float>(qmin), fqmax = static_cast<float>(qmax);
-  Tensor scale = empty(bi.nblocks, kFloat32);
-  LOWBIT_CHECK(zp_dtype == kInt32 || zp_dtype == kFloat32, "{}: zero_point_dtype must be int32 or float32, got {}", op, dtype_name(zp_dtype));
-  if (domain == ZeroPointDomain::FLOAT) zp_dtype = kFloat32;
-  Tensor zp = empty(bi.nblocks, zp_dtype);
-  float* sp = scale.data_ptr<float>();
-  for (int64_t b = 0; b < nb; ++b) {
-    float s, z;
-    if (domain == ZeroPointDomain::FLOAT) {  // tinygemm: raw min/max, zp = min + scale * mid
-      s = fmax_nan((mx[b] - mn[b]) / static_cast<float>(qmax - qmin), eps);
-      s = s != s ? s : std::max(s, eps);
-      z = mn[b] + s * static_cast<float>((qmax + qmin + 1) / 2);
-      sp[b] = s;
-      zp.data_ptr<float>()[b] = z;
-      continue;
-    }
-    const float min_neg = fmin_nan(mn[b], 0.0f), max_pos = fmax_nan(mx[b], 0.0f);
-    if (mapping == MappingType::SYMMETRIC || mapping == MappingType::SYMMETRIC_NO_CLIPPING_ERR) {
-      if (mapping == MappingType::SYMMETRIC) {
-        const float amax = fmax_nan(-min_neg, max_pos);
-        s = amax / static_cast<float>(static_cast<double>(qmax - qmin) / 2.0);
-      } else {
-        const float smin = min_neg / fqmin, smax = max_pos / fqmax;
-        s = smin > smax ? smin : smax;
-      }
-      z = static_cast<float>((qmax + qmin + 1) / 2);
-      s = s != s ? s : std::max(s, eps);
-    } else {
-      s = (max_pos - min_neg) / static_cast<float>(qmax - qmin);
-      s = s != s ? s : std::max(s, eps);
-      z = clamp_f(fqmin - rne(min_neg / s), fqmin, fqmax);
-    }
-    sp[b] = s;
-    if (domain == ZeroPointDomain::NONE) z = 0.0f;
-    if (zp_dtype == kFloat32) zp.data_ptr<float>()[b] = z;
-    else zp.data_ptr<int32_t>()[b] = to_int32(z);
-  }
+  for (int64_t b = 0; b < nb; ++b) store_qparams(qparams_from_minmax({mn[b], mx[b]}, mapping, fqmin, fqmax, qmin, qmax, eps, domain), b, sp, zp);
   return {scale, zp};
 }
 
@@ -199,12 +323,20 @@ Tensor quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& s
   const float* xp = x.data_ptr<float>();
   const float* sp = scale.data_ptr<float>();
   const float fqmin = static_cast<float>(qmin), fqmax = static_cast<float>(qmax);
-  bi.for_each([&](int64_t e, int64_t b) {
+  auto put = [&](int64_t e, int64_t b) {
     const int32_t code = to_int32(quantize_one(xp[e], sp[b], zp_at(zp, domain, b), fqmin, fqmax, domain));
     if (out_dtype == kInt8) q.data_ptr<int8_t>()[e] = static_cast<int8_t>(code & 0xff);  // truncation, as the CPU cast
     else if (out_dtype == kUInt8) q.data_ptr<uint8_t>()[e] = static_cast<uint8_t>(code & 0xff);
     else q.data_ptr<int32_t>()[e] = code;
-  });
+  };
+  if (const int64_t len = run_length(x.shape(), block_size); len > 0) {
+    detail::parallel_for(scale.numel(), grain_for(len), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        for (int64_t e = b * len; e < (b + 1) * len; ++e) put(e, b);
+    });
+  } else {
+    bi.for_each(put);
+  }
   return q;
 }
 
@@ -219,13 +351,21 @@ Tensor dequantize_affine(const Tensor& q, const Shape& block_size, const Tensor&
   Tensor y = empty(q.shape(), kFloat32);
   float* yp = y.data_ptr<float>();
   const float* sp = scale.data_ptr<float>();
-  bi.for_each([&](int64_t e, int64_t b) {
+  auto put = [&](int64_t e, int64_t b) {
     float code = 0;
     if (q.dtype() == kInt8) code = q.data_ptr<int8_t>()[e];
     else if (q.dtype() == kUInt8) code = q.data_ptr<uint8_t>()[e];
     else code = static_cast<float>(q.data_ptr<int32_t>()[e]);
     yp[e] = dequantize_one(code, sp[b], zp_at(zp, domain, b), static_cast<float>(qmin), static_cast<float>(qmax), domain);
-  });
+  };
+  if (const int64_t len = run_length(q.shape(), block_size); len > 0) {
+    detail::parallel_for(scale.numel(), grain_for(len), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        for (int64_t e = b * len; e < (b + 1) * len; ++e) put(e, b);
+    });
+  } else {
+    bi.for_each(put);
+  }
   return y;
 }
 
@@ -236,45 +376,58 @@ Tensor fake_quantize_affine(const Tensor& x, const Shape& block_size, const Tens
   check_range(qmin, qmax, op);
   BlockIndexer bi(x.shape(), block_size, op);
   check_qparams(scale, zp, bi.nblocks, domain, op);
-  Tensor y = empty(x.shape(), kFloat32), mask = empty(x.shape(), kFloat32);
+  Tensor y = empty(x.shape(), kFloat32), mask = empty(x.shape(), kUInt8);
   const float* xp = x.data_ptr<float>();
   const float* sp = scale.data_ptr<float>();
   float* yp = y.data_ptr<float>();
-  float* mp = mask.data_ptr<float>();
+  uint8_t* mp = mask.data_ptr<uint8_t>();
   const float fqmin = static_cast<float>(qmin), fqmax = static_cast<float>(qmax);
-  bi.for_each([&](int64_t e, int64_t b) {
-    const float z = zp_at(zp, domain, b);
-    const float qf = quantize_one(xp[e], sp[b], z, fqmin, fqmax, domain);
-    yp[e] = dequantize_one(qf, sp[b], z, fqmin, fqmax, domain);
-    // straight-through where the rounded code was inside [qmin, qmax] (torch.clamp's gradient)
-    float unclamped;
-    if (domain == ZeroPointDomain::FLOAT) {
-      const float min_val = z - sp[b] * std::floor((fqmax + fqmin + 1.0f) / 2.0f);
-      unclamped = rne((xp[e] - min_val) / sp[b]);
-    } else {
-      unclamped = rne(xp[e] * (1.0f / sp[b])) + (domain == ZeroPointDomain::INT ? z : 0.0f);
-    }
-    mp[e] = (unclamped >= fqmin && unclamped <= fqmax) ? 1.0f : 0.0f;
-  });
-  if (detail::any_requires_grad({&x})) {
-    // autograd through torchao's ops gives where(mask, g * scale, 0) * (1 / scale) in float32
-    // (clamp's backward selects, then the x * (1/scale) backward multiplies), which is not
-    // always g and is NaN for every element of a block whose scale is NaN or inf: reproduce it
-    const Tensor s = scale.detach();
-    const Shape bs = block_size;
-    detail::record(y, "FakeQuantizeAffineBackward0", {x}, [mask, s, bs](const Tensor& g_in) {
-      const Tensor g = g_in.to(kFloat32);
-      Tensor gx = empty(g.shape(), kFloat32);
-      BlockIndexer bi(g.shape(), bs, "fake_quantize_affine backward");
-      const float* gp = g.data_ptr<float>();
-      const float* mp = mask.data_ptr<float>();
-      const float* sp = s.data_ptr<float>();
-      float* op = gx.data_ptr<float>();
-      bi.for_each([&](int64_t e, int64_t b) { op[e] = (mp[e] != 0.0f ? gp[e] * sp[b] : 0.0f) * (1.0f / sp[b]); });
-      return std::vector<Tensor>{gx};
+  if (const int64_t len = run_length(x.shape(), block_size); len > 0) {
+    detail::parallel_for(scale.numel(), grain_for(len), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b)
+        fq_run(domain, xp + b * len, len, sp[b], zp_at(zp, domain, b), fqmin, fqmax, yp + b * len, mp + b * len);
     });
+  } else {
+    bi.for_each([&](int64_t e, int64_t b) { fq_run(domain, xp + e, 1, sp[b], zp_at(zp, domain, b), fqmin, fqmax, yp + e, mp + e); });
   }
+  record_fq_backward(y, x, mask, scale, block_size);
   return y;
+}
+
+FakeQuantized fake_quantize_affine_dynamic(const Tensor& x, MappingType mapping, const Shape& block_size, int64_t qmin, int64_t qmax,
+                                           std::optional<double> eps_opt, ZeroPointDomain domain, DType zp_dtype) {
+  const char* op = "fake_quantize_affine_dynamic";
+  check_choose_args(x, mapping, qmin, qmax, domain, zp_dtype, op);
+  BlockIndexer bi(x.shape(), block_size, op);
+  const int64_t len = run_length(x.shape(), block_size);
+  if (len == 0 || len > (int64_t{1} << 14)) {  // strided or long blocks: two passes
+    FakeQuantized r;
+    {
+      NoGradGuard ng;
+      std::tie(r.scale, r.zero_point) = choose_qparams_affine(x.detach(), mapping, block_size, qmin, qmax, eps_opt, domain, zp_dtype);
+    }
+    r.y = fake_quantize_affine(x, block_size, r.scale, r.zero_point, qmin, qmax, domain);
+    return r;
+  }
+  // one pass per block: the run stays in L1 between its min/max and its rounding
+  const int64_t nb = detail::numel_of(bi.nblocks);
+  const float eps = eps_value(eps_opt);
+  const float fqmin = static_cast<float>(qmin), fqmax = static_cast<float>(qmax);
+  FakeQuantized r{empty(x.shape(), kFloat32), empty(bi.nblocks, kFloat32), empty(bi.nblocks, domain == ZeroPointDomain::FLOAT ? kFloat32 : zp_dtype)};
+  Tensor mask = empty(x.shape(), kUInt8);
+  const float* xp = x.data_ptr<float>();
+  float* yp = r.y.data_ptr<float>();
+  float* sp = r.scale.data_ptr<float>();
+  uint8_t* mp = mask.data_ptr<uint8_t>();
+  detail::parallel_for(nb, grain_for(len), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t o = b * len;
+      store_qparams(qparams_from_minmax(run_minmax(xp + o, len), mapping, fqmin, fqmax, qmin, qmax, eps, domain), b, sp, r.zero_point);
+      fq_run(domain, xp + o, len, sp[b], zp_at(r.zero_point, domain, b), fqmin, fqmax, yp + o, mp + o);
+    }
+  });
+  record_fq_backward(r.y, x, mask, r.scale, block_size);
+  return r;
 }
 
 }  // namespace lowbit::qat

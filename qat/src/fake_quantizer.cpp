@@ -121,13 +121,15 @@ Tensor FakeQuantizer::forward(const Tensor& x_in) {
   }
   const Shape block = std::holds_alternative<PerAxis>(g) ? Shape{1, x.size(1)} : block_size_for(g, x.shape());
   const auto [qmin, qmax] = cfg->range();
+  Tensor y;
   if (cfg->is_dynamic || !scale.defined()) {
-    NoGradGuard ng;
-    auto qp = choose_qparams_affine(x.detach(), cfg->mapping_type, block, qmin, qmax, cfg->eps, cfg->zero_point_domain, cfg->zero_point_precision);
-    scale = qp.first;
-    zero_point = qp.second;
+    auto r = fake_quantize_affine_dynamic(x, cfg->mapping_type, block, qmin, qmax, cfg->eps, cfg->zero_point_domain, cfg->zero_point_precision);
+    y = r.y;
+    scale = r.scale;
+    zero_point = r.zero_point;
+  } else {
+    y = fake_quantize_affine(x, block, scale, zero_point, qmin, qmax, cfg->zero_point_domain);
   }
-  Tensor y = fake_quantize_affine(x, block, scale, zero_point, qmin, qmax, cfg->zero_point_domain);
   return y.dtype() == x_in.dtype() ? y : y.to(x_in.dtype());
 }
 

@@ -1,0 +1,114 @@
+// Quantization targets of docs/PERFORMANCE.md, each next to its reference measured in the same run:
+//  * int4 per-group-32 symmetric fake quantization, forward + backward on 16M floats, vs the
+//    triad bandwidth (GB/s counts x, y, dy, dx: 16 bytes per element);
+//  * the Fashion-MNIST MLP (784-1024-1024-10, batch 256) training step (zero_grad, forward,
+//    cross-entropy, backward, AdamW) with 8da4w fake quantization vs float32;
+//  * converted linears (4096 x 4096 weight): 8da4w and int8-dyn at batch 256, int4 and int8
+//    weight-only at batch 1, vs the float32 linear at the same batch; the converted modules run
+//    in their default (integer-kernel) mode.
+//   ./build/bench/bench_qat [--threads=N] [--benchmark_filter=...]
+#include "bench_util.h"
+#include <lowbit/lowbit.h>
+
+using namespace lowbit;
+
+namespace {
+constexpr int64_t kN = int64_t{1} << 24;
+
+void BM_triad(benchmark::State& st) {
+  Tensor a = empty({kN}), b = randn({kN}), c = randn({kN});
+  for (auto _ : st) {
+    lowbit::bench::triad(a.data_ptr<float>(), b.data_ptr<float>(), c.data_ptr<float>(), kN, get_num_threads());
+    benchmark::ClobberMemory();
+  }
+  st.counters["GB/s"] = benchmark::Counter(12.0 * kN, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+
+void BM_fake_quant_int4_g32(benchmark::State& st) {
+  Tensor x = randn({4096, kN / 4096}).requires_grad_();
+  const Tensor g = randn({4096, kN / 4096});
+  qat::FakeQuantizer fq(qat::IntxFakeQuantizeConfig("int4", qat::PerGroup{32}));
+  for (auto _ : st) {
+    x.set_grad(Tensor());
+    Tensor y = fq.forward(x);
+    y.backward(g);
+    benchmark::DoNotOptimize(x.grad().raw_data());
+  }
+  st.counters["GB/s"] = benchmark::Counter(16.0 * kN, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+
+std::shared_ptr<nn::Module> mlp() {
+  manual_seed(0);
+  return std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(784, 1024), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(1024, 1024),
+      std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(1024, 10)});
+}
+void mlp_steps(benchmark::State& st, std::shared_ptr<nn::Module> model) {
+  optim::AdamW opt(model->parameters());
+  const Tensor x = randn({256, 784}), y = randint(0, 10, {256});
+  for (auto _ : st) {
+    opt.zero_grad();
+    Tensor loss = cross_entropy(model->forward(x), y);
+    loss.backward();
+    opt.step();
+  }
+}
+void BM_mlp_step_fp32(benchmark::State& st) { mlp_steps(st, mlp()); }
+void BM_mlp_step_8da4w_qat(benchmark::State& st) {
+  auto base = qat::recipe_config("8da4w", "int4", 32);
+  const qat::QATConfig cfg(base, "prepare");
+  mlp_steps(st, qat::quantize_(mlp(), cfg, qat::compatible_linears(cfg)));
+}
+
+std::shared_ptr<nn::Linear> big_linear() {
+  manual_seed(0);
+  return std::make_shared<nn::Linear>(4096, 4096);
+}
+void linear_forward(benchmark::State& st, const std::shared_ptr<nn::Module>& m, int64_t batch) {
+  const Tensor x = randn({batch, 4096});
+  NoGradGuard ng;
+  for (auto _ : st) benchmark::DoNotOptimize(m->forward(x).raw_data());
+}
+std::shared_ptr<nn::Module> converted(const std::string& recipe) { return qat::quantize_(big_linear(), *qat::recipe_config(recipe, "int4", 32)); }
+
+void BM_linear_fp32_b256(benchmark::State& st) { linear_forward(st, big_linear(), 256); }
+void BM_linear_8da4w_b256(benchmark::State& st) { linear_forward(st, converted("8da4w"), 256); }
+void BM_linear_int8dyn_b256(benchmark::State& st) { linear_forward(st, converted("int8-dyn"), 256); }
+void BM_linear_fp32_b1(benchmark::State& st) { linear_forward(st, big_linear(), 1); }
+void BM_linear_int4wo_b1(benchmark::State& st) { linear_forward(st, converted("int4-weight-only"), 1); }
+void BM_linear_int8wo_b1(benchmark::State& st) { linear_forward(st, converted("int8-weight-only"), 1); }
+}  // namespace
+
+BENCHMARK(BM_triad)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
+BENCHMARK(BM_fake_quant_int4_g32)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
+BENCHMARK(BM_mlp_step_fp32)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
+BENCHMARK(BM_mlp_step_8da4w_qat)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
+BENCHMARK(BM_linear_fp32_b256)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
+BENCHMARK(BM_linear_8da4w_b256)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
+BENCHMARK(BM_linear_int8dyn_b256)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
+BENCHMARK(BM_linear_fp32_b1)->Unit(benchmark::kMicrosecond)->UseRealTime()->MinTime(0.5);
+BENCHMARK(BM_linear_int4wo_b1)->Unit(benchmark::kMicrosecond)->UseRealTime()->MinTime(0.5);
+BENCHMARK(BM_linear_int8wo_b1)->Unit(benchmark::kMicrosecond)->UseRealTime()->MinTime(0.5);
+
+int main(int argc, char** argv) {
+  const auto rep = lowbit::bench::run_all(argc, argv, [](int n) { set_num_threads(n); });
+  std::printf("\nthreads=%d\n%-44s %12s %12s %8s %s\n", get_num_threads(), "target", "ours", "reference", "ratio", "goal");
+  auto row = [](const char* what, double ours, double ref, const char* unit, double ratio, const char* goal) {
+    if (ours <= 0 || ref <= 0) return;  // filtered out
+    std::printf("%-44s %9.3f %-2s %9.3f %-2s %7.2fx %s\n", what, ours, unit, ref, unit, ratio, goal);
+  };
+  const double fq = rep.counter("BM_fake_quant_int4_g32", "GB/s") / 1e9, tr = rep.counter("BM_triad", "GB/s") / 1e9;
+  row("int4 g32 fake-quant fwd+bwd 16M (GB/s)", fq, tr, "", fq / tr, ">= 0.50x triad");
+  auto t = [&](const char* n) { return rep.seconds(n) * 1e3; };
+  row("MLP step 8da4w QAT vs fp32 (ms)", t("BM_mlp_step_8da4w_qat"), t("BM_mlp_step_fp32"), "", t("BM_mlp_step_8da4w_qat") / t("BM_mlp_step_fp32"),
+      "<= 1.25x");
+  row("8da4w linear 4096^2 b256 vs fp32 (ms)", t("BM_linear_8da4w_b256"), t("BM_linear_fp32_b256"), "", t("BM_linear_fp32_b256") / t("BM_linear_8da4w_b256"),
+      ">= 4x faster");
+  row("int8-dyn linear 4096^2 b256 vs fp32 (ms)", t("BM_linear_int8dyn_b256"), t("BM_linear_fp32_b256"), "",
+      t("BM_linear_fp32_b256") / t("BM_linear_int8dyn_b256"), ">= 4x faster");
+  row("int4 weight-only 4096^2 b1 vs fp32 (ms)", t("BM_linear_int4wo_b1"), t("BM_linear_fp32_b1"), "", t("BM_linear_fp32_b1") / t("BM_linear_int4wo_b1"),
+      ">= 4x faster");
+  row("int8 weight-only 4096^2 b1 vs fp32 (ms)", t("BM_linear_int8wo_b1"), t("BM_linear_fp32_b1"), "", t("BM_linear_fp32_b1") / t("BM_linear_int8wo_b1"),
+      "(no target)");
+  return 0;
+}
