@@ -24,6 +24,7 @@ struct Storage {
   void* data = nullptr;
   size_t nbytes = 0;
   std::function<void(void*)> deleter;
+  uint64_t version = 0;  // bumped by in-place writes through Tensor methods (see Tensor::version)
   Storage(size_t nbytes);  // allocates, uninitialized
   Storage(void* external, size_t nbytes, std::function<void(void*)> deleter);
   ~Storage();
@@ -49,6 +50,10 @@ class Tensor {
   /// Typed pointer to the first element; throws if T does not match dtype().
   template <typename T> T* data_ptr() const;
   void* raw_data() const;
+  /// Counter of in-place writes to this tensor's storage through copy_, fill_/zero_, uniform_
+  /// and normal_ (what load_state_dict uses): caches derived from a tensor compare it. Writes
+  /// through data_ptr / raw_data are not counted.
+  uint64_t version() const;
   /// The single element of a one-element tensor, converted to T.
   template <typename T> T item() const;
   /// Copy converted to dtype (bfloat16: round to nearest even). Same dtype returns *this.

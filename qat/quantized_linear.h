@@ -2,13 +2,28 @@
 // zero points; int4 codes are packed two per byte, element 2i in the low nibble (bits 0-3) and
 // element 2i+1 in the high nibble, each as a two's-complement 4-bit value.
 //
-// forward runs the dequantized weight (cached) through the float32 GEMM after fake-quantizing
-// the activation exactly as the QAT-prepared module does, so a converted model's outputs equal
-// the prepared model's bit for bit (torchao's IntxUnpackedToInt8Tensor semantics).
+// Two ways to run forward (QuantizedLinear::kernel):
+//  * Kernel::Integer (default) — integer kernels where the scheme and the CPU allow:
+//    int8 dynamic per-token activations x int2..int8 symmetric weights (per group or per channel):
+//    an AVX-512 VNNI GEMM on int8 codes, one int32 sum per (row, column, group), scaled in float32;
+//    weight-only int4 / int8 codes with up to 16 rows: a decode GEMV reading the packed codes.
+//    Results differ from Kernel::Dequantize only by float32 rounding: |integer - dequantize| is
+//    bounded by 1e-5 * sum_k |x_dq[k] * w_dq[k]| per output (tested), see docs/qat.md.
+//  * Kernel::Dequantize — fake-quantizes the activation exactly as the QAT-prepared module does and
+//    runs the dequantized weight through the float32 GEMM, so a converted model's outputs equal the
+//    prepared model's bit for bit (torchao's IntxUnpackedToInt8Tensor semantics). Also what
+//    Kernel::Integer falls back to for other schemes, for inputs that require grad, and on CPUs
+//    without AVX-512 VNNI.
 #pragma once
+#include <mutex>
+
 #include "lowbit/qat/fake_quantizer.h"
 
 namespace lowbit::qat {
+
+namespace kernels {
+struct GroupedS8Weight;
+}
 
 class QuantizedLinear : public nn::Module {
  public:
@@ -21,6 +36,12 @@ class QuantizedLinear : public nn::Module {
   /// quant_scheme "intx_affine" and its parameters (bits, block_size, packing, nibble order, ...).
   std::map<std::string, std::string> checkpoint_attributes() const override;
   Tensor forward(const Tensor& x) override;
+
+  enum class Kernel { Integer, Dequantize };
+  Kernel kernel = Kernel::Integer;
+  /// The path forward takes for an input of `rows` rows (after flattening leading dims) when it
+  /// does not require grad: "int8 GEMM (VNNI)", "weight-only GEMV" or "dequantize + float32 GEMM".
+  std::string kernel_for(int64_t rows) const;
   /// Integer codes (out, in) as int8 (unpacked).
   Tensor weight_codes() const;
   /// Dequantized float32 weight (out, in).
@@ -35,7 +56,15 @@ class QuantizedLinear : public nn::Module {
   std::optional<IntxFakeQuantizeConfig> activation_config;
 
  private:
-  mutable Tensor dequant_cache_;
+  bool integer_gemm_ok() const;
+  bool weight_only_gemv_ok(int64_t rows) const;
+  Tensor forward_integer_gemm(const Tensor& x2d) const;
+  Tensor forward_weight_only_gemv(const Tensor& x2d) const;
+  std::shared_ptr<const kernels::GroupedS8Weight> packed_weight() const;
+
+  mutable std::mutex pack_mutex_;
+  mutable std::shared_ptr<const kernels::GroupedS8Weight> packed_;
+  mutable std::vector<std::pair<const void*, uint64_t>> packed_key_;  // (storage, version) of qdata, scale, zero_point
 };
 
 }  // namespace lowbit::qat

@@ -318,8 +318,14 @@ Tensor from_blob(void* data, const Shape& shape, DType dtype, std::function<void
 }
 
 // ---------------- fills, conversion ----------------
+uint64_t Tensor::version() const {
+  check_defined(*this, "version");
+  return impl_->storage->version;
+}
+
 Tensor& Tensor::fill_(double value) {
   check_defined(*this, "fill_");
+  ++impl_->storage->version;
   const int64_t n = numel();
   LOWBIT_DISPATCH_ALL(dtype(), T, {
     T* p = reinterpret_cast<T*>(raw_data());
@@ -356,6 +362,7 @@ void convert_into(const Tensor& src, const Tensor& dst) {
 
 Tensor& Tensor::copy_(const Tensor& src) {
   check_defined(*this, "copy_");
+  ++impl_->storage->version;
   LOWBIT_CHECK(src.defined() && src.shape() == shape(), "copy_: source {} and destination {} must have the same shape",
                src.defined() ? shape_str(src.shape()) : "undefined", shape_str(shape()));
   if (dtype() == src.dtype()) {
@@ -389,6 +396,7 @@ Tensor Tensor::clone() const {
 
 Tensor& Tensor::uniform_(double low, double high, Generator* gen) {
   check_defined(*this, "uniform_");
+  ++impl_->storage->version;
   LOWBIT_CHECK(is_floating(dtype()), "uniform_: expected a floating tensor, got {}", dtype_name(dtype()));
   LOWBIT_CHECK(low <= high, "uniform_: expects low <= high, got low={} high={}", low, high);
   Generator& g = gen ? *gen : default_generator();
@@ -410,6 +418,7 @@ Tensor& Tensor::uniform_(double low, double high, Generator* gen) {
 
 Tensor& Tensor::normal_(double mean, double std, Generator* gen) {
   check_defined(*this, "normal_");
+  ++impl_->storage->version;
   LOWBIT_CHECK(is_floating(dtype()), "normal_: expected a floating tensor, got {}", dtype_name(dtype()));
   LOWBIT_CHECK(std >= 0.0, "normal_: expects std >= 0.0, got std={}", std);
   Generator& g = gen ? *gen : default_generator();

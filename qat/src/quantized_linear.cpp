@@ -2,6 +2,7 @@
 
 #include "lowbit/autograd/autograd.h"
 #include "lowbit/autograd/ops.h"
+#include "int_kernels.h"
 
 namespace lowbit::qat {
 
@@ -98,12 +99,102 @@ std::map<std::string, std::string> QuantizedLinear::checkpoint_attributes() cons
           {"activation", activation_config ? activation_config->to_string() : "none"}};
 }
 
+namespace {
+bool is_signed_dtype(const std::string& d) { return d[0] != 'u'; }
+bool all_zero(const Tensor& t) {
+  const int8_t* p = t.data_ptr<int8_t>();
+  for (int64_t i = 0; i < t.numel(); ++i)
+    if (p[i] != 0) return false;
+  return true;
+}
+}  // namespace
+
+// int8 per-token dynamic activations x symmetric (zero point 0) signed weights of at most 8 bits,
+// blocks of whole rows or groups along K, a layout the VNNI kernel takes.
+bool QuantizedLinear::integer_gemm_ok() const {
+  if (!kernels::simd_available() || !activation_config || !activation_config->granularity) return false;
+  const auto& a = *activation_config;
+  const auto [aqmin, aqmax] = a.range();
+  const auto [wqmin, wqmax] = quant_range(weight_dtype);
+  return std::holds_alternative<PerToken>(*a.granularity) && a.is_dynamic && a.zero_point_domain == ZeroPointDomain::INT && aqmin >= -128 &&
+         aqmax <= 127 && wqmin >= -128 && wqmax <= 127 && is_signed_dtype(weight_dtype) && block_size.size() == 2 && block_size[0] == 1 &&
+         kernels::grouped_s8_supported(out_features, in_features, block_size[1]) && all_zero(zero_point);
+}
+
+// weight-only signed codes: 1..4 bits live in sign-extended nibbles, 5..8 bits in int8
+bool QuantizedLinear::weight_only_gemv_ok(int64_t rows) const {
+  return kernels::simd_available() && !activation_config && rows <= 16 && block_size.size() == 2 && block_size[0] == 1 &&
+         kernels::weight_only_supported(bits_of(weight_dtype) <= 4 ? 4 : 8, is_signed_dtype(weight_dtype), in_features, block_size[1]);
+}
+
+std::string QuantizedLinear::kernel_for(int64_t rows) const {
+  if (kernel == Kernel::Integer && integer_gemm_ok()) return "int8 GEMM (VNNI)";
+  if (kernel == Kernel::Integer && weight_only_gemv_ok(rows)) return "weight-only GEMV";
+  return "dequantize + float32 GEMM";
+}
+
+std::shared_ptr<const kernels::GroupedS8Weight> QuantizedLinear::packed_weight() const {
+  std::lock_guard<std::mutex> lock(pack_mutex_);
+  std::vector<std::pair<const void*, uint64_t>> key;
+  for (const Tensor* t : {&qdata, &scale, &zero_point}) key.emplace_back(t->raw_data(), t->version());
+  if (!packed_ || key != packed_key_) {
+    Tensor codes = weight_codes();
+    packed_ = std::make_shared<const kernels::GroupedS8Weight>(
+        kernels::pack_grouped_s8(codes.data_ptr<int8_t>(), scale.data_ptr<float>(), out_features, in_features, block_size[1]));
+    packed_key_ = key;
+  }
+  return packed_;
+}
+
+Tensor QuantizedLinear::forward_integer_gemm(const Tensor& x) const {
+  const auto& a = *activation_config;
+  const auto [qmin, qmax] = a.range();
+  const int64_t m = x.size(0);
+  auto [s, z] = choose_qparams_affine(x, a.mapping_type, {1, in_features}, qmin, qmax, a.eps, ZeroPointDomain::INT, a.zero_point_precision);
+  Tensor codes = quantize_affine(x, {1, in_features}, s, z, kInt8, qmin, qmax);
+  uint8_t* u = static_cast<uint8_t*>(codes.raw_data());  // int8 q -> uint8 q + 128
+  const int64_t n = codes.numel();
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) u[i] ^= 0x80;
+  std::vector<float> offset(static_cast<size_t>(m));
+  for (int64_t i = 0; i < m; ++i)
+    offset[i] = 128.0f + (z.dtype() == kFloat32 ? z.data_ptr<float>()[i] : static_cast<float>(z.data_ptr<int32_t>()[i]));
+  auto w = packed_weight();
+  Tensor out = empty({m, out_features}, kFloat32);
+  const Tensor b = bias.defined() ? bias.detach().to(kFloat32) : Tensor();
+  kernels::gemm_u8s8_grouped(u, m, *w, s.data_ptr<float>(), offset.data(), b.defined() ? b.data_ptr<float>() : nullptr, out.data_ptr<float>());
+  return out;
+}
+
+Tensor QuantizedLinear::forward_weight_only_gemv(const Tensor& x) const {
+  Tensor out = empty({x.size(0), out_features}, kFloat32);
+  const Tensor b = bias.defined() ? bias.detach().to(kFloat32) : Tensor();
+  kernels::gemv_weight_only(x.data_ptr<float>(), x.size(0), static_cast<const uint8_t*>(qdata.raw_data()), bits_of(weight_dtype) <= 4 ? 4 : 8,
+                            out_features, in_features, block_size[1], scale.data_ptr<float>(), zero_point.data_ptr<int8_t>(),
+                            b.defined() ? b.data_ptr<float>() : nullptr, out.data_ptr<float>());
+  return out;
+}
+
 Tensor QuantizedLinear::forward(const Tensor& x) {
+  LOWBIT_CHECK(x.defined() && x.dim() >= 1 && x.size(-1) == in_features, "QuantizedLinear: input {} must have last dimension in_features={}",
+               x.defined() ? detail::desc(x) : "undefined", in_features);
+  const bool needs_grad = detail::any_requires_grad({&x});
+  if (kernel == Kernel::Integer && !needs_grad && is_floating(x.dtype())) {
+    const int64_t rows = x.numel() / in_features;
+    Shape out_shape = x.shape();
+    out_shape.back() = out_features;
+    const bool gemm = integer_gemm_ok(), gemv = !gemm && weight_only_gemv_ok(rows);
+    if (gemm || gemv) {
+      const Tensor x2 = x.reshape({rows, in_features}).to(kFloat32);
+      Tensor y = gemm ? forward_integer_gemm(x2) : forward_weight_only_gemv(x2);
+      y = y.reshape(out_shape);
+      return y.dtype() == x.dtype() ? y : y.to(x.dtype());
+    }
+  }
   Tensor xq = x;
   if (activation_config) {
     FakeQuantizer fq(*activation_config);  // dynamic: qparams from this input, as the prepared module
-    NoGradGuard ng;
-    xq = fq.forward(x);
+    xq = fq.forward(x);                    // straight-through gradient to x when it requires grad
   }
   return linear(xq, dequantized_weight(), bias);
 }

@@ -79,10 +79,14 @@ TEST(QatGolden, EightDaFourW) {
     EXPECT_EQ(count_mismatches(ql->scale, t::dataset(g, c.legacy ? "converted_scales" : "converted_weight_scale", kFloat32), &where), 0) << where;
     EXPECT_EQ(ql->qdata.nbytes(), 64u * 128u);  // int4 packed two per byte
     NoGradGuard ng;
+    ql->kernel = QuantizedLinear::Kernel::Dequantize;
     const Tensor y_converted = converted->forward(x);
-    // the property torchao asserts: converted == prepared, bit for bit
+    // the property torchao asserts: converted == prepared, bit for bit (the exact path)
     EXPECT_EQ(count_mismatches(y_converted, y_prepared.detach(), &where), 0) << where;
     EXPECT_LT(rel_err(y_converted, t::dataset(g, "output_converted", kFloat32)), 1e-6);
+    // the integer kernels (default): the same values up to float32 rounding
+    ql->kernel = QuantizedLinear::Kernel::Integer;
+    EXPECT_LT(rel_err(converted->forward(x), t::dataset(g, "output_converted", kFloat32)), 1e-5);
     H5Gclose(g);
   }
   H5Fclose(f);

@@ -1,0 +1,312 @@
+#include "int_kernels.h"
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "../../autograd/src/internal.h"
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
+#include <immintrin.h>
+#define LOWBIT_QAT_SIMD 1
+#else
+#define LOWBIT_QAT_SIMD 0
+#endif
+
+namespace lowbit::qat::kernels {
+
+bool simd_available() { return LOWBIT_QAT_SIMD != 0; }
+
+// ---------------------------------------------------------------------------------------------
+// int8 activations x int8 weights, per-group scales
+// ---------------------------------------------------------------------------------------------
+bool grouped_s8_supported(int64_t n, int64_t k, int64_t group) { return n > 0 && n % 16 == 0 && group > 0 && group % 4 == 0 && k % group == 0; }
+
+GroupedS8Weight pack_grouped_s8(const int8_t* codes, const float* scales, int64_t n, int64_t k, int64_t group) {
+  LOWBIT_CHECK(grouped_s8_supported(n, k, group), "pack_grouped_s8: needs out_features % 16 == 0, group % 4 == 0 and in_features % group == 0, got N={} K={} group={}",
+               n, k, group);
+  GroupedS8Weight w;
+  w.n = n;
+  w.k = k;
+  w.group = group;
+  const int64_t nt = n / 16, k4 = k / 4, g = k / group;
+  w.packed = empty({nt, k4, 16, 4}, kInt8);
+  w.scales = empty({nt, g, 16}, kFloat32);
+  w.corr = empty({n}, kFloat32);
+  w.codes = empty({n, k}, kInt8);
+  w.scales_rowmajor = empty({n, g}, kFloat32);
+  std::memcpy(w.codes.raw_data(), codes, static_cast<size_t>(n * k));
+  std::memcpy(w.scales_rowmajor.raw_data(), scales, static_cast<size_t>(n * g) * sizeof(float));
+  int8_t* p = w.packed.data_ptr<int8_t>();
+  float* sp = w.scales.data_ptr<float>();
+  float* cp = w.corr.data_ptr<float>();
+  detail::parallel_for(nt, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      for (int64_t q = 0; q < k4; ++q)
+        for (int64_t j = 0; j < 16; ++j) std::memcpy(p + ((t * k4 + q) * 16 + j) * 4, codes + (t * 16 + j) * k + q * 4, 4);
+      for (int64_t gi = 0; gi < g; ++gi)
+        for (int64_t j = 0; j < 16; ++j) sp[(t * g + gi) * 16 + j] = scales[(t * 16 + j) * g + gi];
+      for (int64_t j = 0; j < 16; ++j) {
+        const int64_t row = t * 16 + j;
+        double c = 0.0;
+        for (int64_t gi = 0; gi < g; ++gi) {
+          int64_t s = 0;
+          for (int64_t i = 0; i < group; ++i) s += codes[row * k + gi * group + i];
+          c += static_cast<double>(scales[row * g + gi]) * static_cast<double>(s);
+        }
+        cp[row] = static_cast<float>(c);
+      }
+    }
+  });
+  return w;
+}
+
+namespace {
+// out = rs * (acc - off * corr) + bias, rounded step by step (the SIMD epilogue does the same)
+inline float epilogue(float acc, float rs, float off, float corr, float bias) { return rs * (acc - off * corr) + bias; }
+
+void gemm_reference(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const float* rs, const float* off, const float* bias, float* out) {
+  const int8_t* b = w.codes.data_ptr<int8_t>();
+  const float* s = w.scales_rowmajor.data_ptr<float>();
+  const float* corr = w.corr.data_ptr<float>();
+  const int64_t g = w.k / w.group;
+  detail::parallel_for(m, 1, [&](int64_t m0, int64_t m1) {
+    for (int64_t i = m0; i < m1; ++i)
+      for (int64_t j = 0; j < w.n; ++j) {
+        float acc = 0.0f;
+        for (int64_t gi = 0; gi < g; ++gi) {
+          int32_t d = 0;
+          for (int64_t q = gi * w.group; q < (gi + 1) * w.group; ++q) d += static_cast<int32_t>(a[i * w.k + q]) * b[j * w.k + q];
+          acc = std::fma(static_cast<float>(d), s[j * g + gi], acc);
+        }
+        out[i * w.n + j] = epilogue(acc, rs[i], off[i], corr[j], bias ? bias[j] : 0.0f);
+      }
+  });
+}
+
+#if LOWBIT_QAT_SIMD
+// MR rows x NT tiles of 16 columns over groups [g0, g0 + ng): int32 sums per group (vpdpbusd),
+// scaled into float accumulators kept in `c` between K chunks.
+template <int MR, int NT>
+void micro_u8s8(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t tile_stride, const float* sc, int64_t sc_tile_stride, int64_t ng,
+                int64_t group, float* c, int64_t ldc, bool first) {
+  __m512 facc[MR][NT];
+  for (int r = 0; r < MR; ++r)
+    for (int t = 0; t < NT; ++t) facc[r][t] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + r * ldc + t * 16);
+  const int64_t steps = group / 4;
+  for (int64_t g = 0; g < ng; ++g) {
+    __m512i iacc[MR][NT];
+    for (int r = 0; r < MR; ++r)
+      for (int t = 0; t < NT; ++t) iacc[r][t] = _mm512_setzero_si512();
+    const int8_t* bg = bp + g * steps * 64;
+    const uint8_t* ag = a + g * group;
+    for (int64_t q = 0; q < steps; ++q) {
+      __m512i bv[NT];
+      for (int t = 0; t < NT; ++t) bv[t] = _mm512_load_si512(bg + t * tile_stride + q * 64);
+      for (int r = 0; r < MR; ++r) {
+        int32_t a4;
+        std::memcpy(&a4, ag + r * lda + q * 4, 4);
+        const __m512i av = _mm512_set1_epi32(a4);
+        for (int t = 0; t < NT; ++t) iacc[r][t] = _mm512_dpbusd_epi32(iacc[r][t], av, bv[t]);
+      }
+    }
+    for (int t = 0; t < NT; ++t) {
+      const __m512 s = _mm512_loadu_ps(sc + t * sc_tile_stride + g * 16);
+      for (int r = 0; r < MR; ++r) facc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][t]), s, facc[r][t]);
+    }
+  }
+  for (int r = 0; r < MR; ++r)
+    for (int t = 0; t < NT; ++t) _mm512_storeu_ps(c + r * ldc + t * 16, facc[r][t]);
+}
+
+using MicroFn = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, const float*, int64_t, int64_t, int64_t, float*, int64_t, bool);
+constexpr int kMR = 3, kNT = 4;
+MicroFn micro_for(int mr, int nt) {
+  static const MicroFn table[kMR][kNT] = {
+      {micro_u8s8<1, 1>, micro_u8s8<1, 2>, micro_u8s8<1, 3>, micro_u8s8<1, 4>},
+      {micro_u8s8<2, 1>, micro_u8s8<2, 2>, micro_u8s8<2, 3>, micro_u8s8<2, 4>},
+      {micro_u8s8<3, 1>, micro_u8s8<3, 2>, micro_u8s8<3, 3>, micro_u8s8<3, 4>},
+  };
+  return table[mr - 1][nt - 1];
+}
+
+void gemm_simd(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const float* rs, const float* off, const float* bias, float* out) {
+  const int64_t n = w.n, k = w.k, group = w.group, tiles = n / 16, g = k / group;
+  const int64_t chunk_groups = std::max<int64_t>(1, 256 / group);  // K chunk of ~256: the B panel stays in L1
+  const int64_t blocks = (tiles + kNT - 1) / kNT;
+  const int8_t* bp = w.packed.data_ptr<int8_t>();
+  const float* sp = w.scales.data_ptr<float>();
+  const float* corr = w.corr.data_ptr<float>();
+  detail::parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      const int64_t t0 = blk * kNT, nt = std::min<int64_t>(kNT, tiles - t0);
+      for (int64_t g0 = 0; g0 < g; g0 += chunk_groups) {
+        const int64_t ng = std::min(chunk_groups, g - g0);
+        for (int64_t m0 = 0; m0 < m; m0 += kMR) {
+          const int64_t mr = std::min<int64_t>(kMR, m - m0);
+          micro_for(static_cast<int>(mr), static_cast<int>(nt))(a + m0 * k + g0 * group, k, bp + t0 * k * 16 + g0 * group * 16, k * 16,
+                                                                sp + (t0 * g + g0) * 16, g * 16, ng, group, out + m0 * n + t0 * 16, n, g0 == 0);
+        }
+      }
+      for (int64_t i = 0; i < m; ++i) {
+        float* o = out + i * n + t0 * 16;
+        const __m512 vrs = _mm512_set1_ps(rs[i]), voff = _mm512_set1_ps(off[i]);
+        for (int64_t t = 0; t < nt * 16; t += 16) {
+          const __m512 cr = _mm512_loadu_ps(corr + t0 * 16 + t);
+          const __m512 bs = bias ? _mm512_loadu_ps(bias + t0 * 16 + t) : _mm512_setzero_ps();
+          const __m512 v = _mm512_mul_ps(vrs, _mm512_sub_ps(_mm512_loadu_ps(o + t), _mm512_mul_ps(voff, cr)));
+          _mm512_storeu_ps(o + t, _mm512_add_ps(v, bs));
+        }
+      }
+    }
+  });
+}
+#endif
+}  // namespace
+
+void gemm_u8s8_grouped(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const float* row_scale, const float* row_offset, const float* bias,
+                       float* out, bool reference) {
+  if (m <= 0) return;
+#if LOWBIT_QAT_SIMD
+  if (!reference) return gemm_simd(a, m, w, row_scale, row_offset, bias, out);
+#endif
+  gemm_reference(a, m, w, row_scale, row_offset, bias, out);
+}
+
+// ---------------------------------------------------------------------------------------------
+// float activations x int4 / int8 weights (weight-only decode)
+// ---------------------------------------------------------------------------------------------
+bool weight_only_supported(int bits, bool is_signed, int64_t k, int64_t group) {
+  return is_signed && (bits == 4 || bits == 8) && group > 0 && group % 32 == 0 && k % group == 0;
+}
+
+namespace {
+inline int code_at(const uint8_t* row, int bits, int64_t i) {
+  if (bits == 8) return static_cast<int8_t>(row[i]);
+  const int v = (row[i / 2] >> ((i % 2) * 4)) & 0x0f;
+  return v >= 8 ? v - 16 : v;
+}
+
+void gemv_reference(const float* x, int64_t rows, const uint8_t* q, int bits, int64_t n, int64_t k, int64_t group, const float* s, const int8_t* z,
+                    const float* bias, float* out) {
+  const int64_t g = k / group, row_bytes = bits == 4 ? k / 2 : k;
+  detail::parallel_for(n, 16, [&](int64_t n0, int64_t n1) {
+    for (int64_t j = n0; j < n1; ++j)
+      for (int64_t r = 0; r < rows; ++r) {
+        float acc = 0.0f;
+        for (int64_t gi = 0; gi < g; ++gi) {
+          float d = 0.0f;
+          const int zp = z ? z[j * g + gi] : 0;
+          for (int64_t i = gi * group; i < (gi + 1) * group; ++i) d += x[r * k + i] * static_cast<float>(code_at(q + j * row_bytes, bits, i) - zp);
+          acc += s[j * g + gi] * d;
+        }
+        out[r * n + j] = acc + (bias ? bias[j] : 0.0f);
+      }
+  });
+}
+
+#if LOWBIT_QAT_SIMD
+// R activation rows against J weight rows at a time (independent accumulator chains); codes are
+// read once for all R rows. For int4 the activations are pre-permuted per 32 (16 even then 16 odd
+// positions) so the low and high nibbles of 16 bytes line up with two contiguous vectors.
+inline void load_codes(const uint8_t* qr, int bits, int64_t idx, __m512& w0, __m512& w1) {
+  if (bits == 4) {
+    // vpermps reads the low 4 bits of each index: the nibble selects its float value directly
+    const __m512 table = _mm512_setr_ps(0, 1, 2, 3, 4, 5, 6, 7, -8, -7, -6, -5, -4, -3, -2, -1);
+    const __m512i v = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qr + idx * 16)));
+    w0 = _mm512_permutexvar_ps(v, table);
+    w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), table);
+  } else {
+    w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qr + idx * 32))));
+    w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qr + idx * 32 + 16))));
+  }
+}
+
+template <int R, int J>
+void gemv_block(const float* xp, const float* xsum, const uint8_t* q, int bits, int64_t j0, int64_t n, int64_t k, int64_t group, const float* s,
+                const int8_t* z, const float* bias, float* out) {
+  const int64_t g = k / group, chunks = group / 32, row_bytes = bits == 4 ? k / 2 : k;
+  __m512 tot[J][R];
+  float corr[J][R];
+  for (int jj = 0; jj < J; ++jj)
+    for (int r = 0; r < R; ++r) {
+      tot[jj][r] = _mm512_setzero_ps();
+      corr[jj][r] = 0.0f;
+    }
+  for (int64_t gi = 0; gi < g; ++gi) {
+    __m512 acc[J][R];
+    for (int jj = 0; jj < J; ++jj)
+      for (int r = 0; r < R; ++r) acc[jj][r] = _mm512_setzero_ps();
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int64_t idx = gi * chunks + c;  // 32-element chunk
+      for (int jj = 0; jj < J; ++jj) {
+        __m512 w0, w1;
+        load_codes(q + (j0 + jj) * row_bytes, bits, idx, w0, w1);
+        for (int r = 0; r < R; ++r) {
+          acc[jj][r] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(xp + r * k + idx * 32), acc[jj][r]);
+          acc[jj][r] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(xp + r * k + idx * 32 + 16), acc[jj][r]);
+        }
+      }
+    }
+    for (int jj = 0; jj < J; ++jj) {
+      const float sc = s[(j0 + jj) * g + gi];
+      const __m512 vs = _mm512_set1_ps(sc);
+      for (int r = 0; r < R; ++r) tot[jj][r] = _mm512_fmadd_ps(acc[jj][r], vs, tot[jj][r]);
+      if (z)
+        for (int r = 0; r < R; ++r) corr[jj][r] += sc * static_cast<float>(z[(j0 + jj) * g + gi]) * xsum[r * g + gi];
+    }
+  }
+  for (int jj = 0; jj < J; ++jj)
+    for (int r = 0; r < R; ++r) out[r * n + j0 + jj] = _mm512_reduce_add_ps(tot[jj][r]) - corr[jj][r] + (bias ? bias[j0 + jj] : 0.0f);
+}
+
+template <int R>
+void gemv_rows(const float* xp, const float* xsum, const uint8_t* q, int bits, int64_t n0, int64_t n1, int64_t n, int64_t k, int64_t group,
+               const float* s, const int8_t* z, const float* bias, float* out) {
+  int64_t j = n0;
+  for (; j + 4 <= n1; j += 4) gemv_block<R, 4>(xp, xsum, q, bits, j, n, k, group, s, z, bias, out);
+  for (; j < n1; ++j) gemv_block<R, 1>(xp, xsum, q, bits, j, n, k, group, s, z, bias, out);
+}
+
+void gemv_simd(const float* x, int64_t rows, const uint8_t* q, int bits, int64_t n, int64_t k, int64_t group, const float* s, const int8_t* z,
+               const float* bias, float* out) {
+  const int64_t g = k / group;
+  if (z && std::all_of(z, z + n * g, [](int8_t v) { return v == 0; })) z = nullptr;
+  std::vector<float> xp(static_cast<size_t>(rows * k)), xsum(static_cast<size_t>(rows * g), 0.0f);
+  for (int64_t r = 0; r < rows; ++r) {
+    for (int64_t c = 0; c < k; c += 32)
+      for (int64_t i = 0; i < 32; ++i) {
+        const int64_t dst = bits == 4 ? (i % 2) * 16 + i / 2 : i;
+        xp[r * k + c + dst] = x[r * k + c + i];
+      }
+    for (int64_t i = 0; i < k; ++i) xsum[r * g + i / group] += x[r * k + i];
+  }
+  detail::parallel_for(n, 64, [&](int64_t n0, int64_t n1) {
+    for (int64_t r0 = 0; r0 < rows; r0 += 4) {
+      const int64_t rr = std::min<int64_t>(4, rows - r0);
+      const float* xr = xp.data() + r0 * k;
+      const float* sr = xsum.data() + r0 * g;
+      float* o = out + r0 * n;
+      switch (rr) {
+        case 1: gemv_rows<1>(xr, sr, q, bits, n0, n1, n, k, group, s, z, bias, o); break;
+        case 2: gemv_rows<2>(xr, sr, q, bits, n0, n1, n, k, group, s, z, bias, o); break;
+        case 3: gemv_rows<3>(xr, sr, q, bits, n0, n1, n, k, group, s, z, bias, o); break;
+        default: gemv_rows<4>(xr, sr, q, bits, n0, n1, n, k, group, s, z, bias, o); break;
+      }
+    }
+  });
+}
+#endif
+}  // namespace
+
+void gemv_weight_only(const float* x, int64_t rows, const uint8_t* qdata, int bits, int64_t n, int64_t k, int64_t group, const float* scales,
+                      const int8_t* zero_points, const float* bias, float* out, bool reference) {
+  LOWBIT_CHECK(weight_only_supported(bits, true, k, group), "gemv_weight_only: unsupported codes (bits={}, K={}, group={})", bits, k, group);
+  if (rows <= 0) return;
+#if LOWBIT_QAT_SIMD
+  if (!reference) return gemv_simd(x, rows, qdata, bits, n, k, group, scales, zero_points, bias, out);
+#endif
+  gemv_reference(x, rows, qdata, bits, n, k, group, scales, zero_points, bias, out);
+}
+
+}  // namespace lowbit::qat::kernels

@@ -1,0 +1,45 @@
+// Integer kernels behind converted linears (not installed).
+//
+// * gemm_u8s8_grouped: int8 dynamic activations x int8 weight codes (int2..int8 values) with one
+//   float scale per (row, group of K): AVX-512 VNNI (vpdpbusd) micro-kernel on weights packed as
+//   [N/16][K/4][16][4]; the int32 sum of every group is scaled once, so the result is the exact
+//   integer dot product per group up to float32 rounding in the scaling and the sum over groups.
+// * gemv_weight_only: float activations (a few rows) x int4 (nibble-packed, low nibble first) or
+//   int8 weight codes with per-group scales and zero points, reading the packed codes directly
+//   (the batch-1 decode path: memory-bound on the codes).
+// Each has a scalar reference implementation (used where AVX-512 VNNI is not compiled in and by
+// the tests).
+#pragma once
+#include <cstdint>
+
+#include "lowbit/autograd/tensor.h"
+
+namespace lowbit::qat::kernels {
+
+/// True when the AVX-512 (VNNI, BW) kernels are compiled into this build.
+bool simd_available();
+
+struct GroupedS8Weight {
+  int64_t n = 0, k = 0, group = 0;
+  Tensor packed;  // int8 [N/16][K/4][16][4]
+  Tensor scales;  // float32 [N/16][K/group][16]
+  Tensor corr;    // float32 [N]: sum_g s[n,g] * sum_{k in g} w[n,k]
+  Tensor codes;   // int8 [N, K] row-major (reference path)
+  Tensor scales_rowmajor;  // float32 [N, K/group] (reference path)
+};
+/// Whether (n, k, group) fits the packed layout (n % 16 == 0, group % 4 == 0, k % group == 0).
+bool grouped_s8_supported(int64_t n, int64_t k, int64_t group);
+GroupedS8Weight pack_grouped_s8(const int8_t* codes, const float* scales, int64_t n, int64_t k, int64_t group);
+/// out[m, n] = row_scale[m] * (sum_g s[n,g] * sum_{k in g} a[m,k] w[n,k] - row_offset[m] * corr[n]) + bias[n]
+/// for unsigned activation codes a (M, K). bias may be null. reference=true runs the scalar path.
+void gemm_u8s8_grouped(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const float* row_scale, const float* row_offset, const float* bias,
+                       float* out, bool reference = false);
+
+/// Whether the decode kernel handles these codes (4-bit signed nibbles or int8; group % 32 == 0).
+bool weight_only_supported(int bits, bool is_signed, int64_t k, int64_t group);
+/// out[m, n] = sum_g s[n,g] * sum_{k in g} x[m,k] * (w[n,k] - z[n,g]) + bias[n], for m < rows.
+/// qdata: (N, K/2) nibbles (bits == 4) or (N, K) int8; scales (N, K/group); zero_points int8 (N, K/group).
+void gemv_weight_only(const float* x, int64_t rows, const uint8_t* qdata, int bits, int64_t n, int64_t k, int64_t group, const float* scales,
+                      const int8_t* zero_points, const float* bias, float* out, bool reference = false);
+
+}  // namespace lowbit::qat::kernels
