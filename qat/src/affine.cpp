@@ -233,6 +233,21 @@ void fq_run(ZeroPointDomain d, const float* x, int64_t n, float s, float z, floa
   }
 }
 
+// Codes of a run for the INT / NONE domains (z = 0), vectorized: the float code is clamped, then
+// converted as the CPU cast does (NaN -> INT32_MIN) and truncated to the 8-bit container.
+template <typename T>
+void q_run(const float* __restrict x, int64_t n, float s, float z, float fqmin, float fqmax, T* __restrict out) {
+  const float inv = 1.0f / s;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    float c = std::nearbyint(x[i] * inv) + z;
+    c = c < fqmin ? fqmin : c;
+    c = c > fqmax ? fqmax : c;
+    const int32_t v = c == c ? static_cast<int32_t>(c) : std::numeric_limits<int32_t>::min();
+    out[i] = static_cast<T>(v & 0xff);
+  }
+}
+
 // where(mask, g * s, 0) * (1 / s) over a run
 void ste_run(const float* __restrict g, const uint8_t* __restrict m, int64_t n, float s, float* __restrict out) {
   const float inv = 1.0f / s;
@@ -329,7 +344,16 @@ Tensor quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& s
     else if (out_dtype == kUInt8) q.data_ptr<uint8_t>()[e] = static_cast<uint8_t>(code & 0xff);
     else q.data_ptr<int32_t>()[e] = code;
   };
-  if (const int64_t len = run_length(x.shape(), block_size); len > 0) {
+  const int64_t len = run_length(x.shape(), block_size);
+  if (len > 0 && domain != ZeroPointDomain::FLOAT && out_dtype != kInt32) {
+    detail::parallel_for(scale.numel(), grain_for(len), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const float z = zp_at(zp, domain, b);
+        if (out_dtype == kInt8) q_run(xp + b * len, len, sp[b], z, fqmin, fqmax, q.data_ptr<int8_t>() + b * len);
+        else q_run(xp + b * len, len, sp[b], z, fqmin, fqmax, q.data_ptr<uint8_t>() + b * len);
+      }
+    });
+  } else if (len > 0) {
     detail::parallel_for(scale.numel(), grain_for(len), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
         for (int64_t e = b * len; e < (b + 1) * len; ++e) put(e, b);

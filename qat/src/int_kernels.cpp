@@ -25,6 +25,25 @@ bool grouped_s8_supported(int64_t n, int64_t k, int64_t group) { return n > 0 &&
 GroupedS8Weight pack_grouped_s8(const int8_t* codes, const float* scales, int64_t n, int64_t k, int64_t group) {
   LOWBIT_CHECK(grouped_s8_supported(n, k, group), "pack_grouped_s8: needs out_features % 16 == 0, group % 4 == 0 and in_features % group == 0, got N={} K={} group={}",
                n, k, group);
+  // Long groups (per-channel: group == K) are split into sub-groups of at most 256 sharing the
+  // group's scale, so the kernel's K chunk (and its int32 sums) stays short: the B panel lives in
+  // L1. Partial sums of up to 256 products of u8 x s8 are exact in float32 (< 2^24).
+  const int64_t sub = [&] {
+    if (group <= 256) return group;
+    for (int64_t d = 256; d >= 4; d -= 4)
+      if (group % d == 0) return d;
+    return group;
+  }();
+  const int64_t orig_g = k / group;
+  std::vector<float> expanded;
+  if (sub != group) {
+    const int64_t per = group / sub;
+    expanded.resize(static_cast<size_t>(n * orig_g * per));
+    for (int64_t r = 0; r < n; ++r)
+      for (int64_t gi = 0; gi < orig_g * per; ++gi) expanded[r * orig_g * per + gi] = scales[r * orig_g + gi / per];
+    scales = expanded.data();
+    group = sub;
+  }
   GroupedS8Weight w;
   w.n = n;
   w.k = k;
@@ -62,6 +81,13 @@ GroupedS8Weight pack_grouped_s8(const int8_t* codes, const float* scales, int64_
 }
 
 namespace {
+#if LOWBIT_QAT_SIMD
+// acc += u8 a . s8 b per 32-bit lane, in place. GCC 12 models _mm512_dpbusd_epi32 with a separate
+// destination and adds a register copy after every vpdpbusd in the micro-kernel's loop (plus
+// spills); the inline-asm form keeps the accumulator in its register.
+inline void dpbusd(__m512i& acc, __m512i a, __m512i b) { asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b)); }
+#endif
+
 // out = rs * (acc - off * corr) + bias, rounded step by step (the SIMD epilogue does the same)
 inline float epilogue(float acc, float rs, float off, float corr, float bias) { return rs * (acc - off * corr) + bias; }
 
@@ -85,14 +111,12 @@ void gemm_reference(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const
 }
 
 #if LOWBIT_QAT_SIMD
-// MR rows x NT tiles of 16 columns over groups [g0, g0 + ng): int32 sums per group (vpdpbusd),
-// scaled into float accumulators kept in `c` between K chunks.
+// MR rows x NT tiles of 16 columns over groups [0, ng): int32 sums per group (vpdpbusd) in
+// registers, scaled once per group into the float accumulators, which stay in `c` (L1): keeping
+// them in registers too would exceed the 32 vector registers.
 template <int MR, int NT>
 void micro_u8s8(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t tile_stride, const float* sc, int64_t sc_tile_stride, int64_t ng,
                 int64_t group, float* c, int64_t ldc, bool first) {
-  __m512 facc[MR][NT];
-  for (int r = 0; r < MR; ++r)
-    for (int t = 0; t < NT; ++t) facc[r][t] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(c + r * ldc + t * 16);
   const int64_t steps = group / 4;
   for (int64_t g = 0; g < ng; ++g) {
     __m512i iacc[MR][NT];
@@ -107,25 +131,69 @@ void micro_u8s8(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t tile_st
         int32_t a4;
         std::memcpy(&a4, ag + r * lda + q * 4, 4);
         const __m512i av = _mm512_set1_epi32(a4);
-        for (int t = 0; t < NT; ++t) iacc[r][t] = _mm512_dpbusd_epi32(iacc[r][t], av, bv[t]);
+        for (int t = 0; t < NT; ++t) dpbusd(iacc[r][t], av, bv[t]);
       }
     }
+    const bool init = first && g == 0;
     for (int t = 0; t < NT; ++t) {
       const __m512 s = _mm512_loadu_ps(sc + t * sc_tile_stride + g * 16);
-      for (int r = 0; r < MR; ++r) facc[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][t]), s, facc[r][t]);
+      for (int r = 0; r < MR; ++r) {
+        float* cp = c + r * ldc + t * 16;
+        const __m512 acc = init ? _mm512_setzero_ps() : _mm512_loadu_ps(cp);
+        _mm512_storeu_ps(cp, _mm512_fmadd_ps(_mm512_cvtepi32_ps(iacc[r][t]), s, acc));
+      }
     }
   }
-  for (int r = 0; r < MR; ++r)
-    for (int t = 0; t < NT; ++t) _mm512_storeu_ps(c + r * ldc + t * 16, facc[r][t]);
+}
+
+// The full 4 x 4 tile with named accumulators: GCC shuffles register arrays of accumulators
+// (a vmovdqa per vpdpbusd, and spills) but allocates named ones cleanly.
+void micro_u8s8_4x4(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t tile_stride, const float* sc, int64_t sc_tile_stride, int64_t ng,
+                    int64_t group, float* c, int64_t ldc, bool first) {
+  const int64_t steps = group / 4;
+  for (int64_t g = 0; g < ng; ++g) {
+    __m512i c00 = _mm512_setzero_si512(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00, c13 = c00;
+    __m512i c20 = c00, c21 = c00, c22 = c00, c23 = c00, c30 = c00, c31 = c00, c32 = c00, c33 = c00;
+    const int8_t* bg = bp + g * steps * 64;
+    const uint8_t* ag = a + g * group;
+    for (int64_t q = 0; q < steps; ++q) {
+      __m512i b0 = _mm512_load_si512(bg + q * 64), b1 = _mm512_load_si512(bg + tile_stride + q * 64);
+      __m512i b2 = _mm512_load_si512(bg + 2 * tile_stride + q * 64), b3 = _mm512_load_si512(bg + 3 * tile_stride + q * 64);
+      asm("" : "+v"(b0), "+v"(b1), "+v"(b2), "+v"(b3));  // keep the four B vectors in registers (GCC would reload them per row)
+      int32_t a4;
+      std::memcpy(&a4, ag + q * 4, 4);
+      __m512i av = _mm512_set1_epi32(a4);
+      dpbusd(c00, av, b0), dpbusd(c01, av, b1), dpbusd(c02, av, b2), dpbusd(c03, av, b3);
+      std::memcpy(&a4, ag + lda + q * 4, 4);
+      av = _mm512_set1_epi32(a4);
+      dpbusd(c10, av, b0), dpbusd(c11, av, b1), dpbusd(c12, av, b2), dpbusd(c13, av, b3);
+      std::memcpy(&a4, ag + 2 * lda + q * 4, 4);
+      av = _mm512_set1_epi32(a4);
+      dpbusd(c20, av, b0), dpbusd(c21, av, b1), dpbusd(c22, av, b2), dpbusd(c23, av, b3);
+      std::memcpy(&a4, ag + 3 * lda + q * 4, 4);
+      av = _mm512_set1_epi32(a4);
+      dpbusd(c30, av, b0), dpbusd(c31, av, b1), dpbusd(c32, av, b2), dpbusd(c33, av, b3);
+    }
+    const bool init = first && g == 0;
+    auto put = [&](int r, int t, __m512i v) {
+      const __m512 s = _mm512_loadu_ps(sc + t * sc_tile_stride + g * 16);
+      float* cp = c + r * ldc + t * 16;
+      const __m512 acc = init ? _mm512_setzero_ps() : _mm512_loadu_ps(cp);
+      _mm512_storeu_ps(cp, _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), s, acc));
+    };
+    put(0, 0, c00), put(0, 1, c01), put(0, 2, c02), put(0, 3, c03), put(1, 0, c10), put(1, 1, c11), put(1, 2, c12), put(1, 3, c13);
+    put(2, 0, c20), put(2, 1, c21), put(2, 2, c22), put(2, 3, c23), put(3, 0, c30), put(3, 1, c31), put(3, 2, c32), put(3, 3, c33);
+  }
 }
 
 using MicroFn = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, const float*, int64_t, int64_t, int64_t, float*, int64_t, bool);
-constexpr int kMR = 3, kNT = 4;
+constexpr int kMR = 4, kNT = 4;
 MicroFn micro_for(int mr, int nt) {
   static const MicroFn table[kMR][kNT] = {
       {micro_u8s8<1, 1>, micro_u8s8<1, 2>, micro_u8s8<1, 3>, micro_u8s8<1, 4>},
       {micro_u8s8<2, 1>, micro_u8s8<2, 2>, micro_u8s8<2, 3>, micro_u8s8<2, 4>},
       {micro_u8s8<3, 1>, micro_u8s8<3, 2>, micro_u8s8<3, 3>, micro_u8s8<3, 4>},
+      {micro_u8s8<4, 1>, micro_u8s8<4, 2>, micro_u8s8<4, 3>, micro_u8s8_4x4},
   };
   return table[mr - 1][nt - 1];
 }
@@ -134,6 +202,7 @@ void gemm_simd(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const floa
   const int64_t n = w.n, k = w.k, group = w.group, tiles = n / 16, g = k / group;
   const int64_t chunk_groups = std::max<int64_t>(1, 256 / group);  // K chunk of ~256: the B panel stays in L1
   const int64_t blocks = (tiles + kNT - 1) / kNT;
+  const int64_t mstep = kMR;
   const int8_t* bp = w.packed.data_ptr<int8_t>();
   const float* sp = w.scales.data_ptr<float>();
   const float* corr = w.corr.data_ptr<float>();
@@ -142,8 +211,8 @@ void gemm_simd(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const floa
       const int64_t t0 = blk * kNT, nt = std::min<int64_t>(kNT, tiles - t0);
       for (int64_t g0 = 0; g0 < g; g0 += chunk_groups) {
         const int64_t ng = std::min(chunk_groups, g - g0);
-        for (int64_t m0 = 0; m0 < m; m0 += kMR) {
-          const int64_t mr = std::min<int64_t>(kMR, m - m0);
+        for (int64_t m0 = 0; m0 < m; m0 += mstep) {
+          const int64_t mr = std::min<int64_t>(mstep, m - m0);
           micro_for(static_cast<int>(mr), static_cast<int>(nt))(a + m0 * k + g0 * group, k, bp + t0 * k * 16 + g0 * group * 16, k * 16,
                                                                 sp + (t0 * g + g0) * 16, g * 16, ng, group, out + m0 * n + t0 * 16, n, g0 == 0);
         }

@@ -20,7 +20,7 @@ namespace lowbit::qat::kernels {
 bool simd_available();
 
 struct GroupedS8Weight {
-  int64_t n = 0, k = 0, group = 0;
+  int64_t n = 0, k = 0, group = 0;  // group: the kernel's (sub-)group, at most 256 when the scheme's allows
   Tensor packed;  // int8 [N/16][K/4][16][4]
   Tensor scales;  // float32 [N/16][K/group][16]
   Tensor corr;    // float32 [N]: sum_g s[n,g] * sum_{k in g} w[n,k]
