@@ -53,6 +53,15 @@ Tensor dequantize_affine(const Tensor& q, const Shape& block_size, const Tensor&
 Tensor fake_quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& scale, const Tensor& zero_point, int64_t quant_min,
                             int64_t quant_max, ZeroPointDomain domain = ZeroPointDomain::INT);
 
+/// fake_quantize_affine (INT domain) with learnable qparams — torchao's range learning (spec §2.2):
+/// y = (clamp(round(x * (1/scale)) + zp, qmin, qmax) - zp) * scale with a float32 zero point that
+/// need not be integral. Gradients: to x straight-through with the clamp mask (as
+/// fake_quantize_affine); to scale, per block, sum(g * (c - zp)) - sum(g * scale * mask * x) / scale^2
+/// (through (c - zp) * scale and x * (1/scale), round being the identity); to zero_point, per block,
+/// sum(g * scale * mask) - sum(g * scale) (through +zp and -zp). zero_point must be float32.
+Tensor fake_quantize_affine_learnable(const Tensor& x, const Shape& block_size, const Tensor& scale, const Tensor& zero_point, int64_t quant_min,
+                                      int64_t quant_max);
+
 /// Result of fake_quantize_affine_dynamic.
 struct FakeQuantized {
   Tensor y, scale, zero_point;

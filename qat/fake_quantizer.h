@@ -76,12 +76,25 @@ class FakeQuantizer : public nn::Module {
   Tensor forward(const Tensor& x) override;
   const FakeQuantizeConfigBase& config() const { return *config_; }
   bool enabled = true;
-  /// qparams of the last forward (shape = blocks of the input).
+  /// qparams of the last forward (shape = blocks of the input). With range_learning, after
+  /// initialize_fake_quantizers: the learnable parameters "scale" (and "zero_point" for
+  /// asymmetric mappings; a zero buffer for symmetric ones).
   Tensor scale, zero_point;
+  /// Whether range-learning qparams exist (set by the forward run by initialize_fake_quantizers).
+  bool range_initialized() const { return range_initialized_; }
 
  private:
+  friend void initialize_fake_quantizers(nn::Module& model, const Tensor& example_inputs);
   std::unique_ptr<FakeQuantizeConfigBase> config_;
+  bool initializing_ = false, range_initialized_ = false;
 };
+
+/// torchao's initialize_fake_quantizers: runs one forward of `example_inputs` (without gradients)
+/// through the model so that every fake quantizer configured with range_learning computes its
+/// qparams once and turns them into parameters: scale = max(scale, 1e-9) learnable, zero point
+/// learnable (asymmetric: clamp(round(zp), qmin, qmax)) or zero (symmetric). Create the optimizer
+/// afterwards. A range-learning quantizer used before this throws.
+void initialize_fake_quantizers(nn::Module& model, const Tensor& example_inputs);
 
 /// Linear whose input and/or weight pass through fake quantizers (bias never does).
 class FakeQuantizedLinear : public nn::Linear {

@@ -454,4 +454,62 @@ FakeQuantized fake_quantize_affine_dynamic(const Tensor& x, MappingType mapping,
   return r;
 }
 
+Tensor fake_quantize_affine_learnable(const Tensor& x, const Shape& block_size, const Tensor& scale, const Tensor& zp, int64_t qmin, int64_t qmax) {
+  const char* op = "fake_quantize_affine_learnable";
+  check_input(x, op);
+  check_range(qmin, qmax, op);
+  BlockIndexer bi(x.shape(), block_size, op);
+  LOWBIT_CHECK(zp.defined() && zp.dtype() == kFloat32, "{}: zero_point must be float32, got {}", op, zp.defined() ? detail::desc(zp) : "undefined");
+  check_qparams(scale, zp, bi.nblocks, ZeroPointDomain::INT, op);
+  Tensor y = empty(x.shape(), kFloat32), code = empty(x.shape(), kFloat32);
+  const float* xp = x.data_ptr<float>();
+  const float* sp = scale.data_ptr<float>();
+  const float* zpp = zp.data_ptr<float>();
+  float* yp = y.data_ptr<float>();
+  float* cp = code.data_ptr<float>();  // the clamped code c (for the scale gradient)
+  Tensor mask = empty(x.shape(), kUInt8);
+  uint8_t* mp = mask.data_ptr<uint8_t>();
+  const float fqmin = static_cast<float>(qmin), fqmax = static_cast<float>(qmax);
+  bi.for_each([&](int64_t e, int64_t b) {
+    const float t = rne(xp[e] * (1.0f / sp[b])) + zpp[b];
+    mp[e] = t >= fqmin && t <= fqmax;
+    cp[e] = clamp_f(t, fqmin, fqmax);
+    yp[e] = (cp[e] - zpp[b]) * sp[b];
+  });
+  if (detail::any_requires_grad({&x, &scale, &zp})) {
+    const Tensor xs = x.detach(), s = scale.detach(), z = zp.detach();
+    const Shape bs = block_size;
+    detail::record(y, "FakeQuantizeAffineLearnableBackward0", {x, scale, zp}, [xs, s, z, code, mask, bs](const Tensor& g_in) {
+      const Tensor g = g_in.to(kFloat32);
+      BlockIndexer bi(g.shape(), bs, "fake_quantize_affine_learnable backward");
+      const int64_t nb = s.numel();
+      Tensor gx = empty(g.shape(), kFloat32), gs = empty(s.shape(), kFloat32), gz = empty(z.shape(), kFloat32);
+      std::vector<double> direct(nb, 0.0), through_inv(nb, 0.0), plus(nb, 0.0), minus(nb, 0.0);
+      const float* gp = g.data_ptr<float>();
+      const float* xv = xs.data_ptr<float>();
+      const float* sv = s.data_ptr<float>();
+      const float* zv = z.data_ptr<float>();
+      const float* cv = code.data_ptr<float>();
+      const uint8_t* mv = mask.data_ptr<uint8_t>();
+      float* gxp = gx.data_ptr<float>();
+      bi.for_each([&](int64_t e, int64_t b) {
+        const float gsc = gp[e] * sv[b];                 // dL/dc = g * scale
+        const float gt = mv[e] ? gsc : 0.0f;             // through the clamp
+        gxp[e] = gt * (1.0f / sv[b]);                    // dL/dx (round: identity)
+        direct[b] += static_cast<double>(gp[e]) * (cv[e] - zv[b]);  // (c - zp) * scale
+        through_inv[b] += static_cast<double>(gt) * xv[e];           // x * inv, inv = 1/scale
+        plus[b] += gt;                                               // + zp
+        minus[b] += gsc;                                             // - zp
+      });
+      for (int64_t b = 0; b < nb; ++b) {
+        const double inv = 1.0 / static_cast<double>(sv[b]);
+        gs.data_ptr<float>()[b] = static_cast<float>(direct[b] - through_inv[b] * inv * inv);
+        gz.data_ptr<float>()[b] = static_cast<float>(plus[b] - minus[b]);
+      }
+      return std::vector<Tensor>{gx, gs, gz};
+    });
+  }
+  return y;
+}
+
 }  // namespace lowbit::qat

@@ -88,7 +88,8 @@ void IntxFakeQuantizeConfig::validate() const {
   LOWBIT_CHECK(zero_point_domain != ZeroPointDomain::FLOAT || mapping_type == MappingType::ASYMMETRIC,
                "IntxFakeQuantizeConfig: zero_point_domain FLOAT needs an asymmetric mapping");
   LOWBIT_CHECK(!(range_learning && is_dynamic), "IntxFakeQuantizeConfig: range_learning requires is_dynamic=False");
-  LOWBIT_CHECK(!range_learning, "IntxFakeQuantizeConfig: range_learning is not supported by lowbit yet");
+  LOWBIT_CHECK(!range_learning || zero_point_domain == ZeroPointDomain::INT, "IntxFakeQuantizeConfig: range_learning needs the INT zero-point domain, got {}",
+               qat::to_string(zero_point_domain));
   if (granularity) {
     if (auto* g = std::get_if<PerGroup>(&*granularity)) LOWBIT_CHECK(g->group_size > 0, "IntxFakeQuantizeConfig: group_size must be positive, got {}", g->group_size);
   }
@@ -122,7 +123,26 @@ Tensor FakeQuantizer::forward(const Tensor& x_in) {
   const Shape block = std::holds_alternative<PerAxis>(g) ? Shape{1, x.size(1)} : block_size_for(g, x.shape());
   const auto [qmin, qmax] = cfg->range();
   Tensor y;
-  if (cfg->is_dynamic || !scale.defined()) {
+  if (cfg->range_learning) {
+    if (!range_initialized_) {
+      LOWBIT_CHECK(initializing_, "FakeQuantizer: range_learning=True needs initialize_fake_quantizers(model, example_inputs) before the first forward ({})",
+                   cfg->to_string());
+      NoGradGuard ng;
+      auto [s, z] = choose_qparams_affine(x.detach(), cfg->mapping_type, block, qmin, qmax, cfg->eps, ZeroPointDomain::INT, kFloat32);
+      s = clamp(s, 1e-9, std::nullopt);
+      if (cfg->mapping_type == MappingType::ASYMMETRIC) {
+        z = clamp(round(z), static_cast<double>(qmin), static_cast<double>(qmax));
+        zero_point = register_parameter("zero_point", z);
+      } else {
+        zero_point = register_buffer("zero_point", zeros(s.shape()));
+      }
+      scale = register_parameter("scale", s);
+      range_initialized_ = true;
+    }
+    LOWBIT_CHECK(scale.shape() == blocks_shape(x.shape(), block, "FakeQuantizer"), "FakeQuantizer: learned qparams of shape {} do not fit input {} (block {})",
+                 shape_str(scale.shape()), shape_str(x.shape()), shape_str(block));
+    y = fake_quantize_affine_learnable(x, block, scale, zero_point, qmin, qmax);
+  } else if (cfg->is_dynamic || !scale.defined()) {
     auto r = fake_quantize_affine_dynamic(x, cfg->mapping_type, block, qmin, qmax, cfg->eps, cfg->zero_point_domain, cfg->zero_point_precision);
     y = r.y;
     scale = r.scale;
@@ -131,6 +151,26 @@ Tensor FakeQuantizer::forward(const Tensor& x_in) {
     y = fake_quantize_affine(x, block, scale, zero_point, qmin, qmax, cfg->zero_point_domain);
   }
   return y.dtype() == x_in.dtype() ? y : y.to(x_in.dtype());
+}
+
+void initialize_fake_quantizers(nn::Module& model, const Tensor& example_inputs) {
+  std::vector<FakeQuantizer*> flagged;
+  for (auto& [name, m] : model.named_modules())
+    if (auto* fq = dynamic_cast<FakeQuantizer*>(m.get())) {
+      const auto* c = dynamic_cast<const IntxFakeQuantizeConfig*>(&fq->config());
+      if (c && c->range_learning) {
+        fq->initializing_ = true;
+        flagged.push_back(fq);
+      }
+    }
+  struct Reset {
+    std::vector<FakeQuantizer*>& f;
+    ~Reset() {
+      for (auto* q : f) q->initializing_ = false;
+    }
+  } reset{flagged};
+  NoGradGuard ng;
+  (void)model.forward(example_inputs);
 }
 
 // ---------------- modules ----------------

@@ -180,3 +180,79 @@ TEST(FakeQuantizer, ModulesSwapAndPrint) {
   Tensor out = fqe->forward(from_vector<int64_t>({1, 2}));
   EXPECT_EQ(out.shape(), (Shape{2, 32}));
 }
+
+// Range learning: the fused learnable fake quantizer against the same function composed from
+// differentiable engine ops (reciprocal, straight-through round, clamp), gradients to x, scale
+// and zero point included.
+TEST(FakeQuantizer, LearnableFakeQuantizeMatchesComposedOps) {
+  manual_seed(4);
+  const int64_t rows = 5, k = 24;
+  Tensor xv = mul(randn({rows, k}), 2.0);
+  Tensor sv = from_vector<float>({0.11f, 0.23f, 0.05f, 0.4f, 0.17f}, {rows, 1});
+  Tensor zv = from_vector<float>({0.0f, -3.0f, 2.5f, 7.0f, -0.4f}, {rows, 1});
+  const Tensor g = randn({rows, k});
+  // fused
+  Tensor x1 = xv.clone().requires_grad_(), s1 = sv.clone().requires_grad_(), z1 = zv.clone().requires_grad_();
+  Tensor y1 = fake_quantize_affine_learnable(x1, {1, k}, s1, z1, -8, 7);
+  y1.backward(g);
+  // composed: inv = 1/s; u = x*inv; r = u + (round(u) - u).detach(); c = clamp(r + z); y = (c - z) * s
+  Tensor x2 = xv.clone().requires_grad_(), s2 = sv.clone().requires_grad_(), z2 = zv.clone().requires_grad_();
+  Tensor u = mul(x2, div(ones({rows, 1}), s2));
+  Tensor r = add(u, sub(round(u), u).detach());
+  Tensor y2 = mul(sub(clamp(add(r, z2), -8.0, 7.0), z2), s2);
+  y2.backward(g);
+  EXPECT_LT(lowbit::testing::rel_err(y1.detach(), y2.detach()), 1e-6);
+  EXPECT_LT(lowbit::testing::rel_err(x1.grad(), x2.grad()), 1e-6);
+  EXPECT_LT(lowbit::testing::rel_err(s1.grad(), s2.grad()), 1e-5);
+  EXPECT_LT(lowbit::testing::rel_err(z1.grad(), z2.grad()), 1e-5);
+  // the clamp is active somewhere, so the zero-point gradient is not trivially zero
+  EXPECT_GT(max(abs(z1.grad())).item<float>(), 0.0f);
+  lowbit::testing::expect_error([&] { fake_quantize_affine_learnable(xv, {1, k}, sv, zeros({rows, 1}, kInt32), -8, 7); },
+                                {"fake_quantize_affine_learnable", "zero_point must be float32"});
+}
+
+TEST(FakeQuantizer, RangeLearningInitializeThenTrain) {
+  IntxFakeQuantizeConfig wcfg("int4", PerGroup{16});
+  wcfg.is_dynamic = false;
+  wcfg.range_learning = true;
+  EXPECT_NE(wcfg.to_string().find("is_dynamic=False, range_learning=True"), std::string::npos);
+  IntxFakeQuantizeConfig acfg("int8", PerToken{}, std::nullopt, false);
+  acfg.is_dynamic = false;
+  acfg.range_learning = true;
+  IntxFakeQuantizeConfig bad = wcfg;
+  bad.is_dynamic = true;
+  lowbit::testing::expect_error([&] { bad.validate(); }, {"range_learning requires is_dynamic=False"});
+
+  manual_seed(0);
+  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(32, 8)});
+  model = std::dynamic_pointer_cast<nn::Sequential>(quantize_(model, QATConfig(acfg, wcfg, "prepare")));
+  const Tensor x = randn({64, 32}), target = randn({64, 8});
+  lowbit::testing::expect_error([&] { model->forward(x); }, {"range_learning=True needs initialize_fake_quantizers"});
+  initialize_fake_quantizers(*model, x);
+  auto* fql = dynamic_cast<FakeQuantizedLinear*>(model->get_submodule("0").get());
+  ASSERT_NE(fql, nullptr);
+  EXPECT_TRUE(fql->weight_fake_quantizer->range_initialized());
+  std::vector<std::string> names;
+  for (auto& [n, p] : model->named_parameters()) names.push_back(n);
+  const std::vector<std::string> expect = {"0.weight", "0.bias", "0.activation_fake_quantizer.zero_point", "0.activation_fake_quantizer.scale",
+                                           "0.weight_fake_quantizer.scale"};
+  for (const auto& e : expect) EXPECT_NE(std::find(names.begin(), names.end(), e), names.end()) << e;
+  EXPECT_EQ(fql->weight_fake_quantizer->scale.shape(), (Shape{8, 2}));
+  EXPECT_EQ(fql->activation_fake_quantizer->scale.shape(), (Shape{64, 1}));
+  const Tensor s0 = fql->weight_fake_quantizer->scale.detach().clone();
+  optim::AdamOptions ao;
+  ao.lr = 1e-2;
+  optim::Adam opt(model->parameters(), ao);
+  float first = 0, last = 0;
+  for (int step = 0; step < 30; ++step) {
+    opt.zero_grad();
+    Tensor loss = mse_loss(model->forward(x), target);
+    loss.backward();
+    ASSERT_TRUE(fql->weight_fake_quantizer->scale.grad().defined());
+    ASSERT_TRUE(fql->activation_fake_quantizer->zero_point.grad().defined());
+    opt.step();
+    (step == 0 ? first : last) = loss.item<float>();
+  }
+  EXPECT_LT(last, first);
+  EXPECT_GT(lowbit::testing::rel_err(fql->weight_fake_quantizer->scale.detach(), s0), 1e-4);  // the scales learned
+}
