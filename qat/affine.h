@@ -39,15 +39,18 @@ Shape blocks_shape(const Shape& shape, const Shape& block_size, const char* op);
 /// blocks_shape(x.shape(), block_size). eps defaults to float32's smallest normal (torchao HEAD).
 /// zero_point_dtype: int32 (torchao's default) or float32 (e.g. the 8da4w activation config;
 /// integral values, NaN kept as NaN).
+/// x may be float32 or bfloat16: as torchao, the arithmetic runs in x's dtype (every bf16 result
+/// rounded to bf16) and the scale is cast to scale_dtype at the end (default: x's dtype).
 std::pair<Tensor, Tensor> choose_qparams_affine(const Tensor& x, MappingType mapping, const Shape& block_size, int64_t quant_min,
                                                 int64_t quant_max, std::optional<double> eps = std::nullopt,
-                                                ZeroPointDomain domain = ZeroPointDomain::INT, DType zero_point_dtype = kInt32);
+                                                ZeroPointDomain domain = ZeroPointDomain::INT, DType zero_point_dtype = kInt32,
+                                                std::optional<DType> scale_dtype = std::nullopt);
 /// Codes in `out_dtype` (int8, uint8 or int32 containers).
 Tensor quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& scale, const Tensor& zero_point, DType out_dtype,
                        int64_t quant_min, int64_t quant_max, ZeroPointDomain domain = ZeroPointDomain::INT);
-/// float32 values of codes q.
+/// Values of codes q in output_dtype (float32 or bfloat16; torchao's order of casts).
 Tensor dequantize_affine(const Tensor& q, const Shape& block_size, const Tensor& scale, const Tensor& zero_point, int64_t quant_min,
-                         int64_t quant_max, ZeroPointDomain domain = ZeroPointDomain::INT);
+                         int64_t quant_max, ZeroPointDomain domain = ZeroPointDomain::INT, DType output_dtype = kFloat32);
 /// quantize without the integer cast, then dequantize; differentiable: straight-through with
 /// the clamping mask (the gradient is zero where the rounded code was clamped).
 Tensor fake_quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& scale, const Tensor& zero_point, int64_t quant_min,
@@ -72,6 +75,6 @@ struct FakeQuantized {
 /// quantizers run every step. Differentiable in x like fake_quantize_affine (qparams are not).
 FakeQuantized fake_quantize_affine_dynamic(const Tensor& x, MappingType mapping, const Shape& block_size, int64_t quant_min, int64_t quant_max,
                                            std::optional<double> eps = std::nullopt, ZeroPointDomain domain = ZeroPointDomain::INT,
-                                           DType zero_point_dtype = kInt32);
+                                           DType zero_point_dtype = kInt32, std::optional<DType> scale_dtype = std::nullopt);
 
 }  // namespace lowbit::qat

@@ -89,14 +89,15 @@ struct BlockIndexer {
 };
 
 void check_input(const Tensor& x, const char* op) {
-  LOWBIT_CHECK(x.defined() && x.dtype() == kFloat32, "{}: input must be float32, got {}", op, x.defined() ? detail::desc(x) : "undefined");
+  LOWBIT_CHECK(x.defined() && (x.dtype() == kFloat32 || x.dtype() == kBFloat16), "{}: input must be float32 or bfloat16, got {}", op,
+               x.defined() ? detail::desc(x) : "undefined");
 }
 void check_range(int64_t qmin, int64_t qmax, const char* op) {
   LOWBIT_CHECK(qmin < qmax, "{}: quant_min ({}) must be below quant_max ({})", op, qmin, qmax);
 }
 void check_qparams(const Tensor& scale, const Tensor& zp, const Shape& nblocks, ZeroPointDomain domain, const char* op) {
-  LOWBIT_CHECK(scale.defined() && scale.dtype() == kFloat32 && scale.numel() == detail::numel_of(nblocks),
-               "{}: scale must be float32 with one value per block ({} blocks of shape {}), got {}", op, detail::numel_of(nblocks), shape_str(nblocks),
+  LOWBIT_CHECK(scale.defined() && (scale.dtype() == kFloat32 || scale.dtype() == kBFloat16) && scale.numel() == detail::numel_of(nblocks),
+               "{}: scale must be float32 or bfloat16 with one value per block ({} blocks of shape {}), got {}", op, detail::numel_of(nblocks), shape_str(nblocks),
                scale.defined() ? detail::desc(scale) : "undefined");
   if (domain == ZeroPointDomain::NONE) return;
   const bool ok_dtype = zp.defined() && (zp.dtype() == kFloat32 || (domain == ZeroPointDomain::INT && zp.dtype() == kInt32));
@@ -292,18 +293,130 @@ void check_choose_args(const Tensor& x, MappingType mapping, int64_t qmin, int64
                "{}: the FLOAT zero-point domain (tinygemm) is asymmetric only, got {}", op, to_string(mapping));
   LOWBIT_CHECK(zp_dtype == kInt32 || zp_dtype == kFloat32, "{}: zero_point_dtype must be int32 or float32, got {}", op, dtype_name(zp_dtype));
 }
+
+// ---- bfloat16: torchao computes in the tensors' own dtypes and torch rounds every bf16 op result
+// (the op itself runs in float32); mixed bf16 x float32 operands promote to float32 (spec §0).
+float rb(float v) { return static_cast<float>(BFloat16(v)); }
+float rnd(float v, bool bf) { return bf ? rb(v) : v; }
+bool is_bf(const Tensor& t) { return t.defined() && t.dtype() == kBFloat16; }
+float fval(const Tensor& t, int64_t i) { return t.dtype() == kBFloat16 ? static_cast<float>(t.data_ptr<BFloat16>()[i]) : t.data_ptr<float>()[i]; }
+void fset(Tensor& t, int64_t i, float v) {
+  if (t.dtype() == kBFloat16) t.data_ptr<BFloat16>()[i] = BFloat16(v);
+  else t.data_ptr<float>()[i] = v;
+}
+// qparams_from_minmax with the arithmetic in bfloat16 (x is bf16): each result rounded to bf16;
+// torch.clamp(scale, min=eps) gives bf16(eps) below eps.
+QParams qparams_bf16(MinMax m, MappingType mapping, float fqmin, float fqmax, int64_t qmin, int64_t qmax, float eps, ZeroPointDomain domain) {
+  const float min_neg = fmin_nan(m.mn, 0.0f), max_pos = fmax_nan(m.mx, 0.0f);
+  float s, z;
+  if (mapping == MappingType::SYMMETRIC || mapping == MappingType::SYMMETRIC_NO_CLIPPING_ERR) {
+    if (mapping == MappingType::SYMMETRIC) {
+      s = rb(fmax_nan(-min_neg, max_pos) / static_cast<float>(static_cast<double>(qmax - qmin) / 2.0));
+    } else {
+      const float smin = rb(min_neg / fqmin), smax = rb(max_pos / fqmax);
+      s = smin > smax ? smin : smax;
+    }
+    z = static_cast<float>((qmax + qmin + 1) / 2);
+    s = s < eps ? rb(eps) : s;
+  } else {
+    s = rb(rb(max_pos - min_neg) / static_cast<float>(qmax - qmin));
+    s = s < eps ? rb(eps) : s;
+    z = clamp_f(rb(fqmin - rne(rb(min_neg / s))), fqmin, fqmax);
+  }
+  if (domain == ZeroPointDomain::NONE) z = 0.0f;
+  return {s, z};
+}
+// The INT / NONE quantization of one element with bf16 rounding where the operands are bf16:
+// inv = 1/scale (scale's dtype), x * inv (promoted), round, + zero point (int: same dtype).
+struct MixedFlags {
+  bool xb, sb, zint;
+};
+float q_mixed(float x, float s, float z, MixedFlags f, ZeroPointDomain domain, float* unclamped) {
+  const float inv = rnd(1.0f / s, f.sb);
+  const bool pb = f.xb && f.sb;
+  float r = rne(rnd(x * inv, pb));
+  if (domain == ZeroPointDomain::INT) r = rnd(r + z, pb && f.zint);
+  *unclamped = r;
+  return r;
+}
+// dequantize to dtype ob (bf16 when ob_bf): (q.to(ob) - zp.to(ob)) * scale, then .to(ob)
+float dq_mixed(float c, float s, float z, bool ob_bf, bool sb, ZeroPointDomain domain) {
+  const float d = domain == ZeroPointDomain::INT ? rnd(rnd(c, ob_bf) - rnd(z, ob_bf), ob_bf) : rnd(c, ob_bf);
+  return rnd(rnd(d * s, ob_bf && sb), ob_bf);
+}
+void check_no_float_domain_bf16(ZeroPointDomain domain, const char* op) {
+  LOWBIT_CHECK(domain != ZeroPointDomain::FLOAT, "{}: the FLOAT zero-point domain is float32 only (bfloat16 operands given)", op);
+}
+}  // namespace
+
+namespace {
+// fake_quantize_affine with bfloat16 operands: output in x's dtype; the gradient follows torch's
+// autograd through the same ops, rounding where they run in bf16.
+Tensor fake_quantize_mixed(const Tensor& x, const BlockIndexer& bi, const Shape& block_size, const Tensor& scale, const Tensor& zp, int64_t qmin,
+                           int64_t qmax, ZeroPointDomain domain) {
+  check_no_float_domain_bf16(domain, "fake_quantize_affine");
+  const MixedFlags f{is_bf(x), is_bf(scale), zp.defined() && zp.dtype() == kInt32};
+  Tensor y = empty(x.shape(), x.dtype()), mask = empty(x.shape(), kUInt8);
+  uint8_t* mp = mask.data_ptr<uint8_t>();
+  const float fqmin = static_cast<float>(qmin), fqmax = static_cast<float>(qmax);
+  bi.for_each([&](int64_t e, int64_t b) {
+    float u;
+    const float sc = fval(scale, b), z = zp_at(zp, domain, b);
+    const float c = clamp_f(q_mixed(fval(x, e), sc, z, f, domain, &u), fqmin, fqmax);
+    mp[e] = u >= fqmin && u <= fqmax;
+    fset(y, e, dq_mixed(c, sc, z, f.xb, f.sb, domain));
+  });
+  if (detail::any_requires_grad({&x})) {
+    const Tensor s = scale.detach();
+    const Shape bs = block_size;
+    const bool int_domain = domain == ZeroPointDomain::INT;
+    detail::record(y, "FakeQuantizeAffineBackward0", {x}, [mask, s, bs, f, int_domain](const Tensor& g) {
+      Tensor gx = empty(g.shape(), f.xb ? kBFloat16 : kFloat32);
+      BlockIndexer bi(g.shape(), bs, "fake_quantize_affine backward");
+      const uint8_t* mp = mask.data_ptr<uint8_t>();
+      const bool pb = f.xb && f.sb, cb = int_domain ? pb && f.zint : pb;
+      bi.for_each([&](int64_t e, int64_t b) {
+        const float sc = fval(s, b), inv = rnd(1.0f / sc, f.sb);
+        const float gd = rnd(rnd(fval(g, e) * sc, f.xb && f.sb), f.xb);  // d((c - zp) * scale).to(x dtype)
+        const float gc = mp[e] ? rnd(gd, cb) : 0.0f;                     // through .to(), clamp, + zp, round
+        fset(gx, e, rnd(rnd(gc * inv, pb), f.xb));                      // x * inv
+      });
+      return std::vector<Tensor>{gx};
+    });
+  }
+  return y;
+}
 }  // namespace
 
 std::pair<Tensor, Tensor> choose_qparams_affine(const Tensor& x, MappingType mapping, const Shape& block_size, int64_t qmin, int64_t qmax,
-                                                std::optional<double> eps_opt, ZeroPointDomain domain, DType zp_dtype) {
+                                                std::optional<double> eps_opt, ZeroPointDomain domain, DType zp_dtype, std::optional<DType> scale_dtype) {
   const char* op = "choose_qparams_affine";
   check_choose_args(x, mapping, qmin, qmax, domain, zp_dtype, op);
+  const DType sd = scale_dtype.value_or(x.dtype());
+  LOWBIT_CHECK(sd == kFloat32 || sd == kBFloat16, "{}: scale_dtype must be float32 or bfloat16, got {}", op, dtype_name(sd));
   BlockIndexer bi(x.shape(), block_size, op);
   const int64_t nb = detail::numel_of(bi.nblocks);
   const float eps = eps_value(eps_opt);
   const float fqmin = static_cast<float>(qmin), fqmax = static_cast<float>(qmax);
-  Tensor scale = empty(bi.nblocks, kFloat32);
   Tensor zp = empty(bi.nblocks, domain == ZeroPointDomain::FLOAT ? kFloat32 : zp_dtype);
+  if (is_bf(x) || sd == kBFloat16) {  // computed in x's dtype, the scale cast to scale_dtype at the end
+    if (is_bf(x)) check_no_float_domain_bf16(domain, op);
+    std::vector<float> mn(nb, std::numeric_limits<float>::infinity()), mx(nb, -std::numeric_limits<float>::infinity());
+    bi.for_each([&](int64_t e, int64_t b) {
+      const float v = fval(x, e);
+      mn[b] = fmin_nan(mn[b], v);
+      mx[b] = fmax_nan(mx[b], v);
+    });
+    Tensor scale = empty(bi.nblocks, sd), s32 = empty(bi.nblocks, kFloat32);
+    for (int64_t b = 0; b < nb; ++b) {
+      const QParams p = is_bf(x) ? qparams_bf16({mn[b], mx[b]}, mapping, fqmin, fqmax, qmin, qmax, eps, domain)
+                                 : qparams_from_minmax({mn[b], mx[b]}, mapping, fqmin, fqmax, qmin, qmax, eps, domain);
+      store_qparams(p, b, s32.data_ptr<float>(), zp);
+      fset(scale, b, p.scale);
+    }
+    return {scale, zp};
+  }
+  Tensor scale = empty(bi.nblocks, kFloat32);
   float* sp = scale.data_ptr<float>();
   const float* xp = x.data_ptr<float>();
   if (const int64_t len = run_length(x.shape(), block_size); len > 0) {
@@ -335,6 +448,19 @@ Tensor quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& s
   BlockIndexer bi(x.shape(), block_size, op);
   check_qparams(scale, zp, bi.nblocks, domain, op);
   Tensor q = empty(x.shape(), out_dtype);
+  if (is_bf(x) || is_bf(scale)) {
+    check_no_float_domain_bf16(domain, op);
+    const MixedFlags f{is_bf(x), is_bf(scale), zp.defined() && zp.dtype() == kInt32};
+    bi.for_each([&](int64_t e, int64_t b) {
+      float u;
+      const int32_t code = to_int32(clamp_f(q_mixed(fval(x, e), fval(scale, b), zp_at(zp, domain, b), f, domain, &u), static_cast<float>(qmin),
+                                            static_cast<float>(qmax)));
+      if (out_dtype == kInt8) q.data_ptr<int8_t>()[e] = static_cast<int8_t>(code & 0xff);
+      else if (out_dtype == kUInt8) q.data_ptr<uint8_t>()[e] = static_cast<uint8_t>(code & 0xff);
+      else q.data_ptr<int32_t>()[e] = code;
+    });
+    return q;
+  }
   const float* xp = x.data_ptr<float>();
   const float* sp = scale.data_ptr<float>();
   const float fqmin = static_cast<float>(qmin), fqmax = static_cast<float>(qmax);
@@ -365,13 +491,25 @@ Tensor quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& s
 }
 
 Tensor dequantize_affine(const Tensor& q, const Shape& block_size, const Tensor& scale, const Tensor& zp, int64_t qmin, int64_t qmax,
-                         ZeroPointDomain domain) {
+                         ZeroPointDomain domain, DType output_dtype) {
   const char* op = "dequantize_affine";
   LOWBIT_CHECK(q.defined() && (q.dtype() == kInt8 || q.dtype() == kUInt8 || q.dtype() == kInt32), "{}: codes must be int8, uint8 or int32, got {}", op,
                q.defined() ? detail::desc(q) : "undefined");
   check_range(qmin, qmax, op);
   BlockIndexer bi(q.shape(), block_size, op);
   check_qparams(scale, zp, bi.nblocks, domain, op);
+  LOWBIT_CHECK(output_dtype == kFloat32 || output_dtype == kBFloat16, "{}: output dtype must be float32 or bfloat16, got {}", op, dtype_name(output_dtype));
+  auto code_at = [&](int64_t e) -> float {
+    if (q.dtype() == kInt8) return q.data_ptr<int8_t>()[e];
+    if (q.dtype() == kUInt8) return q.data_ptr<uint8_t>()[e];
+    return static_cast<float>(q.data_ptr<int32_t>()[e]);
+  };
+  if (output_dtype == kBFloat16 || is_bf(scale)) {
+    check_no_float_domain_bf16(domain, op);
+    Tensor y = empty(q.shape(), output_dtype);
+    bi.for_each([&](int64_t e, int64_t b) { fset(y, e, dq_mixed(code_at(e), fval(scale, b), zp_at(zp, domain, b), output_dtype == kBFloat16, is_bf(scale), domain)); });
+    return y;
+  }
   Tensor y = empty(q.shape(), kFloat32);
   float* yp = y.data_ptr<float>();
   const float* sp = scale.data_ptr<float>();
@@ -400,6 +538,7 @@ Tensor fake_quantize_affine(const Tensor& x, const Shape& block_size, const Tens
   check_range(qmin, qmax, op);
   BlockIndexer bi(x.shape(), block_size, op);
   check_qparams(scale, zp, bi.nblocks, domain, op);
+  if (is_bf(x) || is_bf(scale)) return fake_quantize_mixed(x, bi, block_size, scale, zp, qmin, qmax, domain);
   Tensor y = empty(x.shape(), kFloat32), mask = empty(x.shape(), kUInt8);
   const float* xp = x.data_ptr<float>();
   const float* sp = scale.data_ptr<float>();
@@ -419,16 +558,17 @@ Tensor fake_quantize_affine(const Tensor& x, const Shape& block_size, const Tens
 }
 
 FakeQuantized fake_quantize_affine_dynamic(const Tensor& x, MappingType mapping, const Shape& block_size, int64_t qmin, int64_t qmax,
-                                           std::optional<double> eps_opt, ZeroPointDomain domain, DType zp_dtype) {
+                                           std::optional<double> eps_opt, ZeroPointDomain domain, DType zp_dtype, std::optional<DType> scale_dtype) {
   const char* op = "fake_quantize_affine_dynamic";
   check_choose_args(x, mapping, qmin, qmax, domain, zp_dtype, op);
   BlockIndexer bi(x.shape(), block_size, op);
   const int64_t len = run_length(x.shape(), block_size);
-  if (len == 0 || len > (int64_t{1} << 14)) {  // strided or long blocks: two passes
+  const bool all_f32 = x.dtype() == kFloat32 && scale_dtype.value_or(kFloat32) == kFloat32;
+  if (len == 0 || len > (int64_t{1} << 14) || !all_f32) {  // strided or long blocks, or bf16: two passes
     FakeQuantized r;
     {
       NoGradGuard ng;
-      std::tie(r.scale, r.zero_point) = choose_qparams_affine(x.detach(), mapping, block_size, qmin, qmax, eps_opt, domain, zp_dtype);
+      std::tie(r.scale, r.zero_point) = choose_qparams_affine(x.detach(), mapping, block_size, qmin, qmax, eps_opt, domain, zp_dtype, scale_dtype);
     }
     r.y = fake_quantize_affine(x, block_size, r.scale, r.zero_point, qmin, qmax, domain);
     return r;

@@ -80,7 +80,8 @@ void IntxFakeQuantizeConfig::validate() const {
   LOWBIT_CHECK(dtype.rfind("int", 0) == 0 || dtype.rfind("uint", 0) == 0, "IntxFakeQuantizeConfig: dtype must be intN or uintN, got '{}'", dtype);
   LOWBIT_CHECK(mapping_type == MappingType::SYMMETRIC || mapping_type == MappingType::ASYMMETRIC,
                "IntxFakeQuantizeConfig: mapping_type must be SYMMETRIC or ASYMMETRIC, got {}", qat::to_string(mapping_type));
-  LOWBIT_CHECK(scale_precision == kFloat32, "IntxFakeQuantizeConfig: scale_precision {} is not supported (float32)", dtype_name(scale_precision));
+  LOWBIT_CHECK(scale_precision == kFloat32 || scale_precision == kBFloat16, "IntxFakeQuantizeConfig: scale_precision must be float32 or bfloat16, got {}",
+               dtype_name(scale_precision));
   LOWBIT_CHECK(zero_point_precision == kInt32 || zero_point_precision == kFloat32, "IntxFakeQuantizeConfig: zero_point_precision must be int32 or float32, got {}",
                dtype_name(zero_point_precision));
   LOWBIT_CHECK(zero_point_domain != ZeroPointDomain::NONE || mapping_type == MappingType::SYMMETRIC,
@@ -114,7 +115,9 @@ Tensor FakeQuantizer::forward(const Tensor& x_in) {
   LOWBIT_CHECK(cfg != nullptr, "FakeQuantizer: unsupported config {}", config_->to_string());
   LOWBIT_CHECK(x_in.defined() && is_floating(x_in.dtype()), "FakeQuantizer: input must be floating, got {}", x_in.defined() ? detail::desc(x_in) : "undefined");
   LOWBIT_CHECK(cfg->granularity.has_value(), "FakeQuantizer: {} has no granularity", cfg->to_string());
-  const Tensor x = x_in.dtype() == kFloat32 ? x_in : x_in.to(kFloat32);
+  // float32 and bfloat16 inputs are computed in their own dtype (torchao); others in float32.
+  // Range learning runs in float32.
+  const Tensor x = (x_in.dtype() == kFloat32 || (x_in.dtype() == kBFloat16 && !cfg->range_learning)) ? x_in : x_in.to(kFloat32);
   const Granularity& g = *cfg->granularity;
   if (std::holds_alternative<PerAxis>(g) || std::holds_alternative<PerGroup>(g)) {
     LOWBIT_CHECK(x.dim() == 2, "FakeQuantizer: {} applies to 2-D weights, got input {}", qat::to_string(g), shape_str(x.shape()));
@@ -143,7 +146,8 @@ Tensor FakeQuantizer::forward(const Tensor& x_in) {
                  shape_str(scale.shape()), shape_str(x.shape()), shape_str(block));
     y = fake_quantize_affine_learnable(x, block, scale, zero_point, qmin, qmax);
   } else if (cfg->is_dynamic || !scale.defined()) {
-    auto r = fake_quantize_affine_dynamic(x, cfg->mapping_type, block, qmin, qmax, cfg->eps, cfg->zero_point_domain, cfg->zero_point_precision);
+    auto r = fake_quantize_affine_dynamic(x, cfg->mapping_type, block, qmin, qmax, cfg->eps, cfg->zero_point_domain, cfg->zero_point_precision,
+                                          cfg->scale_precision);
     y = r.y;
     scale = r.scale;
     zero_point = r.zero_point;

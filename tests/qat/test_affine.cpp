@@ -3,6 +3,10 @@
 // straight-through gradient.
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
 #include "golden.h"
 #include "test_util.h"
 
@@ -76,8 +80,8 @@ TEST(Affine, RangesAndErrors) {
   auto [s, z] = choose_qparams_affine(x, MappingType::SYMMETRIC, {1, 32}, -8, 7);
   EXPECT_EQ(s.shape(), (Shape{4, 2}));
   lowbit::testing::expect_error([&] { quantize_affine(x, {1, 32}, s, z, kUInt8, -8, 7); }, {"quantize_affine", "[-8, 7]", "uint8"});
-  lowbit::testing::expect_error([&] { quantize_affine(x, {1, 16}, s, z, kInt8, -8, 7); }, {"scale must be float32 with one value per block", "16 blocks", "[4, 2]"});
-  lowbit::testing::expect_error([&] { quantize_affine(x.to(kFloat64), {1, 32}, s, z, kInt8, -8, 7); }, {"input must be float32", "float64"});
+  lowbit::testing::expect_error([&] { quantize_affine(x, {1, 16}, s, z, kInt8, -8, 7); }, {"scale must be float32 or bfloat16 with one value per block", "16 blocks", "[4, 2]"});
+  lowbit::testing::expect_error([&] { quantize_affine(x.to(kFloat64), {1, 32}, s, z, kInt8, -8, 7); }, {"input must be float32 or bfloat16", "float64"});
 }
 
 TEST(Affine, StraightThroughGradientWithClampMask) {
@@ -156,4 +160,60 @@ TEST(Affine, RunKernelsMatchStridedPathAndFusedDynamic) {
   EXPECT_EQ(r.scale.shape(), (Shape{1, cols}));
   lowbit::testing::expect_error([&] { fake_quantize_affine_dynamic(base, MappingType::SYMMETRIC, {1, 40}, -8, 7); },
                                 {"fake_quantize_affine_dynamic", "block_size [1, 40]", "[37, 96]"});
+}
+
+// bfloat16 operands (x and/or scale): torchao's op sequences replayed with torch's own bf16/fp32
+// tensors by scripts/gen_bf16_qat_reference.py (PyTorch 2.11; torchao itself is not installable
+// here), compared bit for bit: scale, zero point, fake-quantized output and input gradient.
+TEST(Affine, BFloat16MatchesTorchReference) {
+  std::ifstream in(std::string(LOWBIT_SOURCE_DIR) + "/tests/qat/data/bf16_affine.json");
+  ASSERT_TRUE(in.good());
+  const auto doc = nlohmann::json::parse(in);
+  auto tensor_from_bits = [](const nlohmann::json& v, const Shape& shape, DType dt) {
+    Tensor t = empty(shape, dt);
+    for (int64_t i = 0; i < t.numel(); ++i) {
+      const uint32_t u = v[i].get<uint32_t>();
+      if (dt == kBFloat16) {
+        t.data_ptr<BFloat16>()[i].bits = static_cast<uint16_t>(u);
+      } else {
+        float f;
+        std::memcpy(&f, &u, 4);
+        t.data_ptr<float>()[i] = f;
+      }
+    }
+    return t;
+  };
+  int checked = 0;
+  for (const auto& c : doc["cases"]) {
+    const DType xd = c["x_dtype"] == "bfloat16" ? kBFloat16 : kFloat32, sd = c["scale_dtype"] == "bfloat16" ? kBFloat16 : kFloat32;
+    const Shape shape = c["shape"].get<std::vector<int64_t>>();
+    const int64_t group = c["group"], qmin = c["quant_min"], qmax = c["quant_max"];
+    const MappingType mapping = c["mapping"] == "SYMMETRIC" ? MappingType::SYMMETRIC : MappingType::ASYMMETRIC;
+    SCOPED_TRACE(fmt::format("x {} scale {} {} [{}, {}] group {}", dtype_name(xd), dtype_name(sd), c["mapping"].get<std::string>(), qmin, qmax, group));
+    Tensor x = tensor_from_bits(c["x"], shape, xd).requires_grad_();
+    const Shape blk{1, group};
+    auto [s, z] = choose_qparams_affine(x.detach(), mapping, blk, qmin, qmax, std::nullopt, ZeroPointDomain::INT, kInt32, sd);
+    ASSERT_EQ(s.dtype(), sd);
+    std::string where;
+    EXPECT_EQ(count_mismatches(s.flatten(), tensor_from_bits(c["scale"], {s.numel()}, sd), &where), 0) << "scale " << where;
+    EXPECT_EQ(count_mismatches(z.flatten(), from_vector<int32_t>(c["zero_point"].get<std::vector<int32_t>>(), {z.numel()}), &where), 0) << "zp " << where;
+    Tensor y = fake_quantize_affine(x, blk, s, z, qmin, qmax);
+    ASSERT_EQ(y.dtype(), xd);
+    EXPECT_EQ(count_mismatches(y, tensor_from_bits(c["fq"], shape, xd), &where), 0) << "fq " << where;
+    y.backward(tensor_from_bits(c["grad_output"], shape, xd));
+    EXPECT_EQ(count_mismatches(x.grad(), tensor_from_bits(c["grad_input"], shape, xd), &where), 0) << "grad " << where;
+    // the quantizer module on the same input: same bits (dynamic qparams in the input's dtype)
+    IntxFakeQuantizeConfig cfg(qmin == -8 ? "int4" : "int8", PerGroup{group}, std::nullopt, std::nullopt, mapping);
+    cfg.scale_precision = sd;
+    if (mapping == MappingType::SYMMETRIC) {
+      EXPECT_EQ(count_mismatches(FakeQuantizer(cfg).forward(x.detach()), y.detach(), &where), 0) << "FakeQuantizer " << where;
+    }
+    ++checked;
+  }
+  EXPECT_EQ(checked, 18);
+  // bf16 codes dequantized to bf16
+  const Tensor q = from_vector<int8_t>({-8, 3, 7, 0}, {1, 4});
+  const Tensor dq = dequantize_affine(q, {1, 4}, full({1, 1}, 0.3, kBFloat16), zeros({1, 1}, kInt32), -8, 7, ZeroPointDomain::INT, kBFloat16);
+  EXPECT_EQ(dq.dtype(), kBFloat16);
+  EXPECT_EQ(static_cast<float>(dq.data_ptr<BFloat16>()[1]), static_cast<float>(BFloat16(3.0f * static_cast<float>(BFloat16(0.3f)))));
 }
