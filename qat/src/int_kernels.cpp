@@ -308,6 +308,8 @@ void gemv_block(const float* xp, const float* xsum, const uint8_t* q, int bits, 
       for (int r = 0; r < R; ++r) acc[jj][r] = _mm512_setzero_ps();
     for (int64_t c = 0; c < chunks; ++c) {
       const int64_t idx = gi * chunks + c;  // 32-element chunk
+      if ((idx * bits) % 16 == 0 && j0 + 2 * J <= n)  // each 64-byte line once: the next J rows' codes, one block ahead
+        for (int jj = 0; jj < J; ++jj) _mm_prefetch(reinterpret_cast<const char*>(q + (j0 + J + jj) * row_bytes + idx * bits * 4), _MM_HINT_T0);
       for (int jj = 0; jj < J; ++jj) {
         __m512 w0, w1;
         load_codes(q + (j0 + jj) * row_bytes, bits, idx, w0, w1);
@@ -317,6 +319,8 @@ void gemv_block(const float* xp, const float* xsum, const uint8_t* q, int bits, 
         }
       }
     }
+    if (gi % 16 == 0 && j0 + 2 * J <= n)
+      for (int jj = 0; jj < J; ++jj) _mm_prefetch(reinterpret_cast<const char*>(s + (j0 + J + jj) * g + gi), _MM_HINT_T0);
     for (int jj = 0; jj < J; ++jj) {
       const float sc = s[(j0 + jj) * g + gi];
       const __m512 vs = _mm512_set1_ps(sc);
