@@ -51,6 +51,7 @@ class QuantizedLinear : public nn::Module {
 
   int64_t in_features = 0, out_features = 0;
   std::string weight_dtype;
+  MappingType weight_mapping = MappingType::SYMMETRIC;
   Shape block_size;
   Tensor qdata, scale, zero_point, bias;  // qdata: packed uint8 (4-bit and below) or int8
   std::optional<IntxFakeQuantizeConfig> activation_config;

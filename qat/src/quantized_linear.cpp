@@ -25,6 +25,7 @@ std::shared_ptr<QuantizedLinear> QuantizedLinear::from_linear(const nn::Linear& 
   m->in_features = l.in_features;
   m->out_features = l.out_features;
   m->weight_dtype = wcfg.dtype;
+  m->weight_mapping = wcfg.mapping_type;
   m->activation_config = act;
   const Tensor w = l.weight.detach().to(kFloat32);
   m->block_size = std::holds_alternative<PerAxis>(*wcfg.granularity) ? Shape{1, w.size(1)} : block_size_for(*wcfg.granularity, w.shape());
@@ -91,7 +92,7 @@ std::map<std::string, std::string> QuantizedLinear::checkpoint_attributes() cons
           {"bits", std::to_string(bits_of(weight_dtype))},
           {"shape", shape_str(Shape{out_features, in_features})},
           {"block_size", shape_str(block_size)},
-          {"mapping_type", "symmetric"},
+          {"mapping_type", weight_mapping == MappingType::ASYMMETRIC ? "asymmetric" : "symmetric"},
           {"zero_point_domain", "int"},
           {"packing", packed ? "nibbles" : "none"},
           {"nibble_order", packed ? "low_first" : "none"},
