@@ -147,6 +147,17 @@ int64_t run_length(const Shape& shape, const Shape& block) {
 }
 int64_t grain_for(int64_t len) { return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(len, 1)); }
 
+// put(element, block) over every element: blocks of `len` consecutive elements in parallel when
+// len > 0, else the strided indexer.
+template <typename BI, typename F>
+void for_each_element(const BI& bi, int64_t len, F&& put) {
+  if (len == 0) return bi.for_each(put);
+  detail::parallel_for(detail::numel_of(bi.nblocks), grain_for(len), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      for (int64_t e = b * len; e < (b + 1) * len; ++e) put(e, b);
+  });
+}
+
 struct MinMax {
   float mn, mx;
 };
@@ -479,13 +490,8 @@ Tensor quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& s
         else q_run(xp + b * len, len, sp[b], z, fqmin, fqmax, q.data_ptr<uint8_t>() + b * len);
       }
     });
-  } else if (len > 0) {
-    detail::parallel_for(scale.numel(), grain_for(len), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        for (int64_t e = b * len; e < (b + 1) * len; ++e) put(e, b);
-    });
   } else {
-    bi.for_each(put);
+    for_each_element(bi, len, put);
   }
   return q;
 }
@@ -513,21 +519,9 @@ Tensor dequantize_affine(const Tensor& q, const Shape& block_size, const Tensor&
   Tensor y = empty(q.shape(), kFloat32);
   float* yp = y.data_ptr<float>();
   const float* sp = scale.data_ptr<float>();
-  auto put = [&](int64_t e, int64_t b) {
-    float code = 0;
-    if (q.dtype() == kInt8) code = q.data_ptr<int8_t>()[e];
-    else if (q.dtype() == kUInt8) code = q.data_ptr<uint8_t>()[e];
-    else code = static_cast<float>(q.data_ptr<int32_t>()[e]);
-    yp[e] = dequantize_one(code, sp[b], zp_at(zp, domain, b), static_cast<float>(qmin), static_cast<float>(qmax), domain);
-  };
-  if (const int64_t len = run_length(q.shape(), block_size); len > 0) {
-    detail::parallel_for(scale.numel(), grain_for(len), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        for (int64_t e = b * len; e < (b + 1) * len; ++e) put(e, b);
-    });
-  } else {
-    bi.for_each(put);
-  }
+  for_each_element(bi, run_length(q.shape(), block_size), [&](int64_t e, int64_t b) {
+    yp[e] = dequantize_one(code_at(e), sp[b], zp_at(zp, domain, b), static_cast<float>(qmin), static_cast<float>(qmax), domain);
+  });
   return y;
 }
 
