@@ -62,10 +62,13 @@ class QuantizedLinear : public nn::Module {
   Tensor forward_integer_gemm(const Tensor& x2d) const;
   Tensor forward_weight_only_gemv(const Tensor& x2d) const;
   std::shared_ptr<const kernels::GroupedS8Weight> packed_weight() const;
+  bool zero_points_all_zero() const;
 
   mutable std::mutex pack_mutex_;
   mutable std::shared_ptr<const kernels::GroupedS8Weight> packed_;
   mutable std::vector<std::pair<const void*, uint64_t>> packed_key_;  // (storage, version) of qdata, scale, zero_point
+  mutable std::pair<const void*, uint64_t> zp_zero_key_{nullptr, 0};
+  mutable bool zp_all_zero_ = false;
 };
 
 }  // namespace lowbit::qat

@@ -344,7 +344,6 @@ void gemv_rows(const float* xp, const float* xsum, const uint8_t* q, int bits, i
 void gemv_simd(const float* x, int64_t rows, const uint8_t* q, int bits, int64_t n, int64_t k, int64_t group, const float* s, const int8_t* z,
                const float* bias, float* out) {
   const int64_t g = k / group;
-  if (z && std::all_of(z, z + n * g, [](int8_t v) { return v == 0; })) z = nullptr;
   std::vector<float> xp(static_cast<size_t>(rows * k)), xsum(static_cast<size_t>(rows * g), 0.0f);
   for (int64_t r = 0; r < rows; ++r) {
     for (int64_t c = 0; c < k; c += 32)

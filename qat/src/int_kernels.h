@@ -38,7 +38,8 @@ void gemm_u8s8_grouped(const uint8_t* a, int64_t m, const GroupedS8Weight& w, co
 /// Whether the decode kernel handles these codes (4-bit signed nibbles or int8; group % 32 == 0).
 bool weight_only_supported(int bits, bool is_signed, int64_t k, int64_t group);
 /// out[m, n] = sum_g s[n,g] * sum_{k in g} x[m,k] * (w[n,k] - z[n,g]) + bias[n], for m < rows.
-/// qdata: (N, K/2) nibbles (bits == 4) or (N, K) int8; scales (N, K/group); zero_points int8 (N, K/group).
+/// qdata: (N, K/2) nibbles (bits == 4) or (N, K) int8; scales (N, K/group); zero_points int8
+/// (N, K/group), or null when all are zero (skips the correction).
 void gemv_weight_only(const float* x, int64_t rows, const uint8_t* qdata, int bits, int64_t n, int64_t k, int64_t group, const float* scales,
                       const int8_t* zero_points, const float* bias, float* out, bool reference = false);
 

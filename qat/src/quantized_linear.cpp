@@ -1,5 +1,7 @@
 #include "lowbit/qat/quantized_linear.h"
 
+#include <algorithm>
+
 #include "lowbit/autograd/autograd.h"
 #include "lowbit/autograd/ops.h"
 #include "int_kernels.h"
@@ -102,13 +104,19 @@ std::map<std::string, std::string> QuantizedLinear::checkpoint_attributes() cons
 
 namespace {
 bool is_signed_dtype(const std::string& d) { return d[0] != 'u'; }
-bool all_zero(const Tensor& t) {
-  const int8_t* p = t.data_ptr<int8_t>();
-  for (int64_t i = 0; i < t.numel(); ++i)
-    if (p[i] != 0) return false;
-  return true;
-}
 }  // namespace
+
+// Whether every zero point is 0 (symmetric weights), cached per zero_point (storage, version).
+bool QuantizedLinear::zero_points_all_zero() const {
+  std::lock_guard<std::mutex> lock(pack_mutex_);
+  const std::pair<const void*, uint64_t> key{zero_point.raw_data(), zero_point.version()};
+  if (zp_zero_key_ != key) {
+    const int8_t* p = zero_point.data_ptr<int8_t>();
+    zp_all_zero_ = std::all_of(p, p + zero_point.numel(), [](int8_t v) { return v == 0; });
+    zp_zero_key_ = key;
+  }
+  return zp_all_zero_;
+}
 
 // int8 per-token dynamic activations x symmetric (zero point 0) signed weights of at most 8 bits,
 // blocks of whole rows or groups along K, a layout the VNNI kernel takes.
@@ -119,7 +127,7 @@ bool QuantizedLinear::integer_gemm_ok() const {
   const auto [wqmin, wqmax] = quant_range(weight_dtype);
   return std::holds_alternative<PerToken>(*a.granularity) && a.is_dynamic && a.zero_point_domain == ZeroPointDomain::INT && aqmin >= -128 &&
          aqmax <= 127 && wqmin >= -128 && wqmax <= 127 && is_signed_dtype(weight_dtype) && block_size.size() == 2 && block_size[0] == 1 &&
-         kernels::grouped_s8_supported(out_features, in_features, block_size[1]) && all_zero(zero_point);
+         kernels::grouped_s8_supported(out_features, in_features, block_size[1]) && zero_points_all_zero();
 }
 
 // weight-only signed codes: 1..4 bits live in sign-extended nibbles, 5..8 bits in int8
@@ -171,7 +179,8 @@ Tensor QuantizedLinear::forward_weight_only_gemv(const Tensor& x) const {
   Tensor out = empty({x.size(0), out_features}, kFloat32);
   const Tensor b = bias.defined() ? bias.detach().to(kFloat32) : Tensor();
   kernels::gemv_weight_only(x.data_ptr<float>(), x.size(0), static_cast<const uint8_t*>(qdata.raw_data()), bits_of(weight_dtype) <= 4 ? 4 : 8,
-                            out_features, in_features, block_size[1], scale.data_ptr<float>(), zero_point.data_ptr<int8_t>(),
+                            out_features, in_features, block_size[1], scale.data_ptr<float>(),
+                            zero_points_all_zero() ? nullptr : zero_point.data_ptr<int8_t>(),
                             b.defined() ? b.data_ptr<float>() : nullptr, out.data_ptr<float>());
   return out;
 }
