@@ -65,6 +65,16 @@ Tensor fake_quantize_affine(const Tensor& x, const Shape& block_size, const Tens
 Tensor fake_quantize_affine_learnable(const Tensor& x, const Shape& block_size, const Tensor& scale, const Tensor& zero_point, int64_t quant_min,
                                       int64_t quant_max);
 
+/// Result of quantize_affine_dynamic.
+struct Quantized {
+  Tensor q, scale, zero_point;
+};
+/// choose_qparams_affine followed by quantize_affine (float32 x), bit-identical to the two calls
+/// and fused into one pass per block when blocks are short contiguous runs: dynamic activation
+/// quantization (per token) for integer kernels.
+Quantized quantize_affine_dynamic(const Tensor& x, MappingType mapping, const Shape& block_size, DType out_dtype, int64_t quant_min,
+                                  int64_t quant_max, std::optional<double> eps = std::nullopt, DType zero_point_dtype = kInt32);
+
 /// Result of fake_quantize_affine_dynamic.
 struct FakeQuantized {
   Tensor y, scale, zero_point;

@@ -551,6 +551,37 @@ Tensor fake_quantize_affine(const Tensor& x, const Shape& block_size, const Tens
   return y;
 }
 
+Quantized quantize_affine_dynamic(const Tensor& x, MappingType mapping, const Shape& block_size, DType out_dtype, int64_t qmin, int64_t qmax,
+                                  std::optional<double> eps_opt, DType zp_dtype) {
+  const char* op = "quantize_affine_dynamic";
+  check_choose_args(x, mapping, qmin, qmax, ZeroPointDomain::INT, zp_dtype, op);
+  BlockIndexer bi(x.shape(), block_size, op);
+  const int64_t len = run_length(x.shape(), block_size);
+  if (len == 0 || len > (int64_t{1} << 14) || x.dtype() != kFloat32 || (out_dtype != kInt8 && out_dtype != kUInt8)) {
+    Quantized r;
+    std::tie(r.scale, r.zero_point) = choose_qparams_affine(x, mapping, block_size, qmin, qmax, eps_opt, ZeroPointDomain::INT, zp_dtype);
+    r.q = quantize_affine(x, block_size, r.scale, r.zero_point, out_dtype, qmin, qmax);
+    return r;
+  }
+  LOWBIT_CHECK(qmin >= (out_dtype == kInt8 ? -128 : 0) && qmax <= (out_dtype == kInt8 ? 127 : 255), "{}: range [{}, {}] does not fit the {} container", op,
+               qmin, qmax, dtype_name(out_dtype));
+  const float eps = eps_value(eps_opt);
+  const float fqmin = static_cast<float>(qmin), fqmax = static_cast<float>(qmax);
+  Quantized r{empty(x.shape(), out_dtype), empty(bi.nblocks, kFloat32), empty(bi.nblocks, zp_dtype)};
+  const float* xp = x.data_ptr<float>();
+  float* sp = r.scale.data_ptr<float>();
+  detail::parallel_for(detail::numel_of(bi.nblocks), grain_for(len), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t o = b * len;
+      store_qparams(qparams_from_minmax(run_minmax(xp + o, len), mapping, fqmin, fqmax, qmin, qmax, eps, ZeroPointDomain::INT), b, sp, r.zero_point);
+      const float z = zp_at(r.zero_point, ZeroPointDomain::INT, b);
+      if (out_dtype == kInt8) q_run(xp + o, len, sp[b], z, fqmin, fqmax, r.q.data_ptr<int8_t>() + o);
+      else q_run(xp + o, len, sp[b], z, fqmin, fqmax, r.q.data_ptr<uint8_t>() + o);
+    }
+  });
+  return r;
+}
+
 FakeQuantized fake_quantize_affine_dynamic(const Tensor& x, MappingType mapping, const Shape& block_size, int64_t qmin, int64_t qmax,
                                            std::optional<double> eps_opt, ZeroPointDomain domain, DType zp_dtype, std::optional<DType> scale_dtype) {
   const char* op = "fake_quantize_affine_dynamic";

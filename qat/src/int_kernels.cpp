@@ -2,7 +2,11 @@
 
 #include <cmath>
 #include <cstring>
+#include <map>
+#include <mutex>
 #include <vector>
+
+#include <dnnl.hpp>
 
 #include "../../autograd/src/internal.h"
 
@@ -22,14 +26,75 @@ bool simd_available() { return LOWBIT_QAT_SIMD != 0; }
 // ---------------------------------------------------------------------------------------------
 bool grouped_s8_supported(int64_t n, int64_t k, int64_t group) { return n > 0 && n % 16 == 0 && group > 0 && group % 4 == 0 && k % group == 0; }
 
+// oneDNN u8 (M x K, row-major) x s8 (K x N given as N x K rows: K contiguous) -> s32 (M x N).
+// Primitives are cached per (M, threads) — oneDNN fixes a primitive's thread count at creation —
+// and the weights are reordered once into each distinct blocked layout a primitive asks for.
+struct OnednnS8Matmul {
+  OnednnS8Matmul(const int8_t* codes, int64_t n_, int64_t k_) : n(n_), k(k_), user(empty({n_, k_}, kInt8)) {
+    std::memcpy(user.raw_data(), codes, static_cast<size_t>(n * k));
+  }
+  void run(const uint8_t* a, int64_t m, int32_t* c) {
+    using dt = dnnl::memory::data_type;
+    using tag = dnnl::memory::format_tag;
+    static dnnl::engine eng(dnnl::engine::kind::cpu, 0);
+    static thread_local dnnl::stream strm(eng);
+    Entry* e;
+    {
+      std::lock_guard<std::mutex> lock(mu);
+      const auto key = std::make_pair(m, get_num_threads());
+      auto it = prims.find(key);
+      if (it == prims.end()) {
+        Entry ne;
+        ne.a_md = dnnl::memory::desc({m, k}, dt::u8, tag::ab);
+        ne.c_md = dnnl::memory::desc({m, n}, dt::s32, tag::ab);
+        const dnnl::memory::desc b_any({k, n}, dt::s8, tag::any);
+        const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(ne.a_md, b_any, ne.c_md), eng);
+        ne.prim = dnnl::matmul(pd);
+        ne.b_md = pd.weights_desc();
+        ne.packed = packed_for(ne.b_md, eng, strm);
+        it = prims.emplace(key, std::move(ne)).first;
+      }
+      e = &it->second;
+    }
+    dnnl::memory am(e->a_md, eng, const_cast<uint8_t*>(a)), bm(e->b_md, eng, e->packed.raw_data()), cm(e->c_md, eng, c);
+    e->prim.execute(strm, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bm}, {DNNL_ARG_DST, cm}});
+    strm.wait();
+  }
+
+ private:
+  struct Entry {
+    dnnl::matmul prim;
+    dnnl::memory::desc a_md, b_md, c_md;
+    Tensor packed;
+  };
+  Tensor packed_for(const dnnl::memory::desc& md, dnnl::engine& eng, dnnl::stream& strm) {
+    for (auto& [d, t] : layouts)
+      if (d == md) return t;
+    Tensor buf = empty({static_cast<int64_t>(md.get_size())}, kUInt8);
+    dnnl::memory src(dnnl::memory::desc({k, n}, dnnl::memory::data_type::s8, dnnl::memory::format_tag::ba), eng, user.raw_data());
+    dnnl::memory dst(md, eng, buf.raw_data());
+    dnnl::reorder(src, dst).execute(strm, src, dst);
+    strm.wait();
+    layouts.emplace_back(md, buf);
+    return buf;
+  }
+  int64_t n, k;
+  Tensor user;  // int8 (N, K)
+  std::mutex mu;
+  std::map<std::pair<int64_t, int>, Entry> prims;
+  std::vector<std::pair<dnnl::memory::desc, Tensor>> layouts;
+};
+
 GroupedS8Weight pack_grouped_s8(const int8_t* codes, const float* scales, int64_t n, int64_t k, int64_t group) {
   LOWBIT_CHECK(grouped_s8_supported(n, k, group), "pack_grouped_s8: needs out_features % 16 == 0, group % 4 == 0 and in_features % group == 0, got N={} K={} group={}",
                n, k, group);
-  // Long groups (per-channel: group == K) are split into sub-groups of at most 256 sharing the
-  // group's scale, so the kernel's K chunk (and its int32 sums) stays short: the B panel lives in
-  // L1. Partial sums of up to 256 products of u8 x s8 are exact in float32 (< 2^24).
+  // Per-channel weights go to oneDNN's int8 matmul (one int32 sum over K). Otherwise long groups
+  // are split into sub-groups of at most 256 sharing the group's scale, so the VNNI kernel's K
+  // chunk stays short (the B panel lives in L1); partial sums of up to 256 products of u8 x s8
+  // are exact in float32 (< 2^24).
+  const bool use_onednn = group == k && LOWBIT_QAT_SIMD;
   const int64_t sub = [&] {
-    if (group <= 256) return group;
+    if (group <= 256 || use_onednn) return group;
     for (int64_t d = 256; d >= 4; d -= 4)
       if (group % d == 0) return d;
     return group;
@@ -48,6 +113,7 @@ GroupedS8Weight pack_grouped_s8(const int8_t* codes, const float* scales, int64_
   w.n = n;
   w.k = k;
   w.group = group;
+  if (use_onednn) w.onednn = std::make_shared<OnednnS8Matmul>(codes, n, k);
   const int64_t nt = n / 16, k4 = k / 4, g = k / group;
   w.packed = empty({nt, k4, 16, 4}, kInt8);
   w.scales = empty({nt, g, 16}, kFloat32);
@@ -233,10 +299,32 @@ void gemm_simd(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const floa
 #endif
 }  // namespace
 
+namespace {
+// per-channel: one int32 sum over K from oneDNN, then the reference's epilogue (bit-identical)
+void gemm_onednn(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const float* rs, const float* off, const float* bias, float* out) {
+  const Tensor acc_t = empty({m, w.n}, kInt32);  // cached large block: no zero-fill, no page faults per call
+  const int32_t* acc = acc_t.data_ptr<int32_t>();
+  w.onednn->run(a, m, acc_t.data_ptr<int32_t>());
+  const float* s = w.scales_rowmajor.data_ptr<float>();
+  const float* corr = w.corr.data_ptr<float>();
+  const int64_t n = w.n;
+  detail::parallel_for(m, 8, [&](int64_t m0, int64_t m1) {
+    for (int64_t i = m0; i < m1; ++i) {
+      const int32_t* ai = acc + i * n;
+      float* o = out + i * n;
+      const float r = rs[i], f = off[i];
+#pragma omp simd
+      for (int64_t j = 0; j < n; ++j) o[j] = epilogue(std::fma(static_cast<float>(ai[j]), s[j], 0.0f), r, f, corr[j], bias ? bias[j] : 0.0f);
+    }
+  });
+}
+}  // namespace
+
 void gemm_u8s8_grouped(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const float* row_scale, const float* row_offset, const float* bias,
                        float* out, bool reference) {
   if (m <= 0) return;
 #if LOWBIT_QAT_SIMD
+  if (!reference && w.onednn) return gemm_onednn(a, m, w, row_scale, row_offset, bias, out);
   if (!reference) return gemm_simd(a, m, w, row_scale, row_offset, bias, out);
 #endif
   gemm_reference(a, m, w, row_scale, row_offset, bias, out);

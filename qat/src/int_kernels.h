@@ -1,9 +1,12 @@
 // Integer kernels behind converted linears (not installed).
 //
 // * gemm_u8s8_grouped: int8 dynamic activations x int8 weight codes (int2..int8 values) with one
-//   float scale per (row, group of K): AVX-512 VNNI (vpdpbusd) micro-kernel on weights packed as
-//   [N/16][K/4][16][4]; the int32 sum of every group is scaled once, so the result is the exact
-//   integer dot product per group up to float32 rounding in the scaling and the sum over groups.
+//   float scale per (row, group of K). Per-channel weights (one group = K) run oneDNN's u8 x s8 ->
+//   s32 matmul (brgemm, weights reordered once to its blocked layout, K contiguous on both sides);
+//   per-group weights an AVX-512 VNNI (vpdpbusd) micro-kernel on weights packed as
+//   [N/16][K/4][16][4]. Either way the int32 sum of every group is scaled once, so the result is
+//   the exact integer dot product per group up to float32 rounding in the scaling and the sum over
+//   groups.
 // * gemv_weight_only: float activations (a few rows) x int4 (nibble-packed, low nibble first) or
 //   int8 weight codes with per-group scales and zero points, reading the packed codes directly
 //   (the batch-1 decode path: memory-bound on the codes).
@@ -11,6 +14,7 @@
 // the tests).
 #pragma once
 #include <cstdint>
+#include <memory>
 
 #include "lowbit/autograd/tensor.h"
 
@@ -19,8 +23,11 @@ namespace lowbit::qat::kernels {
 /// True when the AVX-512 (VNNI, BW) kernels are compiled into this build.
 bool simd_available();
 
+struct OnednnS8Matmul;  // oneDNN u8 x s8 -> s32 matmul with prepacked weights (int_kernels.cpp)
+
 struct GroupedS8Weight {
-  int64_t n = 0, k = 0, group = 0;  // group: the kernel's (sub-)group, at most 256 when the scheme's allows
+  int64_t n = 0, k = 0, group = 0;  // group: the kernel's (sub-)group (see pack_grouped_s8)
+  std::shared_ptr<OnednnS8Matmul> onednn;  // per-channel schemes (one group = K): oneDNN's int8 matmul
   Tensor packed;  // int8 [N/16][K/4][16][4]
   Tensor scales;  // float32 [N/16][K/group][16]
   Tensor corr;    // float32 [N]: sum_g s[n,g] * sum_{k in g} w[n,k]

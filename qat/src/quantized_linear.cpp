@@ -159,8 +159,7 @@ Tensor QuantizedLinear::forward_integer_gemm(const Tensor& x) const {
   const auto& a = *activation_config;
   const auto [qmin, qmax] = a.range();
   const int64_t m = x.size(0);
-  auto [s, z] = choose_qparams_affine(x, a.mapping_type, {1, in_features}, qmin, qmax, a.eps, ZeroPointDomain::INT, a.zero_point_precision);
-  Tensor codes = quantize_affine(x, {1, in_features}, s, z, kInt8, qmin, qmax);
+  auto [codes, s, z] = quantize_affine_dynamic(x, a.mapping_type, {1, in_features}, kInt8, qmin, qmax, a.eps, a.zero_point_precision);
   uint8_t* u = static_cast<uint8_t*>(codes.raw_data());  // int8 q -> uint8 q + 128
   const int64_t n = codes.numel();
 #pragma omp simd

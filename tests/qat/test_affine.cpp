@@ -154,6 +154,12 @@ TEST(Affine, RunKernelsMatchStridedPathAndFusedDynamic) {
     EXPECT_EQ(t::count_mismatches(r.y, y, &where), 0) << "fused fq " << where;
     r.y.backward(gout);
     EXPECT_EQ(t::count_mismatches(x2.grad(), x.grad(), &where), 0) << "fused grad " << where;
+    if (c.domain == ZeroPointDomain::INT) {  // fused dynamic quantization == the two calls
+      auto qd = quantize_affine_dynamic(base, c.mapping, blk, container, c.qmin, c.qmax, 1e-6, c.zp_dtype);
+      EXPECT_EQ(t::count_mismatches(qd.q, q, &where), 0) << "fused q " << where;
+      EXPECT_EQ(t::count_mismatches(qd.scale, s, &where), 0) << "fused q scale " << where;
+      EXPECT_EQ(t::count_mismatches(qd.zero_point, z, &where), 0) << "fused q zero_point " << where;
+    }
   }
   // a strided block structure through the fused entry point falls back to the two-pass path
   auto r = fake_quantize_affine_dynamic(base, MappingType::SYMMETRIC, {rows, 1}, -8, 7);
