@@ -188,7 +188,7 @@ Tensor QuantizedLinear::forward(const Tensor& x) {
   LOWBIT_CHECK(x.defined() && x.dim() >= 1 && x.size(-1) == in_features, "QuantizedLinear: input {} must have last dimension in_features={}",
                x.defined() ? detail::desc(x) : "undefined", in_features);
   const bool needs_grad = detail::any_requires_grad({&x});
-  if (kernel == Kernel::Integer && !needs_grad && is_floating(x.dtype())) {
+  if (kernel == Kernel::Integer && !needs_grad && x.dtype() == kFloat32) {  // other dtypes: the exact path, in their own dtype
     const int64_t rows = x.numel() / in_features;
     Shape out_shape = x.shape();
     out_shape.back() = out_features;
@@ -205,7 +205,9 @@ Tensor QuantizedLinear::forward(const Tensor& x) {
     FakeQuantizer fq(*activation_config);  // dynamic: qparams from this input, as the prepared module
     xq = fq.forward(x);                    // straight-through gradient to x when it requires grad
   }
-  return linear(xq, dequantized_weight(), bias);
+  if (xq.dtype() == kFloat32) return linear(xq, dequantized_weight(), bias);
+  // other floating inputs (bfloat16): weight and bias in the input's dtype, as the prepared module
+  return linear(xq, dequantized_weight().to(xq.dtype()), bias.defined() ? bias.to(xq.dtype()) : bias);
 }
 
 }  // namespace lowbit::qat

@@ -162,3 +162,19 @@ TEST(QuantizedLinear, InputsThatRequireGradTakeTheDifferentiablePath) {
   ASSERT_TRUE(x.grad().defined());
   EXPECT_EQ(x.grad().shape(), (Shape{4, 64}));
 }
+
+TEST(QuantizedLinear, BFloat16InputsTakeTheExactPathInTheirDtype) {
+  manual_seed(3);
+  auto q = quantize_(std::make_shared<nn::Linear>(64, 16), *recipe_config("8da4w", "int4", 32));
+  auto* ql = dynamic_cast<QuantizedLinear*>(q.get());
+  ASSERT_NE(ql, nullptr);
+  const Tensor x = randn({4, 64}).to(kBFloat16);
+  NoGradGuard ng;
+  const Tensor y = q->forward(x);
+  EXPECT_EQ(y.dtype(), kBFloat16);
+  // the same as the dequantize path on the bf16 input (activation fake-quantized in bf16)
+  const Tensor xq = FakeQuantizer(*ql->activation_config).forward(x);
+  const Tensor expect = linear(xq, ql->dequantized_weight().to(kBFloat16), ql->bias.to(kBFloat16));
+  std::string where;
+  EXPECT_EQ(lowbit::testing::count_mismatches(y, expect, &where), 0) << where;
+}
