@@ -194,10 +194,8 @@ Tensor QuantizedLinear::forward(const Tensor& x) {
     out_shape.back() = out_features;
     const bool gemm = integer_gemm_ok(), gemv = !gemm && weight_only_gemv_ok(rows);
     if (gemm || gemv) {
-      const Tensor x2 = x.reshape({rows, in_features}).to(kFloat32);
-      Tensor y = gemm ? forward_integer_gemm(x2) : forward_weight_only_gemv(x2);
-      y = y.reshape(out_shape);
-      return y.dtype() == x.dtype() ? y : y.to(x.dtype());
+      const Tensor x2 = x.reshape({rows, in_features});
+      return (gemm ? forward_integer_gemm(x2) : forward_weight_only_gemv(x2)).reshape(out_shape);
     }
   }
   Tensor xq = x;
