@@ -30,9 +30,7 @@ bool grouped_s8_supported(int64_t n, int64_t k, int64_t group) { return n > 0 &&
 // Primitives are cached per (M, threads) — oneDNN fixes a primitive's thread count at creation —
 // and the weights are reordered once into each distinct blocked layout a primitive asks for.
 struct OnednnS8Matmul {
-  OnednnS8Matmul(const int8_t* codes, int64_t n_, int64_t k_) : n(n_), k(k_), user(empty({n_, k_}, kInt8)) {
-    std::memcpy(user.raw_data(), codes, static_cast<size_t>(n * k));
-  }
+  OnednnS8Matmul(Tensor codes, int64_t n_, int64_t k_) : n(n_), k(k_), user(std::move(codes)) {}
   void run(const uint8_t* a, int64_t m, int32_t* c) {
     using dt = dnnl::memory::data_type;
     using tag = dnnl::memory::format_tag;
@@ -79,7 +77,7 @@ struct OnednnS8Matmul {
     return buf;
   }
   int64_t n, k;
-  Tensor user;  // int8 (N, K)
+  Tensor user;  // int8 (N, K): GroupedS8Weight::codes, shared
   std::mutex mu;
   std::map<std::pair<int64_t, int>, Entry> prims;
   std::vector<std::pair<dnnl::memory::desc, Tensor>> layouts;
@@ -113,24 +111,29 @@ GroupedS8Weight pack_grouped_s8(const int8_t* codes, const float* scales, int64_
   w.n = n;
   w.k = k;
   w.group = group;
-  if (use_onednn) w.onednn = std::make_shared<OnednnS8Matmul>(codes, n, k);
   const int64_t nt = n / 16, k4 = k / 4, g = k / group;
-  w.packed = empty({nt, k4, 16, 4}, kInt8);
-  w.scales = empty({nt, g, 16}, kFloat32);
   w.corr = empty({n}, kFloat32);
   w.codes = empty({n, k}, kInt8);
   w.scales_rowmajor = empty({n, g}, kFloat32);
   std::memcpy(w.codes.raw_data(), codes, static_cast<size_t>(n * k));
   std::memcpy(w.scales_rowmajor.raw_data(), scales, static_cast<size_t>(n * g) * sizeof(float));
-  int8_t* p = w.packed.data_ptr<int8_t>();
-  float* sp = w.scales.data_ptr<float>();
+  if (use_onednn) {
+    w.onednn = std::make_shared<OnednnS8Matmul>(w.codes, n, k);
+  } else {  // the VNNI kernel's tile layouts
+    w.packed = empty({nt, k4, 16, 4}, kInt8);
+    w.scales = empty({nt, g, 16}, kFloat32);
+  }
+  int8_t* p = use_onednn ? nullptr : w.packed.data_ptr<int8_t>();
+  float* sp = use_onednn ? nullptr : w.scales.data_ptr<float>();
   float* cp = w.corr.data_ptr<float>();
   detail::parallel_for(nt, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
-      for (int64_t q = 0; q < k4; ++q)
-        for (int64_t j = 0; j < 16; ++j) std::memcpy(p + ((t * k4 + q) * 16 + j) * 4, codes + (t * 16 + j) * k + q * 4, 4);
-      for (int64_t gi = 0; gi < g; ++gi)
-        for (int64_t j = 0; j < 16; ++j) sp[(t * g + gi) * 16 + j] = scales[(t * 16 + j) * g + gi];
+      if (p) {
+        for (int64_t q = 0; q < k4; ++q)
+          for (int64_t j = 0; j < 16; ++j) std::memcpy(p + ((t * k4 + q) * 16 + j) * 4, codes + (t * 16 + j) * k + q * 4, 4);
+        for (int64_t gi = 0; gi < g; ++gi)
+          for (int64_t j = 0; j < 16; ++j) sp[(t * g + gi) * 16 + j] = scales[(t * 16 + j) * g + gi];
+      }
       for (int64_t j = 0; j < 16; ++j) {
         const int64_t row = t * 16 + j;
         double c = 0.0;

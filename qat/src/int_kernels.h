@@ -28,8 +28,8 @@ struct OnednnS8Matmul;  // oneDNN u8 x s8 -> s32 matmul with prepacked weights (
 struct GroupedS8Weight {
   int64_t n = 0, k = 0, group = 0;  // group: the kernel's (sub-)group (see pack_grouped_s8)
   std::shared_ptr<OnednnS8Matmul> onednn;  // per-channel schemes (one group = K): oneDNN's int8 matmul
-  Tensor packed;  // int8 [N/16][K/4][16][4]
-  Tensor scales;  // float32 [N/16][K/group][16]
+  Tensor packed;  // int8 [N/16][K/4][16][4] (VNNI kernel; undefined when onednn is set)
+  Tensor scales;  // float32 [N/16][K/group][16] (VNNI kernel; undefined when onednn is set)
   Tensor corr;    // float32 [N]: sum_g s[n,g] * sum_{k in g} w[n,k]
   Tensor codes;   // int8 [N, K] row-major (reference path)
   Tensor scales_rowmajor;  // float32 [N, K/group] (reference path)
