@@ -1,16 +1,35 @@
 #!/usr/bin/env bash
 # Installs lowbit's build dependencies from Debian if any are missing. Idempotent: a second run
 # does nothing. Needs root (or passwordless sudo) only when something is missing.
+#   scripts/setup.sh          install what is missing
+#   scripts/setup.sh --list   print the package names, one per line (installs nothing); CI feeds
+#                             them to ../shared/tools/setup-audit
 set -euo pipefail
 
 PACKAGES=(
   g++ cmake ninja-build ccache pkg-config
   libeigen3-dev libdnnl-dev libhdf5-dev libfmt-dev zlib1g-dev
+  ocl-icd-opencl-dev opencl-c-headers
   libgtest-dev libgmock-dev libbenchmark-dev
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
   dataset-fashion-mnist fortunes
   python3-h5py python3-numpy hdf5-tools
 )
+# Debian's libdnnl-dev is built with the OpenCL GPU runtime: its dnnl-config.cmake runs
+# find_package(OpenCL REQUIRED) and its target links OpenCL::OpenCL, so the OpenCL loader's
+# development files and headers are build dependencies even though lowbit runs on the CPU.
+
+case "${1:-}" in
+  --list)
+    printf '%s\n' "${PACKAGES[@]}"
+    exit 0
+    ;;
+  "") ;;
+  *)
+    echo "usage: scripts/setup.sh [--list]" >&2
+    exit 2
+    ;;
+esac
 
 missing=()
 for p in "${PACKAGES[@]}"; do

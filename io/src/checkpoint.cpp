@@ -69,24 +69,21 @@ bool verify_integrity(const std::string& path) {
   return true;
 }
 
-void write_integrity(const std::string& path) {
-  const uint64_t size = std::filesystem::file_size(path);
-  LOWBIT_CHECK(size >= kUserBlock, "{}: written file is shorter than its user block", path);
-  uint32_t crc;
-  {
-    std::ifstream in(path, std::ios::binary);
-    crc = crc_of_file(in, kUserBlock, size - kUserBlock);
-  }
+// Stamps the integrity header into the user block of an in-memory file image.
+void stamp_integrity(std::vector<char>& image) {
+  LOWBIT_CHECK(image.size() >= kUserBlock, "the HDF5 image is shorter than its user block");
   UserBlockHeader h{};
   std::memcpy(h.magic, kMagic, 8);
   h.version = 1;
-  h.crc32 = crc;
-  h.hdf5_bytes = size - kUserBlock;
-  std::fstream f(path, std::ios::binary | std::ios::in | std::ios::out);
-  f.seekp(0);
-  f.write(reinterpret_cast<const char*>(&h), sizeof(h));
-  f.flush();
-  LOWBIT_CHECK(f.good(), "{}: cannot write the integrity header", path);
+  h.hdf5_bytes = image.size() - kUserBlock;
+  uLong crc = crc32(0L, Z_NULL, 0);
+  for (uint64_t off = kUserBlock; off < image.size();) {  // zlib takes uInt lengths
+    const uint64_t n = std::min<uint64_t>(image.size() - off, uint64_t{1} << 30);
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(image.data() + off), static_cast<uInt>(n));
+    off += n;
+  }
+  h.crc32 = static_cast<uint32_t>(crc);
+  std::memcpy(image.data(), &h, sizeof(h));
 }
 
 void fsync_path(const std::string& path, bool directory) {
@@ -94,6 +91,33 @@ void fsync_path(const std::string& path, bool directory) {
   if (fd < 0) return;
   ::fsync(fd);
   ::close(fd);
+}
+
+std::string errno_text(int e) {
+  std::string m = std::strerror(e);
+  if (!m.empty()) m[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(m[0])));
+  return fmt::format("{} (errno {})", m, e);
+}
+
+// Writes bytes to a new file with every system call checked (a full disk is an error naming
+// errno, never a short file), then fsyncs and closes it.
+void write_file_checked(const std::string& tmp, const std::string& target, const std::vector<char>& bytes) {
+  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  LOWBIT_CHECK(fd >= 0, "{}: cannot create temporary file '{}': {}", target, tmp, errno_text(errno));
+  size_t done = 0;
+  int err = 0;
+  while (done < bytes.size()) {
+    const ssize_t n = ::write(fd, bytes.data() + done, std::min<size_t>(bytes.size() - done, size_t{1} << 30));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      err = n < 0 ? errno : ENOSPC;
+      break;
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (!err && ::fsync(fd) != 0) err = errno;
+  if (::close(fd) != 0 && !err) err = errno;
+  LOWBIT_CHECK(!err, "{}: cannot write '{}' ({} of {} bytes written): {}", target, tmp, done, bytes.size(), errno_text(err));
 }
 
 // ---------------- dtypes ----------------
@@ -113,13 +137,27 @@ H5Types h5_types(DType d) {
   }
   return {H5T_STD_U8LE, H5T_NATIVE_UINT8};
 }
-// dtype a stored dataset holds: the "dtype" attribute when present (a fixed list of names),
-// otherwise derived from the HDF5 type (files written by other tools).
+// dtype a stored dataset holds: the "dtype" attribute when present (a fixed list of names, and
+// the stored HDF5 type must be of the same kind), otherwise derived from the HDF5 type (files
+// written by other tools).
 DType stored_dtype(hid_t ds, const std::string& file, const std::string& key) {
-  if (h5::has_attr(ds, "dtype")) return dtype_from_name(h5::read_attr_string(ds, "dtype", file, key));
-  Hid t(H5Dget_type(ds), H5Tclose);
+  Hid t(h5::check(H5Dget_type(ds), file, "cannot read the type of '" + key + "'"), H5Tclose);
   const size_t size = H5Tget_size(t);
-  switch (H5Tget_class(t)) {
+  const H5T_class_t cls = H5Tget_class(t);
+  if (h5::has_attr(ds, "dtype")) {
+    const std::string name = h5::read_attr_string(ds, "dtype", file, key);
+    DType d;
+    try {
+      d = dtype_from_name(name);
+    } catch (const Error&) {
+      throw Error(fmt::format("{}: dataset '{}' has an unknown dtype attribute '{}'", file, key, name));
+    }
+    const bool is_float = d == kFloat32 || d == kFloat64;
+    const bool ok = size == element_size(d) && (is_float ? cls == H5T_FLOAT : cls == H5T_INTEGER);
+    LOWBIT_CHECK(ok, "{}: dataset '{}' says dtype {} but stores {}-byte {} elements", file, key, name, size, cls == H5T_FLOAT ? "floating-point" : cls == H5T_INTEGER ? "integer" : "non-numeric");
+    return d;
+  }
+  switch (cls) {
     case H5T_FLOAT:
       if (size == 4) return kFloat32;
       if (size == 8) return kFloat64;
@@ -133,7 +171,7 @@ DType stored_dtype(hid_t ds, const std::string& file, const std::string& key) {
     }
     default: break;
   }
-  throw Error(fmt::format("{}: dataset '{}' has an HDF5 type lowbit cannot read (class {}, {} bytes)", file, key, static_cast<int>(H5Tget_class(t)), size));
+  throw Error(fmt::format("{}: dataset '{}' has an HDF5 type lowbit cannot read (class {}, {} bytes)", file, key, static_cast<int>(cls), size));
 }
 
 std::string to_h5_path(const std::string& root, const std::string& dotted) {
@@ -173,26 +211,38 @@ void write_tensor(hid_t file, const std::string& h5path, const Tensor& t_in, con
   h5::write_attr(ds, "dtype", std::string(dtype_name(t.dtype())), fname);
 }
 
-// Reads a dataset into a new tensor after checking its rank/size are sane.
-Tensor read_tensor(hid_t file, const std::string& h5path, const std::string& fname) {
-  Hid ds(h5::check(H5Dopen2(file, h5path.c_str(), H5P_DEFAULT), fname, "cannot open dataset '" + h5path + "'"), H5Dclose);
-  const DType dt = stored_dtype(ds, fname, h5path);
-  Hid space(H5Dget_space(ds), H5Sclose);
-  const int rank = H5Sget_simple_extent_ndims(space);
-  LOWBIT_CHECK(rank >= 0 && rank <= 8, "{}: dataset '{}' has rank {} (lowbit supports up to 8)", fname, h5path, rank);
-  std::vector<hsize_t> dims(static_cast<size_t>(rank));
-  if (rank) H5Sget_simple_extent_dims(space, dims.data(), nullptr);
-  Shape shape(dims.begin(), dims.end());
-  const uint64_t n = static_cast<uint64_t>(detail::numel_of(shape));
-  LOWBIT_CHECK(n < (uint64_t{1} << 34), "{}: dataset '{}' claims {} elements", fname, h5path, n);
-  // the stored element size must match the declared dtype
-  Hid ft(H5Dget_type(ds), H5Tclose);
-  LOWBIT_CHECK(H5Tget_size(ft) == element_size(dt), "{}: dataset '{}' says dtype {} but stores {}-byte elements", fname, h5path, dtype_name(dt),
-               H5Tget_size(ft));
-  Tensor t = empty(shape, dt);
-  if (n > 0)
-    h5::check(H5Dread(ds, h5_types(dt).mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.raw_data()), fname,
+// What a dataset under a lowbit file declares (metadata only, nothing allocated).
+struct TensorMeta {
+  DType dtype = kFloat32;
+  Shape shape;
+  uint64_t stored_bytes = 0;
+  uint64_t object_key = 0;  // hard-linked aliases share it
+};
+TensorMeta probe_tensor(hid_t ds, const std::string& fname, const std::string& h5path) {
+  TensorMeta m;
+  m.dtype = stored_dtype(ds, fname, h5path);
+  const h5::DatasetMeta dm = h5::dataset_meta(ds, fname, h5path);
+  m.shape.assign(dm.dims.begin(), dm.dims.end());
+  m.stored_bytes = dm.stored_bytes;
+  H5O_info_t oi;
+  h5::check(H5Oget_info2(ds, &oi, H5O_INFO_BASIC), fname, "cannot stat '" + h5path + "'", 0);
+  m.object_key = static_cast<uint64_t>(oi.addr);
+  return m;
+}
+
+// Reads a dataset into a new tensor; its declared size was checked against its storage first.
+Tensor read_tensor(hid_t file, const std::string& h5path, const std::string& fname, TensorMeta* meta_out = nullptr) {
+  Hid ds = h5::open_dataset(file, h5path, fname);
+  const TensorMeta meta = probe_tensor(ds, fname, h5path);
+  if (meta_out) *meta_out = meta;
+  Tensor t = empty(meta.shape, meta.dtype);
+  if (t.numel() > 0)
+    h5::check(H5Dread(ds, h5_types(meta.dtype).mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.raw_data()), fname,
               "cannot read dataset '" + h5path + "' (checksum error or corrupted data)", 0);
+  if (meta.dtype == kBool) {
+    const auto* b = static_cast<const uint8_t*>(t.raw_data());
+    for (int64_t i = 0; i < t.numel(); ++i) LOWBIT_CHECK(b[i] <= 1, "{}: bool dataset '{}' holds the value {} at index {}", fname, h5path, b[i], i);
+  }
   return t;
 }
 
@@ -207,7 +257,10 @@ OpenedFile open_checkpoint(const std::string& path) {
   OpenedFile of;
   of.integrity = verify_integrity(path);
   LOWBIT_CHECK(H5Fis_hdf5(path.c_str()) > 0, "{}: not an HDF5 file", path);
-  of.file = Hid(h5::check(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), path, "cannot open as HDF5 (corrupted file?)"), H5Fclose);
+  // sec2 driver, no file locking games; strong close so that no object outlives the file handle
+  Hid fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
+  of.file = Hid(h5::check(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl), path, "cannot open as HDF5 (corrupted file?)"), H5Fclose);
   LOWBIT_CHECK(h5::has_attr(of.file, "format"), "{}: not a lowbit checkpoint (the root group has no 'format' attribute; see docs/checkpoint-format.md)", path);
   const std::string format = h5::read_attr_string(of.file, "format", path, "/");
   LOWBIT_CHECK(format == kFormatName, "{}: not a lowbit checkpoint (format is '{}', expected '{}')", path, format, kFormatName);
@@ -217,37 +270,47 @@ OpenedFile open_checkpoint(const std::string& path) {
   LOWBIT_CHECK(version >= 1, "{}: invalid schema version {}", path, version);
   of.kind = h5::has_attr(of.file, "kind") ? h5::read_attr_string(of.file, "kind", path, "/") : "model";
   LOWBIT_CHECK(of.kind == "training" || of.kind == "model", "{}: unknown checkpoint kind '{}'", path, of.kind);
-  LOWBIT_CHECK(h5::link_exists(of.file, "/model"), "{}: missing group '/model'", path);
+  LOWBIT_CHECK(h5::link_exists(of.file, "/model", path), "{}: missing group '/model'", path);
   return of;
 }
 
-// Dotted names of every dataset under /model (hard-linked aliases appear under each name).
-void list_datasets(hid_t loc, const std::string& prefix, std::vector<std::string>& out, const std::string& file, int depth = 0) {
-  LOWBIT_CHECK(depth < 32, "{}: groups nested deeper than 32 levels under /model", file);
-  H5G_info_t info;
-  h5::check(H5Gget_info(loc, &info), file, "cannot list group '" + prefix + "'", 0);
-  LOWBIT_CHECK(info.nlinks < 1000000, "{}: group '{}' has an implausible number of members", file, prefix);
-  for (hsize_t i = 0; i < info.nlinks; ++i) {
-    char name[1024] = {0};
-    if (H5Lget_name_by_idx(loc, ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof(name), H5P_DEFAULT) < 0) throw Error(fmt::format("{}: cannot read member {} of '{}'", file, i, prefix));
-    H5O_info_t oi;
-    h5::check(H5Oget_info_by_name2(loc, name, &oi, H5O_INFO_BASIC, H5P_DEFAULT), file, fmt::format("cannot stat '{}/{}'", prefix, name), 0);
-    const std::string dotted = prefix.empty() ? name : prefix + "." + name;
-    if (oi.type == H5O_TYPE_DATASET) {
-      out.push_back(dotted);
-    } else if (oi.type == H5O_TYPE_GROUP) {
-      Hid g(h5::check(H5Gopen2(loc, name, H5P_DEFAULT), file, "cannot open group '" + dotted + "'"), H5Gclose);
-      list_datasets(g, dotted, out, file, depth + 1);
-    }
+// Dotted names of every dataset below a group, after walking it with h5::walk's checks.
+std::vector<std::string> list_datasets(hid_t file, const std::string& group_path, const std::string& fname) {
+  Hid g = h5::open_group(file, group_path, fname);
+  std::vector<std::string> out;
+  for (const auto& e : h5::walk(g, group_path, fname)) {
+    if (e.type == H5O_TYPE_GROUP) continue;
+    LOWBIT_CHECK(e.type == H5O_TYPE_DATASET, "{}: '{}/{}' is neither a group nor a dataset", fname, group_path, e.path);
+    std::string dotted = e.path;
+    for (char& c : dotted)
+      if (c == '/') c = '.';
+    out.push_back(dotted);
   }
+  return out;
 }
 
-nn::NamedTensors read_model_group(hid_t file, const std::string& fname) {
-  Hid model(h5::check(H5Gopen2(file, "/model", H5P_DEFAULT), fname, "cannot open group '/model'"), H5Gclose);
-  std::vector<std::string> names;
-  list_datasets(model, "", names, fname);
+// Declared dtype/shape of every dataset under /model, keyed by dotted name (nothing read).
+std::map<std::string, TensorMeta> probe_model_group(hid_t file, const std::string& fname) {
+  std::map<std::string, TensorMeta> out;
+  for (const auto& n : list_datasets(file, "/model", fname)) {
+    const std::string p = to_h5_path("/model/", n);
+    Hid ds = h5::open_dataset(file, p, fname);
+    out[n] = probe_tensor(ds, fname, p);
+  }
+  return out;
+}
+
+// Reads the named datasets of /model; hard-linked aliases are read once and shared.
+nn::NamedTensors read_model_group(hid_t file, const std::string& fname, const std::vector<std::string>& names,
+                                  const std::map<std::string, TensorMeta>& metas) {
   nn::NamedTensors out;
-  for (const auto& n : names) out.emplace_back(n, read_tensor(file, to_h5_path("/model/", n), fname));
+  std::map<uint64_t, Tensor> by_object;
+  for (const auto& n : names) {
+    const uint64_t key = metas.at(n).object_key;
+    auto it = by_object.find(key);
+    if (it == by_object.end()) it = by_object.emplace(key, read_tensor(file, to_h5_path("/model/", n), fname)).first;
+    out.emplace_back(n, it->second);
+  }
   return out;
 }
 
@@ -271,17 +334,23 @@ void write_model_group(hid_t file, const nn::Module& model, const SaveOptions& o
     const auto attrs = m->checkpoint_attributes();
     if (attrs.empty()) continue;
     const std::string path = name.empty() ? std::string("/model") : to_h5_path("/model/", name);
-    LOWBIT_CHECK(h5::link_exists(file, path), "{}: module '{}' has attributes but no tensors", fname, name);
+    LOWBIT_CHECK(h5::link_exists(file, path, fname), "{}: module '{}' has attributes but no tensors", fname, name);
     Hid grp(h5::check(H5Gopen2(file, path.c_str(), H5P_DEFAULT), fname, "cannot open '" + path + "'"), H5Gclose);
     for (const auto& [k, v] : attrs) h5::write_attr(grp, k, v, fname);
   }
 }
 
-Hid create_file(const std::string& tmp, const std::string& target) {
+// Files are built in memory (HDF5's core driver, no backing store), so HDF5 itself never does
+// I/O on the target and cannot be left with a half-written open file; the image is then written
+// with checked system calls.
+Hid create_file(const std::string& target) {
   h5::quiet();
   Hid fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
   H5Pset_userblock(fcpl, kUserBlock);
-  return Hid(h5::check(H5Fcreate(tmp.c_str(), H5F_ACC_TRUNC, fcpl, H5P_DEFAULT), target, "cannot create temporary file '" + tmp + "'"), H5Fclose);
+  Hid fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  H5Pset_fapl_core(fapl, size_t{8} << 20, /*backing_store=*/0);
+  H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
+  return Hid(h5::check(H5Fcreate(target.c_str(), H5F_ACC_TRUNC, fcpl, fapl), target, "cannot create the HDF5 image in memory"), H5Fclose);
 }
 
 void write_root_attrs(hid_t file, const std::string& kind, const std::string& config, const std::string& fname) {
@@ -292,33 +361,37 @@ void write_root_attrs(hid_t file, const std::string& kind, const std::string& co
   h5::write_attr(file, "config", config, fname);
 }
 
-// Closes, checksums, fsyncs and renames the temporary file over the target.
-void commit(Hid& file, const std::string& tmp, const std::string& target) {
-  h5::check(H5Fflush(file, H5F_SCOPE_GLOBAL), target, "cannot flush", 0);
+// Takes the finished image out of HDF5, checksums it, writes it to a temporary file (fsync'ed)
+// and renames that over the target; a failure removes the temporary file and leaves the target
+// as it was.
+void commit(Hid& file, const std::string& target) {
+  h5::check(H5Fflush(file, H5F_SCOPE_GLOBAL), target, "cannot flush the HDF5 image", 0);
+  const ssize_t size = H5Fget_file_image(file, nullptr, 0);
+  h5::check(static_cast<hid_t>(size), target, "cannot size the HDF5 image");
+  // the image HDF5 hands out starts at the superblock; the user block goes in front of it
+  std::vector<char> image(kUserBlock + static_cast<size_t>(size), '\0');
+  h5::check(static_cast<hid_t>(H5Fget_file_image(file, image.data() + kUserBlock, static_cast<size_t>(size))), target, "cannot copy the HDF5 image");
   file.reset();
-  write_integrity(tmp);
-  fsync_path(tmp, false);
-  std::error_code ec;
-  std::filesystem::rename(tmp, target, ec);
-  LOWBIT_CHECK(!ec, "{}: cannot rename temporary file '{}' into place: {}", target, tmp, ec.message());
+  stamp_integrity(image);
+  const std::string tmp = target + ".tmp." + std::to_string(::getpid());
+  try {
+    write_file_checked(tmp, target, image);
+    std::error_code ec;
+    std::filesystem::rename(tmp, target, ec);
+    LOWBIT_CHECK(!ec, "{}: cannot rename temporary file '{}' into place: {}", target, tmp, ec.message());
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
   const auto dir = std::filesystem::absolute(target).parent_path().string();
   fsync_path(dir, true);
 }
 
-std::string temp_name(const std::string& path) { return path + ".tmp." + std::to_string(::getpid()); }
-
 template <typename F>
 void atomic_write(const std::string& path, F&& body) {
-  const std::string tmp = temp_name(path);
-  try {
-    Hid file = create_file(tmp, path);
-    body(static_cast<hid_t>(file));
-    commit(file, tmp, path);
-  } catch (...) {
-    std::error_code ec;
-    std::filesystem::remove(tmp, ec);
-    throw;
-  }
+  Hid file = create_file(path);
+  body(static_cast<hid_t>(file));
+  commit(file, path);
 }
 }  // namespace
 
@@ -397,7 +470,10 @@ void save_checkpoint(const std::string& path, const nn::Module& model, const opt
 
 nn::NamedTensors read_model_tensors(const std::string& path) {
   OpenedFile f = open_checkpoint(path);
-  return read_model_group(f.file, path);
+  const auto metas = probe_model_group(f.file, path);
+  std::vector<std::string> names;
+  for (const auto& [n, _] : metas) names.push_back(n);
+  return read_model_group(f.file, path, names, metas);
 }
 
 LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Optimizer* opt, optim::LRScheduler* sched, data::DataLoader* loader,
@@ -405,27 +481,26 @@ LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Op
   OpenedFile f = open_checkpoint(path);
   LoadReport report;
   report.kind = f.kind;
-  // ---- read and validate everything before touching the caller's objects ----
-  const nn::NamedTensors stored = read_model_group(f.file, path);
-  std::map<std::string, Tensor> by_name(stored.begin(), stored.end());
-  nn::NamedTensors to_load;
+  // ---- validate names, dtypes and shapes from metadata, then read only what will be loaded ----
+  const auto stored = probe_model_group(f.file, path);
+  std::vector<std::string> wanted;
   std::set<std::string> known;
   for (const auto& [name, t] : model.state_dict()) {
     known.insert(name);
-    auto it = by_name.find(name);
-    if (it == by_name.end()) {
+    auto it = stored.find(name);
+    if (it == stored.end()) {
       report.missing_keys.push_back(name);
       continue;
     }
-    if (it->second.dtype() != t.dtype()) {
-      report.mismatched.push_back(fmt::format("{}: dtype {} in the file, {} in the model", name, dtype_name(it->second.dtype()), dtype_name(t.dtype())));
+    if (it->second.dtype != t.dtype()) {
+      report.mismatched.push_back(fmt::format("{}: dtype {} in the file, {} in the model", name, dtype_name(it->second.dtype), dtype_name(t.dtype())));
       continue;
     }
-    if (it->second.shape() != t.shape()) {
-      report.mismatched.push_back(fmt::format("{}: shape {} in the file, {} in the model", name, shape_str(it->second.shape()), shape_str(t.shape())));
+    if (it->second.shape != t.shape()) {
+      report.mismatched.push_back(fmt::format("{}: shape {} in the file, {} in the model", name, shape_str(it->second.shape), shape_str(t.shape())));
       continue;
     }
-    to_load.emplace_back(name, it->second);
+    wanted.push_back(name);
   }
   for (const auto& [name, _] : stored)
     if (!known.count(name)) report.unexpected_keys.push_back(name);
@@ -436,11 +511,12 @@ LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Op
     for (const auto& k : report.mismatched) msg += fmt::format("\n  mismatch {}", k);
     throw Error(msg);
   }
+  const nn::NamedTensors to_load = read_model_group(f.file, path, wanted, stored);
 
   std::optional<optim::OptimizerState> opt_state;
   if (opt) {
-    LOWBIT_CHECK(f.kind == "training" && h5::link_exists(f.file, "/optimizer"), "{}: no optimizer state in this file (kind '{}')", path, f.kind);
-    Hid g(h5::check(H5Gopen2(f.file, "/optimizer", H5P_DEFAULT), path, "cannot open '/optimizer'"), H5Gclose);
+    LOWBIT_CHECK(f.kind == "training" && h5::link_exists(f.file, "/optimizer", path), "{}: no optimizer state in this file (kind '{}')", path, f.kind);
+    Hid g = h5::open_group(f.file, "/optimizer", path);
     const std::string name = h5::read_attr_string(g, "name", path, "/optimizer");
     LOWBIT_CHECK(name == opt->name(), "{}: optimizer state was saved by {} but is being loaded into {}", path, name, opt->name());
     const int64_t ngroups = h5::read_attr_int(g, "num_groups", path, "/optimizer");
@@ -452,8 +528,7 @@ LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Op
     int64_t index = 0;
     for (int64_t gi = 0; gi < ngroups; ++gi) {
       const std::string gpath = fmt::format("/optimizer/param_groups/{}", gi);
-      LOWBIT_CHECK(h5::link_exists(f.file, gpath), "{}: missing group '{}'", path, gpath);
-      Hid gg(h5::check(H5Gopen2(f.file, gpath.c_str(), H5P_DEFAULT), path, "cannot open '" + gpath + "'"), H5Gclose);
+      Hid gg = h5::open_group(f.file, gpath, path);
       optim::Options o;
       for (const auto& [k, _] : opt->param_groups()[static_cast<size_t>(gi)].options) o[k] = h5::read_attr_double(gg, k, path, gpath);
       s.groups.push_back(o);
@@ -467,18 +542,21 @@ LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Op
                      gi, names[i], it == param_names.end() ? "<not in the model>" : it->second);
         s.group_params.back().push_back(index);
         const std::string spath = to_h5_path("/optimizer/state/", names[i]);
-        if (h5::link_exists(f.file, spath)) {
-          Hid sg(h5::check(H5Gopen2(f.file, spath.c_str(), H5P_DEFAULT), path, "cannot open '" + spath + "'"), H5Gclose);
+        if (h5::link_exists(f.file, spath, path)) {
+          Hid sg = h5::open_group(f.file, spath, path);
           optim::ParamState ps;
           ps.step = h5::read_attr_int(sg, "step", path, spath);
-          std::vector<std::string> tensors;
-          list_datasets(sg, "", tensors, path);
-          for (const auto& tn : tensors) {
+          LOWBIT_CHECK(ps.step >= 0, "{}: optimizer state '{}' has step {} (corrupt file)", path, spath, ps.step);
+          for (const auto& tn : list_datasets(f.file, spath, path)) {
             LOWBIT_CHECK(tn.find('.') == std::string::npos, "{}: unexpected nested group in '{}'", path, spath);
-            Tensor t = read_tensor(f.file, spath + "/" + tn, path);
-            LOWBIT_CHECK(t.dtype() == kFloat32 && t.shape() == params[i].shape(), "{}: optimizer state '{}/{}' is {} {}, the parameter is {} float32", path,
-                         spath, tn, shape_str(t.shape()), dtype_name(t.dtype()), shape_str(params[i].shape()));
-            ps.tensors[tn] = t;
+            const std::string tpath = spath + "/" + tn;
+            {  // check the declared dtype and shape before reading
+              Hid ds = h5::open_dataset(f.file, tpath, path);
+              const TensorMeta m = probe_tensor(ds, path, tpath);
+              LOWBIT_CHECK(m.dtype == kFloat32 && m.shape == params[i].shape(), "{}: optimizer state '{}' is {} {}, the parameter is {} float32", path, tpath,
+                           shape_str(m.shape), dtype_name(m.dtype), shape_str(params[i].shape()));
+            }
+            ps.tensors[tn] = read_tensor(f.file, tpath, path);
           }
           s.state[index] = std::move(ps);
         }
@@ -490,16 +568,18 @@ LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Op
   if (f.kind == "training") {
     TrainingState st;
     st.step = h5::read_attr_int(f.file, "step", path, "/");
+    LOWBIT_CHECK(st.step >= 0, "{}: the stored step is {} (corrupt file)", path, st.step);
     st.config_toml = h5::read_attr_string(f.file, "config", path, "/");
-    Hid rng(h5::check(H5Gopen2(f.file, "/rng", H5P_DEFAULT), path, "missing group '/rng'"), H5Gclose);
+    Hid rng = h5::open_group(f.file, "/rng", path);
     st.rng_seed = h5::read_attr_u64(rng, "default_seed", path, "/rng");
     st.rng_offset = h5::read_attr_u64(rng, "default_offset", path, "/rng");
-    Hid dg(h5::check(H5Gopen2(f.file, "/data", H5P_DEFAULT), path, "missing group '/data'"), H5Gclose);
+    Hid dg = h5::open_group(f.file, "/data", path);
     st.epoch = h5::read_attr_int(dg, "epoch", path, "/data");
     st.position = h5::read_attr_int(dg, "position", path, "/data");
+    LOWBIT_CHECK(st.epoch >= 0 && st.position >= 0, "{}: the stored data position (epoch {}, batch {}) is negative (corrupt file)", path, st.epoch, st.position);
     st.loader_seed = h5::read_attr_u64(dg, "shuffle_seed", path, "/data");
-    if (h5::link_exists(f.file, "/scheduler")) {
-      Hid sg(h5::check(H5Gopen2(f.file, "/scheduler", H5P_DEFAULT), path, "cannot open '/scheduler'"), H5Gclose);
+    if (h5::link_exists(f.file, "/scheduler", path)) {
+      Hid sg = h5::open_group(f.file, "/scheduler", path);
       st.scheduler_last_epoch = h5::read_attr_int(sg, "last_epoch", path, "/scheduler");
       st.scheduler_name = h5::read_attr_string(sg, "name", path, "/scheduler");
     }
@@ -526,80 +606,80 @@ LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Op
   return report;
 }
 
+namespace {
+// The dims of a quantized group's "shape" attribute ("[4096, 4096]" or "(4096, 4096)") and their
+// product; throws naming the group on anything but up to 8 non-negative integers that fit.
+int64_t parse_logical_shape(const std::string& text, const std::string& file, const std::string& where) {
+  int64_t product = 1;
+  int dims = 0;
+  size_t i = 0;
+  while (i < text.size()) {
+    const char c = text[i];
+    if (std::isdigit(static_cast<unsigned char>(c))) {
+      uint64_t v = 0;
+      while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) {
+        v = v * 10 + static_cast<uint64_t>(text[i] - '0');
+        LOWBIT_CHECK(v < (uint64_t{1} << 40), "{}: the 'shape' attribute of '{}' ('{}') has an impossible dimension", file, where, text);
+        ++i;
+      }
+      LOWBIT_CHECK(++dims <= 8 && (v == 0 || static_cast<uint64_t>(product) <= (uint64_t{1} << 50) / v),
+                   "{}: the 'shape' attribute of '{}' ('{}') is not a plausible shape", file, where, text);
+      product *= static_cast<int64_t>(v);
+    } else {
+      LOWBIT_CHECK(c == '[' || c == ']' || c == '(' || c == ')' || c == ',' || c == ' ', "{}: the 'shape' attribute of '{}' ('{}') is not a shape", file,
+                   where, text);
+      ++i;
+    }
+  }
+  LOWBIT_CHECK(dims > 0, "{}: the 'shape' attribute of '{}' ('{}') is not a shape", file, where, text);
+  return product;
+}
+}  // namespace
+
 FileInfo inspect(const std::string& path) {
   OpenedFile f = open_checkpoint(path);
   FileInfo info;
   info.integrity_checked = f.integrity;
   info.file_bytes = std::filesystem::file_size(path);
   for (auto& [k, v] : h5::attrs_as_text(f.file)) info.attributes[k] = v;
-  // visit each stored object once (hard-linked aliases are not double counted)
-  struct Ctx {
-    FileInfo* info;
-    std::string file;
-    std::set<std::pair<unsigned long, haddr_t>> seen;
-  } ctx{&info, path, {}};
-  Hid model(H5Gopen2(f.file, "/model", H5P_DEFAULT), H5Gclose);
-  auto visit = [](hid_t loc, const char* name, const H5O_info_t* oi, void* data) -> herr_t {
-    auto* c = static_cast<Ctx*>(data);
-    if (oi->type == H5O_TYPE_GROUP) return 0;
-    if (oi->type != H5O_TYPE_DATASET) return 0;
-    Hid ds(H5Dopen2(loc, name, H5P_DEFAULT), H5Dclose);
-    if (!ds.valid()) return -1;
+  Hid model = h5::open_group(f.file, "/model", path);
+  // every object once: hard-linked aliases (tied weights) are not double counted
+  std::set<uint64_t> seen;
+  for (const auto& e : h5::walk(model, "/model", path)) {
+    if (e.type == H5O_TYPE_GROUP) continue;
+    LOWBIT_CHECK(e.type == H5O_TYPE_DATASET, "{}: '/model/{}' is neither a group nor a dataset", path, e.path);
+    if (!seen.insert(e.object_key).second) continue;
     TensorInfo ti;
-    ti.path = std::string("/model/") + name;
-    {  // the scheme of the enclosing quantized group, if any
-      std::string parent = name;
-      const auto slash = parent.rfind('/');
-      parent = slash == std::string::npos ? "." : parent.substr(0, slash);
-      if (H5Aexists_by_name(loc, parent.c_str(), "quant_scheme", H5P_DEFAULT) > 0) {
-        Hid pg(H5Gopen2(loc, parent.c_str(), H5P_DEFAULT), H5Gclose);
-        if (pg.valid()) ti.scheme = h5::read_attr_string(pg, "quant_scheme", c->file, parent) + " " + h5::read_attr_string(pg, "dtype", c->file, parent);
-      }
-    }
-    try {
-      ti.dtype = dtype_name(stored_dtype(ds, c->file, ti.path));
-    } catch (const Error&) {
-      return -1;
-    }
-    Hid space(H5Dget_space(ds), H5Sclose);
-    const int rank = H5Sget_simple_extent_ndims(space);
-    if (rank < 0 || rank > 8) return -1;
-    std::vector<hsize_t> dims(static_cast<size_t>(rank));
-    if (rank) H5Sget_simple_extent_dims(space, dims.data(), nullptr);
-    ti.shape.assign(dims.begin(), dims.end());
+    ti.path = "/model/" + e.path;
+    const auto slash = e.path.rfind('/');
+    const std::string parent = slash == std::string::npos ? "." : e.path.substr(0, slash);
+    const std::string leaf = slash == std::string::npos ? e.path : e.path.substr(slash + 1);
+    const std::string parent_path = parent == "." ? "/model" : "/model/" + parent;
+    Hid pg = h5::open_group(model, parent, path);
+    const bool quantized = h5::has_attr(pg, "quant_scheme");
+    if (quantized)
+      ti.scheme = h5::read_attr_string(pg, "quant_scheme", path, parent_path) + " " + h5::read_attr_string(pg, "dtype", path, parent_path);
+    Hid ds = h5::open_dataset(model, e.path, path);
+    const TensorMeta m = probe_tensor(ds, path, ti.path);
+    ti.dtype = dtype_name(m.dtype);
+    ti.shape = m.shape;
     const int64_t n = detail::numel_of(ti.shape);
-    ti.logical_bytes = static_cast<uint64_t>(n) * element_size(dtype_from_name(ti.dtype));
-    ti.bytes = H5Dget_storage_size(ds);
+    ti.logical_bytes = static_cast<uint64_t>(n) * element_size(m.dtype);
+    ti.bytes = m.stored_bytes;
     // a quantized module's codes stand for its logical weight ("shape" attribute); its scales and
     // zero points are overhead, not parameters
     int64_t logical = n;
-    const std::string leaf = ti.path.substr(ti.path.rfind('/') + 1);
-    if (!ti.scheme.empty() && (leaf == "scale" || leaf == "zero_point")) logical = 0;
-    if (!ti.scheme.empty() && leaf == "qdata") {
-      std::string parent = name;
-      parent = parent.rfind('/') == std::string::npos ? "." : parent.substr(0, parent.rfind('/'));
-      Hid pg(H5Gopen2(loc, parent.c_str(), H5P_DEFAULT), H5Gclose);
-      if (pg.valid() && h5::has_attr(pg, "shape")) {
-        const std::string shp = h5::read_attr_string(pg, "shape", c->file, parent);
-        logical = 1;
-        for (size_t i = 0; i < shp.size();) {
-          if (std::isdigit(static_cast<unsigned char>(shp[i]))) {
-            size_t used = 0;
-            logical *= std::stoll(shp.substr(i), &used);
-            i += used;
-          } else {
-            ++i;
-          }
-        }
-      }
+    if (quantized && (leaf == "scale" || leaf == "zero_point")) logical = 0;
+    if (quantized && leaf == "qdata" && h5::has_attr(pg, "shape")) {
+      logical = parse_logical_shape(h5::read_attr_string(pg, "shape", path, parent_path), path, parent_path);
+      // at least one bit per code: a group cannot describe more weights than 8 per stored byte
+      LOWBIT_CHECK(logical <= 8 * n, "{}: '{}' claims a {}-element weight but stores {} bytes of codes", path, parent_path, logical, n);
     }
-    c->info->parameters += logical;
-    c->info->stored_bytes += ti.bytes;
-    c->info->float32_bytes += static_cast<uint64_t>(logical) * 4;
-    c->info->tensors.push_back(ti);
-    return 0;
-  };
-  h5::check(H5Ovisit2(model, H5_INDEX_NAME, H5_ITER_INC, visit, &ctx, H5O_INFO_BASIC), path, "cannot walk '/model' (corrupted file?)", 0);
+    info.parameters += logical;
+    info.stored_bytes += ti.bytes;
+    info.float32_bytes += static_cast<uint64_t>(logical) * 4;
+    info.tensors.push_back(ti);
+  }
   return info;
 }
 
