@@ -41,6 +41,8 @@ class RunConfig {
 
   /// The resolved configuration as TOML (every key, sections in schema order).
   std::string to_toml() const;
+  /// One key's value as TOML text ("0.001", "[1024, 1024]", "\"adamw\"").
+  std::string value_text(const std::string& key) const;
 
  private:
   const Value& at(const std::string& key) const;

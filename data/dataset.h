@@ -115,6 +115,9 @@ class CharDataset : public Dataset {
 };
 
 struct CharCorpus {
+  /// At most this many bytes of text are read (a corpus is read whole and held as int64 token
+  /// ids, 8 bytes each); a larger corpus, or an endless file such as /dev/zero, is an error.
+  static constexpr size_t kMaxBytes = size_t{64} << 20;
   std::vector<unsigned char> vocab;  // id -> byte
   std::vector<int64_t> train_tokens, val_tokens;
   /// Loads text from a file or from every plain-text file of a directory (the fortunes

@@ -89,4 +89,10 @@ struct FileInfo {
 };
 FileInfo inspect(const std::string& path);
 
+/// Writes bytes to path atomically: a temporary file beside it, every write checked (a full disk
+/// is an error naming errno, and the temporary file is removed), fsync, rename over path.
+void write_file_atomic(const std::string& path, const std::string& bytes);
+/// Appends bytes to path with every write checked (errors name the file and errno).
+void append_file(const std::string& path, const std::string& bytes);
+
 }  // namespace lowbit::io

@@ -19,6 +19,8 @@ class LRScheduler {
   void set_last_epoch(int64_t epoch);
   /// The rate of group g at scheduler step `epoch` (closed form).
   virtual double lr_at(int64_t epoch, size_t g) const = 0;
+  /// The class name (stored in checkpoints; a resume into another scheduler is refused).
+  virtual const char* name() const = 0;
 
  protected:
   void apply();
@@ -35,6 +37,7 @@ class StepLR : public LRScheduler {
  public:
   StepLR(Optimizer& opt, int64_t step_size, double gamma = 0.1);
   double lr_at(int64_t epoch, size_t g) const override;
+  const char* name() const override { return "StepLR"; }
   int64_t step_size;
   double gamma;
 };
@@ -44,6 +47,7 @@ class CosineAnnealingLR : public LRScheduler {
  public:
   CosineAnnealingLR(Optimizer& opt, int64_t T_max, double eta_min = 0.0);
   double lr_at(int64_t epoch, size_t g) const override;
+  const char* name() const override { return "CosineAnnealingLR"; }
   int64_t T_max;
   double eta_min;
 };
@@ -54,6 +58,7 @@ class WarmupCosineLR : public LRScheduler {
  public:
   WarmupCosineLR(Optimizer& opt, int64_t warmup_steps, int64_t total_steps, double min_lr = 0.0);
   double lr_at(int64_t epoch, size_t g) const override;
+  const char* name() const override { return "WarmupCosineLR"; }
   int64_t warmup_steps, total_steps;
   double min_lr;
 };
@@ -65,6 +70,7 @@ class OneCycleLR : public LRScheduler {
   OneCycleLR(Optimizer& opt, double max_lr, int64_t total_steps, double pct_start = 0.3, double div_factor = 25.0,
              double final_div_factor = 1e4, bool cycle_momentum = true, double base_momentum = 0.85, double max_momentum = 0.95);
   double lr_at(int64_t epoch, size_t g) const override;
+  const char* name() const override { return "OneCycleLR"; }
   double momentum_at(int64_t epoch) const;
   void on_apply() override;
   double max_lr, pct_start, div_factor, final_div_factor;

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -140,6 +141,11 @@ RunConfig::RunConfig() {
 }
 
 RunConfig RunConfig::from_file(const std::string& path) {
+  std::error_code ec;
+  const auto st = std::filesystem::status(path, ec);
+  LOWBIT_CHECK(std::filesystem::exists(st), "cannot open config file '{}': no such file", path);
+  LOWBIT_CHECK(!std::filesystem::is_directory(st), "config file '{}' is a directory (give a .toml file, e.g. configs/fmnist_mlp.toml)", path);
+  LOWBIT_CHECK(!std::filesystem::is_regular_file(st) || std::filesystem::file_size(path, ec) <= (1u << 20), "config file '{}' is larger than 1 MiB", path);
   std::ifstream in(path);
   LOWBIT_CHECK(in.good(), "cannot open config file '{}'", path);
   std::stringstream ss;
@@ -260,6 +266,22 @@ std::string toml_float(double v) {
 }
 }  // namespace
 
+std::string RunConfig::value_text(const std::string& key) const {
+  const Value& v = at(key);
+  switch (v.index()) {
+    case 0: return std::to_string(std::get<int64_t>(v));
+    case 1: return toml_float(std::get<double>(v));
+    case 2: return std::get<bool>(v) ? "true" : "false";
+    case 3: return toml_string(std::get<std::string>(v));
+    default: {
+      std::string text = "[";
+      const auto& l = std::get<std::vector<int64_t>>(v);
+      for (size_t i = 0; i < l.size(); ++i) text += (i ? ", " : "") + std::to_string(l[i]);
+      return text + "]";
+    }
+  }
+}
+
 // Sections in order of first appearance in the schema, keys in schema order, values in their
 // shortest exact form.
 std::string RunConfig::to_toml() const {
@@ -275,20 +297,7 @@ std::string RunConfig::to_toml() const {
     const auto dot = s.key.find('.');
     const std::string sec = s.key.substr(0, dot), name = s.key.substr(dot + 1);
     if (sec != section) continue;
-    const Value& v = at(s.key);
-    std::string text;
-    switch (v.index()) {
-      case 0: text = std::to_string(std::get<int64_t>(v)); break;
-      case 1: text = toml_float(std::get<double>(v)); break;
-      case 2: text = std::get<bool>(v) ? "true" : "false"; break;
-      case 3: text = toml_string(std::get<std::string>(v)); break;
-      default: {
-        text = "[";
-        const auto& l = std::get<std::vector<int64_t>>(v);
-        for (size_t i = 0; i < l.size(); ++i) text += (i ? ", " : "") + std::to_string(l[i]);
-        text += "]";
-      }
-    }
+    const std::string text = value_text(s.key);
     out += fmt::format("{} = {}\n", name, text);
   }
   }

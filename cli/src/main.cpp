@@ -27,6 +27,11 @@ int main(int argc, char** argv) {
   train->add_flag("--list-keys", list_keys, "list every config key with its default and meaning, then exit");
   std::string resume;
   train->add_option("--resume", resume, "continue a run from a checkpoint written by it");
+  lowbit::cli::RunOptions run_options;
+  train->add_flag("--overwrite", run_options.overwrite,
+                  "delete the outputs of an earlier run in training.run_dir (or, with --resume, those written after the checkpoint) instead of refusing");
+  train->add_flag("--resume-allow-changes", run_options.resume_allow_changes,
+                  "resume even when keys that change the training trajectory differ from the checkpoint's config");
   train->allow_extras();
   auto* inspect = app.add_subcommand("inspect", "show the tensors, sizes and metadata of a lowbit HDF5 checkpoint");
   std::string inspect_path;
@@ -63,20 +68,27 @@ int main(int argc, char** argv) {
       }
       auto cfg = lowbit::cli::RunConfig::from_file(config_path);
       cfg.apply_overrides(train->remaining());
+      lowbit::cli::validate_config(cfg);
       if (print_config) {
         std::printf("%s", cfg.to_toml().c_str());
         return 0;
       }
-      lowbit::cli::train(cfg, isatty(STDOUT_FILENO) != 0, resume);
+      lowbit::cli::train(cfg, isatty(STDOUT_FILENO) != 0, resume, run_options);
     } else if (recipes->parsed()) {
       for (const auto& r : lowbit::qat::list_recipes()) std::printf("%-18s %s\n", r.name.c_str(), r.description.c_str());
     } else if (eval->parsed()) {
       const auto [loss, acc] = lowbit::cli::evaluate_file(eval_path, data_dir);
       std::printf("%s: test loss %.4f, test accuracy %.2f%%\n", eval_path.c_str(), loss, 100 * acc);
     } else if (convert->parsed()) {
-      lowbit::cli::convert_file(conv_in, conv_out, recipe, wdtype, group_size);
-      const auto [loss, acc] = lowbit::cli::evaluate_file(conv_out);
-      std::printf("%s -> %s (%s): test accuracy %.2f%%\n", conv_in.c_str(), conv_out.c_str(), recipe.c_str(), 100 * acc);
+      const auto rep = lowbit::cli::convert_file(conv_in, conv_out, recipe, wdtype, group_size);
+      for (const auto& q : rep.quantized) std::printf("quantized (%s): %s\n", recipe.c_str(), q.c_str());
+      for (const auto& k : rep.kept_in_float) std::printf("kept in float: %s\n", k.c_str());
+      std::printf("%s -> %s (%s): %lld -> %lld bytes of parameters\n", conv_in.c_str(), conv_out.c_str(), recipe.c_str(),
+                  static_cast<long long>(rep.float_bytes), static_cast<long long>(rep.converted_bytes));
+      if (rep.dataset == "fashion_mnist") {
+        const auto [loss, acc] = lowbit::cli::evaluate_file(conv_out);
+        std::printf("%s: test loss %.4f, test accuracy %.2f%%\n", conv_out.c_str(), loss, 100 * acc);
+      }
     } else if (inspect->parsed()) {
       const auto info = lowbit::io::inspect(inspect_path);
       const double ratio = info.stored_bytes ? static_cast<double>(info.float32_bytes) / static_cast<double>(info.stored_bytes) : 0.0;

@@ -152,6 +152,10 @@ void DataLoader::seek(int64_t epoch, int64_t position) {
 
 // ---------------- IDX files ----------------
 namespace {
+// Fashion-MNIST's largest file is 47 MB uncompressed; more than this is not an IDX file of it
+// (a gzip bomb is refused instead of filling memory).
+constexpr size_t kMaxIdxBytes = size_t{256} << 20;
+
 std::vector<unsigned char> read_maybe_gz(const std::string& path) {
   LOWBIT_CHECK(std::filesystem::exists(path), "cannot open '{}': no such file (is the dataset installed? see README)", path);
   gzFile f = gzopen(path.c_str(), "rb");
@@ -167,6 +171,10 @@ std::vector<unsigned char> read_maybe_gz(const std::string& path) {
       throw Error(fmt::format("'{}': corrupt gzip data ({})", path, msg));
     }
     if (n == 0) break;
+    if (out.size() + static_cast<size_t>(n) > kMaxIdxBytes) {
+      gzclose(f);
+      throw Error(fmt::format("'{}': more than {} MiB of data; not a Fashion-MNIST IDX file", path, kMaxIdxBytes >> 20));
+    }
     out.insert(out.end(), buf, buf + n);
   }
   // a truncated gzip stream reads short without an error code from gzread on some zlibs
@@ -211,6 +219,7 @@ std::shared_ptr<TensorDataset> FashionMNIST::load(const std::string& dir_in, boo
   LOWBIT_CHECK(images.size(0) == labels.size(0), "Fashion-MNIST in '{}': {} images but {} labels", dir, images.size(0), labels.size(0));
   LOWBIT_CHECK(images.size(1) == 28 && images.size(2) == 28, "Fashion-MNIST in '{}': images are {}x{}, expected 28x28", dir, images.size(1), images.size(2));
   const int64_t n = images.size(0);
+  LOWBIT_CHECK(n > 0, "Fashion-MNIST in '{}': the {} set has no images", dir, train ? "training" : "test");
   Tensor x = empty({n, 784});
   const uint8_t* src = images.data_ptr<uint8_t>();
   float* dst = x.data_ptr<float>();
@@ -259,10 +268,18 @@ CharCorpus CharCorpus::load(const std::string& path_in, double val_fraction) {
     files.push_back(path);
   }
   std::string text;
+  std::vector<char> buf(1 << 20);
   for (auto& f : files) {
     std::ifstream in(f, std::ios::binary);
     LOWBIT_CHECK(in.good(), "cannot read '{}'", f.string());
-    text.append(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+    while (in) {
+      in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+      const auto n = static_cast<size_t>(in.gcount());
+      LOWBIT_CHECK(text.size() + n <= kMaxBytes, "text corpus '{}' is larger than {} MiB (reading stopped at '{}'); lowbit reads at most {} MiB of text", path,
+                   kMaxBytes >> 20, f.string(), kMaxBytes >> 20);
+      text.append(buf.data(), n);
+    }
+    LOWBIT_CHECK(in.eof(), "cannot read '{}'", f.string());
   }
   LOWBIT_CHECK(text.size() >= 100, "text corpus '{}' holds only {} bytes", path, text.size());
   CharCorpus c;

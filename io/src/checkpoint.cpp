@@ -99,15 +99,16 @@ std::string errno_text(int e) {
   return fmt::format("{} (errno {})", m, e);
 }
 
-// Writes bytes to a new file with every system call checked (a full disk is an error naming
-// errno, never a short file), then fsyncs and closes it.
-void write_file_checked(const std::string& tmp, const std::string& target, const std::vector<char>& bytes) {
-  const int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-  LOWBIT_CHECK(fd >= 0, "{}: cannot create temporary file '{}': {}", target, tmp, errno_text(errno));
+// Writes size bytes to a file opened with flags, every system call checked (a full disk is an
+// error naming errno, never a short file), then fsyncs and closes it. target names the file the
+// caller is producing (in errors).
+void write_fd_checked(const std::string& file, const std::string& target, const char* data, size_t size, int flags) {
+  const int fd = ::open(file.c_str(), flags | O_CLOEXEC, 0644);
+  LOWBIT_CHECK(fd >= 0, "{}: cannot open '{}' for writing: {}", target, file, errno_text(errno));
   size_t done = 0;
   int err = 0;
-  while (done < bytes.size()) {
-    const ssize_t n = ::write(fd, bytes.data() + done, std::min<size_t>(bytes.size() - done, size_t{1} << 30));
+  while (done < size) {
+    const ssize_t n = ::write(fd, data + done, std::min<size_t>(size - done, size_t{1} << 30));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       err = n < 0 ? errno : ENOSPC;
@@ -117,7 +118,10 @@ void write_file_checked(const std::string& tmp, const std::string& target, const
   }
   if (!err && ::fsync(fd) != 0) err = errno;
   if (::close(fd) != 0 && !err) err = errno;
-  LOWBIT_CHECK(!err, "{}: cannot write '{}' ({} of {} bytes written): {}", target, tmp, done, bytes.size(), errno_text(err));
+  LOWBIT_CHECK(!err, "{}: cannot write '{}' ({} of {} bytes written): {}", target, file, done, size, errno_text(err));
+}
+void write_file_checked(const std::string& tmp, const std::string& target, const std::vector<char>& bytes) {
+  write_fd_checked(tmp, target, bytes.data(), bytes.size(), O_WRONLY | O_CREAT | O_TRUNC);
 }
 
 // ---------------- dtypes ----------------
@@ -434,6 +438,7 @@ void save_checkpoint(const std::string& path, const nn::Module& model, const opt
       Hid g(h5::check(H5Gcreate2(file, "/scheduler", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), path, "cannot create '/scheduler'"), H5Gclose);
       h5::write_attr(g, "last_epoch", st.scheduler_last_epoch, path);
       h5::write_attr(g, "name", st.scheduler_name, path);
+      if (sched) h5::write_attr(g, "class", std::string(sched->name()), path);
     }
     if (opt) {
       Hid g(h5::check(H5Gcreate2(file, "/optimizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), path, "cannot create '/optimizer'"), H5Gclose);
@@ -582,6 +587,10 @@ LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Op
       Hid sg = h5::open_group(f.file, "/scheduler", path);
       st.scheduler_last_epoch = h5::read_attr_int(sg, "last_epoch", path, "/scheduler");
       st.scheduler_name = h5::read_attr_string(sg, "name", path, "/scheduler");
+      if (sched && h5::has_attr(sg, "class")) {
+        const std::string cls = h5::read_attr_string(sg, "class", path, "/scheduler");
+        LOWBIT_CHECK(cls == sched->name(), "{}: the scheduler state was saved by {} but is being loaded into {}", path, cls, sched->name());
+      }
     }
     LOWBIT_CHECK(!sched || st.scheduler_last_epoch >= 0, "{}: no scheduler state in this file", path);
     if (loader) {
@@ -682,5 +691,20 @@ FileInfo inspect(const std::string& path) {
   }
   return info;
 }
+
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  try {
+    write_fd_checked(tmp, path, bytes.data(), bytes.size(), O_WRONLY | O_CREAT | O_TRUNC);
+    std::error_code ec;
+    std::filesystem::rename(tmp, path, ec);
+    LOWBIT_CHECK(!ec, "{}: cannot rename temporary file '{}' into place: {}", path, tmp, ec.message());
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
+}
+
+void append_file(const std::string& path, const std::string& bytes) { write_fd_checked(path, path, bytes.data(), bytes.size(), O_WRONLY | O_CREAT | O_APPEND); }
 
 }  // namespace lowbit::io
