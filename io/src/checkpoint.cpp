@@ -664,10 +664,12 @@ FileInfo inspect(const std::string& path) {
     const std::string parent = slash == std::string::npos ? "." : e.path.substr(0, slash);
     const std::string leaf = slash == std::string::npos ? e.path : e.path.substr(slash + 1);
     const std::string parent_path = parent == "." ? "/model" : "/model/" + parent;
-    Hid pg = h5::open_group(model, parent, path);
+    Hid pg = parent == "." ? h5::open_group(f.file, "/model", path) : h5::open_group(model, parent, path);
     const bool quantized = h5::has_attr(pg, "quant_scheme");
-    if (quantized)
-      ti.scheme = h5::read_attr_string(pg, "quant_scheme", path, parent_path) + " " + h5::read_attr_string(pg, "dtype", path, parent_path);
+    if (quantized) {
+      const std::string scheme = h5::read_attr_string(pg, "quant_scheme", path, parent_path);
+      ti.scheme = scheme + " " + h5::read_attr_string(pg, "dtype", path, parent_path);
+    }
     Hid ds = h5::open_dataset(model, e.path, path);
     const TensorMeta m = probe_tensor(ds, path, ti.path);
     ti.dtype = dtype_name(m.dtype);

@@ -1,0 +1,443 @@
+// Hostile files: a generator (HDF5 C API) of files that point outside themselves, declare more
+// than they hold, nest or loop, or carry crafted attributes. Every file must end in a
+// lowbit::Error naming the problem (or a correct load) through the library API and through the
+// lowbit executable, whose exit code, signal, peak memory and time are checked.
+#include <gtest/gtest.h>
+#include <hdf5.h>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+
+#include <lowbit/lowbit.h>
+
+#include "lowbit/cli/config.h"
+#include "lowbit/cli/train.h"
+#include "lowbit/io/checkpoint.h"
+#include "subprocess.h"
+
+using namespace lowbit;
+namespace fs = std::filesystem;
+
+namespace {
+std::string dir() {
+  static const std::string d = [] {
+    const auto p = fs::temp_directory_path() / ("lowbit_hostile_" + std::to_string(::getpid()));
+    fs::remove_all(p);
+    fs::create_directories(p);
+    return p.string();
+  }();
+  return d;
+}
+
+// ---- a tiny HDF5 writing kit (no lowbit code: this is what an attacker's tool would do) ----
+struct File {
+  hid_t id;
+  explicit File(const std::string& path) { id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, H5P_DEFAULT); }
+  ~File() { H5Fclose(id); }
+  operator hid_t() const { return id; }
+};
+void attr_str(hid_t obj, const char* name, const std::string& v) {
+  hid_t t = H5Tcopy(H5T_C_S1);
+  H5Tset_size(t, H5T_VARIABLE);
+  hid_t s = H5Screate(H5S_SCALAR);
+  hid_t a = H5Acreate2(obj, name, t, s, H5P_DEFAULT, H5P_DEFAULT);
+  const char* p = v.c_str();
+  H5Awrite(a, t, &p);
+  H5Aclose(a);
+  H5Sclose(s);
+  H5Tclose(t);
+}
+void attr_int(hid_t obj, const char* name, int64_t v) {
+  hid_t s = H5Screate(H5S_SCALAR);
+  hid_t a = H5Acreate2(obj, name, H5T_STD_I64LE, s, H5P_DEFAULT, H5P_DEFAULT);
+  H5Awrite(a, H5T_NATIVE_INT64, &v);
+  H5Aclose(a);
+  H5Sclose(s);
+}
+hid_t lcpl() {
+  static hid_t p = [] {
+    hid_t q = H5Pcreate(H5P_LINK_CREATE);
+    H5Pset_create_intermediate_group(q, 1);
+    return q;
+  }();
+  return p;
+}
+// A float32 dataset filled with 0.01 * index, with lowbit's dtype attribute.
+void dataset(hid_t f, const std::string& path, std::vector<hsize_t> dims, hid_t dcpl = H5P_DEFAULT, bool write = true, const char* dtype = "float32",
+             hid_t type = H5T_IEEE_F32LE) {
+  hid_t s = dims.empty() ? H5Screate(H5S_SCALAR) : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr);
+  hid_t d = H5Dcreate2(f, path.c_str(), type, s, lcpl(), dcpl, H5P_DEFAULT);
+  if (write) {
+    hsize_t n = 1;
+    for (auto x : dims) n *= x;
+    std::vector<float> v(n);
+    for (hsize_t i = 0; i < n; ++i) v[i] = 0.01f * static_cast<float>(i % 100);
+    H5Dwrite(d, H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data());
+  }
+  if (dtype) attr_str(d, "dtype", dtype);
+  H5Dclose(d);
+  H5Sclose(s);
+}
+
+cli::RunConfig small_config() {
+  cli::RunConfig c;
+  c.set("model.hidden", "[4]");
+  return c;
+}
+// Root attributes of a lowbit model file and the tensors of small_config()'s 784-4-10 MLP.
+void valid_root(hid_t f, const std::string& config = small_config().to_toml(), const std::string& kind = "model") {
+  attr_str(f, "format", "lowbit-checkpoint");
+  attr_int(f, "schema_version", 1);
+  attr_str(f, "kind", kind);
+  attr_str(f, "config", config);
+}
+void valid_model(hid_t f, bool skip_weight0 = false) {
+  if (!skip_weight0) dataset(f, "/model/0/weight", {4, 784});
+  dataset(f, "/model/0/bias", {4});
+  dataset(f, "/model/2/weight", {10, 4});
+  dataset(f, "/model/2/bias", {10});
+}
+std::string other_file() {  // a file outside the model that hostile links point into
+  const std::string p = dir() + "/other.h5";
+  if (!fs::exists(p)) {
+    File o(p);
+    dataset(o, "/w", {4, 784});
+  }
+  return p;
+}
+
+struct Case {
+  std::string name;
+  std::function<void(hid_t)> make;
+  std::string load_error;     // expected in load/read/eval errors ("" = loads)
+  std::string inspect_error;  // expected from inspect ("" = inspect succeeds)
+  // whether loading into small_config()'s float model names the problem (files whose problem
+  // lies in parts a float model never reads, such as quantized groups or the config, fail that
+  // load as a key mismatch instead, and name the problem where lowbit rebuilds the model)
+  bool float_load_names_it = true;
+};
+
+std::vector<Case> cases() {
+  std::vector<Case> c;
+  c.push_back({"valid", [](hid_t f) { valid_root(f); valid_model(f); }, "", ""});
+  c.push_back({"external_storage",
+               [](hid_t f) {
+                 valid_root(f);
+                 valid_model(f, true);
+                 hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+                 H5Pset_external(dcpl, "/etc/passwd", 0, 4 * 784 * 4);
+                 dataset(f, "/model/0/weight", {4, 784}, dcpl, false);
+                 H5Pclose(dcpl);
+               },
+               "external storage", "external storage"});
+  c.push_back({"external_link",
+               [](hid_t f) {
+                 valid_root(f);
+                 valid_model(f, true);
+                 H5Lcreate_external(other_file().c_str(), "/w", f, "/model/0/weight", lcpl(), H5P_DEFAULT);
+               },
+               "external link", "external link"});
+  c.push_back({"soft_link_dataset",
+               [](hid_t f) {
+                 valid_root(f);
+                 valid_model(f, true);
+                 dataset(f, "/stash/w", {4, 784});
+                 H5Lcreate_soft("/stash/w", f, "/model/0/weight", lcpl(), H5P_DEFAULT);
+               },
+               "soft link", "soft link"});
+  c.push_back({"soft_link_model_group",
+               [](hid_t f) {
+                 valid_root(f);
+                 dataset(f, "/stash/0/weight", {4, 784});
+                 H5Lcreate_soft("/stash", f, "/model", lcpl(), H5P_DEFAULT);
+               },
+               "soft link", "soft link"});
+  c.push_back({"virtual_dataset",
+               [](hid_t f) {
+                 valid_root(f);
+                 valid_model(f, true);
+                 hsize_t dims[2] = {4, 784};
+                 hid_t vspace = H5Screate_simple(2, dims, nullptr), sspace = H5Screate_simple(2, dims, nullptr);
+                 hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+                 H5Pset_virtual(dcpl, vspace, other_file().c_str(), "/w", sspace);
+                 hid_t d = H5Dcreate2(f, "/model/0/weight", H5T_IEEE_F32LE, vspace, H5P_DEFAULT, dcpl, H5P_DEFAULT);
+                 H5Dclose(d);
+                 H5Pclose(dcpl);
+                 H5Sclose(vspace);
+                 H5Sclose(sspace);
+               },
+               "virtual dataset", "virtual dataset"});
+  for (int bits : {28, 33}) {
+    c.push_back({"declared_size_2^" + std::to_string(bits),
+                 [bits](hid_t f) {
+                   valid_root(f);
+                   valid_model(f, true);
+                   hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+                   hsize_t chunk[2] = {1, 1 << 16};
+                   H5Pset_chunk(dcpl, 2, chunk);
+                   if (bits > 30) H5Pset_deflate(dcpl, 9);
+                   dataset(f, "/model/0/weight", {hsize_t{1} << (bits - 16), hsize_t{1} << 16}, dcpl, false);
+                   H5Pclose(dcpl);
+                 },
+                 "declares", "declares"});
+  }
+  c.push_back({"model_size_bomb_in_config",
+               [](hid_t f) {
+                 auto cfg = small_config();
+                 cfg.set("model.hidden", "[16000, 16000]");
+                 valid_root(f, cfg.to_toml());
+                 valid_model(f);
+               },
+               "at least", "", false});
+  c.push_back({"invalid_config_attribute",
+               [](hid_t f) {
+                 valid_root(f, "[optimizer]\nlr = nan\n[model]\nhidden = [4]\n");
+                 valid_model(f);
+               },
+               "optimizer.lr", "", false});
+  c.push_back({"deep_nesting",
+               [](hid_t f) {
+                 valid_root(f);
+                 valid_model(f);
+                 std::string p = "/model/n";
+                 for (int i = 0; i < 3000; ++i) p += "/n";
+                 dataset(f, p + "/x", {1});
+               },
+               "nested deeper", "nested deeper"});
+  c.push_back({"hard_link_loop",
+               [](hid_t f) {
+                 valid_root(f);
+                 valid_model(f);
+                 H5Lcreate_hard(f, "/model", f, "/model/0/loop", H5P_DEFAULT, H5P_DEFAULT);
+               },
+               "reached twice", "reached twice"});
+  c.push_back({"too_many_objects",
+               [](hid_t f) {
+                 valid_root(f);
+                 valid_model(f);
+                 hid_t g = H5Gcreate2(f, "/model/many", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+                 for (int i = 0; i < 70000; ++i) H5Lcreate_hard(f, "/model/0/bias", g, std::to_string(i).c_str(), H5P_DEFAULT, H5P_DEFAULT);
+                 H5Gclose(g);
+               },
+               "objects", "objects"});
+  auto quant_group = [](hid_t f, std::function<void(hid_t)> attrs) {
+    valid_root(f);
+    valid_model(f, true);
+    hid_t codes = H5Pcreate(H5P_DATASET_CREATE);
+    dataset(f, "/model/0/qdata", {4, 392}, codes, true, "uint8", H5T_STD_U8LE);
+    H5Pclose(codes);
+    dataset(f, "/model/0/scale", {4, 24});
+    hid_t g = H5Gopen2(f, "/model/0", H5P_DEFAULT);
+    attrs(g);
+    H5Gclose(g);
+  };
+  c.push_back({"quantized_missing_dtype", [quant_group](hid_t f) { quant_group(f, [](hid_t g) { attr_str(g, "quant_scheme", "8da4w"); }); },
+               "missing attribute 'dtype'", "missing attribute 'dtype'", false});
+  c.push_back({"quantized_nonstring_scheme", [quant_group](hid_t f) {
+                 quant_group(f, [](hid_t g) {
+                   attr_int(g, "quant_scheme", 7);
+                   attr_str(g, "dtype", "int4");
+                 });
+               },
+               "not a string", "not a string", false});
+  c.push_back({"quantized_shape_overflow",
+               [quant_group](hid_t f) {
+                 quant_group(f, [](hid_t g) {
+                   attr_str(g, "quant_scheme", "8da4w");
+                   attr_str(g, "dtype", "int4");
+                   attr_str(g, "shape", "[99999999999999999999999, 784]");
+                 });
+               },
+               "impossible dimension", "impossible dimension", false});
+  c.push_back({"quantized_shape_claims_too_much",
+               [quant_group](hid_t f) {
+                 quant_group(f, [](hid_t g) {
+                   attr_str(g, "quant_scheme", "8da4w");
+                   attr_str(g, "dtype", "int4");
+                   attr_str(g, "shape", "[4000000, 7840]");
+                 });
+               },
+               "claims", "claims", false});
+  c.push_back({"dtype_attribute_lies",
+               [](hid_t f) {
+                 valid_root(f);
+                 valid_model(f, true);
+                 dataset(f, "/model/0/weight", {4, 784}, H5P_DEFAULT, true, "float32", H5T_STD_I32LE);
+               },
+               "says dtype float32", "says dtype float32"});
+  c.push_back({"unknown_dtype_attribute",
+               [](hid_t f) {
+                 valid_root(f);
+                 valid_model(f, true);
+                 dataset(f, "/model/0/weight", {4, 784}, H5P_DEFAULT, true, "complex64");
+               },
+               "unknown dtype attribute 'complex64'", "unknown dtype attribute 'complex64'"});
+  c.push_back({"bool_out_of_range",
+               [](hid_t f) {
+                 valid_root(f);
+                 valid_model(f);
+                 hsize_t n = 3;
+                 hid_t s = H5Screate_simple(1, &n, nullptr);
+                 hid_t d = H5Dcreate2(f, "/model/flag", H5T_STD_U8LE, s, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+                 const uint8_t v[3] = {0, 1, 7};
+                 H5Dwrite(d, H5T_NATIVE_UINT8, H5S_ALL, H5S_ALL, H5P_DEFAULT, v);
+                 attr_str(d, "dtype", "bool");
+                 H5Dclose(d);
+                 H5Sclose(s);
+               },
+               "", ""});  // the model has no such key: strict loads report it; read_model_tensors must refuse the value (checked below)
+  c.push_back({"foreign_filter",
+               [](hid_t f) {
+                 valid_root(f);
+                 valid_model(f, true);
+                 hid_t dcpl = H5Pcreate(H5P_DATASET_CREATE);
+                 hsize_t chunk[2] = {4, 784};
+                 H5Pset_chunk(dcpl, 2, chunk);
+                 H5Pset_scaleoffset(dcpl, H5Z_SO_FLOAT_DSCALE, 2);
+                 dataset(f, "/model/0/weight", {4, 784}, dcpl);
+                 H5Pclose(dcpl);
+               },
+               "filter", "filter"});
+  c.push_back({"rank_9",
+               [](hid_t f) {
+                 valid_root(f);
+                 valid_model(f);
+                 dataset(f, "/model/extra", {1, 1, 1, 1, 1, 1, 1, 1, 1});
+               },
+               "rank", "rank"});
+  c.push_back({"named_datatype_in_model",
+               [](hid_t f) {
+                 valid_root(f);
+                 valid_model(f);
+                 hid_t t = H5Tcopy(H5T_NATIVE_INT);
+                 H5Tcommit2(f, "/model/type", t, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+                 H5Tclose(t);
+               },
+               "neither a group nor a dataset", "neither a group nor a dataset"});
+  c.push_back({"format_not_a_string",
+               [](hid_t f) {
+                 attr_int(f, "format", 1);
+                 valid_model(f);
+               },
+               "not a string", "not a string"});
+  c.push_back({"schema_version_string",
+               [](hid_t f) {
+                 attr_str(f, "format", "lowbit-checkpoint");
+                 attr_str(f, "schema_version", "1");
+                 valid_model(f);
+               },
+               "wrong type", "wrong type"});
+  c.push_back({"unknown_kind", [](hid_t f) { valid_root(f, small_config().to_toml(), "pickle"); valid_model(f); }, "unknown checkpoint kind", "unknown checkpoint kind"});
+  c.push_back({"negative_step",
+               [](hid_t f) {
+                 valid_root(f, small_config().to_toml(), "training");
+                 attr_int(f, "step", -5);
+                 valid_model(f);
+                 hid_t r = H5Gcreate2(f, "/rng", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+                 attr_int(r, "default_seed", 0);
+                 attr_int(r, "default_offset", 0);
+                 H5Gclose(r);
+                 hid_t d = H5Gcreate2(f, "/data", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+                 attr_int(d, "epoch", 0);
+                 attr_int(d, "position", 0);
+                 attr_int(d, "shuffle_seed", 0);
+                 H5Gclose(d);
+               },
+               "step", ""});
+  return c;
+}
+
+std::string make(const Case& c) {
+  H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  const std::string p = dir() + "/" + c.name + ".h5";
+  {
+    File f(p);
+    c.make(f);
+  }
+  return p;
+}
+
+// The error a call throws ("" when it returns).
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
+}
+
+std::string lowbit_exe() { return LOWBIT_EXE; }
+}  // namespace
+
+TEST(HostileFiles, LibraryRefusesEachClassByName) {
+  for (const auto& c : cases()) {
+    SCOPED_TRACE(c.name);
+    const std::string path = make(c);
+    const std::string inspect_err = error_of([&] { io::inspect(path); });
+    if (c.inspect_error.empty()) EXPECT_EQ(inspect_err, "");
+    else EXPECT_NE(inspect_err.find(c.inspect_error), std::string::npos) << inspect_err;
+    EXPECT_EQ(inspect_err.find(path) == std::string::npos && !inspect_err.empty(), false) << "errors name the file: " << inspect_err;
+
+    // loading into the model the file's config describes (what lowbit eval does)
+    auto model = cli::build_model(small_config());
+    const std::string load_err = error_of([&] { io::load_checkpoint(path, *model); });
+    const std::string conv_out = dir() + "/" + c.name + ".converted.h5";
+    const std::string conv_err = error_of([&] { cli::convert_file(path, conv_out, "8da4w", "int4", 16); });
+    if (c.load_error.empty()) {
+      if (c.name == "bool_out_of_range") {
+        EXPECT_NE(load_err.find("unexpected key 'flag'"), std::string::npos) << load_err;
+        const std::string read_err = error_of([&] { io::read_model_tensors(path); });
+        EXPECT_NE(read_err.find("holds the value 7"), std::string::npos) << read_err;
+      } else {
+        EXPECT_EQ(load_err, "");
+        EXPECT_EQ(conv_err, "");
+        EXPECT_TRUE(fs::exists(conv_out));
+      }
+    } else {
+      // the converter rebuilds the model from the file: it must refuse too, and write nothing
+      EXPECT_NE(conv_err.find(c.load_error), std::string::npos) << conv_err;
+      EXPECT_FALSE(fs::exists(conv_out)) << "convert wrote a file for a refused input";
+      if (c.float_load_names_it) EXPECT_NE(load_err.find(c.load_error), std::string::npos) << load_err;
+    }
+  }
+}
+
+TEST(HostileFiles, ExecutableEndsInAnErrorWithinMemoryAndTime) {
+  // each file through `lowbit inspect` and `lowbit eval` in a child process: exit code 0 or 1
+  // (never a signal), an error naming the problem, at most 1 GiB of address space (outside ASan)
+  // and 400 MB resident; the deadline only catches hangs
+  const bool have_data = fs::exists(data::FashionMNIST::default_dir() + "/t10k-images-idx3-ubyte.gz");
+  for (const auto& c : cases()) {
+    SCOPED_TRACE(c.name);
+    const std::string path = make(c);
+    for (const char* cmd : {"inspect", "eval"}) {
+      const auto r = lowbit::testing::run_process({lowbit_exe(), cmd, path}, dir() + "/out.txt", uint64_t{1} << 30, 120.0);
+      EXPECT_FALSE(r.timed_out) << cmd;
+      EXPECT_EQ(r.signal, 0) << cmd << " died with signal " << r.signal << "\n" << r.output;
+      EXPECT_LT(r.max_rss_kb, 400 * 1024) << cmd;
+      const std::string& expected = std::string(cmd) == "inspect" ? c.inspect_error : c.load_error;
+      if (expected.empty() && (std::string(cmd) == "inspect" || have_data) && c.name != "bool_out_of_range") {
+        EXPECT_EQ(r.exit_code, 0) << cmd << "\n" << r.output;
+      } else if (!expected.empty()) {
+        EXPECT_EQ(r.exit_code, 1) << cmd << "\n" << r.output;
+        EXPECT_NE(r.output.find("lowbit: error: " + path), std::string::npos) << r.output;
+        EXPECT_NE(r.output.find(expected), std::string::npos) << r.output;
+      }
+      std::printf("  %-32s %-8s exit %d, %.2f s, peak RSS %ld MB\n", c.name.c_str(), cmd, r.exit_code, r.seconds, r.max_rss_kb / 1024);
+    }
+  }
+}
+
+TEST(HostileFiles, NotHdf5AndEmptyFiles) {
+  const std::string junk = dir() + "/junk.h5", empty_file = dir() + "/empty.h5";
+  std::ofstream(junk) << "this is not an HDF5 file, just text pretending to be one";
+  std::ofstream{empty_file};
+  for (const auto& p : {junk, empty_file}) {
+    const std::string e = error_of([&] { io::inspect(p); });
+    EXPECT_NE(e.find("not an HDF5 file"), std::string::npos) << e;
+  }
+  EXPECT_NE(error_of([&] { io::inspect(dir()); }).find("not a regular file"), std::string::npos);
+}
