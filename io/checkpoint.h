@@ -89,6 +89,15 @@ struct FileInfo {
 };
 FileInfo inspect(const std::string& path);
 
+/// Reads every part of a file the way the loaders do -- every link, attribute, string and
+/// tensor, under the same checks -- and throws lowbit::Error on the first problem. isolated:
+/// do it in a child process (fork) and turn a crash there into an Error, so that a malformed
+/// file that crashes the HDF5 library itself (HDF5 1.10 trusts some on-disk indices, e.g. of
+/// its global heap) cannot take the caller down. The lowbit executable verifies every file it
+/// is given this way before loading it; library users loading untrusted files should too.
+/// Fork from a process without running threads (before training starts).
+void verify_file(const std::string& path, bool isolated = true);
+
 /// Writes bytes to path atomically: a temporary file beside it, every write checked (a full disk
 /// is an error naming errno, and the temporary file is removed), fsync, rename over path.
 void write_file_atomic(const std::string& path, const std::string& bytes);

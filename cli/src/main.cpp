@@ -73,13 +73,16 @@ int main(int argc, char** argv) {
         std::printf("%s", cfg.to_toml().c_str());
         return 0;
       }
+      if (!resume.empty()) lowbit::io::verify_file(resume);  // a malformed file fails here, in a child process
       lowbit::cli::train(cfg, isatty(STDOUT_FILENO) != 0, resume, run_options);
     } else if (recipes->parsed()) {
       for (const auto& r : lowbit::qat::list_recipes()) std::printf("%-18s %s\n", r.name.c_str(), r.description.c_str());
     } else if (eval->parsed()) {
+      lowbit::io::verify_file(eval_path);
       const auto [loss, acc] = lowbit::cli::evaluate_file(eval_path, data_dir);
       std::printf("%s: test loss %.4f, test accuracy %.2f%%\n", eval_path.c_str(), loss, 100 * acc);
     } else if (convert->parsed()) {
+      lowbit::io::verify_file(conv_in);
       const auto rep = lowbit::cli::convert_file(conv_in, conv_out, recipe, wdtype, group_size);
       for (const auto& q : rep.quantized) std::printf("quantized (%s): %s\n", recipe.c_str(), q.c_str());
       for (const auto& k : rep.kept_in_float) std::printf("kept in float: %s\n", k.c_str());
@@ -90,6 +93,7 @@ int main(int argc, char** argv) {
         std::printf("%s: test loss %.4f, test accuracy %.2f%%\n", conv_out.c_str(), loss, 100 * acc);
       }
     } else if (inspect->parsed()) {
+      lowbit::io::verify_file(inspect_path);
       const auto info = lowbit::io::inspect(inspect_path);
       const double ratio = info.stored_bytes ? static_cast<double>(info.float32_bytes) / static_cast<double>(info.stored_bytes) : 0.0;
       if (as_json) {

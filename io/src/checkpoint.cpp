@@ -1,10 +1,13 @@
 #include "lowbit/io/checkpoint.h"
 
 #include <fcntl.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
 
 #include <cctype>
+#include <csignal>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -692,6 +695,79 @@ FileInfo inspect(const std::string& path) {
     info.tensors.push_back(ti);
   }
   return info;
+}
+
+namespace {
+void verify_in_process(const std::string& path) {
+  OpenedFile f = open_checkpoint(path);
+  (void)h5::attrs_as_text(f.file);
+  (void)inspect(path);
+  Hid root = h5::open_group(f.file, "/", path);
+  for (const auto& e : h5::walk(root, "", path)) {
+    const std::string p = "/" + e.path;
+    if (e.type == H5O_TYPE_GROUP) {
+      Hid g = h5::open_group(f.file, p, path);
+      for (const auto& [k, v] : h5::attrs_as_text(g)) LOWBIT_CHECK(v != "<unreadable>", "{}: attribute '{}' of '{}' cannot be read", path, k, p);
+      continue;
+    }
+    LOWBIT_CHECK(e.type == H5O_TYPE_DATASET, "{}: '{}' is neither a group nor a dataset", path, p);
+    Hid ds = h5::open_dataset(f.file, p, path);
+    for (const auto& [k, v] : h5::attrs_as_text(ds)) LOWBIT_CHECK(v != "<unreadable>", "{}: attribute '{}' of '{}' cannot be read", path, k, p);
+    Hid t(h5::check(H5Dget_type(ds), path, "cannot read the type of '" + p + "'"), H5Tclose);
+    if (H5Tget_class(t) == H5T_STRING) {
+      (void)h5::read_strings(f.file, p, path);
+    } else {
+      (void)read_tensor(f.file, p, path);
+    }
+  }
+}
+}  // namespace
+
+void verify_file(const std::string& path, bool isolated) {
+  if (!isolated) return verify_in_process(path);
+  int fds[2];
+  LOWBIT_CHECK(::pipe(fds) == 0, "{}: cannot verify the file: pipe failed: {}", path, errno_text(errno));
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(fds[0]);
+    ::close(fds[1]);
+    throw Error(fmt::format("{}: cannot verify the file: fork failed: {}", path, errno_text(errno)));
+  }
+  if (pid == 0) {  // child: report an Error's message through the pipe, exit without cleanup
+    ::close(fds[0]);
+    int code = 0;
+    std::string msg;
+    try {
+      verify_in_process(path);
+    } catch (const std::exception& e) {
+      msg = e.what();
+      code = 1;
+    }
+    for (size_t done = 0; done < msg.size();) {
+      const ssize_t n = ::write(fds[1], msg.data() + done, msg.size() - done);
+      if (n <= 0) break;
+      done += static_cast<size_t>(n);
+    }
+    ::_exit(code);
+  }
+  ::close(fds[1]);
+  std::string msg;
+  char buf[4096];
+  while (true) {
+    const ssize_t n = ::read(fds[0], buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    if (msg.size() < (1u << 20)) msg.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fds[0]);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+  }
+  if (WIFSIGNALED(status))
+    throw Error(fmt::format("{}: malformed HDF5 file: parsing it crashed the HDF5 library (signal {}, {}); refusing it", path, WTERMSIG(status),
+                            strsignal(WTERMSIG(status))));
+  LOWBIT_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "{}", msg.empty() ? path + ": verification failed" : msg);
 }
 
 void write_file_atomic(const std::string& path, const std::string& bytes) {
