@@ -1,6 +1,7 @@
 // Reading torchao's golden vectors (shared/golden/*.h5, see its README) with the HDF5 C API.
 // The directory comes from $LOWBIT_GOLDEN_DIR, else ../shared/golden beside the project root.
 #pragma once
+#include <gtest/gtest.h>
 #include <hdf5.h>
 
 #include <cstdlib>
@@ -18,6 +19,17 @@ inline std::string golden_dir() {
   if (env && *env) return env;
   return std::string(LOWBIT_SOURCE_DIR) + "/../shared/golden";
 }
+
+/// Path of a golden file. When $LOWBIT_GOLDEN_DIR is set (CI sets it) a missing file is a test
+/// failure; otherwise a missing file skips the test, visibly (ctest reports it as skipped
+/// through gtest's "[  SKIPPED ]" marker, with the reason).
+#define LOWBIT_GOLDEN_FILE(var, name)                                                                                              \
+  const std::string var = ::lowbit::testing::golden_dir() + "/" + (name);                                                          \
+  if (!std::filesystem::exists(var)) {                                                                                             \
+    const char* env_ = std::getenv("LOWBIT_GOLDEN_DIR");                                                                            \
+    if (env_ && *env_) FAIL() << "golden file " << var << " is missing (LOWBIT_GOLDEN_DIR is set, so every golden file must exist)"; \
+    GTEST_SKIP() << "golden file not found: " << var << " (set LOWBIT_GOLDEN_DIR to ../shared/golden)";                              \
+  }
 
 /// Every case group (a group with a "status" attribute) in a golden file, by path.
 inline std::vector<std::string> golden_cases(hid_t file) {

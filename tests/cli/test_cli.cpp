@@ -7,6 +7,7 @@
 #include "lowbit/cli/config.h"
 #include "lowbit/cli/train.h"
 #include "lowbit/io/checkpoint.h"
+#include "lowbit/qat/recipes.h"
 #include <lowbit/lowbit.h>
 
 #include "test_util.h"
@@ -53,10 +54,27 @@ TEST(RunConfig, ErrorsNameTheKey) {
 }
 
 TEST(Train, ShippedConfigsParse) {
-  for (const char* f : {"fmnist_mlp.toml", "fmnist_qat.toml", "gpt_chars.toml"}) {
-    auto cfg = RunConfig::from_file(std::string(LOWBIT_SOURCE_DIR) + "/configs/" + f);
-    EXPECT_FALSE(cfg.to_toml().empty());
+  // every shipped config, loaded the way `lowbit train` loads it: parsed, validated, its model
+  // built and its quantize recipe resolved and applied
+  int seen = 0;
+  for (const auto& e : std::filesystem::directory_iterator(std::string(LOWBIT_SOURCE_DIR) + "/configs")) {
+    if (e.path().extension() != ".toml") continue;
+    SCOPED_TRACE(e.path().string());
+    ++seen;
+    auto cfg = RunConfig::from_file(e.path().string());
+    EXPECT_NO_THROW(validate_config(cfg));
+    auto model = build_model(cfg);
+    ASSERT_GT(model->num_parameters(), 0);
+    EXPECT_GE(model->num_parameters(), min_parameters(cfg));
+    if (cfg.get_string("quantize.recipe") != "none") {
+      const auto q = qat::recipe_config(cfg.get_string("quantize.recipe"), cfg.get_string("quantize.weight_dtype"), cfg.get_int("quantize.group_size"));
+      auto prepared = qat::quantize_(model, qat::QATConfig(q, "prepare"), qat::compatible_linears(*q));
+      int fake = 0;
+      for (const auto& [name, m] : prepared->named_modules()) fake += m->type_name() == "FakeQuantizedLinear";
+      EXPECT_GT(fake, 0) << "the recipe quantizes no layer of the shipped model";
+    }
   }
+  EXPECT_GE(seen, 3);
 }
 
 TEST(Train, FashionMnistShortRunWritesConfigAndMetrics) {

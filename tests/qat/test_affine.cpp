@@ -25,8 +25,7 @@ MappingType parse_mapping(const std::string& s) {
 
 TEST(AffineGolden, EveryCaseBitExact) {
   namespace t = lowbit::testing;
-  const std::string path = t::golden_dir() + "/affine.h5";
-  if (!std::filesystem::exists(path)) GTEST_SKIP() << "golden file not found: " << path << " (set LOWBIT_GOLDEN_DIR)";
+  LOWBIT_GOLDEN_FILE(path, "affine.h5");
   hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   ASSERT_GE(f, 0);
   const auto cases = t::golden_cases(f);

@@ -52,8 +52,7 @@ bool is_asym_per_group(const IntxFakeQuantizeConfig& c) {
 
 TEST(QatGolden, FakeQuantizerCases) {
   namespace t = lowbit::testing;
-  const std::string path = t::golden_dir() + "/qat.h5";
-  if (!std::filesystem::exists(path)) GTEST_SKIP() << "golden file not found: " << path << " (set LOWBIT_GOLDEN_DIR)";
+  LOWBIT_GOLDEN_FILE(path, "qat.h5");
   hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   int exact = 0, divergent = 0;
   for (const auto& name : t::golden_cases(f)) {
@@ -111,8 +110,7 @@ TEST(QatGolden, FakeQuantizerCases) {
 
 TEST(QatGolden, FakeQuantizedLinear) {
   namespace t = lowbit::testing;
-  const std::string path = t::golden_dir() + "/qat.h5";
-  if (!std::filesystem::exists(path)) GTEST_SKIP() << "golden file not found: " << path;
+  LOWBIT_GOLDEN_FILE(path, "qat.h5");
   hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   for (const char* name : {"fake_quantized_linear_int8pt_asym_int4g32_sym/bias_False", "fake_quantized_linear_int8pt_asym_int4g32_sym/bias_True"}) {
     SCOPED_TRACE(name);

@@ -22,8 +22,7 @@ std::shared_ptr<nn::Sequential> one_linear(const Tensor& w) {
 
 TEST(QatGolden, EightDaFourW) {
   namespace t = lowbit::testing;
-  const std::string path = t::golden_dir() + "/qat.h5";
-  if (!std::filesystem::exists(path)) GTEST_SKIP() << "golden file not found: " << path;
+  LOWBIT_GOLDEN_FILE(path, "qat.h5");
   hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
   struct Case {
     const char* name;
