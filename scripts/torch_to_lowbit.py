@@ -1,12 +1,19 @@
 #!/usr/bin/env python3
 """Write a PyTorch state_dict (or any dict of arrays) as a lowbit HDF5 model file.
 
-    python3 scripts/torch_to_lowbit.py model.pt out.h5     # a torch.save'd state_dict (needs torch)
+    python3 scripts/torch_to_lowbit.py model.pt out.h5 --config run.toml   # torch.save'd state_dict (needs torch)
+    python3 scripts/torch_to_lowbit.py arrays.npz out.h5 --config run.toml # numpy arrays, no torch needed
 
 or, from Python:
 
     from torch_to_lowbit import write_state_dict
-    write_state_dict("out.h5", model.state_dict())
+    write_state_dict("out.h5", model.state_dict(), config=open("run.toml").read())
+
+--config / config=: a lowbit run config (TOML, e.g. `lowbit train configs/fmnist_mlp.toml
+--model.hidden "[256]" --print-config > run.toml`) describing the model the tensors belong to.
+It is stored in the file's `config` attribute; `lowbit eval` and `lowbit convert` rebuild the
+model from it and refuse a file without one. `lowbit::io::load_checkpoint` into a model you
+build yourself does not need it.
 
 Tensors go to /model/<name with '.' replaced by '/'> with a "dtype" attribute; bfloat16 is
 stored as its uint16 bits. The root attributes make the file a schema-1 lowbit "model" file
@@ -32,7 +39,9 @@ def _to_numpy(value):
         if t.dtype == torch.bfloat16:
             return t.view(torch.int16).numpy().view(np.uint16), "bfloat16"
         value = t.numpy()
-    arr = np.ascontiguousarray(value)
+    arr = np.asarray(value)  # np.ascontiguousarray would turn a 0-dim tensor into shape (1,)
+    if not arr.flags.c_contiguous:
+        arr = arr.copy(order="C")
     if arr.dtype not in _DTYPES:
         raise ValueError(f"unsupported dtype {arr.dtype}")
     if arr.dtype == np.bool_:
@@ -55,8 +64,32 @@ def write_state_dict(path, state_dict, config=""):
             ds.attrs["dtype"] = dtype
 
 
+def main(argv):
+    import argparse
+    import tomllib
+
+    ap = argparse.ArgumentParser(description="Write a PyTorch state_dict (.pt) or numpy arrays (.npz) as a lowbit model file.")
+    ap.add_argument("input", help="state_dict saved with torch.save (.pt), or a .npz of arrays named like the state_dict")
+    ap.add_argument("output", help="lowbit model file (.h5)")
+    ap.add_argument("--config", help="lowbit run config (TOML) describing the model; needed by lowbit eval / convert")
+    a = ap.parse_args(argv)
+    config = ""
+    if a.config:
+        with open(a.config, "rb") as f:
+            raw = f.read()
+        tomllib.loads(raw.decode())  # a syntax error fails here, not in lowbit later
+        config = raw.decode()
+    else:
+        print("torch_to_lowbit: no --config given: lowbit::io::load_checkpoint reads the file, but lowbit eval and "
+              "lowbit convert need the run config that describes the model", file=sys.stderr)
+    if a.input.endswith(".npz"):
+        with np.load(a.input) as z:
+            state = {k: z[k] for k in z.files}
+    else:
+        import torch
+        state = torch.load(a.input, map_location="cpu")
+    write_state_dict(a.output, state, config=config)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 3:
-        sys.exit("usage: torch_to_lowbit.py STATE_DICT.pt OUT.h5")
-    import torch
-    write_state_dict(sys.argv[2], torch.load(sys.argv[1], map_location="cpu"))
+    main(sys.argv[1:])

@@ -47,3 +47,18 @@ inp = os.path.join(work, "from_h5py.h5")
 write_state_dict(inp, {name: expected(k, shape) for k, (name, shape) in enumerate(NAMES)})
 subprocess.run([tool, "read", inp], check=True)
 print("lowbit loaded the h5py file")
+
+# 3. the command line: a .npz with a 0-dim tensor and --config; the config is stored verbatim and
+#    the 0-dim tensor keeps its shape ()
+npz, cfg, out3 = os.path.join(work, "state.npz"), os.path.join(work, "run.toml"), os.path.join(work, "from_cli.h5")
+np.savez(npz, **{"0.weight": expected(0, (3, 4)), "scale": np.float32(0.5)})
+with open(cfg, "w") as f:
+    f.write('[model]\ntype = "mlp"\nhidden = [3]\n')
+script = os.path.join(os.path.dirname(__file__), "..", "..", "scripts", "torch_to_lowbit.py")
+subprocess.run([sys.executable, script, npz, out3, "--config", cfg], check=True)
+with h5py.File(out3, "r") as f:
+    assert f.attrs["config"] == '[model]\ntype = "mlp"\nhidden = [3]\n', f.attrs["config"]
+    assert f["model/scale"].shape == (), f["model/scale"].shape
+    assert f["model/scale"][()] == np.float32(0.5)
+    assert f["model/0/weight"].shape == (3, 4)
+print("torch_to_lowbit.py CLI: config stored, 0-dim tensor kept as a scalar")
