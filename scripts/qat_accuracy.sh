@@ -13,7 +13,7 @@ configs=("8da4w int4 32" "8da-intx int3 16" "8da-intx int2 16" "8da-intx int2 0"
 # repeats the same float32 phase: same config, same seed, so the same float32 accuracy)
 for seed in 0 1 2; do
   fdir="$out/float_s${seed}"
-  [ -f "$fdir/model.h5" ] || "$build/lowbit" train "$root/configs/fmnist_mlp.toml" --training.seed "$seed" --training.run_dir "$fdir" >"$fdir.log" 2>&1
+  [ -f "$fdir/model.h5" ] || "$build/lowbit" train "$root/configs/fmnist_mlp.toml" --training.seed "$seed" --training.run_dir "$fdir" --overwrite >"$fdir.log" 2>&1
   for c in "${configs[@]}"; do
     read -r recipe dtype group <<<"$c"
     key="${recipe}_${dtype}_g${group}"
@@ -22,7 +22,7 @@ for seed in 0 1 2; do
     dir="$out/${key}_qat_s${seed}"
     [ -f "$dir/metrics.jsonl" ] && grep -q '"converted"' "$dir/metrics.jsonl" && continue
     "$build/lowbit" train "$root/configs/fmnist_qat.toml" --training.seed "$seed" --training.run_dir "$dir" --quantize.recipe "$recipe" \
-      --quantize.weight_dtype "$dtype" --quantize.group_size "$group" --quantize.mode qat >"$dir.log" 2>&1
+      --quantize.weight_dtype "$dtype" --quantize.group_size "$group" --quantize.mode qat --overwrite >"$dir.log" 2>&1
     tail -n 2 "$dir.log" | head -n 1
   done
 done
