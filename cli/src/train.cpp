@@ -231,6 +231,10 @@ void validate_config(const RunConfig& cfg) {
   check_finite_positive(cfg, "lr_scheduler.min_lr", true);
   check_finite_positive(cfg, "lr_scheduler.gamma");
   check_finite_positive(cfg, "lr_scheduler.max_lr");
+  if (cfg.get_string("lr_scheduler.name") == "warmup_cosine" && cfg.get_int("training.max_steps") > 0)
+    LOWBIT_CHECK(cfg.get_int("lr_scheduler.warmup_steps") < cfg.get_int("training.max_steps"),
+                 "lr_scheduler.warmup_steps ({}) must be below training.max_steps ({})", cfg.get_int("lr_scheduler.warmup_steps"),
+                 cfg.get_int("training.max_steps"));
   // training
   check_int(cfg, "training.epochs", 1, "positive");
   check_int(cfg, "training.max_steps", 0, ">= 0 (0 = epochs decide)");
@@ -430,6 +434,12 @@ std::pair<double, double> evaluate_file(const std::string& path, const std::stri
 ConvertReport convert_file(const std::string& in, const std::string& out, const std::string& recipe, const std::string& weight_dtype, int64_t group_size) {
   RunConfig cfg;
   const auto q = qat::recipe_config(recipe, weight_dtype, group_size);  // an unknown recipe fails before the input is read
+  {
+    const RunConfig stored = stored_config(io::inspect(in), in);
+    LOWBIT_CHECK(stored.get_string("data.dataset") == "fashion_mnist",
+                 "{}: lowbit convert quantizes Fashion-MNIST MLP files; this file's model ({}) is trained on '{}'; nothing written", in,
+                 stored.get_string("model.type"), stored.get_string("data.dataset"));
+  }
   auto model = model_for_file(in, &cfg);
   for (const auto& [name, t] : model->state_dict())
     LOWBIT_CHECK(name.find("qdata") == std::string::npos, "{}: the model is already quantized", in);

@@ -73,6 +73,7 @@ TEST(CliErrors, ConfigIsValidatedBeforeAnyWork) {
       {{"--training.epochs", "0"}, "training.epochs must be positive, got 0"},
       {{"--training.max_steps", "-1"}, "training.max_steps must be >= 0"},
       {{"--training.threads", "-1"}, "training.threads must be >= 0"},
+      {{"--lr_scheduler.name", "warmup_cosine", "--lr_scheduler.warmup_steps", "10"}, "lr_scheduler.warmup_steps (10) must be below training.max_steps (4)"},
       {{"--optimizer.lr", "nan"}, "optimizer.lr must be a finite number > 0, got nan"},
       {{"--optimizer.lr", "inf"}, "optimizer.lr must be a finite number > 0, got inf"},
       {{"--optimizer.name", "adamw9"}, "optimizer.name: unknown value 'adamw9'"},
@@ -103,7 +104,7 @@ TEST(CliErrors, DataProblemsAreErrorsBeforeTraining) {
     for (int i = 0; i < 400; ++i) f << "abcdefgh ";
   }
   const std::vector<std::string> gpt = {"train", kGpt, "--model.context", "8", "--model.d_model", "16", "--model.n_layers", "1", "--data.batch_size", "4",
-                                        "--training.max_steps", "3", "--training.run_dir", d + "/run"};
+                                        "--training.max_steps", "3", "--lr_scheduler.warmup_steps", "1", "--training.run_dir", d + "/run"};
   auto args = gpt;
   args.insert(args.end(), {"--data.path", d + "/no_newline.txt"});
   auto r = lowbit_run(args);
@@ -214,6 +215,19 @@ TEST(CliErrors, ConvertReportsKeptLayersAndWritesNothingOnFailure) {
   r = lowbit_run({"convert", run + "/model.h5", run + "/none.h5", "--recipe", "8da4w", "--group-size", "48"});
   EXPECT_FAILS_WITH(r, "can quantize none of the model's linear layers");
   EXPECT_FALSE(fs::exists(run + "/none.h5"));
+  // a GPT checkpoint: refused before anything is written (it used to write the file, then fail)
+  {
+    std::ofstream f(run + "/corpus.txt");
+    for (int i = 0; i < 100; ++i) f << "a small corpus line\n";
+  }
+  ASSERT_EQ(lowbit_run({"train", kGpt, "--data.path", run + "/corpus.txt", "--model.context", "8", "--model.d_model", "16", "--model.n_layers", "1",
+                        "--data.batch_size", "4", "--training.max_steps", "2", "--lr_scheduler.warmup_steps", "1", "--training.sample_tokens", "4",
+                        "--training.run_dir", run + "/gpt"})
+                .exit_code,
+            0);
+  r = lowbit_run({"convert", run + "/gpt/checkpoints/step_00000002.h5", run + "/gpt.h5", "--recipe", "8da4w", "--group-size", "16"});
+  EXPECT_FAILS_WITH(r, "lowbit convert quantizes Fashion-MNIST MLP files");
+  EXPECT_FALSE(fs::exists(run + "/gpt.h5"));
 }
 
 // A full disk during every kind of save: an error naming ENOSPC, exit code 1, no signal, the
