@@ -123,8 +123,20 @@ void write_fd_checked(const std::string& file, const std::string& target, const 
   if (::close(fd) != 0 && !err) err = errno;
   LOWBIT_CHECK(!err, "{}: cannot write '{}' ({} of {} bytes written): {}", target, file, done, size, errno_text(err));
 }
-void write_file_checked(const std::string& tmp, const std::string& target, const std::vector<char>& bytes) {
-  write_fd_checked(tmp, target, bytes.data(), bytes.size(), O_WRONLY | O_CREAT | O_TRUNC);
+// Replaces path with the bytes atomically: a temporary file beside it (checked writes, fsync),
+// renamed over path, then the directory fsync'ed; a failure removes the temporary file.
+void replace_file(const std::string& path, const char* data, size_t size) {
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  try {
+    write_fd_checked(tmp, path, data, size, O_WRONLY | O_CREAT | O_TRUNC);
+    std::error_code ec;
+    std::filesystem::rename(tmp, path, ec);
+    LOWBIT_CHECK(!ec, "{}: cannot rename temporary file '{}' into place: {}", path, tmp, ec.message());
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  fsync_path(std::filesystem::absolute(path).parent_path().string(), true);
 }
 
 // ---------------- dtypes ----------------
@@ -380,18 +392,7 @@ void commit(Hid& file, const std::string& target) {
   h5::check(static_cast<hid_t>(H5Fget_file_image(file, image.data() + kUserBlock, static_cast<size_t>(size))), target, "cannot copy the HDF5 image");
   file.reset();
   stamp_integrity(image);
-  const std::string tmp = target + ".tmp." + std::to_string(::getpid());
-  try {
-    write_file_checked(tmp, target, image);
-    std::error_code ec;
-    std::filesystem::rename(tmp, target, ec);
-    LOWBIT_CHECK(!ec, "{}: cannot rename temporary file '{}' into place: {}", target, tmp, ec.message());
-  } catch (...) {
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  const auto dir = std::filesystem::absolute(target).parent_path().string();
-  fsync_path(dir, true);
+  replace_file(target, image.data(), image.size());
 }
 
 template <typename F>
@@ -770,18 +771,7 @@ void verify_file(const std::string& path, bool isolated) {
   LOWBIT_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "{}", msg.empty() ? path + ": verification failed" : msg);
 }
 
-void write_file_atomic(const std::string& path, const std::string& bytes) {
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  try {
-    write_fd_checked(tmp, path, bytes.data(), bytes.size(), O_WRONLY | O_CREAT | O_TRUNC);
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    LOWBIT_CHECK(!ec, "{}: cannot rename temporary file '{}' into place: {}", path, tmp, ec.message());
-  } catch (...) {
-    ::unlink(tmp.c_str());
-    throw;
-  }
-}
+void write_file_atomic(const std::string& path, const std::string& bytes) { replace_file(path, bytes.data(), bytes.size()); }
 
 void append_file(const std::string& path, const std::string& bytes) { write_fd_checked(path, path, bytes.data(), bytes.size(), O_WRONLY | O_CREAT | O_APPEND); }
 

@@ -233,19 +233,23 @@ bool hard_path_exists(hid_t loc, const std::string& path, const std::string& fil
 
 bool link_exists(hid_t loc, const std::string& path, const std::string& file) { return hard_path_exists(loc, path, file); }
 
-Hid open_group(hid_t loc, const std::string& path, const std::string& file) {
-  LOWBIT_CHECK(hard_path_exists(loc, path, file), "{}: missing group '{}'", file, path);
+namespace {
+// The path exists through hard links only and names an object of the expected type.
+void require_object(hid_t loc, const std::string& path, const std::string& file, H5O_type_t type, const char* what) {
+  LOWBIT_CHECK(hard_path_exists(loc, path, file), "{}: missing {} '{}'", file, what, path);
   H5O_info_t oi;
   check(H5Oget_info_by_name2(loc, path.c_str(), &oi, H5O_INFO_BASIC, H5P_DEFAULT), file, "cannot stat '" + path + "'", 0);
-  LOWBIT_CHECK(oi.type == H5O_TYPE_GROUP, "{}: '{}' is not a group", file, path);
+  LOWBIT_CHECK(oi.type == type, "{}: '{}' is not a {}", file, path, what);
+}
+}  // namespace
+
+Hid open_group(hid_t loc, const std::string& path, const std::string& file) {
+  require_object(loc, path, file, H5O_TYPE_GROUP, "group");
   return Hid(check(H5Gopen2(loc, path.c_str(), H5P_DEFAULT), file, "cannot open group '" + path + "'"), H5Gclose);
 }
 
 Hid open_dataset(hid_t loc, const std::string& path, const std::string& file) {
-  LOWBIT_CHECK(hard_path_exists(loc, path, file), "{}: missing dataset '{}'", file, path);
-  H5O_info_t oi;
-  check(H5Oget_info_by_name2(loc, path.c_str(), &oi, H5O_INFO_BASIC, H5P_DEFAULT), file, "cannot stat '" + path + "'", 0);
-  LOWBIT_CHECK(oi.type == H5O_TYPE_DATASET, "{}: '{}' is not a dataset", file, path);
+  require_object(loc, path, file, H5O_TYPE_DATASET, "dataset");
   Hid ds(check(H5Dopen2(loc, path.c_str(), H5P_DEFAULT), file, "cannot open dataset '" + path + "'"), H5Dclose);
   Hid dcpl(check(H5Dget_create_plist(ds), file, "cannot read the storage properties of '" + path + "'"), H5Pclose);
   const H5D_layout_t layout = H5Pget_layout(dcpl);
