@@ -390,10 +390,11 @@ RunConfig stored_config(const io::FileInfo& info, const std::string& path) {
   return cfg;
 }
 
-// GPT files: the vocabulary is the row count of the token embedding.
+// GPT files: the vocabulary is the row count of the token embedding (with tied weights inspect
+// lists the shared dataset once, under lm_head).
 int64_t stored_vocab(const io::FileInfo& info) {
   for (const auto& t : info.tensors)
-    if (t.path == "/model/wte/weight" && t.shape.size() == 2) return t.shape[0];
+    if ((t.path == "/model/wte/weight" || t.path == "/model/lm_head/weight") && t.shape.size() == 2) return t.shape[0];
   return 0;
 }
 
@@ -404,7 +405,7 @@ std::shared_ptr<nn::Module> model_for_file(const std::string& path, RunConfig* c
   const auto info = io::inspect(path);
   RunConfig cfg = stored_config(info, path);
   const int64_t vocab = cfg.get_string("model.type") == "gpt" ? stored_vocab(info) : 0;
-  LOWBIT_CHECK(cfg.get_string("model.type") != "gpt" || vocab > 0, "{}: a GPT file must hold /model/wte/weight (the token embedding)", path);
+  LOWBIT_CHECK(cfg.get_string("model.type") != "gpt" || vocab > 0, "{}: a GPT file must hold /model/wte/weight or /model/lm_head/weight", path);
   const int64_t need = min_parameters(cfg, vocab > 0 ? vocab : 256);
   LOWBIT_CHECK(need <= info.parameters, "{}: the stored config describes a model of at least {} parameters but the file holds {}; refusing to build it", path,
                need, info.parameters);

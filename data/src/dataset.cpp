@@ -203,7 +203,7 @@ Tensor read_idx(const std::string& path, uint8_t expected_type, int expected_dim
   LOWBIT_CHECK(bytes.size() - header >= n, "'{}': file is truncated: shape {} needs {} data bytes, found {}", path, shape_str(shape), n, bytes.size() - header);
   LOWBIT_CHECK(bytes.size() - header == n, "'{}': {} unexpected trailing bytes after the data for shape {}", path, bytes.size() - header - n, shape_str(shape));
   Tensor t = empty(shape, kUInt8);
-  std::memcpy(t.raw_data(), bytes.data() + header, n);
+  if (n > 0) std::memcpy(t.raw_data(), bytes.data() + header, n);  // an empty tensor has no storage
   return t;
 }
 
