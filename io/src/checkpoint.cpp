@@ -1,6 +1,10 @@
 #include "lowbit/io/checkpoint.h"
 
 #include <fcntl.h>
+#include <sys/sendfile.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -11,6 +15,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <set>
 
 #include "h5.h"
@@ -73,20 +78,55 @@ bool verify_integrity(const std::string& path) {
 }
 
 // Stamps the integrity header into the user block of an in-memory file image.
-void stamp_integrity(std::vector<char>& image) {
-  LOWBIT_CHECK(image.size() >= kUserBlock, "the HDF5 image is shorter than its user block");
+std::string errno_text(int e) {
+  std::string m = std::strerror(e);
+  if (!m.empty()) m[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(m[0])));
+  return fmt::format("{} (errno {})", m, e);
+}
+
+// Writes the integrity header into the user block of a finished HDF5 image held in fd: the CRC-32
+// of everything after the user block.
+void stamp_integrity(int fd, const std::string& target) {
+  struct stat sb {};
+  LOWBIT_CHECK(::fstat(fd, &sb) == 0 && static_cast<uint64_t>(sb.st_size) >= kUserBlock, "{}: the HDF5 image is shorter than its user block", target);
   UserBlockHeader h{};
   std::memcpy(h.magic, kMagic, 8);
   h.version = 1;
-  h.hdf5_bytes = image.size() - kUserBlock;
+  h.hdf5_bytes = static_cast<uint64_t>(sb.st_size) - kUserBlock;
+  std::vector<char> buf(size_t{4} << 20);
   uLong crc = crc32(0L, Z_NULL, 0);
-  for (uint64_t off = kUserBlock; off < image.size();) {  // zlib takes uInt lengths
-    const uint64_t n = std::min<uint64_t>(image.size() - off, uint64_t{1} << 30);
-    crc = crc32(crc, reinterpret_cast<const Bytef*>(image.data() + off), static_cast<uInt>(n));
-    off += n;
+  for (uint64_t off = kUserBlock; off < static_cast<uint64_t>(sb.st_size);) {
+    const ssize_t n = ::pread(fd, buf.data(), std::min<uint64_t>(buf.size(), static_cast<uint64_t>(sb.st_size) - off), static_cast<off_t>(off));
+    if (n < 0 && errno == EINTR) continue;
+    LOWBIT_CHECK(n > 0, "{}: cannot read back the HDF5 image: {}", target, n < 0 ? errno_text(errno) : "unexpected end of file");
+    crc = crc32(crc, reinterpret_cast<const Bytef*>(buf.data()), static_cast<uInt>(n));
+    off += static_cast<uint64_t>(n);
   }
   h.crc32 = static_cast<uint32_t>(crc);
-  std::memcpy(image.data(), &h, sizeof(h));
+  LOWBIT_CHECK(::pwrite(fd, &h, sizeof(h), 0) == static_cast<ssize_t>(sizeof(h)), "{}: cannot write the integrity header: {}", target, errno_text(errno));
+}
+
+// Copies all of src (the in-memory image) into a new file at dst with every system call checked
+// (a full disk is an error naming errno, never a short file), then fsyncs it.
+void copy_to_file(int src, const std::string& dst, const std::string& target) {
+  struct stat sb {};
+  LOWBIT_CHECK(::fstat(src, &sb) == 0, "{}: cannot size the HDF5 image: {}", target, errno_text(errno));
+  const int fd = ::open(dst.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  LOWBIT_CHECK(fd >= 0, "{}: cannot open '{}' for writing: {}", target, dst, errno_text(errno));
+  const uint64_t size = static_cast<uint64_t>(sb.st_size);
+  off_t in_off = 0;
+  int err = 0;
+  while (static_cast<uint64_t>(in_off) < size) {
+    const ssize_t n = ::sendfile(fd, src, &in_off, static_cast<size_t>(std::min<uint64_t>(size - static_cast<uint64_t>(in_off), uint64_t{1} << 30)));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      err = n < 0 ? errno : ENOSPC;
+      break;
+    }
+  }
+  if (!err && ::fsync(fd) != 0) err = errno;
+  if (::close(fd) != 0 && !err) err = errno;
+  LOWBIT_CHECK(!err, "{}: cannot write '{}' ({} of {} bytes written): {}", target, dst, static_cast<uint64_t>(in_off), size, errno_text(err));
 }
 
 void fsync_path(const std::string& path, bool directory) {
@@ -96,11 +136,6 @@ void fsync_path(const std::string& path, bool directory) {
   ::close(fd);
 }
 
-std::string errno_text(int e) {
-  std::string m = std::strerror(e);
-  if (!m.empty()) m[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(m[0])));
-  return fmt::format("{} (errno {})", m, e);
-}
 
 // Writes size bytes to a file opened with flags, every system call checked (a full disk is an
 // error naming errno, never a short file), then fsyncs and closes it. target names the file the
@@ -359,17 +394,68 @@ void write_model_group(hid_t file, const nn::Module& model, const SaveOptions& o
   }
 }
 
-// Files are built in memory (HDF5's core driver, no backing store), so HDF5 itself never does
-// I/O on the target and cannot be left with a half-written open file; the image is then written
-// with checked system calls.
-Hid create_file(const std::string& target) {
+// Saves never let HDF5 write to the target's file system: HDF5 1.10 cannot close a file whose
+// writes fail (the handle stays half-open and the library crashes at exit; seen with a full
+// disk). HDF5 builds the file in memory -- a file in /dev/shm (tmpfs, as fast as the page cache)
+// when it has room for the checkpoint with a wide margin, otherwise HDF5's core driver in this
+// process, copied into an anonymous memfd -- and the finished image is copied by the kernel
+// (sendfile) into a temporary file beside the target with every call checked, fsync'ed and
+// renamed over the target. LOWBIT_SAVE_IN_PROCESS=1 forces the second way.
+struct Staging {
+  int fd = -1;           // the finished image
+  std::string shm_name;  // the /dev/shm file HDF5 writes, removed on destruction
+  ~Staging() {
+    if (fd >= 0) ::close(fd);
+    if (!shm_name.empty()) ::unlink(shm_name.c_str());
+  }
+  bool open_shm(uint64_t need) {
+    const char* force = std::getenv("LOWBIT_SAVE_IN_PROCESS");
+    if (force && *force && std::string(force) != "0") return false;
+    struct statvfs v {};
+    if (::statvfs("/dev/shm", &v) != 0 || static_cast<uint64_t>(v.f_bavail) * v.f_frsize < need) return false;
+    char name[] = "/dev/shm/lowbit-save-XXXXXX";
+    fd = ::mkstemp(name);
+    if (fd < 0) return false;
+    shm_name = name;
+    return true;
+  }
+};
+
+Hid create_file(const std::string& shm_path, const std::string& target, uint64_t data_bytes) {
   h5::quiet();
   Hid fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
   H5Pset_userblock(fcpl, kUserBlock);
   Hid fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
-  H5Pset_fapl_core(fapl, size_t{8} << 20, /*backing_store=*/0);
+  // the core driver grows its buffer by this increment: about the whole file at once
+  if (shm_path.empty()) H5Pset_fapl_core(fapl, static_cast<size_t>(data_bytes + data_bytes / 16 + (uint64_t{1} << 20)), /*backing_store=*/0);
+  else H5Pset_fapl_sec2(fapl);
   H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
-  return Hid(h5::check(H5Fcreate(target.c_str(), H5F_ACC_TRUNC, fcpl, fapl), target, "cannot create the HDF5 image in memory"), H5Fclose);
+  return Hid(h5::check(H5Fcreate(shm_path.empty() ? target.c_str() : shm_path.c_str(), H5F_ACC_TRUNC, fcpl, fapl), target, "cannot create the HDF5 image"),
+             H5Fclose);
+}
+
+// The core driver's image (which starts at the superblock) behind a zeroed user block, in a memfd.
+int image_to_memfd(hid_t file, const std::string& target) {
+  const ssize_t size = H5Fget_file_image(file, nullptr, 0);
+  h5::check(static_cast<hid_t>(size), target, "cannot size the HDF5 image");
+  std::unique_ptr<char[]> image(new char[kUserBlock + static_cast<size_t>(size)]);
+  std::memset(image.get(), 0, kUserBlock);
+  h5::check(static_cast<hid_t>(H5Fget_file_image(file, image.get() + kUserBlock, static_cast<size_t>(size))), target, "cannot copy the HDF5 image");
+  const int fd = static_cast<int>(::syscall(SYS_memfd_create, "lowbit-save", 1u /* MFD_CLOEXEC */));
+  LOWBIT_CHECK(fd >= 0, "{}: cannot create an in-memory file for the save: {}", target, errno_text(errno));
+  const char* p = image.get();
+  for (size_t left = kUserBlock + static_cast<size_t>(size); left > 0;) {
+    const ssize_t n = ::write(fd, p, left);
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) {
+      const int e = n < 0 ? errno : EIO;
+      ::close(fd);
+      throw Error(fmt::format("{}: cannot stage the HDF5 image in memory: {}", target, errno_text(e)));
+    }
+    p += n;
+    left -= static_cast<size_t>(n);
+  }
+  return fd;
 }
 
 void write_root_attrs(hid_t file, const std::string& kind, const std::string& config, const std::string& fname) {
@@ -380,31 +466,48 @@ void write_root_attrs(hid_t file, const std::string& kind, const std::string& co
   h5::write_attr(file, "config", config, fname);
 }
 
-// Takes the finished image out of HDF5, checksums it, writes it to a temporary file (fsync'ed)
-// and renames that over the target; a failure removes the temporary file and leaves the target
-// as it was.
-void commit(Hid& file, const std::string& target) {
-  h5::check(H5Fflush(file, H5F_SCOPE_GLOBAL), target, "cannot flush the HDF5 image", 0);
-  const ssize_t size = H5Fget_file_image(file, nullptr, 0);
-  h5::check(static_cast<hid_t>(size), target, "cannot size the HDF5 image");
-  // the image HDF5 hands out starts at the superblock; the user block goes in front of it
-  std::vector<char> image(kUserBlock + static_cast<size_t>(size), '\0');
-  h5::check(static_cast<hid_t>(H5Fget_file_image(file, image.data() + kUserBlock, static_cast<size_t>(size))), target, "cannot copy the HDF5 image");
-  file.reset();
-  stamp_integrity(image);
-  replace_file(target, image.data(), image.size());
+uint64_t tensor_bytes(const nn::NamedTensors& ts) {
+  uint64_t n = 0;
+  for (const auto& [_, t] : ts) n += t.nbytes();
+  return n;
 }
 
+// Runs body on a new HDF5 file built in memory (data_bytes: about how many bytes of tensors it
+// will hold), stamps the integrity header, writes the image to a temporary file, fsyncs it and
+// renames it over path. Any failure leaves path as it was and no temporary file.
 template <typename F>
-void atomic_write(const std::string& path, F&& body) {
-  Hid file = create_file(path);
-  body(static_cast<hid_t>(file));
-  commit(file, path);
+void atomic_write(const std::string& path, uint64_t data_bytes, F&& body) {
+  Staging st;
+  const bool shm = st.open_shm(data_bytes + data_bytes / 4 + (uint64_t{16} << 20));
+  {
+    Hid file = create_file(st.shm_name, path, data_bytes);
+    if (shm) {  // HDF5 holds the file open: drop the name now, so a killed process leaves no RAM behind
+      ::unlink(st.shm_name.c_str());
+      st.shm_name.clear();
+    }
+    body(static_cast<hid_t>(file));
+    h5::check(H5Fflush(file, H5F_SCOPE_GLOBAL), path, "cannot flush the HDF5 image", 0);
+    if (!shm) st.fd = image_to_memfd(file, path);
+    h5::check(H5Fclose(file.release()), path, "cannot close the HDF5 image", 0);
+  }
+  stamp_integrity(st.fd, path);
+  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  try {
+    copy_to_file(st.fd, tmp, path);
+    std::error_code ec;
+    std::filesystem::rename(tmp, path, ec);
+    LOWBIT_CHECK(!ec, "{}: cannot rename temporary file '{}' into place: {}", path, tmp, ec.message());
+  } catch (...) {
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  fsync_path(std::filesystem::absolute(path).parent_path().string(), true);
 }
 }  // namespace
 
+
 void export_model(const std::string& path, const nn::Module& model, const std::string& config, const SaveOptions& opts) {
-  atomic_write(path, [&](hid_t file) {
+  atomic_write(path, tensor_bytes(model.state_dict()), [&](hid_t file) {
     write_root_attrs(file, "model", config, path);
     write_model_group(file, model, opts, path);
   });
@@ -423,7 +526,11 @@ void save_checkpoint(const std::string& path, const nn::Module& model, const opt
   if (sched) st.scheduler_last_epoch = sched->last_epoch();
   st.rng_seed = default_generator().seed();
   st.rng_offset = default_generator().offset();
-  atomic_write(path, [&](hid_t file) {
+  uint64_t bytes = tensor_bytes(model.state_dict());
+  if (opt)
+    for (const auto& [i, ps] : opt->state_dict().state)
+      for (const auto& [k, t] : ps.tensors) bytes += t.nbytes();
+  atomic_write(path, bytes, [&](hid_t file) {
     write_root_attrs(file, "training", st.config_toml, path);
     h5::write_attr(file, "step", st.step, path);
     write_model_group(file, model, opts, path);

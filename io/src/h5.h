@@ -29,6 +29,8 @@ class Hid {
   Hid& operator=(const Hid&) = delete;
   operator hid_t() const { return id_; }
   bool valid() const { return id_ >= 0; }
+  /// Gives up ownership without closing.
+  hid_t release() { return std::exchange(id_, -1); }
   void reset() {
     if (id_ >= 0 && closer_) closer_(id_);
     id_ = -1;

@@ -250,27 +250,35 @@ TEST(CliErrors, FullDiskIsAnErrorAndLosesNothing) {
   auto no_temporaries = [&] {
     for (auto& e : fs::recursive_directory_iterator(mnt)) EXPECT_EQ(e.path().string().find(".tmp."), std::string::npos) << e.path();
   };
-  // library: a checkpoint that fits, then a bigger save over it on a full disk
-  auto small = std::make_shared<nn::Linear>(16, 16);
-  io::export_model(mnt + "/model.h5", *small);
-  const auto before = io::read_model_tensors(mnt + "/model.h5");
-  fill(64 << 10);
-  auto big = std::make_shared<nn::Linear>(512, 512);
-  try {
-    io::export_model(mnt + "/model.h5", *big);
-    FAIL() << "a 1 MB export fit in 64 KB";
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("no space left on device"), std::string::npos) << e.what();
-    EXPECT_NE(std::string(e.what()).find(mnt + "/model.h5"), std::string::npos) << e.what();
+  // library: a checkpoint that fits, then a bigger save over it on a full disk, with the image
+  // staged in /dev/shm and (LOWBIT_SAVE_IN_PROCESS) in this process
+  for (const char* staging : {"0", "1"}) {
+    SCOPED_TRACE(std::string("LOWBIT_SAVE_IN_PROCESS=") + staging);
+    ::setenv("LOWBIT_SAVE_IN_PROCESS", staging, 1);
+    fs::remove(mnt + "/filler");
+    fs::remove(mnt + "/model.h5");
+    auto small = std::make_shared<nn::Linear>(16, 16);
+    io::export_model(mnt + "/model.h5", *small);
+    const auto before = io::read_model_tensors(mnt + "/model.h5");
+    fill(64 << 10);
+    auto big = std::make_shared<nn::Linear>(512, 512);
+    try {
+      io::export_model(mnt + "/model.h5", *big);
+      ADD_FAILURE() << "a 1 MB export fit in 64 KB";
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("no space left on device"), std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find(mnt + "/model.h5"), std::string::npos) << e.what();
+    }
+    const auto after = io::read_model_tensors(mnt + "/model.h5");
+    ASSERT_EQ(after.size(), before.size());
+    EXPECT_EQ(std::memcmp(after[0].second.raw_data(), before[0].second.raw_data(), before[0].second.nbytes()), 0);
+    no_temporaries();
+    optim::AdamW opt(big->parameters());
+    EXPECT_THROW(io::save_checkpoint(mnt + "/ck.h5", *big, &opt, nullptr, nullptr, {}), Error);
+    EXPECT_FALSE(fs::exists(mnt + "/ck.h5"));
+    no_temporaries();
   }
-  const auto after = io::read_model_tensors(mnt + "/model.h5");
-  ASSERT_EQ(after.size(), before.size());
-  EXPECT_EQ(std::memcmp(after[0].second.raw_data(), before[0].second.raw_data(), before[0].second.nbytes()), 0);
-  no_temporaries();
-  optim::AdamW opt(big->parameters());
-  EXPECT_THROW(io::save_checkpoint(mnt + "/ck.h5", *big, &opt, nullptr, nullptr, {}), Error);
-  EXPECT_FALSE(fs::exists(mnt + "/ck.h5"));
-  no_temporaries();
+  ::unsetenv("LOWBIT_SAVE_IN_PROCESS");
   // the executable: config.toml on a disk with no room at all
   fs::remove(mnt + "/filler");
   fill(0);

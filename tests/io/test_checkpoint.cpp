@@ -336,6 +336,27 @@ TEST(Checkpoint, FuzzedFilesNeverCrash) {
               loaded[0], rejected[0], loaded[1], rejected[1], loaded[2], rejected[2], loaded[3], rejected[3], loaded[4], rejected[4], parser_crashes);
 }
 
+TEST(Checkpoint, InProcessStagingWritesTheSameFile) {
+  // saves stage the HDF5 image in /dev/shm when it has room, otherwise in this process: both
+  // must give a file that loads to the same bits
+  auto m = make_model();
+  optim::AdamW opt(m->parameters());
+  data::DataLoader loader(make_data(), {.batch_size = 8});
+  const std::string a = tmp("staged_shm.h5"), b = tmp("staged_process.h5");
+  ::setenv("LOWBIT_SAVE_IN_PROCESS", "0", 1);
+  io::save_checkpoint(a, *m, &opt, nullptr, &loader, {});
+  ::setenv("LOWBIT_SAVE_IN_PROCESS", "1", 1);
+  io::save_checkpoint(b, *m, &opt, nullptr, &loader, {});
+  ::unsetenv("LOWBIT_SAVE_IN_PROCESS");
+  for (const auto& p : {a, b}) {
+    auto fresh = make_model();
+    optim::AdamW fresh_opt(fresh->parameters());
+    io::load_checkpoint(p, *fresh, &fresh_opt);
+    EXPECT_TRUE(same_bits(*fresh, *m)) << p;
+    EXPECT_TRUE(io::inspect(p).integrity_checked) << p;
+  }
+}
+
 TEST(Checkpoint, KillDuringSaveKeepsPreviousCheckpoint) {
   // a model big enough that a save takes a while
   auto big = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(1024, 2048), std::make_shared<nn::Linear>(2048, 1024)});
