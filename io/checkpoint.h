@@ -5,7 +5,8 @@
 // with its param groups, the RNG and data-loader positions, the scheduler position, the step
 // and the resolved run config. A model export holds /model only.
 //
-// Safety: files are written to a temporary name, flushed, fsync'ed and renamed over the target;
+// Safety: HDF5 builds the file in memory (/dev/shm or in process), then the image is written to a
+// temporary name with every system call checked, fsync'ed and renamed over the target;
 // every dataset carries HDF5's Fletcher32 checksum; lowbit's files also carry a CRC-32 of the
 // whole HDF5 image in the file's user block, verified before HDF5 parses anything, so a
 // truncated or corrupted file is rejected up front. Nothing read from a file selects code to
