@@ -158,12 +158,14 @@ void write_fd_checked(const std::string& file, const std::string& target, const 
   if (::close(fd) != 0 && !err) err = errno;
   LOWBIT_CHECK(!err, "{}: cannot write '{}' ({} of {} bytes written): {}", target, file, done, size, errno_text(err));
 }
-// Replaces path with the bytes atomically: a temporary file beside it (checked writes, fsync),
-// renamed over path, then the directory fsync'ed; a failure removes the temporary file.
-void replace_file(const std::string& path, const char* data, size_t size) {
+// Replaces path atomically: write_tmp(tmp) fills a temporary file beside it (checked writes,
+// fsync), which is renamed over path, then the directory is fsync'ed; a failure removes the
+// temporary file and leaves path as it was.
+template <typename W>
+void replace_with(const std::string& path, W&& write_tmp) {
   const std::string tmp = path + ".tmp." + std::to_string(::getpid());
   try {
-    write_fd_checked(tmp, path, data, size, O_WRONLY | O_CREAT | O_TRUNC);
+    write_tmp(tmp);
     std::error_code ec;
     std::filesystem::rename(tmp, path, ec);
     LOWBIT_CHECK(!ec, "{}: cannot rename temporary file '{}' into place: {}", path, tmp, ec.message());
@@ -172,6 +174,9 @@ void replace_file(const std::string& path, const char* data, size_t size) {
     throw;
   }
   fsync_path(std::filesystem::absolute(path).parent_path().string(), true);
+}
+void replace_file(const std::string& path, const char* data, size_t size) {
+  replace_with(path, [&](const std::string& tmp) { write_fd_checked(tmp, path, data, size, O_WRONLY | O_CREAT | O_TRUNC); });
 }
 
 // ---------------- dtypes ----------------
@@ -491,17 +496,7 @@ void atomic_write(const std::string& path, uint64_t data_bytes, F&& body) {
     h5::check(H5Fclose(file.release()), path, "cannot close the HDF5 image", 0);
   }
   stamp_integrity(st.fd, path);
-  const std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  try {
-    copy_to_file(st.fd, tmp, path);
-    std::error_code ec;
-    std::filesystem::rename(tmp, path, ec);
-    LOWBIT_CHECK(!ec, "{}: cannot rename temporary file '{}' into place: {}", path, tmp, ec.message());
-  } catch (...) {
-    ::unlink(tmp.c_str());
-    throw;
-  }
-  fsync_path(std::filesystem::absolute(path).parent_path().string(), true);
+  replace_with(path, [&](const std::string& tmp) { copy_to_file(st.fd, tmp, path); });
 }
 }  // namespace
 
