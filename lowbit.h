@@ -7,6 +7,7 @@
 #include "lowbit/autograd/ops.h"
 #include "lowbit/autograd/parallel.h"
 #include "lowbit/autograd/tensor.h"
+#include "lowbit/core/format.h"
 #include "lowbit/data/dataset.h"
 #include "lowbit/io/checkpoint.h"
 #include "lowbit/nn/layers.h"

@@ -9,6 +9,7 @@
 #include <sstream>
 
 #include "lowbit/autograd/error.h"
+#include "lowbit/core/format.h"
 
 namespace lowbit::cli {
 
@@ -62,7 +63,7 @@ const std::vector<KeySpec>& config_schema() {
       {"training.run_dir", std::string("runs/default"), "where config.toml and metrics.jsonl are written"},
       {"quantize.recipe", std::string("none"), "none | 8da4w | 8da-intx | int4-weight-only | intx-weight-only | int8-dyn | int8-weight-only"},
       {"quantize.mode", std::string("qat"), "qat: fine-tune with fake quantization, then convert | ptq: convert the float model"},
-      {"quantize.weight_dtype", std::string("int4"), "intN weights for 8da-intx / intx-weight-only (int2..int8)"},
+      {"quantize.weight_dtype", std::string("int4"), "weight format for 8da-intx / intx-weight-only: " + core::format_names(core::FormatKind::Integer)},
       {"quantize.group_size", int64_t{32}, "weight group size (0 = per-channel for 8da-intx / intx-weight-only)"},
       {"quantize.qat_epochs", int64_t{2}, "qat: fine-tuning epochs after float training"},
       {"quantize.qat_lr", 1e-4, "qat: learning rate while fine-tuning"},

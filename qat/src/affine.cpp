@@ -1,5 +1,7 @@
 #include "lowbit/qat/affine.h"
 
+#include "lowbit/core/format.h"
+
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -28,16 +30,10 @@ const char* to_string(ZeroPointDomain d) {
 }
 
 std::pair<int64_t, int64_t> quant_range(const std::string& d) {
-  if (d == "int16") return {-32768, 32767};
-  if (d == "int32") return {std::numeric_limits<int32_t>::min(), std::numeric_limits<int32_t>::max()};
-  auto bits = [&](size_t prefix) -> int {
-    const std::string n = d.substr(prefix);
-    if (n.size() == 1 && n[0] >= '1' && n[0] <= '8') return n[0] - '0';
-    return 0;
-  };
-  if (d.rfind("uint", 0) == 0 && bits(4)) return {0, (int64_t{1} << bits(4)) - 1};
-  if (d.rfind("int", 0) == 0 && bits(3)) return {-(int64_t{1} << (bits(3) - 1)), (int64_t{1} << (bits(3) - 1)) - 1};
-  throw Error(fmt::format("quant_range: unknown target dtype '{}' (int1..int8, uint1..uint8, int16, int32)", d));
+  const core::Format* f = core::find_format(d);
+  LOWBIT_CHECK(f && f->kind == core::FormatKind::Integer, "quant_range: unknown target dtype '{}' (known: {})", d,
+               core::format_names(core::FormatKind::Integer));
+  return {f->qmin, f->qmax};
 }
 
 Shape blocks_shape(const Shape& shape, const Shape& block, const char* op) {

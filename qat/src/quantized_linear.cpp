@@ -4,16 +4,20 @@
 
 #include "lowbit/autograd/autograd.h"
 #include "lowbit/autograd/ops.h"
+#include "lowbit/core/format.h"
 #include "int_kernels.h"
 
 namespace lowbit::qat {
 
 namespace {
+// bits and signedness come from the format table (quant_range checked the name is an integer format)
 int bits_of(const std::string& dtype) {
-  const auto [lo, hi] = quant_range(dtype);
-  int b = 0;
-  while ((int64_t{1} << b) < hi - lo + 1) ++b;
-  return b;
+  (void)quant_range(dtype);
+  return core::format_by_name(dtype).bits;
+}
+bool is_signed_dtype(const std::string& dtype) {
+  (void)quant_range(dtype);
+  return core::format_by_name(dtype).is_signed;
 }
 }  // namespace
 
@@ -101,10 +105,6 @@ std::map<std::string, std::string> QuantizedLinear::checkpoint_attributes() cons
           {"scale_dtype", "float32"},
           {"activation", activation_config ? activation_config->to_string() : "none"}};
 }
-
-namespace {
-bool is_signed_dtype(const std::string& d) { return d[0] != 'u'; }
-}  // namespace
 
 // Whether every zero point is 0 (symmetric weights), cached per zero_point (storage, version).
 bool QuantizedLinear::zero_points_all_zero() const {
