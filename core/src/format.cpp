@@ -8,7 +8,7 @@
 
 #include "lowbit/autograd/dtype.h"
 #include "lowbit/autograd/error.h"
-#include "lowbit/autograd/parallel.h"
+#include "lowbit/autograd/kernel.h"
 
 namespace lowbit::core {
 
@@ -246,16 +246,18 @@ float decode(const Format& f, uint32_t code) {
 
 void encode_n(const Format& f, const float* x, uint8_t* codes, int64_t n, bool saturate) {
   LOWBIT_CHECK(f.bits <= 8, "encode_n: {} has {}-bit codes (at most 8)", f.name, f.bits);
-#pragma omp parallel for schedule(static) if (n > kParallelGrain)
-  for (int64_t i = 0; i < n; ++i) codes[i] = static_cast<uint8_t>(encode(f, x[i], saturate));
+  detail::parallel_for(n, kParallelGrain, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) codes[i] = static_cast<uint8_t>(encode(f, x[i], saturate));
+  });
 }
 
 void decode_n(const Format& f, const uint8_t* codes, float* out, int64_t n) {
   LOWBIT_CHECK(f.bits <= 8, "decode_n: {} has {}-bit codes (at most 8)", f.name, f.bits);
   float table[256];
   for (uint32_t c = 0; c < 256; ++c) table[c] = decode(f, c);
-#pragma omp parallel for schedule(static) if (n > kParallelGrain)
-  for (int64_t i = 0; i < n; ++i) out[i] = table[codes[i]];
+  detail::parallel_for(n, kParallelGrain, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) out[i] = table[codes[i]];
+  });
 }
 
 int64_t packed_bytes(const Format& f, int64_t n) {

@@ -10,26 +10,16 @@
 
 #include "lowbit/autograd/autograd.h"
 #include "lowbit/autograd/ops.h"
+#include "lowbit/autograd/kernel.h"
 #include "lowbit/autograd/parallel.h"
 
 namespace lowbit::optim {
 
 namespace {
+// elementwise updates: large tensors split over the threads on 16-element boundaries
 template <typename F>
 void parallel_range(int64_t n, F&& fn) {
-  const int threads = get_num_threads();
-  if (n < 65536 || threads <= 1) {
-    fn(int64_t{0}, n);
-    return;
-  }
-#pragma omp parallel num_threads(threads)
-  {
-    const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-    // split on 16-element boundaries so vector loops stay aligned
-    const int64_t blocks = (n + 15) / 16;
-    const int64_t b = std::min(n, blocks * t / nt * 16), e = std::min(n, blocks * (t + 1) / nt * 16);
-    if (b < e) fn(b, e);
-  }
+  detail::parallel_for(n, 65536, std::forward<F>(fn), 16);
 }
 void check_param(const Tensor& p, const char* opt) {
   LOWBIT_CHECK(p.defined() && p.dtype() == kFloat32, "{}: parameters must be float32 tensors, got {}", opt,

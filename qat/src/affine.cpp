@@ -8,7 +8,7 @@
 
 #include "lowbit/autograd/autograd.h"
 #include "lowbit/autograd/ops.h"
-#include "../../autograd/src/internal.h"
+#include "lowbit/autograd/kernel.h"
 
 namespace lowbit::qat {
 

@@ -8,7 +8,7 @@
 
 #include <dnnl.hpp>
 
-#include "../../autograd/src/internal.h"
+#include "lowbit/autograd/kernel.h"
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
 #include <immintrin.h>
