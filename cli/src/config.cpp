@@ -10,6 +10,7 @@
 
 #include "lowbit/autograd/error.h"
 #include "lowbit/core/format.h"
+#include "lowbit/qat/recipes.h"
 
 namespace lowbit::cli {
 
@@ -61,7 +62,7 @@ const std::vector<KeySpec>& config_schema() {
       {"training.temperature", 0.8, "chars: sampling temperature"},
       {"training.top_k", int64_t{0}, "chars: sample from the top k tokens (0 = all)"},
       {"training.run_dir", std::string("runs/default"), "where config.toml and metrics.jsonl are written"},
-      {"quantize.recipe", std::string("none"), "none | 8da4w | 8da-intx | int4-weight-only | intx-weight-only | int8-dyn | int8-weight-only"},
+      {"quantize.recipe", std::string("none"), "none, or a recipe of `lowbit recipes`: " + qat::recipe_names()},
       {"quantize.mode", std::string("qat"), "qat: fine-tune with fake quantization, then convert | ptq: convert the float model"},
       {"quantize.weight_dtype", std::string("int4"), "weight format for 8da-intx / intx-weight-only: " + core::format_names(core::FormatKind::Integer)},
       {"quantize.group_size", int64_t{32}, "weight group size (0 = per-channel for 8da-intx / intx-weight-only)"},

@@ -264,7 +264,7 @@ void validate_config(const RunConfig& cfg) {
       throw Error(fmt::format("[quantize]: {}", e.what()));
     }
     const int64_t g = cfg.get_int("quantize.group_size");
-    const bool takes_group = recipe == "8da4w" || recipe == "8da-intx" || recipe == "int4-weight-only" || recipe == "intx-weight-only";
+    const bool takes_group = qat::find_recipe(recipe)->takes_group_size;
     if (takes_group && g > 0) {
       std::string shapes;
       bool any = false;

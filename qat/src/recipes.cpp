@@ -2,47 +2,70 @@
 
 namespace lowbit::qat {
 
+namespace {
+Granularity weight_granularity(int64_t group_size) { return group_size == 0 ? Granularity{PerAxis{0}} : Granularity{PerGroup{group_size}}; }
+
+std::shared_ptr<QuantConfigBase> make_8da(const std::string& weight_dtype, int64_t group_size) {
+  auto c = std::make_shared<Int8DynamicActivationIntxWeightConfig>();
+  c->weight_dtype = weight_dtype;
+  c->weight_granularity = weight_granularity(group_size);
+  return c;
+}
+}  // namespace
+
+// The recipe table: one row per named recipe (`lowbit recipes`, [quantize] recipe, validation and
+// help all read it). Adding a recipe is one row here plus one test row.
 const std::vector<RecipeInfo>& list_recipes() {
   static const std::vector<RecipeInfo> r = {
-      {"8da4w", "int8 dynamic per-token asymmetric activations x int4 symmetric per-group weights (group_size)"},
-      {"8da-intx", "int8 dynamic activations x intN symmetric per-group weights (weight_dtype int2..int8, group_size; 0 = per-channel)"},
-      {"int4-weight-only", "int4 symmetric per-group weights (group_size), float activations"},
-      {"intx-weight-only", "intN symmetric per-group weights (weight_dtype, group_size; 0 = per-channel), float activations"},
-      {"int8-dyn", "int8 dynamic per-token symmetric activations x int8 per-channel symmetric weights"},
-      {"int8-weight-only", "int8 per-channel symmetric weights, float activations"},
+      {"8da4w", "int8 dynamic per-token asymmetric activations x int4 symmetric per-group weights (group_size)", false, true, false,
+       [](const std::string&, int64_t g) { return make_8da("int4", g); }},
+      {"8da-intx", "int8 dynamic activations x intN symmetric per-group weights (weight_dtype int2..int8, group_size; 0 = per-channel)", true, true, true,
+       [](const std::string& d, int64_t g) { return make_8da(d, g); }},
+      {"int4-weight-only", "int4 symmetric per-group weights (group_size), float activations", false, true, false,
+       [](const std::string&, int64_t g) -> std::shared_ptr<QuantConfigBase> {
+         auto c = std::make_shared<Int4WeightOnlyConfig>();
+         c->group_size = g;
+         return c;
+       }},
+      {"intx-weight-only", "intN symmetric per-group weights (weight_dtype, group_size; 0 = per-channel), float activations", true, true, true,
+       [](const std::string& d, int64_t g) -> std::shared_ptr<QuantConfigBase> {
+         auto c = std::make_shared<IntxWeightOnlyConfig>();
+         c->weight_dtype = d;
+         c->granularity = weight_granularity(g);
+         return c;
+       }},
+      {"int8-dyn", "int8 dynamic per-token symmetric activations x int8 per-channel symmetric weights", false, false, false,
+       [](const std::string&, int64_t) -> std::shared_ptr<QuantConfigBase> { return std::make_shared<Int8DynamicActivationInt8WeightConfig>(); }},
+      {"int8-weight-only", "int8 per-channel symmetric weights, float activations", false, false, false,
+       [](const std::string&, int64_t) -> std::shared_ptr<QuantConfigBase> { return std::make_shared<Int8WeightOnlyConfig>(); }},
   };
   return r;
 }
 
-std::shared_ptr<QuantConfigBase> recipe_config(const std::string& name, const std::string& weight_dtype, int64_t group_size) {
-  LOWBIT_CHECK(group_size >= 0, "recipe '{}': group_size must be positive (or 0 for per-channel), got {}", name, group_size);
-  LOWBIT_CHECK(group_size > 0 || name == "8da-intx" || name == "intx-weight-only",
-               "recipe '{}': group_size 0 (per-channel) is only available for 8da-intx and intx-weight-only", name);
-  const Granularity gran = group_size == 0 ? Granularity{PerAxis{0}} : Granularity{PerGroup{group_size}};
-  if (name == "8da4w" || name == "8da-intx") {
-    auto c = std::make_shared<Int8DynamicActivationIntxWeightConfig>();
-    c->weight_dtype = name == "8da4w" ? "int4" : weight_dtype;
-    c->weight_granularity = gran;
-    (void)quant_range(c->weight_dtype);
-    return c;
-  }
-  if (name == "int4-weight-only") {
-    auto c = std::make_shared<Int4WeightOnlyConfig>();
-    c->group_size = group_size;
-    return c;
-  }
-  if (name == "intx-weight-only") {
-    auto c = std::make_shared<IntxWeightOnlyConfig>();
-    c->weight_dtype = weight_dtype;
-    c->granularity = gran;
-    (void)quant_range(weight_dtype);
-    return c;
-  }
-  if (name == "int8-dyn") return std::make_shared<Int8DynamicActivationInt8WeightConfig>();
-  if (name == "int8-weight-only") return std::make_shared<Int8WeightOnlyConfig>();
+const RecipeInfo* find_recipe(const std::string& name) {
+  for (const auto& r : list_recipes())
+    if (r.name == name) return &r;
+  return nullptr;
+}
+
+std::string recipe_names() {
   std::string names;
-  for (auto& r : list_recipes()) names += (names.empty() ? "" : ", ") + r.name;
-  throw Error(fmt::format("unknown quantization recipe '{}' (known: {})", name, names));
+  for (const auto& r : list_recipes()) names += (names.empty() ? "" : ", ") + r.name;
+  return names;
+}
+
+std::shared_ptr<QuantConfigBase> recipe_config(const std::string& name, const std::string& weight_dtype, int64_t group_size) {
+  const RecipeInfo* r = find_recipe(name);
+  LOWBIT_CHECK(r != nullptr, "unknown quantization recipe '{}' (known: {})", name, recipe_names());
+  LOWBIT_CHECK(group_size >= 0, "recipe '{}': group_size must be positive (or 0 for per-channel), got {}", name, group_size);
+  if (group_size == 0 && !r->per_channel_ok) {
+    std::string ok;
+    for (const auto& x : list_recipes())
+      if (x.per_channel_ok) ok += (ok.empty() ? "" : " and ") + x.name;
+    throw Error(fmt::format("recipe '{}': group_size 0 (per-channel) is only available for {}", name, ok));
+  }
+  if (r->takes_weight_dtype) (void)quant_range(weight_dtype);  // the format table knows the name
+  return r->make(weight_dtype, group_size);
 }
 
 }  // namespace lowbit::qat

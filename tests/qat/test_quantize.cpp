@@ -134,3 +134,37 @@ TEST(Quantize, ConfigErrors) {
   };
   lowbit::testing::expect_error([&] { quantize_(model, Unknown()); }, {"no handler registered for Unknown()"});
 }
+
+TEST(Quantize, EveryRecipeOfTheTable) {
+  // each row: builds its config, prepares a model for QAT, converts it, and the converted model
+  // follows the prepared one; what a row says it takes is what recipe_config accepts
+  ASSERT_GE(list_recipes().size(), 6u);
+  Generator g(3);
+  const Tensor x = randn({4, 64}, &g);
+  for (const auto& r : list_recipes()) {
+    SCOPED_TRACE(r.name);
+    EXPECT_EQ(find_recipe(r.name), &r);
+    const auto cfg = recipe_config(r.name, "int4", 32);
+    auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(64, 16)});
+    auto prepared = quantize_(model, QATConfig(cfg, "prepare"), compatible_linears(*cfg));
+    Tensor y_prepared, y_converted;
+    {
+      NoGradGuard ng;
+      y_prepared = prepared->forward(x);
+    }
+    auto converted = quantize_(prepared, QATConfig(cfg, "convert"));
+    {
+      NoGradGuard ng;
+      y_converted = converted->forward(x);
+    }
+    EXPECT_LT(rel_err(y_converted, y_prepared), 1e-5);
+    EXPECT_EQ(converted->named_modules().back().second->type_name(), "QuantizedLinear");
+    // group_size 0 (per-channel) only where the row allows it
+    if (r.per_channel_ok) EXPECT_NO_THROW(recipe_config(r.name, "int4", 0));
+    else EXPECT_THROW(recipe_config(r.name, "int4", 0), Error);
+    // weight_dtype is checked against the format table only where it is used
+    if (r.takes_weight_dtype) EXPECT_THROW(recipe_config(r.name, "int9", 32), Error);
+    else EXPECT_NO_THROW(recipe_config(r.name, "int9", 32));
+  }
+  lowbit::testing::expect_error([] { recipe_config("8da5w", "int4", 32); }, {"unknown quantization recipe '8da5w'", recipe_names()});
+}
