@@ -12,6 +12,9 @@ namespace lowbit::nn {
 class Linear : public Module {
  public:
   Linear(int64_t in_features, int64_t out_features, bool bias = true, Generator* gen = nullptr);
+  /// Wraps existing tensors (weight [out, in], bias [out] or undefined) as the parameters, shared
+  /// and not copied: no initialization, no random numbers drawn (module swaps use this).
+  Linear(const Tensor& weight, const Tensor& bias);
   std::string type_name() const override { return "Linear"; }
   std::string extra_repr() const override;
   Tensor forward(const Tensor& x) override;
@@ -25,6 +28,8 @@ class Linear : public Module {
 class Embedding : public Module {
  public:
   Embedding(int64_t num_embeddings, int64_t embedding_dim, Generator* gen = nullptr);
+  /// Wraps an existing [num_embeddings, embedding_dim] tensor as the weight (shared; no random numbers drawn).
+  explicit Embedding(const Tensor& weight);
   std::string type_name() const override { return "Embedding"; }
   std::string extra_repr() const override;
   /// indices: int64/int32 of any shape -> indices.shape + (embedding_dim)

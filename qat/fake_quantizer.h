@@ -101,6 +101,9 @@ class FakeQuantizedLinear : public nn::Linear {
  public:
   FakeQuantizedLinear(int64_t in_features, int64_t out_features, bool bias, const FakeQuantizeConfigBase* activation_config,
                       const FakeQuantizeConfigBase* weight_config);
+  /// Around existing parameters (shared; no random numbers drawn).
+  FakeQuantizedLinear(const Tensor& weight, const Tensor& bias, const FakeQuantizeConfigBase* activation_config,
+                      const FakeQuantizeConfigBase* weight_config);
   /// Wraps an existing Linear, sharing its parameters.
   static std::shared_ptr<FakeQuantizedLinear> from_linear(const nn::Linear& linear, const FakeQuantizeConfigBase* activation_config,
                                                           const FakeQuantizeConfigBase* weight_config);
@@ -110,12 +113,17 @@ class FakeQuantizedLinear : public nn::Linear {
   Tensor forward(const Tensor& x) override;
   void enable_fake_quant(bool on);
   std::shared_ptr<FakeQuantizer> activation_fake_quantizer, weight_fake_quantizer;  // either may be null
+
+ private:
+  void add_quantizers(const FakeQuantizeConfigBase* activation_config, const FakeQuantizeConfigBase* weight_config);
 };
 
 /// Embedding whose table is fake-quantized (weight-only).
 class FakeQuantizedEmbedding : public nn::Embedding {
  public:
   FakeQuantizedEmbedding(int64_t num_embeddings, int64_t embedding_dim, const FakeQuantizeConfigBase& weight_config);
+  /// Around an existing weight (shared; no random numbers drawn).
+  FakeQuantizedEmbedding(const Tensor& weight, const FakeQuantizeConfigBase& weight_config);
   static std::shared_ptr<FakeQuantizedEmbedding> from_embedding(const nn::Embedding& e, const FakeQuantizeConfigBase& weight_config);
   std::shared_ptr<nn::Embedding> to_embedding() const;
   std::string type_name() const override { return "FakeQuantizedEmbedding"; }

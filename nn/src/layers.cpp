@@ -23,6 +23,15 @@ Linear::Linear(int64_t in, int64_t out, bool has_bias, Generator* gen) : in_feat
   if (has_bias) bias = register_parameter("bias", empty({out}));
   reset_parameters(gen);
 }
+Linear::Linear(const Tensor& w, const Tensor& b) {
+  LOWBIT_CHECK(w.defined() && w.dim() == 2 && w.size(0) > 0 && w.size(1) > 0, "Linear: weight must be a non-empty [out_features, in_features] tensor, got {}",
+               w.defined() ? shape_str(w.shape()) : "undefined");
+  LOWBIT_CHECK(!b.defined() || (b.dim() == 1 && b.size(0) == w.size(0)), "Linear: bias must have shape [{}], got {}", w.size(0), shape_str(b.shape()));
+  in_features = w.size(1);
+  out_features = w.size(0);
+  weight = register_parameter("weight", w);
+  if (b.defined()) bias = register_parameter("bias", b);
+}
 void Linear::reset_parameters(Generator* gen) {
   NoGradGuard ng;
   // kaiming_uniform_(a=sqrt(5)) reduces to U(-1/sqrt(fan_in), 1/sqrt(fan_in)); bias the same
@@ -40,6 +49,13 @@ Embedding::Embedding(int64_t n, int64_t d, Generator* gen) : num_embeddings(n), 
   LOWBIT_CHECK(n > 0 && d > 0, "Embedding: num_embeddings ({}) and embedding_dim ({}) must be positive", n, d);
   Tensor w = empty({n, d});
   w.normal_(0.0, 1.0, gen);
+  weight = register_parameter("weight", w);
+}
+Embedding::Embedding(const Tensor& w) {
+  LOWBIT_CHECK(w.defined() && w.dim() == 2 && w.size(0) > 0 && w.size(1) > 0, "Embedding: weight must be a non-empty [num_embeddings, embedding_dim] tensor, got {}",
+               w.defined() ? shape_str(w.shape()) : "undefined");
+  num_embeddings = w.size(0);
+  embedding_dim = w.size(1);
   weight = register_parameter("weight", w);
 }
 std::string Embedding::extra_repr() const { return fmt::format("{}, {}", num_embeddings, embedding_dim); }

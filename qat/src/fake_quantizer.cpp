@@ -180,34 +180,31 @@ void initialize_fake_quantizers(nn::Module& model, const Tensor& example_inputs)
 // ---------------- modules ----------------
 FakeQuantizedLinear::FakeQuantizedLinear(int64_t in, int64_t out, bool has_bias, const FakeQuantizeConfigBase* act, const FakeQuantizeConfigBase* w)
     : nn::Linear(in, out, has_bias) {
+  add_quantizers(act, w);
+}
+FakeQuantizedLinear::FakeQuantizedLinear(const Tensor& weight, const Tensor& bias, const FakeQuantizeConfigBase* act, const FakeQuantizeConfigBase* w)
+    : nn::Linear(weight, bias) {
+  add_quantizers(act, w);
+}
+void FakeQuantizedLinear::add_quantizers(const FakeQuantizeConfigBase* act, const FakeQuantizeConfigBase* w) {
   if (act) activation_fake_quantizer = register_module("activation_fake_quantizer", std::make_shared<FakeQuantizer>(*act));
   if (w) {
     if (const auto* ic = dynamic_cast<const IntxFakeQuantizeConfig*>(w); ic && ic->granularity) {
       if (const auto* pg = std::get_if<PerGroup>(&*ic->granularity))
-        LOWBIT_CHECK(in % pg->group_size == 0, "FakeQuantizedLinear: in_features ({}) must be divisible by the weight group size ({})", in, pg->group_size);
+        LOWBIT_CHECK(in_features % pg->group_size == 0, "FakeQuantizedLinear: in_features ({}) must be divisible by the weight group size ({})", in_features,
+                     pg->group_size);
     }
     weight_fake_quantizer = register_module("weight_fake_quantizer", std::make_shared<FakeQuantizer>(*w));
   }
 }
+// module swaps share the parameters and draw no random numbers
 std::shared_ptr<FakeQuantizedLinear> FakeQuantizedLinear::from_linear(const nn::Linear& l, const FakeQuantizeConfigBase* act, const FakeQuantizeConfigBase* w) {
-  auto m = std::make_shared<FakeQuantizedLinear>(l.in_features, l.out_features, l.bias.defined(), act, w);
-  m->weight = l.weight;
-  m->replace_parameter("weight", l.weight);
-  if (l.bias.defined()) {
-    m->bias = l.bias;
-    m->replace_parameter("bias", l.bias);
-  }
+  auto m = std::make_shared<FakeQuantizedLinear>(l.weight, l.bias, act, w);
   m->train(l.is_training());
   return m;
 }
 std::shared_ptr<nn::Linear> FakeQuantizedLinear::to_linear() const {
-  auto l = std::make_shared<nn::Linear>(in_features, out_features, bias.defined());
-  l->weight = weight;
-  l->replace_parameter("weight", weight);
-  if (bias.defined()) {
-    l->bias = bias;
-    l->replace_parameter("bias", bias);
-  }
+  auto l = std::make_shared<nn::Linear>(weight, bias);
   l->train(is_training());
   return l;
 }
@@ -224,16 +221,17 @@ void FakeQuantizedLinear::enable_fake_quant(bool on) {
 FakeQuantizedEmbedding::FakeQuantizedEmbedding(int64_t n, int64_t d, const FakeQuantizeConfigBase& w) : nn::Embedding(n, d) {
   weight_fake_quantizer = register_module("weight_fake_quantizer", std::make_shared<FakeQuantizer>(w));
 }
+FakeQuantizedEmbedding::FakeQuantizedEmbedding(const Tensor& weight, const FakeQuantizeConfigBase& w) : nn::Embedding(weight) {
+  weight_fake_quantizer = register_module("weight_fake_quantizer", std::make_shared<FakeQuantizer>(w));
+}
 std::shared_ptr<FakeQuantizedEmbedding> FakeQuantizedEmbedding::from_embedding(const nn::Embedding& e, const FakeQuantizeConfigBase& w) {
-  auto m = std::make_shared<FakeQuantizedEmbedding>(e.num_embeddings, e.embedding_dim, w);
-  m->weight = e.weight;
-  m->replace_parameter("weight", e.weight);
+  auto m = std::make_shared<FakeQuantizedEmbedding>(e.weight, w);
+  m->train(e.is_training());
   return m;
 }
 std::shared_ptr<nn::Embedding> FakeQuantizedEmbedding::to_embedding() const {
-  auto e = std::make_shared<nn::Embedding>(num_embeddings, embedding_dim);
-  e->weight = weight;
-  e->replace_parameter("weight", weight);
+  auto e = std::make_shared<nn::Embedding>(weight);
+  e->train(is_training());
   return e;
 }
 Tensor FakeQuantizedEmbedding::forward(const Tensor& idx) { return embedding(weight_fake_quantizer->forward(weight), idx); }

@@ -168,3 +168,26 @@ TEST(Quantize, EveryRecipeOfTheTable) {
   }
   lowbit::testing::expect_error([] { recipe_config("8da5w", "int4", 32); }, {"unknown quantization recipe '8da5w'", recipe_names()});
 }
+
+TEST(Quantize, PrepareAndConvertDrawNoRandomNumbers) {
+  // module swaps share the trained parameters: building the new modules must not advance the
+  // global generator (it used to, once per swapped layer), so a run's later random numbers do
+  // not depend on whether it was quantized
+  manual_seed(5);
+  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(64, 32), std::make_shared<nn::ReLU>(),
+                                                                                         std::make_shared<nn::Linear>(32, 8)});
+  const Tensor w0 = model->state_dict()[0].second;
+  const uint64_t before = default_generator().offset();
+  const auto cfg = recipe_config("8da4w", "int4", 32);
+  auto prepared = quantize_(model, QATConfig(cfg, "prepare"), compatible_linears(*cfg));
+  EXPECT_EQ(default_generator().offset(), before);
+  EXPECT_EQ(prepared->state_dict()[0].second.impl(), w0.impl());  // the same parameter, not a copy
+  auto converted = quantize_(prepared, QATConfig(cfg, "convert"));
+  EXPECT_EQ(default_generator().offset(), before);
+  auto emb = std::make_shared<nn::Embedding>(10, 4);
+  const uint64_t before_emb = default_generator().offset();
+  auto fq = FakeQuantizedEmbedding::from_embedding(*emb, IntxFakeQuantizeConfig("int4", PerGroup{4}));
+  auto back = fq->to_embedding();
+  EXPECT_EQ(default_generator().offset(), before_emb);
+  EXPECT_EQ(back->weight.impl(), emb->weight.impl());
+}
