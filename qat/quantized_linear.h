@@ -69,6 +69,9 @@ class QuantizedLinear : public nn::Module {
   mutable std::vector<std::pair<const void*, uint64_t>> packed_key_;  // (storage, version) of qdata, scale, zero_point
   mutable std::pair<const void*, uint64_t> zp_zero_key_{nullptr, 0};
   mutable bool zp_all_zero_ = false;
+  // the activation fake quantizer of the exact path, built once per activation_config
+  mutable std::shared_ptr<FakeQuantizer> act_quantizer_;
+  mutable std::string act_quantizer_key_;
 };
 
 }  // namespace lowbit::qat

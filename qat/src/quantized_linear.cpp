@@ -200,8 +200,16 @@ Tensor QuantizedLinear::forward(const Tensor& x) {
   }
   Tensor xq = x;
   if (activation_config) {
-    FakeQuantizer fq(*activation_config);  // dynamic: qparams from this input, as the prepared module
-    xq = fq.forward(x);                    // straight-through gradient to x when it requires grad
+    // dynamic: qparams from this input, as the prepared module; straight-through gradient to x
+    {
+      std::lock_guard<std::mutex> lock(pack_mutex_);
+      const std::string key = activation_config->to_string();
+      if (!act_quantizer_ || act_quantizer_key_ != key) {
+        act_quantizer_ = std::make_shared<FakeQuantizer>(*activation_config);
+        act_quantizer_key_ = key;
+      }
+    }
+    xq = act_quantizer_->forward(x);
   }
   if (xq.dtype() == kFloat32) return linear(xq, dequantized_weight(), bias);
   // other floating inputs (bfloat16): weight and bias in the input's dtype, as the prepared module
