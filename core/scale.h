@@ -1,0 +1,40 @@
+// Scale rules, as small pieces the quantizers compose (spec §1.3, §3.3, §4.2 and §9 items 3, 6):
+// the e8m0 block scales of MX formats (FLOOR, CEIL, EVEN, RCEIL) and float8's amax scaling with
+// optional power-of-2 rounding. Integer affine qparams live in qat/affine.h.
+#pragma once
+#include <cstdint>
+
+#include "lowbit/core/format.h"
+
+namespace lowbit::core {
+
+/// How an MX block's amax becomes its e8m0 scale (torchao's ScaleCalculationMode).
+enum class E8M0Rounding : uint8_t { Floor, Ceil, Even, RCeil };
+const char* to_string(E8M0Rounding mode);
+
+/// The e8m0 scale of one MX block: the biased exponent byte b (255 = NaN) and the multiplier
+/// r = 2^(127 - b) the block's elements are multiplied by before their cast (the e8m0 value of
+/// byte 254 - b: b = 254 gives 2^-127, an fp32 subnormal; b = 255 gives NaN).
+struct E8M0Scale {
+  uint8_t byte;
+  float multiplier;
+};
+/// emax of an element format: floor(log2(max_finite)) (e4m3fn 8, e5m2 15, e2m3 2, e3m2 4, e2m1 2).
+int max_pow2(const Format& element);
+/// The scale of a block whose largest magnitude is amax (NaN if any element is NaN), for element
+/// format `element`. FLOOR: exponent of amax minus emax; CEIL: rounded up when amax's mantissa is
+/// not zero; EVEN: amax's mantissa first rounded to the element's mantissa width (a block holding
+/// FLT_MAX overflows to a NaN scale); all three clamp to [-127, 128] and give 255 for a non-finite
+/// amax. RCEIL: d = amax * (1/max_finite) in fp32, its exponent rounded up (for an fp32-subnormal
+/// d only when its mantissa exceeds half), 255 when d is not finite.
+E8M0Scale e8m0_scale(float amax, const Format& element, E8M0Rounding mode);
+
+/// float8 training scale (a multiplier: x_fp8 = cast(x * scale)): max_finite / max(amax, 1e-12)
+/// computed in float64, then rounded to float32. amax = 0 gives max_finite * 1e12; amax = inf
+/// gives 0; NaN gives NaN.
+float float8_amax_to_scale(double amax, const Format& fp8);
+/// 2^floor(log2(scale)) evaluated in float32 (log2f, floorf, exp2f) as torchao does: for a few
+/// values just below 2^k the correctly rounded log2f rounds up to k, so the result is 2^k there.
+float round_scale_to_power_of_2(float scale);
+
+}  // namespace lowbit::core

@@ -1,0 +1,71 @@
+#include "lowbit/core/scale.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+namespace lowbit::core {
+
+namespace {
+uint32_t bits_of(float x) {
+  uint32_t u;
+  std::memcpy(&u, &x, 4);
+  return u;
+}
+float float_of(uint32_t u) {
+  float x;
+  std::memcpy(&x, &u, 4);
+  return x;
+}
+// the e8m0 value of byte c (c = 255: NaN)
+float e8m0_value(uint32_t c) { return c == 255 ? std::numeric_limits<float>::quiet_NaN() : std::ldexp(1.0f, static_cast<int>(c) - 127); }
+}  // namespace
+
+const char* to_string(E8M0Rounding mode) {
+  switch (mode) {
+    case E8M0Rounding::Floor: return "FLOOR";
+    case E8M0Rounding::Ceil: return "CEIL";
+    case E8M0Rounding::Even: return "EVEN";
+    case E8M0Rounding::RCeil: return "RCEIL";
+  }
+  return "?";
+}
+
+int max_pow2(const Format& element) { return static_cast<int>(std::floor(std::log2(element.max_finite))); }
+
+E8M0Scale e8m0_scale(float amax, const Format& element, E8M0Rounding mode) {
+  uint32_t b;
+  if (mode == E8M0Rounding::RCeil) {
+    const float d = amax * (1.0f / static_cast<float>(element.max_finite));
+    if (!std::isfinite(d)) {
+      b = 255;
+    } else {
+      const uint32_t u = bits_of(d), exp = (u >> 23) & 0xFF, mant = u & 0x7FFFFF;
+      b = exp + (exp == 0 ? (mant > 0x400000 ? 1u : 0u) : (mant != 0 ? 1u : 0u));
+    }
+  } else {
+    uint32_t u = bits_of(amax);
+    if (mode == E8M0Rounding::Even && !std::isnan(amax)) {
+      // round the mantissa to the element's width (the carry may reach the exponent, even to inf)
+      u = (u + (1u << (22 - element.mant_bits))) & 0xFF800000u;
+    }
+    const float a = float_of(u);
+    if (!std::isfinite(a)) {
+      b = 255;
+    } else {
+      const int e = static_cast<int>((u >> 23) & 0xFF) - 127;  // zero or fp32-subnormal amax: -127
+      const int ceil = mode == E8M0Rounding::Ceil && (u & 0x7FFFFF) != 0 ? 1 : 0;
+      const int s = std::clamp(e + ceil - max_pow2(element), -127, 128);
+      b = static_cast<uint32_t>(s + 127);
+    }
+  }
+  b = std::min<uint32_t>(b, 255);
+  return {static_cast<uint8_t>(b), b == 255 ? std::numeric_limits<float>::quiet_NaN() : e8m0_value(254 - b)};
+}
+
+float float8_amax_to_scale(double amax, const Format& fp8) { return static_cast<float>(fp8.max_finite / std::max(amax, 1e-12)); }
+
+float round_scale_to_power_of_2(float scale) { return std::exp2(std::floor(std::log2(scale))); }
+
+}  // namespace lowbit::core

@@ -1,0 +1,119 @@
+// Scale rules against the spec's worked examples and torchao's golden vectors: every to_mx case
+// of mx.h5 (5 element formats x FLOOR/RCEIL/CEIL/EVEN x 4 inputs) gives the same e8m0 scale bytes
+// and, with the format table's codecs, the same element codes.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+
+#include "golden.h"
+
+using namespace lowbit;
+using namespace lowbit::core;
+
+namespace {
+const Format& elem(const std::string& name) { return format_by_name(name); }
+}  // namespace
+
+TEST(ScaleRules, SpecExamples) {
+  const Format& fp4 = elem("fp4_e2m1");
+  const Format& e4m3 = elem("float8_e4m3fn");
+  EXPECT_EQ(max_pow2(fp4), 2);
+  EXPECT_EQ(max_pow2(e4m3), 8);
+  EXPECT_EQ(max_pow2(elem("float8_e5m2")), 15);
+  EXPECT_EQ(max_pow2(elem("fp6_e2m3")), 2);
+  EXPECT_EQ(max_pow2(elem("fp6_e3m2")), 4);
+  // spec §4.2: fp4 amax 6 -> FLOOR/RCEIL 127; amax 7 -> FLOOR 127, RCEIL/CEIL/EVEN 128
+  EXPECT_EQ(e8m0_scale(6.0f, fp4, E8M0Rounding::Floor).byte, 127);
+  EXPECT_EQ(e8m0_scale(6.0f, fp4, E8M0Rounding::RCeil).byte, 127);
+  for (auto m : {E8M0Rounding::RCeil, E8M0Rounding::Ceil, E8M0Rounding::Even}) EXPECT_EQ(e8m0_scale(7.0f, fp4, m).byte, 128) << to_string(m);
+  EXPECT_EQ(e8m0_scale(7.0f, fp4, E8M0Rounding::Floor).byte, 127);
+  // e4m3: amax 448 -> FLOOR 127; 500 -> FLOOR 127, RCEIL 128
+  EXPECT_EQ(e8m0_scale(448.0f, e4m3, E8M0Rounding::Floor).byte, 127);
+  EXPECT_EQ(e8m0_scale(500.0f, e4m3, E8M0Rounding::Floor).byte, 127);
+  EXPECT_EQ(e8m0_scale(500.0f, e4m3, E8M0Rounding::RCeil).byte, 128);
+  // multipliers: r = 2^(127 - b); non-finite amax -> 255 / NaN; §9 item 6: EVEN overflows at FLT_MAX
+  EXPECT_EQ(e8m0_scale(6.0f, fp4, E8M0Rounding::Floor).multiplier, 1.0f);
+  EXPECT_EQ(e8m0_scale(24.0f, fp4, E8M0Rounding::Floor).multiplier, 0.25f);
+  EXPECT_EQ(e8m0_scale(NAN, fp4, E8M0Rounding::Floor).byte, 255);
+  EXPECT_TRUE(std::isnan(e8m0_scale(INFINITY, e4m3, E8M0Rounding::RCeil).multiplier));
+  EXPECT_EQ(e8m0_scale(FLT_MAX, e4m3, E8M0Rounding::Even).byte, 255);
+  EXPECT_NE(e8m0_scale(FLT_MAX, e4m3, E8M0Rounding::Floor).byte, 255);
+  EXPECT_EQ(e8m0_scale(0.0f, e4m3, E8M0Rounding::Floor).byte, 0);  // clamp at -127
+  // float8 amax scaling (§3.3): a multiplier computed in float64
+  EXPECT_EQ(float8_amax_to_scale(2.0, e4m3), 224.0f);
+  EXPECT_EQ(float8_amax_to_scale(0.0, e4m3), static_cast<float>(448.0 / 1e-12));
+  EXPECT_EQ(float8_amax_to_scale(INFINITY, e4m3), 0.0f);
+  EXPECT_TRUE(std::isnan(float8_amax_to_scale(NAN, e4m3)));
+  // power of 2, in fp32 as torchao: rounded down except where log2f rounds up to k (§9 item 3)
+  EXPECT_EQ(round_scale_to_power_of_2(224.0f), 128.0f);
+  EXPECT_EQ(round_scale_to_power_of_2(256.0f), 256.0f);
+  int rounded_up = 0;
+  for (int j = 1; j <= 64; ++j) {
+    const float s = std::ldexp(1.0f - static_cast<float>(j) * std::ldexp(1.0f, -24), 3);  // 2^3 (1 - j 2^-24)
+    const float p = round_scale_to_power_of_2(s);
+    EXPECT_TRUE(p == 4.0f || p == 8.0f) << s;
+    EXPECT_EQ(p, std::exp2(std::floor(std::log2(s))));
+    rounded_up += p == 8.0f;
+  }
+  std::printf("  values 2^3(1 - j 2^-24), j = 1..64, whose fp32 log2 rounds up to 3: %d (spec §9 item 3: 1)\n", rounded_up);
+}
+
+TEST(ScaleRules, EveryToMxCaseOfMxH5) {
+  namespace t = lowbit::testing;
+  LOWBIT_GOLDEN_FILE(path, "mx.h5");
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  ASSERT_GE(f, 0);
+  int cases = 0;
+  int64_t blocks = 0, codes_checked = 0;
+  for (const auto& name : t::golden_cases(f)) {
+    if (name.rfind("to_mx/", 0) != 0) continue;
+    SCOPED_TRACE(name);
+    hid_t g = H5Gopen2(f, name.c_str(), H5P_DEFAULT);
+    const Format& e = elem(t::attr_string(g, "elem_format"));
+    const std::string mode_s = t::attr_string(g, "scaling_mode");
+    const E8M0Rounding mode = mode_s.find("RCEIL") != std::string::npos ? E8M0Rounding::RCeil
+                              : mode_s.find("CEIL") != std::string::npos ? E8M0Rounding::Ceil
+                              : mode_s.find("EVEN") != std::string::npos ? E8M0Rounding::Even
+                                                                         : E8M0Rounding::Floor;
+    const int64_t bs = t::attr_ints(g, "block_size")[0];
+    const Tensor x = t::dataset(g, "input", kFloat32);
+    const Tensor sb = t::dataset(g, "scale_e8m0_bits", kUInt8);
+    const Tensor qb = t::dataset(g, "qdata_bits", kUInt8);
+    const int64_t K = x.size(-1), rows = x.numel() / K;
+    ASSERT_EQ(sb.numel(), rows * (K / bs));
+    const float* xp = x.data_ptr<float>();
+    std::vector<uint8_t> q(static_cast<size_t>(x.numel()));
+    unpack(e, qb.data_ptr<uint8_t>(), q.data(), x.numel());
+    for (int64_t b = 0; b < rows * (K / bs); ++b) {
+      const float* blk = xp + b * bs;
+      float amax = 0;
+      bool nan = false;
+      for (int64_t i = 0; i < bs; ++i) {
+        nan |= std::isnan(blk[i]);
+        amax = std::max(amax, std::fabs(blk[i]));
+      }
+      if (nan) amax = NAN;
+      const E8M0Scale s = e8m0_scale(amax, e, mode);
+      ASSERT_EQ(s.byte, sb.data_ptr<uint8_t>()[b]) << "block " << b << " amax " << amax;
+      ++blocks;
+      if (s.byte == 255) continue;  // NaN blocks: the codes are unspecified for fp6/fp4
+      // element codes: x * r, then the cast: fp8 clamped (FLOOR/CEIL/EVEN) or not (RCEIL)
+      // as torchao does, fp6/fp4 always saturating
+      const bool saturate = mode != E8M0Rounding::RCeil || e.bits < 8;
+      for (int64_t i = 0; i < bs; ++i) {
+        const uint32_t c = encode(e, blk[i] * s.multiplier, saturate);
+        const uint8_t want = q[static_cast<size_t>(b * bs + i)];
+        const bool both_nan = std::isnan(decode(e, c)) && std::isnan(decode(e, want));
+        ASSERT_TRUE(c == want || both_nan) << "block " << b << " element " << i << ": x " << blk[i] << " -> " << c << ", torchao " << int(want);
+        ++codes_checked;
+      }
+    }
+    H5Gclose(g);
+    ++cases;
+  }
+  H5Fclose(f);
+  EXPECT_EQ(cases, 80);  // 5 element formats x 4 modes x 4 inputs
+  std::printf("  mx.h5: %d to_mx cases, %lld scale bytes and %lld element codes bit-exact\n", cases, static_cast<long long>(blocks),
+              static_cast<long long>(codes_checked));
+}
