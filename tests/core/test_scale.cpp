@@ -117,3 +117,59 @@ TEST(ScaleRules, EveryToMxCaseOfMxH5) {
   std::printf("  mx.h5: %d to_mx cases, %lld scale bytes and %lld element codes bit-exact\n", cases, static_cast<long long>(blocks),
               static_cast<long long>(codes_checked));
 }
+
+TEST(ScaleRules, EveryFloat8CastCaseOfFloat8H5) {
+  // hp_tensor_to_float8_dynamic: amax per tensor / row / column, scale = float8_amax_to_scale
+  // (optionally a power of 2), codes = saturating RNE cast of fp32(x) * scale
+  namespace t = lowbit::testing;
+  LOWBIT_GOLDEN_FILE(path, "float8.h5");
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  ASSERT_GE(f, 0);
+  int cases = 0;
+  int64_t codes = 0;
+  for (const auto& name : t::golden_cases(f)) {
+    if (name.rfind("cast/", 0) != 0) continue;
+    SCOPED_TRACE(name);
+    hid_t g = H5Gopen2(f, name.c_str(), H5P_DEFAULT);
+    const Format& fp8 = elem(name.find("/e5m2/") != std::string::npos ? "float8_e5m2" : "float8_e4m3fn");
+    const bool pow2 = name.find("/pow2_True/") != std::string::npos;
+    const int axis = name.find("axiswise_dim_neg1") != std::string::npos ? 1 : name.find("axiswise_dim_0") != std::string::npos ? 0 : -1;
+    const Tensor x = t::dataset(g, "input", kFloat32);  // bf16 inputs: their exact float32 values
+    const Tensor gs = t::dataset(g, "scale", kFloat32);
+    const Tensor gd = t::dataset(g, "data_bits", kUInt8);
+    ASSERT_EQ(x.dim(), 2);
+    const int64_t M = x.size(0), K = x.size(1);
+    const float* xp = x.data_ptr<float>();
+    auto scale_of = [&](int64_t r, int64_t c) -> float {  // the scale element covering x[r, c]
+      float amax = 0;
+      bool nan = false;
+      auto take = [&](float v) {
+        nan |= std::isnan(v);
+        amax = std::max(amax, std::fabs(v));
+      };
+      if (axis == 1) for (int64_t k = 0; k < K; ++k) take(xp[r * K + k]);
+      else if (axis == 0) for (int64_t m = 0; m < M; ++m) take(xp[m * K + c]);
+      else for (int64_t i = 0; i < M * K; ++i) take(xp[i]);
+      const float s = float8_amax_to_scale(nan ? NAN : static_cast<double>(amax), fp8);
+      return pow2 ? round_scale_to_power_of_2(s) : s;
+    };
+    for (int64_t r = 0; r < M; ++r)
+      for (int64_t c = 0; c < K; ++c) {
+        const float s = scale_of(r, c);
+        const int64_t si = axis == 1 ? r : axis == 0 ? c : 0;
+        const float want_s = gs.data_ptr<float>()[si];
+        if ((r == 0 || c == 0) && !(std::isnan(s) && std::isnan(want_s)))  // NaN payloads differ (torch: 0xFFFFFFFF)
+          ASSERT_EQ(std::bit_cast<uint32_t>(s), std::bit_cast<uint32_t>(want_s)) << "scale " << si;
+        const uint32_t code = encode(fp8, xp[r * K + c] * s, /*saturate=*/true);
+        const uint8_t want = gd.data_ptr<uint8_t>()[r * K + c];
+        ASSERT_TRUE(code == want || (std::isnan(decode(fp8, code)) && std::isnan(decode(fp8, want))))
+            << "[" << r << ", " << c << "] x " << xp[r * K + c] << " scale " << s << ": " << code << " vs torchao " << int(want);
+        ++codes;
+      }
+    H5Gclose(g);
+    ++cases;
+  }
+  H5Fclose(f);
+  EXPECT_GT(cases, 0);
+  std::printf("  float8.h5: %d cast cases, %lld fp8 codes and their scales bit-exact\n", cases, static_cast<long long>(codes));
+}
