@@ -33,7 +33,10 @@ struct LambdaNode : Node {
   using Fn = std::function<std::vector<Tensor>(const Tensor&)>;
   LambdaNode(std::string name, Fn fn) : name_(std::move(name)), fn_(std::move(fn)) {}
   std::vector<Tensor> apply(const Tensor& grad_output) override;
-  void release() override { fn_ = nullptr; released = true; }
+  void release() override {
+    fn_ = nullptr;
+    released = true;
+  }
   std::string name() const override { return name_; }
   /// dtype of each input: gradients are cast to it (e.g. float32 grads of a bfloat16 input)
   std::vector<DType> input_dtypes;
@@ -60,8 +63,8 @@ class NoGradGuard {
 };
 
 /// Computes and returns d(outputs)/d(inputs) without touching .grad (like torch.autograd.grad).
-std::vector<Tensor> grad(const Tensor& output, const std::vector<Tensor>& inputs,
-                         const Tensor& grad_output = Tensor(), bool retain_graph = false);
+std::vector<Tensor> grad(const Tensor& output, const std::vector<Tensor>& inputs, const Tensor& grad_output = Tensor(),
+                         bool retain_graph = false);
 
 namespace detail {
 /// True when grad mode is on and any input requires grad.
@@ -115,9 +118,8 @@ struct Function {
       const size_t n = tensor_inputs.size();
       detail::record(out, name(), tensor_inputs, [ctx, n](const Tensor& g) {
         std::vector<Tensor> grads = Derived::backward(ctx.get(), g);
-        LOWBIT_CHECK(grads.size() == n,
-                     "{}::backward returned {} gradients; forward took {} Tensor arguments",
-                     name(), grads.size(), n);
+        LOWBIT_CHECK(grads.size() == n, "{}::backward returned {} gradients; forward took {} Tensor arguments", name(),
+                     grads.size(), n);
         return grads;
       });
     }

@@ -28,8 +28,8 @@ namespace detail {
 }  // namespace lowbit
 
 /// LOWBIT_CHECK(cond, "op: fmt {} string", args...) throws lowbit::Error with the formatted text.
-#define LOWBIT_CHECK(cond, ...)                                         \
-  do {                                                                  \
+#define LOWBIT_CHECK(cond, ...)                                             \
+  do {                                                                      \
     if (!(cond)) ::lowbit::detail::throw_error(::fmt::format(__VA_ARGS__)); \
   } while (0)
 

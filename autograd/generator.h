@@ -8,13 +8,23 @@ namespace lowbit {
 class Generator {
  public:
   explicit Generator(uint64_t seed = 0x853c49e6748fea9bULL) : seed_(seed) {}
-  void manual_seed(uint64_t seed) { seed_ = seed; offset_ = 0; }
+  void manual_seed(uint64_t seed) {
+    seed_ = seed;
+    offset_ = 0;
+  }
   uint64_t seed() const { return seed_; }
   /// Number of 64-bit draws consumed so far; (seed, offset) is the whole state.
   uint64_t offset() const { return offset_; }
-  void set_state(uint64_t seed, uint64_t offset) { seed_ = seed; offset_ = offset; }
+  void set_state(uint64_t seed, uint64_t offset) {
+    seed_ = seed;
+    offset_ = offset;
+  }
   /// Reserves n consecutive counters and returns the first.
-  uint64_t reserve(uint64_t n) { uint64_t o = offset_; offset_ += n; return o; }
+  uint64_t reserve(uint64_t n) {
+    uint64_t o = offset_;
+    offset_ += n;
+    return o;
+  }
 
   /// 64 random bits for counter c (a stateless hash of seed and c).
   static uint64_t bits(uint64_t seed, uint64_t c) {

@@ -21,25 +21,24 @@ namespace lowbit::detail {
   }
 
 /// Runs the body with T = the C++ type of dtype (all dtypes).
-#define LOWBIT_DISPATCH_ALL(dtype, T, ...)                                     \
-  switch (dtype) {                                                             \
-    LOWBIT_DISPATCH_CASE(::lowbit::DType::Float32, float, T, __VA_ARGS__)      \
+#define LOWBIT_DISPATCH_ALL(dtype, T, ...)                                              \
+  switch (dtype) {                                                                      \
+    LOWBIT_DISPATCH_CASE(::lowbit::DType::Float32, float, T, __VA_ARGS__)               \
     LOWBIT_DISPATCH_CASE(::lowbit::DType::BFloat16, ::lowbit::BFloat16, T, __VA_ARGS__) \
-    LOWBIT_DISPATCH_CASE(::lowbit::DType::Float64, double, T, __VA_ARGS__)     \
-    LOWBIT_DISPATCH_CASE(::lowbit::DType::Int8, int8_t, T, __VA_ARGS__)        \
-    LOWBIT_DISPATCH_CASE(::lowbit::DType::UInt8, uint8_t, T, __VA_ARGS__)      \
-    LOWBIT_DISPATCH_CASE(::lowbit::DType::Int32, int32_t, T, __VA_ARGS__)      \
-    LOWBIT_DISPATCH_CASE(::lowbit::DType::Int64, int64_t, T, __VA_ARGS__)      \
-    LOWBIT_DISPATCH_CASE(::lowbit::DType::Bool, bool, T, __VA_ARGS__)          \
+    LOWBIT_DISPATCH_CASE(::lowbit::DType::Float64, double, T, __VA_ARGS__)              \
+    LOWBIT_DISPATCH_CASE(::lowbit::DType::Int8, int8_t, T, __VA_ARGS__)                 \
+    LOWBIT_DISPATCH_CASE(::lowbit::DType::UInt8, uint8_t, T, __VA_ARGS__)               \
+    LOWBIT_DISPATCH_CASE(::lowbit::DType::Int32, int32_t, T, __VA_ARGS__)               \
+    LOWBIT_DISPATCH_CASE(::lowbit::DType::Int64, int64_t, T, __VA_ARGS__)               \
+    LOWBIT_DISPATCH_CASE(::lowbit::DType::Bool, bool, T, __VA_ARGS__)                   \
   }
 
 /// Runs the body with T = float or double (compute types).
-#define LOWBIT_DISPATCH_FLOAT(dtype, T, ...)                               \
-  switch (dtype) {                                                         \
-    LOWBIT_DISPATCH_CASE(::lowbit::DType::Float32, float, T, __VA_ARGS__)  \
-    LOWBIT_DISPATCH_CASE(::lowbit::DType::Float64, double, T, __VA_ARGS__) \
-    default:                                                               \
-      LOWBIT_ASSERT(false && "float dispatch on non-compute dtype");       \
+#define LOWBIT_DISPATCH_FLOAT(dtype, T, ...)                                \
+  switch (dtype) {                                                          \
+    LOWBIT_DISPATCH_CASE(::lowbit::DType::Float32, float, T, __VA_ARGS__)   \
+    LOWBIT_DISPATCH_CASE(::lowbit::DType::Float64, double, T, __VA_ARGS__)  \
+    default: LOWBIT_ASSERT(false && "float dispatch on non-compute dtype"); \
   }
 
 /// Splits [0, n) into one contiguous chunk per thread and runs fn(begin, end) on each, in
@@ -55,7 +54,7 @@ void parallel_for(int64_t n, int64_t grain, F&& fn, int64_t align = 1) {
     return;
   }
   const int64_t tasks = std::min<int64_t>(threads, (n + grain - 1) / std::max<int64_t>(grain, 1));
-#pragma omp parallel num_threads(static_cast<int>(tasks))
+#pragma omp parallel num_threads(static_cast <int>(tasks))
   {
     const int64_t t = omp_get_thread_num();
     const int64_t nt = omp_get_num_threads();

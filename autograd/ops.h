@@ -109,9 +109,8 @@ Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& we
 /// q: (..., L, E), k: (..., S, E), v: (..., S, Ev) -> (..., L, Ev). attn_mask: bool (true = keep)
 /// or float (added). is_causal masks j > i (top-left aligned, like PyTorch).
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
-                                    const Tensor& attn_mask = Tensor(), double dropout_p = 0.0,
-                                    bool is_causal = false, std::optional<double> scale = std::nullopt,
-                                    Generator* gen = nullptr);
+                                    const Tensor& attn_mask = Tensor(), double dropout_p = 0.0, bool is_causal = false,
+                                    std::optional<double> scale = std::nullopt, Generator* gen = nullptr);
 
 // ---- operators ----
 Tensor operator+(const Tensor& a, const Tensor& b);

@@ -24,7 +24,7 @@ struct Storage {
   void* data = nullptr;
   size_t nbytes = 0;
   std::function<void(void*)> deleter;
-  uint64_t version = 0;  // bumped by in-place writes through Tensor methods (see Tensor::version)
+  uint64_t version = 0;    // bumped by in-place writes through Tensor methods (see Tensor::version)
   Storage(size_t nbytes);  // allocates, uninitialized
   Storage(void* external, size_t nbytes, std::function<void(void*)> deleter);
   ~Storage();
@@ -48,14 +48,16 @@ class Tensor {
   size_t nbytes() const { return static_cast<size_t>(numel()) * element_size(dtype()); }
 
   /// Typed pointer to the first element; throws if T does not match dtype().
-  template <typename T> T* data_ptr() const;
+  template <typename T>
+  T* data_ptr() const;
   void* raw_data() const;
   /// Counter of in-place writes to this tensor's storage through copy_, fill_/zero_, uniform_
   /// and normal_ (what load_state_dict uses): caches derived from a tensor compare it. Writes
   /// through data_ptr / raw_data are not counted.
   uint64_t version() const;
   /// The single element of a one-element tensor, converted to T.
-  template <typename T> T item() const;
+  template <typename T>
+  T item() const;
   /// Copy converted to dtype (bfloat16: round to nearest even). Same dtype returns *this.
   Tensor to(DType dtype) const;
   /// A copy with its own storage (recorded by autograd).
@@ -140,7 +142,8 @@ Tensor empty_like(const Tensor& t);
 Tensor arange(double end, DType dtype = kInt64);
 Tensor arange(double start, double end, double step = 1.0, DType dtype = kInt64);
 /// Copies values into a new tensor of the given shape (empty shape: 1-D of values.size()).
-template <typename T> Tensor from_vector(const std::vector<T>& values, const Shape& shape = {});
+template <typename T>
+Tensor from_vector(const std::vector<T>& values, const Shape& shape = {});
 /// Wraps an external buffer without copying; deleter (may be empty) runs when the last view dies.
 Tensor from_blob(void* data, const Shape& shape, DType dtype, std::function<void(void*)> deleter = {});
 /// Uniform [0,1), standard normal, integers in [low, high): from gen or the default generator.

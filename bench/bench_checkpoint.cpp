@@ -58,7 +58,8 @@ void BM_PeerWriteFsync(benchmark::State& st) {
   std::vector<char> buf(f.bytes, 1);
   for (auto _ : st) {
     const int fd = ::open(path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    for (size_t done = 0; done < buf.size();) done += static_cast<size_t>(::write(fd, buf.data() + done, buf.size() - done));
+    for (size_t done = 0; done < buf.size();)
+      done += static_cast<size_t>(::write(fd, buf.data() + done, buf.size() - done));
     ::fsync(fd);
     ::close(fd);
   }
@@ -90,8 +91,10 @@ int main(int argc, char** argv) {
   std::vector<char*> rest;
   for (int i = 0; i < argc; ++i) {
     const std::string a = argv[i];
-    if (a.rfind("--dir=", 0) == 0) g_dir = a.substr(6);
-    else rest.push_back(argv[i]);
+    if (a.rfind("--dir=", 0) == 0)
+      g_dir = a.substr(6);
+    else
+      rest.push_back(argv[i]);
   }
   int n = static_cast<int>(rest.size());
   auto rep = bench::run_all(n, rest.data(), [](int t) { set_num_threads(t); });
@@ -99,8 +102,10 @@ int main(int argc, char** argv) {
   const double save = rep.seconds("BM_SaveCheckpoint"), write = rep.seconds("BM_PeerWriteFsync");
   const double load = rep.seconds("BM_LoadCheckpoint"), read = rep.seconds("BM_PeerRead");
   std::printf("\n%.0f MB of tensors in %s\n", mb, g_dir.c_str());
-  std::printf("save (CRC, fsync, rename): %7.0f MB/s   write(2)+fsync: %7.0f MB/s   ratio %.2f\n", mb / save, mb / write, write / save);
-  std::printf("load (CRC, validation):    %7.0f MB/s   read(2):        %7.0f MB/s   ratio %.2f\n", mb / load, mb / read, read / load);
+  std::printf("save (CRC, fsync, rename): %7.0f MB/s   write(2)+fsync: %7.0f MB/s   ratio %.2f\n", mb / save,
+              mb / write, write / save);
+  std::printf("load (CRC, validation):    %7.0f MB/s   read(2):        %7.0f MB/s   ratio %.2f\n", mb / load, mb / read,
+              read / load);
   std::filesystem::remove(g_dir + "/lowbit_bench_ckpt.h5");
   std::filesystem::remove(g_dir + "/lowbit_bench_raw.bin");
   return 0;

@@ -15,8 +15,8 @@ namespace {
 constexpr int64_t kN = int64_t{1} << 24;
 
 void bytes(benchmark::State& st, int arrays) {
-  st.counters["GB/s"] = benchmark::Counter(static_cast<double>(arrays) * kN * 4, benchmark::Counter::kIsIterationInvariantRate,
-                                           benchmark::Counter::kIs1000);
+  st.counters["GB/s"] = benchmark::Counter(static_cast<double>(arrays) * kN * 4,
+                                           benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 
 void BM_triad(benchmark::State& st) {
@@ -62,7 +62,8 @@ BENCHMARK(BM_sum)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 int main(int argc, char** argv) {
   const auto rep = lowbit::bench::run_all(argc, argv, [](int n) { set_num_threads(n); });
   const double triad = rep.counter("BM_triad", "GB/s") / 1e9;
-  std::printf("\nthreads=%d, 16M float32 elements\n%-8s %10s %10s %12s\n", get_num_threads(), "op", "GB/s", "triad GB/s", "% of triad");
+  std::printf("\nthreads=%d, 16M float32 elements\n%-8s %10s %10s %12s\n", get_num_threads(), "op", "GB/s",
+              "triad GB/s", "% of triad");
   for (const char* op : {"add", "mul", "gelu", "sum"}) {
     const double gbs = rep.counter(std::string("BM_") + op, "GB/s") / 1e9;
     std::printf("%-8s %10.1f %10.1f %11.0f%%\n", op, gbs, triad, 100.0 * gbs / triad);

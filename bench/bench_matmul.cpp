@@ -12,7 +12,10 @@
 using namespace lowbit;
 
 namespace {
-struct Shape3 { int64_t m, k, n; const char* name; };
+struct Shape3 {
+  int64_t m, k, n;
+  const char* name;
+};
 const Shape3 kShapes[] = {{256, 784, 1024, "256x784->1024"}, {256, 1024, 1024, "256x1024->1024"}};
 
 // oneDNN direct: C(m,n) = op(A)·op(B) with A stored (m,k) or (k,m), B stored (k,n) or (n,k)
@@ -39,7 +42,8 @@ struct Direct {
 };
 
 void set_flops(benchmark::State& st, double flops) {
-  st.counters["GFLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+  st.counters["GFLOP/s"] =
+      benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 
 void BM_lowbit_linear_fwd(benchmark::State& st) {
@@ -72,7 +76,8 @@ void BM_lowbit_linear_bwd(benchmark::State& st) {
 }
 void BM_onednn_linear_bwd(benchmark::State& st) {
   const auto& s = kShapes[st.range(0)];
-  Tensor x = randn({s.m, s.k}), w = randn({s.n, s.k}), g = randn({s.m, s.n}), dx = empty({s.m, s.k}), dw = empty({s.n, s.k});
+  Tensor x = randn({s.m, s.k}), w = randn({s.n, s.k}), g = randn({s.m, s.n}), dx = empty({s.m, s.k}),
+         dw = empty({s.n, s.k});
   Direct ddx(s.m, s.n, s.k, false, false, g.data_ptr<float>(), w.data_ptr<float>(), dx.data_ptr<float>());
   Direct ddw(s.n, s.m, s.k, true, false, g.data_ptr<float>(), x.data_ptr<float>(), dw.data_ptr<float>());
   Tensor y = empty({s.m, s.n});
@@ -98,7 +103,8 @@ int main(int argc, char** argv) {
     for (const char* pass : {"fwd", "fwd+bwd"}) {
       const std::string suffix = std::string("linear_") + (pass[3] ? "bwd" : "fwd") + "/" + std::to_string(i);
       const double ours = rep.seconds("BM_lowbit_" + suffix) * 1e6, ref = rep.seconds("BM_onednn_" + suffix) * 1e6;
-      std::printf("%-28s %12.1f %12.1f %+9.1f%%\n", (std::string(kShapes[i].name) + " " + pass).c_str(), ours, ref, 100.0 * (ours / ref - 1.0));
+      std::printf("%-28s %12.1f %12.1f %+9.1f%%\n", (std::string(kShapes[i].name) + " " + pass).c_str(), ours, ref,
+                  100.0 * (ours / ref - 1.0));
     }
   return 0;
 }

@@ -41,7 +41,8 @@ int main(int argc, char** argv) {
   const auto rep = lowbit::bench::run_all(argc, argv, [](int n) { set_num_threads(n); });
   const double ms = rep.seconds("BM_mlp_step") * 1e3;
   const double gflop = 6.0 * 256 * (784.0 * 1024 + 1024.0 * 1024 + 1024.0 * 10) / 1e9;
-  std::printf("\nthreads=%d  MLP 784-1024-1024-10, batch 256, fwd+bwd: %.2f ms/step (%.0f GFLOP/s on %.2f GFLOP of GEMMs)\n",
-              get_num_threads(), ms, gflop / (ms / 1e3), gflop);
+  std::printf(
+      "\nthreads=%d  MLP 784-1024-1024-10, batch 256, fwd+bwd: %.2f ms/step (%.0f GFLOP/s on %.2f GFLOP of GEMMs)\n",
+      get_num_threads(), ms, gflop / (ms / 1e3), gflop);
   return 0;
 }

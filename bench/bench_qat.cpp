@@ -26,7 +26,8 @@ void BM_triad(benchmark::State& st) {
     lowbit::bench::triad(a.data_ptr<float>(), b.data_ptr<float>(), c.data_ptr<float>(), kN, get_num_threads());
     benchmark::ClobberMemory();
   }
-  st.counters["GB/s"] = benchmark::Counter(12.0 * kN, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+  st.counters["GB/s"] =
+      benchmark::Counter(12.0 * kN, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 
 void BM_fake_quant_int4_g32(benchmark::State& st) {
@@ -39,7 +40,8 @@ void BM_fake_quant_int4_g32(benchmark::State& st) {
     y.backward(g);
     benchmark::DoNotOptimize(x.grad().raw_data());
   }
-  st.counters["GB/s"] = benchmark::Counter(16.0 * kN, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+  st.counters["GB/s"] =
+      benchmark::Counter(16.0 * kN, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 
 std::shared_ptr<nn::Module> mlp() {
@@ -74,7 +76,9 @@ void linear_forward(benchmark::State& st, const std::shared_ptr<nn::Module>& m, 
   NoGradGuard ng;
   for (auto _ : st) benchmark::DoNotOptimize(m->forward(x).raw_data());
 }
-std::shared_ptr<nn::Module> converted(const std::string& recipe) { return qat::quantize_(big_linear(), *qat::recipe_config(recipe, "int4", 32)); }
+std::shared_ptr<nn::Module> converted(const std::string& recipe) {
+  return qat::quantize_(big_linear(), *qat::recipe_config(recipe, "int4", 32));
+}
 
 void BM_linear_fp32_b256(benchmark::State& st) { linear_forward(st, big_linear(), 256); }
 void BM_linear_8da4w_b256(benchmark::State& st) { linear_forward(st, converted("8da4w"), 256); }
@@ -84,7 +88,8 @@ void BM_linear_fp32_b1(benchmark::State& st) { linear_forward(st, big_linear(), 
 // 32 MB L3 (one int4 layer alone stays cache-resident between iterations; fp32's 64 MB does not).
 void stack_forward(benchmark::State& st, const std::string& recipe) {
   std::vector<std::shared_ptr<nn::Module>> layers;
-  for (int i = 0; i < 8; ++i) layers.push_back(recipe.empty() ? std::static_pointer_cast<nn::Module>(big_linear()) : converted(recipe));
+  for (int i = 0; i < 8; ++i)
+    layers.push_back(recipe.empty() ? std::static_pointer_cast<nn::Module>(big_linear()) : converted(recipe));
   Tensor x = randn({1, 4096});
   NoGradGuard ng;
   for (auto _ : st) {
@@ -104,11 +109,14 @@ void onednn_gemm(benchmark::State& st, bool int8) {
   const int64_t m = 256, k = 4096, n = 4096;
   dnnl::engine eng(dnnl::engine::kind::cpu, 0);
   dnnl::stream strm(eng);
-  const dnnl::memory::desc a_md({m, k}, int8 ? dt::u8 : dt::f32, tag::ab), c_md({m, n}, int8 ? dt::s32 : dt::f32, tag::ab);
-  const dnnl::memory::desc b_user({k, n}, int8 ? dt::s8 : dt::f32, tag::ba), b_any({k, n}, int8 ? dt::s8 : dt::f32, tag::any);
+  const dnnl::memory::desc a_md({m, k}, int8 ? dt::u8 : dt::f32, tag::ab),
+      c_md({m, n}, int8 ? dt::s32 : dt::f32, tag::ab);
+  const dnnl::memory::desc b_user({k, n}, int8 ? dt::s8 : dt::f32, tag::ba),
+      b_any({k, n}, int8 ? dt::s8 : dt::f32, tag::any);
   dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_any, c_md), eng);
   Tensor a = int8 ? full({m, k}, 131, kUInt8) : randn({m, k}), b = int8 ? full({n, k}, -3, kInt8) : randn({n, k});
-  Tensor c = empty({m, n}, int8 ? kInt32 : kFloat32), packed = empty({static_cast<int64_t>(pd.weights_desc().get_size())}, kUInt8);
+  Tensor c = empty({m, n}, int8 ? kInt32 : kFloat32),
+         packed = empty({static_cast<int64_t>(pd.weights_desc().get_size())}, kUInt8);
   dnnl::memory bm(b_user, eng, b.raw_data()), bpm(pd.weights_desc(), eng, packed.raw_data());
   dnnl::reorder(bm, bpm).execute(strm, bm, bpm);
   dnnl::matmul mm(pd);
@@ -140,7 +148,8 @@ BENCHMARK(BM_stack8_int4wo_b1)->Unit(benchmark::kMillisecond)->UseRealTime()->Mi
 
 int main(int argc, char** argv) {
   const auto rep = lowbit::bench::run_all(argc, argv, [](int n) { set_num_threads(n); });
-  std::printf("\nthreads=%d\n%-44s %12s %12s %8s %s\n", get_num_threads(), "target", "ours", "reference", "ratio", "goal");
+  std::printf("\nthreads=%d\n%-44s %12s %12s %8s %s\n", get_num_threads(), "target", "ours", "reference", "ratio",
+              "goal");
   auto row = [](const char* what, double ours, double ref, const char* unit, double ratio, const char* goal) {
     if (ours <= 0 || ref <= 0) return;  // filtered out
     std::printf("%-44s %9.3f %-2s %9.3f %-2s %7.2fx %s\n", what, ours, unit, ref, unit, ratio, goal);
@@ -148,10 +157,10 @@ int main(int argc, char** argv) {
   const double fq = rep.counter("BM_fake_quant_int4_g32", "GB/s") / 1e9, tr = rep.counter("BM_triad", "GB/s") / 1e9;
   row("int4 g32 fake-quant fwd+bwd 16M (GB/s)", fq, tr, "", fq / tr, ">= 0.50x triad");
   auto t = [&](const char* n) { return rep.seconds(n) * 1e3; };
-  row("MLP step 8da4w QAT vs fp32 (ms)", t("BM_mlp_step_8da4w_qat"), t("BM_mlp_step_fp32"), "", t("BM_mlp_step_8da4w_qat") / t("BM_mlp_step_fp32"),
-      "<= 1.25x");
-  row("8da4w linear 4096^2 b256 vs fp32 (ms)", t("BM_linear_8da4w_b256"), t("BM_linear_fp32_b256"), "", t("BM_linear_fp32_b256") / t("BM_linear_8da4w_b256"),
-      ">= 4x faster");
+  row("MLP step 8da4w QAT vs fp32 (ms)", t("BM_mlp_step_8da4w_qat"), t("BM_mlp_step_fp32"), "",
+      t("BM_mlp_step_8da4w_qat") / t("BM_mlp_step_fp32"), "<= 1.25x");
+  row("8da4w linear 4096^2 b256 vs fp32 (ms)", t("BM_linear_8da4w_b256"), t("BM_linear_fp32_b256"), "",
+      t("BM_linear_fp32_b256") / t("BM_linear_8da4w_b256"), ">= 4x faster");
   row("int8-dyn linear 4096^2 b256 vs fp32 (ms)", t("BM_linear_int8dyn_b256"), t("BM_linear_fp32_b256"), "",
       t("BM_linear_fp32_b256") / t("BM_linear_int8dyn_b256"), ">= 4x faster");
   row("peer: oneDNN u8s8->s32 vs its f32 GEMM (ms)", t("BM_onednn_u8s8_s32_b256"), t("BM_onednn_f32_b256"), "",
@@ -160,11 +169,11 @@ int main(int argc, char** argv) {
       t("BM_onednn_u8s8_s32_b256") / t("BM_linear_8da4w_b256"), "(ours incl. act. quant)");
   row("ours int8-dyn vs oneDNN u8s8 GEMM (ms)", t("BM_linear_int8dyn_b256"), t("BM_onednn_u8s8_s32_b256"), "",
       t("BM_onednn_u8s8_s32_b256") / t("BM_linear_int8dyn_b256"), "(ours incl. act. quant)");
-  row("int4 weight-only 4096^2 b1 vs fp32 (ms)", t("BM_linear_int4wo_b1"), t("BM_linear_fp32_b1"), "", t("BM_linear_fp32_b1") / t("BM_linear_int4wo_b1"),
-      ">= 4x faster");
-  row("int4 w-only b1, 8 layers (out of L3) (ms)", t("BM_stack8_int4wo_b1"), t("BM_stack8_fp32_b1"), "", t("BM_stack8_fp32_b1") / t("BM_stack8_int4wo_b1"),
-      ">= 4x faster");
-  row("int8 weight-only 4096^2 b1 vs fp32 (ms)", t("BM_linear_int8wo_b1"), t("BM_linear_fp32_b1"), "", t("BM_linear_fp32_b1") / t("BM_linear_int8wo_b1"),
-      "(no target)");
+  row("int4 weight-only 4096^2 b1 vs fp32 (ms)", t("BM_linear_int4wo_b1"), t("BM_linear_fp32_b1"), "",
+      t("BM_linear_fp32_b1") / t("BM_linear_int4wo_b1"), ">= 4x faster");
+  row("int4 w-only b1, 8 layers (out of L3) (ms)", t("BM_stack8_int4wo_b1"), t("BM_stack8_fp32_b1"), "",
+      t("BM_stack8_fp32_b1") / t("BM_stack8_int4wo_b1"), ">= 4x faster");
+  row("int8 weight-only 4096^2 b1 vs fp32 (ms)", t("BM_linear_int8wo_b1"), t("BM_linear_fp32_b1"), "",
+      t("BM_linear_fp32_b1") / t("BM_linear_int8wo_b1"), "(no target)");
   return 0;
 }

@@ -49,9 +49,11 @@ void row(const char* name, int threads, double ours, double peer) {
 
 // ---- MLP 784-1024-1024-10 ----
 struct LbMlp {
-  std::shared_ptr<lb::nn::Sequential> net = std::make_shared<lb::nn::Sequential>(std::vector<std::shared_ptr<lb::nn::Module>>{
-      std::make_shared<lb::nn::Linear>(784, 1024), std::make_shared<lb::nn::ReLU>(), std::make_shared<lb::nn::Linear>(1024, 1024),
-      std::make_shared<lb::nn::ReLU>(), std::make_shared<lb::nn::Linear>(1024, 10)});
+  std::shared_ptr<lb::nn::Sequential> net =
+      std::make_shared<lb::nn::Sequential>(std::vector<std::shared_ptr<lb::nn::Module>>{
+          std::make_shared<lb::nn::Linear>(784, 1024), std::make_shared<lb::nn::ReLU>(),
+          std::make_shared<lb::nn::Linear>(1024, 1024), std::make_shared<lb::nn::ReLU>(),
+          std::make_shared<lb::nn::Linear>(1024, 10)});
 };
 struct TorchMlp : torch::nn::Module {
   torch::nn::Linear l1{784, 1024}, l2{1024, 1024}, l3{1024, 10};
@@ -121,14 +123,17 @@ void bench_transformer() {
   for (int threads : {1, 2}) {
     set_threads(threads);
     auto enc = std::make_shared<lb::nn::Sequential>(std::vector<std::shared_ptr<lb::nn::Module>>{
-        std::make_shared<lb::nn::TransformerBlock>(256, 4, 1024, 0.0, false), std::make_shared<lb::nn::TransformerBlock>(256, 4, 1024, 0.0, false)});
+        std::make_shared<lb::nn::TransformerBlock>(256, 4, 1024, 0.0, false),
+        std::make_shared<lb::nn::TransformerBlock>(256, 4, 1024, 0.0, false)});
     lb::optim::AdamW opt(enc->parameters(), {.lr = 1e-4});
-    const double ours = median_ms([&] {
-      lb::Tensor loss = lb::mean(lb::square(enc->forward(x)));
-      opt.zero_grad();
-      loss.backward();
-      opt.step();
-    }, 3, 50);
+    const double ours = median_ms(
+        [&] {
+          lb::Tensor loss = lb::mean(lb::square(enc->forward(x)));
+          opt.zero_grad();
+          loss.backward();
+          opt.step();
+        },
+        3, 50);
     auto tb = torch::nn::Sequential(TorchBlock(), TorchBlock());
     {  // identical initial weights (same parameter order: ln1, qkv, proj, ln2, fc1, fc2)
       torch::NoGradGuard ng;
@@ -137,12 +142,14 @@ void bench_transformer() {
       for (size_t i = 0; i < theirs.size(); ++i) theirs[i].copy_(to_torch(ours_p[i]));
     }
     torch::optim::AdamW topt(tb->parameters(), torch::optim::AdamWOptions(1e-4));
-    const double peer = median_ms([&] {
-      auto loss = tb->forward(tx).square().mean();
-      topt.zero_grad();
-      loss.backward();
-      topt.step();
-    }, 3, 50);
+    const double peer = median_ms(
+        [&] {
+          auto loss = tb->forward(tx).square().mean();
+          topt.zero_grad();
+          loss.backward();
+          topt.step();
+        },
+        3, 50);
     row("Transformer enc step, 2 layers", threads, ours, peer);
   }
 }
@@ -234,7 +241,8 @@ void fmnist_protocol() {
         loss.backward();
         topt.step();
         // the same cosine annealing (to 0 over the run) as configs/fmnist_mlp.toml
-        const double lr = 1e-3 * (1 + std::cos(M_PI * static_cast<double>(++step) / static_cast<double>(batches.size()))) / 2;
+        const double lr =
+            1e-3 * (1 + std::cos(M_PI * static_cast<double>(++step) / static_cast<double>(batches.size()))) / 2;
         for (auto& g : topt.param_groups()) static_cast<torch::optim::AdamWOptions&>(g.options()).lr(lr);
       }
       t_peer += std::chrono::duration<double>(clk::now() - a).count();
@@ -244,7 +252,8 @@ void fmnist_protocol() {
   }
   std::printf("Fashion-MNIST MLP, 5 epochs, 2 threads, mean of 3 seeds:\n");
   std::printf("  lowbit:   test accuracy %.2f%%  training wall time %.1f s\n", acc_ours / 3 * 100, t_ours / 3);
-  std::printf("  libtorch: test accuracy %.2f%%  training wall time %.1f s (batches pre-converted, not timed)\n", acc_peer / 3 * 100, t_peer / 3);
+  std::printf("  libtorch: test accuracy %.2f%%  training wall time %.1f s (batches pre-converted, not timed)\n",
+              acc_peer / 3 * 100, t_peer / 3);
   std::printf("  time ratio lowbit / libtorch: %.2fx\n", t_ours / t_peer);
 }
 }  // namespace

@@ -18,11 +18,11 @@ struct TrainResult {
   double test_accuracy = 0;  // fashion_mnist
   double val_loss = 0;       // chars
   double train_seconds = 0;
-  std::string sample;        // chars: generated text
+  std::string sample;  // chars: generated text
   std::string last_checkpoint;
-  double float_accuracy = 0;      // fashion_mnist with a quantize recipe: before quantization
-  double qat_accuracy = 0;        // fake-quantized, after QAT fine-tuning
-  int64_t model_bytes = 0;        // bytes of the final model's parameters and buffers
+  double float_accuracy = 0;  // fashion_mnist with a quantize recipe: before quantization
+  double qat_accuracy = 0;    // fake-quantized, after QAT fine-tuning
+  int64_t model_bytes = 0;    // bytes of the final model's parameters and buffers
   std::string export_path;
 };
 
@@ -52,8 +52,8 @@ struct ConvertReport {
 /// Post-training quantization of a float model file with a recipe; writes out_path. Everything
 /// is checked (the file, the recipe, that at least one layer can be quantized) before the output
 /// file is written.
-ConvertReport convert_file(const std::string& in_path, const std::string& out_path, const std::string& recipe, const std::string& weight_dtype,
-                           int64_t group_size);
+ConvertReport convert_file(const std::string& in_path, const std::string& out_path, const std::string& recipe,
+                           const std::string& weight_dtype, int64_t group_size);
 /// Bytes of a module's parameters and buffers.
 int64_t model_bytes(const nn::Module& m);
 
@@ -76,6 +76,7 @@ std::vector<std::string> resume_config_changes(const RunConfig& stored, const Ru
 /// checkpoint written by an earlier run of the same config; training continues exactly where it
 /// stopped (same batches, same random numbers, same optimizer and scheduler state). The whole
 /// config is validated and the run directory prepared before the first step.
-TrainResult train(const RunConfig& cfg, bool progress_bar, const std::string& resume = "", const RunOptions& options = {});
+TrainResult train(const RunConfig& cfg, bool progress_bar, const std::string& resume = "",
+                  const RunOptions& options = {});
 
 }  // namespace lowbit::cli

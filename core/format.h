@@ -15,12 +15,34 @@
 namespace lowbit::core {
 
 enum class FormatId : uint8_t {
-  Int1, Int2, Int3, Int4, Int5, Int6, Int7, Int8, Int16, Int32,
-  UInt1, UInt2, UInt3, UInt4, UInt5, UInt6, UInt7, UInt8,
-  Float8E4M3FN, Float8E5M2, Float8E4M3FNUZ, Float8E5M2FNUZ,
-  Float6E2M3FN, Float6E3M2FN, Float4E2M1FN,
+  Int1,
+  Int2,
+  Int3,
+  Int4,
+  Int5,
+  Int6,
+  Int7,
+  Int8,
+  Int16,
+  Int32,
+  UInt1,
+  UInt2,
+  UInt3,
+  UInt4,
+  UInt5,
+  UInt6,
+  UInt7,
+  UInt8,
+  Float8E4M3FN,
+  Float8E5M2,
+  Float8E4M3FNUZ,
+  Float8E5M2FNUZ,
+  Float6E2M3FN,
+  Float6E3M2FN,
+  Float4E2M1FN,
   Float8E8M0FNU,
-  BFloat16, Float32,
+  BFloat16,
+  Float32,
   kCount
 };
 
@@ -49,10 +71,10 @@ struct Format {
   // Float formats: field widths and exponent bias (PowerOfTwo: exp_bits = 8, bias = 127).
   int exp_bits, mant_bits, bias;
   bool has_inf, has_nan, has_negative_zero;
-  uint32_t nan_code;    // the canonical NaN (the sign bit clear); 0 when the format has none
-  double max_finite;    // largest finite value (integers: qmax)
-  double min_normal;    // smallest positive normal value (0 for integers)
-  double min_subnormal; // smallest positive value (integers: 1)
+  uint32_t nan_code;     // the canonical NaN (the sign bit clear); 0 when the format has none
+  double max_finite;     // largest finite value (integers: qmax)
+  double min_normal;     // smallest positive normal value (0 for integers)
+  double min_subnormal;  // smallest positive value (integers: 1)
   Overflow overflow;
   // Storage: elements per byte when packed (2 for formats of 4 bits or fewer: element 2i in the
   // low nibble, 2i+1 in the high nibble), 1 for 5..8-bit formats (fp6 is stored unpacked, one
@@ -71,7 +93,8 @@ const Format& format(FormatId id);
 const Format* find_format(std::string_view name);
 /// The format named `name`; throws lowbit::Error naming `what` and listing the known names of
 /// that kind (all kinds when kind_filter is null).
-const Format& format_by_name(std::string_view name, std::string_view what = "format", const FormatKind* kind_filter = nullptr);
+const Format& format_by_name(std::string_view name, std::string_view what = "format",
+                             const FormatKind* kind_filter = nullptr);
 /// "int1, int2, ..." -- the names of one kind, for help texts and errors.
 std::string format_names(FormatKind kind);
 

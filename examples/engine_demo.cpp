@@ -35,7 +35,8 @@ int main(int argc, char** argv) {
     p.uniform_(-b, b);
     return p.requires_grad_();
   };
-  std::vector<Tensor> params = {param({64, 2}, 2), param({64}, 2), param({64, 64}, 64), param({64}, 64), param({3, 64}, 64), param({3}, 64)};
+  std::vector<Tensor> params = {param({64, 2}, 2), param({64}, 2),     param({64, 64}, 64),
+                                param({64}, 64),   param({3, 64}, 64), param({3}, 64)};
   const double lr = 0.5;
   for (int step = 0; step <= steps; ++step) {
     Tensor h = relu(linear(x, params[0], params[1]));

@@ -38,9 +38,11 @@ int main(int argc, char** argv) {
     NoGradGuard ng;
     const Tensor pred = argmax(model->forward(test_set->data()), 1);
     int64_t correct = 0;
-    for (int64_t i = 0; i < pred.numel(); ++i) correct += pred.data_ptr<int64_t>()[i] == test_set->target().data_ptr<int64_t>()[i];
+    for (int64_t i = 0; i < pred.numel(); ++i)
+      correct += pred.data_ptr<int64_t>()[i] == test_set->target().data_ptr<int64_t>()[i];
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-    std::printf("epoch %d  train loss %.4f  test accuracy %.2f%%  (%.1f s)\n", epoch + 1, total / steps, 100.0 * correct / pred.numel(), secs);
+    std::printf("epoch %d  train loss %.4f  test accuracy %.2f%%  (%.1f s)\n", epoch + 1, total / steps,
+                100.0 * correct / pred.numel(), secs);
   }
   return 0;
 }

@@ -29,7 +29,7 @@ int main() {
   epoch();  // 1. float32 training
   std::printf("float32:   %.2f%%\n", 100 * accuracy(*model, *test));
 
-  const auto base = qat::recipe_config("8da4w", "int4", 16);  // int8 dyn. activations x int4 g16 weights
+  const auto base = qat::recipe_config("8da4w", "int4", 16);       // int8 dyn. activations x int4 g16 weights
   model = qat::quantize_(model, qat::QATConfig(base, "prepare"));  // 2. QAT: fake quantizers inserted
   opt.set_lr(1e-4);
   epoch();
@@ -37,6 +37,6 @@ int main() {
 
   model = qat::quantize_(model, qat::QATConfig(base, "convert"));  // 3. real packed int4 linears
   std::printf("converted: %.2f%%\n", 100 * accuracy(*model, *test));
-  io::export_model("qat_workflow.h5", *model);                     // 4. HDF5 export
+  io::export_model("qat_workflow.h5", *model);  // 4. HDF5 export
   std::printf("exported qat_workflow.h5\n");
 }

@@ -40,7 +40,7 @@ struct TrainingState {
   uint64_t rng_seed = 0, rng_offset = 0;  // the default generator
   int64_t scheduler_last_epoch = -1;      // -1: no scheduler
   std::string scheduler_name;
-  std::string config_toml;                // the run's resolved config
+  std::string config_toml;  // the run's resolved config
 };
 
 struct SaveOptions {
@@ -55,8 +55,8 @@ struct LoadOptions {
 
 struct LoadReport {
   std::vector<std::string> missing_keys, unexpected_keys, mismatched;  // mismatched: "key: reason"
-  std::optional<TrainingState> state;  // absent for model-only files
-  std::string kind;                    // "training" or "model"
+  std::optional<TrainingState> state;                                  // absent for model-only files
+  std::string kind;                                                    // "training" or "model"
 };
 
 /// Writes a training checkpoint. optimizer, scheduler and loader may be null.
@@ -66,20 +66,22 @@ void save_checkpoint(const std::string& path, const nn::Module& model, const opt
 /// Reads a checkpoint into existing objects (validated fully before anything is modified).
 /// Restores the default generator; seeks the loader; sets the scheduler's position.
 LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Optimizer* optimizer = nullptr,
-                           optim::LRScheduler* scheduler = nullptr, data::DataLoader* loader = nullptr, const LoadOptions& options = {});
+                           optim::LRScheduler* scheduler = nullptr, data::DataLoader* loader = nullptr,
+                           const LoadOptions& options = {});
 /// Model-only export for inference (parameters and buffers, plus an optional config).
-void export_model(const std::string& path, const nn::Module& model, const std::string& config_toml = "", const SaveOptions& options = {});
+void export_model(const std::string& path, const nn::Module& model, const std::string& config_toml = "",
+                  const SaveOptions& options = {});
 /// Tensors under /model as (dotted name, tensor), after validating the file.
 nn::NamedTensors read_model_tensors(const std::string& path);
 
 /// One entry of `lowbit inspect`.
 struct TensorInfo {
-  std::string path;     // HDF5 path
-  std::string dtype;    // lowbit dtype name
+  std::string path;   // HDF5 path
+  std::string dtype;  // lowbit dtype name
   Shape shape;
-  uint64_t bytes = 0;   // stored bytes (after compression)
+  uint64_t bytes = 0;  // stored bytes (after compression)
   uint64_t logical_bytes = 0;
-  std::string scheme;   // quantization scheme for quantized-tensor groups, "" otherwise
+  std::string scheme;  // quantization scheme for quantized-tensor groups, "" otherwise
 };
 struct FileInfo {
   std::map<std::string, std::string> attributes;  // root attributes as text

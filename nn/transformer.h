@@ -7,7 +7,8 @@ namespace lowbit::nn {
 /// x (B, T, C) -> (B, T, C). qkv = Linear(C, 3C); heads split C; proj = Linear(C, C).
 class CausalSelfAttention : public Module {
  public:
-  CausalSelfAttention(int64_t d_model, int64_t n_heads, double dropout = 0.0, bool causal = true, Generator* gen = nullptr);
+  CausalSelfAttention(int64_t d_model, int64_t n_heads, double dropout = 0.0, bool causal = true,
+                      Generator* gen = nullptr);
   std::string type_name() const override { return "CausalSelfAttention"; }
   std::string extra_repr() const override;
   Tensor forward(const Tensor& x) override;
@@ -20,7 +21,8 @@ class CausalSelfAttention : public Module {
 /// Pre-norm block: x + attn(ln1(x)), then x + mlp(ln2(x)); mlp = Linear(C, ff) · GELU · Linear(ff, C).
 class TransformerBlock : public Module {
  public:
-  TransformerBlock(int64_t d_model, int64_t n_heads, int64_t d_ff, double dropout = 0.0, bool causal = true, Generator* gen = nullptr);
+  TransformerBlock(int64_t d_model, int64_t n_heads, int64_t d_ff, double dropout = 0.0, bool causal = true,
+                   Generator* gen = nullptr);
   std::string type_name() const override { return "TransformerBlock"; }
   Tensor forward(const Tensor& x) override;
   std::shared_ptr<LayerNorm> ln1, ln2;
@@ -48,7 +50,8 @@ class GPT : public Module {
   /// idx (B, T) int64 -> logits (B, T, vocab)
   Tensor forward(const Tensor& idx) override;
   /// Appends max_new_tokens sampled tokens to idx (B, T); temperature > 0; top_k 0 = all.
-  Tensor generate(const Tensor& idx, int64_t max_new_tokens, double temperature = 1.0, int64_t top_k = 0, Generator* gen = nullptr);
+  Tensor generate(const Tensor& idx, int64_t max_new_tokens, double temperature = 1.0, int64_t top_k = 0,
+                  Generator* gen = nullptr);
   GPTConfig cfg;
   std::shared_ptr<Embedding> wte, wpe;
   std::shared_ptr<ModuleList> blocks;

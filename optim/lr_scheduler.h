@@ -68,7 +68,8 @@ class WarmupCosineLR : public LRScheduler {
 class OneCycleLR : public LRScheduler {
  public:
   OneCycleLR(Optimizer& opt, double max_lr, int64_t total_steps, double pct_start = 0.3, double div_factor = 25.0,
-             double final_div_factor = 1e4, bool cycle_momentum = true, double base_momentum = 0.85, double max_momentum = 0.95);
+             double final_div_factor = 1e4, bool cycle_momentum = true, double base_momentum = 0.85,
+             double max_momentum = 0.95);
   double lr_at(int64_t epoch, size_t g) const override;
   const char* name() const override { return "OneCycleLR"; }
   double momentum_at(int64_t epoch) const;

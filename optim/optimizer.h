@@ -105,6 +105,7 @@ class AdamW : public Adam {
 
 /// Scales gradients so their total norm is at most max_norm; returns the total norm before
 /// clipping (norm_type 2 or infinity). Non-finite total norms throw when error_if_nonfinite.
-double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type = 2.0, bool error_if_nonfinite = false);
+double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type = 2.0,
+                       bool error_if_nonfinite = false);
 
 }  // namespace lowbit::optim

@@ -41,20 +41,24 @@ Shape blocks_shape(const Shape& shape, const Shape& block_size, const char* op);
 /// integral values, NaN kept as NaN).
 /// x may be float32 or bfloat16: as torchao, the arithmetic runs in x's dtype (every bf16 result
 /// rounded to bf16) and the scale is cast to scale_dtype at the end (default: x's dtype).
-std::pair<Tensor, Tensor> choose_qparams_affine(const Tensor& x, MappingType mapping, const Shape& block_size, int64_t quant_min,
-                                                int64_t quant_max, std::optional<double> eps = std::nullopt,
-                                                ZeroPointDomain domain = ZeroPointDomain::INT, DType zero_point_dtype = kInt32,
+std::pair<Tensor, Tensor> choose_qparams_affine(const Tensor& x, MappingType mapping, const Shape& block_size,
+                                                int64_t quant_min, int64_t quant_max,
+                                                std::optional<double> eps = std::nullopt,
+                                                ZeroPointDomain domain = ZeroPointDomain::INT,
+                                                DType zero_point_dtype = kInt32,
                                                 std::optional<DType> scale_dtype = std::nullopt);
 /// Codes in `out_dtype` (int8, uint8 or int32 containers).
-Tensor quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& scale, const Tensor& zero_point, DType out_dtype,
-                       int64_t quant_min, int64_t quant_max, ZeroPointDomain domain = ZeroPointDomain::INT);
+Tensor quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& scale, const Tensor& zero_point,
+                       DType out_dtype, int64_t quant_min, int64_t quant_max,
+                       ZeroPointDomain domain = ZeroPointDomain::INT);
 /// Values of codes q in output_dtype (float32 or bfloat16; torchao's order of casts).
-Tensor dequantize_affine(const Tensor& q, const Shape& block_size, const Tensor& scale, const Tensor& zero_point, int64_t quant_min,
-                         int64_t quant_max, ZeroPointDomain domain = ZeroPointDomain::INT, DType output_dtype = kFloat32);
+Tensor dequantize_affine(const Tensor& q, const Shape& block_size, const Tensor& scale, const Tensor& zero_point,
+                         int64_t quant_min, int64_t quant_max, ZeroPointDomain domain = ZeroPointDomain::INT,
+                         DType output_dtype = kFloat32);
 /// quantize without the integer cast, then dequantize; differentiable: straight-through with
 /// the clamping mask (the gradient is zero where the rounded code was clamped).
-Tensor fake_quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& scale, const Tensor& zero_point, int64_t quant_min,
-                            int64_t quant_max, ZeroPointDomain domain = ZeroPointDomain::INT);
+Tensor fake_quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& scale, const Tensor& zero_point,
+                            int64_t quant_min, int64_t quant_max, ZeroPointDomain domain = ZeroPointDomain::INT);
 
 /// fake_quantize_affine (INT domain) with learnable qparams — torchao's range learning (spec §2.2):
 /// y = (clamp(round(x * (1/scale)) + zp, qmin, qmax) - zp) * scale with a float32 zero point that
@@ -62,8 +66,8 @@ Tensor fake_quantize_affine(const Tensor& x, const Shape& block_size, const Tens
 /// fake_quantize_affine); to scale, per block, sum(g * (c - zp)) - sum(g * scale * mask * x) / scale^2
 /// (through (c - zp) * scale and x * (1/scale), round being the identity); to zero_point, per block,
 /// sum(g * scale * mask) - sum(g * scale) (through +zp and -zp). zero_point must be float32.
-Tensor fake_quantize_affine_learnable(const Tensor& x, const Shape& block_size, const Tensor& scale, const Tensor& zero_point, int64_t quant_min,
-                                      int64_t quant_max);
+Tensor fake_quantize_affine_learnable(const Tensor& x, const Shape& block_size, const Tensor& scale,
+                                      const Tensor& zero_point, int64_t quant_min, int64_t quant_max);
 
 /// Result of quantize_affine_dynamic.
 struct Quantized {
@@ -72,8 +76,9 @@ struct Quantized {
 /// choose_qparams_affine followed by quantize_affine (float32 x), bit-identical to the two calls
 /// and fused into one pass per block when blocks are short contiguous runs: dynamic activation
 /// quantization (per token) for integer kernels.
-Quantized quantize_affine_dynamic(const Tensor& x, MappingType mapping, const Shape& block_size, DType out_dtype, int64_t quant_min,
-                                  int64_t quant_max, std::optional<double> eps = std::nullopt, DType zero_point_dtype = kInt32);
+Quantized quantize_affine_dynamic(const Tensor& x, MappingType mapping, const Shape& block_size, DType out_dtype,
+                                  int64_t quant_min, int64_t quant_max, std::optional<double> eps = std::nullopt,
+                                  DType zero_point_dtype = kInt32);
 
 /// Result of fake_quantize_affine_dynamic.
 struct FakeQuantized {
@@ -83,8 +88,11 @@ struct FakeQuantized {
 /// returned scale / zero point are choose_qparams_affine's), fused into one pass over x when the
 /// blocks are short contiguous runs (per-group, per-token, per-row): what dynamic fake
 /// quantizers run every step. Differentiable in x like fake_quantize_affine (qparams are not).
-FakeQuantized fake_quantize_affine_dynamic(const Tensor& x, MappingType mapping, const Shape& block_size, int64_t quant_min, int64_t quant_max,
-                                           std::optional<double> eps = std::nullopt, ZeroPointDomain domain = ZeroPointDomain::INT,
-                                           DType zero_point_dtype = kInt32, std::optional<DType> scale_dtype = std::nullopt);
+FakeQuantized fake_quantize_affine_dynamic(const Tensor& x, MappingType mapping, const Shape& block_size,
+                                           int64_t quant_min, int64_t quant_max,
+                                           std::optional<double> eps = std::nullopt,
+                                           ZeroPointDomain domain = ZeroPointDomain::INT,
+                                           DType zero_point_dtype = kInt32,
+                                           std::optional<DType> scale_dtype = std::nullopt);
 
 }  // namespace lowbit::qat

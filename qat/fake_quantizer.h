@@ -20,9 +20,15 @@ namespace lowbit::qat {
 
 // ---- granularities (torchao.quantization.granularity) ----
 struct PerTensor {};
-struct PerAxis { int64_t axis = 0; };
-struct PerGroup { int64_t group_size = 32; };
-struct PerRow { int64_t dim = -1; };
+struct PerAxis {
+  int64_t axis = 0;
+};
+struct PerGroup {
+  int64_t group_size = 32;
+};
+struct PerRow {
+  int64_t dim = -1;
+};
 struct PerToken {};
 using Granularity = std::variant<PerTensor, PerAxis, PerGroup, PerRow, PerToken>;
 /// "PerGroup(group_size=32)", as torchao prints them.
@@ -53,8 +59,10 @@ struct IntxFakeQuantizeConfig : FakeQuantizeConfigBase {
   /// torchao's constructor forms: granularity as a value or as "per_token" / "per_channel" /
   /// "per_group" (with group_size); group_size alone means PerGroup; is_symmetric alone sets the
   /// mapping. Conflicting arguments throw.
-  IntxFakeQuantizeConfig(std::string dtype, std::optional<Granularity> granularity, std::optional<int64_t> group_size = std::nullopt,
-                         std::optional<bool> is_symmetric = std::nullopt, std::optional<MappingType> mapping_type = std::nullopt);
+  IntxFakeQuantizeConfig(std::string dtype, std::optional<Granularity> granularity,
+                         std::optional<int64_t> group_size = std::nullopt,
+                         std::optional<bool> is_symmetric = std::nullopt,
+                         std::optional<MappingType> mapping_type = std::nullopt);
   static IntxFakeQuantizeConfig from_string_granularity(const std::string& dtype, const std::string& granularity,
                                                         std::optional<int64_t> group_size = std::nullopt,
                                                         std::optional<bool> is_symmetric = std::nullopt);
@@ -63,7 +71,9 @@ struct IntxFakeQuantizeConfig : FakeQuantizeConfigBase {
   std::pair<int64_t, int64_t> range() const { return quant_range(dtype); }
   std::string to_string() const override;
   void validate() const override;
-  std::unique_ptr<FakeQuantizeConfigBase> clone() const override { return std::make_unique<IntxFakeQuantizeConfig>(*this); }
+  std::unique_ptr<FakeQuantizeConfigBase> clone() const override {
+    return std::make_unique<IntxFakeQuantizeConfig>(*this);
+  }
 };
 
 /// nn::Module applying a fake-quantize config. enabled = false makes it the identity.
@@ -99,13 +109,14 @@ void initialize_fake_quantizers(nn::Module& model, const Tensor& example_inputs)
 /// Linear whose input and/or weight pass through fake quantizers (bias never does).
 class FakeQuantizedLinear : public nn::Linear {
  public:
-  FakeQuantizedLinear(int64_t in_features, int64_t out_features, bool bias, const FakeQuantizeConfigBase* activation_config,
-                      const FakeQuantizeConfigBase* weight_config);
+  FakeQuantizedLinear(int64_t in_features, int64_t out_features, bool bias,
+                      const FakeQuantizeConfigBase* activation_config, const FakeQuantizeConfigBase* weight_config);
   /// Around existing parameters (shared; no random numbers drawn).
   FakeQuantizedLinear(const Tensor& weight, const Tensor& bias, const FakeQuantizeConfigBase* activation_config,
                       const FakeQuantizeConfigBase* weight_config);
   /// Wraps an existing Linear, sharing its parameters.
-  static std::shared_ptr<FakeQuantizedLinear> from_linear(const nn::Linear& linear, const FakeQuantizeConfigBase* activation_config,
+  static std::shared_ptr<FakeQuantizedLinear> from_linear(const nn::Linear& linear,
+                                                          const FakeQuantizeConfigBase* activation_config,
                                                           const FakeQuantizeConfigBase* weight_config);
   /// A plain Linear sharing this module's parameters.
   std::shared_ptr<nn::Linear> to_linear() const;
@@ -124,7 +135,8 @@ class FakeQuantizedEmbedding : public nn::Embedding {
   FakeQuantizedEmbedding(int64_t num_embeddings, int64_t embedding_dim, const FakeQuantizeConfigBase& weight_config);
   /// Around an existing weight (shared; no random numbers drawn).
   FakeQuantizedEmbedding(const Tensor& weight, const FakeQuantizeConfigBase& weight_config);
-  static std::shared_ptr<FakeQuantizedEmbedding> from_embedding(const nn::Embedding& e, const FakeQuantizeConfigBase& weight_config);
+  static std::shared_ptr<FakeQuantizedEmbedding> from_embedding(const nn::Embedding& e,
+                                                                const FakeQuantizeConfigBase& weight_config);
   std::shared_ptr<nn::Embedding> to_embedding() const;
   std::string type_name() const override { return "FakeQuantizedEmbedding"; }
   Tensor forward(const Tensor& indices) override;

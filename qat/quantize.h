@@ -55,7 +55,8 @@ struct QATConfig : QuantConfigBase {
   std::string step = "prepare";
   QATConfig() = default;
   QATConfig(std::shared_ptr<QuantConfigBase> base, std::string step);
-  QATConfig(std::optional<IntxFakeQuantizeConfig> activation, std::optional<IntxFakeQuantizeConfig> weight, std::string step = "prepare");
+  QATConfig(std::optional<IntxFakeQuantizeConfig> activation, std::optional<IntxFakeQuantizeConfig> weight,
+            std::string step = "prepare");
   void validate() const;
   std::string to_string() const override;
 };
@@ -68,7 +69,8 @@ struct ModuleFqnToConfig : QuantConfigBase {
 };
 
 /// The fake-quantize configs a base config implies for QAT (torchao's _infer_fake_quantize_configs).
-std::pair<std::optional<IntxFakeQuantizeConfig>, std::optional<IntxFakeQuantizeConfig>> infer_fake_quantize_configs(const QuantConfigBase& base);
+std::pair<std::optional<IntxFakeQuantizeConfig>, std::optional<IntxFakeQuantizeConfig>> infer_fake_quantize_configs(
+    const QuantConfigBase& base);
 
 using FilterFn = std::function<bool(const nn::Module&, const std::string& fqn)>;
 /// Transforms one module; returns its replacement (or the module itself when untouched).
@@ -82,6 +84,7 @@ FilterFn compatible_linears(const QuantConfigBase& config, std::vector<std::stri
 
 /// Applies config to every module selected by filter_fn (default: Linear and its QAT/quantized
 /// variants) and returns the model (a new object only when the root itself was replaced).
-std::shared_ptr<nn::Module> quantize_(std::shared_ptr<nn::Module> model, const QuantConfigBase& config, FilterFn filter_fn = nullptr);
+std::shared_ptr<nn::Module> quantize_(std::shared_ptr<nn::Module> model, const QuantConfigBase& config,
+                                      FilterFn filter_fn = nullptr);
 
 }  // namespace lowbit::qat

@@ -29,7 +29,8 @@ class QuantizedLinear : public nn::Module {
  public:
   /// Quantizes linear.weight with weight_config; activation_config (optional) is applied
   /// dynamically to inputs. Bias is kept in float32 (shared with the source module).
-  static std::shared_ptr<QuantizedLinear> from_linear(const nn::Linear& linear, const std::optional<IntxFakeQuantizeConfig>& activation_config,
+  static std::shared_ptr<QuantizedLinear> from_linear(const nn::Linear& linear,
+                                                      const std::optional<IntxFakeQuantizeConfig>& activation_config,
                                                       const IntxFakeQuantizeConfig& weight_config);
   std::string type_name() const override { return "QuantizedLinear"; }
   std::string extra_repr() const override;

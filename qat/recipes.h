@@ -26,6 +26,7 @@ std::string recipe_names();
 /// The config for a recipe. weight_dtype and group_size apply to the recipes that take them
 /// ("8da4w" takes group_size; "8da-intx" and "intx-weight-only" take both, where group_size 0
 /// means per-channel weights, PerAxis(0)).
-std::shared_ptr<QuantConfigBase> recipe_config(const std::string& name, const std::string& weight_dtype = "int4", int64_t group_size = 32);
+std::shared_ptr<QuantConfigBase> recipe_config(const std::string& name, const std::string& weight_dtype = "int4",
+                                               int64_t group_size = 32);
 
 }  // namespace lowbit::qat

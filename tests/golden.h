@@ -23,19 +23,21 @@ inline std::string golden_dir() {
 /// Path of a golden file. When $LOWBIT_GOLDEN_DIR is set (CI sets it) a missing file is a test
 /// failure; otherwise a missing file skips the test, visibly (ctest reports it as skipped
 /// through gtest's "[  SKIPPED ]" marker, with the reason).
-#define LOWBIT_GOLDEN_FILE(var, name)                                                                                              \
-  const std::string var = ::lowbit::testing::golden_dir() + "/" + (name);                                                          \
-  if (!std::filesystem::exists(var)) {                                                                                             \
-    const char* env_ = std::getenv("LOWBIT_GOLDEN_DIR");                                                                            \
-    if (env_ && *env_) FAIL() << "golden file " << var << " is missing (LOWBIT_GOLDEN_DIR is set, so every golden file must exist)"; \
-    GTEST_SKIP() << "golden file not found: " << var << " (set LOWBIT_GOLDEN_DIR to ../shared/golden)";                              \
+#define LOWBIT_GOLDEN_FILE(var, name)                                                                               \
+  const std::string var = ::lowbit::testing::golden_dir() + "/" + (name);                                           \
+  if (!std::filesystem::exists(var)) {                                                                              \
+    const char* env_ = std::getenv("LOWBIT_GOLDEN_DIR");                                                            \
+    if (env_ && *env_)                                                                                              \
+      FAIL() << "golden file " << var << " is missing (LOWBIT_GOLDEN_DIR is set, so every golden file must exist)"; \
+    GTEST_SKIP() << "golden file not found: " << var << " (set LOWBIT_GOLDEN_DIR to ../shared/golden)";             \
   }
 
 /// Every case group (a group with a "status" attribute) in a golden file, by path.
 inline std::vector<std::string> golden_cases(hid_t file) {
   std::vector<std::string> out;
   auto visit = [](hid_t loc, const char* name, const H5O_info_t* info, void* data) -> herr_t {
-    if (info->type == H5O_TYPE_GROUP && std::strcmp(name, ".") != 0 && H5Aexists_by_name(loc, name, "status", H5P_DEFAULT) > 0)
+    if (info->type == H5O_TYPE_GROUP && std::strcmp(name, ".") != 0 &&
+        H5Aexists_by_name(loc, name, "status", H5P_DEFAULT) > 0)
       static_cast<std::vector<std::string>*>(data)->push_back(name);
     return 0;
   };
@@ -92,7 +94,10 @@ inline Tensor dataset(hid_t loc, const std::string& name, DType dtype) {
   std::vector<hsize_t> dims(static_cast<size_t>(rank));
   if (rank) H5Sget_simple_extent_dims(s, dims.data(), nullptr);
   Tensor t = empty(Shape(dims.begin(), dims.end()), dtype);
-  hid_t mt = dtype == kFloat32 ? H5T_NATIVE_FLOAT : dtype == kInt32 ? H5T_NATIVE_INT32 : dtype == kInt8 ? H5T_NATIVE_INT8 : H5T_NATIVE_UINT8;
+  hid_t mt = dtype == kFloat32 ? H5T_NATIVE_FLOAT
+             : dtype == kInt32 ? H5T_NATIVE_INT32
+             : dtype == kInt8  ? H5T_NATIVE_INT8
+                               : H5T_NATIVE_UINT8;
   if (t.numel()) H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.raw_data());
   H5Sclose(s);
   H5Dclose(d);
@@ -115,9 +120,14 @@ inline int64_t count_mismatches(const Tensor& a, const Tensor& b, std::string* f
     }
     if (std::memcmp(pa, pb, es) != 0) {
       if (first && bad == 0) {
-        if (a.dtype() == kFloat32) *first = fmt::format("index {}: ours {} vs golden {}", i, reinterpret_cast<const float*>(pa)[0], reinterpret_cast<const float*>(pb)[0]);
-        else if (a.dtype() == kInt32) *first = fmt::format("index {}: ours {} vs golden {}", i, reinterpret_cast<const int32_t*>(pa)[0], reinterpret_cast<const int32_t*>(pb)[0]);
-        else *first = fmt::format("index {}: ours {} vs golden {}", i, static_cast<int>(pa[0]), static_cast<int>(pb[0]));
+        if (a.dtype() == kFloat32)
+          *first = fmt::format("index {}: ours {} vs golden {}", i, reinterpret_cast<const float*>(pa)[0],
+                               reinterpret_cast<const float*>(pb)[0]);
+        else if (a.dtype() == kInt32)
+          *first = fmt::format("index {}: ours {} vs golden {}", i, reinterpret_cast<const int32_t*>(pa)[0],
+                               reinterpret_cast<const int32_t*>(pb)[0]);
+        else
+          *first = fmt::format("index {}: ours {} vs golden {}", i, static_cast<int>(pa[0]), static_cast<int>(pb[0]));
       }
       ++bad;
     }

@@ -16,9 +16,9 @@ struct OpCase {
   std::string name;
   std::vector<Shape> shapes;  // floating inputs; other operands are captured by fn
   std::function<Tensor(const std::vector<Tensor>&)> fn;
-  double lo = -2.0, hi = 2.0;   // input range
-  double fwd_tol = 2e-5;        // float32 vs float64 (relative to max(1, |ref|))
-  double grad_tol = 1e-6;       // analytic vs finite differences in float64
+  double lo = -2.0, hi = 2.0;  // input range
+  double fwd_tol = 2e-5;       // float32 vs float64 (relative to max(1, |ref|))
+  double grad_tol = 1e-6;      // analytic vs finite differences in float64
   bool differentiable = true;
 };
 

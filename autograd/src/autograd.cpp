@@ -39,8 +39,10 @@ void set_grad_mode(bool enabled) { g_grad_mode = enabled; }
 
 std::vector<Tensor> LambdaNode::apply(const Tensor& grad_output) {
   LOWBIT_CHECK(!released && fn_,
-               "Trying to backward through the graph a second time (or directly access saved tensors after they have already been freed) "
-               "at node {}. Specify retain_graph=true when calling backward the first time.", name_);
+               "Trying to backward through the graph a second time (or directly access saved tensors after they have "
+               "already been freed) "
+               "at node {}. Specify retain_graph=true when calling backward the first time.",
+               name_);
   std::vector<Tensor> grads = fn_(grad_output);
   for (size_t i = 0; i < grads.size() && i < input_dtypes.size(); ++i)
     if (grads[i].defined() && grads[i].dtype() != input_dtypes[i]) grads[i] = grads[i].to(input_dtypes[i]);
@@ -108,8 +110,12 @@ Tensor sum_to(const Tensor& grad, const Shape& shape) {
 bool Tensor::requires_grad() const { return defined() && impl_->requires_grad; }
 Tensor& Tensor::requires_grad_(bool rg) {
   LOWBIT_CHECK(defined(), "requires_grad_: called on an undefined tensor");
-  LOWBIT_CHECK(!rg || is_floating(dtype()), "requires_grad_: only floating point tensors can require gradients, got dtype {}", dtype_name(dtype()));
-  LOWBIT_CHECK(is_leaf(), "requires_grad_: you can only change requires_grad flags of leaf variables (this tensor was produced by {})", grad_fn_name());
+  LOWBIT_CHECK(!rg || is_floating(dtype()),
+               "requires_grad_: only floating point tensors can require gradients, got dtype {}", dtype_name(dtype()));
+  LOWBIT_CHECK(
+      is_leaf(),
+      "requires_grad_: you can only change requires_grad flags of leaf variables (this tensor was produced by {})",
+      grad_fn_name());
   impl_->requires_grad = rg;
   return *this;
 }
@@ -143,15 +149,20 @@ namespace {
 void run_backward(const Tensor& root, const Tensor& gradient, bool retain_graph,
                   const std::vector<Node*>* capture_nodes, std::vector<Tensor>* captured) {
   LOWBIT_CHECK(root.defined(), "backward: called on an undefined tensor");
-  LOWBIT_CHECK(root.requires_grad(), "backward: element 0 of tensors does not require grad and does not have a grad_fn "
-               "(tensor of shape {} was not produced by differentiable ops on tensors with requires_grad=true)", shape_str(root.shape()));
+  LOWBIT_CHECK(root.requires_grad(),
+               "backward: element 0 of tensors does not require grad and does not have a grad_fn "
+               "(tensor of shape {} was not produced by differentiable ops on tensors with requires_grad=true)",
+               shape_str(root.shape()));
   Tensor g = gradient;
   if (!g.defined()) {
-    LOWBIT_CHECK(root.numel() == 1, "backward: grad can be implicitly created only for scalar outputs; got output of shape {} "
-                 "(pass a gradient of the same shape)", shape_str(root.shape()));
+    LOWBIT_CHECK(root.numel() == 1,
+                 "backward: grad can be implicitly created only for scalar outputs; got output of shape {} "
+                 "(pass a gradient of the same shape)",
+                 shape_str(root.shape()));
     g = ones(root.shape(), root.dtype());
   } else {
-    LOWBIT_CHECK(g.shape() == root.shape(), "backward: gradient has shape {} but the output has shape {}", shape_str(g.shape()), shape_str(root.shape()));
+    LOWBIT_CHECK(g.shape() == root.shape(), "backward: gradient has shape {} but the output has shape {}",
+                 shape_str(g.shape()), shape_str(root.shape()));
   }
   NoGradGuard no_grad;
   std::shared_ptr<Node> start = detail::gradient_edge(root).node;
@@ -214,8 +225,12 @@ void run_backward(const Tensor& root, const Tensor& gradient, bool retain_graph,
               if (!e.node) continue;
               keep.emplace(e.node.get(), e.node);
               if (--deps[e.node.get()] == 0) {
-                if (buffers.count(e.node.get()) && buffers[e.node.get()].defined()) ready.push_back(keep[e.node.get()]);
-                else { dead.push_back(keep[e.node.get()]); keep.erase(e.node.get()); }
+                if (buffers.count(e.node.get()) && buffers[e.node.get()].defined())
+                  ready.push_back(keep[e.node.get()]);
+                else {
+                  dead.push_back(keep[e.node.get()]);
+                  keep.erase(e.node.get());
+                }
               }
             }
           }
@@ -226,13 +241,17 @@ void run_backward(const Tensor& root, const Tensor& gradient, bool retain_graph,
 }
 }  // namespace
 
-void Tensor::backward(const Tensor& gradient, bool retain_graph) const { run_backward(*this, gradient, retain_graph, nullptr, nullptr); }
+void Tensor::backward(const Tensor& gradient, bool retain_graph) const {
+  run_backward(*this, gradient, retain_graph, nullptr, nullptr);
+}
 
-std::vector<Tensor> grad(const Tensor& output, const std::vector<Tensor>& inputs, const Tensor& grad_output, bool retain_graph) {
+std::vector<Tensor> grad(const Tensor& output, const std::vector<Tensor>& inputs, const Tensor& grad_output,
+                         bool retain_graph) {
   std::vector<Node*> nodes;
   std::vector<std::shared_ptr<Node>> hold;
   for (size_t i = 0; i < inputs.size(); ++i) {
-    LOWBIT_CHECK(inputs[i].requires_grad(), "grad: input {} (shape {}) does not require grad", i, shape_str(inputs[i].shape()));
+    LOWBIT_CHECK(inputs[i].requires_grad(), "grad: input {} (shape {}) does not require grad", i,
+                 shape_str(inputs[i].shape()));
     hold.push_back(detail::gradient_edge(inputs[i]).node);
     nodes.push_back(hold.back().get());
   }

@@ -28,8 +28,8 @@ bool reference_kernels() { return g_reference; }
 namespace detail {
 void check_floating(const Tensor& t, const char* op, const char* what) {
   LOWBIT_CHECK(t.defined(), "{}: {} is undefined", op, what);
-  LOWBIT_CHECK(is_floating(t.dtype()), "{}: {} must be a floating tensor (float32, bfloat16 or float64), got {} {}", op, what,
-               shape_str(t.shape()), dtype_name(t.dtype()));
+  LOWBIT_CHECK(is_floating(t.dtype()), "{}: {} must be a floating tensor (float32, bfloat16 or float64), got {} {}", op,
+               what, shape_str(t.shape()), dtype_name(t.dtype()));
 }
 void check_same_dtype(const Tensor& a, const Tensor& b, const char* op) {
   LOWBIT_CHECK(a.dtype() == b.dtype(), "{}: expected both operands to have the same dtype, got {} {} and {} {}", op,
@@ -42,7 +42,8 @@ Shape broadcast_shapes(const Shape& a, const Shape& b, const char* op) {
     const int64_t da = i < n - a.size() ? 1 : a[i - (n - a.size())];
     const int64_t db = i < n - b.size() ? 1 : b[i - (n - b.size())];
     LOWBIT_CHECK(da == db || da == 1 || db == 1,
-                 "{}: shapes {} and {} are not broadcastable: the size of tensor a ({}) must match the size of tensor b ({}) at non-singleton dimension {}",
+                 "{}: shapes {} and {} are not broadcastable: the size of tensor a ({}) must match the size of tensor "
+                 "b ({}) at non-singleton dimension {}",
                  op, shape_str(a), shape_str(b), da, db, i);
     out[i] = da == 1 ? db : da;
   }
@@ -90,18 +91,80 @@ void broadcast_loop(const Shape& out_shape, const std::array<std::vector<int64_t
 }
 
 // ---------- binary arithmetic ----------
-struct AddOp { double alpha; template <class T> T operator()(T a, T b) const { return a + static_cast<T>(alpha) * b; } };
-struct SubOp { double alpha; template <class T> T operator()(T a, T b) const { return a - static_cast<T>(alpha) * b; } };
-struct MulOp { template <class T> T operator()(T a, T b) const { return a * b; } };
-struct DivOp { template <class T> T operator()(T a, T b) const { return a / b; } };
-struct MaxOp { template <class T> T operator()(T a, T b) const { return (a != a || b != b) ? std::numeric_limits<T>::quiet_NaN() : (a > b ? a : b); } };
-struct MinOp { template <class T> T operator()(T a, T b) const { return (a != a || b != b) ? std::numeric_limits<T>::quiet_NaN() : (a < b ? a : b); } };
-struct EqOp { template <class T> bool operator()(T a, T b) const { return a == b; } };
-struct NeOp { template <class T> bool operator()(T a, T b) const { return a != b; } };
-struct LtOp { template <class T> bool operator()(T a, T b) const { return a < b; } };
-struct LeOp { template <class T> bool operator()(T a, T b) const { return a <= b; } };
-struct GtOp { template <class T> bool operator()(T a, T b) const { return a > b; } };
-struct GeOp { template <class T> bool operator()(T a, T b) const { return a >= b; } };
+struct AddOp {
+  double alpha;
+  template <class T>
+  T operator()(T a, T b) const {
+    return a + static_cast<T>(alpha) * b;
+  }
+};
+struct SubOp {
+  double alpha;
+  template <class T>
+  T operator()(T a, T b) const {
+    return a - static_cast<T>(alpha) * b;
+  }
+};
+struct MulOp {
+  template <class T>
+  T operator()(T a, T b) const {
+    return a * b;
+  }
+};
+struct DivOp {
+  template <class T>
+  T operator()(T a, T b) const {
+    return a / b;
+  }
+};
+struct MaxOp {
+  template <class T>
+  T operator()(T a, T b) const {
+    return (a != a || b != b) ? std::numeric_limits<T>::quiet_NaN() : (a > b ? a : b);
+  }
+};
+struct MinOp {
+  template <class T>
+  T operator()(T a, T b) const {
+    return (a != a || b != b) ? std::numeric_limits<T>::quiet_NaN() : (a < b ? a : b);
+  }
+};
+struct EqOp {
+  template <class T>
+  bool operator()(T a, T b) const {
+    return a == b;
+  }
+};
+struct NeOp {
+  template <class T>
+  bool operator()(T a, T b) const {
+    return a != b;
+  }
+};
+struct LtOp {
+  template <class T>
+  bool operator()(T a, T b) const {
+    return a < b;
+  }
+};
+struct LeOp {
+  template <class T>
+  bool operator()(T a, T b) const {
+    return a <= b;
+  }
+};
+struct GtOp {
+  template <class T>
+  bool operator()(T a, T b) const {
+    return a > b;
+  }
+};
+struct GeOp {
+  template <class T>
+  bool operator()(T a, T b) const {
+    return a >= b;
+  }
+};
 
 template <typename T, typename R, typename F>
 void binary_kernel(const Tensor& a, const Tensor& b, Tensor& out, F f) {
@@ -133,26 +196,29 @@ void binary_kernel(const Tensor& a, const Tensor& b, Tensor& out, F f) {
       });
       return;
     }
-    std::array<std::vector<int64_t>, 2> st{detail::broadcast_strides(a.shape(), out.shape()), detail::broadcast_strides(b.shape(), out.shape())};
-    broadcast_loop<2>(out.shape(), st, [&](int64_t base, const std::array<int64_t, 2>& off, const std::array<int64_t, 2>& is, int64_t m) {
-      const T* xp = x + off[0];
-      const T* yp = y + off[1];
-      R* op = o + base;
-      if (is[0] == 1 && is[1] == 1) {
+    std::array<std::vector<int64_t>, 2> st{detail::broadcast_strides(a.shape(), out.shape()),
+                                           detail::broadcast_strides(b.shape(), out.shape())};
+    broadcast_loop<2>(
+        out.shape(), st,
+        [&](int64_t base, const std::array<int64_t, 2>& off, const std::array<int64_t, 2>& is, int64_t m) {
+          const T* xp = x + off[0];
+          const T* yp = y + off[1];
+          R* op = o + base;
+          if (is[0] == 1 && is[1] == 1) {
 #pragma omp simd
-        for (int64_t j = 0; j < m; ++j) op[j] = f(xp[j], yp[j]);
-      } else if (is[0] == 1 && is[1] == 0) {
-        const T yv = yp[0];
+            for (int64_t j = 0; j < m; ++j) op[j] = f(xp[j], yp[j]);
+          } else if (is[0] == 1 && is[1] == 0) {
+            const T yv = yp[0];
 #pragma omp simd
-        for (int64_t j = 0; j < m; ++j) op[j] = f(xp[j], yv);
-      } else if (is[0] == 0 && is[1] == 1) {
-        const T xv = xp[0];
+            for (int64_t j = 0; j < m; ++j) op[j] = f(xp[j], yv);
+          } else if (is[0] == 0 && is[1] == 1) {
+            const T xv = xp[0];
 #pragma omp simd
-        for (int64_t j = 0; j < m; ++j) op[j] = f(xv, yp[j]);
-      } else {
-        for (int64_t j = 0; j < m; ++j) op[j] = f(xp[j * is[0]], yp[j * is[1]]);
-      }
-    });
+            for (int64_t j = 0; j < m; ++j) op[j] = f(xv, yp[j]);
+          } else {
+            for (int64_t j = 0; j < m; ++j) op[j] = f(xp[j * is[0]], yp[j * is[1]]);
+          }
+        });
     return;
   }
   // reference: per-element multi-index, serial
@@ -248,55 +314,128 @@ Tensor grad_kernel(const Tensor& g_in, const Tensor& x_in, const Op& op) {
 }
 
 // Simple ops vectorize from the scalar form.
-#define LOWBIT_SIMPLE_FAST                                             \
-  void fast(const float* x, float* y, int64_t n) const {               \
+#define LOWBIT_SIMPLE_FAST                                                \
+  void fast(const float* x, float* y, int64_t n) const {                  \
     _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) y[i] = ref(x[i]); \
   }
-#define LOWBIT_SIMPLE_FAST2                                                          \
-  void fast(const float* g, const float* x, float* o, int64_t n) const {             \
-    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) o[i] = ref(g[i], x[i]);     \
+#define LOWBIT_SIMPLE_FAST2                                                     \
+  void fast(const float* g, const float* x, float* o, int64_t n) const {        \
+    _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) o[i] = ref(g[i], x[i]); \
   }
 
-struct NegOp { template <class T> T ref(T x) const { return -x; } LOWBIT_SIMPLE_FAST };
-struct AbsOp { template <class T> T ref(T x) const { return x < 0 ? -x : (x == 0 ? T(0) : x); } LOWBIT_SIMPLE_FAST };
-struct SignOp { template <class T> T ref(T x) const { return x > 0 ? T(1) : (x < 0 ? T(-1) : (x == x ? T(0) : x)); } LOWBIT_SIMPLE_FAST };
-struct SquareOp { template <class T> T ref(T x) const { return x * x; } LOWBIT_SIMPLE_FAST };
-struct SqrtOp { template <class T> T ref(T x) const { return std::sqrt(x); } LOWBIT_SIMPLE_FAST };
-struct RsqrtOp { template <class T> T ref(T x) const { return T(1) / std::sqrt(x); } LOWBIT_SIMPLE_FAST };
-struct RoundOp { template <class T> T ref(T x) const { return std::nearbyint(x); } LOWBIT_SIMPLE_FAST };
-struct ReluOp { template <class T> T ref(T x) const { return x > 0 ? x : (x == x ? T(0) : x); } LOWBIT_SIMPLE_FAST };
+struct NegOp {
+  template <class T>
+  T ref(T x) const {
+    return -x;
+  }
+  LOWBIT_SIMPLE_FAST
+};
+struct AbsOp {
+  template <class T>
+  T ref(T x) const {
+    return x < 0 ? -x : (x == 0 ? T(0) : x);
+  }
+  LOWBIT_SIMPLE_FAST
+};
+struct SignOp {
+  template <class T>
+  T ref(T x) const {
+    return x > 0 ? T(1) : (x < 0 ? T(-1) : (x == x ? T(0) : x));
+  }
+  LOWBIT_SIMPLE_FAST
+};
+struct SquareOp {
+  template <class T>
+  T ref(T x) const {
+    return x * x;
+  }
+  LOWBIT_SIMPLE_FAST
+};
+struct SqrtOp {
+  template <class T>
+  T ref(T x) const {
+    return std::sqrt(x);
+  }
+  LOWBIT_SIMPLE_FAST
+};
+struct RsqrtOp {
+  template <class T>
+  T ref(T x) const {
+    return T(1) / std::sqrt(x);
+  }
+  LOWBIT_SIMPLE_FAST
+};
+struct RoundOp {
+  template <class T>
+  T ref(T x) const {
+    return std::nearbyint(x);
+  }
+  LOWBIT_SIMPLE_FAST
+};
+struct ReluOp {
+  template <class T>
+  T ref(T x) const {
+    return x > 0 ? x : (x == x ? T(0) : x);
+  }
+  LOWBIT_SIMPLE_FAST
+};
 struct ExpOp {
-  template <class T> T ref(T x) const { return std::exp(x); }
+  template <class T>
+  T ref(T x) const {
+    return std::exp(x);
+  }
   void fast(const float* x, float* y, int64_t n) const { ArrF(y, n) = CArrF(x, n).exp(); }
 };
 struct LogOp {
-  template <class T> T ref(T x) const { return std::log(x); }
+  template <class T>
+  T ref(T x) const {
+    return std::log(x);
+  }
   void fast(const float* x, float* y, int64_t n) const { ArrF(y, n) = CArrF(x, n).log(); }
 };
 struct TanhOp {
-  template <class T> T ref(T x) const { return std::tanh(x); }
+  template <class T>
+  T ref(T x) const {
+    return std::tanh(x);
+  }
   void fast(const float* x, float* y, int64_t n) const { ArrF(y, n) = CArrF(x, n).tanh(); }
 };
 struct SigmoidOp {
-  template <class T> T ref(T x) const { return T(1) / (T(1) + std::exp(-x)); }
+  template <class T>
+  T ref(T x) const {
+    return T(1) / (T(1) + std::exp(-x));
+  }
   void fast(const float* x, float* y, int64_t n) const { ArrF(y, n) = CArrF(x, n).logistic(); }
 };
 struct SiluOp {
-  template <class T> T ref(T x) const { return x / (T(1) + std::exp(-x)); }
+  template <class T>
+  T ref(T x) const {
+    return x / (T(1) + std::exp(-x));
+  }
   void fast(const float* x, float* y, int64_t n) const { ArrF(y, n) = CArrF(x, n) * CArrF(x, n).logistic(); }
 };
 struct PowOp {
   double p;
-  template <class T> T ref(T x) const { return std::pow(x, static_cast<T>(p)); }
+  template <class T>
+  T ref(T x) const {
+    return std::pow(x, static_cast<T>(p));
+  }
   void fast(const float* x, float* y, int64_t n) const {
-    if (p == 2.0) { ArrF(y, n) = CArrF(x, n).square(); return; }
-    if (p == 0.5) { ArrF(y, n) = CArrF(x, n).sqrt(); return; }
+    if (p == 2.0) {
+      ArrF(y, n) = CArrF(x, n).square();
+      return;
+    }
+    if (p == 0.5) {
+      ArrF(y, n) = CArrF(x, n).sqrt();
+      return;
+    }
     for (int64_t i = 0; i < n; ++i) y[i] = ref(x[i]);
   }
 };
 struct ClampOp {
   double lo, hi;  // +-inf when absent
-  template <class T> T ref(T x) const {
+  template <class T>
+  T ref(T x) const {
     if (x != x) return x;
     const T l = static_cast<T>(lo), h = static_cast<T>(hi);
     return x < l ? l : (x > h ? h : x);
@@ -307,14 +446,20 @@ constexpr double kSqrt1_2 = 0.70710678118654752440;
 constexpr double kSqrt2OverPi = 0.79788456080286535588;
 constexpr double kInvSqrt2Pi = 0.39894228040143267794;
 struct GeluOp {
-  template <class T> T ref(T x) const { return T(0.5) * x * (T(1) + std::erf(x * T(kSqrt1_2))); }
+  template <class T>
+  T ref(T x) const {
+    return T(0.5) * x * (T(1) + std::erf(x * T(kSqrt1_2)));
+  }
   void fast(const float* x, float* y, int64_t n) const {
     CArrF xa(x, n);
     ArrF(y, n) = 0.5f * xa * (1.0f + (xa * static_cast<float>(kSqrt1_2)).erf());
   }
 };
 struct GeluTanhOp {
-  template <class T> T ref(T x) const { return T(0.5) * x * (T(1) + std::tanh(T(kSqrt2OverPi) * (x + T(0.044715) * x * x * x))); }
+  template <class T>
+  T ref(T x) const {
+    return T(0.5) * x * (T(1) + std::tanh(T(kSqrt2OverPi) * (x + T(0.044715) * x * x * x)));
+  }
   void fast(const float* x, float* y, int64_t n) const {
     CArrF xa(x, n);
     ArrF(y, n) = 0.5f * xa * (1.0f + (static_cast<float>(kSqrt2OverPi) * (xa + 0.044715f * xa.cube())).tanh());
@@ -322,16 +467,41 @@ struct GeluTanhOp {
 };
 
 // ---- gradient kernels: o = dL/dx given g and the saved input or output ----
-struct ReluBack { template <class T> T ref(T g, T x) const { return x > 0 ? g : T(0); } LOWBIT_SIMPLE_FAST2 };
-struct TanhBack { template <class T> T ref(T g, T y) const { return g * (T(1) - y * y); } LOWBIT_SIMPLE_FAST2 };
-struct SigmoidBack { template <class T> T ref(T g, T y) const { return g * y * (T(1) - y); } LOWBIT_SIMPLE_FAST2 };
+struct ReluBack {
+  template <class T>
+  T ref(T g, T x) const {
+    return x > 0 ? g : T(0);
+  }
+  LOWBIT_SIMPLE_FAST2
+};
+struct TanhBack {
+  template <class T>
+  T ref(T g, T y) const {
+    return g * (T(1) - y * y);
+  }
+  LOWBIT_SIMPLE_FAST2
+};
+struct SigmoidBack {
+  template <class T>
+  T ref(T g, T y) const {
+    return g * y * (T(1) - y);
+  }
+  LOWBIT_SIMPLE_FAST2
+};
 struct ClampBack {
   double lo, hi;
-  template <class T> T ref(T g, T x) const { return (x >= static_cast<T>(lo) && x <= static_cast<T>(hi)) ? g : T(0); }
+  template <class T>
+  T ref(T g, T x) const {
+    return (x >= static_cast<T>(lo) && x <= static_cast<T>(hi)) ? g : T(0);
+  }
   LOWBIT_SIMPLE_FAST2
 };
 struct SiluBack {
-  template <class T> T ref(T g, T x) const { const T s = T(1) / (T(1) + std::exp(-x)); return g * s * (T(1) + x * (T(1) - s)); }
+  template <class T>
+  T ref(T g, T x) const {
+    const T s = T(1) / (T(1) + std::exp(-x));
+    return g * s * (T(1) + x * (T(1) - s));
+  }
   void fast(const float* g, const float* x, float* o, int64_t n) const {
     CArrF xa(x, n);
     const Eigen::ArrayXf s = xa.logistic();
@@ -339,7 +509,8 @@ struct SiluBack {
   }
 };
 struct GeluBack {
-  template <class T> T ref(T g, T x) const {
+  template <class T>
+  T ref(T g, T x) const {
     const T cdf = T(0.5) * (T(1) + std::erf(x * T(kSqrt1_2)));
     const T pdf = T(kInvSqrt2Pi) * std::exp(T(-0.5) * x * x);
     return g * (cdf + x * pdf);
@@ -351,7 +522,8 @@ struct GeluBack {
   }
 };
 struct GeluTanhBack {
-  template <class T> T ref(T g, T x) const {
+  template <class T>
+  T ref(T g, T x) const {
     const T k = T(kSqrt2OverPi), c = T(0.044715);
     const T t = std::tanh(k * (x + c * x * x * x));
     return g * (T(0.5) * (T(1) + t) + T(0.5) * x * (T(1) - t * t) * k * (T(1) + T(3) * c * x * x));
@@ -360,7 +532,8 @@ struct GeluTanhBack {
     const float k = static_cast<float>(kSqrt2OverPi), c = 0.044715f;
     CArrF xa(x, n);
     const Eigen::ArrayXf t = (k * (xa + c * xa.cube())).tanh();
-    ArrF(o, n) = CArrF(g, n) * (0.5f * (1.0f + t) + 0.5f * xa * (1.0f - t.square()) * k * (1.0f + 3.0f * c * xa.square()));
+    ArrF(o, n) =
+        CArrF(g, n) * (0.5f * (1.0f + t) + 0.5f * xa * (1.0f - t.square()) * k * (1.0f + 3.0f * c * xa.square()));
   }
 };
 
@@ -385,7 +558,8 @@ Tensor add(const Tensor& a, const Tensor& b, double alpha) {
   if (detail::any_requires_grad({&a, &b})) {
     const Shape sa = a.shape(), sb = b.shape();
     detail::record(out, "AddBackward0", {a, b}, [sa, sb, alpha](const Tensor& g) {
-      return std::vector<Tensor>{detail::sum_to(g, sa), alpha == 1.0 ? detail::sum_to(g, sb) : detail::sum_to(mul(g, alpha), sb)};
+      return std::vector<Tensor>{detail::sum_to(g, sa),
+                                 alpha == 1.0 ? detail::sum_to(g, sb) : detail::sum_to(mul(g, alpha), sb)};
     });
   }
   return out;
@@ -461,14 +635,16 @@ Tensor gt(const Tensor& a, double b) { return gt(a, scalar_like(a, b)); }
 // ---------------- unary ops ----------------
 Tensor neg(const Tensor& a) {
   Tensor out = unary(a, NegOp{}, "neg");
-  if (detail::any_requires_grad({&a})) detail::record(out, "NegBackward0", {a}, [](const Tensor& g) { return std::vector<Tensor>{neg(g)}; });
+  if (detail::any_requires_grad({&a}))
+    detail::record(out, "NegBackward0", {a}, [](const Tensor& g) { return std::vector<Tensor>{neg(g)}; });
   return out;
 }
 Tensor abs(const Tensor& a) {
   Tensor out = unary(a, AbsOp{}, "abs");
   if (detail::any_requires_grad({&a})) {
     Tensor sa = a.detach();
-    detail::record(out, "AbsBackward0", {a}, [sa](const Tensor& g) { return std::vector<Tensor>{mul(g, unary(sa, SignOp{}, "sign"))}; });
+    detail::record(out, "AbsBackward0", {a},
+                   [sa](const Tensor& g) { return std::vector<Tensor>{mul(g, unary(sa, SignOp{}, "sign"))}; });
   }
   return out;
 }
@@ -492,7 +668,8 @@ Tensor sqrt(const Tensor& a) {
   Tensor out = unary(a, SqrtOp{}, "sqrt");
   if (detail::any_requires_grad({&a})) {
     Tensor y = out.detach();
-    detail::record(out, "SqrtBackward0", {a}, [y](const Tensor& g) { return std::vector<Tensor>{div(mul(g, 0.5), y)}; });
+    detail::record(out, "SqrtBackward0", {a},
+                   [y](const Tensor& g) { return std::vector<Tensor>{div(mul(g, 0.5), y)}; });
   }
   return out;
 }
@@ -526,12 +703,19 @@ Tensor square(const Tensor& a) {
   return out;
 }
 Tensor round(const Tensor& a) { return unary(a, RoundOp{}, "round"); }
-Tensor tanh(const Tensor& a) { Tensor out = unary(a, TanhOp{}, "tanh"); return with_grad(out, a, "TanhBackward0", out, TanhBack{}); }
-Tensor sigmoid(const Tensor& a) { Tensor out = unary(a, SigmoidOp{}, "sigmoid"); return with_grad(out, a, "SigmoidBackward0", out, SigmoidBack{}); }
+Tensor tanh(const Tensor& a) {
+  Tensor out = unary(a, TanhOp{}, "tanh");
+  return with_grad(out, a, "TanhBackward0", out, TanhBack{});
+}
+Tensor sigmoid(const Tensor& a) {
+  Tensor out = unary(a, SigmoidOp{}, "sigmoid");
+  return with_grad(out, a, "SigmoidBackward0", out, SigmoidBack{});
+}
 Tensor relu(const Tensor& a) { return with_grad(unary(a, ReluOp{}, "relu"), a, "ReluBackward0", a, ReluBack{}); }
 Tensor silu(const Tensor& a) { return with_grad(unary(a, SiluOp{}, "silu"), a, "SiluBackward0", a, SiluBack{}); }
 Tensor gelu(const Tensor& a, const std::string& approximate) {
-  LOWBIT_CHECK(approximate == "none" || approximate == "tanh", "gelu: approximate must be 'none' or 'tanh', got '{}'", approximate);
+  LOWBIT_CHECK(approximate == "none" || approximate == "tanh", "gelu: approximate must be 'none' or 'tanh', got '{}'",
+               approximate);
   if (approximate == "tanh") return with_grad(unary(a, GeluTanhOp{}, "gelu"), a, "GeluBackward0", a, GeluTanhBack{});
   return with_grad(unary(a, GeluOp{}, "gelu"), a, "GeluBackward0", a, GeluBack{});
 }
@@ -544,7 +728,8 @@ Tensor clamp(const Tensor& a, std::optional<double> mn, std::optional<double> mx
 
 // ---------------- where / masked_fill ----------------
 Tensor where(const Tensor& cond, const Tensor& a_in, const Tensor& b_in) {
-  LOWBIT_CHECK(cond.defined() && cond.dtype() == kBool, "where: condition must be a bool tensor, got {}", cond.defined() ? detail::desc(cond) : "undefined");
+  LOWBIT_CHECK(cond.defined() && cond.dtype() == kBool, "where: condition must be a bool tensor, got {}",
+               cond.defined() ? detail::desc(cond) : "undefined");
   detail::check_floating(a_in, "where", "input");
   detail::check_floating(b_in, "where", "other");
   detail::check_same_dtype(a_in, b_in, "where");
@@ -557,11 +742,15 @@ Tensor where(const Tensor& cond, const Tensor& a_in, const Tensor& b_in) {
     const T* x = a.data_ptr<T>();
     const T* y = b.data_ptr<T>();
     T* o = out.data_ptr<T>();
-    std::array<std::vector<int64_t>, 3> st{detail::broadcast_strides(cond.shape(), out_shape), detail::broadcast_strides(a.shape(), out_shape),
+    std::array<std::vector<int64_t>, 3> st{detail::broadcast_strides(cond.shape(), out_shape),
+                                           detail::broadcast_strides(a.shape(), out_shape),
                                            detail::broadcast_strides(b.shape(), out_shape)};
-    broadcast_loop<3>(out_shape, st, [&](int64_t base, const std::array<int64_t, 3>& off, const std::array<int64_t, 3>& is, int64_t m) {
-      for (int64_t j = 0; j < m; ++j) o[base + j] = c[off[0] + j * is[0]] ? x[off[1] + j * is[1]] : y[off[2] + j * is[2]];
-    });
+    broadcast_loop<3>(
+        out_shape, st,
+        [&](int64_t base, const std::array<int64_t, 3>& off, const std::array<int64_t, 3>& is, int64_t m) {
+          for (int64_t j = 0; j < m; ++j)
+            o[base + j] = c[off[0] + j * is[0]] ? x[off[1] + j * is[1]] : y[off[2] + j * is[2]];
+        });
   });
   if (a_in.dtype() == kBFloat16) out = out.to(kBFloat16);
   if (detail::any_requires_grad({&a_in, &b_in})) {
@@ -575,7 +764,8 @@ Tensor where(const Tensor& cond, const Tensor& a_in, const Tensor& b_in) {
   return out;
 }
 Tensor masked_fill(const Tensor& a, const Tensor& mask, double value) {
-  LOWBIT_CHECK(mask.defined() && mask.dtype() == kBool, "masked_fill: mask must be a bool tensor, got {}", mask.defined() ? detail::desc(mask) : "undefined");
+  LOWBIT_CHECK(mask.defined() && mask.dtype() == kBool, "masked_fill: mask must be a bool tensor, got {}",
+               mask.defined() ? detail::desc(mask) : "undefined");
   detail::check_floating(a, "masked_fill");
   const Shape bs = detail::broadcast_shapes(a.shape(), mask.shape(), "masked_fill");
   LOWBIT_CHECK(bs == a.shape(), "masked_fill: mask {} must be broadcastable to the input's shape {} without growing it",

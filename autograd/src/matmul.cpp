@@ -43,7 +43,8 @@ void onednn_gemm(const float* a, bool ta, const float* b, bool tb, const float* 
       cc.b_md = dnnl::memory::desc(dims{bb, k, n}, dt::f32, tb ? dims{k * n, 1, k} : dims{k * n, n, 1});
       cc.c_md = dnnl::memory::desc(dims{bo, m, n}, dt::f32, dims{m * n, n, 1});
       if (bias) cc.bias_md = dnnl::memory::desc(dims{1, 1, n}, dt::f32, dims{n, n, 1});
-      auto d = bias ? dnnl::matmul::desc(cc.a_md, cc.b_md, cc.bias_md, cc.c_md) : dnnl::matmul::desc(cc.a_md, cc.b_md, cc.c_md);
+      auto d = bias ? dnnl::matmul::desc(cc.a_md, cc.b_md, cc.bias_md, cc.c_md)
+                    : dnnl::matmul::desc(cc.a_md, cc.b_md, cc.c_md);
       cc.prim = dnnl::matmul(dnnl::matmul::primitive_desc(d, cpu_engine()));
       it = cache.emplace(key, std::move(cc)).first;
     }
@@ -51,18 +52,17 @@ void onednn_gemm(const float* a, bool ta, const float* b, bool tb, const float* 
   }
   auto& eng = cpu_engine();
   static thread_local dnnl::stream strm(eng);
-  std::unordered_map<int, dnnl::memory> args{
-      {DNNL_ARG_SRC, dnnl::memory(entry->a_md, eng, const_cast<float*>(a))},
-      {DNNL_ARG_WEIGHTS, dnnl::memory(entry->b_md, eng, const_cast<float*>(b))},
-      {DNNL_ARG_DST, dnnl::memory(entry->c_md, eng, c)}};
+  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, dnnl::memory(entry->a_md, eng, const_cast<float*>(a))},
+                                             {DNNL_ARG_WEIGHTS, dnnl::memory(entry->b_md, eng, const_cast<float*>(b))},
+                                             {DNNL_ARG_DST, dnnl::memory(entry->c_md, eng, c)}};
   if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(entry->bias_md, eng, const_cast<float*>(bias)));
   entry->prim.execute(strm, args);
   strm.wait();
 }
 
 template <typename T>
-void reference_gemm(const T* a, bool ta, const T* b, bool tb, const T* bias, T* c, int64_t ba, int64_t bb, int64_t m, int64_t n,
-                    int64_t k) {
+void reference_gemm(const T* a, bool ta, const T* b, bool tb, const T* bias, T* c, int64_t ba, int64_t bb, int64_t m,
+                    int64_t n, int64_t k) {
   const int64_t bo = std::max(ba, bb);
   for (int64_t p = 0; p < bo; ++p) {
     const T* ap = a + (ba == 1 ? 0 : p) * m * k;
@@ -70,7 +70,9 @@ void reference_gemm(const T* a, bool ta, const T* b, bool tb, const T* bias, T* 
     for (int64_t i = 0; i < m; ++i)
       for (int64_t j = 0; j < n; ++j) {
         double s = bias ? static_cast<double>(bias[j]) : 0.0;
-        for (int64_t q = 0; q < k; ++q) s += static_cast<double>(ta ? ap[q * m + i] : ap[i * k + q]) * static_cast<double>(tb ? bp[j * k + q] : bp[q * n + j]);
+        for (int64_t q = 0; q < k; ++q)
+          s += static_cast<double>(ta ? ap[q * m + i] : ap[i * k + q]) *
+               static_cast<double>(tb ? bp[j * k + q] : bp[q * n + j]);
         c[(p * m + i) * n + j] = static_cast<T>(s);
       }
   }
@@ -94,15 +96,20 @@ Tensor gemm(const Tensor& a_in, bool ta, const Tensor& b_in, bool tb, const Tens
   if (c.numel() == 0) return c;
   if (k == 0) {
     c.zero_();
-    if (bias.defined()) { NoGradGuard ng; c = add(c, bias); }
+    if (bias.defined()) {
+      NoGradGuard ng;
+      c = add(c, bias);
+    }
     return c;
   }
   if (a.dtype() == kFloat32 && !reference_kernels()) {
-    onednn_gemm(a.data_ptr<float>(), ta, b.data_ptr<float>(), tb, bias.defined() ? bias.data_ptr<float>() : nullptr, c.data_ptr<float>(),
-                ba, bb, m, n, k);
+    onednn_gemm(a.data_ptr<float>(), ta, b.data_ptr<float>(), tb, bias.defined() ? bias.data_ptr<float>() : nullptr,
+                c.data_ptr<float>(), ba, bb, m, n, k);
   } else {
-    LOWBIT_DISPATCH_FLOAT(a.dtype(), T, reference_gemm<T>(a.data_ptr<T>(), ta, b.data_ptr<T>(), tb, bias.defined() ? bias.data_ptr<T>() : nullptr,
-                                                          c.data_ptr<T>(), ba, bb, m, n, k));
+    LOWBIT_DISPATCH_FLOAT(
+        a.dtype(), T,
+        reference_gemm<T>(a.data_ptr<T>(), ta, b.data_ptr<T>(), tb, bias.defined() ? bias.data_ptr<T>() : nullptr,
+                          c.data_ptr<T>(), ba, bb, m, n, k));
   }
   return c;
 }
@@ -117,7 +124,8 @@ Tensor mm(const Tensor& a, const Tensor& b) {
     const Tensor sa = a.detach(), sb = b.detach();
     const bool ga = a.requires_grad(), gb = b.requires_grad();
     detail::record(out, "MmBackward0", {a, b}, [sa, sb, ga, gb](const Tensor& g) {
-      return std::vector<Tensor>{ga ? detail::gemm(g, false, sb, true) : Tensor(), gb ? detail::gemm(sa, true, g, false) : Tensor()};
+      return std::vector<Tensor>{ga ? detail::gemm(g, false, sb, true) : Tensor(),
+                                 gb ? detail::gemm(sa, true, g, false) : Tensor()};
     });
   }
   return out;
@@ -133,7 +141,8 @@ Tensor expand(const Tensor& t, const Shape& shape) {
   }
   if (detail::any_requires_grad({&t})) {
     const Shape s = t.shape();
-    detail::record(out, "ExpandBackward0", {t}, [s](const Tensor& g) { return std::vector<Tensor>{detail::sum_to(g, s)}; });
+    detail::record(out, "ExpandBackward0", {t},
+                   [s](const Tensor& g) { return std::vector<Tensor>{detail::sum_to(g, s)}; });
   }
   return out;
 }
@@ -143,16 +152,18 @@ Tensor matmul(const Tensor& a, const Tensor& b) {
   detail::check_floating(a, "matmul", "mat1");
   detail::check_floating(b, "matmul", "mat2");
   detail::check_same_dtype(a, b, "matmul");
-  LOWBIT_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: both arguments need at least 1 dimension, got {} and {}", shape_str(a.shape()), shape_str(b.shape()));
+  LOWBIT_CHECK(a.dim() >= 1 && b.dim() >= 1, "matmul: both arguments need at least 1 dimension, got {} and {}",
+               shape_str(a.shape()), shape_str(b.shape()));
   if (a.dim() == 1 && b.dim() == 1) {
-    LOWBIT_CHECK(a.shape()[0] == b.shape()[0], "matmul: 1D tensors expected to have the same size, but got {} and {}", shape_str(a.shape()), shape_str(b.shape()));
+    LOWBIT_CHECK(a.shape()[0] == b.shape()[0], "matmul: 1D tensors expected to have the same size, but got {} and {}",
+                 shape_str(a.shape()), shape_str(b.shape()));
     return mm(a.reshape({1, -1}), b.reshape({-1, 1})).reshape({});
   }
   if (a.dim() == 1) return matmul(a.unsqueeze(0), b).squeeze(-2);
   if (b.dim() == 1) return matmul(a, b.unsqueeze(-1)).squeeze(-1);
   const int64_t m = a.size(-2), k = a.size(-1), k2 = b.size(-2), n = b.size(-1);
-  LOWBIT_CHECK(k == k2, "matmul: mat1 and mat2 shapes cannot be multiplied ({}x{} and {}x{}); full shapes {} and {}", m, k, k2, n,
-               shape_str(a.shape()), shape_str(b.shape()));
+  LOWBIT_CHECK(k == k2, "matmul: mat1 and mat2 shapes cannot be multiplied ({}x{} and {}x{}); full shapes {} and {}", m,
+               k, k2, n, shape_str(a.shape()), shape_str(b.shape()));
   if (a.dim() == 2 && b.dim() == 2) return mm(a, b);
   const Shape batch_a(a.shape().begin(), a.shape().end() - 2), batch_b(b.shape().begin(), b.shape().end() - 2);
   const Shape batch = detail::broadcast_shapes(batch_a, batch_b, "matmul (batch dimensions)");
@@ -172,12 +183,14 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
   detail::check_same_dtype(x, w, "linear");
   LOWBIT_CHECK(w.dim() == 2, "linear: weight must be 2-D (out_features, in_features), got {}", shape_str(w.shape()));
   LOWBIT_CHECK(x.dim() >= 1, "linear: input must have at least 1 dimension, got {}", shape_str(x.shape()));
-  LOWBIT_CHECK(x.size(-1) == w.shape()[1], "linear: input {} and weight {}: input.size(-1)={} must equal weight.size(1)={}",
-               shape_str(x.shape()), shape_str(w.shape()), x.size(-1), w.shape()[1]);
+  LOWBIT_CHECK(x.size(-1) == w.shape()[1],
+               "linear: input {} and weight {}: input.size(-1)={} must equal weight.size(1)={}", shape_str(x.shape()),
+               shape_str(w.shape()), x.size(-1), w.shape()[1]);
   if (bias.defined()) {
     detail::check_same_dtype(x, bias, "linear");
-    LOWBIT_CHECK(bias.dim() == 1 && bias.shape()[0] == w.shape()[0], "linear: bias {} must be 1-D of size out_features={} (weight {})",
-                 shape_str(bias.shape()), w.shape()[0], shape_str(w.shape()));
+    LOWBIT_CHECK(bias.dim() == 1 && bias.shape()[0] == w.shape()[0],
+                 "linear: bias {} must be 1-D of size out_features={} (weight {})", shape_str(bias.shape()),
+                 w.shape()[0], shape_str(w.shape()));
   }
   Shape out_shape = x.shape();
   out_shape.back() = w.shape()[0];
@@ -191,8 +204,7 @@ Tensor linear(const Tensor& x, const Tensor& w, const Tensor& bias) {
     detail::record(out, "AddmmBackward0", {x, w, bias}, [x2, ws, xs, gx, gw, gb](const Tensor& g) {
       const Tensor g2 = g.reshape({-1, ws.shape()[0]});
       return std::vector<Tensor>{gx ? detail::gemm(g2, false, ws, false).reshape(xs) : Tensor(),
-                                 gw ? detail::gemm(g2, true, x2, false) : Tensor(),
-                                 gb ? sum(g2, {0}) : Tensor()};
+                                 gw ? detail::gemm(g2, true, x2, false) : Tensor(), gb ? sum(g2, {0}) : Tensor()};
     });
   }
   return out;

@@ -22,7 +22,8 @@ Tensor dropout(const Tensor& a, double p, bool training, Generator* gen) {
   LOWBIT_DISPATCH_FLOAT(mask.dtype(), T, {
     T* m = mask.data_ptr<T>();
     detail::parallel_for(a.numel(), kParallelGrain, [&](int64_t b, int64_t e) {
-      for (int64_t i = b; i < e; ++i) m[i] = Generator::uniform01(seed, base + static_cast<uint64_t>(i)) < p ? T(0) : static_cast<T>(scale);
+      for (int64_t i = b; i < e; ++i)
+        m[i] = Generator::uniform01(seed, base + static_cast<uint64_t>(i)) < p ? T(0) : static_cast<T>(scale);
     });
   });
   return mul(a, a.dtype() == kBFloat16 ? mask.to(kBFloat16) : mask);
@@ -31,16 +32,24 @@ Tensor dropout(const Tensor& a, double p, bool training, Generator* gen) {
 namespace {
 // logits (N, C) contiguous; loss per row; probs kept for backward.
 template <typename T>
-void ce_forward(const T* x, const int64_t* tgt, T* probs, double* row_loss, int64_t n, int64_t c, int64_t ignore, double eps) {
+void ce_forward(const T* x, const int64_t* tgt, T* probs, double* row_loss, int64_t n, int64_t c, int64_t ignore,
+                double eps) {
   detail::parallel_for(n, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(c, 1)), [&](int64_t b, int64_t e) {
     for (int64_t i = b; i < e; ++i) {
       const T* xr = x + i * c;
       T* pr = probs + i * c;
-      if (tgt[i] == ignore) { row_loss[i] = 0; continue; }
+      if (tgt[i] == ignore) {
+        row_loss[i] = 0;
+        continue;
+      }
       double m = -std::numeric_limits<double>::infinity();
       for (int64_t j = 0; j < c; ++j) m = std::max(m, static_cast<double>(xr[j]));
       double s = 0;
-      for (int64_t j = 0; j < c; ++j) { const double v = std::exp(static_cast<double>(xr[j]) - m); pr[j] = static_cast<T>(v); s += v; }
+      for (int64_t j = 0; j < c; ++j) {
+        const double v = std::exp(static_cast<double>(xr[j]) - m);
+        pr[j] = static_cast<T>(v);
+        s += v;
+      }
       const double lse = m + std::log(s);
       const double inv = 1.0 / s;
       double sum_logp = 0;
@@ -55,11 +64,14 @@ void ce_forward(const T* x, const int64_t* tgt, T* probs, double* row_loss, int6
 }
 }  // namespace
 
-Tensor cross_entropy(const Tensor& logits_in, const Tensor& target_in, int64_t ignore_index, double eps, Reduction reduction) {
+Tensor cross_entropy(const Tensor& logits_in, const Tensor& target_in, int64_t ignore_index, double eps,
+                     Reduction reduction) {
   detail::check_floating(logits_in, "cross_entropy", "input");
   LOWBIT_CHECK(target_in.defined() && (target_in.dtype() == kInt64 || target_in.dtype() == kInt32),
-               "cross_entropy: target must hold class indices as int64 (or int32), got {}", target_in.defined() ? detail::desc(target_in) : "undefined");
-  LOWBIT_CHECK(logits_in.dim() >= 1, "cross_entropy: input must have at least 1 dimension, got {}", shape_str(logits_in.shape()));
+               "cross_entropy: target must hold class indices as int64 (or int32), got {}",
+               target_in.defined() ? detail::desc(target_in) : "undefined");
+  LOWBIT_CHECK(logits_in.dim() >= 1, "cross_entropy: input must have at least 1 dimension, got {}",
+               shape_str(logits_in.shape()));
   LOWBIT_CHECK(eps >= 0.0 && eps <= 1.0, "cross_entropy: label_smoothing must be between 0.0 and 1.0, got {}", eps);
   // (C) / (N, C) / (N, C, d1, ...) -> (rows, C) with class last
   Tensor logits = logits_in;
@@ -84,50 +96,61 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& target_in, int64_t i
   int64_t valid = 0;
   for (int64_t i = 0; i < n; ++i) {
     if (tp[i] == ignore_index) continue;
-    LOWBIT_CHECK(tp[i] >= 0 && tp[i] < c, "cross_entropy: target {} at position {} is out of bounds for {} classes", tp[i], i, c);
+    LOWBIT_CHECK(tp[i] >= 0 && tp[i] < c, "cross_entropy: target {} at position {} is out of bounds for {} classes",
+                 tp[i], i, c);
     ++valid;
   }
   const Tensor x = logits.detach().to(detail::compute_dtype(logits.dtype()));
   Tensor probs = empty(x.shape(), x.dtype());
   std::vector<double> row_loss(n);
-  LOWBIT_DISPATCH_FLOAT(x.dtype(), T, ce_forward<T>(x.data_ptr<T>(), tp, probs.data_ptr<T>(), row_loss.data(), n, c, ignore_index, eps));
+  LOWBIT_DISPATCH_FLOAT(
+      x.dtype(), T, ce_forward<T>(x.data_ptr<T>(), tp, probs.data_ptr<T>(), row_loss.data(), n, c, ignore_index, eps));
   Tensor out;
   if (reduction == Reduction::None) {
     out = empty({n}, x.dtype());
-    LOWBIT_DISPATCH_FLOAT(x.dtype(), T, for (int64_t i = 0; i < n; ++i) out.data_ptr<T>()[i] = static_cast<T>(row_loss[i]));
+    LOWBIT_DISPATCH_FLOAT(x.dtype(), T,
+                          for (int64_t i = 0; i < n; ++i) out.data_ptr<T>()[i] = static_cast<T>(row_loss[i]));
     out = out.reshape(target_in.shape());
   } else {
     double s = 0;
     for (double v : row_loss) s += v;
-    if (reduction == Reduction::Mean) s = valid ? s / static_cast<double>(valid) : std::numeric_limits<double>::quiet_NaN();
+    if (reduction == Reduction::Mean)
+      s = valid ? s / static_cast<double>(valid) : std::numeric_limits<double>::quiet_NaN();
     out = full({}, s, x.dtype());
   }
   if (logits_in.dtype() == kBFloat16) out = out.to(kBFloat16);
   if (detail::any_requires_grad({&logits})) {
     const double denom = reduction == Reduction::Mean ? static_cast<double>(valid) : 1.0;
     const Tensor tgt = target;
-    detail::record(out, "NllLossBackward0", {logits}, [probs, tgt, denom, eps, ignore_index, reduction, n, c](const Tensor& g_in) {
-      const Tensor g = g_in.to(probs.dtype());
-      Tensor gx = empty(probs.shape(), probs.dtype());
-      LOWBIT_DISPATCH_FLOAT(probs.dtype(), T, {
-        const T* p = probs.data_ptr<T>();
-        const T* gp = g.data_ptr<T>();
-        const int64_t* t = tgt.data_ptr<int64_t>();
-        T* o = gx.data_ptr<T>();
-        const T smooth = static_cast<T>(eps / static_cast<double>(c));
-        detail::parallel_for(n, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(c, 1)), [&](int64_t b, int64_t e) {
-          for (int64_t i = b; i < e; ++i) {
-            T* orow = o + i * c;
-            if (t[i] == ignore_index) { std::fill(orow, orow + c, T(0)); continue; }
-            const T scale = static_cast<T>((reduction == Reduction::None ? static_cast<double>(gp[i]) : static_cast<double>(gp[0])) / denom);
-            const T* prow = p + i * c;
-            for (int64_t j = 0; j < c; ++j) orow[j] = (prow[j] - smooth) * scale;
-            orow[t[i]] -= static_cast<T>(1.0 - eps) * scale;
-          }
+    detail::record(
+        out, "NllLossBackward0", {logits}, [probs, tgt, denom, eps, ignore_index, reduction, n, c](const Tensor& g_in) {
+          const Tensor g = g_in.to(probs.dtype());
+          Tensor gx = empty(probs.shape(), probs.dtype());
+          LOWBIT_DISPATCH_FLOAT(probs.dtype(), T, {
+            const T* p = probs.data_ptr<T>();
+            const T* gp = g.data_ptr<T>();
+            const int64_t* t = tgt.data_ptr<int64_t>();
+            T* o = gx.data_ptr<T>();
+            const T smooth = static_cast<T>(eps / static_cast<double>(c));
+            detail::parallel_for(
+                n, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(c, 1)), [&](int64_t b, int64_t e) {
+                  for (int64_t i = b; i < e; ++i) {
+                    T* orow = o + i * c;
+                    if (t[i] == ignore_index) {
+                      std::fill(orow, orow + c, T(0));
+                      continue;
+                    }
+                    const T scale = static_cast<T>(
+                        (reduction == Reduction::None ? static_cast<double>(gp[i]) : static_cast<double>(gp[0])) /
+                        denom);
+                    const T* prow = p + i * c;
+                    for (int64_t j = 0; j < c; ++j) orow[j] = (prow[j] - smooth) * scale;
+                    orow[t[i]] -= static_cast<T>(1.0 - eps) * scale;
+                  }
+                });
+          });
+          return std::vector<Tensor>{gx};
         });
-      });
-      return std::vector<Tensor>{gx};
-    });
   }
   return out;
 }
@@ -135,8 +158,8 @@ Tensor cross_entropy(const Tensor& logits_in, const Tensor& target_in, int64_t i
 Tensor mse_loss(const Tensor& input, const Tensor& target, Reduction reduction) {
   detail::check_floating(input, "mse_loss", "input");
   detail::check_floating(target, "mse_loss", "target");
-  LOWBIT_CHECK(input.shape() == target.shape(), "mse_loss: input {} and target {} must have the same shape", shape_str(input.shape()),
-               shape_str(target.shape()));
+  LOWBIT_CHECK(input.shape() == target.shape(), "mse_loss: input {} and target {} must have the same shape",
+               shape_str(input.shape()), shape_str(target.shape()));
   const Tensor d = sub(input, target);
   const Tensor sq = mul(d, d);
   if (reduction == Reduction::None) return sq;
@@ -150,18 +173,21 @@ std::vector<int64_t> trailing_dims(const Tensor& x, const Shape& normalized_shap
   bool ok = x.dim() >= k;
   for (int64_t i = 0; ok && i < k; ++i) ok = x.shape()[x.dim() - k + i] == normalized_shape[i];
   LOWBIT_CHECK(ok, "{}: given normalized_shape={}, expected input with shape [*, {}], but got input of size {}", op,
-               shape_str(normalized_shape), shape_str(normalized_shape).substr(1, shape_str(normalized_shape).size() - 2), shape_str(x.shape()));
+               shape_str(normalized_shape),
+               shape_str(normalized_shape).substr(1, shape_str(normalized_shape).size() - 2), shape_str(x.shape()));
   std::vector<int64_t> dims;
   for (int64_t i = x.dim() - k; i < x.dim(); ++i) dims.push_back(i);
   return dims;
 }
 void check_affine(const Tensor& p, const Shape& normalized_shape, const char* op, const char* what) {
   if (!p.defined()) return;
-  LOWBIT_CHECK(p.shape() == normalized_shape, "{}: {} has shape {} but normalized_shape is {}", op, what, shape_str(p.shape()), shape_str(normalized_shape));
+  LOWBIT_CHECK(p.shape() == normalized_shape, "{}: {} has shape {} but normalized_shape is {}", op, what,
+               shape_str(p.shape()), shape_str(normalized_shape));
 }
 }  // namespace
 
-Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias, double eps) {
+Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias,
+                  double eps) {
   detail::check_floating(x, "layer_norm");
   const auto dims = trailing_dims(x, normalized_shape, "layer_norm");
   check_affine(weight, normalized_shape, "layer_norm", "weight");
@@ -179,22 +205,26 @@ Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& we
   detail::check_floating(x, "rms_norm");
   const auto dims = trailing_dims(x, normalized_shape, "rms_norm");
   check_affine(weight, normalized_shape, "rms_norm", "weight");
-  const double e = eps ? *eps : static_cast<double>(x.dtype() == kFloat64 ? std::numeric_limits<double>::epsilon() : std::numeric_limits<float>::epsilon());
+  const double e = eps ? *eps
+                       : static_cast<double>(x.dtype() == kFloat64 ? std::numeric_limits<double>::epsilon()
+                                                                   : std::numeric_limits<float>::epsilon());
   Tensor y = mul(x, rsqrt(add(mean(mul(x, x), dims, true), e)));
   if (weight.defined()) y = mul(y, weight);
   return y;
 }
 
-Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& attn_mask, double dropout_p,
-                                    bool is_causal, std::optional<double> scale, Generator* gen) {
+Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& attn_mask,
+                                    double dropout_p, bool is_causal, std::optional<double> scale, Generator* gen) {
   const char* op = "scaled_dot_product_attention";
   detail::check_floating(q, op, "query");
   detail::check_floating(k, op, "key");
   detail::check_floating(v, op, "value");
-  LOWBIT_CHECK(q.dim() >= 2 && k.dim() >= 2 && v.dim() >= 2, "{}: query {}, key {}, value {} must have at least 2 dims", op,
-               shape_str(q.shape()), shape_str(k.shape()), shape_str(v.shape()));
-  LOWBIT_CHECK(q.size(-1) == k.size(-1), "{}: query {} and key {} must have the same embedding size (last dim)", op, shape_str(q.shape()), shape_str(k.shape()));
-  LOWBIT_CHECK(k.size(-2) == v.size(-2), "{}: key {} and value {} must have the same sequence length (dim -2)", op, shape_str(k.shape()), shape_str(v.shape()));
+  LOWBIT_CHECK(q.dim() >= 2 && k.dim() >= 2 && v.dim() >= 2, "{}: query {}, key {}, value {} must have at least 2 dims",
+               op, shape_str(q.shape()), shape_str(k.shape()), shape_str(v.shape()));
+  LOWBIT_CHECK(q.size(-1) == k.size(-1), "{}: query {} and key {} must have the same embedding size (last dim)", op,
+               shape_str(q.shape()), shape_str(k.shape()));
+  LOWBIT_CHECK(k.size(-2) == v.size(-2), "{}: key {} and value {} must have the same sequence length (dim -2)", op,
+               shape_str(k.shape()), shape_str(v.shape()));
   LOWBIT_CHECK(!(is_causal && attn_mask.defined()), "{}: pass either attn_mask or is_causal, not both", op);
   const int64_t L = q.size(-2), S = k.size(-2);
   const double s = scale ? *scale : 1.0 / std::sqrt(static_cast<double>(q.size(-1)));

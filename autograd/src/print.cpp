@@ -50,10 +50,15 @@ struct Printer {
     for (size_t k = 0; k < idx.size(); ++k) {
       if (k) {
         out += ",";
-        if (d == nd - 1) out += " ";
-        else out += std::string(static_cast<size_t>(nd - 1 - d), '\n') + std::string(static_cast<size_t>(indent + 1), ' ');
+        if (d == nd - 1)
+          out += " ";
+        else
+          out += std::string(static_cast<size_t>(nd - 1 - d), '\n') + std::string(static_cast<size_t>(indent + 1), ' ');
       }
-      if (idx[k] < 0) { out += d == nd - 1 ? " ..." : "..."; continue; }
+      if (idx[k] < 0) {
+        out += d == nd - 1 ? " ..." : "...";
+        continue;
+      }
       if (d == nd - 1) {
         std::string s = fmt_value(vals[off + idx[k] * strides[d]], f);
         out += std::string(static_cast<size_t>(std::max<int>(0, f.width - static_cast<int>(s.size()))), ' ') + s;
@@ -98,8 +103,10 @@ std::string Tensor::to_string() const {
   std::string out = "tensor(" + body;
   if (numel() == 0 && dim() > 1) out += fmt::format(", size={}", shape_str(shape()));
   out += fmt::format(", dtype={}", dtype_name(dtype()));
-  if (grad_fn()) out += fmt::format(", grad_fn=<{}>", grad_fn_name());
-  else if (requires_grad()) out += ", requires_grad=True";
+  if (grad_fn())
+    out += fmt::format(", grad_fn=<{}>", grad_fn_name());
+  else if (requires_grad())
+    out += ", requires_grad=True";
   return out + ")";
 }
 

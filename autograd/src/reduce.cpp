@@ -50,7 +50,8 @@ void sum_dim_kernel(const T* x, T* y, const Geometry& g) {
           const int64_t nb = (g.size + kBlock - 1) / kBlock;
           std::vector<double> partial(nb);
           parallel_for(nb, 1, [&](int64_t b, int64_t e) {
-            for (int64_t k = b; k < e; ++k) partial[k] = block_sum(row + k * kBlock, std::min(kBlock, g.size - k * kBlock));
+            for (int64_t k = b; k < e; ++k)
+              partial[k] = block_sum(row + k * kBlock, std::min(kBlock, g.size - k * kBlock));
           });
           double s = 0;
           for (double p : partial) s += p;
@@ -59,22 +60,24 @@ void sum_dim_kernel(const T* x, T* y, const Geometry& g) {
         return;
       }
     }
-    parallel_for(g.outer, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.size, 1)), [&](int64_t b, int64_t e) {
-      for (int64_t o = b; o < e; ++o) {
-        const T* row = x + o * g.size;
-        if constexpr (std::is_same_v<T, float>) {
-          if (!reference_kernels()) {
-            double s = 0;
-            for (int64_t k = 0; k < g.size; k += kBlock) s += block_sum(row + k, std::min(kBlock, g.size - k));
-            y[o] = static_cast<float>(s);
-            continue;
-          }
-        }
-        double s = 0;
-        for (int64_t r = 0; r < g.size; ++r) s += static_cast<double>(row[r]);
-        y[o] = static_cast<T>(s);
-      }
-    });
+    parallel_for(g.outer, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.size, 1)),
+                 [&](int64_t b, int64_t e) {
+                   for (int64_t o = b; o < e; ++o) {
+                     const T* row = x + o * g.size;
+                     if constexpr (std::is_same_v<T, float>) {
+                       if (!reference_kernels()) {
+                         double s = 0;
+                         for (int64_t k = 0; k < g.size; k += kBlock)
+                           s += block_sum(row + k, std::min(kBlock, g.size - k));
+                         y[o] = static_cast<float>(s);
+                         continue;
+                       }
+                     }
+                     double s = 0;
+                     for (int64_t r = 0; r < g.size; ++r) s += static_cast<double>(row[r]);
+                     y[o] = static_cast<T>(s);
+                   }
+                 });
     return;
   }
   // inner > 1: accumulate rows (vectorized over inner)
@@ -96,20 +99,24 @@ void sum_dim_kernel(const T* x, T* y, const Geometry& g) {
 
 template <typename T, bool IsMax>
 void extreme_dim_kernel(const T* x, T* y, int64_t* arg, const Geometry& g) {
-  parallel_for(g.outer * g.inner, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.size, 1)), [&](int64_t b, int64_t e) {
-    for (int64_t idx = b; idx < e; ++idx) {
-      const int64_t o = idx / g.inner, i = idx % g.inner;
-      const T* p = x + o * g.size * g.inner + i;
-      T best = p[0];
-      int64_t bi = 0;
-      for (int64_t r = 1; r < g.size && best == best; ++r) {
-        const T v = p[r * g.inner];
-        if (v != v || (IsMax ? v > best : v < best)) { best = v; bi = r; }
-      }
-      y[idx] = best;
-      if (arg) arg[idx] = bi;
-    }
-  });
+  parallel_for(g.outer * g.inner, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(g.size, 1)),
+               [&](int64_t b, int64_t e) {
+                 for (int64_t idx = b; idx < e; ++idx) {
+                   const int64_t o = idx / g.inner, i = idx % g.inner;
+                   const T* p = x + o * g.size * g.inner + i;
+                   T best = p[0];
+                   int64_t bi = 0;
+                   for (int64_t r = 1; r < g.size && best == best; ++r) {
+                     const T v = p[r * g.inner];
+                     if (v != v || (IsMax ? v > best : v < best)) {
+                       best = v;
+                       bi = r;
+                     }
+                   }
+                   y[idx] = best;
+                   if (arg) arg[idx] = bi;
+                 }
+               });
 }
 
 std::vector<int64_t> normalize_dims(const Tensor& a, const std::vector<int64_t>& dims, const char* op) {
@@ -121,7 +128,8 @@ std::vector<int64_t> normalize_dims(const Tensor& a, const std::vector<int64_t>&
   std::vector<bool> seen(std::max<int64_t>(a.dim(), 1), false);
   for (int64_t d : dims) {
     const int64_t w = detail::wrap_dim(d, a.dim(), op);
-    LOWBIT_CHECK(!seen[w], "{}: dim {} appears multiple times in the list of dims for input {}", op, w, shape_str(a.shape()));
+    LOWBIT_CHECK(!seen[w], "{}: dim {} appears multiple times in the list of dims for input {}", op, w,
+                 shape_str(a.shape()));
     seen[w] = true;
     out.push_back(w);
   }
@@ -134,8 +142,10 @@ Shape reduced_shape(const Shape& s, const std::vector<int64_t>& dims, bool keepd
   Shape out;
   for (int64_t i = 0; i < static_cast<int64_t>(s.size()); ++i) {
     const bool r = std::find(dims.begin(), dims.end(), i) != dims.end();
-    if (!r) out.push_back(s[i]);
-    else if (keepdim) out.push_back(1);
+    if (!r)
+      out.push_back(s[i]);
+    else if (keepdim)
+      out.push_back(1);
   }
   return out;
 }
@@ -167,9 +177,12 @@ Tensor reduce_raw(const Tensor& a_in, const std::vector<int64_t>& dims, RKind ki
     LOWBIT_DISPATCH_FLOAT(cur.dtype(), T, {
       const T* x = cur.data_ptr<T>();
       T* y = out.data_ptr<T>();
-      if (kind == RKind::Sum) sum_dim_kernel<T>(x, y, g);
-      else if (kind == RKind::Max) extreme_dim_kernel<T, true>(x, y, nullptr, g);
-      else extreme_dim_kernel<T, false>(x, y, nullptr, g);
+      if (kind == RKind::Sum)
+        sum_dim_kernel<T>(x, y, g);
+      else if (kind == RKind::Max)
+        extreme_dim_kernel<T, true>(x, y, nullptr, g);
+      else
+        extreme_dim_kernel<T, false>(x, y, nullptr, g);
     });
     cur = out;
   }
@@ -202,7 +215,8 @@ Tensor mean(const Tensor& a, const std::vector<int64_t>& dims_in, bool keepdim) 
   const auto dims = normalize_dims(a, dims_in, "mean");
   int64_t count = 1;
   for (int64_t d : dims) count *= a.shape()[d];
-  return mul(sum(a, dims_in, keepdim), count == 0 ? std::numeric_limits<double>::quiet_NaN() : 1.0 / static_cast<double>(count));
+  return mul(sum(a, dims_in, keepdim),
+             count == 0 ? std::numeric_limits<double>::quiet_NaN() : 1.0 / static_cast<double>(count));
 }
 Tensor mean(const Tensor& a) { return mean(a, {}, false); }
 
@@ -213,7 +227,8 @@ Tensor extreme(const Tensor& a, const std::vector<int64_t>& dims_in, bool keepdi
   const auto dims = normalize_dims(a, dims_in, op);
   LOWBIT_CHECK(a.numel() > 0 || !dims.empty(), "{}: expected a non-empty input, got {}", op, shape_str(a.shape()));
   const Shape keep = reduced_shape(a.shape(), dims, true), out_shape = reduced_shape(a.shape(), dims, keepdim);
-  Tensor out = finish(dims.empty() ? a.detach().clone() : reduce_raw(a, dims, is_max ? RKind::Max : RKind::Min), a, keep, out_shape);
+  Tensor out = finish(dims.empty() ? a.detach().clone() : reduce_raw(a, dims, is_max ? RKind::Max : RKind::Min), a,
+                      keep, out_shape);
   if (detail::any_requires_grad({&a})) {
     const Tensor x = a.detach(), y = out.detach().reshape(keep);
     const std::vector<int64_t> d = dims;
@@ -228,7 +243,9 @@ Tensor extreme(const Tensor& a, const std::vector<int64_t>& dims_in, bool keepdi
 }
 }  // namespace
 Tensor amax(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim) { return extreme(a, dims, keepdim, true); }
-Tensor amin(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim) { return extreme(a, dims, keepdim, false); }
+Tensor amin(const Tensor& a, const std::vector<int64_t>& dims, bool keepdim) {
+  return extreme(a, dims, keepdim, false);
+}
 
 Tensor var(const Tensor& a, const std::vector<int64_t>& dims_in, double correction, bool keepdim) {
   detail::check_floating(a, "var");
@@ -245,12 +262,14 @@ std::pair<Tensor, Tensor> max(const Tensor& a_in, int64_t dim, bool keepdim) {
   detail::check_floating(a_in, "max");
   LOWBIT_CHECK(a_in.dim() > 0, "max: dim given for a 0-dim tensor");
   const int64_t d = detail::wrap_dim(dim, a_in.dim(), "max");
-  LOWBIT_CHECK(a_in.shape()[d] > 0, "max: cannot compute the max over an empty dimension {} of input {}", d, shape_str(a_in.shape()));
+  LOWBIT_CHECK(a_in.shape()[d] > 0, "max: cannot compute the max over an empty dimension {} of input {}", d,
+               shape_str(a_in.shape()));
   const Tensor a = a_in.dtype() == kBFloat16 ? a_in.to(kFloat32) : a_in;
   const Geometry g = geometry(a.shape(), d);
   const Shape keep = reduced_shape(a.shape(), {d}, true), out_shape = reduced_shape(a.shape(), {d}, keepdim);
   Tensor values = empty(keep, a.dtype()), indices = empty(keep, kInt64);
-  LOWBIT_DISPATCH_FLOAT(a.dtype(), T, extreme_dim_kernel<T, true>(a.data_ptr<T>(), values.data_ptr<T>(), indices.data_ptr<int64_t>(), g));
+  LOWBIT_DISPATCH_FLOAT(
+      a.dtype(), T, extreme_dim_kernel<T, true>(a.data_ptr<T>(), values.data_ptr<T>(), indices.data_ptr<int64_t>(), g));
   values = values.reshape(out_shape);
   indices = indices.reshape(out_shape);
   if (a_in.dtype() == kBFloat16) values = values.to(kBFloat16);
@@ -298,12 +317,17 @@ void softmax_rows(const T* x, T* y, int64_t rows, int64_t n, bool log) {
           Eigen::Map<Eigen::ArrayXf> ya(yr, n);
           ya = (Eigen::Map<const Eigen::ArrayXf>(xr, n) - m).exp();
           s = static_cast<double>(ya.sum());
-          if (log) ya = Eigen::Map<const Eigen::ArrayXf>(xr, n) - (m + static_cast<float>(std::log(s)));
-          else ya *= static_cast<float>(1.0 / s);
+          if (log)
+            ya = Eigen::Map<const Eigen::ArrayXf>(xr, n) - (m + static_cast<float>(std::log(s)));
+          else
+            ya *= static_cast<float>(1.0 / s);
           continue;
         }
       }
-      for (int64_t j = 0; j < n; ++j) { yr[j] = std::exp(xr[j] - m); s += yr[j]; }
+      for (int64_t j = 0; j < n; ++j) {
+        yr[j] = std::exp(xr[j] - m);
+        s += yr[j];
+      }
       if (log) {
         const T ls = static_cast<T>(std::log(s));
         for (int64_t j = 0; j < n; ++j) yr[j] = xr[j] - m - ls;

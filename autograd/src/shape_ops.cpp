@@ -35,8 +35,9 @@ Tensor Tensor::reshape(const Shape& shape_in) const {
     }
   }
   if (infer >= 0) {
-    LOWBIT_CHECK(known != 0 && numel() % known == 0, "reshape: shape {} is invalid for input of size {} (input shape {})",
-                 shape_str(shape_in), numel(), shape_str(this->shape()));
+    LOWBIT_CHECK(known != 0 && numel() % known == 0,
+                 "reshape: shape {} is invalid for input of size {} (input shape {})", shape_str(shape_in), numel(),
+                 shape_str(this->shape()));
     shape[infer] = numel() / known;
   }
   LOWBIT_CHECK(detail::numel_of(shape) == numel(), "reshape: shape {} is invalid for input of size {} (input shape {})",
@@ -87,7 +88,8 @@ Tensor narrow(const Tensor& a, int64_t d, int64_t start, int64_t length) {
   const int64_t size = a.shape()[d];
   if (start < 0) start += size;
   LOWBIT_CHECK(start >= 0 && length >= 0 && start + length <= size,
-               "narrow: start ({}) + length ({}) exceeds dimension size ({}) of dim {} for input {}", start, length, size, d, shape_str(a.shape()));
+               "narrow: start ({}) + length ({}) exceeds dimension size ({}) of dim {} for input {}", start, length,
+               size, d, shape_str(a.shape()));
   Shape out_shape = a.shape();
   out_shape[d] = length;
   int64_t outer = 1, inner = 1;
@@ -124,12 +126,15 @@ Tensor narrow(const Tensor& a, int64_t d, int64_t start, int64_t length) {
   }
   return out;
 }
-Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length) const { return lowbit::narrow(*this, d, start, length); }
+Tensor Tensor::narrow(int64_t d, int64_t start, int64_t length) const {
+  return lowbit::narrow(*this, d, start, length);
+}
 Tensor Tensor::select(int64_t d, int64_t index) const {
   LOWBIT_CHECK(dim() > 0, "select: cannot be applied to a 0-dim tensor");
   d = wrap_dim(d, dim(), "select");
   const int64_t size = shape()[d];
-  LOWBIT_CHECK(index >= -size && index < size, "select: index {} out of range for tensor of size {} at dimension {}", index, shape_str(shape()), d);
+  LOWBIT_CHECK(index >= -size && index < size, "select: index {} out of range for tensor of size {} at dimension {}",
+               index, shape_str(shape()), d);
   if (index < 0) index += size;
   return lowbit::narrow(*this, d, index, 1).squeeze(d);
 }
@@ -154,18 +159,19 @@ Tensor permute_kernel(const Tensor& a, const std::vector<int64_t>& perm) {
     using T = decltype(tag);
     const T* src = reinterpret_cast<const T*>(a.raw_data());
     T* dst = reinterpret_cast<T*>(out.raw_data());
-    detail::parallel_for(rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(inner, 1)), [&](int64_t rb, int64_t re) {
-      for (int64_t r = rb; r < re; ++r) {
-        int64_t rem = r, off = 0;
-        for (int64_t i = nd - 2; i >= 0; --i) {
-          off += (rem % out_shape[i]) * src_stride[i];
-          rem /= out_shape[i];
-        }
-        T* d = dst + r * inner;
-        const T* s = src + off;
-        for (int64_t j = 0; j < inner; ++j) d[j] = s[j * inner_stride];
-      }
-    });
+    detail::parallel_for(rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(inner, 1)),
+                         [&](int64_t rb, int64_t re) {
+                           for (int64_t r = rb; r < re; ++r) {
+                             int64_t rem = r, off = 0;
+                             for (int64_t i = nd - 2; i >= 0; --i) {
+                               off += (rem % out_shape[i]) * src_stride[i];
+                               rem /= out_shape[i];
+                             }
+                             T* d = dst + r * inner;
+                             const T* s = src + off;
+                             for (int64_t j = 0; j < inner; ++j) d[j] = s[j * inner_stride];
+                           }
+                         });
   };
   switch (es) {
     case 1: run(uint8_t{}); break;
@@ -179,8 +185,9 @@ Tensor permute_kernel(const Tensor& a, const std::vector<int64_t>& perm) {
 
 Tensor permute(const Tensor& a, const std::vector<int64_t>& dims) {
   const int64_t nd = a.dim();
-  LOWBIT_CHECK(static_cast<int64_t>(dims.size()) == nd, "permute: number of dims in permutation ({}) doesn't match input {} with {} dims",
-               dims.size(), shape_str(a.shape()), nd);
+  LOWBIT_CHECK(static_cast<int64_t>(dims.size()) == nd,
+               "permute: number of dims in permutation ({}) doesn't match input {} with {} dims", dims.size(),
+               shape_str(a.shape()), nd);
   std::vector<int64_t> perm(nd);
   std::vector<bool> seen(nd, false);
   for (int64_t i = 0; i < nd; ++i) {
@@ -195,7 +202,8 @@ Tensor permute(const Tensor& a, const std::vector<int64_t>& dims) {
   if (detail::any_requires_grad({&a})) {
     std::vector<int64_t> inv(nd);
     for (int64_t i = 0; i < nd; ++i) inv[perm[i]] = i;
-    detail::record(out, "PermuteBackward0", {a}, [inv](const Tensor& g) { return std::vector<Tensor>{permute(g, inv)}; });
+    detail::record(out, "PermuteBackward0", {a},
+                   [inv](const Tensor& g) { return std::vector<Tensor>{permute(g, inv)}; });
   }
   return out;
 }
@@ -222,13 +230,16 @@ Tensor cat(const std::vector<Tensor>& ts, int64_t d) {
   for (size_t i = 0; i < ts.size(); ++i) {
     const Tensor& t = ts[i];
     LOWBIT_CHECK(t.defined(), "cat: tensor at position {} is undefined", i);
-    LOWBIT_CHECK(t.dtype() == first.dtype(), "cat: expected all tensors to have dtype {}, but tensor at position {} has {}",
+    LOWBIT_CHECK(t.dtype() == first.dtype(),
+                 "cat: expected all tensors to have dtype {}, but tensor at position {} has {}",
                  dtype_name(first.dtype()), i, dtype_name(t.dtype()));
-    LOWBIT_CHECK(t.dim() == first.dim(), "cat: tensors must have the same number of dimensions: got {} (position 0) and {} (position {})",
+    LOWBIT_CHECK(t.dim() == first.dim(),
+                 "cat: tensors must have the same number of dimensions: got {} (position 0) and {} (position {})",
                  shape_str(first.shape()), shape_str(t.shape()), i);
     for (int64_t k = 0; k < t.dim(); ++k)
       LOWBIT_CHECK(k == d || t.shape()[k] == first.shape()[k],
-                   "cat: sizes of tensors must match except in dimension {}: expected size {} but got size {} for tensor number {} (shapes {} and {})",
+                   "cat: sizes of tensors must match except in dimension {}: expected size {} but got size {} for "
+                   "tensor number {} (shapes {} and {})",
                    d, first.shape()[k], t.shape()[k], i, shape_str(first.shape()), shape_str(t.shape()));
     out_shape[d] += t.shape()[d];
   }
@@ -243,7 +254,8 @@ Tensor cat(const std::vector<Tensor>& ts, int64_t d) {
   for (const Tensor& t : ts) {
     const size_t row = static_cast<size_t>(t.shape()[d] * inner) * es;
     for (int64_t o = 0; o < outer; ++o)
-      std::memcpy(static_cast<char*>(out.raw_data()) + o * out_row + col, static_cast<const char*>(t.raw_data()) + o * row, row);
+      std::memcpy(static_cast<char*>(out.raw_data()) + o * out_row + col,
+                  static_cast<const char*>(t.raw_data()) + o * row, row);
     col += row;
     sizes.push_back(t.shape()[d]);
   }
@@ -257,7 +269,8 @@ Tensor stack(const std::vector<Tensor>& ts, int64_t d) {
   d = wrap_dim(d, ts[0].dim() + 1, "stack");
   std::vector<Tensor> us;
   for (size_t i = 0; i < ts.size(); ++i) {
-    LOWBIT_CHECK(ts[i].shape() == ts[0].shape(), "stack: expects each tensor to be equal size, but got {} at entry 0 and {} at entry {}",
+    LOWBIT_CHECK(ts[i].shape() == ts[0].shape(),
+                 "stack: expects each tensor to be equal size, but got {} at entry 0 and {} at entry {}",
                  shape_str(ts[0].shape()), shape_str(ts[i].shape()), i);
     us.push_back(ts[i].unsqueeze(d));
   }
@@ -271,7 +284,8 @@ std::vector<Tensor> split(const Tensor& a, const std::vector<int64_t>& sizes, in
     LOWBIT_CHECK(s >= 0, "split: split sizes must be non-negative, got {}", s);
     total += s;
   }
-  LOWBIT_CHECK(total == a.shape()[d], "split: split sizes sum to {} but input {} has size {} at dimension {}", total, shape_str(a.shape()), a.shape()[d], d);
+  LOWBIT_CHECK(total == a.shape()[d], "split: split sizes sum to {} but input {} has size {} at dimension {}", total,
+               shape_str(a.shape()), a.shape()[d], d);
   std::vector<Tensor> out;
   int64_t start = 0;
   for (int64_t s : sizes) {
@@ -304,7 +318,8 @@ std::vector<int64_t> read_indices(const Tensor& index, int64_t bound, const char
   std::vector<int64_t> idx(index.numel());
   for (int64_t i = 0; i < index.numel(); ++i) {
     idx[i] = index.dtype() == kInt64 ? index.data_ptr<int64_t>()[i] : index.data_ptr<int32_t>()[i];
-    LOWBIT_CHECK(idx[i] >= 0 && idx[i] < bound, "{}: index {} at position {} is out of range for size {}", op, idx[i], i, bound);
+    LOWBIT_CHECK(idx[i] >= 0 && idx[i] < bound, "{}: index {} at position {} is out of range for size {}", op, idx[i],
+                 i, bound);
   }
   return idx;
 }
@@ -313,7 +328,8 @@ template <typename T>
 void gather_rows(const T* src, T* dst, const std::vector<int64_t>& idx, int64_t outer, int64_t size, int64_t inner) {
   const int64_t m = static_cast<int64_t>(idx.size());
   for (int64_t o = 0; o < outer; ++o)
-    for (int64_t i = 0; i < m; ++i) std::memcpy(dst + (o * m + i) * inner, src + (o * size + idx[i]) * inner, sizeof(T) * inner);
+    for (int64_t i = 0; i < m; ++i)
+      std::memcpy(dst + (o * m + i) * inner, src + (o * size + idx[i]) * inner, sizeof(T) * inner);
 }
 template <typename T>
 void scatter_add_rows(const T* g, T* dst, const std::vector<int64_t>& idx, int64_t outer, int64_t size, int64_t inner) {
@@ -325,18 +341,22 @@ void scatter_add_rows(const T* g, T* dst, const std::vector<int64_t>& idx, int64
       for (int64_t j = 0; j < inner; ++j) d[j] += s[j];
     }
 }
-Tensor index_rows(const Tensor& a, int64_t d, const std::vector<int64_t>& idx, const char* name, const Shape& out_shape) {
+Tensor index_rows(const Tensor& a, int64_t d, const std::vector<int64_t>& idx, const char* name,
+                  const Shape& out_shape) {
   int64_t outer = 1, inner = 1;
   for (int64_t i = 0; i < d; ++i) outer *= a.shape()[i];
   for (size_t i = d + 1; i < a.shape().size(); ++i) inner *= a.shape()[i];
   const int64_t size = a.shape()[d];
   Tensor out = empty(out_shape, a.dtype());
-  LOWBIT_DISPATCH_ALL(a.dtype(), T, gather_rows<T>(reinterpret_cast<const T*>(a.raw_data()), reinterpret_cast<T*>(out.raw_data()), idx, outer, size, inner));
+  LOWBIT_DISPATCH_ALL(a.dtype(), T,
+                      gather_rows<T>(reinterpret_cast<const T*>(a.raw_data()), reinterpret_cast<T*>(out.raw_data()),
+                                     idx, outer, size, inner));
   if (detail::any_requires_grad({&a})) {
     const Shape in_shape = a.shape();
     detail::record(out, name, {a}, [in_shape, idx, outer, size, inner](const Tensor& g) {
       Tensor full = zeros(in_shape, g.dtype());
-      LOWBIT_DISPATCH_FLOAT(g.dtype(), T, scatter_add_rows<T>(g.data_ptr<T>(), full.data_ptr<T>(), idx, outer, size, inner));
+      LOWBIT_DISPATCH_FLOAT(g.dtype(), T,
+                            scatter_add_rows<T>(g.data_ptr<T>(), full.data_ptr<T>(), idx, outer, size, inner));
       return std::vector<Tensor>{full};
     });
   }
@@ -355,7 +375,8 @@ Tensor index_select(const Tensor& a, int64_t d, const Tensor& index) {
 }
 
 Tensor embedding(const Tensor& weight, const Tensor& indices) {
-  LOWBIT_CHECK(weight.dim() == 2, "embedding: weight must be 2-D (num_embeddings, embedding_dim), got {}", shape_str(weight.shape()));
+  LOWBIT_CHECK(weight.dim() == 2, "embedding: weight must be 2-D (num_embeddings, embedding_dim), got {}",
+               shape_str(weight.shape()));
   auto idx = read_indices(indices, weight.shape()[0], "embedding");
   Shape out_shape = indices.shape();
   out_shape.push_back(weight.shape()[1]);

@@ -66,7 +66,8 @@ DType dtype_from_name(const std::string& n) {
   if (n == "int32" || n == "int") return kInt32;
   if (n == "int64" || n == "long") return kInt64;
   if (n == "bool") return kBool;
-  throw Error(fmt::format("unknown dtype name '{}' (expected one of float32, bfloat16, float64, int8, uint8, int32, int64, bool)", n));
+  throw Error(fmt::format(
+      "unknown dtype name '{}' (expected one of float32, bfloat16, float64, int8, uint8, int32, int64, bool)", n));
 }
 bool is_floating(DType d) { return d == kFloat32 || d == kBFloat16 || d == kFloat64; }
 bool is_integral(DType d) { return d == kInt8 || d == kUInt8 || d == kInt32 || d == kInt64; }
@@ -170,7 +171,8 @@ int64_t numel_of(const Shape& shape) {
 }
 int64_t wrap_dim(int64_t dim, int64_t ndim, const char* op) {
   const int64_t lo = ndim == 0 ? -1 : -ndim, hi = ndim == 0 ? 0 : ndim - 1;
-  LOWBIT_CHECK(dim >= lo && dim <= hi, "{}: dimension out of range (expected to be in range of [{}, {}], but got {})", op, lo, hi, dim);
+  LOWBIT_CHECK(dim >= lo && dim <= hi, "{}: dimension out of range (expected to be in range of [{}, {}], but got {})",
+               op, lo, hi, dim);
   return dim < 0 ? dim + std::max<int64_t>(ndim, 1) : dim;
 }
 void check_shape(const Shape& shape, const char* op) {
@@ -198,15 +200,27 @@ static void check_defined(const Tensor& t, const char* what) {
   LOWBIT_CHECK(t.defined(), "{}: called on an undefined tensor", what);
 }
 
-const Shape& Tensor::shape() const { check_defined(*this, "shape"); return impl_->shape; }
-int64_t Tensor::dim() const { check_defined(*this, "dim"); return static_cast<int64_t>(impl_->shape.size()); }
+const Shape& Tensor::shape() const {
+  check_defined(*this, "shape");
+  return impl_->shape;
+}
+int64_t Tensor::dim() const {
+  check_defined(*this, "dim");
+  return static_cast<int64_t>(impl_->shape.size());
+}
 int64_t Tensor::size(int64_t d) const {
   check_defined(*this, "size");
   LOWBIT_CHECK(dim() > 0, "size: tensor of shape [] has no dimensions");
   return impl_->shape[detail::wrap_dim(d, dim(), "size")];
 }
-int64_t Tensor::numel() const { check_defined(*this, "numel"); return impl_->numel; }
-DType Tensor::dtype() const { check_defined(*this, "dtype"); return impl_->dtype; }
+int64_t Tensor::numel() const {
+  check_defined(*this, "numel");
+  return impl_->numel;
+}
+DType Tensor::dtype() const {
+  check_defined(*this, "dtype");
+  return impl_->dtype;
+}
 void* Tensor::raw_data() const {
   check_defined(*this, "data_ptr");
   return static_cast<char*>(impl_->storage->data) + impl_->offset;
@@ -221,12 +235,14 @@ T* Tensor::data_ptr() const {
 template <typename T>
 T Tensor::item() const {
   check_defined(*this, "item");
-  LOWBIT_CHECK(numel() == 1, "item: a Tensor with {} elements (shape {}) cannot be converted to a scalar", numel(), shape_str(shape()));
+  LOWBIT_CHECK(numel() == 1, "item: a Tensor with {} elements (shape {}) cannot be converted to a scalar", numel(),
+               shape_str(shape()));
   T out{};
-  LOWBIT_DISPATCH_ALL(dtype(), S, out = static_cast<T>(static_cast<double>(static_cast<S>(*reinterpret_cast<const S*>(raw_data())))));
+  LOWBIT_DISPATCH_ALL(
+      dtype(), S, out = static_cast<T>(static_cast<double>(static_cast<S>(*reinterpret_cast<const S*>(raw_data())))));
   return out;
 }
-#define LOWBIT_INSTANTIATE(T) \
+#define LOWBIT_INSTANTIATE(T)              \
   template T* Tensor::data_ptr<T>() const; \
   template T Tensor::item<T>() const;
 LOWBIT_INSTANTIATE(float)
@@ -253,7 +269,11 @@ Tensor empty(const Shape& shape, DType dtype) {
   impl->storage = std::make_shared<Storage>(static_cast<size_t>(impl->numel) * element_size(dtype));
   return Tensor(impl);
 }
-Tensor full(const Shape& shape, double value, DType dtype) { Tensor t = empty(shape, dtype); t.fill_(value); return t; }
+Tensor full(const Shape& shape, double value, DType dtype) {
+  Tensor t = empty(shape, dtype);
+  t.fill_(value);
+  return t;
+}
 Tensor zeros(const Shape& shape, DType dtype) {
   Tensor t = empty(shape, dtype);
   if (t.numel()) std::memset(t.raw_data(), 0, t.nbytes());
@@ -269,7 +289,8 @@ Tensor arange(double end, DType dtype) { return arange(0.0, end, 1.0, dtype); }
 Tensor arange(double start, double end, double step, DType dtype) {
   LOWBIT_CHECK(step != 0.0, "arange: step must be nonzero");
   LOWBIT_CHECK((end - start) / step >= 0 || end == start,
-               "arange: upper bound and larger bound inconsistent with step sign (start={}, end={}, step={})", start, end, step);
+               "arange: upper bound and larger bound inconsistent with step sign (start={}, end={}, step={})", start,
+               end, step);
   const int64_t n = static_cast<int64_t>(std::ceil((end - start) / step));
   Tensor t = empty({std::max<int64_t>(n, 0)}, dtype);
   LOWBIT_DISPATCH_ALL(dtype, T, {
@@ -284,7 +305,8 @@ Tensor from_vector(const std::vector<T>& values, const Shape& shape_in) {
   Shape shape = shape_in.empty() ? Shape{static_cast<int64_t>(values.size())} : shape_in;
   if (shape_in.empty() && values.size() == 1 && false) shape = {};
   LOWBIT_CHECK(detail::numel_of(shape) == static_cast<int64_t>(values.size()),
-               "from_vector: {} values cannot fill a tensor of shape {} ({} elements)", values.size(), shape_str(shape), detail::numel_of(shape));
+               "from_vector: {} values cannot fill a tensor of shape {} ({} elements)", values.size(), shape_str(shape),
+               detail::numel_of(shape));
   Tensor t = empty(shape, dtype_of<T>::value);
   std::copy(values.begin(), values.end(), t.data_ptr<T>());
   return t;
@@ -308,12 +330,14 @@ Tensor from_vector<bool>(const std::vector<bool>& values, const Shape& shape_in)
 
 Tensor from_blob(void* data, const Shape& shape, DType dtype, std::function<void(void*)> deleter) {
   detail::check_shape(shape, "from_blob");
-  LOWBIT_CHECK(data != nullptr || detail::numel_of(shape) == 0, "from_blob: null data pointer for shape {}", shape_str(shape));
+  LOWBIT_CHECK(data != nullptr || detail::numel_of(shape) == 0, "from_blob: null data pointer for shape {}",
+               shape_str(shape));
   auto impl = std::make_shared<TensorImpl>();
   impl->shape = shape;
   impl->numel = detail::numel_of(shape);
   impl->dtype = dtype;
-  impl->storage = std::make_shared<Storage>(data, static_cast<size_t>(impl->numel) * element_size(dtype), std::move(deleter));
+  impl->storage =
+      std::make_shared<Storage>(data, static_cast<size_t>(impl->numel) * element_size(dtype), std::move(deleter));
   return Tensor(impl);
 }
 
@@ -380,7 +404,8 @@ Tensor Tensor::to(DType d) const {
   convert_into(*this, out);
   if (is_floating(d) && is_floating(dtype()) && detail::any_requires_grad({this})) {
     const DType src_dtype = dtype();
-    detail::record(out, "ToCopyBackward0", {*this}, [src_dtype](const Tensor& g) { return std::vector<Tensor>{g.to(src_dtype)}; });
+    detail::record(out, "ToCopyBackward0", {*this},
+                   [src_dtype](const Tensor& g) { return std::vector<Tensor>{g.to(src_dtype)}; });
   }
   return out;
 }
@@ -442,8 +467,16 @@ Tensor& Tensor::normal_(double mean, double std, Generator* gen) {
   return *this;
 }
 
-Tensor rand(const Shape& shape, Generator* gen, DType dtype) { Tensor t = empty(shape, dtype); t.uniform_(0.0, 1.0, gen); return t; }
-Tensor randn(const Shape& shape, Generator* gen, DType dtype) { Tensor t = empty(shape, dtype); t.normal_(0.0, 1.0, gen); return t; }
+Tensor rand(const Shape& shape, Generator* gen, DType dtype) {
+  Tensor t = empty(shape, dtype);
+  t.uniform_(0.0, 1.0, gen);
+  return t;
+}
+Tensor randn(const Shape& shape, Generator* gen, DType dtype) {
+  Tensor t = empty(shape, dtype);
+  t.normal_(0.0, 1.0, gen);
+  return t;
+}
 Tensor randint(int64_t low, int64_t high, const Shape& shape, Generator* gen, DType dtype) {
   LOWBIT_CHECK(low < high, "randint: expects low < high, got low={} high={}", low, high);
   LOWBIT_CHECK(is_integral(dtype) || is_floating(dtype), "randint: dtype {} is not supported", dtype_name(dtype));

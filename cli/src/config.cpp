@@ -63,13 +63,16 @@ const std::vector<KeySpec>& config_schema() {
       {"training.top_k", int64_t{0}, "chars: sample from the top k tokens (0 = all)"},
       {"training.run_dir", std::string("runs/default"), "where config.toml and metrics.jsonl are written"},
       {"quantize.recipe", std::string("none"), "none, or a recipe of `lowbit recipes`: " + qat::recipe_names()},
-      {"quantize.mode", std::string("qat"), "qat: fine-tune with fake quantization, then convert | ptq: convert the float model"},
-      {"quantize.weight_dtype", std::string("int4"), "weight format for 8da-intx / intx-weight-only: " + core::format_names(core::FormatKind::Integer)},
+      {"quantize.mode", std::string("qat"),
+       "qat: fine-tune with fake quantization, then convert | ptq: convert the float model"},
+      {"quantize.weight_dtype", std::string("int4"),
+       "weight format for 8da-intx / intx-weight-only: " + core::format_names(core::FormatKind::Integer)},
       {"quantize.group_size", int64_t{32}, "weight group size (0 = per-channel for 8da-intx / intx-weight-only)"},
       {"quantize.qat_epochs", int64_t{2}, "qat: fine-tuning epochs after float training"},
       {"quantize.qat_lr", 1e-4, "qat: learning rate while fine-tuning"},
       {"training.export", true, "write <run_dir>/model.h5 (the final, possibly converted, model)"},
-      {"checkpoint.interval", int64_t{0}, "save a checkpoint every this many steps, and at the end (0 = only at the end)"},
+      {"checkpoint.interval", int64_t{0},
+       "save a checkpoint every this many steps, and at the end (0 = only at the end)"},
       {"checkpoint.keep_last", int64_t{3}, "keep this many periodic checkpoints (older ones are deleted)"},
       {"checkpoint.dir", std::string(""), "checkpoint directory ('' = <run_dir>/checkpoints)"},
       {"checkpoint.enabled", true, "write checkpoints at all"},
@@ -132,8 +135,7 @@ Value parse_text(const KeySpec& spec, const std::string& text) {
         return out;
       }
     }
-  } catch (const std::exception&) {
-  }
+  } catch (const std::exception&) {}
   throw Error(fmt::format("{}: expected a value of type {}", where, type_name(spec.default_value)));
 }
 }  // namespace
@@ -146,8 +148,10 @@ RunConfig RunConfig::from_file(const std::string& path) {
   std::error_code ec;
   const auto st = std::filesystem::status(path, ec);
   LOWBIT_CHECK(std::filesystem::exists(st), "cannot open config file '{}': no such file", path);
-  LOWBIT_CHECK(!std::filesystem::is_directory(st), "config file '{}' is a directory (give a .toml file, e.g. configs/fmnist_mlp.toml)", path);
-  LOWBIT_CHECK(!std::filesystem::is_regular_file(st) || std::filesystem::file_size(path, ec) <= (1u << 20), "config file '{}' is larger than 1 MiB", path);
+  LOWBIT_CHECK(!std::filesystem::is_directory(st),
+               "config file '{}' is a directory (give a .toml file, e.g. configs/fmnist_mlp.toml)", path);
+  LOWBIT_CHECK(!std::filesystem::is_regular_file(st) || std::filesystem::file_size(path, ec) <= (1u << 20),
+               "config file '{}' is larger than 1 MiB", path);
   std::ifstream in(path);
   LOWBIT_CHECK(in.good(), "cannot open config file '{}'", path);
   std::stringstream ss;
@@ -167,13 +171,22 @@ RunConfig RunConfig::from_string(const std::string& text, const std::string& sou
   for (auto&& [section_key, section_node] : root) {
     const std::string section(section_key.str());
     const auto* table = section_node.as_table();
-    LOWBIT_CHECK(table != nullptr, "{}: top-level key '{}' must be a [section]; sections are model, data, optimizer, lr_scheduler, training, quantize, checkpoint", source, section);
-    LOWBIT_CHECK(!known_keys(section).empty(), "{}: unknown section [{}]; sections are model, data, optimizer, lr_scheduler, training, quantize, checkpoint", source, section);
+    LOWBIT_CHECK(table != nullptr,
+                 "{}: top-level key '{}' must be a [section]; sections are model, data, optimizer, lr_scheduler, "
+                 "training, quantize, checkpoint",
+                 source, section);
+    LOWBIT_CHECK(
+        !known_keys(section).empty(),
+        "{}: unknown section [{}]; sections are model, data, optimizer, lr_scheduler, training, quantize, checkpoint",
+        source, section);
     for (auto&& [k, node] : *table) {
       const std::string key = section + "." + std::string(k.str());
       const KeySpec* spec = find_spec(key);
-      LOWBIT_CHECK(spec != nullptr, "{}: unknown key '{}' (keys in [{}]: {})", source, key, section, known_keys(section));
-      const auto mismatch = [&] { return Error(fmt::format("{}: key '{}' must be a {}", source, key, type_name(spec->default_value))); };
+      LOWBIT_CHECK(spec != nullptr, "{}: unknown key '{}' (keys in [{}]: {})", source, key, section,
+                   known_keys(section));
+      const auto mismatch = [&] {
+        return Error(fmt::format("{}: key '{}' must be a {}", source, key, type_name(spec->default_value)));
+      };
       switch (spec->default_value.index()) {
         case 0:
           if (!node.is_integer()) throw mismatch();
@@ -216,7 +229,8 @@ void RunConfig::set(const std::string& key, const std::string& text) {
 void RunConfig::apply_overrides(const std::vector<std::string>& args) {
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
-    LOWBIT_CHECK(a.rfind("--", 0) == 0 && a.size() > 2, "unexpected argument '{}' (overrides look like --section.key value)", a);
+    LOWBIT_CHECK(a.rfind("--", 0) == 0 && a.size() > 2,
+                 "unexpected argument '{}' (overrides look like --section.key value)", a);
     std::string key = a.substr(2), value;
     const auto eq = key.find('=');
     if (eq != std::string::npos) {
@@ -239,7 +253,9 @@ int64_t RunConfig::get_int(const std::string& k) const { return std::get<int64_t
 double RunConfig::get_float(const std::string& k) const { return std::get<double>(at(k)); }
 bool RunConfig::get_bool(const std::string& k) const { return std::get<bool>(at(k)); }
 const std::string& RunConfig::get_string(const std::string& k) const { return std::get<std::string>(at(k)); }
-const std::vector<int64_t>& RunConfig::get_int_list(const std::string& k) const { return std::get<std::vector<int64_t>>(at(k)); }
+const std::vector<int64_t>& RunConfig::get_int_list(const std::string& k) const {
+  return std::get<std::vector<int64_t>>(at(k));
+}
 
 namespace {
 std::string toml_string(const std::string& v) {
@@ -252,8 +268,10 @@ std::string toml_string(const std::string& v) {
       case '\t': out += "\\t"; break;
       case '\r': out += "\\r"; break;
       default:
-        if (c < 0x20) out += fmt::format("\\u{:04x}", c);
-        else out += static_cast<char>(c);
+        if (c < 0x20)
+          out += fmt::format("\\u{:04x}", c);
+        else
+          out += static_cast<char>(c);
     }
   }
   return out + "\"";
@@ -294,14 +312,14 @@ std::string RunConfig::to_toml() const {
   }
   std::string out;
   for (const auto& section : sections) {
-  out += fmt::format("{}[{}]\n", out.empty() ? "" : "\n", section);
-  for (const auto& s : config_schema()) {
-    const auto dot = s.key.find('.');
-    const std::string sec = s.key.substr(0, dot), name = s.key.substr(dot + 1);
-    if (sec != section) continue;
-    const std::string text = value_text(s.key);
-    out += fmt::format("{} = {}\n", name, text);
-  }
+    out += fmt::format("{}[{}]\n", out.empty() ? "" : "\n", section);
+    for (const auto& s : config_schema()) {
+      const auto dot = s.key.find('.');
+      const std::string sec = s.key.substr(0, dot), name = s.key.substr(dot + 1);
+      if (sec != section) continue;
+      const std::string text = value_text(s.key);
+      out += fmt::format("{} = {}\n", name, text);
+    }
   }
   return out;
 }

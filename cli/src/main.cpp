@@ -19,7 +19,8 @@
 int main(int argc, char** argv) {
   CLI::App app{"lowbit: low-precision neural-network training"};
   app.require_subcommand(1);
-  auto* train = app.add_subcommand("train", "train a model described by a TOML run config; any key can be overridden with --section.key value");
+  auto* train = app.add_subcommand(
+      "train", "train a model described by a TOML run config; any key can be overridden with --section.key value");
   std::string config_path;
   bool print_config = false, list_keys = false;
   train->add_option("config", config_path, "run config (TOML), e.g. configs/fmnist_mlp.toml");
@@ -29,7 +30,8 @@ int main(int argc, char** argv) {
   train->add_option("--resume", resume, "continue a run from a checkpoint written by it");
   lowbit::cli::RunOptions run_options;
   train->add_flag("--overwrite", run_options.overwrite,
-                  "delete the outputs of an earlier run in training.run_dir (or, with --resume, those written after the checkpoint) instead of refusing");
+                  "delete the outputs of an earlier run in training.run_dir (or, with --resume, those written after "
+                  "the checkpoint) instead of refusing");
   train->add_flag("--resume-allow-changes", run_options.resume_allow_changes,
                   "resume even when keys that change the training trajectory differ from the checkpoint's config");
   train->allow_extras();
@@ -76,7 +78,8 @@ int main(int argc, char** argv) {
       if (!resume.empty()) lowbit::io::verify_file(resume);  // a malformed file fails here, in a child process
       lowbit::cli::train(cfg, isatty(STDOUT_FILENO) != 0, resume, run_options);
     } else if (recipes->parsed()) {
-      for (const auto& r : lowbit::qat::list_recipes()) std::printf("%-18s %s\n", r.name.c_str(), r.description.c_str());
+      for (const auto& r : lowbit::qat::list_recipes())
+        std::printf("%-18s %s\n", r.name.c_str(), r.description.c_str());
     } else if (eval->parsed()) {
       lowbit::io::verify_file(eval_path);
       const auto [loss, acc] = lowbit::cli::evaluate_file(eval_path, data_dir);
@@ -86,8 +89,8 @@ int main(int argc, char** argv) {
       const auto rep = lowbit::cli::convert_file(conv_in, conv_out, recipe, wdtype, group_size);
       for (const auto& q : rep.quantized) std::printf("quantized (%s): %s\n", recipe.c_str(), q.c_str());
       for (const auto& k : rep.kept_in_float) std::printf("kept in float: %s\n", k.c_str());
-      std::printf("%s -> %s (%s): %lld -> %lld bytes of parameters\n", conv_in.c_str(), conv_out.c_str(), recipe.c_str(),
-                  static_cast<long long>(rep.float_bytes), static_cast<long long>(rep.converted_bytes));
+      std::printf("%s -> %s (%s): %lld -> %lld bytes of parameters\n", conv_in.c_str(), conv_out.c_str(),
+                  recipe.c_str(), static_cast<long long>(rep.float_bytes), static_cast<long long>(rep.converted_bytes));
       if (rep.dataset == "fashion_mnist") {
         const auto [loss, acc] = lowbit::cli::evaluate_file(conv_out);
         std::printf("%s: test loss %.4f, test accuracy %.2f%%\n", conv_out.c_str(), loss, 100 * acc);
@@ -95,7 +98,8 @@ int main(int argc, char** argv) {
     } else if (inspect->parsed()) {
       lowbit::io::verify_file(inspect_path);
       const auto info = lowbit::io::inspect(inspect_path);
-      const double ratio = info.stored_bytes ? static_cast<double>(info.float32_bytes) / static_cast<double>(info.stored_bytes) : 0.0;
+      const double ratio =
+          info.stored_bytes ? static_cast<double>(info.float32_bytes) / static_cast<double>(info.stored_bytes) : 0.0;
       if (as_json) {
         nlohmann::json j;
         j["file"] = inspect_path;
@@ -107,7 +111,11 @@ int main(int argc, char** argv) {
         j["compression_vs_float32"] = ratio;
         j["tensors"] = nlohmann::json::array();
         for (const auto& t : info.tensors)
-          j["tensors"].push_back({{"path", t.path}, {"dtype", t.dtype}, {"shape", t.shape}, {"bytes", t.bytes}, {"logical_bytes", t.logical_bytes},
+          j["tensors"].push_back({{"path", t.path},
+                                  {"dtype", t.dtype},
+                                  {"shape", t.shape},
+                                  {"bytes", t.bytes},
+                                  {"logical_bytes", t.logical_bytes},
                                   {"scheme", t.scheme}});
         std::printf("%s\n", j.dump(2).c_str());
       } else {
@@ -116,13 +124,16 @@ int main(int argc, char** argv) {
           if (k == "config") continue;
           std::printf("  %-16s %s\n", k.c_str(), v.c_str());
         }
-        std::printf("  %-16s %s\n", "integrity", info.integrity_checked ? "CRC-32 verified" : "no lowbit integrity header");
+        std::printf("  %-16s %s\n", "integrity",
+                    info.integrity_checked ? "CRC-32 verified" : "no lowbit integrity header");
         std::printf("\n  %-48s %-9s %-16s %12s  %s\n", "tensor", "dtype", "shape", "bytes", "scheme");
         for (const auto& t : info.tensors)
-          std::printf("  %-48s %-9s %-16s %12llu  %s\n", t.path.c_str(), t.dtype.c_str(), lowbit::shape_str(t.shape).c_str(),
-                      static_cast<unsigned long long>(t.bytes), t.scheme.empty() ? "-" : t.scheme.c_str());
-        std::printf("\n  %lld parameters, %llu bytes stored (%llu in the file), %.2fx vs float32\n", static_cast<long long>(info.parameters),
-                    static_cast<unsigned long long>(info.stored_bytes), static_cast<unsigned long long>(info.file_bytes), ratio);
+          std::printf("  %-48s %-9s %-16s %12llu  %s\n", t.path.c_str(), t.dtype.c_str(),
+                      lowbit::shape_str(t.shape).c_str(), static_cast<unsigned long long>(t.bytes),
+                      t.scheme.empty() ? "-" : t.scheme.c_str());
+        std::printf("\n  %lld parameters, %llu bytes stored (%llu in the file), %.2fx vs float32\n",
+                    static_cast<long long>(info.parameters), static_cast<unsigned long long>(info.stored_bytes),
+                    static_cast<unsigned long long>(info.file_bytes), ratio);
         if (info.attributes.count("config") && !info.attributes.at("config").empty())
           std::printf("\n  run config:\n%s\n", info.attributes.at("config").c_str());
       }

@@ -35,7 +35,8 @@ std::shared_ptr<nn::Module> activation(const std::string& name) {
 
 std::string fmt_duration(double s) {
   const int64_t t = static_cast<int64_t>(std::max(0.0, s));
-  return t >= 3600 ? fmt::format("{}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60) : fmt::format("{}:{:02}", t / 60, t % 60);
+  return t >= 3600 ? fmt::format("{}:{:02}:{:02}", t / 3600, t / 60 % 60, t % 60)
+                   : fmt::format("{}:{:02}", t / 60, t % 60);
 }
 
 // One status line: a bar on terminals, plain log lines (every log_interval steps) otherwise.
@@ -46,8 +47,9 @@ class Progress {
     if (tty_) {
       const int width = 24;
       const int filled = total > 0 ? static_cast<int>(width * done / total) : 0;
-      std::printf("\r%s [%s%s] %lld/%lld loss %.4f | %.0f samples/s | ETA %s   ", prefix.c_str(), std::string(filled, '#').c_str(),
-                  std::string(width - filled, '.').c_str(), static_cast<long long>(done), static_cast<long long>(total), loss, samples_per_s,
+      std::printf("\r%s [%s%s] %lld/%lld loss %.4f | %.0f samples/s | ETA %s   ", prefix.c_str(),
+                  std::string(filled, '#').c_str(), std::string(width - filled, '.').c_str(),
+                  static_cast<long long>(done), static_cast<long long>(total), loss, samples_per_s,
                   fmt_duration(eta_s).c_str());
       std::fflush(stdout);
     } else if (done % interval_ == 0 || done == total) {
@@ -78,18 +80,23 @@ class Metrics {
 };
 
 std::string checkpoint_dir(const RunConfig& cfg) {
-  return cfg.get_string("checkpoint.dir").empty() ? cfg.get_string("training.run_dir") + "/checkpoints" : cfg.get_string("checkpoint.dir");
+  return cfg.get_string("checkpoint.dir").empty() ? cfg.get_string("training.run_dir") + "/checkpoints"
+                                                  : cfg.get_string("checkpoint.dir");
 }
 
 // Periodic checkpoints: <dir>/step_00001234.h5, keeping the newest keep_last.
 class Checkpointer {
  public:
   explicit Checkpointer(const RunConfig& cfg)
-      : enabled_(cfg.get_bool("checkpoint.enabled")), interval_(cfg.get_int("checkpoint.interval")), keep_(std::max<int64_t>(1, cfg.get_int("checkpoint.keep_last"))),
+      : enabled_(cfg.get_bool("checkpoint.enabled")),
+        interval_(cfg.get_int("checkpoint.interval")),
+        keep_(std::max<int64_t>(1, cfg.get_int("checkpoint.keep_last"))),
         dir_(checkpoint_dir(cfg)),
-        config_(cfg.to_toml()), sched_name_(cfg.get_string("lr_scheduler.name")) {}
+        config_(cfg.to_toml()),
+        sched_name_(cfg.get_string("lr_scheduler.name")) {}
   bool due(int64_t step) const { return enabled_ && interval_ > 0 && step % interval_ == 0; }
-  std::string save(int64_t step, const nn::Module& m, const optim::Optimizer& o, const optim::LRScheduler* s, const data::DataLoader& l) {
+  std::string save(int64_t step, const nn::Module& m, const optim::Optimizer& o, const optim::LRScheduler* s,
+                   const data::DataLoader& l) {
     if (!enabled_) return "";
     std::filesystem::create_directories(dir_);
     const std::string path = fmt::format("{}/step_{:08}.h5", dir_, step);
@@ -114,7 +121,8 @@ class Checkpointer {
   std::string dir_, config_, sched_name_;
 };
 
-double step_once(nn::Module& model, optim::Optimizer& opt, optim::LRScheduler* sched, const Tensor& x, const Tensor& y, double clip, bool lm) {
+double step_once(nn::Module& model, optim::Optimizer& opt, optim::LRScheduler* sched, const Tensor& x, const Tensor& y,
+                 double clip, bool lm) {
   Tensor logits = model.forward(x);
   Tensor loss = lm ? cross_entropy(logits.reshape({-1, logits.size(-1)}), y.reshape({-1})) : cross_entropy(logits, y);
   opt.zero_grad();
@@ -148,7 +156,8 @@ std::pair<double, double> evaluate(nn::Module& model, const data::TensorDataset&
 namespace {
 void check_finite_positive(const RunConfig& cfg, const std::string& key, bool allow_zero = false) {
   const double v = cfg.get_float(key);
-  LOWBIT_CHECK(std::isfinite(v) && (allow_zero ? v >= 0 : v > 0), "{} must be a finite number {} 0, got {}", key, allow_zero ? ">=" : ">", v);
+  LOWBIT_CHECK(std::isfinite(v) && (allow_zero ? v >= 0 : v > 0), "{} must be a finite number {} 0, got {}", key,
+               allow_zero ? ">=" : ">", v);
 }
 void check_int(const RunConfig& cfg, const std::string& key, int64_t lo, const char* what) {
   LOWBIT_CHECK(cfg.get_int(key) >= lo, "{} must be {}, got {}", key, what, cfg.get_int(key));
@@ -183,37 +192,49 @@ void validate_config(const RunConfig& cfg) {
   // model
   check_one_of(cfg, "model.type", {"mlp", "gpt"});
   const double dropout = cfg.get_float("model.dropout");
-  LOWBIT_CHECK(std::isfinite(dropout) && dropout >= 0 && dropout < 1, "model.dropout must be in [0, 1), got {}", dropout);
+  LOWBIT_CHECK(std::isfinite(dropout) && dropout >= 0 && dropout < 1, "model.dropout must be in [0, 1), got {}",
+               dropout);
   if (cfg.get_string("model.type") == "mlp") {
     check_one_of(cfg, "model.activation", {"relu", "gelu", "silu", "tanh"});
     check_int(cfg, "model.input_dim", 1, "positive");
     check_int(cfg, "model.num_classes", 1, "positive");
-    LOWBIT_CHECK(cfg.get_int_list("model.hidden").size() <= 64, "model.hidden: at most 64 hidden layers, got {}", cfg.get_int_list("model.hidden").size());
-    for (int64_t h : cfg.get_int_list("model.hidden")) LOWBIT_CHECK(h > 0, "model.hidden: layer widths must be positive, got {}", h);
+    LOWBIT_CHECK(cfg.get_int_list("model.hidden").size() <= 64, "model.hidden: at most 64 hidden layers, got {}",
+                 cfg.get_int_list("model.hidden").size());
+    for (int64_t h : cfg.get_int_list("model.hidden"))
+      LOWBIT_CHECK(h > 0, "model.hidden: layer widths must be positive, got {}", h);
   } else {
-    for (const char* k : {"model.context", "model.d_model", "model.n_heads", "model.n_layers"}) check_int(cfg, k, 1, "positive");
+    for (const char* k : {"model.context", "model.d_model", "model.n_heads", "model.n_layers"})
+      check_int(cfg, k, 1, "positive");
     check_int(cfg, "model.d_ff", 0, ">= 0 (0 = 4 * d_model)");
-    LOWBIT_CHECK(cfg.get_int("model.d_model") % cfg.get_int("model.n_heads") == 0, "model.d_model ({}) must be divisible by model.n_heads ({})",
-                 cfg.get_int("model.d_model"), cfg.get_int("model.n_heads"));
+    LOWBIT_CHECK(cfg.get_int("model.d_model") % cfg.get_int("model.n_heads") == 0,
+                 "model.d_model ({}) must be divisible by model.n_heads ({})", cfg.get_int("model.d_model"),
+                 cfg.get_int("model.n_heads"));
   }
   // a model of more than 2^32 parameters (16 GiB of float32 weights) is not a run this CPU trains
   const int64_t params = min_parameters(cfg);
-  LOWBIT_CHECK(params <= (int64_t{1} << 32), "the model described by [model] has at least {} parameters; lowbit refuses models above 2^32", params);
+  LOWBIT_CHECK(params <= (int64_t{1} << 32),
+               "the model described by [model] has at least {} parameters; lowbit refuses models above 2^32", params);
   // data
   check_one_of(cfg, "data.dataset", {"fashion_mnist", "chars"});
   check_int(cfg, "data.batch_size", 1, "positive");
   const double vf = cfg.get_float("data.val_fraction");
   LOWBIT_CHECK(vf > 0 && vf < 1, "data.val_fraction must be in (0, 1), got {}", vf);
   if (cfg.get_string("data.dataset") == "chars") {
-    LOWBIT_CHECK(cfg.get_string("model.type") == "gpt", "data.dataset 'chars' needs model.type = \"gpt\", got \"{}\"", cfg.get_string("model.type"));
-    LOWBIT_CHECK(cfg.get_int("training.max_steps") > 0, "training.max_steps must be positive for data.dataset = 'chars' (an epoch covers every window of the corpus)");
-    LOWBIT_CHECK(cfg.get_string("quantize.recipe") == "none", "quantize.recipe '{}': quantization runs only for data.dataset = 'fashion_mnist'",
+    LOWBIT_CHECK(cfg.get_string("model.type") == "gpt", "data.dataset 'chars' needs model.type = \"gpt\", got \"{}\"",
+                 cfg.get_string("model.type"));
+    LOWBIT_CHECK(
+        cfg.get_int("training.max_steps") > 0,
+        "training.max_steps must be positive for data.dataset = 'chars' (an epoch covers every window of the corpus)");
+    LOWBIT_CHECK(cfg.get_string("quantize.recipe") == "none",
+                 "quantize.recipe '{}': quantization runs only for data.dataset = 'fashion_mnist'",
                  cfg.get_string("quantize.recipe"));
   } else {
-    LOWBIT_CHECK(cfg.get_string("model.type") == "mlp", "data.dataset 'fashion_mnist' needs model.type = \"mlp\", got \"{}\"", cfg.get_string("model.type"));
-    LOWBIT_CHECK(cfg.get_int("model.input_dim") == 784 && cfg.get_int("model.num_classes") == 10,
-                 "data.dataset 'fashion_mnist' has 784 inputs and 10 classes; model.input_dim is {} and model.num_classes {}", cfg.get_int("model.input_dim"),
-                 cfg.get_int("model.num_classes"));
+    LOWBIT_CHECK(cfg.get_string("model.type") == "mlp",
+                 "data.dataset 'fashion_mnist' needs model.type = \"mlp\", got \"{}\"", cfg.get_string("model.type"));
+    LOWBIT_CHECK(
+        cfg.get_int("model.input_dim") == 784 && cfg.get_int("model.num_classes") == 10,
+        "data.dataset 'fashion_mnist' has 784 inputs and 10 classes; model.input_dim is {} and model.num_classes {}",
+        cfg.get_int("model.input_dim"), cfg.get_int("model.num_classes"));
   }
   // optimizer and schedule
   check_one_of(cfg, "optimizer.name", {"adamw", "adam", "sgd"});
@@ -233,14 +254,15 @@ void validate_config(const RunConfig& cfg) {
   check_finite_positive(cfg, "lr_scheduler.max_lr");
   if (cfg.get_string("lr_scheduler.name") == "warmup_cosine" && cfg.get_int("training.max_steps") > 0)
     LOWBIT_CHECK(cfg.get_int("lr_scheduler.warmup_steps") < cfg.get_int("training.max_steps"),
-                 "lr_scheduler.warmup_steps ({}) must be below training.max_steps ({})", cfg.get_int("lr_scheduler.warmup_steps"),
-                 cfg.get_int("training.max_steps"));
+                 "lr_scheduler.warmup_steps ({}) must be below training.max_steps ({})",
+                 cfg.get_int("lr_scheduler.warmup_steps"), cfg.get_int("training.max_steps"));
   // training
   check_int(cfg, "training.epochs", 1, "positive");
   check_int(cfg, "training.max_steps", 0, ">= 0 (0 = epochs decide)");
   check_int(cfg, "training.seed", 0, ">= 0");
   check_int(cfg, "training.threads", 0, ">= 0 (0 = all cores)");
-  LOWBIT_CHECK(cfg.get_int("training.threads") <= 1024, "training.threads must be at most 1024, got {}", cfg.get_int("training.threads"));
+  LOWBIT_CHECK(cfg.get_int("training.threads") <= 1024, "training.threads must be at most 1024, got {}",
+               cfg.get_int("training.threads"));
   check_finite_positive(cfg, "training.grad_clip", true);
   check_int(cfg, "training.log_interval", 1, "positive");
   check_int(cfg, "training.eval_interval", 0, ">= 0");
@@ -272,7 +294,10 @@ void validate_config(const RunConfig& cfg) {
         any |= in % g == 0;
         shapes += fmt::format("{}{}: {}", shapes.empty() ? "" : ", ", name, in);
       }
-      LOWBIT_CHECK(any, "quantize.group_size {} divides the in_features of no linear layer ({}), so recipe '{}' would quantize nothing", g, shapes, recipe);
+      LOWBIT_CHECK(any,
+                   "quantize.group_size {} divides the in_features of no linear layer ({}), so recipe '{}' would "
+                   "quantize nothing",
+                   g, shapes, recipe);
     }
   }
 }
@@ -312,7 +337,8 @@ std::shared_ptr<nn::Module> build_model(const RunConfig& cfg, int64_t vocab_size
       LOWBIT_CHECK(h > 0, "model.hidden: layer widths must be positive, got {}", h);
       seq->push_back(std::make_shared<nn::Linear>(in, h));
       seq->push_back(activation(cfg.get_string("model.activation")));
-      if (cfg.get_float("model.dropout") > 0) seq->push_back(std::make_shared<nn::Dropout>(cfg.get_float("model.dropout")));
+      if (cfg.get_float("model.dropout") > 0)
+        seq->push_back(std::make_shared<nn::Dropout>(cfg.get_float("model.dropout")));
       in = h;
     }
     seq->push_back(std::make_shared<nn::Linear>(in, cfg.get_int("model.num_classes")));
@@ -360,12 +386,17 @@ std::unique_ptr<optim::Optimizer> build_optimizer(const RunConfig& cfg, const st
 std::unique_ptr<optim::LRScheduler> build_scheduler(const RunConfig& cfg, optim::Optimizer& opt, int64_t total) {
   const std::string name = cfg.get_string("lr_scheduler.name");
   if (name == "none") return nullptr;
-  if (name == "step") return std::make_unique<optim::StepLR>(opt, cfg.get_int("lr_scheduler.step_size"), cfg.get_float("lr_scheduler.gamma"));
-  if (name == "cosine") return std::make_unique<optim::CosineAnnealingLR>(opt, total, cfg.get_float("lr_scheduler.min_lr"));
+  if (name == "step")
+    return std::make_unique<optim::StepLR>(opt, cfg.get_int("lr_scheduler.step_size"),
+                                           cfg.get_float("lr_scheduler.gamma"));
+  if (name == "cosine")
+    return std::make_unique<optim::CosineAnnealingLR>(opt, total, cfg.get_float("lr_scheduler.min_lr"));
   if (name == "warmup_cosine")
-    return std::make_unique<optim::WarmupCosineLR>(opt, cfg.get_int("lr_scheduler.warmup_steps"), total, cfg.get_float("lr_scheduler.min_lr"));
+    return std::make_unique<optim::WarmupCosineLR>(opt, cfg.get_int("lr_scheduler.warmup_steps"), total,
+                                                   cfg.get_float("lr_scheduler.min_lr"));
   if (name == "onecycle") return std::make_unique<optim::OneCycleLR>(opt, cfg.get_float("lr_scheduler.max_lr"), total);
-  throw Error(fmt::format("lr_scheduler.name: unknown scheduler '{}' (none, step, cosine, warmup_cosine, onecycle)", name));
+  throw Error(
+      fmt::format("lr_scheduler.name: unknown scheduler '{}' (none, step, cosine, warmup_cosine, onecycle)", name));
 }
 
 int64_t model_bytes(const nn::Module& m) {
@@ -379,7 +410,8 @@ namespace {
 RunConfig stored_config(const io::FileInfo& info, const std::string& path) {
   auto it = info.attributes.find("config");
   LOWBIT_CHECK(it != info.attributes.end() && !it->second.empty(),
-               "{}: the file stores no run config, so its model cannot be rebuilt (write one with export_model's config argument or scripts/torch_to_lowbit.py --config)",
+               "{}: the file stores no run config, so its model cannot be rebuilt (write one with export_model's "
+               "config argument or scripts/torch_to_lowbit.py --config)",
                path);
   RunConfig cfg = RunConfig::from_string(it->second, path + " (config attribute)");
   try {
@@ -405,16 +437,22 @@ std::shared_ptr<nn::Module> model_for_file(const std::string& path, RunConfig* c
   const auto info = io::inspect(path);
   RunConfig cfg = stored_config(info, path);
   const int64_t vocab = cfg.get_string("model.type") == "gpt" ? stored_vocab(info) : 0;
-  LOWBIT_CHECK(cfg.get_string("model.type") != "gpt" || vocab > 0, "{}: a GPT file must hold /model/wte/weight or /model/lm_head/weight", path);
+  LOWBIT_CHECK(cfg.get_string("model.type") != "gpt" || vocab > 0,
+               "{}: a GPT file must hold /model/wte/weight or /model/lm_head/weight", path);
   const int64_t need = min_parameters(cfg, vocab > 0 ? vocab : 256);
-  LOWBIT_CHECK(need <= info.parameters, "{}: the stored config describes a model of at least {} parameters but the file holds {}; refusing to build it", path,
-               need, info.parameters);
+  LOWBIT_CHECK(
+      need <= info.parameters,
+      "{}: the stored config describes a model of at least {} parameters but the file holds {}; refusing to build it",
+      path, need, info.parameters);
   auto model = build_model(cfg, vocab);
   bool quantized = false;
-  for (const auto& t : info.tensors) quantized |= t.path.size() >= 6 && t.path.compare(t.path.size() - 6, 6, "/qdata") == 0;
+  for (const auto& t : info.tensors)
+    quantized |= t.path.size() >= 6 && t.path.compare(t.path.size() - 6, 6, "/qdata") == 0;
   if (quantized) {
-    LOWBIT_CHECK(cfg.get_string("quantize.recipe") != "none", "{}: the file holds quantized tensors but its config has no quantize.recipe", path);
-    const auto q = qat::recipe_config(cfg.get_string("quantize.recipe"), cfg.get_string("quantize.weight_dtype"), cfg.get_int("quantize.group_size"));
+    LOWBIT_CHECK(cfg.get_string("quantize.recipe") != "none",
+                 "{}: the file holds quantized tensors but its config has no quantize.recipe", path);
+    const auto q = qat::recipe_config(cfg.get_string("quantize.recipe"), cfg.get_string("quantize.weight_dtype"),
+                                      cfg.get_int("quantize.group_size"));
     model = qat::quantize_(model, *q, qat::compatible_linears(*q));
   }
   io::load_checkpoint(path, *model);
@@ -426,20 +464,24 @@ std::shared_ptr<nn::Module> model_for_file(const std::string& path, RunConfig* c
 std::pair<double, double> evaluate_file(const std::string& path, const std::string& data_path) {
   RunConfig cfg;
   auto model = model_for_file(path, &cfg);
-  LOWBIT_CHECK(cfg.get_string("data.dataset") == "fashion_mnist", "{}: lowbit eval evaluates Fashion-MNIST classifiers; this file's model is trained on '{}'",
-               path, cfg.get_string("data.dataset"));
+  LOWBIT_CHECK(cfg.get_string("data.dataset") == "fashion_mnist",
+               "{}: lowbit eval evaluates Fashion-MNIST classifiers; this file's model is trained on '{}'", path,
+               cfg.get_string("data.dataset"));
   auto test_set = data::FashionMNIST::load(data_path.empty() ? cfg.get_string("data.path") : data_path, false);
   return evaluate(*model, *test_set, 1000);
 }
 
-ConvertReport convert_file(const std::string& in, const std::string& out, const std::string& recipe, const std::string& weight_dtype, int64_t group_size) {
+ConvertReport convert_file(const std::string& in, const std::string& out, const std::string& recipe,
+                           const std::string& weight_dtype, int64_t group_size) {
   RunConfig cfg;
-  const auto q = qat::recipe_config(recipe, weight_dtype, group_size);  // an unknown recipe fails before the input is read
+  const auto q =
+      qat::recipe_config(recipe, weight_dtype, group_size);  // an unknown recipe fails before the input is read
   {
     const RunConfig stored = stored_config(io::inspect(in), in);
     LOWBIT_CHECK(stored.get_string("data.dataset") == "fashion_mnist",
-                 "{}: lowbit convert quantizes Fashion-MNIST MLP files; this file's model ({}) is trained on '{}'; nothing written", in,
-                 stored.get_string("model.type"), stored.get_string("data.dataset"));
+                 "{}: lowbit convert quantizes Fashion-MNIST MLP files; this file's model ({}) is trained on '{}'; "
+                 "nothing written",
+                 in, stored.get_string("model.type"), stored.get_string("data.dataset"));
   }
   auto model = model_for_file(in, &cfg);
   for (const auto& [name, t] : model->state_dict())
@@ -457,7 +499,8 @@ ConvertReport convert_file(const std::string& in, const std::string& out, const 
   if (report.quantized.empty()) {
     std::string why;
     for (const auto& k : report.kept_in_float) why += (why.empty() ? " (" : "; ") + k;
-    throw Error(fmt::format("{}: recipe '{}' can quantize none of the model's linear layers{}; nothing written", in, recipe, why.empty() ? why : why + ")"));
+    throw Error(fmt::format("{}: recipe '{}' can quantize none of the model's linear layers{}; nothing written", in,
+                            recipe, why.empty() ? why : why + ")"));
   }
   report.converted_bytes = model_bytes(*model);
   cfg.set("quantize.recipe", recipe);
@@ -471,10 +514,11 @@ ConvertReport convert_file(const std::string& in, const std::string& out, const 
 std::vector<std::string> resume_config_changes(const RunConfig& stored, const RunConfig& now) {
   // keys that only affect logging, evaluation, sampling, output locations or thread count (the
   // kernels are thread-count independent) may change on resume
-  static const std::set<std::string> free_keys = {"training.log_interval", "training.run_dir",     "training.threads",    "training.eval_interval",
-                                                  "training.eval_batches", "training.sample_tokens", "training.temperature", "training.top_k",
-                                                  "training.export",       "checkpoint.interval",   "checkpoint.keep_last", "checkpoint.dir",
-                                                  "checkpoint.enabled"};
+  static const std::set<std::string> free_keys = {
+      "training.log_interval", "training.run_dir",       "training.threads",     "training.eval_interval",
+      "training.eval_batches", "training.sample_tokens", "training.temperature", "training.top_k",
+      "training.export",       "checkpoint.interval",    "checkpoint.keep_last", "checkpoint.dir",
+      "checkpoint.enabled"};
   std::vector<std::string> out;
   for (const auto& spec : config_schema()) {
     if (free_keys.count(spec.key)) continue;
@@ -520,7 +564,8 @@ void ensure_writable_dir(const std::string& dir, const std::string& key) {
 // One run per run directory: a new run refuses a directory that holds another run's outputs
 // (unless --overwrite deletes them); a resume refuses outputs newer than its checkpoint (they
 // belong to the trajectory being replaced) and drops later records from metrics.jsonl.
-void prepare_run_dir(const RunConfig& cfg, const std::string& resume, int64_t resume_step, const RunOptions& ro, std::vector<std::string>& notes) {
+void prepare_run_dir(const RunConfig& cfg, const std::string& resume, int64_t resume_step, const RunOptions& ro,
+                     std::vector<std::string>& notes) {
   namespace fs = std::filesystem;
   const std::string run_dir = cfg.get_string("training.run_dir");
   const std::string ckpt_dir = checkpoint_dir(cfg);
@@ -541,21 +586,27 @@ void prepare_run_dir(const RunConfig& cfg, const std::string& resume, int64_t re
     for (size_t i = 0; i < conflicting.size() && i < 4; ++i) list += (i ? ", " : "") + conflicting[i].string();
     if (conflicting.size() > 4) list += fmt::format(" and {} more", conflicting.size() - 4);
     if (!ro.overwrite && resume.empty())
-      throw Error(fmt::format("training.run_dir '{}' already holds a run ({}); pass --resume CHECKPOINT to continue it, --overwrite to delete it and start "
-                              "over, or choose another training.run_dir",
-                              run_dir, list));
+      throw Error(
+          fmt::format("training.run_dir '{}' already holds a run ({}); pass --resume CHECKPOINT to continue it, "
+                      "--overwrite to delete it and start "
+                      "over, or choose another training.run_dir",
+                      run_dir, list));
     if (!ro.overwrite)
-      throw Error(fmt::format("training.run_dir '{}' holds outputs written after step {} of the run being resumed ({}); continuing would mix two "
-                              "trajectories: pass --overwrite to delete them, or resume into another training.run_dir",
-                              run_dir, resume_step, list));
+      throw Error(
+          fmt::format("training.run_dir '{}' holds outputs written after step {} of the run being resumed ({}); "
+                      "continuing would mix two "
+                      "trajectories: pass --overwrite to delete them, or resume into another training.run_dir",
+                      run_dir, resume_step, list));
     for (const auto& p : conflicting) {
       fs::remove(p, ec);
       LOWBIT_CHECK(!ec, "--overwrite: cannot delete '{}': {}", p.string(), ec.message());
     }
-    notes.push_back(fmt::format("--overwrite: deleted {} file(s) of the earlier run in {}", conflicting.size(), run_dir));
+    notes.push_back(
+        fmt::format("--overwrite: deleted {} file(s) of the earlier run in {}", conflicting.size(), run_dir));
   }
   ensure_writable_dir(run_dir, "training.run_dir");
-  if (cfg.get_bool("checkpoint.enabled")) ensure_writable_dir(ckpt_dir, cfg.get_string("checkpoint.dir").empty() ? "checkpoint directory" : "checkpoint.dir");
+  if (cfg.get_bool("checkpoint.enabled"))
+    ensure_writable_dir(ckpt_dir, cfg.get_string("checkpoint.dir").empty() ? "checkpoint directory" : "checkpoint.dir");
   const std::string metrics = run_dir + "/metrics.jsonl";
   if (!resume.empty() && fs::exists(metrics)) {  // keep the records up to the resumed step
     std::ifstream in(metrics);
@@ -563,7 +614,8 @@ void prepare_run_dir(const RunConfig& cfg, const std::string& resume, int64_t re
     int64_t dropped = 0;
     while (std::getline(in, line)) {
       const auto j = nlohmann::json::parse(line, nullptr, /*allow_exceptions=*/false);
-      if (j.is_object() && j.contains("step") && j["step"].is_number_integer() && j["step"].get<int64_t>() > resume_step) {
+      if (j.is_object() && j.contains("step") && j["step"].is_number_integer() &&
+          j["step"].get<int64_t>() > resume_step) {
         ++dropped;
         continue;
       }
@@ -584,18 +636,22 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
   int64_t resume_step = 0;
   if (!resume.empty()) {
     const auto info = io::inspect(resume);
-    LOWBIT_CHECK(info.attributes.count("kind") && info.attributes.at("kind") == "training", "--resume {}: not a training checkpoint (kind '{}')", resume,
+    LOWBIT_CHECK(info.attributes.count("kind") && info.attributes.at("kind") == "training",
+                 "--resume {}: not a training checkpoint (kind '{}')", resume,
                  info.attributes.count("kind") ? info.attributes.at("kind") : "");
     const RunConfig stored = stored_config(info, resume);
     allowed_changes = resume_config_changes(stored, cfg);
     if (!allowed_changes.empty() && !ro.resume_allow_changes) {
-      std::string msg = fmt::format("--resume {}: the run config differs from the checkpoint's in keys that change training:", resume);
+      std::string msg = fmt::format(
+          "--resume {}: the run config differs from the checkpoint's in keys that change training:", resume);
       for (const auto& c : allowed_changes) msg += "\n  " + c;
       throw Error(msg + "\n(pass --resume-allow-changes to continue with the new values anyway)");
     }
     const auto st = info.attributes.find("step");
-    LOWBIT_CHECK(st != info.attributes.end() && !st->second.empty() && st->second.find_first_not_of("0123456789") == std::string::npos && st->second.size() < 19,
-                 "{}: the stored step '{}' is not a non-negative integer (corrupt file)", resume, st == info.attributes.end() ? "" : st->second);
+    LOWBIT_CHECK(st != info.attributes.end() && !st->second.empty() &&
+                     st->second.find_first_not_of("0123456789") == std::string::npos && st->second.size() < 19,
+                 "{}: the stored step '{}' is not a non-negative integer (corrupt file)", resume,
+                 st == info.attributes.end() ? "" : st->second);
     resume_step = std::stoll(st->second);
   }
   prepare_run_dir(cfg, resume, resume_step, ro, notes);
@@ -620,21 +676,27 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
   if (dataset == "fashion_mnist") {
     auto train_set = data::FashionMNIST::load(cfg.get_string("data.path"), true);
     auto test_set = data::FashionMNIST::load(cfg.get_string("data.path"), false);
-    data::DataLoader loader(train_set, {.batch_size = batch, .shuffle = cfg.get_bool("data.shuffle"), .seed = seed, .drop_last = cfg.get_bool("data.drop_last")});
+    data::DataLoader loader(train_set, {.batch_size = batch,
+                                        .shuffle = cfg.get_bool("data.shuffle"),
+                                        .seed = seed,
+                                        .drop_last = cfg.get_bool("data.drop_last")});
     auto model = build_model(cfg);
     auto opt = build_optimizer(cfg, model->parameters());
     const int64_t epochs = cfg.get_int("training.epochs");
     const int64_t max_steps = cfg.get_int("training.max_steps");
-    const int64_t total = max_steps > 0 ? std::min(max_steps, epochs * loader.num_batches()) : epochs * loader.num_batches();
+    const int64_t total =
+        max_steps > 0 ? std::min(max_steps, epochs * loader.num_batches()) : epochs * loader.num_batches();
     auto sched = build_scheduler(cfg, *opt, total);
     if (!resume.empty()) {
       const auto rep = io::load_checkpoint(resume, *model, opt.get(), sched.get(), &loader);
       result.steps = rep.state->step;
-      if (!sched && !allowed_changes.empty()) opt->set_lr(cfg.get_float("optimizer.lr"));  // the stored rate otherwise wins
-      progress.line(fmt::format("resumed from {} at step {} (epoch {}, batch {})", resume, result.steps, loader.epoch() + 1, loader.position()));
+      if (!sched && !allowed_changes.empty())
+        opt->set_lr(cfg.get_float("optimizer.lr"));  // the stored rate otherwise wins
+      progress.line(fmt::format("resumed from {} at step {} (epoch {}, batch {})", resume, result.steps,
+                                loader.epoch() + 1, loader.position()));
     }
-    progress.line(fmt::format("training {} parameters on {} examples: {} epochs x {} steps", model->num_parameters(), train_set->size(), epochs,
-                              loader.num_batches()));
+    progress.line(fmt::format("training {} parameters on {} examples: {} epochs x {} steps", model->num_parameters(),
+                              train_set->size(), epochs, loader.num_batches()));
     for (int64_t epoch = loader.epoch() + 1; epoch <= epochs && result.steps < total; ++epoch) {
       const auto te = clk::now();
       double loss_sum = 0;
@@ -648,8 +710,8 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
         samples += b->data.size(0);
         const double el = std::chrono::duration<double>(clk::now() - t0).count();
         const double rate = samples / std::max(1e-9, std::chrono::duration<double>(clk::now() - te).count());
-        progress.update(fmt::format("epoch {}/{}", epoch, epochs), loader.position(), loader.num_batches(), loss_sum / n, rate,
-                        el / run_steps * static_cast<double>(total - result.steps));
+        progress.update(fmt::format("epoch {}/{}", epoch, epochs), loader.position(), loader.num_batches(),
+                        loss_sum / n, rate, el / run_steps * static_cast<double>(total - result.steps));
         if (ckpt.due(result.steps)) result.last_checkpoint = ckpt.save(result.steps, *model, *opt, sched.get(), loader);
         if (result.steps >= total) break;
       }
@@ -657,10 +719,15 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
       result.final_train_loss = loss_sum / std::max<int64_t>(n, 1);
       result.test_accuracy = acc;
       const double secs = std::chrono::duration<double>(clk::now() - te).count();
-      progress.line(fmt::format("epoch {}/{}: train loss {:.4f}, test loss {:.4f}, test accuracy {:.2f}%, {:.1f} s", epoch, epochs,
-                                result.final_train_loss, test_loss, 100 * acc, secs));
-      metrics.write({{"epoch", epoch}, {"step", result.steps}, {"train_loss", result.final_train_loss}, {"test_loss", test_loss},
-                     {"test_accuracy", acc}, {"lr", opt->lr()}, {"epoch_seconds", secs}});
+      progress.line(fmt::format("epoch {}/{}: train loss {:.4f}, test loss {:.4f}, test accuracy {:.2f}%, {:.1f} s",
+                                epoch, epochs, result.final_train_loss, test_loss, 100 * acc, secs));
+      metrics.write({{"epoch", epoch},
+                     {"step", result.steps},
+                     {"train_loss", result.final_train_loss},
+                     {"test_loss", test_loss},
+                     {"test_accuracy", acc},
+                     {"lr", opt->lr()},
+                     {"epoch_seconds", secs}});
     }
     if (!ckpt.due(result.steps)) result.last_checkpoint = ckpt.save(result.steps, *model, *opt, sched.get(), loader);
     if (!result.last_checkpoint.empty()) progress.line("checkpoint: " + result.last_checkpoint);
@@ -670,7 +737,8 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
     if (recipe != "none") {
       result.float_accuracy = result.test_accuracy;
       const int64_t float_bytes = model_bytes(*model);
-      const auto qcfg = qat::recipe_config(recipe, cfg.get_string("quantize.weight_dtype"), cfg.get_int("quantize.group_size"));
+      const auto qcfg =
+          qat::recipe_config(recipe, cfg.get_string("quantize.weight_dtype"), cfg.get_int("quantize.group_size"));
       const std::string mode = cfg.get_string("quantize.mode");
       std::vector<std::string> skipped;
       const auto filter = qat::compatible_linears(*qcfg, &skipped);
@@ -688,14 +756,21 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
             loss_sum += step_once(*model, *opt, nullptr, b->data, b->target, clip, false);
             ++n;
             ++result.steps;
-            progress.update(fmt::format("qat {}/{}", e, qat_epochs), loader.position(), loader.num_batches(), loss_sum / n,
-                            static_cast<double>(n * batch) / std::max(1e-9, std::chrono::duration<double>(clk::now() - te).count()), 0.0);
+            progress.update(
+                fmt::format("qat {}/{}", e, qat_epochs), loader.position(), loader.num_batches(), loss_sum / n,
+                static_cast<double>(n * batch) / std::max(1e-9, std::chrono::duration<double>(clk::now() - te).count()),
+                0.0);
           }
           const auto [tl, acc] = evaluate(*model, *test_set, 1000);
           result.qat_accuracy = acc;
-          progress.line(fmt::format("qat epoch {}/{} ({}): train loss {:.4f}, test loss {:.4f}, fake-quantized test accuracy {:.2f}%", e, qat_epochs, recipe,
-                                    loss_sum / std::max<int64_t>(n, 1), tl, 100 * acc));
-          metrics.write({{"phase", "qat"}, {"epoch", e}, {"step", result.steps}, {"train_loss", loss_sum / std::max<int64_t>(n, 1)}, {"test_loss", tl},
+          progress.line(fmt::format(
+              "qat epoch {}/{} ({}): train loss {:.4f}, test loss {:.4f}, fake-quantized test accuracy {:.2f}%", e,
+              qat_epochs, recipe, loss_sum / std::max<int64_t>(n, 1), tl, 100 * acc));
+          metrics.write({{"phase", "qat"},
+                         {"epoch", e},
+                         {"step", result.steps},
+                         {"train_loss", loss_sum / std::max<int64_t>(n, 1)},
+                         {"test_loss", tl},
                          {"test_accuracy", acc}});
         }
         model = qat::quantize_(model, qat::QATConfig(qcfg, "convert"));
@@ -705,9 +780,16 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
       }
       const auto [tl, acc] = evaluate(*model, *test_set, 1000);
       result.test_accuracy = acc;
-      progress.line(fmt::format("converted ({}, {}): test loss {:.4f}, test accuracy {:.2f}% (float {:.2f}%), model {} bytes (float32 {} bytes)", recipe, mode, tl,
-                                100 * acc, 100 * result.float_accuracy, model_bytes(*model), float_bytes));
-      metrics.write({{"phase", "converted"}, {"recipe", recipe}, {"mode", mode}, {"test_loss", tl}, {"test_accuracy", acc}, {"float_accuracy", result.float_accuracy},
+      progress.line(
+          fmt::format("converted ({}, {}): test loss {:.4f}, test accuracy {:.2f}% (float {:.2f}%), model {} bytes "
+                      "(float32 {} bytes)",
+                      recipe, mode, tl, 100 * acc, 100 * result.float_accuracy, model_bytes(*model), float_bytes));
+      metrics.write({{"phase", "converted"},
+                     {"recipe", recipe},
+                     {"mode", mode},
+                     {"test_loss", tl},
+                     {"test_accuracy", acc},
+                     {"float_accuracy", result.float_accuracy},
                      {"model_bytes", model_bytes(*model)}});
     }
     result.model_bytes = model_bytes(*model);
@@ -717,10 +799,12 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
       progress.line("exported: " + result.export_path);
     }
   } else if (dataset == "chars") {
-    LOWBIT_CHECK(cfg.get_string("model.type") == "gpt", "data.dataset 'chars' needs model.type = \"gpt\", got \"{}\"", cfg.get_string("model.type"));
+    LOWBIT_CHECK(cfg.get_string("model.type") == "gpt", "data.dataset 'chars' needs model.type = \"gpt\", got \"{}\"",
+                 cfg.get_string("model.type"));
     const auto corpus = data::CharCorpus::load(cfg.get_string("data.path"), cfg.get_float("data.val_fraction"));
     LOWBIT_CHECK(std::find(corpus.vocab.begin(), corpus.vocab.end(), '\n') != corpus.vocab.end(),
-                 "text corpus '{}' has no newline; the sample after training starts from one", cfg.get_string("data.path").empty() ? data::CharCorpus::default_path() : cfg.get_string("data.path"));
+                 "text corpus '{}' has no newline; the sample after training starts from one",
+                 cfg.get_string("data.path").empty() ? data::CharCorpus::default_path() : cfg.get_string("data.path"));
     const int64_t ctx = cfg.get_int("model.context");
     auto train_set = std::make_shared<data::CharDataset>(corpus.train_tokens, ctx);
     auto val_set = std::make_shared<data::CharDataset>(corpus.val_tokens, ctx);
@@ -735,9 +819,10 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
       if (!sched && !allowed_changes.empty()) opt->set_lr(cfg.get_float("optimizer.lr"));
       progress.line(fmt::format("resumed from {} at step {}", resume, result.steps));
     }
-    const int64_t eval_every = cfg.get_int("training.eval_interval") > 0 ? cfg.get_int("training.eval_interval") : total;
-    progress.line(fmt::format("training a {}-parameter GPT on {} characters (vocabulary {}), {} steps", model->num_parameters(),
-                              corpus.train_tokens.size(), corpus.vocab.size(), total));
+    const int64_t eval_every =
+        cfg.get_int("training.eval_interval") > 0 ? cfg.get_int("training.eval_interval") : total;
+    progress.line(fmt::format("training a {}-parameter GPT on {} characters (vocabulary {}), {} steps",
+                              model->num_parameters(), corpus.train_tokens.size(), corpus.vocab.size(), total));
     auto val_loss = [&] {
       NoGradGuard ng;
       model->eval();
@@ -746,7 +831,8 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
       const int64_t nb = cfg.get_int("training.eval_batches");
       for (int64_t i = 0; i < nb; ++i) {
         std::vector<int64_t> starts(batch);
-        for (auto& st : starts) st = static_cast<int64_t>(Generator::bits(g.seed(), g.reserve(1)) % static_cast<uint64_t>(val_set->size()));
+        for (auto& st : starts)
+          st = static_cast<int64_t>(Generator::bits(g.seed(), g.reserve(1)) % static_cast<uint64_t>(val_set->size()));
         auto b = val_set->get_batch(starts);
         Tensor logits = model->forward(b.data);
         s += cross_entropy(logits.reshape({-1, logits.size(-1)}), b.target.reshape({-1})).item<double>();
@@ -770,8 +856,12 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
       if (result.steps % eval_every == 0 || result.steps == total) {
         result.final_train_loss = loss_sum / n;
         result.val_loss = val_loss();
-        progress.line(fmt::format("step {}/{}: train loss {:.4f}, validation loss {:.4f}", result.steps, total, result.final_train_loss, result.val_loss));
-        metrics.write({{"step", result.steps}, {"train_loss", result.final_train_loss}, {"val_loss", result.val_loss}, {"lr", opt->lr()}});
+        progress.line(fmt::format("step {}/{}: train loss {:.4f}, validation loss {:.4f}", result.steps, total,
+                                  result.final_train_loss, result.val_loss));
+        metrics.write({{"step", result.steps},
+                       {"train_loss", result.final_train_loss},
+                       {"val_loss", result.val_loss},
+                       {"lr", opt->lr()}});
         loss_sum = 0;
         n = 0;
       }
@@ -780,7 +870,8 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
     auto* gpt = dynamic_cast<nn::GPT*>(model.get());
     Generator g(seed + 2);
     Tensor prompt = from_vector<int64_t>({corpus.encode("\n")[0]}, {1, 1});
-    Tensor out = gpt->generate(prompt, cfg.get_int("training.sample_tokens"), cfg.get_float("training.temperature"), cfg.get_int("training.top_k"), &g);
+    Tensor out = gpt->generate(prompt, cfg.get_int("training.sample_tokens"), cfg.get_float("training.temperature"),
+                               cfg.get_int("training.top_k"), &g);
     std::vector<int64_t> ids(out.data_ptr<int64_t>() + 1, out.data_ptr<int64_t>() + out.numel());
     result.sample = corpus.decode(ids);
     progress.line("sample:\n" + result.sample);

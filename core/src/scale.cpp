@@ -19,7 +19,9 @@ float float_of(uint32_t u) {
   return x;
 }
 // the e8m0 value of byte c (c = 255: NaN)
-float e8m0_value(uint32_t c) { return c == 255 ? std::numeric_limits<float>::quiet_NaN() : std::ldexp(1.0f, static_cast<int>(c) - 127); }
+float e8m0_value(uint32_t c) {
+  return c == 255 ? std::numeric_limits<float>::quiet_NaN() : std::ldexp(1.0f, static_cast<int>(c) - 127);
+}
 }  // namespace
 
 const char* to_string(E8M0Rounding mode) {
@@ -64,7 +66,9 @@ E8M0Scale e8m0_scale(float amax, const Format& element, E8M0Rounding mode) {
   return {static_cast<uint8_t>(b), b == 255 ? std::numeric_limits<float>::quiet_NaN() : e8m0_value(254 - b)};
 }
 
-float float8_amax_to_scale(double amax, const Format& fp8) { return static_cast<float>(fp8.max_finite / std::max(amax, 1e-12)); }
+float float8_amax_to_scale(double amax, const Format& fp8) {
+  return static_cast<float>(fp8.max_finite / std::max(amax, 1e-12));
+}
 
 float round_scale_to_power_of_2(float scale) { return std::exp2(std::floor(std::log2(scale))); }
 

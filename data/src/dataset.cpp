@@ -16,8 +16,10 @@ namespace lowbit::data {
 
 // ---------------- TensorDataset ----------------
 TensorDataset::TensorDataset(Tensor data, Tensor target) : data_(std::move(data)), target_(std::move(target)) {
-  LOWBIT_CHECK(data_.defined() && target_.defined() && data_.dim() >= 1 && target_.dim() >= 1 && data_.size(0) == target_.size(0),
-               "TensorDataset: data {} and target {} must have the same first dimension", data_.defined() ? shape_str(data_.shape()) : "undefined",
+  LOWBIT_CHECK(data_.defined() && target_.defined() && data_.dim() >= 1 && target_.dim() >= 1 &&
+                   data_.size(0) == target_.size(0),
+               "TensorDataset: data {} and target {} must have the same first dimension",
+               data_.defined() ? shape_str(data_.shape()) : "undefined",
                target_.defined() ? shape_str(target_.shape()) : "undefined");
 }
 namespace {
@@ -27,13 +29,17 @@ Tensor gather_rows(const Tensor& t, const std::vector<int64_t>& idx) {
   Tensor out = empty(s, t.dtype());
   const size_t row = t.nbytes() / static_cast<size_t>(std::max<int64_t>(t.size(0), 1));
   for (size_t i = 0; i < idx.size(); ++i) {
-    LOWBIT_CHECK(idx[i] >= 0 && idx[i] < t.size(0), "Dataset: index {} is out of range for {} examples", idx[i], t.size(0));
-    std::memcpy(static_cast<char*>(out.raw_data()) + i * row, static_cast<const char*>(t.raw_data()) + idx[i] * row, row);
+    LOWBIT_CHECK(idx[i] >= 0 && idx[i] < t.size(0), "Dataset: index {} is out of range for {} examples", idx[i],
+                 t.size(0));
+    std::memcpy(static_cast<char*>(out.raw_data()) + i * row, static_cast<const char*>(t.raw_data()) + idx[i] * row,
+                row);
   }
   return out;
 }
 }  // namespace
-Batch TensorDataset::get_batch(const std::vector<int64_t>& idx) const { return {gather_rows(data_, idx), gather_rows(target_, idx)}; }
+Batch TensorDataset::get_batch(const std::vector<int64_t>& idx) const {
+  return {gather_rows(data_, idx), gather_rows(target_, idx)};
+}
 
 // ---------------- DataLoader ----------------
 DataLoader::DataLoader(std::shared_ptr<const Dataset> ds, DataLoaderOptions o) : dataset_(std::move(ds)), opts_(o) {
@@ -70,7 +76,8 @@ std::vector<int64_t> DataLoader::order(int64_t epoch) const {
 }
 void DataLoader::start_epoch() { order_ = order(epoch_); }
 std::vector<int64_t> DataLoader::batch_indices(int64_t b) const {
-  const int64_t begin = b * opts_.batch_size, end = std::min<int64_t>(begin + opts_.batch_size, static_cast<int64_t>(order_.size()));
+  const int64_t begin = b * opts_.batch_size,
+                end = std::min<int64_t>(begin + opts_.batch_size, static_cast<int64_t>(order_.size()));
   return std::vector<int64_t>(order_.begin() + begin, order_.begin() + end);
 }
 void DataLoader::worker_loop() {
@@ -138,8 +145,9 @@ std::optional<Batch> DataLoader::next() {
   return out;
 }
 void DataLoader::seek(int64_t epoch, int64_t position) {
-  LOWBIT_CHECK(epoch >= 0 && position >= 0 && position <= num_batches(), "DataLoader::seek: position ({}, {}) is out of range ({} batches per epoch)",
-               epoch, position, num_batches());
+  LOWBIT_CHECK(epoch >= 0 && position >= 0 && position <= num_batches(),
+               "DataLoader::seek: position ({}, {}) is out of range ({} batches per epoch)", epoch, position,
+               num_batches());
   std::lock_guard<std::mutex> lock(mu_);
   epoch_ = epoch;
   position_ = position;
@@ -157,7 +165,8 @@ namespace {
 constexpr size_t kMaxIdxBytes = size_t{256} << 20;
 
 std::vector<unsigned char> read_maybe_gz(const std::string& path) {
-  LOWBIT_CHECK(std::filesystem::exists(path), "cannot open '{}': no such file (is the dataset installed? see README)", path);
+  LOWBIT_CHECK(std::filesystem::exists(path), "cannot open '{}': no such file (is the dataset installed? see README)",
+               path);
   gzFile f = gzopen(path.c_str(), "rb");
   LOWBIT_CHECK(f != nullptr, "cannot open '{}' for reading", path);
   std::vector<unsigned char> out;
@@ -173,7 +182,8 @@ std::vector<unsigned char> read_maybe_gz(const std::string& path) {
     if (n == 0) break;
     if (out.size() + static_cast<size_t>(n) > kMaxIdxBytes) {
       gzclose(f);
-      throw Error(fmt::format("'{}': more than {} MiB of data; not a Fashion-MNIST IDX file", path, kMaxIdxBytes >> 20));
+      throw Error(
+          fmt::format("'{}': more than {} MiB of data; not a Fashion-MNIST IDX file", path, kMaxIdxBytes >> 20));
     }
     out.insert(out.end(), buf, buf + n);
   }
@@ -185,23 +195,30 @@ std::vector<unsigned char> read_maybe_gz(const std::string& path) {
   LOWBIT_CHECK(errnum == Z_OK || errnum == Z_STREAM_END, "'{}': corrupt gzip data ({})", path, m);
   return out;
 }
-uint32_t be32(const unsigned char* p) { return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3]; }
+uint32_t be32(const unsigned char* p) {
+  return (uint32_t{p[0]} << 24) | (uint32_t{p[1]} << 16) | (uint32_t{p[2]} << 8) | p[3];
+}
 }  // namespace
 
 Tensor read_idx(const std::string& path, uint8_t expected_type, int expected_dims) {
   const auto bytes = read_maybe_gz(path);
-  LOWBIT_CHECK(bytes.size() >= 4, "'{}': file is truncated ({} bytes; an IDX header needs at least 4)", path, bytes.size());
+  LOWBIT_CHECK(bytes.size() >= 4, "'{}': file is truncated ({} bytes; an IDX header needs at least 4)", path,
+               bytes.size());
   const uint32_t magic = be32(bytes.data());
   const uint32_t expected_magic = (uint32_t{expected_type} << 8) | static_cast<uint32_t>(expected_dims);
-  LOWBIT_CHECK(magic == expected_magic, "'{}': wrong magic number 0x{:08x} (expected 0x{:08x}: IDX type 0x{:02x} with {} dims)", path, magic,
+  LOWBIT_CHECK(magic == expected_magic,
+               "'{}': wrong magic number 0x{:08x} (expected 0x{:08x}: IDX type 0x{:02x} with {} dims)", path, magic,
                expected_magic, expected_type, expected_dims);
   const size_t header = 4 + 4 * static_cast<size_t>(expected_dims);
-  LOWBIT_CHECK(bytes.size() >= header, "'{}': file is truncated in its header ({} bytes, need {})", path, bytes.size(), header);
+  LOWBIT_CHECK(bytes.size() >= header, "'{}': file is truncated in its header ({} bytes, need {})", path, bytes.size(),
+               header);
   Shape shape;
   for (int d = 0; d < expected_dims; ++d) shape.push_back(be32(bytes.data() + 4 + 4 * d));
   const size_t n = static_cast<size_t>(detail::numel_of(shape));
-  LOWBIT_CHECK(bytes.size() - header >= n, "'{}': file is truncated: shape {} needs {} data bytes, found {}", path, shape_str(shape), n, bytes.size() - header);
-  LOWBIT_CHECK(bytes.size() - header == n, "'{}': {} unexpected trailing bytes after the data for shape {}", path, bytes.size() - header - n, shape_str(shape));
+  LOWBIT_CHECK(bytes.size() - header >= n, "'{}': file is truncated: shape {} needs {} data bytes, found {}", path,
+               shape_str(shape), n, bytes.size() - header);
+  LOWBIT_CHECK(bytes.size() - header == n, "'{}': {} unexpected trailing bytes after the data for shape {}", path,
+               bytes.size() - header - n, shape_str(shape));
   Tensor t = empty(shape, kUInt8);
   if (n > 0) std::memcpy(t.raw_data(), bytes.data() + header, n);  // an empty tensor has no storage
   return t;
@@ -216,8 +233,10 @@ std::shared_ptr<TensorDataset> FashionMNIST::load(const std::string& dir_in, boo
   const std::string prefix = dir + "/" + (train ? "train" : "t10k");
   Tensor images = read_idx(prefix + "-images-idx3-ubyte.gz", 0x08, 3);
   Tensor labels = read_idx(prefix + "-labels-idx1-ubyte.gz", 0x08, 1);
-  LOWBIT_CHECK(images.size(0) == labels.size(0), "Fashion-MNIST in '{}': {} images but {} labels", dir, images.size(0), labels.size(0));
-  LOWBIT_CHECK(images.size(1) == 28 && images.size(2) == 28, "Fashion-MNIST in '{}': images are {}x{}, expected 28x28", dir, images.size(1), images.size(2));
+  LOWBIT_CHECK(images.size(0) == labels.size(0), "Fashion-MNIST in '{}': {} images but {} labels", dir, images.size(0),
+               labels.size(0));
+  LOWBIT_CHECK(images.size(1) == 28 && images.size(2) == 28, "Fashion-MNIST in '{}': images are {}x{}, expected 28x28",
+               dir, images.size(1), images.size(2));
   const int64_t n = images.size(0);
   LOWBIT_CHECK(n > 0, "Fashion-MNIST in '{}': the {} set has no images", dir, train ? "training" : "test");
   Tensor x = empty({n, 784});
@@ -227,21 +246,24 @@ std::shared_ptr<TensorDataset> FashionMNIST::load(const std::string& dir_in, boo
   for (int64_t i = 0; i < n * 784; ++i) dst[i] = (static_cast<float>(src[i]) / 255.0f - kMean) / kStd;
   Tensor y = labels.to(kInt64);
   for (int64_t i = 0; i < n; ++i)
-    LOWBIT_CHECK(y.data_ptr<int64_t>()[i] < 10, "Fashion-MNIST in '{}': label {} at position {} is not a class in 0..9", dir, y.data_ptr<int64_t>()[i], i);
+    LOWBIT_CHECK(y.data_ptr<int64_t>()[i] < 10, "Fashion-MNIST in '{}': label {} at position {} is not a class in 0..9",
+                 dir, y.data_ptr<int64_t>()[i], i);
   return std::make_shared<TensorDataset>(x, y);
 }
 
 // ---------------- text ----------------
 CharDataset::CharDataset(std::vector<int64_t> tokens, int64_t context) : tokens_(std::move(tokens)), context_(context) {
   LOWBIT_CHECK(context > 0, "CharDataset: context must be positive, got {}", context);
-  LOWBIT_CHECK(static_cast<int64_t>(tokens_.size()) > context, "CharDataset: corpus of {} tokens is shorter than context + 1 = {}", tokens_.size(), context + 1);
+  LOWBIT_CHECK(static_cast<int64_t>(tokens_.size()) > context,
+               "CharDataset: corpus of {} tokens is shorter than context + 1 = {}", tokens_.size(), context + 1);
 }
 int64_t CharDataset::size() const { return static_cast<int64_t>(tokens_.size()) - context_; }
 Batch CharDataset::get_batch(const std::vector<int64_t>& starts) const {
   const int64_t b = static_cast<int64_t>(starts.size());
   Tensor x = empty({b, context_}, kInt64), y = empty({b, context_}, kInt64);
   for (int64_t i = 0; i < b; ++i) {
-    LOWBIT_CHECK(starts[i] >= 0 && starts[i] < size(), "CharDataset: start {} is out of range ({} windows)", starts[i], size());
+    LOWBIT_CHECK(starts[i] >= 0 && starts[i] < size(), "CharDataset: start {} is out of range ({} windows)", starts[i],
+                 size());
     std::copy_n(tokens_.begin() + starts[i], context_, x.data_ptr<int64_t>() + i * context_);
     std::copy_n(tokens_.begin() + starts[i] + 1, context_, y.data_ptr<int64_t>() + i * context_);
   }
@@ -255,8 +277,10 @@ std::string CharCorpus::default_path() {
 CharCorpus CharCorpus::load(const std::string& path_in, double val_fraction) {
   namespace fs = std::filesystem;
   const std::string path = path_in.empty() ? default_path() : path_in;
-  LOWBIT_CHECK(fs::exists(path), "text corpus '{}' does not exist (install Debian's 'fortunes' package or set LOWBIT_TEXT_CORPUS)", path);
-  LOWBIT_CHECK(val_fraction > 0 && val_fraction < 1, "CharCorpus: val_fraction must be in (0, 1), got {}", val_fraction);
+  LOWBIT_CHECK(fs::exists(path),
+               "text corpus '{}' does not exist (install Debian's 'fortunes' package or set LOWBIT_TEXT_CORPUS)", path);
+  LOWBIT_CHECK(val_fraction > 0 && val_fraction < 1, "CharCorpus: val_fraction must be in (0, 1), got {}",
+               val_fraction);
   std::vector<fs::path> files;
   if (fs::is_directory(path)) {
     for (auto& e : fs::directory_iterator(path)) {
@@ -275,8 +299,10 @@ CharCorpus CharCorpus::load(const std::string& path_in, double val_fraction) {
     while (in) {
       in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
       const auto n = static_cast<size_t>(in.gcount());
-      LOWBIT_CHECK(text.size() + n <= kMaxBytes, "text corpus '{}' is larger than {} MiB (reading stopped at '{}'); lowbit reads at most {} MiB of text", path,
-                   kMaxBytes >> 20, f.string(), kMaxBytes >> 20);
+      LOWBIT_CHECK(
+          text.size() + n <= kMaxBytes,
+          "text corpus '{}' is larger than {} MiB (reading stopped at '{}'); lowbit reads at most {} MiB of text", path,
+          kMaxBytes >> 20, f.string(), kMaxBytes >> 20);
       text.append(buf.data(), n);
     }
     LOWBIT_CHECK(in.eof(), "cannot read '{}'", f.string());
@@ -292,7 +318,8 @@ CharCorpus CharCorpus::load(const std::string& path_in, double val_fraction) {
       c.vocab.push_back(static_cast<unsigned char>(b));
     }
   const size_t split = static_cast<size_t>(static_cast<double>(text.size()) * (1.0 - val_fraction));
-  for (size_t i = 0; i < text.size(); ++i) (i < split ? c.train_tokens : c.val_tokens).push_back(id_of[static_cast<unsigned char>(text[i])]);
+  for (size_t i = 0; i < text.size(); ++i)
+    (i < split ? c.train_tokens : c.val_tokens).push_back(id_of[static_cast<unsigned char>(text[i])]);
   return c;
 }
 std::string CharCorpus::decode(const std::vector<int64_t>& ids) const {

@@ -70,10 +70,13 @@ bool verify_integrity(const std::string& path) {
   if (in.gcount() != sizeof(h) || std::memcmp(h.magic, kMagic, 8) != 0) return false;
   LOWBIT_CHECK(h.version == 1, "{}: unknown integrity header version {}", path, h.version);
   LOWBIT_CHECK(size >= kUserBlock && h.hdf5_bytes == size - kUserBlock,
-               "{}: file is truncated or was extended: header records {} bytes of data, the file has {} (the checkpoint is corrupted)", path,
-               h.hdf5_bytes, size >= kUserBlock ? size - kUserBlock : 0);
+               "{}: file is truncated or was extended: header records {} bytes of data, the file has {} (the "
+               "checkpoint is corrupted)",
+               path, h.hdf5_bytes, size >= kUserBlock ? size - kUserBlock : 0);
   const uint32_t crc = crc_of_file(in, kUserBlock, h.hdf5_bytes);
-  LOWBIT_CHECK(crc == h.crc32, "{}: checksum mismatch (stored CRC-32 {:08x}, computed {:08x}): the checkpoint is corrupted", path, h.crc32, crc);
+  LOWBIT_CHECK(crc == h.crc32,
+               "{}: checksum mismatch (stored CRC-32 {:08x}, computed {:08x}): the checkpoint is corrupted", path,
+               h.crc32, crc);
   return true;
 }
 
@@ -88,7 +91,8 @@ std::string errno_text(int e) {
 // of everything after the user block.
 void stamp_integrity(int fd, const std::string& target) {
   struct stat sb {};
-  LOWBIT_CHECK(::fstat(fd, &sb) == 0 && static_cast<uint64_t>(sb.st_size) >= kUserBlock, "{}: the HDF5 image is shorter than its user block", target);
+  LOWBIT_CHECK(::fstat(fd, &sb) == 0 && static_cast<uint64_t>(sb.st_size) >= kUserBlock,
+               "{}: the HDF5 image is shorter than its user block", target);
   UserBlockHeader h{};
   std::memcpy(h.magic, kMagic, 8);
   h.version = 1;
@@ -96,14 +100,17 @@ void stamp_integrity(int fd, const std::string& target) {
   std::vector<char> buf(size_t{4} << 20);
   uLong crc = crc32(0L, Z_NULL, 0);
   for (uint64_t off = kUserBlock; off < static_cast<uint64_t>(sb.st_size);) {
-    const ssize_t n = ::pread(fd, buf.data(), std::min<uint64_t>(buf.size(), static_cast<uint64_t>(sb.st_size) - off), static_cast<off_t>(off));
+    const ssize_t n = ::pread(fd, buf.data(), std::min<uint64_t>(buf.size(), static_cast<uint64_t>(sb.st_size) - off),
+                              static_cast<off_t>(off));
     if (n < 0 && errno == EINTR) continue;
-    LOWBIT_CHECK(n > 0, "{}: cannot read back the HDF5 image: {}", target, n < 0 ? errno_text(errno) : "unexpected end of file");
+    LOWBIT_CHECK(n > 0, "{}: cannot read back the HDF5 image: {}", target,
+                 n < 0 ? errno_text(errno) : "unexpected end of file");
     crc = crc32(crc, reinterpret_cast<const Bytef*>(buf.data()), static_cast<uInt>(n));
     off += static_cast<uint64_t>(n);
   }
   h.crc32 = static_cast<uint32_t>(crc);
-  LOWBIT_CHECK(::pwrite(fd, &h, sizeof(h), 0) == static_cast<ssize_t>(sizeof(h)), "{}: cannot write the integrity header: {}", target, errno_text(errno));
+  LOWBIT_CHECK(::pwrite(fd, &h, sizeof(h), 0) == static_cast<ssize_t>(sizeof(h)),
+               "{}: cannot write the integrity header: {}", target, errno_text(errno));
 }
 
 // Copies all of src (the in-memory image) into a new file at dst with every system call checked
@@ -117,7 +124,9 @@ void copy_to_file(int src, const std::string& dst, const std::string& target) {
   off_t in_off = 0;
   int err = 0;
   while (static_cast<uint64_t>(in_off) < size) {
-    const ssize_t n = ::sendfile(fd, src, &in_off, static_cast<size_t>(std::min<uint64_t>(size - static_cast<uint64_t>(in_off), uint64_t{1} << 30)));
+    const ssize_t n =
+        ::sendfile(fd, src, &in_off,
+                   static_cast<size_t>(std::min<uint64_t>(size - static_cast<uint64_t>(in_off), uint64_t{1} << 30)));
     if (n < 0 && errno == EINTR) continue;
     if (n <= 0) {
       err = n < 0 ? errno : ENOSPC;
@@ -126,7 +135,8 @@ void copy_to_file(int src, const std::string& dst, const std::string& target) {
   }
   if (!err && ::fsync(fd) != 0) err = errno;
   if (::close(fd) != 0 && !err) err = errno;
-  LOWBIT_CHECK(!err, "{}: cannot write '{}' ({} of {} bytes written): {}", target, dst, static_cast<uint64_t>(in_off), size, errno_text(err));
+  LOWBIT_CHECK(!err, "{}: cannot write '{}' ({} of {} bytes written): {}", target, dst, static_cast<uint64_t>(in_off),
+               size, errno_text(err));
 }
 
 void fsync_path(const std::string& path, bool directory) {
@@ -135,7 +145,6 @@ void fsync_path(const std::string& path, bool directory) {
   ::fsync(fd);
   ::close(fd);
 }
-
 
 // Writes size bytes to a file opened with flags, every system call checked (a full disk is an
 // error naming errno, never a short file), then fsyncs and closes it. target names the file the
@@ -176,7 +185,8 @@ void replace_with(const std::string& path, W&& write_tmp) {
   fsync_path(std::filesystem::absolute(path).parent_path().string(), true);
 }
 void replace_file(const std::string& path, const char* data, size_t size) {
-  replace_with(path, [&](const std::string& tmp) { write_fd_checked(tmp, path, data, size, O_WRONLY | O_CREAT | O_TRUNC); });
+  replace_with(path,
+               [&](const std::string& tmp) { write_fd_checked(tmp, path, data, size, O_WRONLY | O_CREAT | O_TRUNC); });
 }
 
 // ---------------- dtypes ----------------
@@ -213,7 +223,10 @@ DType stored_dtype(hid_t ds, const std::string& file, const std::string& key) {
     }
     const bool is_float = d == kFloat32 || d == kFloat64;
     const bool ok = size == element_size(d) && (is_float ? cls == H5T_FLOAT : cls == H5T_INTEGER);
-    LOWBIT_CHECK(ok, "{}: dataset '{}' says dtype {} but stores {}-byte {} elements", file, key, name, size, cls == H5T_FLOAT ? "floating-point" : cls == H5T_INTEGER ? "integer" : "non-numeric");
+    LOWBIT_CHECK(ok, "{}: dataset '{}' says dtype {} but stores {}-byte {} elements", file, key, name, size,
+                 cls == H5T_FLOAT     ? "floating-point"
+                 : cls == H5T_INTEGER ? "integer"
+                                      : "non-numeric");
     return d;
   }
   switch (cls) {
@@ -230,7 +243,8 @@ DType stored_dtype(hid_t ds, const std::string& file, const std::string& key) {
     }
     default: break;
   }
-  throw Error(fmt::format("{}: dataset '{}' has an HDF5 type lowbit cannot read (class {}, {} bytes)", file, key, static_cast<int>(cls), size));
+  throw Error(fmt::format("{}: dataset '{}' has an HDF5 type lowbit cannot read (class {}, {} bytes)", file, key,
+                          static_cast<int>(cls), size));
 }
 
 std::string to_h5_path(const std::string& root, const std::string& dotted) {
@@ -245,7 +259,8 @@ Hid lcpl_intermediate() {
   return p;
 }
 
-void write_tensor(hid_t file, const std::string& h5path, const Tensor& t_in, const SaveOptions& opts, const std::string& fname) {
+void write_tensor(hid_t file, const std::string& h5path, const Tensor& t_in, const SaveOptions& opts,
+                  const std::string& fname) {
   const Tensor t = t_in.detach();
   const int rank = static_cast<int>(t.dim());
   std::vector<hsize_t> dims(t.shape().begin(), t.shape().end());
@@ -265,8 +280,12 @@ void write_tensor(hid_t file, const std::string& h5path, const Tensor& t_in, con
   }
   const auto types = h5_types(t.dtype());
   Hid lcpl = lcpl_intermediate();
-  Hid ds(h5::check(H5Dcreate2(file, h5path.c_str(), types.file, space, lcpl, dcpl, H5P_DEFAULT), fname, "cannot create dataset '" + h5path + "'"), H5Dclose);
-  if (t.numel() > 0) h5::check(H5Dwrite(ds, types.mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.raw_data()), fname, "cannot write dataset '" + h5path + "'", 0);
+  Hid ds(h5::check(H5Dcreate2(file, h5path.c_str(), types.file, space, lcpl, dcpl, H5P_DEFAULT), fname,
+                   "cannot create dataset '" + h5path + "'"),
+         H5Dclose);
+  if (t.numel() > 0)
+    h5::check(H5Dwrite(ds, types.mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.raw_data()), fname,
+              "cannot write dataset '" + h5path + "'", 0);
   h5::write_attr(ds, "dtype", std::string(dtype_name(t.dtype())), fname);
 }
 
@@ -300,7 +319,8 @@ Tensor read_tensor(hid_t file, const std::string& h5path, const std::string& fna
               "cannot read dataset '" + h5path + "' (checksum error or corrupted data)", 0);
   if (meta.dtype == kBool) {
     const auto* b = static_cast<const uint8_t*>(t.raw_data());
-    for (int64_t i = 0; i < t.numel(); ++i) LOWBIT_CHECK(b[i] <= 1, "{}: bool dataset '{}' holds the value {} at index {}", fname, h5path, b[i], i);
+    for (int64_t i = 0; i < t.numel(); ++i)
+      LOWBIT_CHECK(b[i] <= 1, "{}: bool dataset '{}' holds the value {} at index {}", fname, h5path, b[i], i);
   }
   return t;
 }
@@ -319,13 +339,18 @@ OpenedFile open_checkpoint(const std::string& path) {
   // sec2 driver, no file locking games; strong close so that no object outlives the file handle
   Hid fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
   H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
-  of.file = Hid(h5::check(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl), path, "cannot open as HDF5 (corrupted file?)"), H5Fclose);
-  LOWBIT_CHECK(h5::has_attr(of.file, "format"), "{}: not a lowbit checkpoint (the root group has no 'format' attribute; see docs/checkpoint-format.md)", path);
+  of.file = Hid(h5::check(H5Fopen(path.c_str(), H5F_ACC_RDONLY, fapl), path, "cannot open as HDF5 (corrupted file?)"),
+                H5Fclose);
+  LOWBIT_CHECK(h5::has_attr(of.file, "format"),
+               "{}: not a lowbit checkpoint (the root group has no 'format' attribute; see docs/checkpoint-format.md)",
+               path);
   const std::string format = h5::read_attr_string(of.file, "format", path, "/");
-  LOWBIT_CHECK(format == kFormatName, "{}: not a lowbit checkpoint (format is '{}', expected '{}')", path, format, kFormatName);
+  LOWBIT_CHECK(format == kFormatName, "{}: not a lowbit checkpoint (format is '{}', expected '{}')", path, format,
+               kFormatName);
   const int64_t version = h5::read_attr_int(of.file, "schema_version", path, "/");
-  LOWBIT_CHECK(version <= kSchemaVersion, "{}: schema version {} is newer than this lowbit ({}) supports; upgrade lowbit to read it", path, version,
-               kSchemaVersion);
+  LOWBIT_CHECK(version <= kSchemaVersion,
+               "{}: schema version {} is newer than this lowbit ({}) supports; upgrade lowbit to read it", path,
+               version, kSchemaVersion);
   LOWBIT_CHECK(version >= 1, "{}: invalid schema version {}", path, version);
   of.kind = h5::has_attr(of.file, "kind") ? h5::read_attr_string(of.file, "kind", path, "/") : "model";
   LOWBIT_CHECK(of.kind == "training" || of.kind == "model", "{}: unknown checkpoint kind '{}'", path, of.kind);
@@ -374,7 +399,8 @@ nn::NamedTensors read_model_group(hid_t file, const std::string& fname, const st
 }
 
 void write_model_group(hid_t file, const nn::Module& model, const SaveOptions& opts, const std::string& fname) {
-  Hid g(h5::check(H5Gcreate2(file, "/model", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), fname, "cannot create '/model'"), H5Gclose);
+  Hid g(h5::check(H5Gcreate2(file, "/model", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), fname, "cannot create '/model'"),
+        H5Gclose);
   std::map<const TensorImpl*, std::string> written;
   Hid lcpl = lcpl_intermediate();
   for (const auto& [name, t] : model.state_dict()) {
@@ -382,7 +408,8 @@ void write_model_group(hid_t file, const nn::Module& model, const SaveOptions& o
     const std::string path = to_h5_path("/model/", name);
     auto it = written.find(t.impl());
     if (it != written.end()) {  // a tied tensor: a hard link, stored once
-      h5::check(H5Lcreate_hard(file, it->second.c_str(), file, path.c_str(), lcpl, H5P_DEFAULT), fname, "cannot link '" + path + "'", 0);
+      h5::check(H5Lcreate_hard(file, it->second.c_str(), file, path.c_str(), lcpl, H5P_DEFAULT), fname,
+                "cannot link '" + path + "'", 0);
       continue;
     }
     write_tensor(file, path, t, opts, fname);
@@ -432,10 +459,14 @@ Hid create_file(const std::string& shm_path, const std::string& target, uint64_t
   H5Pset_userblock(fcpl, kUserBlock);
   Hid fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
   // the core driver grows its buffer by this increment: about the whole file at once
-  if (shm_path.empty()) H5Pset_fapl_core(fapl, static_cast<size_t>(data_bytes + data_bytes / 16 + (uint64_t{1} << 20)), /*backing_store=*/0);
-  else H5Pset_fapl_sec2(fapl);
+  if (shm_path.empty())
+    H5Pset_fapl_core(fapl, static_cast<size_t>(data_bytes + data_bytes / 16 + (uint64_t{1} << 20)),
+                     /*backing_store=*/0);
+  else
+    H5Pset_fapl_sec2(fapl);
   H5Pset_fclose_degree(fapl, H5F_CLOSE_STRONG);
-  return Hid(h5::check(H5Fcreate(shm_path.empty() ? target.c_str() : shm_path.c_str(), H5F_ACC_TRUNC, fcpl, fapl), target, "cannot create the HDF5 image"),
+  return Hid(h5::check(H5Fcreate(shm_path.empty() ? target.c_str() : shm_path.c_str(), H5F_ACC_TRUNC, fcpl, fapl),
+                       target, "cannot create the HDF5 image"),
              H5Fclose);
 }
 
@@ -445,7 +476,8 @@ int image_to_memfd(hid_t file, const std::string& target) {
   h5::check(static_cast<hid_t>(size), target, "cannot size the HDF5 image");
   std::unique_ptr<char[]> image(new char[kUserBlock + static_cast<size_t>(size)]);
   std::memset(image.get(), 0, kUserBlock);
-  h5::check(static_cast<hid_t>(H5Fget_file_image(file, image.get() + kUserBlock, static_cast<size_t>(size))), target, "cannot copy the HDF5 image");
+  h5::check(static_cast<hid_t>(H5Fget_file_image(file, image.get() + kUserBlock, static_cast<size_t>(size))), target,
+            "cannot copy the HDF5 image");
   const int fd = static_cast<int>(::syscall(SYS_memfd_create, "lowbit-save", 1u /* MFD_CLOEXEC */));
   LOWBIT_CHECK(fd >= 0, "{}: cannot create an in-memory file for the save: {}", target, errno_text(errno));
   const char* p = image.get();
@@ -500,16 +532,17 @@ void atomic_write(const std::string& path, uint64_t data_bytes, F&& body) {
 }
 }  // namespace
 
-
-void export_model(const std::string& path, const nn::Module& model, const std::string& config, const SaveOptions& opts) {
+void export_model(const std::string& path, const nn::Module& model, const std::string& config,
+                  const SaveOptions& opts) {
   atomic_write(path, tensor_bytes(model.state_dict()), [&](hid_t file) {
     write_root_attrs(file, "model", config, path);
     write_model_group(file, model, opts, path);
   });
 }
 
-void save_checkpoint(const std::string& path, const nn::Module& model, const optim::Optimizer* opt, const optim::LRScheduler* sched,
-                     const data::DataLoader* loader, TrainingState st, const SaveOptions& opts) {
+void save_checkpoint(const std::string& path, const nn::Module& model, const optim::Optimizer* opt,
+                     const optim::LRScheduler* sched, const data::DataLoader* loader, TrainingState st,
+                     const SaveOptions& opts) {
   // names of the model's parameters, to key optimizer state by name
   std::map<const TensorImpl*, std::string> param_names;
   for (const auto& [n, p] : model.named_parameters()) param_names[p.impl()] = n;
@@ -530,24 +563,30 @@ void save_checkpoint(const std::string& path, const nn::Module& model, const opt
     h5::write_attr(file, "step", st.step, path);
     write_model_group(file, model, opts, path);
     {
-      Hid g(h5::check(H5Gcreate2(file, "/rng", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), path, "cannot create '/rng'"), H5Gclose);
+      Hid g(h5::check(H5Gcreate2(file, "/rng", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), path, "cannot create '/rng'"),
+            H5Gclose);
       h5::write_attr_u64(g, "default_seed", st.rng_seed, path);
       h5::write_attr_u64(g, "default_offset", st.rng_offset, path);
     }
     {
-      Hid g(h5::check(H5Gcreate2(file, "/data", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), path, "cannot create '/data'"), H5Gclose);
+      Hid g(h5::check(H5Gcreate2(file, "/data", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), path, "cannot create '/data'"),
+            H5Gclose);
       h5::write_attr(g, "epoch", st.epoch, path);
       h5::write_attr(g, "position", st.position, path);
       h5::write_attr_u64(g, "shuffle_seed", st.loader_seed, path);
     }
     if (st.scheduler_last_epoch >= 0) {
-      Hid g(h5::check(H5Gcreate2(file, "/scheduler", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), path, "cannot create '/scheduler'"), H5Gclose);
+      Hid g(h5::check(H5Gcreate2(file, "/scheduler", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), path,
+                      "cannot create '/scheduler'"),
+            H5Gclose);
       h5::write_attr(g, "last_epoch", st.scheduler_last_epoch, path);
       h5::write_attr(g, "name", st.scheduler_name, path);
       if (sched) h5::write_attr(g, "class", std::string(sched->name()), path);
     }
     if (opt) {
-      Hid g(h5::check(H5Gcreate2(file, "/optimizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), path, "cannot create '/optimizer'"), H5Gclose);
+      Hid g(h5::check(H5Gcreate2(file, "/optimizer", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), path,
+                      "cannot create '/optimizer'"),
+            H5Gclose);
       h5::write_attr(g, "name", opt->name(), path);
       const optim::OptimizerState s = opt->state_dict();
       const auto& groups = opt->param_groups();
@@ -556,12 +595,15 @@ void save_checkpoint(const std::string& path, const nn::Module& model, const opt
       for (size_t gi = 0; gi < groups.size(); ++gi) {
         const std::string gpath = fmt::format("/optimizer/param_groups/{}", gi);
         Hid lcpl = lcpl_intermediate();
-        Hid gg(h5::check(H5Gcreate2(file, gpath.c_str(), lcpl, H5P_DEFAULT, H5P_DEFAULT), path, "cannot create '" + gpath + "'"), H5Gclose);
+        Hid gg(h5::check(H5Gcreate2(file, gpath.c_str(), lcpl, H5P_DEFAULT, H5P_DEFAULT), path,
+                         "cannot create '" + gpath + "'"),
+               H5Gclose);
         for (const auto& [k, v] : groups[gi].options) h5::write_attr(gg, k, v, path);
         std::vector<std::string> names;
         for (const auto& p : groups[gi].params) {
           auto it = param_names.find(p.impl());
-          LOWBIT_CHECK(it != param_names.end(), "{}: the optimizer holds a parameter of shape {} that is not a parameter of the model", path,
+          LOWBIT_CHECK(it != param_names.end(),
+                       "{}: the optimizer holds a parameter of shape {} that is not a parameter of the model", path,
                        shape_str(p.shape()));
           names.push_back(it->second);
           index_to_name.push_back(it->second);
@@ -571,7 +613,9 @@ void save_checkpoint(const std::string& path, const nn::Module& model, const opt
       for (const auto& [index, ps] : s.state) {
         const std::string spath = to_h5_path("/optimizer/state/", index_to_name[static_cast<size_t>(index)]);
         Hid lcpl = lcpl_intermediate();
-        Hid sg(h5::check(H5Gcreate2(file, spath.c_str(), lcpl, H5P_DEFAULT, H5P_DEFAULT), path, "cannot create '" + spath + "'"), H5Gclose);
+        Hid sg(h5::check(H5Gcreate2(file, spath.c_str(), lcpl, H5P_DEFAULT, H5P_DEFAULT), path,
+                         "cannot create '" + spath + "'"),
+               H5Gclose);
         h5::write_attr(sg, "step", ps.step, path);
         for (const auto& [name, t] : ps.tensors) write_tensor(file, spath + "/" + name, t, opts, path);
       }
@@ -587,8 +631,8 @@ nn::NamedTensors read_model_tensors(const std::string& path) {
   return read_model_group(f.file, path, names, metas);
 }
 
-LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Optimizer* opt, optim::LRScheduler* sched, data::DataLoader* loader,
-                           const LoadOptions& options) {
+LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Optimizer* opt, optim::LRScheduler* sched,
+                           data::DataLoader* loader, const LoadOptions& options) {
   OpenedFile f = open_checkpoint(path);
   LoadReport report;
   report.kind = f.kind;
@@ -604,18 +648,21 @@ LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Op
       continue;
     }
     if (it->second.dtype != t.dtype()) {
-      report.mismatched.push_back(fmt::format("{}: dtype {} in the file, {} in the model", name, dtype_name(it->second.dtype), dtype_name(t.dtype())));
+      report.mismatched.push_back(fmt::format("{}: dtype {} in the file, {} in the model", name,
+                                              dtype_name(it->second.dtype), dtype_name(t.dtype())));
       continue;
     }
     if (it->second.shape != t.shape()) {
-      report.mismatched.push_back(fmt::format("{}: shape {} in the file, {} in the model", name, shape_str(it->second.shape), shape_str(t.shape())));
+      report.mismatched.push_back(fmt::format("{}: shape {} in the file, {} in the model", name,
+                                              shape_str(it->second.shape), shape_str(t.shape())));
       continue;
     }
     wanted.push_back(name);
   }
   for (const auto& [name, _] : stored)
     if (!known.count(name)) report.unexpected_keys.push_back(name);
-  if (options.strict && (!report.missing_keys.empty() || !report.unexpected_keys.empty() || !report.mismatched.empty())) {
+  if (options.strict &&
+      (!report.missing_keys.empty() || !report.unexpected_keys.empty() || !report.mismatched.empty())) {
     std::string msg = fmt::format("{}: checkpoint does not match the model ({}):", path, model.type_name());
     for (const auto& k : report.missing_keys) msg += fmt::format("\n  missing key '{}'", k);
     for (const auto& k : report.unexpected_keys) msg += fmt::format("\n  unexpected key '{}'", k);
@@ -626,13 +673,15 @@ LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Op
 
   std::optional<optim::OptimizerState> opt_state;
   if (opt) {
-    LOWBIT_CHECK(f.kind == "training" && h5::link_exists(f.file, "/optimizer", path), "{}: no optimizer state in this file (kind '{}')", path, f.kind);
+    LOWBIT_CHECK(f.kind == "training" && h5::link_exists(f.file, "/optimizer", path),
+                 "{}: no optimizer state in this file (kind '{}')", path, f.kind);
     Hid g = h5::open_group(f.file, "/optimizer", path);
     const std::string name = h5::read_attr_string(g, "name", path, "/optimizer");
-    LOWBIT_CHECK(name == opt->name(), "{}: optimizer state was saved by {} but is being loaded into {}", path, name, opt->name());
+    LOWBIT_CHECK(name == opt->name(), "{}: optimizer state was saved by {} but is being loaded into {}", path, name,
+                 opt->name());
     const int64_t ngroups = h5::read_attr_int(g, "num_groups", path, "/optimizer");
-    LOWBIT_CHECK(ngroups == static_cast<int64_t>(opt->param_groups().size()), "{}: /optimizer has {} param groups, the optimizer has {}", path, ngroups,
-                 opt->param_groups().size());
+    LOWBIT_CHECK(ngroups == static_cast<int64_t>(opt->param_groups().size()),
+                 "{}: /optimizer has {} param groups, the optimizer has {}", path, ngroups, opt->param_groups().size());
     std::map<const TensorImpl*, std::string> param_names;
     for (const auto& [n, p] : model.named_parameters()) param_names[p.impl()] = n;
     optim::OptimizerState s;
@@ -641,16 +690,19 @@ LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Op
       const std::string gpath = fmt::format("/optimizer/param_groups/{}", gi);
       Hid gg = h5::open_group(f.file, gpath, path);
       optim::Options o;
-      for (const auto& [k, _] : opt->param_groups()[static_cast<size_t>(gi)].options) o[k] = h5::read_attr_double(gg, k, path, gpath);
+      for (const auto& [k, _] : opt->param_groups()[static_cast<size_t>(gi)].options)
+        o[k] = h5::read_attr_double(gg, k, path, gpath);
       s.groups.push_back(o);
       const auto names = h5::read_strings(gg, "params", path);
       const auto& params = opt->param_groups()[static_cast<size_t>(gi)].params;
-      LOWBIT_CHECK(names.size() == params.size(), "{}: '{}' lists {} parameters, the optimizer's group has {}", path, gpath, names.size(), params.size());
+      LOWBIT_CHECK(names.size() == params.size(), "{}: '{}' lists {} parameters, the optimizer's group has {}", path,
+                   gpath, names.size(), params.size());
       s.group_params.emplace_back();
       for (size_t i = 0; i < names.size(); ++i) {
         auto it = param_names.find(params[i].impl());
-        LOWBIT_CHECK(it != param_names.end() && it->second == names[i], "{}: parameter {} of group {} is '{}' in the file but '{}' in the optimizer", path, i,
-                     gi, names[i], it == param_names.end() ? "<not in the model>" : it->second);
+        LOWBIT_CHECK(it != param_names.end() && it->second == names[i],
+                     "{}: parameter {} of group {} is '{}' in the file but '{}' in the optimizer", path, i, gi,
+                     names[i], it == param_names.end() ? "<not in the model>" : it->second);
         s.group_params.back().push_back(index);
         const std::string spath = to_h5_path("/optimizer/state/", names[i]);
         if (h5::link_exists(f.file, spath, path)) {
@@ -664,7 +716,8 @@ LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Op
             {  // check the declared dtype and shape before reading
               Hid ds = h5::open_dataset(f.file, tpath, path);
               const TensorMeta m = probe_tensor(ds, path, tpath);
-              LOWBIT_CHECK(m.dtype == kFloat32 && m.shape == params[i].shape(), "{}: optimizer state '{}' is {} {}, the parameter is {} float32", path, tpath,
+              LOWBIT_CHECK(m.dtype == kFloat32 && m.shape == params[i].shape(),
+                           "{}: optimizer state '{}' is {} {}, the parameter is {} float32", path, tpath,
                            shape_str(m.shape), dtype_name(m.dtype), shape_str(params[i].shape()));
             }
             ps.tensors[tn] = read_tensor(f.file, tpath, path);
@@ -687,7 +740,9 @@ LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Op
     Hid dg = h5::open_group(f.file, "/data", path);
     st.epoch = h5::read_attr_int(dg, "epoch", path, "/data");
     st.position = h5::read_attr_int(dg, "position", path, "/data");
-    LOWBIT_CHECK(st.epoch >= 0 && st.position >= 0, "{}: the stored data position (epoch {}, batch {}) is negative (corrupt file)", path, st.epoch, st.position);
+    LOWBIT_CHECK(st.epoch >= 0 && st.position >= 0,
+                 "{}: the stored data position (epoch {}, batch {}) is negative (corrupt file)", path, st.epoch,
+                 st.position);
     st.loader_seed = h5::read_attr_u64(dg, "shuffle_seed", path, "/data");
     if (h5::link_exists(f.file, "/scheduler", path)) {
       Hid sg = h5::open_group(f.file, "/scheduler", path);
@@ -695,15 +750,18 @@ LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Op
       st.scheduler_name = h5::read_attr_string(sg, "name", path, "/scheduler");
       if (sched && h5::has_attr(sg, "class")) {
         const std::string cls = h5::read_attr_string(sg, "class", path, "/scheduler");
-        LOWBIT_CHECK(cls == sched->name(), "{}: the scheduler state was saved by {} but is being loaded into {}", path, cls, sched->name());
+        LOWBIT_CHECK(cls == sched->name(), "{}: the scheduler state was saved by {} but is being loaded into {}", path,
+                     cls, sched->name());
       }
     }
     LOWBIT_CHECK(!sched || st.scheduler_last_epoch >= 0, "{}: no scheduler state in this file", path);
     if (loader) {
-      LOWBIT_CHECK(st.loader_seed == loader->options().seed, "{}: data was shuffled with seed {}, the loader uses seed {}", path, st.loader_seed,
+      LOWBIT_CHECK(st.loader_seed == loader->options().seed,
+                   "{}: data was shuffled with seed {}, the loader uses seed {}", path, st.loader_seed,
                    loader->options().seed);
-      LOWBIT_CHECK(st.position <= loader->num_batches() && st.epoch >= 0, "{}: data position (epoch {}, batch {}) is out of range for this loader ({} batches)",
-                   path, st.epoch, st.position, loader->num_batches());
+      LOWBIT_CHECK(st.position <= loader->num_batches() && st.epoch >= 0,
+                   "{}: data position (epoch {}, batch {}) is out of range for this loader ({} batches)", path,
+                   st.epoch, st.position, loader->num_batches());
     }
     report.state = st;
   } else {
@@ -734,15 +792,16 @@ int64_t parse_logical_shape(const std::string& text, const std::string& file, co
       uint64_t v = 0;
       while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) {
         v = v * 10 + static_cast<uint64_t>(text[i] - '0');
-        LOWBIT_CHECK(v < (uint64_t{1} << 40), "{}: the 'shape' attribute of '{}' ('{}') has an impossible dimension", file, where, text);
+        LOWBIT_CHECK(v < (uint64_t{1} << 40), "{}: the 'shape' attribute of '{}' ('{}') has an impossible dimension",
+                     file, where, text);
         ++i;
       }
       LOWBIT_CHECK(++dims <= 8 && (v == 0 || static_cast<uint64_t>(product) <= (uint64_t{1} << 50) / v),
                    "{}: the 'shape' attribute of '{}' ('{}') is not a plausible shape", file, where, text);
       product *= static_cast<int64_t>(v);
     } else {
-      LOWBIT_CHECK(c == '[' || c == ']' || c == '(' || c == ')' || c == ',' || c == ' ', "{}: the 'shape' attribute of '{}' ('{}') is not a shape", file,
-                   where, text);
+      LOWBIT_CHECK(c == '[' || c == ']' || c == '(' || c == ')' || c == ',' || c == ' ',
+                   "{}: the 'shape' attribute of '{}' ('{}') is not a shape", file, where, text);
       ++i;
     }
   }
@@ -790,7 +849,8 @@ FileInfo inspect(const std::string& path) {
     if (quantized && leaf == "qdata" && h5::has_attr(pg, "shape")) {
       logical = parse_logical_shape(h5::read_attr_string(pg, "shape", path, parent_path), path, parent_path);
       // at least one bit per code: a group cannot describe more weights than 8 per stored byte
-      LOWBIT_CHECK(logical <= 8 * n, "{}: '{}' claims a {}-element weight but stores {} bytes of codes", path, parent_path, logical, n);
+      LOWBIT_CHECK(logical <= 8 * n, "{}: '{}' claims a {}-element weight but stores {} bytes of codes", path,
+                   parent_path, logical, n);
     }
     info.parameters += logical;
     info.stored_bytes += ti.bytes;
@@ -810,12 +870,14 @@ void verify_in_process(const std::string& path) {
     const std::string p = "/" + e.path;
     if (e.type == H5O_TYPE_GROUP) {
       Hid g = h5::open_group(f.file, p, path);
-      for (const auto& [k, v] : h5::attrs_as_text(g)) LOWBIT_CHECK(v != "<unreadable>", "{}: attribute '{}' of '{}' cannot be read", path, k, p);
+      for (const auto& [k, v] : h5::attrs_as_text(g))
+        LOWBIT_CHECK(v != "<unreadable>", "{}: attribute '{}' of '{}' cannot be read", path, k, p);
       continue;
     }
     LOWBIT_CHECK(e.type == H5O_TYPE_DATASET, "{}: '{}' is neither a group nor a dataset", path, p);
     Hid ds = h5::open_dataset(f.file, p, path);
-    for (const auto& [k, v] : h5::attrs_as_text(ds)) LOWBIT_CHECK(v != "<unreadable>", "{}: attribute '{}' of '{}' cannot be read", path, k, p);
+    for (const auto& [k, v] : h5::attrs_as_text(ds))
+      LOWBIT_CHECK(v != "<unreadable>", "{}: attribute '{}' of '{}' cannot be read", path, k, p);
     Hid t(h5::check(H5Dget_type(ds), path, "cannot read the type of '" + p + "'"), H5Tclose);
     if (H5Tget_class(t) == H5T_STRING) {
       (void)h5::read_strings(f.file, p, path);
@@ -865,16 +927,19 @@ void verify_file(const std::string& path, bool isolated) {
   }
   ::close(fds[0]);
   int status = 0;
-  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
-  }
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
   if (WIFSIGNALED(status))
-    throw Error(fmt::format("{}: malformed HDF5 file: parsing it crashed the HDF5 library (signal {}, {}); refusing it", path, WTERMSIG(status),
-                            strsignal(WTERMSIG(status))));
+    throw Error(fmt::format("{}: malformed HDF5 file: parsing it crashed the HDF5 library (signal {}, {}); refusing it",
+                            path, WTERMSIG(status), strsignal(WTERMSIG(status))));
   LOWBIT_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "{}", msg.empty() ? path + ": verification failed" : msg);
 }
 
-void write_file_atomic(const std::string& path, const std::string& bytes) { replace_file(path, bytes.data(), bytes.size()); }
+void write_file_atomic(const std::string& path, const std::string& bytes) {
+  replace_file(path, bytes.data(), bytes.size());
+}
 
-void append_file(const std::string& path, const std::string& bytes) { write_fd_checked(path, path, bytes.data(), bytes.size(), O_WRONLY | O_CREAT | O_APPEND); }
+void append_file(const std::string& path, const std::string& bytes) {
+  write_fd_checked(path, path, bytes.data(), bytes.size(), O_WRONLY | O_CREAT | O_APPEND);
+}
 
 }  // namespace lowbit::io

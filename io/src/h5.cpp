@@ -71,21 +71,27 @@ Hid vlen_string_type() {
   H5Tset_cset(t, H5T_CSET_UTF8);
   return t;
 }
-void write_attr_raw(hid_t obj, const std::string& name, hid_t file_type, hid_t mem_type, const void* data, const std::string& file) {
+void write_attr_raw(hid_t obj, const std::string& name, hid_t file_type, hid_t mem_type, const void* data,
+                    const std::string& file) {
   if (H5Aexists(obj, name.c_str()) > 0) H5Adelete(obj, name.c_str());
   Hid space = scalar_space();
-  Hid a(check(H5Acreate2(obj, name.c_str(), file_type, space, H5P_DEFAULT, H5P_DEFAULT), file, "cannot create attribute '" + name + "'"), H5Aclose);
+  Hid a(check(H5Acreate2(obj, name.c_str(), file_type, space, H5P_DEFAULT, H5P_DEFAULT), file,
+              "cannot create attribute '" + name + "'"),
+        H5Aclose);
   check(H5Awrite(a, mem_type, data), file, "cannot write attribute '" + name + "'", 0);
 }
 Hid open_attr(hid_t obj, const std::string& name, const std::string& file, const std::string& where) {
   LOWBIT_CHECK(H5Aexists(obj, name.c_str()) > 0, "{}: missing attribute '{}' on {}", file, name, where);
-  return Hid(check(H5Aopen(obj, name.c_str(), H5P_DEFAULT), file, "cannot open attribute '" + name + "' on " + where), H5Aclose);
+  return Hid(check(H5Aopen(obj, name.c_str(), H5P_DEFAULT), file, "cannot open attribute '" + name + "' on " + where),
+             H5Aclose);
 }
-void read_scalar_attr(hid_t obj, const std::string& name, hid_t mem_type, H5T_class_t cls, void* out, const std::string& file, const std::string& where) {
+void read_scalar_attr(hid_t obj, const std::string& name, hid_t mem_type, H5T_class_t cls, void* out,
+                      const std::string& file, const std::string& where) {
   Hid a = open_attr(obj, name, file, where);
   Hid t(H5Aget_type(a), H5Tclose);
   Hid s(H5Aget_space(a), H5Sclose);
-  LOWBIT_CHECK(H5Tget_class(t) == cls && H5Sget_simple_extent_npoints(s) == 1, "{}: attribute '{}' on {} has the wrong type or shape", file, name, where);
+  LOWBIT_CHECK(H5Tget_class(t) == cls && H5Sget_simple_extent_npoints(s) == 1,
+               "{}: attribute '{}' on {} has the wrong type or shape", file, name, where);
   check(H5Aread(a, mem_type, out), file, "cannot read attribute '" + name + "' on " + where, 0);
 }
 }  // namespace
@@ -110,7 +116,8 @@ std::string read_attr_string(hid_t obj, const std::string& name, const std::stri
   Hid a = open_attr(obj, name, file, where);
   Hid t(H5Aget_type(a), H5Tclose);
   Hid s(H5Aget_space(a), H5Sclose);
-  LOWBIT_CHECK(H5Tget_class(t) == H5T_STRING && H5Sget_simple_extent_npoints(s) == 1, "{}: attribute '{}' on {} is not a string", file, name, where);
+  LOWBIT_CHECK(H5Tget_class(t) == H5T_STRING && H5Sget_simple_extent_npoints(s) == 1,
+               "{}: attribute '{}' on {} is not a string", file, name, where);
   if (H5Tis_variable_str(t) > 0) {
     Hid mt(H5Tcopy(t), H5Tclose);  // the stored character set (ASCII or UTF-8)
     char* p = nullptr;
@@ -161,7 +168,8 @@ std::vector<std::pair<std::string, std::string>> attrs_as_text(hid_t obj) {
       switch (H5Tget_class(t)) {
         case H5T_STRING: text = read_attr_string(obj, name, "", name); break;
         case H5T_INTEGER:
-          text = H5Tget_sign(t) == H5T_SGN_NONE ? std::to_string(read_attr_u64(obj, name, "", name)) : std::to_string(read_attr_int(obj, name, "", name));
+          text = H5Tget_sign(t) == H5T_SGN_NONE ? std::to_string(read_attr_u64(obj, name, "", name))
+                                                : std::to_string(read_attr_int(obj, name, "", name));
           break;
         case H5T_FLOAT: text = fmt::format("{}", read_attr_double(obj, name, "", name)); break;
         default: text = "<unsupported type>";
@@ -174,14 +182,18 @@ std::vector<std::pair<std::string, std::string>> attrs_as_text(hid_t obj) {
   return out;
 }
 
-void write_strings(hid_t loc, const std::string& name, const std::vector<std::string>& values, const std::string& file) {
+void write_strings(hid_t loc, const std::string& name, const std::vector<std::string>& values,
+                   const std::string& file) {
   Hid t = vlen_string_type();
   const hsize_t n = values.size();
   Hid space(H5Screate_simple(1, &n, nullptr), H5Sclose);
-  Hid d(check(H5Dcreate2(loc, name.c_str(), t, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), file, "cannot create dataset '" + name + "'"), H5Dclose);
+  Hid d(check(H5Dcreate2(loc, name.c_str(), t, space, H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), file,
+              "cannot create dataset '" + name + "'"),
+        H5Dclose);
   std::vector<const char*> ptrs;
   for (auto& v : values) ptrs.push_back(v.c_str());
-  if (n) check(H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()), file, "cannot write dataset '" + name + "'", 0);
+  if (n)
+    check(H5Dwrite(d, t, H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()), file, "cannot write dataset '" + name + "'", 0);
 }
 std::vector<std::string> read_strings(hid_t loc, const std::string& name, const std::string& file) {
   Hid d = open_dataset(loc, name, file);
@@ -193,7 +205,8 @@ std::vector<std::string> read_strings(hid_t loc, const std::string& name, const 
   LOWBIT_CHECK(n >= 0 && n <= kMaxObjects, "{}: dataset '{}' has an implausible length ({})", file, name, n);
   std::vector<char*> ptrs(static_cast<size_t>(n), nullptr);
   Hid mt(H5Tcopy(t), H5Tclose);
-  if (n) check(H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()), file, "cannot read dataset '" + name + "'", 0);
+  if (n)
+    check(H5Dread(d, mt, H5S_ALL, H5S_ALL, H5P_DEFAULT, ptrs.data()), file, "cannot read dataset '" + name + "'", 0);
   std::vector<std::string> out;
   for (char* p : ptrs) {
     out.emplace_back(p ? p : "");
@@ -223,22 +236,26 @@ bool hard_path_exists(hid_t loc, const std::string& path, const std::string& fil
       if (H5Lexists(loc, prefix.c_str(), H5P_DEFAULT) <= 0) return false;
       H5L_info_t li;
       check(H5Lget_info(loc, prefix.c_str(), &li, H5P_DEFAULT), file, "cannot read link '" + prefix + "'", 0);
-      LOWBIT_CHECK(li.type == H5L_TYPE_HARD, "{}: '{}' is {}; lowbit files may only contain hard links and never read outside themselves", file, prefix,
-                   link_kind(li.type));
+      LOWBIT_CHECK(li.type == H5L_TYPE_HARD,
+                   "{}: '{}' is {}; lowbit files may only contain hard links and never read outside themselves", file,
+                   prefix, link_kind(li.type));
     }
     if (next == std::string::npos) return true;
     pos = next;
   }
 }
 
-bool link_exists(hid_t loc, const std::string& path, const std::string& file) { return hard_path_exists(loc, path, file); }
+bool link_exists(hid_t loc, const std::string& path, const std::string& file) {
+  return hard_path_exists(loc, path, file);
+}
 
 namespace {
 // The path exists through hard links only and names an object of the expected type.
 void require_object(hid_t loc, const std::string& path, const std::string& file, H5O_type_t type, const char* what) {
   LOWBIT_CHECK(hard_path_exists(loc, path, file), "{}: missing {} '{}'", file, what, path);
   H5O_info_t oi;
-  check(H5Oget_info_by_name2(loc, path.c_str(), &oi, H5O_INFO_BASIC, H5P_DEFAULT), file, "cannot stat '" + path + "'", 0);
+  check(H5Oget_info_by_name2(loc, path.c_str(), &oi, H5O_INFO_BASIC, H5P_DEFAULT), file, "cannot stat '" + path + "'",
+        0);
   LOWBIT_CHECK(oi.type == type, "{}: '{}' is not a {}", file, path, what);
 }
 }  // namespace
@@ -253,21 +270,28 @@ Hid open_dataset(hid_t loc, const std::string& path, const std::string& file) {
   Hid ds(check(H5Dopen2(loc, path.c_str(), H5P_DEFAULT), file, "cannot open dataset '" + path + "'"), H5Dclose);
   Hid dcpl(check(H5Dget_create_plist(ds), file, "cannot read the storage properties of '" + path + "'"), H5Pclose);
   const H5D_layout_t layout = H5Pget_layout(dcpl);
-  LOWBIT_CHECK(layout != H5D_VIRTUAL, "{}: dataset '{}' is a virtual dataset (its data lives in other files); lowbit files never read outside themselves",
+  LOWBIT_CHECK(layout != H5D_VIRTUAL,
+               "{}: dataset '{}' is a virtual dataset (its data lives in other files); lowbit files never read outside "
+               "themselves",
                file, path);
-  LOWBIT_CHECK(layout == H5D_CONTIGUOUS || layout == H5D_CHUNKED || layout == H5D_COMPACT, "{}: dataset '{}' has an unknown storage layout", file, path);
+  LOWBIT_CHECK(layout == H5D_CONTIGUOUS || layout == H5D_CHUNKED || layout == H5D_COMPACT,
+               "{}: dataset '{}' has an unknown storage layout", file, path);
   const int ext = H5Pget_external_count(dcpl);
-  LOWBIT_CHECK(ext == 0, "{}: dataset '{}' uses external storage ({} external file{}); lowbit files never read outside themselves", file, path, ext,
-               ext == 1 ? "" : "s");
+  LOWBIT_CHECK(
+      ext == 0,
+      "{}: dataset '{}' uses external storage ({} external file{}); lowbit files never read outside themselves", file,
+      path, ext, ext == 1 ? "" : "s");
   const int nf = H5Pget_nfilters(dcpl);
   LOWBIT_CHECK(nf >= 0 && nf <= 8, "{}: dataset '{}' has an unreadable filter pipeline", file, path);
   for (int i = 0; i < nf; ++i) {
     unsigned flags = 0, fcfg = 0;
     size_t nelem = 0;
     char fname[64] = {0};
-    const H5Z_filter_t f = H5Pget_filter2(dcpl, static_cast<unsigned>(i), &flags, &nelem, nullptr, sizeof(fname), fname, &fcfg);
+    const H5Z_filter_t f =
+        H5Pget_filter2(dcpl, static_cast<unsigned>(i), &flags, &nelem, nullptr, sizeof(fname), fname, &fcfg);
     LOWBIT_CHECK(f == H5Z_FILTER_DEFLATE || f == H5Z_FILTER_SHUFFLE || f == H5Z_FILTER_FLETCHER32,
-                 "{}: dataset '{}' uses HDF5 filter {} ('{}'); lowbit reads only deflate, shuffle and fletcher32", file, path, static_cast<int>(f), fname);
+                 "{}: dataset '{}' uses HDF5 filter {} ('{}'); lowbit reads only deflate, shuffle and fletcher32", file,
+                 path, static_cast<int>(f), fname);
   }
   return ds;
 }
@@ -283,11 +307,13 @@ DatasetMeta dataset_meta(hid_t ds, const std::string& file, const std::string& w
   if (rank) H5Sget_simple_extent_dims(space, dims.data(), nullptr);
   Hid t(check(H5Dget_type(ds), file, "cannot read the type of '" + where + "'"), H5Tclose);
   m.element_bytes = H5Tget_size(t);
-  LOWBIT_CHECK(m.element_bytes > 0 && m.element_bytes <= 16, "{}: dataset '{}' has {}-byte elements", file, where, m.element_bytes);
+  LOWBIT_CHECK(m.element_bytes > 0 && m.element_bytes <= 16, "{}: dataset '{}' has {}-byte elements", file, where,
+               m.element_bytes);
   // element count without overflow: every dimension < 2^40 and the product below 2^50
   m.elements = 1;
   for (hsize_t d : dims) {
-    LOWBIT_CHECK(d < (hsize_t{1} << 40) && (d == 0 || m.elements <= (uint64_t{1} << 50) / d), "{}: dataset '{}' declares an impossible shape", file, where);
+    LOWBIT_CHECK(d < (hsize_t{1} << 40) && (d == 0 || m.elements <= (uint64_t{1} << 50) / d),
+                 "{}: dataset '{}' declares an impossible shape", file, where);
     m.elements *= d;
     m.dims.push_back(d);
   }
@@ -295,14 +321,17 @@ DatasetMeta dataset_meta(hid_t ds, const std::string& file, const std::string& w
   for (int i = 0, nf = H5Pget_nfilters(dcpl); i < nf; ++i) {
     unsigned flags = 0, fcfg = 0;
     size_t nelem = 0;
-    if (H5Pget_filter2(dcpl, static_cast<unsigned>(i), &flags, &nelem, nullptr, 0, nullptr, &fcfg) == H5Z_FILTER_DEFLATE) m.compressed = true;
+    if (H5Pget_filter2(dcpl, static_cast<unsigned>(i), &flags, &nelem, nullptr, 0, nullptr, &fcfg) ==
+        H5Z_FILTER_DEFLATE)
+      m.compressed = true;
   }
   m.stored_bytes = H5Dget_storage_size(ds);
   const uint64_t declared = m.elements * m.element_bytes;
   const uint64_t capacity = m.compressed ? m.stored_bytes * kMaxCompressionRatio : m.stored_bytes;
   LOWBIT_CHECK(declared <= capacity,
-               "{}: dataset '{}' declares {} elements ({} bytes) but stores only {} bytes{}; refusing to allocate for data the file does not hold", file,
-               where, m.elements, declared, m.stored_bytes, m.compressed ? " compressed" : "");
+               "{}: dataset '{}' declares {} elements ({} bytes) but stores only {} bytes{}; refusing to allocate for "
+               "data the file does not hold",
+               file, where, m.elements, declared, m.stored_bytes, m.compressed ? " compressed" : "");
   return m;
 }
 
@@ -314,28 +343,37 @@ std::vector<WalkEntry> walk(hid_t group, const std::string& group_path, const st
     LOWBIT_CHECK(depth < kMaxDepth, "{}: groups nested deeper than {} levels under '{}'", file, kMaxDepth, group_path);
     H5G_info_t info;
     check(H5Gget_info(g, &info), file, "cannot list group '" + group_path + (rel.empty() ? "" : "/" + rel) + "'", 0);
-    LOWBIT_CHECK(info.nlinks <= static_cast<hsize_t>(kMaxObjects) && links + static_cast<int64_t>(info.nlinks) <= kMaxObjects,
-                 "{}: more than {} objects under '{}'", file, kMaxObjects, group_path);
+    LOWBIT_CHECK(
+        info.nlinks <= static_cast<hsize_t>(kMaxObjects) && links + static_cast<int64_t>(info.nlinks) <= kMaxObjects,
+        "{}: more than {} objects under '{}'", file, kMaxObjects, group_path);
     links += static_cast<int64_t>(info.nlinks);
     for (hsize_t i = 0; i < info.nlinks; ++i) {
       const ssize_t len = H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, nullptr, 0, H5P_DEFAULT);
-      LOWBIT_CHECK(len > 0 && len < 1024, "{}: cannot read the name of member {} of '{}'", file, i, group_path + "/" + rel);
+      LOWBIT_CHECK(len > 0 && len < 1024, "{}: cannot read the name of member {} of '{}'", file, i,
+                   group_path + "/" + rel);
       std::string name(static_cast<size_t>(len) + 1, '\0');
-      check(static_cast<herr_t>(H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(), name.size(), H5P_DEFAULT)), file,
-            "cannot read a member name of '" + group_path + "'", 0);
+      check(static_cast<herr_t>(
+                H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, name.data(), name.size(), H5P_DEFAULT)),
+            file, "cannot read a member name of '" + group_path + "'", 0);
       name.resize(static_cast<size_t>(len));
       const std::string child = rel.empty() ? name : rel + "/" + name;
       H5L_info_t li;
-      check(H5Lget_info(g, name.c_str(), &li, H5P_DEFAULT), file, "cannot read link '" + group_path + "/" + child + "'", 0);
-      LOWBIT_CHECK(li.type == H5L_TYPE_HARD, "{}: '{}/{}' is {}; lowbit files may only contain hard links and never read outside themselves", file,
-                   group_path, child, link_kind(li.type));
+      check(H5Lget_info(g, name.c_str(), &li, H5P_DEFAULT), file, "cannot read link '" + group_path + "/" + child + "'",
+            0);
+      LOWBIT_CHECK(li.type == H5L_TYPE_HARD,
+                   "{}: '{}/{}' is {}; lowbit files may only contain hard links and never read outside themselves",
+                   file, group_path, child, link_kind(li.type));
       H5O_info_t oi;
-      check(H5Oget_info_by_name2(g, name.c_str(), &oi, H5O_INFO_BASIC, H5P_DEFAULT), file, "cannot stat '" + group_path + "/" + child + "'", 0);
+      check(H5Oget_info_by_name2(g, name.c_str(), &oi, H5O_INFO_BASIC, H5P_DEFAULT), file,
+            "cannot stat '" + group_path + "/" + child + "'", 0);
       out.push_back({child, oi.type, static_cast<uint64_t>(oi.addr)});
       if (oi.type == H5O_TYPE_GROUP) {
         LOWBIT_CHECK(groups_seen.insert(static_cast<uint64_t>(oi.addr)).second,
-                     "{}: group '{}/{}' is reached twice (a hard-link loop or an aliased group)", file, group_path, child);
-        Hid cg(check(H5Gopen2(g, name.c_str(), H5P_DEFAULT), file, "cannot open group '" + group_path + "/" + child + "'"), H5Gclose);
+                     "{}: group '{}/{}' is reached twice (a hard-link loop or an aliased group)", file, group_path,
+                     child);
+        Hid cg(
+            check(H5Gopen2(g, name.c_str(), H5P_DEFAULT), file, "cannot open group '" + group_path + "/" + child + "'"),
+            H5Gclose);
         self(self, cg, child, depth + 1);
       }
     }

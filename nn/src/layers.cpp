@@ -24,9 +24,11 @@ Linear::Linear(int64_t in, int64_t out, bool has_bias, Generator* gen) : in_feat
   reset_parameters(gen);
 }
 Linear::Linear(const Tensor& w, const Tensor& b) {
-  LOWBIT_CHECK(w.defined() && w.dim() == 2 && w.size(0) > 0 && w.size(1) > 0, "Linear: weight must be a non-empty [out_features, in_features] tensor, got {}",
+  LOWBIT_CHECK(w.defined() && w.dim() == 2 && w.size(0) > 0 && w.size(1) > 0,
+               "Linear: weight must be a non-empty [out_features, in_features] tensor, got {}",
                w.defined() ? shape_str(w.shape()) : "undefined");
-  LOWBIT_CHECK(!b.defined() || (b.dim() == 1 && b.size(0) == w.size(0)), "Linear: bias must have shape [{}], got {}", w.size(0), shape_str(b.shape()));
+  LOWBIT_CHECK(!b.defined() || (b.dim() == 1 && b.size(0) == w.size(0)), "Linear: bias must have shape [{}], got {}",
+               w.size(0), shape_str(b.shape()));
   in_features = w.size(1);
   out_features = w.size(0);
   weight = register_parameter("weight", w);
@@ -52,7 +54,8 @@ Embedding::Embedding(int64_t n, int64_t d, Generator* gen) : num_embeddings(n), 
   weight = register_parameter("weight", w);
 }
 Embedding::Embedding(const Tensor& w) {
-  LOWBIT_CHECK(w.defined() && w.dim() == 2 && w.size(0) > 0 && w.size(1) > 0, "Embedding: weight must be a non-empty [num_embeddings, embedding_dim] tensor, got {}",
+  LOWBIT_CHECK(w.defined() && w.dim() == 2 && w.size(0) > 0 && w.size(1) > 0,
+               "Embedding: weight must be a non-empty [num_embeddings, embedding_dim] tensor, got {}",
                w.defined() ? shape_str(w.shape()) : "undefined");
   num_embeddings = w.size(0);
   embedding_dim = w.size(1);
@@ -62,14 +65,16 @@ std::string Embedding::extra_repr() const { return fmt::format("{}, {}", num_emb
 Tensor Embedding::forward(const Tensor& idx) { return embedding(weight, idx); }
 
 // ---------------- norms ----------------
-LayerNorm::LayerNorm(Shape shape, double eps_, bool affine, bool has_bias) : normalized_shape(std::move(shape)), eps(eps_) {
+LayerNorm::LayerNorm(Shape shape, double eps_, bool affine, bool has_bias)
+    : normalized_shape(std::move(shape)), eps(eps_) {
   if (affine) {
     weight = register_parameter("weight", ones(normalized_shape));
     if (has_bias) bias = register_parameter("bias", zeros(normalized_shape));
   }
 }
 std::string LayerNorm::extra_repr() const {
-  return fmt::format("{}, eps={}, elementwise_affine={}", shape_tuple(normalized_shape), eps, py_bool(weight.defined()));
+  return fmt::format("{}, eps={}, elementwise_affine={}", shape_tuple(normalized_shape), eps,
+                     py_bool(weight.defined()));
 }
 Tensor LayerNorm::forward(const Tensor& x) { return layer_norm(x, normalized_shape, weight, bias, eps); }
 
@@ -77,8 +82,8 @@ RMSNorm::RMSNorm(Shape shape, std::optional<double> eps_, bool affine) : normali
   if (affine) weight = register_parameter("weight", ones(normalized_shape));
 }
 std::string RMSNorm::extra_repr() const {
-  return fmt::format("{}, eps={}, elementwise_affine={}", shape_tuple(normalized_shape), eps ? fmt::format("{}", *eps) : "None",
-                     py_bool(weight.defined()));
+  return fmt::format("{}, eps={}, elementwise_affine={}", shape_tuple(normalized_shape),
+                     eps ? fmt::format("{}", *eps) : "None", py_bool(weight.defined()));
 }
 Tensor RMSNorm::forward(const Tensor& x) { return rms_norm(x, normalized_shape, weight, eps); }
 
@@ -90,7 +95,8 @@ std::string Dropout::extra_repr() const { return fmt::format("p={}, inplace=Fals
 Tensor Dropout::forward(const Tensor& x) { return dropout(x, p, is_training(), gen); }
 Tensor ReLU::forward(const Tensor& x) { return relu(x); }
 GELU::GELU(std::string a) : approximate(std::move(a)) {
-  LOWBIT_CHECK(approximate == "none" || approximate == "tanh", "GELU: approximate must be 'none' or 'tanh', got '{}'", approximate);
+  LOWBIT_CHECK(approximate == "none" || approximate == "tanh", "GELU: approximate must be 'none' or 'tanh', got '{}'",
+               approximate);
 }
 std::string GELU::extra_repr() const { return fmt::format("approximate='{}'", approximate); }
 Tensor GELU::forward(const Tensor& x) { return gelu(x, approximate); }

@@ -12,7 +12,8 @@ namespace lowbit::nn {
 
 namespace {
 void check_name(const std::string& name, const char* what) {
-  LOWBIT_CHECK(!name.empty() && name.find_first_of("./") == std::string::npos, "{} name '{}' must be non-empty and contain no '.' or '/'", what, name);
+  LOWBIT_CHECK(!name.empty() && name.find_first_of("./") == std::string::npos,
+               "{} name '{}' must be non-empty and contain no '.' or '/'", what, name);
 }
 std::vector<std::string> split_path(const std::string& path) {
   std::vector<std::string> parts;
@@ -111,7 +112,8 @@ std::shared_ptr<Module> Module::get_submodule(const std::string& path) {
     std::shared_ptr<Module> next;
     for (auto& [n, c] : cur->children_)
       if (n == part) next = c;
-    LOWBIT_CHECK(next != nullptr, "get_submodule: {} has no submodule '{}' (looking up '{}')", walked.empty() ? cur->type_name() : walked, part, path);
+    LOWBIT_CHECK(next != nullptr, "get_submodule: {} has no submodule '{}' (looking up '{}')",
+                 walked.empty() ? cur->type_name() : walked, part, path);
     walked = walked.empty() ? part : walked + "." + part;
     cur = next;
   }
@@ -141,8 +143,10 @@ void Module::train(bool on) {
 }
 void Module::zero_grad(bool set_to_none) {
   for (auto& p : parameters()) {
-    if (set_to_none || !p.grad().defined()) p.set_grad(Tensor());
-    else p.grad().zero_();
+    if (set_to_none || !p.grad().defined())
+      p.set_grad(Tensor());
+    else
+      p.grad().zero_();
   }
 }
 void Module::to(DType dtype) {
@@ -153,7 +157,8 @@ void Module::to(DType dtype) {
   collect("", true, false, all);
   std::set<const TensorImpl*> done;
   for (auto& [_, t] : all)
-    if (is_floating(t.dtype()) && t.dtype() != dtype && done.insert(t.impl()).second) assign_tensor(t, t.detach().to(dtype));
+    if (is_floating(t.dtype()) && t.dtype() != dtype && done.insert(t.impl()).second)
+      assign_tensor(t, t.detach().to(dtype));
 }
 
 NamedTensors Module::state_dict() const {
@@ -185,8 +190,9 @@ LoadResult Module::load_state_dict(const NamedTensors& state, bool strict) {
     }
     const Tensor& src = *it->second;
     if (!src.defined() || src.shape() != t.shape()) {
-      r.shape_mismatches.push_back(fmt::format("{}: copying a param with shape {} from checkpoint, the shape in current model is {}", k,
-                                               src.defined() ? shape_str(src.shape()) : "undefined", shape_str(t.shape())));
+      r.shape_mismatches.push_back(
+          fmt::format("{}: copying a param with shape {} from checkpoint, the shape in current model is {}", k,
+                      src.defined() ? shape_str(src.shape()) : "undefined", shape_str(t.shape())));
       continue;
     }
     to_copy.emplace_back(t, src);

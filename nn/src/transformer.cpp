@@ -16,10 +16,12 @@ CausalSelfAttention::CausalSelfAttention(int64_t d, int64_t h, double dropout, b
   proj = register_module("proj", std::make_shared<Linear>(d, d, true, gen));
 }
 std::string CausalSelfAttention::extra_repr() const {
-  return fmt::format("d_model={}, n_heads={}, dropout={}, causal={}", d_model, n_heads, dropout_p, causal ? "True" : "False");
+  return fmt::format("d_model={}, n_heads={}, dropout={}, causal={}", d_model, n_heads, dropout_p,
+                     causal ? "True" : "False");
 }
 Tensor CausalSelfAttention::forward(const Tensor& x) {
-  LOWBIT_CHECK(x.dim() == 3 && x.size(-1) == d_model, "CausalSelfAttention: expected input (B, T, {}), got {}", d_model, shape_str(x.shape()));
+  LOWBIT_CHECK(x.dim() == 3 && x.size(-1) == d_model, "CausalSelfAttention: expected input (B, T, {}), got {}", d_model,
+               shape_str(x.shape()));
   const int64_t B = x.size(0), T = x.size(1), D = d_model / n_heads;
   // (B, T, 3C) -> (3, B, H, T, D)
   Tensor qkv_heads = permute(qkv->forward(x).reshape({B, T, 3, n_heads, D}), {2, 0, 3, 1, 4});
@@ -33,7 +35,8 @@ TransformerBlock::TransformerBlock(int64_t d, int64_t h, int64_t ff, double drop
   attn = register_module("attn", std::make_shared<CausalSelfAttention>(d, h, dropout, causal, gen));
   ln2 = register_module("ln2", std::make_shared<LayerNorm>(d));
   mlp = register_module("mlp", std::make_shared<Sequential>(std::vector<std::shared_ptr<Module>>{
-                                   std::make_shared<Linear>(d, ff, true, gen), std::make_shared<GELU>(), std::make_shared<Linear>(ff, d, true, gen)}));
+                                   std::make_shared<Linear>(d, ff, true, gen), std::make_shared<GELU>(),
+                                   std::make_shared<Linear>(ff, d, true, gen)}));
   drop = register_module("drop", std::make_shared<Dropout>(dropout, gen));
 }
 Tensor TransformerBlock::forward(const Tensor& x) {
@@ -42,19 +45,23 @@ Tensor TransformerBlock::forward(const Tensor& x) {
 }
 
 GPT::GPT(const GPTConfig& c, Generator* gen) : cfg(c) {
-  LOWBIT_CHECK(c.vocab_size > 0 && c.context > 0 && c.n_layers >= 0, "GPT: vocab_size ({}), context ({}) must be positive", c.vocab_size, c.context);
+  LOWBIT_CHECK(c.vocab_size > 0 && c.context > 0 && c.n_layers >= 0,
+               "GPT: vocab_size ({}), context ({}) must be positive", c.vocab_size, c.context);
   const int64_t ff = c.d_ff > 0 ? c.d_ff : 4 * c.d_model;
   wte = register_module("wte", std::make_shared<Embedding>(c.vocab_size, c.d_model, gen));
   wpe = register_module("wpe", std::make_shared<Embedding>(c.context, c.d_model, gen));
   blocks = register_module("blocks", std::make_shared<ModuleList>());
-  for (int64_t i = 0; i < c.n_layers; ++i) blocks->push_back(std::make_shared<TransformerBlock>(c.d_model, c.n_heads, ff, c.dropout, true, gen));
+  for (int64_t i = 0; i < c.n_layers; ++i)
+    blocks->push_back(std::make_shared<TransformerBlock>(c.d_model, c.n_heads, ff, c.dropout, true, gen));
   ln_f = register_module("ln_f", std::make_shared<LayerNorm>(c.d_model));
   lm_head = register_module("lm_head", std::make_shared<Linear>(c.d_model, c.vocab_size, false, gen));
   // GPT-2 initialization (as nanoGPT): N(0, 0.02) for embeddings and linear weights, zero biases
   NoGradGuard ng;
   for (auto& [name, p] : named_parameters()) {
-    if (name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0) p.zero_();
-    else if (p.dim() == 2) p.normal_(0.0, 0.02, gen);
+    if (name.size() >= 4 && name.compare(name.size() - 4, 4, "bias") == 0)
+      p.zero_();
+    else if (p.dim() == 2)
+      p.normal_(0.0, 0.02, gen);
   }
   if (c.tie_weights) {  // the head shares the embedding matrix
     lm_head->weight = wte->weight;
@@ -62,8 +69,8 @@ GPT::GPT(const GPTConfig& c, Generator* gen) : cfg(c) {
   }
 }
 Tensor GPT::forward(const Tensor& idx) {
-  LOWBIT_CHECK(idx.dim() == 2 && (idx.dtype() == kInt64 || idx.dtype() == kInt32), "GPT: expected token ids (B, T) of int64, got {} {}",
-               shape_str(idx.shape()), dtype_name(idx.dtype()));
+  LOWBIT_CHECK(idx.dim() == 2 && (idx.dtype() == kInt64 || idx.dtype() == kInt32),
+               "GPT: expected token ids (B, T) of int64, got {} {}", shape_str(idx.shape()), dtype_name(idx.dtype()));
   const int64_t T = idx.size(1);
   LOWBIT_CHECK(T <= cfg.context, "GPT: sequence length {} exceeds the context size {}", T, cfg.context);
   Tensor pos = arange(static_cast<double>(T));
@@ -105,7 +112,10 @@ Tensor GPT::generate(const Tensor& idx_in, int64_t max_new_tokens, double temper
       int64_t choice = V - 1;
       for (int64_t j = 0; j < V; ++j) {
         acc += p[j];
-        if (u < acc) { choice = j; break; }
+        if (u < acc) {
+          choice = j;
+          break;
+        }
       }
       next.data_ptr<int64_t>()[b] = choice;
     }

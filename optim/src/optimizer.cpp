@@ -28,7 +28,8 @@ void check_param(const Tensor& p, const char* opt) {
 }
 }  // namespace
 
-Optimizer::Optimizer(std::vector<ParamGroup> groups, Options defaults, std::string name) : defaults_(std::move(defaults)), name_(std::move(name)) {
+Optimizer::Optimizer(std::vector<ParamGroup> groups, Options defaults, std::string name)
+    : defaults_(std::move(defaults)), name_(std::move(name)) {
   LOWBIT_CHECK(!groups.empty(), "{}: optimizer got an empty parameter list", name_);
   for (auto& g : groups) add_param_group(std::move(g));
 }
@@ -42,7 +43,9 @@ void Optimizer::add_param_group(ParamGroup g) {
     const Tensor& p = g.params[i];
     check_param(p, name_.c_str());
     for (size_t j = 0; j < i; ++j)
-      LOWBIT_CHECK(g.params[j].impl() != p.impl(), "{}: parameter group {} contains the same parameter twice (positions {} and {})", name_, groups_.size(), j, i);
+      LOWBIT_CHECK(g.params[j].impl() != p.impl(),
+                   "{}: parameter group {} contains the same parameter twice (positions {} and {})", name_,
+                   groups_.size(), j, i);
     for (auto& og : groups_)
       for (auto& q : og.params)
         LOWBIT_CHECK(q.impl() != p.impl(), "{}: some parameters appear in more than one parameter group", name_);
@@ -53,8 +56,10 @@ double Optimizer::opt(const ParamGroup& g, const char* key) const { return g.opt
 void Optimizer::zero_grad(bool set_to_none) {
   for (auto& g : groups_)
     for (auto& p : g.params) {
-      if (set_to_none || !p.grad().defined()) p.set_grad(Tensor());
-      else p.grad().zero_();
+      if (set_to_none || !p.grad().defined())
+        p.set_grad(Tensor());
+      else
+        p.grad().zero_();
     }
 }
 double Optimizer::lr(size_t g) const {
@@ -86,13 +91,15 @@ OptimizerState Optimizer::state_dict() const {
 }
 void Optimizer::load_state_dict(const OptimizerState& s) {
   LOWBIT_CHECK(s.groups.size() == groups_.size() && s.group_params.size() == groups_.size(),
-               "{}.load_state_dict: loaded state has {} parameter groups, the optimizer has {}", name_, s.groups.size(), groups_.size());
+               "{}.load_state_dict: loaded state has {} parameter groups, the optimizer has {}", name_, s.groups.size(),
+               groups_.size());
   std::map<const TensorImpl*, ParamState> fresh;
   for (size_t g = 0; g < groups_.size(); ++g) {
     LOWBIT_CHECK(s.group_params[g].size() == groups_[g].params.size(),
                  "{}.load_state_dict: group {} has {} parameters in the loaded state but {} in the optimizer", name_, g,
                  s.group_params[g].size(), groups_[g].params.size());
-    for (auto& [k, v] : s.groups[g]) LOWBIT_CHECK(defaults_.count(k), "{}.load_state_dict: unknown option '{}' in group {}", name_, k, g);
+    for (auto& [k, v] : s.groups[g])
+      LOWBIT_CHECK(defaults_.count(k), "{}.load_state_dict: unknown option '{}' in group {}", name_, k, g);
     for (size_t i = 0; i < groups_[g].params.size(); ++i) {
       auto it = s.state.find(s.group_params[g][i]);
       if (it == s.state.end()) continue;
@@ -100,8 +107,10 @@ void Optimizer::load_state_dict(const OptimizerState& s) {
       ParamState st;
       st.step = it->second.step;
       for (auto& [name, t] : it->second.tensors) {
-        LOWBIT_CHECK(t.defined() && t.shape() == p.shape(), "{}.load_state_dict: state '{}' of parameter {} has shape {}, the parameter has shape {}",
-                     name_, name, s.group_params[g][i], t.defined() ? shape_str(t.shape()) : "undefined", shape_str(p.shape()));
+        LOWBIT_CHECK(t.defined() && t.shape() == p.shape(),
+                     "{}.load_state_dict: state '{}' of parameter {} has shape {}, the parameter has shape {}", name_,
+                     name, s.group_params[g][i], t.defined() ? shape_str(t.shape()) : "undefined",
+                     shape_str(p.shape()));
         st.tensors[name] = t.to(kFloat32).clone();
       }
       fresh[p.impl()] = std::move(st);
@@ -118,9 +127,14 @@ Options sgd_defaults(const SGDOptions& o) {
   LOWBIT_CHECK(o.lr >= 0, "SGD: invalid learning rate: {}", o.lr);
   LOWBIT_CHECK(o.momentum >= 0, "SGD: invalid momentum value: {}", o.momentum);
   LOWBIT_CHECK(o.weight_decay >= 0, "SGD: invalid weight_decay value: {}", o.weight_decay);
-  LOWBIT_CHECK(!o.nesterov || (o.momentum > 0 && o.dampening == 0), "SGD: Nesterov momentum requires a momentum and zero dampening");
-  return {{"lr", o.lr}, {"momentum", o.momentum}, {"dampening", o.dampening}, {"weight_decay", o.weight_decay},
-          {"nesterov", o.nesterov ? 1.0 : 0.0}, {"maximize", o.maximize ? 1.0 : 0.0}};
+  LOWBIT_CHECK(!o.nesterov || (o.momentum > 0 && o.dampening == 0),
+               "SGD: Nesterov momentum requires a momentum and zero dampening");
+  return {{"lr", o.lr},
+          {"momentum", o.momentum},
+          {"dampening", o.dampening},
+          {"weight_decay", o.weight_decay},
+          {"nesterov", o.nesterov ? 1.0 : 0.0},
+          {"maximize", o.maximize ? 1.0 : 0.0}};
 }
 }  // namespace
 SGD::SGD(std::vector<Tensor> params, SGDOptions o) : SGD(std::vector<ParamGroup>{{std::move(params), {}}}, o) {}
@@ -170,21 +184,29 @@ Options adam_defaults(const AdamOptions& o, const char* name) {
   LOWBIT_CHECK(o.beta1 >= 0 && o.beta1 < 1, "{}: invalid beta parameter at index 0: {}", name, o.beta1);
   LOWBIT_CHECK(o.beta2 >= 0 && o.beta2 < 1, "{}: invalid beta parameter at index 1: {}", name, o.beta2);
   LOWBIT_CHECK(o.weight_decay >= 0, "{}: invalid weight_decay value: {}", name, o.weight_decay);
-  return {{"lr", o.lr}, {"beta1", o.beta1}, {"beta2", o.beta2}, {"eps", o.eps}, {"weight_decay", o.weight_decay},
-          {"amsgrad", o.amsgrad ? 1.0 : 0.0}, {"maximize", o.maximize ? 1.0 : 0.0}};
+  return {{"lr", o.lr},
+          {"beta1", o.beta1},
+          {"beta2", o.beta2},
+          {"eps", o.eps},
+          {"weight_decay", o.weight_decay},
+          {"amsgrad", o.amsgrad ? 1.0 : 0.0},
+          {"maximize", o.maximize ? 1.0 : 0.0}};
 }
 }  // namespace
-Adam::Adam(std::vector<Tensor> params, AdamOptions o) : Adam(std::vector<ParamGroup>{{std::move(params), {}}}, o, "Adam", false) {}
+Adam::Adam(std::vector<Tensor> params, AdamOptions o)
+    : Adam(std::vector<ParamGroup>{{std::move(params), {}}}, o, "Adam", false) {}
 Adam::Adam(std::vector<ParamGroup> groups, AdamOptions o) : Adam(std::move(groups), o, "Adam", false) {}
 Adam::Adam(std::vector<ParamGroup> groups, AdamOptions o, std::string name, bool decoupled)
     : Optimizer(std::move(groups), adam_defaults(o, name.c_str()), name), decoupled_(decoupled) {}
-AdamW::AdamW(std::vector<Tensor> params, AdamOptions o) : Adam(std::vector<ParamGroup>{{std::move(params), {}}}, o, "AdamW", true) {}
+AdamW::AdamW(std::vector<Tensor> params, AdamOptions o)
+    : Adam(std::vector<ParamGroup>{{std::move(params), {}}}, o, "AdamW", true) {}
 AdamW::AdamW(std::vector<ParamGroup> groups, AdamOptions o) : Adam(std::move(groups), o, "AdamW", true) {}
 
 void Adam::step() {
   NoGradGuard ng;
   for (auto& g : groups_) {
-    const double lr = opt(g, "lr"), b1 = opt(g, "beta1"), b2 = opt(g, "beta2"), eps = opt(g, "eps"), wd = opt(g, "weight_decay");
+    const double lr = opt(g, "lr"), b1 = opt(g, "beta1"), b2 = opt(g, "beta2"), eps = opt(g, "eps"),
+                 wd = opt(g, "weight_decay");
     const bool amsgrad = opt(g, "amsgrad") != 0, maximize = opt(g, "maximize") != 0;
     for (auto& p : g.params) {
       if (!p.grad().defined()) continue;
@@ -203,7 +225,8 @@ void Adam::step() {
       // float32 scalars as PyTorch applies them to float tensors
       const float decay = static_cast<float>(1.0 - lr * wd), wd_f = static_cast<float>(wd);
       const float w1 = static_cast<float>(1.0 - b1), b2f = static_cast<float>(b2), w2 = static_cast<float>(1.0 - b2);
-      const float bc2s = static_cast<float>(bc2_sqrt), eps_f = static_cast<float>(eps), neg_step = static_cast<float>(-(lr / bc1));
+      const float bc2s = static_cast<float>(bc2_sqrt), eps_f = static_cast<float>(eps),
+                  neg_step = static_cast<float>(-(lr / bc1));
       const bool decoupled = decoupled_;
       float* w = p.data_ptr<float>();
       const float* gr = grad.data_ptr<float>();
@@ -214,8 +237,10 @@ void Adam::step() {
         if (vmax) {
           for (int64_t i = s; i < e; ++i) {
             float gi = maximize ? -gr[i] : gr[i];
-            if (decoupled) w[i] = w[i] * decay;
-            else if (wd_f != 0.0f) gi = gi + wd_f * w[i];
+            if (decoupled)
+              w[i] = w[i] * decay;
+            else if (wd_f != 0.0f)
+              gi = gi + wd_f * w[i];
             m[i] = m[i] + w1 * (gi - m[i]);
             v[i] = v[i] * b2f + w2 * gi * gi;
             vmax[i] = std::max(vmax[i], v[i]);
@@ -228,8 +253,10 @@ void Adam::step() {
         for (int64_t i = s; i < e; ++i) {
           float gi = maximize ? -gr[i] : gr[i];
           float wi = w[i];
-          if (decoupled) wi = wi * decay;
-          else gi = gi + wd_f * wi;
+          if (decoupled)
+            wi = wi * decay;
+          else
+            gi = gi + wd_f * wi;
           const float mi = m[i] + w1 * (gi - m[i]);
           const float vi = v[i] * b2f + w2 * gi * gi;
           m[i] = mi;
@@ -243,18 +270,22 @@ void Adam::step() {
 }
 
 double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type, bool error_if_nonfinite) {
-  LOWBIT_CHECK(norm_type == 2.0 || std::isinf(norm_type), "clip_grad_norm_: norm_type must be 2 or inf, got {}", norm_type);
+  LOWBIT_CHECK(norm_type == 2.0 || std::isinf(norm_type), "clip_grad_norm_: norm_type must be 2 or inf, got {}",
+               norm_type);
   NoGradGuard ng;
   double total = 0;
   for (const auto& p : params) {
     if (!p.grad().defined()) continue;
     const Tensor g = p.grad().to(kFloat32);
-    if (std::isinf(norm_type)) total = std::max(total, static_cast<double>(amax(abs(g)).item<float>()));
-    else total += sum(mul(g, g)).item<double>();
+    if (std::isinf(norm_type))
+      total = std::max(total, static_cast<double>(amax(abs(g)).item<float>()));
+    else
+      total += sum(mul(g, g)).item<double>();
   }
   if (!std::isinf(norm_type)) total = std::sqrt(total);
   LOWBIT_CHECK(!error_if_nonfinite || std::isfinite(total),
-               "clip_grad_norm_: the total norm of order {} for gradients is non-finite, so it cannot be clipped", norm_type);
+               "clip_grad_norm_: the total norm of order {} for gradients is non-finite, so it cannot be clipped",
+               norm_type);
   const double coef = max_norm / (total + 1e-6);
   if (coef < 1.0) {
     for (const auto& p : params) {

@@ -37,11 +37,13 @@ std::pair<int64_t, int64_t> quant_range(const std::string& d) {
 }
 
 Shape blocks_shape(const Shape& shape, const Shape& block, const char* op) {
-  LOWBIT_CHECK(block.size() == shape.size(), "{}: block_size {} must have the rank of the input {}", op, shape_str(block), shape_str(shape));
+  LOWBIT_CHECK(block.size() == shape.size(), "{}: block_size {} must have the rank of the input {}", op,
+               shape_str(block), shape_str(shape));
   Shape out(shape.size());
   for (size_t i = 0; i < shape.size(); ++i) {
-    LOWBIT_CHECK(block[i] >= 1 && shape[i] % block[i] == 0, "{}: block_size {} does not divide input shape {} at dim {}", op, shape_str(block),
-                 shape_str(shape), i);
+    LOWBIT_CHECK(block[i] >= 1 && shape[i] % block[i] == 0,
+                 "{}: block_size {} does not divide input shape {} at dim {}", op, shape_str(block), shape_str(shape),
+                 i);
     out[i] = shape[i] / block[i];
   }
   return out;
@@ -55,8 +57,12 @@ int32_t to_int32(float v) {
 }
 // round half to even in float32
 float rne(float v) { return std::nearbyint(v); }
-float fmin_nan(float a, float b) { return (a != a || b != b) ? std::numeric_limits<float>::quiet_NaN() : (a < b ? a : b); }
-float fmax_nan(float a, float b) { return (a != a || b != b) ? std::numeric_limits<float>::quiet_NaN() : (a > b ? a : b); }
+float fmin_nan(float a, float b) {
+  return (a != a || b != b) ? std::numeric_limits<float>::quiet_NaN() : (a < b ? a : b);
+}
+float fmax_nan(float a, float b) {
+  return (a != a || b != b) ? std::numeric_limits<float>::quiet_NaN() : (a > b ? a : b);
+}
 float clamp_f(float v, float lo, float hi) { return v != v ? v : (v < lo ? lo : (v > hi ? hi : v)); }
 
 // Maps each element of a tensor of `shape` to its block index (row-major over blocks_shape).
@@ -85,20 +91,25 @@ struct BlockIndexer {
 };
 
 void check_input(const Tensor& x, const char* op) {
-  LOWBIT_CHECK(x.defined() && (x.dtype() == kFloat32 || x.dtype() == kBFloat16), "{}: input must be float32 or bfloat16, got {}", op,
-               x.defined() ? detail::desc(x) : "undefined");
+  LOWBIT_CHECK(x.defined() && (x.dtype() == kFloat32 || x.dtype() == kBFloat16),
+               "{}: input must be float32 or bfloat16, got {}", op, x.defined() ? detail::desc(x) : "undefined");
 }
 void check_range(int64_t qmin, int64_t qmax, const char* op) {
   LOWBIT_CHECK(qmin < qmax, "{}: quant_min ({}) must be below quant_max ({})", op, qmin, qmax);
 }
-void check_qparams(const Tensor& scale, const Tensor& zp, const Shape& nblocks, ZeroPointDomain domain, const char* op) {
-  LOWBIT_CHECK(scale.defined() && (scale.dtype() == kFloat32 || scale.dtype() == kBFloat16) && scale.numel() == detail::numel_of(nblocks),
-               "{}: scale must be float32 or bfloat16 with one value per block ({} blocks of shape {}), got {}", op, detail::numel_of(nblocks), shape_str(nblocks),
-               scale.defined() ? detail::desc(scale) : "undefined");
+void check_qparams(const Tensor& scale, const Tensor& zp, const Shape& nblocks, ZeroPointDomain domain,
+                   const char* op) {
+  LOWBIT_CHECK(scale.defined() && (scale.dtype() == kFloat32 || scale.dtype() == kBFloat16) &&
+                   scale.numel() == detail::numel_of(nblocks),
+               "{}: scale must be float32 or bfloat16 with one value per block ({} blocks of shape {}), got {}", op,
+               detail::numel_of(nblocks), shape_str(nblocks), scale.defined() ? detail::desc(scale) : "undefined");
   if (domain == ZeroPointDomain::NONE) return;
-  const bool ok_dtype = zp.defined() && (zp.dtype() == kFloat32 || (domain == ZeroPointDomain::INT && zp.dtype() == kInt32));
-  LOWBIT_CHECK(ok_dtype && zp.numel() == scale.numel(), "{}: zero_point must be {} with {} values for domain {}, got {}", op,
-               domain == ZeroPointDomain::INT ? "int32 or float32" : "float32", scale.numel(), to_string(domain), zp.defined() ? detail::desc(zp) : "undefined");
+  const bool ok_dtype =
+      zp.defined() && (zp.dtype() == kFloat32 || (domain == ZeroPointDomain::INT && zp.dtype() == kInt32));
+  LOWBIT_CHECK(ok_dtype && zp.numel() == scale.numel(),
+               "{}: zero_point must be {} with {} values for domain {}, got {}", op,
+               domain == ZeroPointDomain::INT ? "int32 or float32" : "float32", scale.numel(), to_string(domain),
+               zp.defined() ? detail::desc(zp) : "undefined");
 }
 float zp_at(const Tensor& zp, ZeroPointDomain domain, int64_t b) {
   if (domain == ZeroPointDomain::NONE) return 0.0f;
@@ -176,7 +187,8 @@ struct QParams {
   float scale, zero_point;  // zero_point before the integer cast
 };
 // torchao's scale / zero point of one block from its min and max, in float32.
-QParams qparams_from_minmax(MinMax m, MappingType mapping, float fqmin, float fqmax, int64_t qmin, int64_t qmax, float eps, ZeroPointDomain domain) {
+QParams qparams_from_minmax(MinMax m, MappingType mapping, float fqmin, float fqmax, int64_t qmin, int64_t qmax,
+                            float eps, ZeroPointDomain domain) {
   float s, z;
   if (domain == ZeroPointDomain::FLOAT) {  // tinygemm: raw min/max, zp = min + scale * mid
     s = fmax_nan((m.mx - m.mn) / static_cast<float>(qmax - qmin), eps);
@@ -205,14 +217,17 @@ QParams qparams_from_minmax(MinMax m, MappingType mapping, float fqmin, float fq
 
 void store_qparams(const QParams& p, int64_t b, float* sp, Tensor& zp) {
   sp[b] = p.scale;
-  if (zp.dtype() == kFloat32) zp.data_ptr<float>()[b] = p.zero_point;
-  else zp.data_ptr<int32_t>()[b] = to_int32(p.zero_point);
+  if (zp.dtype() == kFloat32)
+    zp.data_ptr<float>()[b] = p.zero_point;
+  else
+    zp.data_ptr<int32_t>()[b] = to_int32(p.zero_point);
 }
 
 // Fake-quantizes a run sharing one (scale, zero point): y, and the straight-through mask (1 where
 // the rounded code was inside [qmin, qmax]). Vectorized for the INT and NONE domains.
 template <ZeroPointDomain D>
-void fq_run(const float* __restrict x, int64_t n, float s, float z, float fqmin, float fqmax, float* __restrict y, uint8_t* __restrict m) {
+void fq_run(const float* __restrict x, int64_t n, float s, float z, float fqmin, float fqmax, float* __restrict y,
+            uint8_t* __restrict m) {
   if constexpr (D == ZeroPointDomain::FLOAT) {
     const float min_val = z - s * std::floor((fqmax + fqmin + 1.0f) / 2.0f);
     for (int64_t i = 0; i < n; ++i) {
@@ -227,13 +242,14 @@ void fq_run(const float* __restrict x, int64_t n, float s, float z, float fqmin,
       float q = std::nearbyint(x[i] * inv);
       if constexpr (D == ZeroPointDomain::INT) q = q + z;
       m[i] = static_cast<uint8_t>((q >= fqmin) & (q <= fqmax));  // no short-circuit: keeps the loop vectorizable
-      float c = q < fqmin ? fqmin : q;                               // NaN stays NaN
+      float c = q < fqmin ? fqmin : q;                           // NaN stays NaN
       c = c > fqmax ? fqmax : c;
       y[i] = D == ZeroPointDomain::INT ? (c - z) * s : c * s;
     }
   }
 }
-void fq_run(ZeroPointDomain d, const float* x, int64_t n, float s, float z, float fqmin, float fqmax, float* y, uint8_t* m) {
+void fq_run(ZeroPointDomain d, const float* x, int64_t n, float s, float z, float fqmin, float fqmax, float* y,
+            uint8_t* m) {
   switch (d) {
     case ZeroPointDomain::INT: return fq_run<ZeroPointDomain::INT>(x, n, s, z, fqmin, fqmax, y, m);
     case ZeroPointDomain::FLOAT: return fq_run<ZeroPointDomain::FLOAT>(x, n, s, z, fqmin, fqmax, y, m);
@@ -293,12 +309,14 @@ void record_fq_backward(Tensor& y, const Tensor& x, const Tensor& mask, const Te
 float eps_value(std::optional<double> eps_opt) {
   return static_cast<float>(eps_opt ? *eps_opt : static_cast<double>(std::numeric_limits<float>::min()));
 }
-void check_choose_args(const Tensor& x, MappingType mapping, int64_t qmin, int64_t qmax, ZeroPointDomain domain, DType zp_dtype, const char* op) {
+void check_choose_args(const Tensor& x, MappingType mapping, int64_t qmin, int64_t qmax, ZeroPointDomain domain,
+                       DType zp_dtype, const char* op) {
   check_input(x, op);
   check_range(qmin, qmax, op);
   LOWBIT_CHECK(domain != ZeroPointDomain::FLOAT || mapping == MappingType::ASYMMETRIC,
                "{}: the FLOAT zero-point domain (tinygemm) is asymmetric only, got {}", op, to_string(mapping));
-  LOWBIT_CHECK(zp_dtype == kInt32 || zp_dtype == kFloat32, "{}: zero_point_dtype must be int32 or float32, got {}", op, dtype_name(zp_dtype));
+  LOWBIT_CHECK(zp_dtype == kInt32 || zp_dtype == kFloat32, "{}: zero_point_dtype must be int32 or float32, got {}", op,
+               dtype_name(zp_dtype));
 }
 
 // ---- bfloat16: torchao computes in the tensors' own dtypes and torch rounds every bf16 op result
@@ -306,14 +324,19 @@ void check_choose_args(const Tensor& x, MappingType mapping, int64_t qmin, int64
 float rb(float v) { return static_cast<float>(BFloat16(v)); }
 float rnd(float v, bool bf) { return bf ? rb(v) : v; }
 bool is_bf(const Tensor& t) { return t.defined() && t.dtype() == kBFloat16; }
-float fval(const Tensor& t, int64_t i) { return t.dtype() == kBFloat16 ? static_cast<float>(t.data_ptr<BFloat16>()[i]) : t.data_ptr<float>()[i]; }
+float fval(const Tensor& t, int64_t i) {
+  return t.dtype() == kBFloat16 ? static_cast<float>(t.data_ptr<BFloat16>()[i]) : t.data_ptr<float>()[i];
+}
 void fset(Tensor& t, int64_t i, float v) {
-  if (t.dtype() == kBFloat16) t.data_ptr<BFloat16>()[i] = BFloat16(v);
-  else t.data_ptr<float>()[i] = v;
+  if (t.dtype() == kBFloat16)
+    t.data_ptr<BFloat16>()[i] = BFloat16(v);
+  else
+    t.data_ptr<float>()[i] = v;
 }
 // qparams_from_minmax with the arithmetic in bfloat16 (x is bf16): each result rounded to bf16;
 // torch.clamp(scale, min=eps) gives bf16(eps) below eps.
-QParams qparams_bf16(MinMax m, MappingType mapping, float fqmin, float fqmax, int64_t qmin, int64_t qmax, float eps, ZeroPointDomain domain) {
+QParams qparams_bf16(MinMax m, MappingType mapping, float fqmin, float fqmax, int64_t qmin, int64_t qmax, float eps,
+                     ZeroPointDomain domain) {
   const float min_neg = fmin_nan(m.mn, 0.0f), max_pos = fmax_nan(m.mx, 0.0f);
   float s, z;
   if (mapping == MappingType::SYMMETRIC || mapping == MappingType::SYMMETRIC_NO_CLIPPING_ERR) {
@@ -352,15 +375,16 @@ float dq_mixed(float c, float s, float z, bool ob_bf, bool sb, ZeroPointDomain d
   return rnd(rnd(d * s, ob_bf && sb), ob_bf);
 }
 void check_no_float_domain_bf16(ZeroPointDomain domain, const char* op) {
-  LOWBIT_CHECK(domain != ZeroPointDomain::FLOAT, "{}: the FLOAT zero-point domain is float32 only (bfloat16 operands given)", op);
+  LOWBIT_CHECK(domain != ZeroPointDomain::FLOAT,
+               "{}: the FLOAT zero-point domain is float32 only (bfloat16 operands given)", op);
 }
 }  // namespace
 
 namespace {
 // fake_quantize_affine with bfloat16 operands: output in x's dtype; the gradient follows torch's
 // autograd through the same ops, rounding where they run in bf16.
-Tensor fake_quantize_mixed(const Tensor& x, const BlockIndexer& bi, const Shape& block_size, const Tensor& scale, const Tensor& zp, int64_t qmin,
-                           int64_t qmax, ZeroPointDomain domain) {
+Tensor fake_quantize_mixed(const Tensor& x, const BlockIndexer& bi, const Shape& block_size, const Tensor& scale,
+                           const Tensor& zp, int64_t qmin, int64_t qmax, ZeroPointDomain domain) {
   check_no_float_domain_bf16(domain, "fake_quantize_affine");
   const MixedFlags f{is_bf(x), is_bf(scale), zp.defined() && zp.dtype() == kInt32};
   Tensor y = empty(x.shape(), x.dtype()), mask = empty(x.shape(), kUInt8);
@@ -386,7 +410,7 @@ Tensor fake_quantize_mixed(const Tensor& x, const BlockIndexer& bi, const Shape&
         const float sc = fval(s, b), inv = rnd(1.0f / sc, f.sb);
         const float gd = rnd(rnd(fval(g, e) * sc, f.xb && f.sb), f.xb);  // d((c - zp) * scale).to(x dtype)
         const float gc = mp[e] ? rnd(gd, cb) : 0.0f;                     // through .to(), clamp, + zp, round
-        fset(gx, e, rnd(rnd(gc * inv, pb), f.xb));                      // x * inv
+        fset(gx, e, rnd(rnd(gc * inv, pb), f.xb));                       // x * inv
       });
       return std::vector<Tensor>{gx};
     });
@@ -395,12 +419,15 @@ Tensor fake_quantize_mixed(const Tensor& x, const BlockIndexer& bi, const Shape&
 }
 }  // namespace
 
-std::pair<Tensor, Tensor> choose_qparams_affine(const Tensor& x, MappingType mapping, const Shape& block_size, int64_t qmin, int64_t qmax,
-                                                std::optional<double> eps_opt, ZeroPointDomain domain, DType zp_dtype, std::optional<DType> scale_dtype) {
+std::pair<Tensor, Tensor> choose_qparams_affine(const Tensor& x, MappingType mapping, const Shape& block_size,
+                                                int64_t qmin, int64_t qmax, std::optional<double> eps_opt,
+                                                ZeroPointDomain domain, DType zp_dtype,
+                                                std::optional<DType> scale_dtype) {
   const char* op = "choose_qparams_affine";
   check_choose_args(x, mapping, qmin, qmax, domain, zp_dtype, op);
   const DType sd = scale_dtype.value_or(x.dtype());
-  LOWBIT_CHECK(sd == kFloat32 || sd == kBFloat16, "{}: scale_dtype must be float32 or bfloat16, got {}", op, dtype_name(sd));
+  LOWBIT_CHECK(sd == kFloat32 || sd == kBFloat16, "{}: scale_dtype must be float32 or bfloat16, got {}", op,
+               dtype_name(sd));
   BlockIndexer bi(x.shape(), block_size, op);
   const int64_t nb = detail::numel_of(bi.nblocks);
   const float eps = eps_value(eps_opt);
@@ -429,7 +456,9 @@ std::pair<Tensor, Tensor> choose_qparams_affine(const Tensor& x, MappingType map
   if (const int64_t len = run_length(x.shape(), block_size); len > 0) {
     detail::parallel_for(nb, grain_for(len), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
-        store_qparams(qparams_from_minmax(run_minmax(xp + b * len, len), mapping, fqmin, fqmax, qmin, qmax, eps, domain), b, sp, zp);
+        store_qparams(
+            qparams_from_minmax(run_minmax(xp + b * len, len), mapping, fqmin, fqmax, qmin, qmax, eps, domain), b, sp,
+            zp);
     });
     return {scale, zp};
   }
@@ -438,20 +467,26 @@ std::pair<Tensor, Tensor> choose_qparams_affine(const Tensor& x, MappingType map
     mn[b] = fmin_nan(mn[b], xp[e]);
     mx[b] = fmax_nan(mx[b], xp[e]);
   });
-  for (int64_t b = 0; b < nb; ++b) store_qparams(qparams_from_minmax({mn[b], mx[b]}, mapping, fqmin, fqmax, qmin, qmax, eps, domain), b, sp, zp);
+  for (int64_t b = 0; b < nb; ++b)
+    store_qparams(qparams_from_minmax({mn[b], mx[b]}, mapping, fqmin, fqmax, qmin, qmax, eps, domain), b, sp, zp);
   return {scale, zp};
 }
 
-Tensor quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& scale, const Tensor& zp, DType out_dtype, int64_t qmin,
-                       int64_t qmax, ZeroPointDomain domain) {
+Tensor quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& scale, const Tensor& zp, DType out_dtype,
+                       int64_t qmin, int64_t qmax, ZeroPointDomain domain) {
   const char* op = "quantize_affine";
   check_input(x, op);
   check_range(qmin, qmax, op);
-  LOWBIT_CHECK(out_dtype == kInt8 || out_dtype == kUInt8 || out_dtype == kInt32, "{}: output dtype must be int8, uint8 or int32, got {}", op,
+  LOWBIT_CHECK(out_dtype == kInt8 || out_dtype == kUInt8 || out_dtype == kInt32,
+               "{}: output dtype must be int8, uint8 or int32, got {}", op, dtype_name(out_dtype));
+  const auto [lo, hi] = std::pair<int64_t, int64_t>{out_dtype == kInt8    ? -128
+                                                    : out_dtype == kUInt8 ? 0
+                                                                          : std::numeric_limits<int32_t>::min(),
+                                                    out_dtype == kInt8    ? 127
+                                                    : out_dtype == kUInt8 ? 255
+                                                                          : std::numeric_limits<int32_t>::max()};
+  LOWBIT_CHECK(qmin >= lo && qmax <= hi, "{}: range [{}, {}] does not fit the {} container", op, qmin, qmax,
                dtype_name(out_dtype));
-  const auto [lo, hi] = std::pair<int64_t, int64_t>{out_dtype == kInt8 ? -128 : out_dtype == kUInt8 ? 0 : std::numeric_limits<int32_t>::min(),
-                                                     out_dtype == kInt8 ? 127 : out_dtype == kUInt8 ? 255 : std::numeric_limits<int32_t>::max()};
-  LOWBIT_CHECK(qmin >= lo && qmax <= hi, "{}: range [{}, {}] does not fit the {} container", op, qmin, qmax, dtype_name(out_dtype));
   BlockIndexer bi(x.shape(), block_size, op);
   check_qparams(scale, zp, bi.nblocks, domain, op);
   Tensor q = empty(x.shape(), out_dtype);
@@ -460,11 +495,14 @@ Tensor quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& s
     const MixedFlags f{is_bf(x), is_bf(scale), zp.defined() && zp.dtype() == kInt32};
     bi.for_each([&](int64_t e, int64_t b) {
       float u;
-      const int32_t code = to_int32(clamp_f(q_mixed(fval(x, e), fval(scale, b), zp_at(zp, domain, b), f, domain, &u), static_cast<float>(qmin),
-                                            static_cast<float>(qmax)));
-      if (out_dtype == kInt8) q.data_ptr<int8_t>()[e] = static_cast<int8_t>(code & 0xff);
-      else if (out_dtype == kUInt8) q.data_ptr<uint8_t>()[e] = static_cast<uint8_t>(code & 0xff);
-      else q.data_ptr<int32_t>()[e] = code;
+      const int32_t code = to_int32(clamp_f(q_mixed(fval(x, e), fval(scale, b), zp_at(zp, domain, b), f, domain, &u),
+                                            static_cast<float>(qmin), static_cast<float>(qmax)));
+      if (out_dtype == kInt8)
+        q.data_ptr<int8_t>()[e] = static_cast<int8_t>(code & 0xff);
+      else if (out_dtype == kUInt8)
+        q.data_ptr<uint8_t>()[e] = static_cast<uint8_t>(code & 0xff);
+      else
+        q.data_ptr<int32_t>()[e] = code;
     });
     return q;
   }
@@ -473,17 +511,22 @@ Tensor quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& s
   const float fqmin = static_cast<float>(qmin), fqmax = static_cast<float>(qmax);
   auto put = [&](int64_t e, int64_t b) {
     const int32_t code = to_int32(quantize_one(xp[e], sp[b], zp_at(zp, domain, b), fqmin, fqmax, domain));
-    if (out_dtype == kInt8) q.data_ptr<int8_t>()[e] = static_cast<int8_t>(code & 0xff);  // truncation, as the CPU cast
-    else if (out_dtype == kUInt8) q.data_ptr<uint8_t>()[e] = static_cast<uint8_t>(code & 0xff);
-    else q.data_ptr<int32_t>()[e] = code;
+    if (out_dtype == kInt8)
+      q.data_ptr<int8_t>()[e] = static_cast<int8_t>(code & 0xff);  // truncation, as the CPU cast
+    else if (out_dtype == kUInt8)
+      q.data_ptr<uint8_t>()[e] = static_cast<uint8_t>(code & 0xff);
+    else
+      q.data_ptr<int32_t>()[e] = code;
   };
   const int64_t len = run_length(x.shape(), block_size);
   if (len > 0 && domain != ZeroPointDomain::FLOAT && out_dtype != kInt32) {
     detail::parallel_for(scale.numel(), grain_for(len), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const float z = zp_at(zp, domain, b);
-        if (out_dtype == kInt8) q_run(xp + b * len, len, sp[b], z, fqmin, fqmax, q.data_ptr<int8_t>() + b * len);
-        else q_run(xp + b * len, len, sp[b], z, fqmin, fqmax, q.data_ptr<uint8_t>() + b * len);
+        if (out_dtype == kInt8)
+          q_run(xp + b * len, len, sp[b], z, fqmin, fqmax, q.data_ptr<int8_t>() + b * len);
+        else
+          q_run(xp + b * len, len, sp[b], z, fqmin, fqmax, q.data_ptr<uint8_t>() + b * len);
       }
     });
   } else {
@@ -492,15 +535,16 @@ Tensor quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& s
   return q;
 }
 
-Tensor dequantize_affine(const Tensor& q, const Shape& block_size, const Tensor& scale, const Tensor& zp, int64_t qmin, int64_t qmax,
-                         ZeroPointDomain domain, DType output_dtype) {
+Tensor dequantize_affine(const Tensor& q, const Shape& block_size, const Tensor& scale, const Tensor& zp, int64_t qmin,
+                         int64_t qmax, ZeroPointDomain domain, DType output_dtype) {
   const char* op = "dequantize_affine";
-  LOWBIT_CHECK(q.defined() && (q.dtype() == kInt8 || q.dtype() == kUInt8 || q.dtype() == kInt32), "{}: codes must be int8, uint8 or int32, got {}", op,
-               q.defined() ? detail::desc(q) : "undefined");
+  LOWBIT_CHECK(q.defined() && (q.dtype() == kInt8 || q.dtype() == kUInt8 || q.dtype() == kInt32),
+               "{}: codes must be int8, uint8 or int32, got {}", op, q.defined() ? detail::desc(q) : "undefined");
   check_range(qmin, qmax, op);
   BlockIndexer bi(q.shape(), block_size, op);
   check_qparams(scale, zp, bi.nblocks, domain, op);
-  LOWBIT_CHECK(output_dtype == kFloat32 || output_dtype == kBFloat16, "{}: output dtype must be float32 or bfloat16, got {}", op, dtype_name(output_dtype));
+  LOWBIT_CHECK(output_dtype == kFloat32 || output_dtype == kBFloat16,
+               "{}: output dtype must be float32 or bfloat16, got {}", op, dtype_name(output_dtype));
   auto code_at = [&](int64_t e) -> float {
     if (q.dtype() == kInt8) return q.data_ptr<int8_t>()[e];
     if (q.dtype() == kUInt8) return q.data_ptr<uint8_t>()[e];
@@ -509,20 +553,24 @@ Tensor dequantize_affine(const Tensor& q, const Shape& block_size, const Tensor&
   if (output_dtype == kBFloat16 || is_bf(scale)) {
     check_no_float_domain_bf16(domain, op);
     Tensor y = empty(q.shape(), output_dtype);
-    bi.for_each([&](int64_t e, int64_t b) { fset(y, e, dq_mixed(code_at(e), fval(scale, b), zp_at(zp, domain, b), output_dtype == kBFloat16, is_bf(scale), domain)); });
+    bi.for_each([&](int64_t e, int64_t b) {
+      fset(y, e,
+           dq_mixed(code_at(e), fval(scale, b), zp_at(zp, domain, b), output_dtype == kBFloat16, is_bf(scale), domain));
+    });
     return y;
   }
   Tensor y = empty(q.shape(), kFloat32);
   float* yp = y.data_ptr<float>();
   const float* sp = scale.data_ptr<float>();
   for_each_element(bi, run_length(q.shape(), block_size), [&](int64_t e, int64_t b) {
-    yp[e] = dequantize_one(code_at(e), sp[b], zp_at(zp, domain, b), static_cast<float>(qmin), static_cast<float>(qmax), domain);
+    yp[e] = dequantize_one(code_at(e), sp[b], zp_at(zp, domain, b), static_cast<float>(qmin), static_cast<float>(qmax),
+                           domain);
   });
   return y;
 }
 
-Tensor fake_quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& scale, const Tensor& zp, int64_t qmin, int64_t qmax,
-                            ZeroPointDomain domain) {
+Tensor fake_quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& scale, const Tensor& zp,
+                            int64_t qmin, int64_t qmax, ZeroPointDomain domain) {
   const char* op = "fake_quantize_affine";
   check_input(x, op);
   check_range(qmin, qmax, op);
@@ -541,26 +589,29 @@ Tensor fake_quantize_affine(const Tensor& x, const Shape& block_size, const Tens
         fq_run(domain, xp + b * len, len, sp[b], zp_at(zp, domain, b), fqmin, fqmax, yp + b * len, mp + b * len);
     });
   } else {
-    bi.for_each([&](int64_t e, int64_t b) { fq_run(domain, xp + e, 1, sp[b], zp_at(zp, domain, b), fqmin, fqmax, yp + e, mp + e); });
+    bi.for_each([&](int64_t e, int64_t b) {
+      fq_run(domain, xp + e, 1, sp[b], zp_at(zp, domain, b), fqmin, fqmax, yp + e, mp + e);
+    });
   }
   record_fq_backward(y, x, mask, scale, block_size);
   return y;
 }
 
-Quantized quantize_affine_dynamic(const Tensor& x, MappingType mapping, const Shape& block_size, DType out_dtype, int64_t qmin, int64_t qmax,
-                                  std::optional<double> eps_opt, DType zp_dtype) {
+Quantized quantize_affine_dynamic(const Tensor& x, MappingType mapping, const Shape& block_size, DType out_dtype,
+                                  int64_t qmin, int64_t qmax, std::optional<double> eps_opt, DType zp_dtype) {
   const char* op = "quantize_affine_dynamic";
   check_choose_args(x, mapping, qmin, qmax, ZeroPointDomain::INT, zp_dtype, op);
   BlockIndexer bi(x.shape(), block_size, op);
   const int64_t len = run_length(x.shape(), block_size);
   if (len == 0 || len > (int64_t{1} << 14) || x.dtype() != kFloat32 || (out_dtype != kInt8 && out_dtype != kUInt8)) {
     Quantized r;
-    std::tie(r.scale, r.zero_point) = choose_qparams_affine(x, mapping, block_size, qmin, qmax, eps_opt, ZeroPointDomain::INT, zp_dtype);
+    std::tie(r.scale, r.zero_point) =
+        choose_qparams_affine(x, mapping, block_size, qmin, qmax, eps_opt, ZeroPointDomain::INT, zp_dtype);
     r.q = quantize_affine(x, block_size, r.scale, r.zero_point, out_dtype, qmin, qmax);
     return r;
   }
-  LOWBIT_CHECK(qmin >= (out_dtype == kInt8 ? -128 : 0) && qmax <= (out_dtype == kInt8 ? 127 : 255), "{}: range [{}, {}] does not fit the {} container", op,
-               qmin, qmax, dtype_name(out_dtype));
+  LOWBIT_CHECK(qmin >= (out_dtype == kInt8 ? -128 : 0) && qmax <= (out_dtype == kInt8 ? 127 : 255),
+               "{}: range [{}, {}] does not fit the {} container", op, qmin, qmax, dtype_name(out_dtype));
   const float eps = eps_value(eps_opt);
   const float fqmin = static_cast<float>(qmin), fqmax = static_cast<float>(qmax);
   Quantized r{empty(x.shape(), out_dtype), empty(bi.nblocks, kFloat32), empty(bi.nblocks, zp_dtype)};
@@ -569,17 +620,22 @@ Quantized quantize_affine_dynamic(const Tensor& x, MappingType mapping, const Sh
   detail::parallel_for(detail::numel_of(bi.nblocks), grain_for(len), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t o = b * len;
-      store_qparams(qparams_from_minmax(run_minmax(xp + o, len), mapping, fqmin, fqmax, qmin, qmax, eps, ZeroPointDomain::INT), b, sp, r.zero_point);
+      store_qparams(
+          qparams_from_minmax(run_minmax(xp + o, len), mapping, fqmin, fqmax, qmin, qmax, eps, ZeroPointDomain::INT), b,
+          sp, r.zero_point);
       const float z = zp_at(r.zero_point, ZeroPointDomain::INT, b);
-      if (out_dtype == kInt8) q_run(xp + o, len, sp[b], z, fqmin, fqmax, r.q.data_ptr<int8_t>() + o);
-      else q_run(xp + o, len, sp[b], z, fqmin, fqmax, r.q.data_ptr<uint8_t>() + o);
+      if (out_dtype == kInt8)
+        q_run(xp + o, len, sp[b], z, fqmin, fqmax, r.q.data_ptr<int8_t>() + o);
+      else
+        q_run(xp + o, len, sp[b], z, fqmin, fqmax, r.q.data_ptr<uint8_t>() + o);
     }
   });
   return r;
 }
 
-FakeQuantized fake_quantize_affine_dynamic(const Tensor& x, MappingType mapping, const Shape& block_size, int64_t qmin, int64_t qmax,
-                                           std::optional<double> eps_opt, ZeroPointDomain domain, DType zp_dtype, std::optional<DType> scale_dtype) {
+FakeQuantized fake_quantize_affine_dynamic(const Tensor& x, MappingType mapping, const Shape& block_size, int64_t qmin,
+                                           int64_t qmax, std::optional<double> eps_opt, ZeroPointDomain domain,
+                                           DType zp_dtype, std::optional<DType> scale_dtype) {
   const char* op = "fake_quantize_affine_dynamic";
   check_choose_args(x, mapping, qmin, qmax, domain, zp_dtype, op);
   BlockIndexer bi(x.shape(), block_size, op);
@@ -589,7 +645,8 @@ FakeQuantized fake_quantize_affine_dynamic(const Tensor& x, MappingType mapping,
     FakeQuantized r;
     {
       NoGradGuard ng;
-      std::tie(r.scale, r.zero_point) = choose_qparams_affine(x.detach(), mapping, block_size, qmin, qmax, eps_opt, domain, zp_dtype, scale_dtype);
+      std::tie(r.scale, r.zero_point) =
+          choose_qparams_affine(x.detach(), mapping, block_size, qmin, qmax, eps_opt, domain, zp_dtype, scale_dtype);
     }
     r.y = fake_quantize_affine(x, block_size, r.scale, r.zero_point, qmin, qmax, domain);
     return r;
@@ -598,7 +655,8 @@ FakeQuantized fake_quantize_affine_dynamic(const Tensor& x, MappingType mapping,
   const int64_t nb = detail::numel_of(bi.nblocks);
   const float eps = eps_value(eps_opt);
   const float fqmin = static_cast<float>(qmin), fqmax = static_cast<float>(qmax);
-  FakeQuantized r{empty(x.shape(), kFloat32), empty(bi.nblocks, kFloat32), empty(bi.nblocks, domain == ZeroPointDomain::FLOAT ? kFloat32 : zp_dtype)};
+  FakeQuantized r{empty(x.shape(), kFloat32), empty(bi.nblocks, kFloat32),
+                  empty(bi.nblocks, domain == ZeroPointDomain::FLOAT ? kFloat32 : zp_dtype)};
   Tensor mask = empty(x.shape(), kUInt8);
   const float* xp = x.data_ptr<float>();
   float* yp = r.y.data_ptr<float>();
@@ -607,7 +665,8 @@ FakeQuantized fake_quantize_affine_dynamic(const Tensor& x, MappingType mapping,
   detail::parallel_for(nb, grain_for(len), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
       const int64_t o = b * len;
-      store_qparams(qparams_from_minmax(run_minmax(xp + o, len), mapping, fqmin, fqmax, qmin, qmax, eps, domain), b, sp, r.zero_point);
+      store_qparams(qparams_from_minmax(run_minmax(xp + o, len), mapping, fqmin, fqmax, qmin, qmax, eps, domain), b, sp,
+                    r.zero_point);
       fq_run(domain, xp + o, len, sp[b], zp_at(r.zero_point, domain, b), fqmin, fqmax, yp + o, mp + o);
     }
   });
@@ -615,12 +674,14 @@ FakeQuantized fake_quantize_affine_dynamic(const Tensor& x, MappingType mapping,
   return r;
 }
 
-Tensor fake_quantize_affine_learnable(const Tensor& x, const Shape& block_size, const Tensor& scale, const Tensor& zp, int64_t qmin, int64_t qmax) {
+Tensor fake_quantize_affine_learnable(const Tensor& x, const Shape& block_size, const Tensor& scale, const Tensor& zp,
+                                      int64_t qmin, int64_t qmax) {
   const char* op = "fake_quantize_affine_learnable";
   check_input(x, op);
   check_range(qmin, qmax, op);
   BlockIndexer bi(x.shape(), block_size, op);
-  LOWBIT_CHECK(zp.defined() && zp.dtype() == kFloat32, "{}: zero_point must be float32, got {}", op, zp.defined() ? detail::desc(zp) : "undefined");
+  LOWBIT_CHECK(zp.defined() && zp.dtype() == kFloat32, "{}: zero_point must be float32, got {}", op,
+               zp.defined() ? detail::desc(zp) : "undefined");
   check_qparams(scale, zp, bi.nblocks, ZeroPointDomain::INT, op);
   Tensor y = empty(x.shape(), kFloat32), code = empty(x.shape(), kFloat32);
   const float* xp = x.data_ptr<float>();
@@ -640,35 +701,36 @@ Tensor fake_quantize_affine_learnable(const Tensor& x, const Shape& block_size, 
   if (detail::any_requires_grad({&x, &scale, &zp})) {
     const Tensor xs = x.detach(), s = scale.detach(), z = zp.detach();
     const Shape bs = block_size;
-    detail::record(y, "FakeQuantizeAffineLearnableBackward0", {x, scale, zp}, [xs, s, z, code, mask, bs](const Tensor& g_in) {
-      const Tensor g = g_in.to(kFloat32);
-      BlockIndexer bi(g.shape(), bs, "fake_quantize_affine_learnable backward");
-      const int64_t nb = s.numel();
-      Tensor gx = empty(g.shape(), kFloat32), gs = empty(s.shape(), kFloat32), gz = empty(z.shape(), kFloat32);
-      std::vector<double> direct(nb, 0.0), through_inv(nb, 0.0), plus(nb, 0.0), minus(nb, 0.0);
-      const float* gp = g.data_ptr<float>();
-      const float* xv = xs.data_ptr<float>();
-      const float* sv = s.data_ptr<float>();
-      const float* zv = z.data_ptr<float>();
-      const float* cv = code.data_ptr<float>();
-      const uint8_t* mv = mask.data_ptr<uint8_t>();
-      float* gxp = gx.data_ptr<float>();
-      bi.for_each([&](int64_t e, int64_t b) {
-        const float gsc = gp[e] * sv[b];                 // dL/dc = g * scale
-        const float gt = mv[e] ? gsc : 0.0f;             // through the clamp
-        gxp[e] = gt * (1.0f / sv[b]);                    // dL/dx (round: identity)
-        direct[b] += static_cast<double>(gp[e]) * (cv[e] - zv[b]);  // (c - zp) * scale
-        through_inv[b] += static_cast<double>(gt) * xv[e];           // x * inv, inv = 1/scale
-        plus[b] += gt;                                               // + zp
-        minus[b] += gsc;                                             // - zp
-      });
-      for (int64_t b = 0; b < nb; ++b) {
-        const double inv = 1.0 / static_cast<double>(sv[b]);
-        gs.data_ptr<float>()[b] = static_cast<float>(direct[b] - through_inv[b] * inv * inv);
-        gz.data_ptr<float>()[b] = static_cast<float>(plus[b] - minus[b]);
-      }
-      return std::vector<Tensor>{gx, gs, gz};
-    });
+    detail::record(
+        y, "FakeQuantizeAffineLearnableBackward0", {x, scale, zp}, [xs, s, z, code, mask, bs](const Tensor& g_in) {
+          const Tensor g = g_in.to(kFloat32);
+          BlockIndexer bi(g.shape(), bs, "fake_quantize_affine_learnable backward");
+          const int64_t nb = s.numel();
+          Tensor gx = empty(g.shape(), kFloat32), gs = empty(s.shape(), kFloat32), gz = empty(z.shape(), kFloat32);
+          std::vector<double> direct(nb, 0.0), through_inv(nb, 0.0), plus(nb, 0.0), minus(nb, 0.0);
+          const float* gp = g.data_ptr<float>();
+          const float* xv = xs.data_ptr<float>();
+          const float* sv = s.data_ptr<float>();
+          const float* zv = z.data_ptr<float>();
+          const float* cv = code.data_ptr<float>();
+          const uint8_t* mv = mask.data_ptr<uint8_t>();
+          float* gxp = gx.data_ptr<float>();
+          bi.for_each([&](int64_t e, int64_t b) {
+            const float gsc = gp[e] * sv[b];                            // dL/dc = g * scale
+            const float gt = mv[e] ? gsc : 0.0f;                        // through the clamp
+            gxp[e] = gt * (1.0f / sv[b]);                               // dL/dx (round: identity)
+            direct[b] += static_cast<double>(gp[e]) * (cv[e] - zv[b]);  // (c - zp) * scale
+            through_inv[b] += static_cast<double>(gt) * xv[e];          // x * inv, inv = 1/scale
+            plus[b] += gt;                                              // + zp
+            minus[b] += gsc;                                            // - zp
+          });
+          for (int64_t b = 0; b < nb; ++b) {
+            const double inv = 1.0 / static_cast<double>(sv[b]);
+            gs.data_ptr<float>()[b] = static_cast<float>(direct[b] - through_inv[b] * inv * inv);
+            gz.data_ptr<float>()[b] = static_cast<float>(plus[b] - minus[b]);
+          }
+          return std::vector<Tensor>{gx, gs, gz};
+        });
   }
   return y;
 }

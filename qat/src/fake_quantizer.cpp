@@ -9,18 +9,24 @@ std::string to_string(const Granularity& g) {
   return std::visit(
       [](const auto& v) -> std::string {
         using T = std::decay_t<decltype(v)>;
-        if constexpr (std::is_same_v<T, PerTensor>) return "PerTensor()";
-        else if constexpr (std::is_same_v<T, PerAxis>) return fmt::format("PerAxis(axis={})", v.axis);
-        else if constexpr (std::is_same_v<T, PerGroup>) return fmt::format("PerGroup(group_size={})", v.group_size);
-        else if constexpr (std::is_same_v<T, PerRow>) return fmt::format("PerRow(dim={})", v.dim);
-        else return "PerToken()";
+        if constexpr (std::is_same_v<T, PerTensor>)
+          return "PerTensor()";
+        else if constexpr (std::is_same_v<T, PerAxis>)
+          return fmt::format("PerAxis(axis={})", v.axis);
+        else if constexpr (std::is_same_v<T, PerGroup>)
+          return fmt::format("PerGroup(group_size={})", v.group_size);
+        else if constexpr (std::is_same_v<T, PerRow>)
+          return fmt::format("PerRow(dim={})", v.dim);
+        else
+          return "PerToken()";
       },
       g);
 }
 
 Shape block_size_for(const Granularity& g, const Shape& shape) {
   const int64_t nd = static_cast<int64_t>(shape.size());
-  LOWBIT_CHECK(nd >= 1, "block_size_for: {} needs a tensor with at least one dimension, got shape {}", to_string(g), shape_str(shape));
+  LOWBIT_CHECK(nd >= 1, "block_size_for: {} needs a tensor with at least one dimension, got shape {}", to_string(g),
+               shape_str(shape));
   Shape b(shape.size(), 1);
   std::visit(
       [&](const auto& v) {
@@ -32,7 +38,8 @@ Shape block_size_for(const Granularity& g, const Shape& shape) {
           b = shape;
           b[a] = 1;
         } else if constexpr (std::is_same_v<T, PerGroup>) {
-          LOWBIT_CHECK(v.group_size > 0 && shape.back() % v.group_size == 0, "PerGroup(group_size={}): the last dimension of shape {} must divide by the group size",
+          LOWBIT_CHECK(v.group_size > 0 && shape.back() % v.group_size == 0,
+                       "PerGroup(group_size={}): the last dimension of shape {} must divide by the group size",
                        v.group_size, shape_str(shape));
           b.back() = v.group_size;
         } else if constexpr (std::is_same_v<T, PerRow>) {
@@ -47,18 +54,21 @@ Shape block_size_for(const Granularity& g, const Shape& shape) {
 }
 
 // ---------------- IntxFakeQuantizeConfig ----------------
-IntxFakeQuantizeConfig::IntxFakeQuantizeConfig(std::string dt, std::optional<Granularity> gran, std::optional<int64_t> group_size,
-                                               std::optional<bool> is_symmetric, std::optional<MappingType> mapping)
+IntxFakeQuantizeConfig::IntxFakeQuantizeConfig(std::string dt, std::optional<Granularity> gran,
+                                               std::optional<int64_t> group_size, std::optional<bool> is_symmetric,
+                                               std::optional<MappingType> mapping)
     : dtype(std::move(dt)), granularity(std::move(gran)) {
   LOWBIT_CHECK(!(group_size && granularity), "IntxFakeQuantizeConfig: pass either granularity or group_size, not both");
   if (group_size) granularity = PerGroup{*group_size};
-  LOWBIT_CHECK(!(is_symmetric && mapping), "IntxFakeQuantizeConfig: pass either mapping_type or is_symmetric, not both");
+  LOWBIT_CHECK(!(is_symmetric && mapping),
+               "IntxFakeQuantizeConfig: pass either mapping_type or is_symmetric, not both");
   if (mapping) mapping_type = *mapping;
   if (is_symmetric) set_is_symmetric(*is_symmetric);
   validate();
 }
 
-IntxFakeQuantizeConfig IntxFakeQuantizeConfig::from_string_granularity(const std::string& dt, const std::string& g, std::optional<int64_t> group_size,
+IntxFakeQuantizeConfig IntxFakeQuantizeConfig::from_string_granularity(const std::string& dt, const std::string& g,
+                                                                       std::optional<int64_t> group_size,
                                                                        std::optional<bool> is_symmetric) {
   std::optional<Granularity> gran;
   if (g == "per_token") {
@@ -77,32 +87,40 @@ IntxFakeQuantizeConfig IntxFakeQuantizeConfig::from_string_granularity(const std
 
 void IntxFakeQuantizeConfig::validate() const {
   (void)quant_range(dtype);  // throws for unknown dtypes
-  LOWBIT_CHECK(dtype.rfind("int", 0) == 0 || dtype.rfind("uint", 0) == 0, "IntxFakeQuantizeConfig: dtype must be intN or uintN, got '{}'", dtype);
+  LOWBIT_CHECK(dtype.rfind("int", 0) == 0 || dtype.rfind("uint", 0) == 0,
+               "IntxFakeQuantizeConfig: dtype must be intN or uintN, got '{}'", dtype);
   LOWBIT_CHECK(mapping_type == MappingType::SYMMETRIC || mapping_type == MappingType::ASYMMETRIC,
-               "IntxFakeQuantizeConfig: mapping_type must be SYMMETRIC or ASYMMETRIC, got {}", qat::to_string(mapping_type));
-  LOWBIT_CHECK(scale_precision == kFloat32 || scale_precision == kBFloat16, "IntxFakeQuantizeConfig: scale_precision must be float32 or bfloat16, got {}",
+               "IntxFakeQuantizeConfig: mapping_type must be SYMMETRIC or ASYMMETRIC, got {}",
+               qat::to_string(mapping_type));
+  LOWBIT_CHECK(scale_precision == kFloat32 || scale_precision == kBFloat16,
+               "IntxFakeQuantizeConfig: scale_precision must be float32 or bfloat16, got {}",
                dtype_name(scale_precision));
-  LOWBIT_CHECK(zero_point_precision == kInt32 || zero_point_precision == kFloat32, "IntxFakeQuantizeConfig: zero_point_precision must be int32 or float32, got {}",
+  LOWBIT_CHECK(zero_point_precision == kInt32 || zero_point_precision == kFloat32,
+               "IntxFakeQuantizeConfig: zero_point_precision must be int32 or float32, got {}",
                dtype_name(zero_point_precision));
   LOWBIT_CHECK(zero_point_domain != ZeroPointDomain::NONE || mapping_type == MappingType::SYMMETRIC,
                "IntxFakeQuantizeConfig: zero_point_domain NONE needs a symmetric mapping");
   LOWBIT_CHECK(zero_point_domain != ZeroPointDomain::FLOAT || mapping_type == MappingType::ASYMMETRIC,
                "IntxFakeQuantizeConfig: zero_point_domain FLOAT needs an asymmetric mapping");
   LOWBIT_CHECK(!(range_learning && is_dynamic), "IntxFakeQuantizeConfig: range_learning requires is_dynamic=False");
-  LOWBIT_CHECK(!range_learning || zero_point_domain == ZeroPointDomain::INT, "IntxFakeQuantizeConfig: range_learning needs the INT zero-point domain, got {}",
+  LOWBIT_CHECK(!range_learning || zero_point_domain == ZeroPointDomain::INT,
+               "IntxFakeQuantizeConfig: range_learning needs the INT zero-point domain, got {}",
                qat::to_string(zero_point_domain));
   if (granularity) {
-    if (auto* g = std::get_if<PerGroup>(&*granularity)) LOWBIT_CHECK(g->group_size > 0, "IntxFakeQuantizeConfig: group_size must be positive, got {}", g->group_size);
+    if (auto* g = std::get_if<PerGroup>(&*granularity))
+      LOWBIT_CHECK(g->group_size > 0, "IntxFakeQuantizeConfig: group_size must be positive, got {}", g->group_size);
   }
 }
 
 std::string IntxFakeQuantizeConfig::to_string() const {
   auto torch_dtype = [](DType d) { return fmt::format("torch.{}", dtype_name(d)); };
   return fmt::format(
-      "IntxFakeQuantizeConfig(dtype=torch.{}, granularity={}, mapping_type=<MappingType.{}: {}>, scale_precision={}, zero_point_precision={}, "
+      "IntxFakeQuantizeConfig(dtype=torch.{}, granularity={}, mapping_type=<MappingType.{}: {}>, scale_precision={}, "
+      "zero_point_precision={}, "
       "zero_point_domain=<ZeroPointDomain.{}: {}>, is_dynamic={}, range_learning={}, eps={})",
-      dtype, granularity ? qat::to_string(*granularity) : "None", qat::to_string(mapping_type), static_cast<int>(mapping_type), torch_dtype(scale_precision),
-      torch_dtype(zero_point_precision), qat::to_string(zero_point_domain), static_cast<int>(zero_point_domain), is_dynamic ? "True" : "False",
+      dtype, granularity ? qat::to_string(*granularity) : "None", qat::to_string(mapping_type),
+      static_cast<int>(mapping_type), torch_dtype(scale_precision), torch_dtype(zero_point_precision),
+      qat::to_string(zero_point_domain), static_cast<int>(zero_point_domain), is_dynamic ? "True" : "False",
       range_learning ? "True" : "False", eps ? fmt::format("{}", *eps) : "None");
 }
 
@@ -113,25 +131,32 @@ Tensor FakeQuantizer::forward(const Tensor& x_in) {
   if (!enabled) return x_in;
   const auto* cfg = dynamic_cast<const IntxFakeQuantizeConfig*>(config_.get());
   LOWBIT_CHECK(cfg != nullptr, "FakeQuantizer: unsupported config {}", config_->to_string());
-  LOWBIT_CHECK(x_in.defined() && is_floating(x_in.dtype()), "FakeQuantizer: input must be floating, got {}", x_in.defined() ? detail::desc(x_in) : "undefined");
+  LOWBIT_CHECK(x_in.defined() && is_floating(x_in.dtype()), "FakeQuantizer: input must be floating, got {}",
+               x_in.defined() ? detail::desc(x_in) : "undefined");
   LOWBIT_CHECK(cfg->granularity.has_value(), "FakeQuantizer: {} has no granularity", cfg->to_string());
   // float32 and bfloat16 inputs are computed in their own dtype (torchao); others in float32.
   // Range learning runs in float32.
-  const Tensor x = (x_in.dtype() == kFloat32 || (x_in.dtype() == kBFloat16 && !cfg->range_learning)) ? x_in : x_in.to(kFloat32);
+  const Tensor x =
+      (x_in.dtype() == kFloat32 || (x_in.dtype() == kBFloat16 && !cfg->range_learning)) ? x_in : x_in.to(kFloat32);
   const Granularity& g = *cfg->granularity;
   if (std::holds_alternative<PerAxis>(g) || std::holds_alternative<PerGroup>(g)) {
-    LOWBIT_CHECK(x.dim() == 2, "FakeQuantizer: {} applies to 2-D weights, got input {}", qat::to_string(g), shape_str(x.shape()));
-    if (auto* a = std::get_if<PerAxis>(&g)) LOWBIT_CHECK(a->axis == 0, "FakeQuantizer: only PerAxis(axis=0) is supported, got axis={}", a->axis);
+    LOWBIT_CHECK(x.dim() == 2, "FakeQuantizer: {} applies to 2-D weights, got input {}", qat::to_string(g),
+                 shape_str(x.shape()));
+    if (auto* a = std::get_if<PerAxis>(&g))
+      LOWBIT_CHECK(a->axis == 0, "FakeQuantizer: only PerAxis(axis=0) is supported, got axis={}", a->axis);
   }
   const Shape block = std::holds_alternative<PerAxis>(g) ? Shape{1, x.size(1)} : block_size_for(g, x.shape());
   const auto [qmin, qmax] = cfg->range();
   Tensor y;
   if (cfg->range_learning) {
     if (!range_initialized_) {
-      LOWBIT_CHECK(initializing_, "FakeQuantizer: range_learning=True needs initialize_fake_quantizers(model, example_inputs) before the first forward ({})",
+      LOWBIT_CHECK(initializing_,
+                   "FakeQuantizer: range_learning=True needs initialize_fake_quantizers(model, example_inputs) before "
+                   "the first forward ({})",
                    cfg->to_string());
       NoGradGuard ng;
-      auto [s, z] = choose_qparams_affine(x.detach(), cfg->mapping_type, block, qmin, qmax, cfg->eps, ZeroPointDomain::INT, kFloat32);
+      auto [s, z] = choose_qparams_affine(x.detach(), cfg->mapping_type, block, qmin, qmax, cfg->eps,
+                                          ZeroPointDomain::INT, kFloat32);
       s = clamp(s, 1e-9, std::nullopt);
       if (cfg->mapping_type == MappingType::ASYMMETRIC) {
         z = clamp(round(z), static_cast<double>(qmin), static_cast<double>(qmax));
@@ -142,12 +167,13 @@ Tensor FakeQuantizer::forward(const Tensor& x_in) {
       scale = register_parameter("scale", s);
       range_initialized_ = true;
     }
-    LOWBIT_CHECK(scale.shape() == blocks_shape(x.shape(), block, "FakeQuantizer"), "FakeQuantizer: learned qparams of shape {} do not fit input {} (block {})",
-                 shape_str(scale.shape()), shape_str(x.shape()), shape_str(block));
+    LOWBIT_CHECK(scale.shape() == blocks_shape(x.shape(), block, "FakeQuantizer"),
+                 "FakeQuantizer: learned qparams of shape {} do not fit input {} (block {})", shape_str(scale.shape()),
+                 shape_str(x.shape()), shape_str(block));
     y = fake_quantize_affine_learnable(x, block, scale, zero_point, qmin, qmax);
   } else if (cfg->is_dynamic || !scale.defined()) {
-    auto r = fake_quantize_affine_dynamic(x, cfg->mapping_type, block, qmin, qmax, cfg->eps, cfg->zero_point_domain, cfg->zero_point_precision,
-                                          cfg->scale_precision);
+    auto r = fake_quantize_affine_dynamic(x, cfg->mapping_type, block, qmin, qmax, cfg->eps, cfg->zero_point_domain,
+                                          cfg->zero_point_precision, cfg->scale_precision);
     y = r.y;
     scale = r.scale;
     zero_point = r.zero_point;
@@ -178,27 +204,33 @@ void initialize_fake_quantizers(nn::Module& model, const Tensor& example_inputs)
 }
 
 // ---------------- modules ----------------
-FakeQuantizedLinear::FakeQuantizedLinear(int64_t in, int64_t out, bool has_bias, const FakeQuantizeConfigBase* act, const FakeQuantizeConfigBase* w)
+FakeQuantizedLinear::FakeQuantizedLinear(int64_t in, int64_t out, bool has_bias, const FakeQuantizeConfigBase* act,
+                                         const FakeQuantizeConfigBase* w)
     : nn::Linear(in, out, has_bias) {
   add_quantizers(act, w);
 }
-FakeQuantizedLinear::FakeQuantizedLinear(const Tensor& weight, const Tensor& bias, const FakeQuantizeConfigBase* act, const FakeQuantizeConfigBase* w)
+FakeQuantizedLinear::FakeQuantizedLinear(const Tensor& weight, const Tensor& bias, const FakeQuantizeConfigBase* act,
+                                         const FakeQuantizeConfigBase* w)
     : nn::Linear(weight, bias) {
   add_quantizers(act, w);
 }
 void FakeQuantizedLinear::add_quantizers(const FakeQuantizeConfigBase* act, const FakeQuantizeConfigBase* w) {
-  if (act) activation_fake_quantizer = register_module("activation_fake_quantizer", std::make_shared<FakeQuantizer>(*act));
+  if (act)
+    activation_fake_quantizer = register_module("activation_fake_quantizer", std::make_shared<FakeQuantizer>(*act));
   if (w) {
     if (const auto* ic = dynamic_cast<const IntxFakeQuantizeConfig*>(w); ic && ic->granularity) {
       if (const auto* pg = std::get_if<PerGroup>(&*ic->granularity))
-        LOWBIT_CHECK(in_features % pg->group_size == 0, "FakeQuantizedLinear: in_features ({}) must be divisible by the weight group size ({})", in_features,
-                     pg->group_size);
+        LOWBIT_CHECK(in_features % pg->group_size == 0,
+                     "FakeQuantizedLinear: in_features ({}) must be divisible by the weight group size ({})",
+                     in_features, pg->group_size);
     }
     weight_fake_quantizer = register_module("weight_fake_quantizer", std::make_shared<FakeQuantizer>(*w));
   }
 }
 // module swaps share the parameters and draw no random numbers
-std::shared_ptr<FakeQuantizedLinear> FakeQuantizedLinear::from_linear(const nn::Linear& l, const FakeQuantizeConfigBase* act, const FakeQuantizeConfigBase* w) {
+std::shared_ptr<FakeQuantizedLinear> FakeQuantizedLinear::from_linear(const nn::Linear& l,
+                                                                      const FakeQuantizeConfigBase* act,
+                                                                      const FakeQuantizeConfigBase* w) {
   auto m = std::make_shared<FakeQuantizedLinear>(l.weight, l.bias, act, w);
   m->train(l.is_training());
   return m;
@@ -218,13 +250,16 @@ void FakeQuantizedLinear::enable_fake_quant(bool on) {
   if (weight_fake_quantizer) weight_fake_quantizer->enabled = on;
 }
 
-FakeQuantizedEmbedding::FakeQuantizedEmbedding(int64_t n, int64_t d, const FakeQuantizeConfigBase& w) : nn::Embedding(n, d) {
+FakeQuantizedEmbedding::FakeQuantizedEmbedding(int64_t n, int64_t d, const FakeQuantizeConfigBase& w)
+    : nn::Embedding(n, d) {
   weight_fake_quantizer = register_module("weight_fake_quantizer", std::make_shared<FakeQuantizer>(w));
 }
-FakeQuantizedEmbedding::FakeQuantizedEmbedding(const Tensor& weight, const FakeQuantizeConfigBase& w) : nn::Embedding(weight) {
+FakeQuantizedEmbedding::FakeQuantizedEmbedding(const Tensor& weight, const FakeQuantizeConfigBase& w)
+    : nn::Embedding(weight) {
   weight_fake_quantizer = register_module("weight_fake_quantizer", std::make_shared<FakeQuantizer>(w));
 }
-std::shared_ptr<FakeQuantizedEmbedding> FakeQuantizedEmbedding::from_embedding(const nn::Embedding& e, const FakeQuantizeConfigBase& w) {
+std::shared_ptr<FakeQuantizedEmbedding> FakeQuantizedEmbedding::from_embedding(const nn::Embedding& e,
+                                                                               const FakeQuantizeConfigBase& w) {
   auto m = std::make_shared<FakeQuantizedEmbedding>(e.weight, w);
   m->train(e.is_training());
   return m;
@@ -234,6 +269,8 @@ std::shared_ptr<nn::Embedding> FakeQuantizedEmbedding::to_embedding() const {
   e->train(is_training());
   return e;
 }
-Tensor FakeQuantizedEmbedding::forward(const Tensor& idx) { return embedding(weight_fake_quantizer->forward(weight), idx); }
+Tensor FakeQuantizedEmbedding::forward(const Tensor& idx) {
+  return embedding(weight_fake_quantizer->forward(weight), idx);
+}
 
 }  // namespace lowbit::qat

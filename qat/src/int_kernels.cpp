@@ -24,7 +24,9 @@ bool simd_available() { return LOWBIT_QAT_SIMD != 0; }
 // ---------------------------------------------------------------------------------------------
 // int8 activations x int8 weights, per-group scales
 // ---------------------------------------------------------------------------------------------
-bool grouped_s8_supported(int64_t n, int64_t k, int64_t group) { return n > 0 && n % 16 == 0 && group > 0 && group % 4 == 0 && k % group == 0; }
+bool grouped_s8_supported(int64_t n, int64_t k, int64_t group) {
+  return n > 0 && n % 16 == 0 && group > 0 && group % 4 == 0 && k % group == 0;
+}
 
 // oneDNN u8 (M x K, row-major) x s8 (K x N given as N x K rows: K contiguous) -> s32 (M x N).
 // Primitives are cached per (M, threads) — oneDNN fixes a primitive's thread count at creation —
@@ -69,7 +71,8 @@ struct OnednnS8Matmul {
     for (auto& [d, t] : layouts)
       if (d == md) return t;
     Tensor buf = empty({static_cast<int64_t>(md.get_size())}, kUInt8);
-    dnnl::memory src(dnnl::memory::desc({k, n}, dnnl::memory::data_type::s8, dnnl::memory::format_tag::ba), eng, user.raw_data());
+    dnnl::memory src(dnnl::memory::desc({k, n}, dnnl::memory::data_type::s8, dnnl::memory::format_tag::ba), eng,
+                     user.raw_data());
     dnnl::memory dst(md, eng, buf.raw_data());
     dnnl::reorder(src, dst).execute(strm, src, dst);
     strm.wait();
@@ -84,7 +87,9 @@ struct OnednnS8Matmul {
 };
 
 GroupedS8Weight pack_grouped_s8(const int8_t* codes, const float* scales, int64_t n, int64_t k, int64_t group) {
-  LOWBIT_CHECK(grouped_s8_supported(n, k, group), "pack_grouped_s8: needs out_features % 16 == 0, group % 4 == 0 and in_features % group == 0, got N={} K={} group={}",
+  LOWBIT_CHECK(grouped_s8_supported(n, k, group),
+               "pack_grouped_s8: needs out_features % 16 == 0, group % 4 == 0 and in_features % group == 0, got N={} "
+               "K={} group={}",
                n, k, group);
   // Per-channel weights go to oneDNN's int8 matmul (one int32 sum over K). Otherwise long groups
   // are split into sub-groups of at most 256 sharing the group's scale, so the VNNI kernel's K
@@ -130,7 +135,8 @@ GroupedS8Weight pack_grouped_s8(const int8_t* codes, const float* scales, int64_
     for (int64_t t = t0; t < t1; ++t) {
       if (p) {
         for (int64_t q = 0; q < k4; ++q)
-          for (int64_t j = 0; j < 16; ++j) std::memcpy(p + ((t * k4 + q) * 16 + j) * 4, codes + (t * 16 + j) * k + q * 4, 4);
+          for (int64_t j = 0; j < 16; ++j)
+            std::memcpy(p + ((t * k4 + q) * 16 + j) * 4, codes + (t * 16 + j) * k + q * 4, 4);
         for (int64_t gi = 0; gi < g; ++gi)
           for (int64_t j = 0; j < 16; ++j) sp[(t * g + gi) * 16 + j] = scales[(t * 16 + j) * g + gi];
       }
@@ -160,7 +166,8 @@ inline void dpbusd(__m512i& acc, __m512i a, __m512i b) { asm("vpdpbusd %2, %1, %
 // out = rs * (acc - off * corr) + bias, rounded step by step (the SIMD epilogue does the same)
 inline float epilogue(float acc, float rs, float off, float corr, float bias) { return rs * (acc - off * corr) + bias; }
 
-void gemm_reference(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const float* rs, const float* off, const float* bias, float* out) {
+void gemm_reference(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const float* rs, const float* off,
+                    const float* bias, float* out) {
   const int8_t* b = w.codes.data_ptr<int8_t>();
   const float* s = w.scales_rowmajor.data_ptr<float>();
   const float* corr = w.corr.data_ptr<float>();
@@ -171,7 +178,8 @@ void gemm_reference(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const
         float acc = 0.0f;
         for (int64_t gi = 0; gi < g; ++gi) {
           int32_t d = 0;
-          for (int64_t q = gi * w.group; q < (gi + 1) * w.group; ++q) d += static_cast<int32_t>(a[i * w.k + q]) * b[j * w.k + q];
+          for (int64_t q = gi * w.group; q < (gi + 1) * w.group; ++q)
+            d += static_cast<int32_t>(a[i * w.k + q]) * b[j * w.k + q];
           acc = std::fma(static_cast<float>(d), s[j * g + gi], acc);
         }
         out[i * w.n + j] = epilogue(acc, rs[i], off[i], corr[j], bias ? bias[j] : 0.0f);
@@ -184,8 +192,8 @@ void gemm_reference(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const
 // registers, scaled once per group into the float accumulators, which stay in `c` (L1): keeping
 // them in registers too would exceed the 32 vector registers.
 template <int MR, int NT>
-void micro_u8s8(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t tile_stride, const float* sc, int64_t sc_tile_stride, int64_t ng,
-                int64_t group, float* c, int64_t ldc, bool first) {
+void micro_u8s8(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t tile_stride, const float* sc,
+                int64_t sc_tile_stride, int64_t ng, int64_t group, float* c, int64_t ldc, bool first) {
   const int64_t steps = group / 4;
   for (int64_t g = 0; g < ng; ++g) {
     __m512i iacc[MR][NT];
@@ -217,8 +225,8 @@ void micro_u8s8(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t tile_st
 
 // The full 4 x 4 tile with named accumulators: GCC shuffles register arrays of accumulators
 // (a vmovdqa per vpdpbusd, and spills) but allocates named ones cleanly.
-void micro_u8s8_4x4(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t tile_stride, const float* sc, int64_t sc_tile_stride, int64_t ng,
-                    int64_t group, float* c, int64_t ldc, bool first) {
+void micro_u8s8_4x4(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t tile_stride, const float* sc,
+                    int64_t sc_tile_stride, int64_t ng, int64_t group, float* c, int64_t ldc, bool first) {
   const int64_t steps = group / 4;
   for (int64_t g = 0; g < ng; ++g) {
     __m512i c00 = _mm512_setzero_si512(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00, c13 = c00;
@@ -227,8 +235,11 @@ void micro_u8s8_4x4(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t til
     const uint8_t* ag = a + g * group;
     for (int64_t q = 0; q < steps; ++q) {
       __m512i b0 = _mm512_load_si512(bg + q * 64), b1 = _mm512_load_si512(bg + tile_stride + q * 64);
-      __m512i b2 = _mm512_load_si512(bg + 2 * tile_stride + q * 64), b3 = _mm512_load_si512(bg + 3 * tile_stride + q * 64);
-      asm("" : "+v"(b0), "+v"(b1), "+v"(b2), "+v"(b3));  // keep the four B vectors in registers (GCC would reload them per row)
+      __m512i b2 = _mm512_load_si512(bg + 2 * tile_stride + q * 64),
+              b3 = _mm512_load_si512(bg + 3 * tile_stride + q * 64);
+      asm(""
+          : "+v"(b0), "+v"(b1), "+v"(b2),
+            "+v"(b3));  // keep the four B vectors in registers (GCC would reload them per row)
       int32_t a4;
       std::memcpy(&a4, ag + q * 4, 4);
       __m512i av = _mm512_set1_epi32(a4);
@@ -250,12 +261,15 @@ void micro_u8s8_4x4(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t til
       const __m512 acc = init ? _mm512_setzero_ps() : _mm512_loadu_ps(cp);
       _mm512_storeu_ps(cp, _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), s, acc));
     };
-    put(0, 0, c00), put(0, 1, c01), put(0, 2, c02), put(0, 3, c03), put(1, 0, c10), put(1, 1, c11), put(1, 2, c12), put(1, 3, c13);
-    put(2, 0, c20), put(2, 1, c21), put(2, 2, c22), put(2, 3, c23), put(3, 0, c30), put(3, 1, c31), put(3, 2, c32), put(3, 3, c33);
+    put(0, 0, c00), put(0, 1, c01), put(0, 2, c02), put(0, 3, c03), put(1, 0, c10), put(1, 1, c11), put(1, 2, c12),
+        put(1, 3, c13);
+    put(2, 0, c20), put(2, 1, c21), put(2, 2, c22), put(2, 3, c23), put(3, 0, c30), put(3, 1, c31), put(3, 2, c32),
+        put(3, 3, c33);
   }
 }
 
-using MicroFn = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, const float*, int64_t, int64_t, int64_t, float*, int64_t, bool);
+using MicroFn = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, const float*, int64_t, int64_t, int64_t,
+                         float*, int64_t, bool);
 constexpr int kMR = 4, kNT = 4;
 MicroFn micro_for(int mr, int nt) {
   static const MicroFn table[kMR][kNT] = {
@@ -267,7 +281,8 @@ MicroFn micro_for(int mr, int nt) {
   return table[mr - 1][nt - 1];
 }
 
-void gemm_simd(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const float* rs, const float* off, const float* bias, float* out) {
+void gemm_simd(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const float* rs, const float* off,
+               const float* bias, float* out) {
   const int64_t n = w.n, k = w.k, group = w.group, tiles = n / 16, g = k / group;
   const int64_t chunk_groups = std::max<int64_t>(1, 256 / group);  // K chunk of ~256: the B panel stays in L1
   const int64_t blocks = (tiles + kNT - 1) / kNT;
@@ -282,8 +297,9 @@ void gemm_simd(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const floa
         const int64_t ng = std::min(chunk_groups, g - g0);
         for (int64_t m0 = 0; m0 < m; m0 += mstep) {
           const int64_t mr = std::min<int64_t>(mstep, m - m0);
-          micro_for(static_cast<int>(mr), static_cast<int>(nt))(a + m0 * k + g0 * group, k, bp + t0 * k * 16 + g0 * group * 16, k * 16,
-                                                                sp + (t0 * g + g0) * 16, g * 16, ng, group, out + m0 * n + t0 * 16, n, g0 == 0);
+          micro_for(static_cast<int>(mr), static_cast<int>(nt))(
+              a + m0 * k + g0 * group, k, bp + t0 * k * 16 + g0 * group * 16, k * 16, sp + (t0 * g + g0) * 16, g * 16,
+              ng, group, out + m0 * n + t0 * 16, n, g0 == 0);
         }
       }
       for (int64_t i = 0; i < m; ++i) {
@@ -304,7 +320,8 @@ void gemm_simd(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const floa
 
 namespace {
 // per-channel: one int32 sum over K from oneDNN, then the reference's epilogue (bit-identical)
-void gemm_onednn(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const float* rs, const float* off, const float* bias, float* out) {
+void gemm_onednn(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const float* rs, const float* off,
+                 const float* bias, float* out) {
   const Tensor acc_t = empty({m, w.n}, kInt32);  // cached large block: no zero-fill, no page faults per call
   const int32_t* acc = acc_t.data_ptr<int32_t>();
   w.onednn->run(a, m, acc_t.data_ptr<int32_t>());
@@ -317,14 +334,15 @@ void gemm_onednn(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const fl
       float* o = out + i * n;
       const float r = rs[i], f = off[i];
 #pragma omp simd
-      for (int64_t j = 0; j < n; ++j) o[j] = epilogue(std::fma(static_cast<float>(ai[j]), s[j], 0.0f), r, f, corr[j], bias ? bias[j] : 0.0f);
+      for (int64_t j = 0; j < n; ++j)
+        o[j] = epilogue(std::fma(static_cast<float>(ai[j]), s[j], 0.0f), r, f, corr[j], bias ? bias[j] : 0.0f);
     }
   });
 }
 }  // namespace
 
-void gemm_u8s8_grouped(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const float* row_scale, const float* row_offset, const float* bias,
-                       float* out, bool reference) {
+void gemm_u8s8_grouped(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const float* row_scale,
+                       const float* row_offset, const float* bias, float* out, bool reference) {
   if (m <= 0) return;
 #if LOWBIT_QAT_SIMD
   if (!reference && w.onednn) return gemm_onednn(a, m, w, row_scale, row_offset, bias, out);
@@ -347,8 +365,8 @@ inline int code_at(const uint8_t* row, int bits, int64_t i) {
   return v >= 8 ? v - 16 : v;
 }
 
-void gemv_reference(const float* x, int64_t rows, const uint8_t* q, int bits, int64_t n, int64_t k, int64_t group, const float* s, const int8_t* z,
-                    const float* bias, float* out) {
+void gemv_reference(const float* x, int64_t rows, const uint8_t* q, int bits, int64_t n, int64_t k, int64_t group,
+                    const float* s, const int8_t* z, const float* bias, float* out) {
   const int64_t g = k / group, row_bytes = bits == 4 ? k / 2 : k;
   detail::parallel_for(n, 16, [&](int64_t n0, int64_t n1) {
     for (int64_t j = n0; j < n1; ++j)
@@ -357,7 +375,8 @@ void gemv_reference(const float* x, int64_t rows, const uint8_t* q, int bits, in
         for (int64_t gi = 0; gi < g; ++gi) {
           float d = 0.0f;
           const int zp = z ? z[j * g + gi] : 0;
-          for (int64_t i = gi * group; i < (gi + 1) * group; ++i) d += x[r * k + i] * static_cast<float>(code_at(q + j * row_bytes, bits, i) - zp);
+          for (int64_t i = gi * group; i < (gi + 1) * group; ++i)
+            d += x[r * k + i] * static_cast<float>(code_at(q + j * row_bytes, bits, i) - zp);
           acc += s[j * g + gi] * d;
         }
         out[r * n + j] = acc + (bias ? bias[j] : 0.0f);
@@ -378,13 +397,14 @@ inline void load_codes(const uint8_t* qr, int bits, int64_t idx, __m512& w0, __m
     w1 = _mm512_permutexvar_ps(_mm512_srli_epi32(v, 4), table);
   } else {
     w0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qr + idx * 32))));
-    w1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qr + idx * 32 + 16))));
+    w1 =
+        _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(qr + idx * 32 + 16))));
   }
 }
 
 template <int R, int J>
-void gemv_block(const float* xp, const float* xsum, const uint8_t* q, int bits, int64_t j0, int64_t n, int64_t k, int64_t group, const float* s,
-                const int8_t* z, const float* bias, float* out) {
+void gemv_block(const float* xp, const float* xsum, const uint8_t* q, int bits, int64_t j0, int64_t n, int64_t k,
+                int64_t group, const float* s, const int8_t* z, const float* bias, float* out) {
   const int64_t g = k / group, chunks = group / 32, row_bytes = bits == 4 ? k / 2 : k;
   __m512 tot[J][R];
   float corr[J][R];
@@ -398,9 +418,10 @@ void gemv_block(const float* xp, const float* xsum, const uint8_t* q, int bits, 
     for (int jj = 0; jj < J; ++jj)
       for (int r = 0; r < R; ++r) acc[jj][r] = _mm512_setzero_ps();
     for (int64_t c = 0; c < chunks; ++c) {
-      const int64_t idx = gi * chunks + c;  // 32-element chunk
+      const int64_t idx = gi * chunks + c;            // 32-element chunk
       if ((idx * bits) % 16 == 0 && j0 + 2 * J <= n)  // each 64-byte line once: the next J rows' codes, one block ahead
-        for (int jj = 0; jj < J; ++jj) _mm_prefetch(reinterpret_cast<const char*>(q + (j0 + J + jj) * row_bytes + idx * bits * 4), _MM_HINT_T0);
+        for (int jj = 0; jj < J; ++jj)
+          _mm_prefetch(reinterpret_cast<const char*>(q + (j0 + J + jj) * row_bytes + idx * bits * 4), _MM_HINT_T0);
       for (int jj = 0; jj < J; ++jj) {
         __m512 w0, w1;
         load_codes(q + (j0 + jj) * row_bytes, bits, idx, w0, w1);
@@ -411,7 +432,8 @@ void gemv_block(const float* xp, const float* xsum, const uint8_t* q, int bits, 
       }
     }
     if (gi % 16 == 0 && j0 + 2 * J <= n)
-      for (int jj = 0; jj < J; ++jj) _mm_prefetch(reinterpret_cast<const char*>(s + (j0 + J + jj) * g + gi), _MM_HINT_T0);
+      for (int jj = 0; jj < J; ++jj)
+        _mm_prefetch(reinterpret_cast<const char*>(s + (j0 + J + jj) * g + gi), _MM_HINT_T0);
     for (int jj = 0; jj < J; ++jj) {
       const float sc = s[(j0 + jj) * g + gi];
       const __m512 vs = _mm512_set1_ps(sc);
@@ -421,19 +443,20 @@ void gemv_block(const float* xp, const float* xsum, const uint8_t* q, int bits, 
     }
   }
   for (int jj = 0; jj < J; ++jj)
-    for (int r = 0; r < R; ++r) out[r * n + j0 + jj] = _mm512_reduce_add_ps(tot[jj][r]) - corr[jj][r] + (bias ? bias[j0 + jj] : 0.0f);
+    for (int r = 0; r < R; ++r)
+      out[r * n + j0 + jj] = _mm512_reduce_add_ps(tot[jj][r]) - corr[jj][r] + (bias ? bias[j0 + jj] : 0.0f);
 }
 
 template <int R>
-void gemv_rows(const float* xp, const float* xsum, const uint8_t* q, int bits, int64_t n0, int64_t n1, int64_t n, int64_t k, int64_t group,
-               const float* s, const int8_t* z, const float* bias, float* out) {
+void gemv_rows(const float* xp, const float* xsum, const uint8_t* q, int bits, int64_t n0, int64_t n1, int64_t n,
+               int64_t k, int64_t group, const float* s, const int8_t* z, const float* bias, float* out) {
   int64_t j = n0;
   for (; j + 4 <= n1; j += 4) gemv_block<R, 4>(xp, xsum, q, bits, j, n, k, group, s, z, bias, out);
   for (; j < n1; ++j) gemv_block<R, 1>(xp, xsum, q, bits, j, n, k, group, s, z, bias, out);
 }
 
-void gemv_simd(const float* x, int64_t rows, const uint8_t* q, int bits, int64_t n, int64_t k, int64_t group, const float* s, const int8_t* z,
-               const float* bias, float* out) {
+void gemv_simd(const float* x, int64_t rows, const uint8_t* q, int bits, int64_t n, int64_t k, int64_t group,
+               const float* s, const int8_t* z, const float* bias, float* out) {
   const int64_t g = k / group;
   std::vector<float> xp(static_cast<size_t>(rows * k)), xsum(static_cast<size_t>(rows * g), 0.0f);
   for (int64_t r = 0; r < rows; ++r) {
@@ -462,9 +485,10 @@ void gemv_simd(const float* x, int64_t rows, const uint8_t* q, int bits, int64_t
 #endif
 }  // namespace
 
-void gemv_weight_only(const float* x, int64_t rows, const uint8_t* qdata, int bits, int64_t n, int64_t k, int64_t group, const float* scales,
-                      const int8_t* zero_points, const float* bias, float* out, bool reference) {
-  LOWBIT_CHECK(weight_only_supported(bits, true, k, group), "gemv_weight_only: unsupported codes (bits={}, K={}, group={})", bits, k, group);
+void gemv_weight_only(const float* x, int64_t rows, const uint8_t* qdata, int bits, int64_t n, int64_t k, int64_t group,
+                      const float* scales, const int8_t* zero_points, const float* bias, float* out, bool reference) {
+  LOWBIT_CHECK(weight_only_supported(bits, true, k, group),
+               "gemv_weight_only: unsupported codes (bits={}, K={}, group={})", bits, k, group);
   if (rows <= 0) return;
 #if LOWBIT_QAT_SIMD
   if (!reference) return gemv_simd(x, rows, qdata, bits, n, k, group, scales, zero_points, bias, out);

@@ -26,28 +26,29 @@ bool simd_available();
 struct OnednnS8Matmul;  // oneDNN u8 x s8 -> s32 matmul with prepacked weights (int_kernels.cpp)
 
 struct GroupedS8Weight {
-  int64_t n = 0, k = 0, group = 0;  // group: the kernel's (sub-)group (see pack_grouped_s8)
+  int64_t n = 0, k = 0, group = 0;         // group: the kernel's (sub-)group (see pack_grouped_s8)
   std::shared_ptr<OnednnS8Matmul> onednn;  // per-channel schemes (one group = K): oneDNN's int8 matmul
-  Tensor packed;  // int8 [N/16][K/4][16][4] (VNNI kernel; undefined when onednn is set)
-  Tensor scales;  // float32 [N/16][K/group][16] (VNNI kernel; undefined when onednn is set)
-  Tensor corr;    // float32 [N]: sum_g s[n,g] * sum_{k in g} w[n,k]
-  Tensor codes;   // int8 [N, K] row-major (reference path)
-  Tensor scales_rowmajor;  // float32 [N, K/group] (reference path)
+  Tensor packed;                           // int8 [N/16][K/4][16][4] (VNNI kernel; undefined when onednn is set)
+  Tensor scales;                           // float32 [N/16][K/group][16] (VNNI kernel; undefined when onednn is set)
+  Tensor corr;                             // float32 [N]: sum_g s[n,g] * sum_{k in g} w[n,k]
+  Tensor codes;                            // int8 [N, K] row-major (reference path)
+  Tensor scales_rowmajor;                  // float32 [N, K/group] (reference path)
 };
 /// Whether (n, k, group) fits the packed layout (n % 16 == 0, group % 4 == 0, k % group == 0).
 bool grouped_s8_supported(int64_t n, int64_t k, int64_t group);
 GroupedS8Weight pack_grouped_s8(const int8_t* codes, const float* scales, int64_t n, int64_t k, int64_t group);
 /// out[m, n] = row_scale[m] * (sum_g s[n,g] * sum_{k in g} a[m,k] w[n,k] - row_offset[m] * corr[n]) + bias[n]
 /// for unsigned activation codes a (M, K). bias may be null. reference=true runs the scalar path.
-void gemm_u8s8_grouped(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const float* row_scale, const float* row_offset, const float* bias,
-                       float* out, bool reference = false);
+void gemm_u8s8_grouped(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const float* row_scale,
+                       const float* row_offset, const float* bias, float* out, bool reference = false);
 
 /// Whether the decode kernel handles these codes (4-bit signed nibbles or int8; group % 32 == 0).
 bool weight_only_supported(int bits, bool is_signed, int64_t k, int64_t group);
 /// out[m, n] = sum_g s[n,g] * sum_{k in g} x[m,k] * (w[n,k] - z[n,g]) + bias[n], for m < rows.
 /// qdata: (N, K/2) nibbles (bits == 4) or (N, K) int8; scales (N, K/group); zero_points int8
 /// (N, K/group), or null when all are zero (skips the correction).
-void gemv_weight_only(const float* x, int64_t rows, const uint8_t* qdata, int bits, int64_t n, int64_t k, int64_t group, const float* scales,
-                      const int8_t* zero_points, const float* bias, float* out, bool reference = false);
+void gemv_weight_only(const float* x, int64_t rows, const uint8_t* qdata, int bits, int64_t n, int64_t k, int64_t group,
+                      const float* scales, const int8_t* zero_points, const float* bias, float* out,
+                      bool reference = false);
 
 }  // namespace lowbit::qat::kernels

@@ -9,20 +9,30 @@ namespace lowbit::qat {
 
 namespace {
 std::string torch_dtype(const std::string& d) { return "torch." + d; }
-std::string mapping_repr(MappingType m) { return fmt::format("<MappingType.{}: {}>", to_string(m), static_cast<int>(m)); }
+std::string mapping_repr(MappingType m) {
+  return fmt::format("<MappingType.{}: {}>", to_string(m), static_cast<int>(m));
+}
 }  // namespace
 
 std::string Int8DynamicActivationIntxWeightConfig::to_string() const {
-  return fmt::format("Int8DynamicActivationIntxWeightConfig(weight_dtype={}, weight_granularity={}, weight_mapping_type={}, act_mapping_type={})",
-                     torch_dtype(weight_dtype), qat::to_string(weight_granularity), mapping_repr(weight_mapping_type), mapping_repr(act_mapping_type));
+  return fmt::format(
+      "Int8DynamicActivationIntxWeightConfig(weight_dtype={}, weight_granularity={}, weight_mapping_type={}, "
+      "act_mapping_type={})",
+      torch_dtype(weight_dtype), qat::to_string(weight_granularity), mapping_repr(weight_mapping_type),
+      mapping_repr(act_mapping_type));
 }
 std::string IntxWeightOnlyConfig::to_string() const {
-  return fmt::format("IntxWeightOnlyConfig(weight_dtype={}, granularity={}, mapping_type={})", torch_dtype(weight_dtype), qat::to_string(granularity),
-                     mapping_repr(mapping_type));
+  return fmt::format("IntxWeightOnlyConfig(weight_dtype={}, granularity={}, mapping_type={})",
+                     torch_dtype(weight_dtype), qat::to_string(granularity), mapping_repr(mapping_type));
 }
-std::string Int4WeightOnlyConfig::to_string() const { return fmt::format("Int4WeightOnlyConfig(group_size={})", group_size); }
+std::string Int4WeightOnlyConfig::to_string() const {
+  return fmt::format("Int4WeightOnlyConfig(group_size={})", group_size);
+}
 
-QATConfig::QATConfig(std::shared_ptr<QuantConfigBase> base, std::string s) : base_config(std::move(base)), step(std::move(s)) { validate(); }
+QATConfig::QATConfig(std::shared_ptr<QuantConfigBase> base, std::string s)
+    : base_config(std::move(base)), step(std::move(s)) {
+  validate();
+}
 QATConfig::QATConfig(std::optional<IntxFakeQuantizeConfig> a, std::optional<IntxFakeQuantizeConfig> w, std::string s)
     : activation_config(std::move(a)), weight_config(std::move(w)), step(std::move(s)) {
   validate();
@@ -31,31 +41,44 @@ void QATConfig::validate() const {
   std::string st = step;
   for (auto& c : st) c = static_cast<char>(std::tolower(c));
   LOWBIT_CHECK(st == "prepare" || st == "convert", "QATConfig: step must be 'prepare' or 'convert', got '{}'", step);
-  LOWBIT_CHECK(!(base_config && (activation_config || weight_config)), "QATConfig: pass either base_config or activation/weight configs, not both");
-  LOWBIT_CHECK(st != "prepare" || base_config || activation_config || weight_config, "QATConfig: the prepare step needs a base config or a fake-quantize config");
-  LOWBIT_CHECK(st != "convert" || !(activation_config || weight_config), "QATConfig: the convert step takes only a base config (or none)");
-  LOWBIT_CHECK(!dynamic_cast<const QATConfig*>(base_config.get()), "QATConfig: base_config cannot itself be a QATConfig");
+  LOWBIT_CHECK(!(base_config && (activation_config || weight_config)),
+               "QATConfig: pass either base_config or activation/weight configs, not both");
+  LOWBIT_CHECK(st != "prepare" || base_config || activation_config || weight_config,
+               "QATConfig: the prepare step needs a base config or a fake-quantize config");
+  LOWBIT_CHECK(st != "convert" || !(activation_config || weight_config),
+               "QATConfig: the convert step takes only a base config (or none)");
+  LOWBIT_CHECK(!dynamic_cast<const QATConfig*>(base_config.get()),
+               "QATConfig: base_config cannot itself be a QATConfig");
 }
 std::string QATConfig::to_string() const {
-  return fmt::format("QATConfig(base_config={}, activation_config={}, weight_config={}, step='{}')", base_config ? base_config->to_string() : "None",
-                     activation_config ? activation_config->to_string() : "None", weight_config ? weight_config->to_string() : "None", step);
+  return fmt::format("QATConfig(base_config={}, activation_config={}, weight_config={}, step='{}')",
+                     base_config ? base_config->to_string() : "None",
+                     activation_config ? activation_config->to_string() : "None",
+                     weight_config ? weight_config->to_string() : "None", step);
 }
 std::string ModuleFqnToConfig::to_string() const {
   std::string s = "ModuleFqnToConfig({";
-  for (size_t i = 0; i < entries.size(); ++i) s += fmt::format("{}'{}': {}", i ? ", " : "", entries[i].first, entries[i].second ? entries[i].second->to_string() : "None");
+  for (size_t i = 0; i < entries.size(); ++i)
+    s += fmt::format("{}'{}': {}", i ? ", " : "", entries[i].first,
+                     entries[i].second ? entries[i].second->to_string() : "None");
   return s + "})";
 }
 
-std::pair<std::optional<IntxFakeQuantizeConfig>, std::optional<IntxFakeQuantizeConfig>> infer_fake_quantize_configs(const QuantConfigBase& base) {
+std::pair<std::optional<IntxFakeQuantizeConfig>, std::optional<IntxFakeQuantizeConfig>> infer_fake_quantize_configs(
+    const QuantConfigBase& base) {
   if (auto* c = dynamic_cast<const Int8DynamicActivationIntxWeightConfig*>(&base)) {
     IntxFakeQuantizeConfig act("int8", PerToken{}, std::nullopt, std::nullopt, c->act_mapping_type);
-    IntxFakeQuantizeConfig w(c->weight_dtype, c->weight_granularity, std::nullopt, std::nullopt, c->weight_mapping_type);
+    IntxFakeQuantizeConfig w(c->weight_dtype, c->weight_granularity, std::nullopt, std::nullopt,
+                             c->weight_mapping_type);
     return {act, w};
   }
   if (auto* c = dynamic_cast<const IntxWeightOnlyConfig*>(&base))
-    return {std::nullopt, IntxFakeQuantizeConfig(c->weight_dtype, c->granularity, std::nullopt, std::nullopt, c->mapping_type)};
-  if (auto* c = dynamic_cast<const Int4WeightOnlyConfig*>(&base)) return {std::nullopt, IntxFakeQuantizeConfig("int4", PerGroup{c->group_size})};
-  if (dynamic_cast<const Int8WeightOnlyConfig*>(&base)) return {std::nullopt, IntxFakeQuantizeConfig("int8", PerAxis{0})};
+    return {std::nullopt,
+            IntxFakeQuantizeConfig(c->weight_dtype, c->granularity, std::nullopt, std::nullopt, c->mapping_type)};
+  if (auto* c = dynamic_cast<const Int4WeightOnlyConfig*>(&base))
+    return {std::nullopt, IntxFakeQuantizeConfig("int4", PerGroup{c->group_size})};
+  if (dynamic_cast<const Int8WeightOnlyConfig*>(&base))
+    return {std::nullopt, IntxFakeQuantizeConfig("int8", PerAxis{0})};
   if (dynamic_cast<const Int8DynamicActivationInt8WeightConfig*>(&base))
     return {IntxFakeQuantizeConfig("int8", PerToken{}, std::nullopt, true), IntxFakeQuantizeConfig("int8", PerAxis{0})};
   throw Error(fmt::format("infer_fake_quantize_configs: no QAT mapping for {}", base.to_string()));
@@ -68,7 +91,8 @@ std::map<std::type_index, Handler>& registry();
 std::shared_ptr<nn::Module> ptq_handler(std::shared_ptr<nn::Module> m, const QuantConfigBase& cfg) {
   auto* lin = dynamic_cast<nn::Linear*>(m.get());
   if (!lin) return m;
-  if (auto* fql = dynamic_cast<FakeQuantizedLinear*>(lin)) m = fql->to_linear(), lin = static_cast<nn::Linear*>(m.get());
+  if (auto* fql = dynamic_cast<FakeQuantizedLinear*>(lin))
+    m = fql->to_linear(), lin = static_cast<nn::Linear*>(m.get());
   auto [act, w] = infer_fake_quantize_configs(cfg);
   return QuantizedLinear::from_linear(*lin, act, *w);
 }
@@ -80,7 +104,8 @@ std::shared_ptr<nn::Module> qat_handler(std::shared_ptr<nn::Module> m, const Qua
   if (step == "prepare") {
     std::optional<IntxFakeQuantizeConfig> act = cfg.activation_config, w = cfg.weight_config;
     if (cfg.base_config) std::tie(act, w) = infer_fake_quantize_configs(*cfg.base_config);
-    if (dynamic_cast<FakeQuantizedLinear*>(m.get()) || dynamic_cast<FakeQuantizedEmbedding*>(m.get())) return m;  // already prepared
+    if (dynamic_cast<FakeQuantizedLinear*>(m.get()) || dynamic_cast<FakeQuantizedEmbedding*>(m.get()))
+      return m;  // already prepared
     if (auto* lin = dynamic_cast<nn::Linear*>(m.get()))
       return FakeQuantizedLinear::from_linear(*lin, act ? &*act : nullptr, w ? &*w : nullptr);
     if (auto* emb = dynamic_cast<nn::Embedding*>(m.get())) {
@@ -92,9 +117,12 @@ std::shared_ptr<nn::Module> qat_handler(std::shared_ptr<nn::Module> m, const Qua
   }
   // convert: drop fake quantization, then apply the base config's PTQ
   std::shared_ptr<nn::Module> plain = m;
-  if (auto* fql = dynamic_cast<FakeQuantizedLinear*>(m.get())) plain = fql->to_linear();
-  else if (auto* fqe = dynamic_cast<FakeQuantizedEmbedding*>(m.get())) return fqe->to_embedding();
-  else return m;  // modules that were not prepared are left alone
+  if (auto* fql = dynamic_cast<FakeQuantizedLinear*>(m.get()))
+    plain = fql->to_linear();
+  else if (auto* fqe = dynamic_cast<FakeQuantizedEmbedding*>(m.get()))
+    return fqe->to_embedding();
+  else
+    return m;  // modules that were not prepared are left alone
   if (!cfg.base_config) return plain;
   return ptq_handler(plain, *cfg.base_config);
 }
@@ -135,14 +163,15 @@ FilterFn compatible_linears(const QuantConfigBase& config, std::vector<std::stri
       auto [a, w] = infer_fake_quantize_configs(*base);
       if (w && w->granularity)
         if (auto* pg = std::get_if<PerGroup>(&*w->granularity)) group = pg->group_size;
-    } catch (const Error&) {
-    }
+    } catch (const Error&) {}
   }
   return [group, skipped](const nn::Module& m, const std::string& fqn) {
     auto* lin = dynamic_cast<const nn::Linear*>(&m);
     if (!lin) return false;
     if (group > 0 && lin->in_features % group != 0) {
-      if (skipped) skipped->push_back(fmt::format("{} (in_features {} not divisible by group size {})", fqn, lin->in_features, group));
+      if (skipped)
+        skipped->push_back(
+            fmt::format("{} (in_features {} not divisible by group size {})", fqn, lin->in_features, group));
       return false;
     }
     return true;
@@ -154,7 +183,8 @@ void register_quantize_handler(std::type_index t, Handler h) {
   registry()[t] = std::move(h);
 }
 
-std::shared_ptr<nn::Module> quantize_(std::shared_ptr<nn::Module> model, const QuantConfigBase& config, FilterFn filter) {
+std::shared_ptr<nn::Module> quantize_(std::shared_ptr<nn::Module> model, const QuantConfigBase& config,
+                                      FilterFn filter) {
   LOWBIT_CHECK(model != nullptr, "quantize_: model is null");
   if (auto* q = dynamic_cast<const QATConfig*>(&config)) q->validate();
   const auto* per_module = dynamic_cast<const ModuleFqnToConfig*>(&config);
@@ -178,8 +208,10 @@ std::shared_ptr<nn::Module> quantize_(std::shared_ptr<nn::Module> model, const Q
     }
     auto replacement = h(m, *cfg);
     if (replacement == m) continue;
-    if (fqn.empty()) model = replacement;
-    else model->replace_module(fqn, replacement);
+    if (fqn.empty())
+      model = replacement;
+    else
+      model->replace_module(fqn, replacement);
   }
   return model;
 }

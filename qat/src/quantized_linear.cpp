@@ -21,11 +21,13 @@ bool is_signed_dtype(const std::string& dtype) {
 }
 }  // namespace
 
-std::shared_ptr<QuantizedLinear> QuantizedLinear::from_linear(const nn::Linear& l, const std::optional<IntxFakeQuantizeConfig>& act,
+std::shared_ptr<QuantizedLinear> QuantizedLinear::from_linear(const nn::Linear& l,
+                                                              const std::optional<IntxFakeQuantizeConfig>& act,
                                                               const IntxFakeQuantizeConfig& wcfg) {
   wcfg.validate();
   LOWBIT_CHECK(wcfg.granularity.has_value(), "QuantizedLinear: weight config {} has no granularity", wcfg.to_string());
-  LOWBIT_CHECK(wcfg.zero_point_domain == ZeroPointDomain::INT, "QuantizedLinear: only the INT zero-point domain is supported, got {}",
+  LOWBIT_CHECK(wcfg.zero_point_domain == ZeroPointDomain::INT,
+               "QuantizedLinear: only the INT zero-point domain is supported, got {}",
                qat::to_string(wcfg.zero_point_domain));
   auto m = std::make_shared<QuantizedLinear>();
   m->in_features = l.in_features;
@@ -34,14 +36,17 @@ std::shared_ptr<QuantizedLinear> QuantizedLinear::from_linear(const nn::Linear& 
   m->weight_mapping = wcfg.mapping_type;
   m->activation_config = act;
   const Tensor w = l.weight.detach().to(kFloat32);
-  m->block_size = std::holds_alternative<PerAxis>(*wcfg.granularity) ? Shape{1, w.size(1)} : block_size_for(*wcfg.granularity, w.shape());
+  m->block_size = std::holds_alternative<PerAxis>(*wcfg.granularity) ? Shape{1, w.size(1)}
+                                                                     : block_size_for(*wcfg.granularity, w.shape());
   const auto [qmin, qmax] = wcfg.range();
   // the same qparams and codes the weight fake quantizer produces
-  auto [s, z] = choose_qparams_affine(w, wcfg.mapping_type, m->block_size, qmin, qmax, wcfg.eps, ZeroPointDomain::INT, kInt32);
+  auto [s, z] =
+      choose_qparams_affine(w, wcfg.mapping_type, m->block_size, qmin, qmax, wcfg.eps, ZeroPointDomain::INT, kInt32);
   const Tensor codes = quantize_affine(w, m->block_size, s, z, qmin >= 0 ? kUInt8 : kInt8, qmin, qmax);
   const int64_t n = codes.numel();
   if (bits_of(wcfg.dtype) <= 4) {
-    LOWBIT_CHECK(m->in_features % 2 == 0, "QuantizedLinear: packing 4-bit codes needs an even in_features, got {}", m->in_features);
+    LOWBIT_CHECK(m->in_features % 2 == 0, "QuantizedLinear: packing 4-bit codes needs an even in_features, got {}",
+                 m->in_features);
     Tensor packed = empty({m->out_features, m->in_features / 2}, kUInt8);
     const uint8_t* c = static_cast<const uint8_t*>(codes.raw_data());
     uint8_t* p = packed.data_ptr<uint8_t>();
@@ -83,11 +88,13 @@ Tensor QuantizedLinear::dequantized_weight() const {
   return dequantize_affine(codes, block_size, scale, zero_point.to(kInt32), qmin, qmax);
 }
 
-int64_t QuantizedLinear::weight_bytes() const { return static_cast<int64_t>(qdata.nbytes() + scale.nbytes() + zero_point.nbytes()); }
+int64_t QuantizedLinear::weight_bytes() const {
+  return static_cast<int64_t>(qdata.nbytes() + scale.nbytes() + zero_point.nbytes());
+}
 
 std::string QuantizedLinear::extra_repr() const {
-  return fmt::format("in_features={}, out_features={}, bias={}, weight_dtype={}, block_size={}, activation={}", in_features, out_features,
-                     bias.defined() ? "True" : "False", weight_dtype, shape_str(block_size),
+  return fmt::format("in_features={}, out_features={}, bias={}, weight_dtype={}, block_size={}, activation={}",
+                     in_features, out_features, bias.defined() ? "True" : "False", weight_dtype, shape_str(block_size),
                      activation_config ? activation_config->to_string() : "None");
 }
 
@@ -125,15 +132,18 @@ bool QuantizedLinear::integer_gemm_ok() const {
   const auto& a = *activation_config;
   const auto [aqmin, aqmax] = a.range();
   const auto [wqmin, wqmax] = quant_range(weight_dtype);
-  return std::holds_alternative<PerToken>(*a.granularity) && a.is_dynamic && a.zero_point_domain == ZeroPointDomain::INT && aqmin >= -128 &&
-         aqmax <= 127 && wqmin >= -128 && wqmax <= 127 && is_signed_dtype(weight_dtype) && block_size.size() == 2 && block_size[0] == 1 &&
+  return std::holds_alternative<PerToken>(*a.granularity) && a.is_dynamic &&
+         a.zero_point_domain == ZeroPointDomain::INT && aqmin >= -128 && aqmax <= 127 && wqmin >= -128 &&
+         wqmax <= 127 && is_signed_dtype(weight_dtype) && block_size.size() == 2 && block_size[0] == 1 &&
          kernels::grouped_s8_supported(out_features, in_features, block_size[1]) && zero_points_all_zero();
 }
 
 // weight-only signed codes: 1..4 bits live in sign-extended nibbles, 5..8 bits in int8
 bool QuantizedLinear::weight_only_gemv_ok(int64_t rows) const {
-  return kernels::simd_available() && !activation_config && rows <= 16 && block_size.size() == 2 && block_size[0] == 1 &&
-         kernels::weight_only_supported(bits_of(weight_dtype) <= 4 ? 4 : 8, is_signed_dtype(weight_dtype), in_features, block_size[1]);
+  return kernels::simd_available() && !activation_config && rows <= 16 && block_size.size() == 2 &&
+         block_size[0] == 1 &&
+         kernels::weight_only_supported(bits_of(weight_dtype) <= 4 ? 4 : 8, is_signed_dtype(weight_dtype), in_features,
+                                        block_size[1]);
 }
 
 std::string QuantizedLinear::kernel_for(int64_t rows) const {
@@ -148,8 +158,8 @@ std::shared_ptr<const kernels::GroupedS8Weight> QuantizedLinear::packed_weight()
   for (const Tensor* t : {&qdata, &scale, &zero_point}) key.emplace_back(t->raw_data(), t->version());
   if (!packed_ || key != packed_key_) {
     Tensor codes = weight_codes();
-    packed_ = std::make_shared<const kernels::GroupedS8Weight>(
-        kernels::pack_grouped_s8(codes.data_ptr<int8_t>(), scale.data_ptr<float>(), out_features, in_features, block_size[1]));
+    packed_ = std::make_shared<const kernels::GroupedS8Weight>(kernels::pack_grouped_s8(
+        codes.data_ptr<int8_t>(), scale.data_ptr<float>(), out_features, in_features, block_size[1]));
     packed_key_ = key;
   }
   return packed_;
@@ -159,36 +169,41 @@ Tensor QuantizedLinear::forward_integer_gemm(const Tensor& x) const {
   const auto& a = *activation_config;
   const auto [qmin, qmax] = a.range();
   const int64_t m = x.size(0);
-  auto [codes, s, z] = quantize_affine_dynamic(x, a.mapping_type, {1, in_features}, kInt8, qmin, qmax, a.eps, a.zero_point_precision);
+  auto [codes, s, z] =
+      quantize_affine_dynamic(x, a.mapping_type, {1, in_features}, kInt8, qmin, qmax, a.eps, a.zero_point_precision);
   uint8_t* u = static_cast<uint8_t*>(codes.raw_data());  // int8 q -> uint8 q + 128
   const int64_t n = codes.numel();
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) u[i] ^= 0x80;
   std::vector<float> offset(static_cast<size_t>(m));
   for (int64_t i = 0; i < m; ++i)
-    offset[i] = 128.0f + (z.dtype() == kFloat32 ? z.data_ptr<float>()[i] : static_cast<float>(z.data_ptr<int32_t>()[i]));
+    offset[i] =
+        128.0f + (z.dtype() == kFloat32 ? z.data_ptr<float>()[i] : static_cast<float>(z.data_ptr<int32_t>()[i]));
   auto w = packed_weight();
   Tensor out = empty({m, out_features}, kFloat32);
   const Tensor b = bias.defined() ? bias.detach().to(kFloat32) : Tensor();
-  kernels::gemm_u8s8_grouped(u, m, *w, s.data_ptr<float>(), offset.data(), b.defined() ? b.data_ptr<float>() : nullptr, out.data_ptr<float>());
+  kernels::gemm_u8s8_grouped(u, m, *w, s.data_ptr<float>(), offset.data(), b.defined() ? b.data_ptr<float>() : nullptr,
+                             out.data_ptr<float>());
   return out;
 }
 
 Tensor QuantizedLinear::forward_weight_only_gemv(const Tensor& x) const {
   Tensor out = empty({x.size(0), out_features}, kFloat32);
   const Tensor b = bias.defined() ? bias.detach().to(kFloat32) : Tensor();
-  kernels::gemv_weight_only(x.data_ptr<float>(), x.size(0), static_cast<const uint8_t*>(qdata.raw_data()), bits_of(weight_dtype) <= 4 ? 4 : 8,
-                            out_features, in_features, block_size[1], scale.data_ptr<float>(),
-                            zero_points_all_zero() ? nullptr : zero_point.data_ptr<int8_t>(),
+  kernels::gemv_weight_only(x.data_ptr<float>(), x.size(0), static_cast<const uint8_t*>(qdata.raw_data()),
+                            bits_of(weight_dtype) <= 4 ? 4 : 8, out_features, in_features, block_size[1],
+                            scale.data_ptr<float>(), zero_points_all_zero() ? nullptr : zero_point.data_ptr<int8_t>(),
                             b.defined() ? b.data_ptr<float>() : nullptr, out.data_ptr<float>());
   return out;
 }
 
 Tensor QuantizedLinear::forward(const Tensor& x) {
-  LOWBIT_CHECK(x.defined() && x.dim() >= 1 && x.size(-1) == in_features, "QuantizedLinear: input {} must have last dimension in_features={}",
+  LOWBIT_CHECK(x.defined() && x.dim() >= 1 && x.size(-1) == in_features,
+               "QuantizedLinear: input {} must have last dimension in_features={}",
                x.defined() ? detail::desc(x) : "undefined", in_features);
   const bool needs_grad = detail::any_requires_grad({&x});
-  if (kernel == Kernel::Integer && !needs_grad && x.dtype() == kFloat32) {  // other dtypes: the exact path, in their own dtype
+  if (kernel == Kernel::Integer && !needs_grad &&
+      x.dtype() == kFloat32) {  // other dtypes: the exact path, in their own dtype
     const int64_t rows = x.numel() / in_features;
     Shape out_shape = x.shape();
     out_shape.back() = out_features;

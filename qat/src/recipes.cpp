@@ -3,7 +3,9 @@
 namespace lowbit::qat {
 
 namespace {
-Granularity weight_granularity(int64_t group_size) { return group_size == 0 ? Granularity{PerAxis{0}} : Granularity{PerGroup{group_size}}; }
+Granularity weight_granularity(int64_t group_size) {
+  return group_size == 0 ? Granularity{PerAxis{0}} : Granularity{PerGroup{group_size}};
+}
 
 std::shared_ptr<QuantConfigBase> make_8da(const std::string& weight_dtype, int64_t group_size) {
   auto c = std::make_shared<Int8DynamicActivationIntxWeightConfig>();
@@ -17,27 +19,36 @@ std::shared_ptr<QuantConfigBase> make_8da(const std::string& weight_dtype, int64
 // help all read it). Adding a recipe is one row here plus one test row.
 const std::vector<RecipeInfo>& list_recipes() {
   static const std::vector<RecipeInfo> r = {
-      {"8da4w", "int8 dynamic per-token asymmetric activations x int4 symmetric per-group weights (group_size)", false, true, false,
-       [](const std::string&, int64_t g) { return make_8da("int4", g); }},
-      {"8da-intx", "int8 dynamic activations x intN symmetric per-group weights (weight_dtype int2..int8, group_size; 0 = per-channel)", true, true, true,
-       [](const std::string& d, int64_t g) { return make_8da(d, g); }},
+      {"8da4w", "int8 dynamic per-token asymmetric activations x int4 symmetric per-group weights (group_size)", false,
+       true, false, [](const std::string&, int64_t g) { return make_8da("int4", g); }},
+      {"8da-intx",
+       "int8 dynamic activations x intN symmetric per-group weights (weight_dtype int2..int8, group_size; 0 = "
+       "per-channel)",
+       true, true, true, [](const std::string& d, int64_t g) { return make_8da(d, g); }},
       {"int4-weight-only", "int4 symmetric per-group weights (group_size), float activations", false, true, false,
        [](const std::string&, int64_t g) -> std::shared_ptr<QuantConfigBase> {
          auto c = std::make_shared<Int4WeightOnlyConfig>();
          c->group_size = g;
          return c;
        }},
-      {"intx-weight-only", "intN symmetric per-group weights (weight_dtype, group_size; 0 = per-channel), float activations", true, true, true,
+      {"intx-weight-only",
+       "intN symmetric per-group weights (weight_dtype, group_size; 0 = per-channel), float activations", true, true,
+       true,
        [](const std::string& d, int64_t g) -> std::shared_ptr<QuantConfigBase> {
          auto c = std::make_shared<IntxWeightOnlyConfig>();
          c->weight_dtype = d;
          c->granularity = weight_granularity(g);
          return c;
        }},
-      {"int8-dyn", "int8 dynamic per-token symmetric activations x int8 per-channel symmetric weights", false, false, false,
-       [](const std::string&, int64_t) -> std::shared_ptr<QuantConfigBase> { return std::make_shared<Int8DynamicActivationInt8WeightConfig>(); }},
+      {"int8-dyn", "int8 dynamic per-token symmetric activations x int8 per-channel symmetric weights", false, false,
+       false,
+       [](const std::string&, int64_t) -> std::shared_ptr<QuantConfigBase> {
+         return std::make_shared<Int8DynamicActivationInt8WeightConfig>();
+       }},
       {"int8-weight-only", "int8 per-channel symmetric weights, float activations", false, false, false,
-       [](const std::string&, int64_t) -> std::shared_ptr<QuantConfigBase> { return std::make_shared<Int8WeightOnlyConfig>(); }},
+       [](const std::string&, int64_t) -> std::shared_ptr<QuantConfigBase> {
+         return std::make_shared<Int8WeightOnlyConfig>();
+       }},
   };
   return r;
 }
@@ -54,10 +65,12 @@ std::string recipe_names() {
   return names;
 }
 
-std::shared_ptr<QuantConfigBase> recipe_config(const std::string& name, const std::string& weight_dtype, int64_t group_size) {
+std::shared_ptr<QuantConfigBase> recipe_config(const std::string& name, const std::string& weight_dtype,
+                                               int64_t group_size) {
   const RecipeInfo* r = find_recipe(name);
   LOWBIT_CHECK(r != nullptr, "unknown quantization recipe '{}' (known: {})", name, recipe_names());
-  LOWBIT_CHECK(group_size >= 0, "recipe '{}': group_size must be positive (or 0 for per-channel), got {}", name, group_size);
+  LOWBIT_CHECK(group_size >= 0, "recipe '{}': group_size must be positive (or 0 for per-channel), got {}", name,
+               group_size);
   if (group_size == 0 && !r->per_channel_ok) {
     std::string ok;
     for (const auto& x : list_recipes())

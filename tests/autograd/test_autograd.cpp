@@ -144,7 +144,8 @@ struct RoundSTE : Function<RoundSTE> {
   }
   static std::vector<Tensor> backward(AutogradContext* ctx, const Tensor& g) {
     const Tensor& x = ctx->get_saved_variables()[0];
-    const Tensor inside = mul(ge(x, full({}, ctx->saved_data[0])).to(g.dtype()), le(x, full({}, ctx->saved_data[1])).to(g.dtype()));
+    const Tensor inside =
+        mul(ge(x, full({}, ctx->saved_data[0])).to(g.dtype()), le(x, full({}, ctx->saved_data[1])).to(g.dtype()));
     return {mul(g, inside)};
   }
 };
@@ -156,8 +157,8 @@ TEST(Autograd, CustomFunctionStraightThrough) {
   EXPECT_FLOAT_EQ(at(y, 2), 2.0f);
   EXPECT_TRUE(y.requires_grad());
   sum(mul(y, 3.0)).backward();
-  EXPECT_FLOAT_EQ(at(x.grad(), 0), 3.0f);   // straight through
-  EXPECT_FLOAT_EQ(at(x.grad(), 2), 0.0f);   // clamped: masked
+  EXPECT_FLOAT_EQ(at(x.grad(), 0), 3.0f);  // straight through
+  EXPECT_FLOAT_EQ(at(x.grad(), 2), 0.0f);  // clamped: masked
   EXPECT_FLOAT_EQ(at(x.grad(), 3), 0.0f);
 }
 

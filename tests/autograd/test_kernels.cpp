@@ -109,8 +109,10 @@ TEST(Kernels, NanPropagation) {
 // relative to max(1, |result|) when the result is small; a wrong kernel is off by O(1).
 constexpr double kGemmTol = 5e-4;
 TEST(Kernels, GemmAllTransposesAgainstReference) {
-  for (auto [m, k, n] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{{256, 784, 64}, {33, 17, 65}, {1, 300, 200}}) {
-    const Tensor a = rnd({m, k}, 51), b = rnd({k, n}, 52), w = rnd({n, k}, 53), bias = rnd({n}, 54), g = rnd({m, n}, 55);
+  for (auto [m, k, n] :
+       std::vector<std::tuple<int64_t, int64_t, int64_t>>{{256, 784, 64}, {33, 17, 65}, {1, 300, 200}}) {
+    const Tensor a = rnd({m, k}, 51), b = rnd({k, n}, 52), w = rnd({n, k}, 53), bias = rnd({n}, 54),
+                 g = rnd({m, n}, 55);
     EXPECT_LE(compare([&] { return matmul(a, b); }), kGemmTol);
     EXPECT_LE(compare([&] { return linear(a, w, bias); }), kGemmTol);
     EXPECT_LE(compare([&] {  // linear backward products: g·W and gᵀ·X

@@ -20,10 +20,12 @@ Tensor idx(std::vector<int64_t> v, Shape shape = {}) { return from_vector(v, sha
 
 std::vector<OpCase> op_cases() {
   std::vector<OpCase> c;
-  auto U = [&](std::string name, Shape s, std::function<Tensor(const Tensor&)> f, double lo = -2, double hi = 2, double tol = 2e-5) {
+  auto U = [&](std::string name, Shape s, std::function<Tensor(const Tensor&)> f, double lo = -2, double hi = 2,
+               double tol = 2e-5) {
     c.push_back({std::move(name), {s}, [f](const V& v) { return f(v[0]); }, lo, hi, tol});
   };
-  auto B = [&](std::string name, Shape a, Shape b, std::function<Tensor(const Tensor&, const Tensor&)> f, double lo = -2, double hi = 2) {
+  auto B = [&](std::string name, Shape a, Shape b, std::function<Tensor(const Tensor&, const Tensor&)> f,
+               double lo = -2, double hi = 2) {
     c.push_back({std::move(name), {a, b}, [f](const V& v) { return f(v[0], v[1]); }, lo, hi});
   };
   // arithmetic with broadcasting, size-1 and empty edges
@@ -36,34 +38,52 @@ std::vector<OpCase> op_cases() {
   B("sub_broadcast", {2, 1, 4}, {3, 1}, [](auto& a, auto& b) { return sub(a, b, 2.0); });
   B("mul_broadcast", {2, 3, 4}, {3, 1}, [](auto& a, auto& b) { return a * b; });
   U("mul_scalar", {2, 2}, [](auto& a) { return 3.0 * a; });
-  B("div", {3, 4}, {4}, [](auto& a, auto& b) { return a / b; }, 0.5, 2.0);
+  B(
+      "div", {3, 4}, {4}, [](auto& a, auto& b) { return a / b; }, 0.5, 2.0);
   B("maximum", {3, 4}, {1, 4}, [](auto& a, auto& b) { return maximum(a, b); });
   B("minimum", {2, 3}, {2, 3}, [](auto& a, auto& b) { return minimum(a, b); });
   // unary math and activations
   U("neg", {4, 3}, [](auto& a) { return -a; });
   U("abs", {4, 3}, [](auto& a) { return abs(a); });
   U("exp", {4, 3}, [](auto& a) { return exp(a); });
-  U("log", {4, 3}, [](auto& a) { return log(a); }, 0.1, 3.0);
-  U("sqrt", {4, 3}, [](auto& a) { return sqrt(a); }, 0.1, 3.0);
-  U("rsqrt", {4, 3}, [](auto& a) { return rsqrt(a); }, 0.1, 3.0);
+  U(
+      "log", {4, 3}, [](auto& a) { return log(a); }, 0.1, 3.0);
+  U(
+      "sqrt", {4, 3}, [](auto& a) { return sqrt(a); }, 0.1, 3.0);
+  U(
+      "rsqrt", {4, 3}, [](auto& a) { return rsqrt(a); }, 0.1, 3.0);
   U("pow_3", {4, 3}, [](auto& a) { return pow(a, 3.0); });
-  U("pow_neg_1_5", {4, 3}, [](auto& a) { return pow(a, -1.5); }, 0.2, 2.0);
+  U(
+      "pow_neg_1_5", {4, 3}, [](auto& a) { return pow(a, -1.5); }, 0.2, 2.0);
   U("square", {4, 3}, [](auto& a) { return square(a); });
   U("tanh", {4, 3}, [](auto& a) { return tanh(a); });
-  U("sigmoid", {4, 3}, [](auto& a) { return sigmoid(a); }, -6, 6);
+  U(
+      "sigmoid", {4, 3}, [](auto& a) { return sigmoid(a); }, -6, 6);
   U("relu", {4, 3}, [](auto& a) { return relu(a); });
-  U("gelu_erf", {4, 5}, [](auto& a) { return gelu(a); }, -4, 4);
-  U("gelu_tanh", {4, 5}, [](auto& a) { return gelu(a, "tanh"); }, -4, 4);
-  U("silu", {4, 5}, [](auto& a) { return silu(a); }, -6, 6);
+  U(
+      "gelu_erf", {4, 5}, [](auto& a) { return gelu(a); }, -4, 4);
+  U(
+      "gelu_tanh", {4, 5}, [](auto& a) { return gelu(a, "tanh"); }, -4, 4);
+  U(
+      "silu", {4, 5}, [](auto& a) { return silu(a); }, -6, 6);
   U("clamp", {4, 5}, [](auto& a) { return clamp(a, -0.5, 0.7); });
   U("clamp_min_only", {4, 5}, [](auto& a) { return clamp(a, 0.1, std::nullopt); });
   c.push_back({"where", {{3, 4}, {3, 4}}, [](const V& v) { return where(bool_pattern({3, 4}, 3), v[0], v[1]); }});
-  c.push_back({"where_broadcast", {{3, 1}, {4}}, [](const V& v) { return where(bool_pattern({3, 4}, 2), v[0], v[1]); }});
+  c.push_back({"where_broadcast", {{3, 1}, {4}}, [](const V& v) {
+                 return where(bool_pattern({3, 4}, 2), v[0], v[1]);
+               }});
   c.push_back({"masked_fill", {{3, 4}}, [](const V& v) { return masked_fill(v[0], bool_pattern({1, 4}, 2), -1.5); }});
   // comparisons: forward only
   for (auto [name, f] : std::vector<std::pair<std::string, Tensor (*)(const Tensor&, const Tensor&)>>{
            {"eq", eq}, {"ne", ne}, {"lt", lt}, {"le", le}, {"gt", gt}, {"ge", ge}}) {
-    c.push_back({"compare_" + name, {{3, 4}, {4}}, [f](const V& v) { return f(round(v[0]), round(v[1])).to(kFloat32); }, -2, 2, 0, 0, false});
+    c.push_back({"compare_" + name,
+                 {{3, 4}, {4}},
+                 [f](const V& v) { return f(round(v[0]), round(v[1])).to(kFloat32); },
+                 -2,
+                 2,
+                 0,
+                 0,
+                 false});
   }
   // reductions
   U("sum_all", {3, 4, 5}, [](auto& a) { return sum(a); });
@@ -118,36 +138,50 @@ std::vector<OpCase> op_cases() {
   U("index_select_dim1", {2, 4}, [](auto& a) { return index_select(a, 1, idx({1, 1, 2})); });
   U("embedding", {5, 3}, [](auto& a) { return embedding(a, idx({4, 0, 1, 4}, {2, 2})); });
   // nn functions
-  U("dropout", {8, 8}, [](auto& a) { Generator g(7); return dropout(a, 0.3, true, &g); });
+  U("dropout", {8, 8}, [](auto& a) {
+    Generator g(7);
+    return dropout(a, 0.3, true, &g);
+  });
   U("dropout_eval", {4}, [](auto& a) { return dropout(a, 0.3, false) * 1.0; });
   U("cross_entropy", {4, 5}, [](auto& a) { return cross_entropy(a, idx({1, 0, 4, 2})); });
   U("cross_entropy_ignore_index", {4, 5}, [](auto& a) { return cross_entropy(a, idx({1, -100, 4, 2})); });
   U("cross_entropy_label_smoothing", {4, 5}, [](auto& a) { return cross_entropy(a, idx({1, 3, 4, 2}), 3, 0.1); });
-  U("cross_entropy_none", {4, 5}, [](auto& a) { return cross_entropy(a, idx({1, 0, 4, 2}), -100, 0.0, Reduction::None); });
-  U("cross_entropy_sum", {4, 5}, [](auto& a) { return cross_entropy(a, idx({1, 0, 4, 2}), -100, 0.2, Reduction::Sum); });
-  U("cross_entropy_spatial", {2, 3, 4}, [](auto& a) { return cross_entropy(a, idx({0, 1, 2, 0, 2, 2, 1, 0}, {2, 4})); });
+  U("cross_entropy_none", {4, 5}, [](auto& a) {
+    return cross_entropy(a, idx({1, 0, 4, 2}), -100, 0.0, Reduction::None);
+  });
+  U("cross_entropy_sum", {4, 5}, [](auto& a) {
+    return cross_entropy(a, idx({1, 0, 4, 2}), -100, 0.2, Reduction::Sum);
+  });
+  U("cross_entropy_spatial", {2, 3, 4}, [](auto& a) {
+    return cross_entropy(a, idx({0, 1, 2, 0, 2, 2, 1, 0}, {2, 4}));
+  });
   B("mse_loss", {3, 4}, {3, 4}, [](auto& a, auto& b) { return mse_loss(a, b); });
   c.push_back({"layer_norm", {{3, 6}, {6}, {6}}, [](const V& v) { return layer_norm(v[0], {6}, v[1], v[2]); }});
   U("layer_norm_2d_no_affine", {2, 3, 4}, [](auto& a) { return layer_norm(a, {3, 4}); });
   c.push_back({"rms_norm", {{3, 6}, {6}}, [](const V& v) { return rms_norm(v[0], {6}, v[1]); }});
-  c.push_back({"sdpa", {{2, 4, 3}, {2, 5, 3}, {2, 5, 2}}, [](const V& v) { return scaled_dot_product_attention(v[0], v[1], v[2]); }});
-  c.push_back({"sdpa_causal", {{2, 2, 4, 3}, {2, 2, 4, 3}, {2, 2, 4, 3}},
-               [](const V& v) { return scaled_dot_product_attention(v[0], v[1], v[2], Tensor(), 0.0, true); }});
+  c.push_back({"sdpa", {{2, 4, 3}, {2, 5, 3}, {2, 5, 2}}, [](const V& v) {
+                 return scaled_dot_product_attention(v[0], v[1], v[2]);
+               }});
+  c.push_back({"sdpa_causal", {{2, 2, 4, 3}, {2, 2, 4, 3}, {2, 2, 4, 3}}, [](const V& v) {
+                 return scaled_dot_product_attention(v[0], v[1], v[2], Tensor(), 0.0, true);
+               }});
   c.push_back({"sdpa_bool_mask", {{4, 3}, {5, 3}, {5, 2}}, [](const V& v) {
                  Tensor m = bool_pattern({4, 5}, 2);
                  m.data_ptr<bool>()[1] = true;  // every row keeps at least one key
                  for (int i = 0; i < 4; ++i) m.data_ptr<bool>()[i * 5] = true;
                  return scaled_dot_product_attention(v[0], v[1], v[2], m);
                }});
-  c.push_back({"sdpa_float_mask_scale", {{4, 3}, {5, 3}, {5, 2}, {4, 5}},
-               [](const V& v) { return scaled_dot_product_attention(v[0], v[1], v[2], v[3], 0.0, false, 0.3); }});
+  c.push_back({"sdpa_float_mask_scale", {{4, 3}, {5, 3}, {5, 2}, {4, 5}}, [](const V& v) {
+                 return scaled_dot_product_attention(v[0], v[1], v[2], v[3], 0.0, false, 0.3);
+               }});
   return c;
 }
 }  // namespace
 
 class OpTest : public ::testing::TestWithParam<OpCase> {};
 TEST_P(OpTest, ForwardAndGradcheck) { lowbit::testing::run_case(GetParam()); }
-INSTANTIATE_TEST_SUITE_P(Ops, OpTest, ::testing::ValuesIn(op_cases()), [](const auto& info) { return info.param.name; });
+INSTANTIATE_TEST_SUITE_P(Ops, OpTest, ::testing::ValuesIn(op_cases()),
+                         [](const auto& info) { return info.param.name; });
 
 // ---------------- error messages ----------------
 struct ErrorCase {
@@ -158,7 +192,8 @@ struct ErrorCase {
 
 namespace {
 std::vector<ErrorCase> error_cases() {
-  const Tensor a23 = ones({2, 3}), a4 = ones({4}), i3 = zeros({3}, kInt64), a45 = ones({4, 5}), d23 = ones({2, 3}, kFloat64);
+  const Tensor a23 = ones({2, 3}), a4 = ones({4}), i3 = zeros({3}, kInt64), a45 = ones({4, 5}),
+               d23 = ones({2, 3}, kFloat64);
   auto F = [](std::function<void()> f) { return f; };
   return {
       {"add_broadcast", F([=] { add(a23, a4); }), {"add", "[2, 3]", "[4]", "not broadcastable"}},
@@ -184,49 +219,126 @@ std::vector<ErrorCase> error_cases() {
       {"clamp", F([=] { clamp(a4, std::nullopt, std::nullopt); }), {"clamp", "min", "max"}},
       {"where_cond", F([=] { where(a4, a4, a4); }), {"where", "bool", "float32"}},
       {"where_shapes", F([=] { where(bool_pattern({4}, 2), a23, a23); }), {"where", "[4]", "[2, 3]"}},
-      {"masked_fill", F([=] { masked_fill(a4, bool_pattern({2, 3}, 2), 0.0); }), {"masked_fill", "[4]", "[2, 3]"}},
+      {"masked_fill",
+       F([=] {
+         masked_fill(a4, bool_pattern({2, 3}, 2), 0.0);
+       }),
+       {"masked_fill", "[4]", "[2, 3]"}},
       {"compare", F([=] { lt(a23, a4); }), {"lt", "[2, 3]", "[4]"}},
       {"sum_dim", F([=] { sum(a23, {2}); }), {"sum", "dimension out of range", "got 2"}},
-      {"sum_dup_dim", F([=] { sum(a23, {1, -1}); }), {"sum", "multiple times", "[2, 3]"}},
+      {"sum_dup_dim",
+       F([=] {
+         sum(a23, {1, -1});
+       }),
+       {"sum", "multiple times", "[2, 3]"}},
       {"mean", F([=] { mean(i3); }), {"mean", "int64"}},
       {"amax", F([=] { amax(a23, {3}); }), {"amax", "dimension out of range"}},
       {"amin", F([=] { amin(i3); }), {"amin", "int64"}},
       {"var", F([=] { var(a23, {-3}); }), {"var", "dimension out of range"}},
-      {"max_empty", F([=] { max(zeros({2, 0}), 1); }), {"max", "empty", "[2, 0]"}},
+      {"max_empty",
+       F([=] {
+         max(zeros({2, 0}), 1);
+       }),
+       {"max", "empty", "[2, 0]"}},
       {"argmax", F([=] { argmax(a23, 5); }), {"max", "dimension out of range"}},
       {"softmax", F([=] { softmax(a23, 2); }), {"softmax", "dimension out of range"}},
       {"log_softmax", F([=] { log_softmax(i3, 0); }), {"log_softmax", "int64"}},
-      {"matmul", F([=] { matmul(ones({2, 3}), ones({4, 5})); }), {"mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)"}},
-      {"matmul_batch", F([=] { matmul(ones({2, 2, 3}), ones({3, 3, 4})); }), {"matmul", "batch", "[2]", "[3]"}},
-      {"linear", F([=] { linear(ones({2, 3}), ones({4, 5})); }), {"linear", "[2, 3]", "[4, 5]", "input.size(-1)=3", "weight.size(1)=5"}},
-      {"linear_bias", F([=] { linear(ones({2, 3}), ones({4, 3}), ones({5})); }), {"linear", "bias [5]", "out_features=4"}},
-      {"reshape", F([=] { a23.reshape({4, 2}); }), {"reshape", "[4, 2]", "size 6"}},
+      {"matmul",
+       F([=] {
+         matmul(ones({2, 3}), ones({4, 5}));
+       }),
+       {"mat1 and mat2 shapes cannot be multiplied (2x3 and 4x5)"}},
+      {"matmul_batch",
+       F([=] {
+         matmul(ones({2, 2, 3}), ones({3, 3, 4}));
+       }),
+       {"matmul", "batch", "[2]", "[3]"}},
+      {"linear",
+       F([=] {
+         linear(ones({2, 3}), ones({4, 5}));
+       }),
+       {"linear", "[2, 3]", "[4, 5]", "input.size(-1)=3", "weight.size(1)=5"}},
+      {"linear_bias",
+       F([=] {
+         linear(ones({2, 3}), ones({4, 3}), ones({5}));
+       }),
+       {"linear", "bias [5]", "out_features=4"}},
+      {"reshape",
+       F([=] {
+         a23.reshape({4, 2});
+       }),
+       {"reshape", "[4, 2]", "size 6"}},
       {"transpose", F([=] { transpose(a23, 0, 2); }), {"transpose", "dimension out of range"}},
       {"permute", F([=] { permute(a23, {0}); }), {"permute", "[2, 3]"}},
       {"narrow", F([=] { narrow(a23, 1, 2, 2); }), {"narrow", "exceeds", "[2, 3]"}},
       {"select", F([=] { a23.select(0, 2); }), {"select", "index 2", "[2, 3]"}},
-      {"cat", F([=] { cat({a23, ones({3, 3})}, 1); }), {"cat", "[2, 3]", "[3, 3]", "dimension 1"}},
-      {"stack", F([=] { stack({a23, ones({3, 2})}); }), {"stack", "[2, 3]", "[3, 2]"}},
-      {"split", F([=] { split(a23, std::vector<int64_t>{1, 1}, 1); }), {"split", "sum to 2", "[2, 3]"}},
+      {"cat",
+       F([=] {
+         cat({a23, ones({3, 3})}, 1);
+       }),
+       {"cat", "[2, 3]", "[3, 3]", "dimension 1"}},
+      {"stack",
+       F([=] {
+         stack({a23, ones({3, 2})});
+       }),
+       {"stack", "[2, 3]", "[3, 2]"}},
+      {"split",
+       F([=] {
+         split(a23, std::vector<int64_t>{1, 1}, 1);
+       }),
+       {"split", "sum to 2", "[2, 3]"}},
       {"chunk", F([=] { chunk(a23, 0); }), {"chunk", "positive"}},
-      {"index_select", F([=] { index_select(a23, 1, from_vector<int64_t>({0, 3})); }), {"index_select", "index 3", "size 3"}},
+      {"index_select",
+       F([=] {
+         index_select(a23, 1, from_vector<int64_t>({0, 3}));
+       }),
+       {"index_select", "index 3", "size 3"}},
       {"embedding", F([=] { embedding(a45, from_vector<int64_t>({7})); }), {"embedding", "index 7", "size 4"}},
       {"embedding_dtype", F([=] { embedding(a45, ones({2})); }), {"embedding", "int64", "float32"}},
       {"dropout", F([=] { dropout(a4, 1.5); }), {"dropout", "between 0 and 1", "1.5"}},
-      {"cross_entropy_target", F([=] { cross_entropy(a45, from_vector<int64_t>({0, 1})); }), {"cross_entropy", "[4, 5]", "[4]", "[2]"}},
-      {"cross_entropy_class", F([=] { cross_entropy(a45, from_vector<int64_t>({0, 1, 2, 9})); }), {"cross_entropy", "target 9", "5 classes"}},
+      {"cross_entropy_target",
+       F([=] {
+         cross_entropy(a45, from_vector<int64_t>({0, 1}));
+       }),
+       {"cross_entropy", "[4, 5]", "[4]", "[2]"}},
+      {"cross_entropy_class",
+       F([=] {
+         cross_entropy(a45, from_vector<int64_t>({0, 1, 2, 9}));
+       }),
+       {"cross_entropy", "target 9", "5 classes"}},
       {"cross_entropy_dtype", F([=] { cross_entropy(a45, ones({4})); }), {"cross_entropy", "int64", "float32"}},
       {"mse_loss", F([=] { mse_loss(a23, a4); }), {"mse_loss", "[2, 3]", "[4]"}},
       {"layer_norm", F([=] { layer_norm(a23, {4}); }), {"layer_norm", "normalized_shape=[4]", "[2, 3]"}},
       {"layer_norm_weight", F([=] { layer_norm(a23, {3}, ones({4})); }), {"layer_norm", "weight", "[4]", "[3]"}},
       {"rms_norm", F([=] { rms_norm(a23, {2}); }), {"rms_norm", "normalized_shape=[2]", "[2, 3]"}},
-      {"sdpa", F([=] { scaled_dot_product_attention(ones({4, 3}), ones({5, 2}), ones({5, 2})); }), {"scaled_dot_product_attention", "[4, 3]", "[5, 2]"}},
+      {"sdpa",
+       F([=] {
+         scaled_dot_product_attention(ones({4, 3}), ones({5, 2}), ones({5, 2}));
+       }),
+       {"scaled_dot_product_attention", "[4, 3]", "[5, 2]"}},
       {"item", F([=] { a23.item<float>(); }), {"item", "6 elements", "[2, 3]"}},
       {"data_ptr", F([=] { a23.data_ptr<double>(); }), {"data_ptr", "float32", "float64"}},
-      {"requires_grad_int", F([=] { Tensor t = i3; t.requires_grad_(); }), {"requires_grad_", "floating", "int64"}},
-      {"from_vector", F([=] { from_vector<float>({1, 2, 3}, {2, 2}); }), {"from_vector", "3 values", "[2, 2]"}},
-      {"shape_negative", F([=] { zeros({2, -1}); }), {"negative dimension", "[2, -1]"}},
-      {"too_many_dims", F([=] { zeros({1, 1, 1, 1, 1, 1, 1, 1, 1}); }), {"at most 8 dimensions"}},
+      {"requires_grad_int",
+       F([=] {
+         Tensor t = i3;
+         t.requires_grad_();
+       }),
+       {"requires_grad_", "floating", "int64"}},
+      {"from_vector",
+       F([=] {
+         from_vector<float>({1, 2, 3}, {2, 2});
+       }),
+       {"from_vector", "3 values", "[2, 2]"}},
+      {"shape_negative",
+       F([=] {
+         zeros({2, -1});
+       }),
+       {"negative dimension", "[2, -1]"}},
+      {"too_many_dims",
+       F([=] {
+         zeros({1, 1, 1, 1, 1, 1, 1, 1, 1});
+       }),
+       {"at most 8 dimensions"}},
   };
 }
 }  // namespace
@@ -239,7 +351,9 @@ TEST_P(OpErrorTest, MessageNamesOpAndShapes) {
     FAIL() << "expected lowbit::Error";
   } catch (const Error& e) {
     const std::string msg = e.what();
-    for (const auto& s : c.expect) EXPECT_NE(msg.find(s), std::string::npos) << "message: " << msg << "\nmissing: " << s;
+    for (const auto& s : c.expect)
+      EXPECT_NE(msg.find(s), std::string::npos) << "message: " << msg << "\nmissing: " << s;
   }
 }
-INSTANTIATE_TEST_SUITE_P(Ops, OpErrorTest, ::testing::ValuesIn(error_cases()), [](const auto& info) { return info.param.name; });
+INSTANTIATE_TEST_SUITE_P(Ops, OpErrorTest, ::testing::ValuesIn(error_cases()),
+                         [](const auto& info) { return info.param.name; });

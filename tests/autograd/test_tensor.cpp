@@ -155,7 +155,8 @@ TEST(Tensor, RandomDistributions) {
 }
 
 TEST(Tensor, PrintsLikePyTorch) {
-  EXPECT_EQ(from_vector<float>({1, 2, 3, 4}, {2, 2}).to_string(), "tensor([[1., 2.],\n        [3., 4.]], dtype=float32)");
+  EXPECT_EQ(from_vector<float>({1, 2, 3, 4}, {2, 2}).to_string(),
+            "tensor([[1., 2.],\n        [3., 4.]], dtype=float32)");
   EXPECT_EQ(from_vector<float>({1.5f, -0.25f}).to_string(), "tensor([ 1.5000, -0.2500], dtype=float32)");
   EXPECT_EQ(from_vector<int64_t>({1, 20, 3}).to_string(), "tensor([ 1, 20,  3], dtype=int64)");
   EXPECT_EQ(scalar_tensor(2.0).to_string(), "tensor(2., dtype=float32)");

@@ -40,9 +40,11 @@ TEST(RunConfig, ParsesOverridesAndRoundTrips) {
 }
 
 TEST(RunConfig, ErrorsNameTheKey) {
-  expect_error([] { RunConfig::from_string("[optimizer]\nlearning_rate = 1\n", "x.toml"); }, {"x.toml", "unknown key 'optimizer.learning_rate'", "optimizer.lr"});
+  expect_error([] { RunConfig::from_string("[optimizer]\nlearning_rate = 1\n", "x.toml"); },
+               {"x.toml", "unknown key 'optimizer.learning_rate'", "optimizer.lr"});
   expect_error([] { RunConfig::from_string("[optimiser]\nlr = 1\n", "x.toml"); }, {"unknown section [optimiser]"});
-  expect_error([] { RunConfig::from_string("[optimizer]\nlr = \"fast\"\n", "x.toml"); }, {"'optimizer.lr' must be a float"});
+  expect_error([] { RunConfig::from_string("[optimizer]\nlr = \"fast\"\n", "x.toml"); },
+               {"'optimizer.lr' must be a float"});
   expect_error([] { RunConfig::from_string("[optimizer\nlr = 1\n", "x.toml"); }, {"x.toml:1", "TOML syntax error"});
   RunConfig cfg;
   expect_error([&] { cfg.apply_overrides({"--training.epochs", "five"}); }, {"--training.epochs 'five'", "integer"});
@@ -67,7 +69,8 @@ TEST(Train, ShippedConfigsParse) {
     ASSERT_GT(model->num_parameters(), 0);
     EXPECT_GE(model->num_parameters(), min_parameters(cfg));
     if (cfg.get_string("quantize.recipe") != "none") {
-      const auto q = qat::recipe_config(cfg.get_string("quantize.recipe"), cfg.get_string("quantize.weight_dtype"), cfg.get_int("quantize.group_size"));
+      const auto q = qat::recipe_config(cfg.get_string("quantize.recipe"), cfg.get_string("quantize.weight_dtype"),
+                                        cfg.get_int("quantize.group_size"));
       auto prepared = qat::quantize_(model, qat::QATConfig(q, "prepare"), qat::compatible_linears(*q));
       int fake = 0;
       for (const auto& [name, m] : prepared->named_modules()) fake += m->type_name() == "FakeQuantizedLinear";
@@ -78,10 +81,12 @@ TEST(Train, ShippedConfigsParse) {
 }
 
 TEST(Train, FashionMnistShortRunWritesConfigAndMetrics) {
-  if (!std::filesystem::exists(data::FashionMNIST::default_dir() + "/t10k-images-idx3-ubyte.gz")) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  if (!std::filesystem::exists(data::FashionMNIST::default_dir() + "/t10k-images-idx3-ubyte.gz"))
+    GTEST_SKIP() << "dataset-fashion-mnist not installed";
   auto cfg = RunConfig::from_file(std::string(LOWBIT_SOURCE_DIR) + "/configs/fmnist_mlp.toml");
   const std::string dir = tmpdir("fmnist");
-  cfg.apply_overrides({"--training.max_steps", "30", "--training.epochs", "1", "--model.hidden", "[64]", "--training.run_dir", dir});
+  cfg.apply_overrides(
+      {"--training.max_steps", "30", "--training.epochs", "1", "--model.hidden", "[64]", "--training.run_dir", dir});
   auto r = train(cfg, false);
   EXPECT_EQ(r.steps, 30);
   EXPECT_GT(r.test_accuracy, 0.6);  // 30 steps of a small MLP already learn most classes
@@ -101,9 +106,28 @@ TEST(Train, CharGptShortRunGeneratesText) {
     for (int i = 0; i < 200; ++i) f << "the quick brown fox jumps over the lazy dog\n";
   }
   auto cfg = RunConfig::from_file(std::string(LOWBIT_SOURCE_DIR) + "/configs/gpt_chars.toml");
-  cfg.apply_overrides({"--data.path", dir + "/corpus.txt", "--model.context", "16", "--model.d_model", "32", "--model.n_layers", "1",
-                       "--data.batch_size", "8", "--training.max_steps", "40", "--training.eval_interval", "20", "--training.eval_batches", "2",
-                       "--lr_scheduler.warmup_steps", "5", "--training.sample_tokens", "30", "--training.run_dir", dir});
+  cfg.apply_overrides({"--data.path",
+                       dir + "/corpus.txt",
+                       "--model.context",
+                       "16",
+                       "--model.d_model",
+                       "32",
+                       "--model.n_layers",
+                       "1",
+                       "--data.batch_size",
+                       "8",
+                       "--training.max_steps",
+                       "40",
+                       "--training.eval_interval",
+                       "20",
+                       "--training.eval_batches",
+                       "2",
+                       "--lr_scheduler.warmup_steps",
+                       "5",
+                       "--training.sample_tokens",
+                       "30",
+                       "--training.run_dir",
+                       dir});
   auto r = train(cfg, false);
   EXPECT_EQ(r.steps, 40);
   EXPECT_EQ(r.sample.size(), 30u);
@@ -111,11 +135,12 @@ TEST(Train, CharGptShortRunGeneratesText) {
 }
 
 TEST(Train, QatConvertEvalExportWorkflow) {
-  if (!std::filesystem::exists(data::FashionMNIST::default_dir() + "/t10k-images-idx3-ubyte.gz")) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  if (!std::filesystem::exists(data::FashionMNIST::default_dir() + "/t10k-images-idx3-ubyte.gz"))
+    GTEST_SKIP() << "dataset-fashion-mnist not installed";
   auto cfg = RunConfig::from_file(std::string(LOWBIT_SOURCE_DIR) + "/configs/fmnist_qat.toml");
   const std::string dir = tmpdir("qat");
-  cfg.apply_overrides({"--training.max_steps", "40", "--training.epochs", "1", "--model.hidden", "[64]", "--quantize.qat_epochs", "1",
-                       "--checkpoint.enabled", "false", "--training.run_dir", dir});
+  cfg.apply_overrides({"--training.max_steps", "40", "--training.epochs", "1", "--model.hidden", "[64]",
+                       "--quantize.qat_epochs", "1", "--checkpoint.enabled", "false", "--training.run_dir", dir});
   const auto r = train(cfg, false);
   EXPECT_GT(r.float_accuracy, 0.6);
   EXPECT_GT(r.test_accuracy, 0.6);
@@ -125,19 +150,23 @@ TEST(Train, QatConvertEvalExportWorkflow) {
   EXPECT_EQ(acc, r.test_accuracy);
   bool packed = false;
   const auto info = io::inspect(r.export_path);
-  for (const auto& t : info.tensors) packed |= t.path == "/model/2/qdata" && t.dtype == "uint8" && t.shape == Shape{10, 32} && t.scheme == "intx_affine int4";
+  for (const auto& t : info.tensors)
+    packed |=
+        t.path == "/model/2/qdata" && t.dtype == "uint8" && t.shape == Shape{10, 32} && t.scheme == "intx_affine int4";
   EXPECT_TRUE(packed);
   EXPECT_EQ(info.parameters, 784 * 64 + 64 + 64 * 10 + 10);  // logical parameters, as the float model
   EXPECT_GT(static_cast<double>(info.float32_bytes) / static_cast<double>(info.stored_bytes), 1.0);
   // PTQ of a float export with another recipe
   auto fcfg = RunConfig::from_file(std::string(LOWBIT_SOURCE_DIR) + "/configs/fmnist_mlp.toml");
   const std::string fdir = tmpdir("float");
-  fcfg.apply_overrides({"--training.max_steps", "40", "--training.epochs", "1", "--model.hidden", "[64]", "--checkpoint.enabled", "false",
-                        "--training.run_dir", fdir});
+  fcfg.apply_overrides({"--training.max_steps", "40", "--training.epochs", "1", "--model.hidden", "[64]",
+                        "--checkpoint.enabled", "false", "--training.run_dir", fdir});
   const auto fr = train(fcfg, false);
   convert_file(fr.export_path, fdir + "/int8.h5", "int8-dyn", "int4", 32);
   const auto [qloss, qacc] = evaluate_file(fdir + "/int8.h5");
   EXPECT_NEAR(qacc, fr.test_accuracy, 0.01);  // int8 PTQ barely moves accuracy
-  expect_error([&] { convert_file(fdir + "/int8.h5", fdir + "/again.h5", "8da4w", "int4", 32); }, {"already quantized"});
-  expect_error([&] { convert_file(fr.export_path, fdir + "/x.h5", "int3-magic", "int4", 32); }, {"unknown quantization recipe 'int3-magic'"});
+  expect_error([&] { convert_file(fdir + "/int8.h5", fdir + "/again.h5", "8da4w", "int4", 32); },
+               {"already quantized"});
+  expect_error([&] { convert_file(fr.export_path, fdir + "/x.h5", "int3-magic", "int4", 32); },
+               {"unknown quantization recipe 'int3-magic'"});
 }

@@ -32,21 +32,31 @@ bool have_fmnist() { return fs::exists(data::FashionMNIST::default_dir() + "/t10
 
 lowbit::testing::ProcessResult lowbit_run(std::vector<std::string> args, const std::vector<std::string>& env = {}) {
   args.insert(args.begin(), LOWBIT_EXE);
-  auto r = lowbit::testing::run_process(args, fs::temp_directory_path() / ("lowbit_clierr_out_" + std::to_string(::getpid()) + ".txt"), 0, 300.0, env);
+  auto r = lowbit::testing::run_process(
+      args, fs::temp_directory_path() / ("lowbit_clierr_out_" + std::to_string(::getpid()) + ".txt"), 0, 300.0, env);
   EXPECT_EQ(r.signal, 0) << "killed by signal " << r.signal << ":\n" << r.output;
   EXPECT_FALSE(r.timed_out);
   return r;
 }
 // a tiny, fast Fashion-MNIST run
 std::vector<std::string> tiny(const std::string& run_dir, std::vector<std::string> extra = {}) {
-  std::vector<std::string> a = {"train", kMlp, "--model.hidden", "[8]", "--training.epochs", "1", "--training.max_steps", "4", "--training.run_dir", run_dir};
+  std::vector<std::string> a = {"train",
+                                kMlp,
+                                "--model.hidden",
+                                "[8]",
+                                "--training.epochs",
+                                "1",
+                                "--training.max_steps",
+                                "4",
+                                "--training.run_dir",
+                                run_dir};
   a.insert(a.end(), extra.begin(), extra.end());
   return a;
 }
-#define EXPECT_FAILS_WITH(r, text)                                                                     \
-  do {                                                                                                \
-    EXPECT_EQ((r).exit_code, 1) << (r).output;                                                        \
-    EXPECT_NE((r).output.find("lowbit: error: "), std::string::npos) << (r).output;                   \
+#define EXPECT_FAILS_WITH(r, text)                                                                            \
+  do {                                                                                                        \
+    EXPECT_EQ((r).exit_code, 1) << (r).output;                                                                \
+    EXPECT_NE((r).output.find("lowbit: error: "), std::string::npos) << (r).output;                           \
     EXPECT_NE((r).output.find(text), std::string::npos) << "expected '" << (text) << "' in:\n" << (r).output; \
   } while (0)
 int count_lines(const std::string& path) {
@@ -68,19 +78,22 @@ TEST(CliErrors, ConfigIsValidatedBeforeAnyWork) {
       {{"--quantize.recipe", "8da5w"}, "unknown quantization recipe '8da5w'"},
       {{"--quantize.recipe", "8da4w", "--quantize.mode", "qta"}, "quantize.mode: unknown value 'qta'"},
       {{"--quantize.recipe", "8da-intx", "--quantize.weight_dtype", "int9"}, "unknown target dtype 'int9'"},
-      {{"--quantize.recipe", "8da4w", "--quantize.group_size", "48"}, "quantize.group_size 48 divides the in_features of no linear layer"},
+      {{"--quantize.recipe", "8da4w", "--quantize.group_size", "48"},
+       "quantize.group_size 48 divides the in_features of no linear layer"},
       {{"--quantize.recipe", "8da4w", "--quantize.group_size", "-2"}, "group_size must be positive"},
       {{"--training.epochs", "0"}, "training.epochs must be positive, got 0"},
       {{"--training.max_steps", "-1"}, "training.max_steps must be >= 0"},
       {{"--training.threads", "-1"}, "training.threads must be >= 0"},
-      {{"--lr_scheduler.name", "warmup_cosine", "--lr_scheduler.warmup_steps", "10"}, "lr_scheduler.warmup_steps (10) must be below training.max_steps (4)"},
+      {{"--lr_scheduler.name", "warmup_cosine", "--lr_scheduler.warmup_steps", "10"},
+       "lr_scheduler.warmup_steps (10) must be below training.max_steps (4)"},
       {{"--optimizer.lr", "nan"}, "optimizer.lr must be a finite number > 0, got nan"},
       {{"--optimizer.lr", "inf"}, "optimizer.lr must be a finite number > 0, got inf"},
       {{"--optimizer.name", "adamw9"}, "optimizer.name: unknown value 'adamw9'"},
       {{"--lr_scheduler.name", "cosin"}, "lr_scheduler.name: unknown value 'cosin'"},
       {{"--model.hidden", "[8, 0]"}, "model.hidden: layer widths must be positive, got 0"},
       {{"--model.hidden", "[4000000, 4000000]"}, "lowbit refuses models above 2^32"},
-      {{"--training.run_dir", "/etc/hostname/run"}, "training.run_dir '/etc/hostname/run': cannot create the directory"},
+      {{"--training.run_dir", "/etc/hostname/run"},
+       "training.run_dir '/etc/hostname/run': cannot create the directory"},
       {{"--checkpoint.dir", "/etc/hostname/ckpt"}, "checkpoint.dir '/etc/hostname/ckpt': cannot create the directory"},
   };
   for (const auto& b : bad) {
@@ -103,8 +116,22 @@ TEST(CliErrors, DataProblemsAreErrorsBeforeTraining) {
     std::ofstream f(d + "/no_newline.txt");
     for (int i = 0; i < 400; ++i) f << "abcdefgh ";
   }
-  const std::vector<std::string> gpt = {"train", kGpt, "--model.context", "8", "--model.d_model", "16", "--model.n_layers", "1", "--data.batch_size", "4",
-                                        "--training.max_steps", "3", "--lr_scheduler.warmup_steps", "1", "--training.run_dir", d + "/run"};
+  const std::vector<std::string> gpt = {"train",
+                                        kGpt,
+                                        "--model.context",
+                                        "8",
+                                        "--model.d_model",
+                                        "16",
+                                        "--model.n_layers",
+                                        "1",
+                                        "--data.batch_size",
+                                        "4",
+                                        "--training.max_steps",
+                                        "3",
+                                        "--lr_scheduler.warmup_steps",
+                                        "1",
+                                        "--training.run_dir",
+                                        d + "/run"};
   auto args = gpt;
   args.insert(args.end(), {"--data.path", d + "/no_newline.txt"});
   auto r = lowbit_run(args);
@@ -170,10 +197,11 @@ TEST(CliErrors, ResumeRefusesWhatWouldBreakExactness) {
     std::vector<std::string> overrides;
     std::string message;
   };
-  for (const auto& c : std::vector<Change>{{{"--optimizer.lr", "0.002"}, "optimizer.lr: 0.001 in the checkpoint, 0.002 now"},
-                                           {{"--lr_scheduler.name", "step"}, "lr_scheduler.name: \"cosine\" in the checkpoint, \"step\" now"},
-                                           {{"--data.batch_size", "128"}, "data.batch_size: 256 in the checkpoint, 128 now"},
-                                           {{"--training.max_steps", "6"}, "training.max_steps: 4 in the checkpoint, 6 now"}}) {
+  for (const auto& c : std::vector<Change>{
+           {{"--optimizer.lr", "0.002"}, "optimizer.lr: 0.001 in the checkpoint, 0.002 now"},
+           {{"--lr_scheduler.name", "step"}, "lr_scheduler.name: \"cosine\" in the checkpoint, \"step\" now"},
+           {{"--data.batch_size", "128"}, "data.batch_size: 256 in the checkpoint, 128 now"},
+           {{"--training.max_steps", "6"}, "training.max_steps: 4 in the checkpoint, 6 now"}}) {
     auto extra = base;
     extra.insert(extra.end(), c.overrides.begin(), c.overrides.end());
     extra.insert(extra.end(), {"--resume", ck2});
@@ -183,7 +211,8 @@ TEST(CliErrors, ResumeRefusesWhatWouldBreakExactness) {
   }
   // an unchanged config still refuses: step 4 and model.h5 of this run came after step 2
   auto extra = base;
-  extra.insert(extra.end(), {"--training.log_interval", "1", "--resume", ck2});  // log_interval does not change training
+  extra.insert(extra.end(),
+               {"--training.log_interval", "1", "--resume", ck2});  // log_interval does not change training
   auto r = lowbit_run(tiny(run, extra));
   EXPECT_FAILS_WITH(r, "written after step 2");
   // with --overwrite the later outputs go, metrics.jsonl keeps the records up to step 2, and the
@@ -195,13 +224,16 @@ TEST(CliErrors, ResumeRefusesWhatWouldBreakExactness) {
   const auto resumed = io::read_model_tensors(run + "/checkpoints/step_00000004.h5");
   ASSERT_EQ(original.size(), resumed.size());
   for (size_t i = 0; i < original.size(); ++i)
-    EXPECT_EQ(std::memcmp(original[i].second.raw_data(), resumed[i].second.raw_data(), original[i].second.nbytes()), 0) << original[i].first;
+    EXPECT_EQ(std::memcmp(original[i].second.raw_data(), resumed[i].second.raw_data(), original[i].second.nbytes()), 0)
+        << original[i].first;
   // allowed changes continue with the new values and say so
   extra = base;
   extra.insert(extra.end(), {"--optimizer.lr", "0.002", "--resume", ck2, "--resume-allow-changes", "--overwrite"});
   r = lowbit_run(tiny(run, extra));
   EXPECT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("--resume-allow-changes: optimizer.lr: 0.001 in the checkpoint, 0.002 now"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--resume-allow-changes: optimizer.lr: 0.001 in the checkpoint, 0.002 now"),
+            std::string::npos)
+      << r.output;
 }
 
 TEST(CliErrors, ConvertReportsKeptLayersAndWritesNothingOnFailure) {
@@ -210,7 +242,8 @@ TEST(CliErrors, ConvertReportsKeptLayersAndWritesNothingOnFailure) {
   ASSERT_EQ(lowbit_run(tiny(run, {"--model.hidden", "[64]", "--checkpoint.enabled", "false"})).exit_code, 0);
   auto r = lowbit_run({"convert", run + "/model.h5", run + "/q.h5", "--recipe", "8da4w", "--group-size", "32"});
   EXPECT_EQ(r.exit_code, 0) << r.output;
-  EXPECT_NE(r.output.find("kept in float: 0 (in_features 784 not divisible by group size 32)"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("kept in float: 0 (in_features 784 not divisible by group size 32)"), std::string::npos)
+      << r.output;
   EXPECT_NE(r.output.find("quantized (8da4w): 2"), std::string::npos) << r.output;
   r = lowbit_run({"convert", run + "/model.h5", run + "/none.h5", "--recipe", "8da4w", "--group-size", "48"});
   EXPECT_FAILS_WITH(r, "can quantize none of the model's linear layers");
@@ -220,12 +253,30 @@ TEST(CliErrors, ConvertReportsKeptLayersAndWritesNothingOnFailure) {
     std::ofstream f(run + "/corpus.txt");
     for (int i = 0; i < 100; ++i) f << "a small corpus line\n";
   }
-  ASSERT_EQ(lowbit_run({"train", kGpt, "--data.path", run + "/corpus.txt", "--model.context", "8", "--model.d_model", "16", "--model.n_layers", "1",
-                        "--data.batch_size", "4", "--training.max_steps", "2", "--lr_scheduler.warmup_steps", "1", "--training.sample_tokens", "4",
-                        "--training.run_dir", run + "/gpt"})
+  ASSERT_EQ(lowbit_run({"train",
+                        kGpt,
+                        "--data.path",
+                        run + "/corpus.txt",
+                        "--model.context",
+                        "8",
+                        "--model.d_model",
+                        "16",
+                        "--model.n_layers",
+                        "1",
+                        "--data.batch_size",
+                        "4",
+                        "--training.max_steps",
+                        "2",
+                        "--lr_scheduler.warmup_steps",
+                        "1",
+                        "--training.sample_tokens",
+                        "4",
+                        "--training.run_dir",
+                        run + "/gpt"})
                 .exit_code,
             0);
-  r = lowbit_run({"convert", run + "/gpt/checkpoints/step_00000002.h5", run + "/gpt.h5", "--recipe", "8da4w", "--group-size", "16"});
+  r = lowbit_run({"convert", run + "/gpt/checkpoints/step_00000002.h5", run + "/gpt.h5", "--recipe", "8da4w",
+                  "--group-size", "16"});
   EXPECT_FAILS_WITH(r, "lowbit convert quantizes Fashion-MNIST MLP files");
   EXPECT_FALSE(fs::exists(run + "/gpt.h5"));
 }
@@ -245,10 +296,13 @@ TEST(CliErrors, FullDiskIsAnErrorAndLosesNothing) {
     const auto space = fs::space(mnt);
     std::ofstream f(mnt + "/filler", std::ios::binary | std::ios::app);
     std::vector<char> zeros(4096, 0);
-    for (uintmax_t left = space.available > leave ? space.available - leave : 0; left >= zeros.size(); left -= zeros.size()) f.write(zeros.data(), 4096);
+    for (uintmax_t left = space.available > leave ? space.available - leave : 0; left >= zeros.size();
+         left -= zeros.size())
+      f.write(zeros.data(), 4096);
   };
   auto no_temporaries = [&] {
-    for (auto& e : fs::recursive_directory_iterator(mnt)) EXPECT_EQ(e.path().string().find(".tmp."), std::string::npos) << e.path();
+    for (auto& e : fs::recursive_directory_iterator(mnt))
+      EXPECT_EQ(e.path().string().find(".tmp."), std::string::npos) << e.path();
   };
   // library: a checkpoint that fits, then a bigger save over it on a full disk, with the image
   // staged in /dev/shm and (LOWBIT_SAVE_IN_PROCESS) in this process

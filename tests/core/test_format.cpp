@@ -15,7 +15,9 @@ using namespace lowbit;
 using namespace lowbit::core;
 
 namespace {
-bool same_value(float a, float b) { return (std::isnan(a) && std::isnan(b)) || (a == b && std::signbit(a) == std::signbit(b)); }
+bool same_value(float a, float b) {
+  return (std::isnan(a) && std::isnan(b)) || (a == b && std::signbit(a) == std::signbit(b));
+}
 
 std::vector<const Format*> small_formats(FormatKind kind) {
   std::vector<const Format*> out;
@@ -49,14 +51,16 @@ TEST(FormatTable, RowsDescribeThemselves) {
     format_by_name("int9", "quantize.weight_dtype", &integer);
     FAIL();
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("quantize.weight_dtype: unknown integer format 'int9' (known: int1, int2"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("quantize.weight_dtype: unknown integer format 'int9' (known: int1, int2"),
+              std::string::npos)
+        << e.what();
   }
 }
 
 TEST(FormatTable, IntegerRangesAndCodes) {
-  const std::map<std::string, std::pair<int64_t, int64_t>> expected = {{"int1", {-1, 0}},     {"int2", {-2, 1}},      {"int4", {-8, 7}},
-                                                                       {"int8", {-128, 127}}, {"uint1", {0, 1}},      {"uint4", {0, 15}},
-                                                                       {"uint8", {0, 255}},   {"int16", {-32768, 32767}}};
+  const std::map<std::string, std::pair<int64_t, int64_t>> expected = {
+      {"int1", {-1, 0}}, {"int2", {-2, 1}},  {"int4", {-8, 7}},   {"int8", {-128, 127}},
+      {"uint1", {0, 1}}, {"uint4", {0, 15}}, {"uint8", {0, 255}}, {"int16", {-32768, 32767}}};
   for (const auto& [name, range] : expected) {
     const Format& f = format_by_name(name);
     EXPECT_EQ(f.qmin, range.first) << name;
@@ -98,7 +102,10 @@ TEST(FormatTable, EveryCodeRoundTrips) {
         EXPECT_EQ(encode(*f, v), c) << "code " << c << " value " << v;
         EXPECT_EQ(encode(*f, v, false), c) << "code " << c << " value " << v;
       }
-      EXPECT_EQ(nan_codes, !f->has_nan ? 0 : f->kind == FormatKind::PowerOfTwo || !f->has_negative_zero ? 1 : f->has_inf ? 6 : 2);
+      EXPECT_EQ(nan_codes, !f->has_nan                                                  ? 0
+                           : f->kind == FormatKind::PowerOfTwo || !f->has_negative_zero ? 1
+                           : f->has_inf                                                 ? 6
+                                                                                        : 2);
     }
   }
 }
@@ -149,7 +156,8 @@ TEST(FormatTable, PyTorchObservedCasts) {
   const Format& e4m3 = format(FormatId::Float8E4M3FN);
   const std::vector<float> in = {448, 456, 464, 465, 500, INFINITY, NAN};
   const std::vector<float> eager = {448, 448, 448, NAN, NAN, NAN, NAN};
-  for (size_t i = 0; i < in.size(); ++i) EXPECT_TRUE(same_value(decode(e4m3, encode(e4m3, in[i], false)), eager[i])) << in[i];
+  for (size_t i = 0; i < in.size(); ++i)
+    EXPECT_TRUE(same_value(decode(e4m3, encode(e4m3, in[i], false)), eager[i])) << in[i];
   EXPECT_EQ(encode(e4m3, 448.0f), 0x7Eu);
   EXPECT_EQ(encode(e4m3, -448.0f), 0xFEu);
   const Format& e5m2 = format(FormatId::Float8E5M2);
@@ -161,11 +169,12 @@ TEST(FormatTable, PyTorchObservedCasts) {
   EXPECT_EQ(decode(fnuz, encode(fnuz, 240.0f)), 240.0f);
   // spec §4.1: fp4 / fp6 ties and saturation
   const Format& fp4 = format(FormatId::Float4E2M1FN);
-  const std::vector<std::pair<float, float>> fp4_cases = {{0.25f, 0}, {0.75f, 1.0f}, {1.25f, 1.0f}, {1.75f, 2}, {2.5f, 2},
-                                                          {3.5f, 4},  {5.0f, 4},     {5.5f, 6},     {INFINITY, 6}};
+  const std::vector<std::pair<float, float>> fp4_cases = {
+      {0.25f, 0}, {0.75f, 1.0f}, {1.25f, 1.0f}, {1.75f, 2}, {2.5f, 2}, {3.5f, 4}, {5.0f, 4}, {5.5f, 6}, {INFINITY, 6}};
   for (auto [x, y] : fp4_cases) EXPECT_EQ(decode(fp4, encode(fp4, x)), y) << x;
   const float fp4_table[8] = {0, 0.5f, 1, 1.5f, 2, 3, 4, 6};
-  for (uint32_t c = 0; c < 16; ++c) EXPECT_TRUE(same_value(decode(fp4, c), c < 8 ? fp4_table[c] : -fp4_table[c - 8])) << c;
+  for (uint32_t c = 0; c < 16; ++c)
+    EXPECT_TRUE(same_value(decode(fp4, c), c < 8 ? fp4_table[c] : -fp4_table[c - 8])) << c;
   const Format& e2m3 = format(FormatId::Float6E2M3FN);
   EXPECT_EQ(decode(e2m3, encode(e2m3, 0.0625f)), 0.0f);
   EXPECT_EQ(decode(e2m3, encode(e2m3, 0.1875f)), 0.25f);
@@ -198,8 +207,10 @@ TEST(FormatTable, BulkCodecsAndPackingMatchTheReference) {
   std::vector<float> x(100003);
   for (auto& v : x) {
     const uint32_t r = rng();
-    std::memcpy(&v, &r, 4);                          // every kind of float32, NaN and inf included
-    if (rng() % 2) v = std::ldexp(static_cast<float>(static_cast<int32_t>(rng() % 4001) - 2000), -static_cast<int>(rng() % 12));  // and the formats' range
+    std::memcpy(&v, &r, 4);  // every kind of float32, NaN and inf included
+    if (rng() % 2)
+      v = std::ldexp(static_cast<float>(static_cast<int32_t>(rng() % 4001) - 2000),
+                     -static_cast<int>(rng() % 12));  // and the formats' range
   }
   for (size_t i = 0; i < kNumFormats; ++i) {
     const Format& f = formats()[i];
@@ -212,7 +223,8 @@ TEST(FormatTable, BulkCodecsAndPackingMatchTheReference) {
       std::vector<float> back(x.size());
       decode_n(f, codes.data(), back.data(), static_cast<int64_t>(codes.size()));
       for (size_t k = 0; k < x.size(); ++k) ASSERT_TRUE(same_value(back[k], decode(f, codes[k]))) << k;
-      std::vector<uint8_t> packed(static_cast<size_t>(packed_bytes(f, static_cast<int64_t>(codes.size())))), unpacked(codes.size());
+      std::vector<uint8_t> packed(static_cast<size_t>(packed_bytes(f, static_cast<int64_t>(codes.size())))),
+          unpacked(codes.size());
       pack(f, codes.data(), packed.data(), static_cast<int64_t>(codes.size()));
       unpack(f, packed.data(), unpacked.data(), static_cast<int64_t>(codes.size()));
       ASSERT_EQ(unpacked, codes);

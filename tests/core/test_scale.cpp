@@ -26,7 +26,8 @@ TEST(ScaleRules, SpecExamples) {
   // spec §4.2: fp4 amax 6 -> FLOOR/RCEIL 127; amax 7 -> FLOOR 127, RCEIL/CEIL/EVEN 128
   EXPECT_EQ(e8m0_scale(6.0f, fp4, E8M0Rounding::Floor).byte, 127);
   EXPECT_EQ(e8m0_scale(6.0f, fp4, E8M0Rounding::RCeil).byte, 127);
-  for (auto m : {E8M0Rounding::RCeil, E8M0Rounding::Ceil, E8M0Rounding::Even}) EXPECT_EQ(e8m0_scale(7.0f, fp4, m).byte, 128) << to_string(m);
+  for (auto m : {E8M0Rounding::RCeil, E8M0Rounding::Ceil, E8M0Rounding::Even})
+    EXPECT_EQ(e8m0_scale(7.0f, fp4, m).byte, 128) << to_string(m);
   EXPECT_EQ(e8m0_scale(7.0f, fp4, E8M0Rounding::Floor).byte, 127);
   // e4m3: amax 448 -> FLOOR 127; 500 -> FLOOR 127, RCEIL 128
   EXPECT_EQ(e8m0_scale(448.0f, e4m3, E8M0Rounding::Floor).byte, 127);
@@ -56,7 +57,8 @@ TEST(ScaleRules, SpecExamples) {
     EXPECT_EQ(p, std::exp2(std::floor(std::log2(s))));
     rounded_up += p == 8.0f;
   }
-  std::printf("  values 2^3(1 - j 2^-24), j = 1..64, whose fp32 log2 rounds up to 3: %d (spec §9 item 3: 1)\n", rounded_up);
+  std::printf("  values 2^3(1 - j 2^-24), j = 1..64, whose fp32 log2 rounds up to 3: %d (spec §9 item 3: 1)\n",
+              rounded_up);
 }
 
 TEST(ScaleRules, EveryToMxCaseOfMxH5) {
@@ -72,7 +74,7 @@ TEST(ScaleRules, EveryToMxCaseOfMxH5) {
     hid_t g = H5Gopen2(f, name.c_str(), H5P_DEFAULT);
     const Format& e = elem(t::attr_string(g, "elem_format"));
     const std::string mode_s = t::attr_string(g, "scaling_mode");
-    const E8M0Rounding mode = mode_s.find("RCEIL") != std::string::npos ? E8M0Rounding::RCeil
+    const E8M0Rounding mode = mode_s.find("RCEIL") != std::string::npos  ? E8M0Rounding::RCeil
                               : mode_s.find("CEIL") != std::string::npos ? E8M0Rounding::Ceil
                               : mode_s.find("EVEN") != std::string::npos ? E8M0Rounding::Even
                                                                          : E8M0Rounding::Floor;
@@ -105,7 +107,8 @@ TEST(ScaleRules, EveryToMxCaseOfMxH5) {
         const uint32_t c = encode(e, blk[i] * s.multiplier, saturate);
         const uint8_t want = q[static_cast<size_t>(b * bs + i)];
         const bool both_nan = std::isnan(decode(e, c)) && std::isnan(decode(e, want));
-        ASSERT_TRUE(c == want || both_nan) << "block " << b << " element " << i << ": x " << blk[i] << " -> " << c << ", torchao " << int(want);
+        ASSERT_TRUE(c == want || both_nan)
+            << "block " << b << " element " << i << ": x " << blk[i] << " -> " << c << ", torchao " << int(want);
         ++codes_checked;
       }
     }
@@ -114,8 +117,8 @@ TEST(ScaleRules, EveryToMxCaseOfMxH5) {
   }
   H5Fclose(f);
   EXPECT_EQ(cases, 80);  // 5 element formats x 4 modes x 4 inputs
-  std::printf("  mx.h5: %d to_mx cases, %lld scale bytes and %lld element codes bit-exact\n", cases, static_cast<long long>(blocks),
-              static_cast<long long>(codes_checked));
+  std::printf("  mx.h5: %d to_mx cases, %lld scale bytes and %lld element codes bit-exact\n", cases,
+              static_cast<long long>(blocks), static_cast<long long>(codes_checked));
 }
 
 TEST(ScaleRules, EveryFloat8CastCaseOfFloat8H5) {
@@ -133,7 +136,9 @@ TEST(ScaleRules, EveryFloat8CastCaseOfFloat8H5) {
     hid_t g = H5Gopen2(f, name.c_str(), H5P_DEFAULT);
     const Format& fp8 = elem(name.find("/e5m2/") != std::string::npos ? "float8_e5m2" : "float8_e4m3fn");
     const bool pow2 = name.find("/pow2_True/") != std::string::npos;
-    const int axis = name.find("axiswise_dim_neg1") != std::string::npos ? 1 : name.find("axiswise_dim_0") != std::string::npos ? 0 : -1;
+    const int axis = name.find("axiswise_dim_neg1") != std::string::npos ? 1
+                     : name.find("axiswise_dim_0") != std::string::npos  ? 0
+                                                                         : -1;
     const Tensor x = t::dataset(g, "input", kFloat32);  // bf16 inputs: their exact float32 values
     const Tensor gs = t::dataset(g, "scale", kFloat32);
     const Tensor gd = t::dataset(g, "data_bits", kUInt8);
@@ -147,9 +152,12 @@ TEST(ScaleRules, EveryFloat8CastCaseOfFloat8H5) {
         nan |= std::isnan(v);
         amax = std::max(amax, std::fabs(v));
       };
-      if (axis == 1) for (int64_t k = 0; k < K; ++k) take(xp[r * K + k]);
-      else if (axis == 0) for (int64_t m = 0; m < M; ++m) take(xp[m * K + c]);
-      else for (int64_t i = 0; i < M * K; ++i) take(xp[i]);
+      if (axis == 1)
+        for (int64_t k = 0; k < K; ++k) take(xp[r * K + k]);
+      else if (axis == 0)
+        for (int64_t m = 0; m < M; ++m) take(xp[m * K + c]);
+      else
+        for (int64_t i = 0; i < M * K; ++i) take(xp[i]);
       const float s = float8_amax_to_scale(nan ? NAN : static_cast<double>(amax), fp8);
       return pow2 ? round_scale_to_power_of_2(s) : s;
     };
@@ -163,7 +171,8 @@ TEST(ScaleRules, EveryFloat8CastCaseOfFloat8H5) {
         const uint32_t code = encode(fp8, xp[r * K + c] * s, /*saturate=*/true);
         const uint8_t want = gd.data_ptr<uint8_t>()[r * K + c];
         ASSERT_TRUE(code == want || (std::isnan(decode(fp8, code)) && std::isnan(decode(fp8, want))))
-            << "[" << r << ", " << c << "] x " << xp[r * K + c] << " scale " << s << ": " << code << " vs torchao " << int(want);
+            << "[" << r << ", " << c << "] x " << xp[r * K + c] << " scale " << s << ": " << code << " vs torchao "
+            << int(want);
         ++codes;
       }
     H5Gclose(g);
@@ -171,5 +180,6 @@ TEST(ScaleRules, EveryFloat8CastCaseOfFloat8H5) {
   }
   H5Fclose(f);
   EXPECT_GT(cases, 0);
-  std::printf("  float8.h5: %d cast cases, %lld fp8 codes and their scales bit-exact\n", cases, static_cast<long long>(codes));
+  std::printf("  float8.h5: %d cast cases, %lld fp8 codes and their scales bit-exact\n", cases,
+              static_cast<long long>(codes));
 }

@@ -24,16 +24,20 @@ std::vector<int64_t> epoch_targets(DataLoader& l) {
     for (int64_t i = 0; i < b->target.numel(); ++i) out.push_back(b->target.data_ptr<int64_t>()[i]);
   return out;
 }
-std::string tmp(const std::string& name) { return (std::filesystem::temp_directory_path() / ("lowbit_test_" + name)).string(); }
+std::string tmp(const std::string& name) {
+  return (std::filesystem::temp_directory_path() / ("lowbit_test_" + name)).string();
+}
 void write_gz(const std::string& path, const std::vector<unsigned char>& bytes) {
   gzFile f = gzopen(path.c_str(), "wb");
   gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size()));
   gzclose(f);
 }
-std::vector<unsigned char> idx_bytes(uint8_t dims, std::vector<uint32_t> shape, size_t data_bytes, uint32_t magic_override = 0) {
+std::vector<unsigned char> idx_bytes(uint8_t dims, std::vector<uint32_t> shape, size_t data_bytes,
+                                     uint32_t magic_override = 0) {
   std::vector<unsigned char> b = {0, 0, 0x08, dims};
-  if (magic_override) b = {static_cast<unsigned char>(magic_override >> 24), static_cast<unsigned char>(magic_override >> 16),
-                           static_cast<unsigned char>(magic_override >> 8), static_cast<unsigned char>(magic_override)};
+  if (magic_override)
+    b = {static_cast<unsigned char>(magic_override >> 24), static_cast<unsigned char>(magic_override >> 16),
+         static_cast<unsigned char>(magic_override >> 8), static_cast<unsigned char>(magic_override)};
   for (uint32_t s : shape)
     for (int k = 3; k >= 0; --k) b.push_back(static_cast<unsigned char>(s >> (8 * k)));
   for (size_t i = 0; i < data_bytes; ++i) b.push_back(static_cast<unsigned char>(i % 10));
@@ -43,7 +47,8 @@ std::vector<unsigned char> idx_bytes(uint8_t dims, std::vector<uint32_t> shape, 
 
 TEST(DataLoader, DeterministicShuffleBySeedAndEpoch) {
   auto ds = toy(103);
-  DataLoader a(ds, {.batch_size = 10, .shuffle = true, .seed = 7}), b(ds, {.batch_size = 10, .shuffle = true, .seed = 7});
+  DataLoader a(ds, {.batch_size = 10, .shuffle = true, .seed = 7}),
+      b(ds, {.batch_size = 10, .shuffle = true, .seed = 7});
   const auto e0 = epoch_targets(a), e0b = epoch_targets(b);
   EXPECT_EQ(e0, e0b);
   EXPECT_EQ(e0.size(), 103u);
@@ -82,7 +87,8 @@ TEST(DataLoader, DropLastAndSeek) {
 }
 
 TEST(IdxReader, CorruptFilesGiveClearErrors) {
-  const std::string good = tmp("good.gz"), magic = tmp("magic.gz"), trunc = tmp("trunc.gz"), header = tmp("header.gz"), notgz = tmp("notgz.gz");
+  const std::string good = tmp("good.gz"), magic = tmp("magic.gz"), trunc = tmp("trunc.gz"), header = tmp("header.gz"),
+                    notgz = tmp("notgz.gz");
   write_gz(good, idx_bytes(3, {2, 3, 4}, 24));
   Tensor t = read_idx(good, 0x08, 3);
   EXPECT_EQ(t.shape(), (Shape{2, 3, 4}));
@@ -104,14 +110,16 @@ TEST(IdxReader, CorruptFilesGiveClearErrors) {
 }
 
 TEST(FashionMNIST, LoadsTheDebianPackage) {
-  if (!std::filesystem::exists(FashionMNIST::default_dir() + "/t10k-images-idx3-ubyte.gz")) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  if (!std::filesystem::exists(FashionMNIST::default_dir() + "/t10k-images-idx3-ubyte.gz"))
+    GTEST_SKIP() << "dataset-fashion-mnist not installed";
   auto test = FashionMNIST::load("", false);
   EXPECT_EQ(test->size(), 10000);
   EXPECT_EQ(test->data().shape(), (Shape{10000, 784}));
   EXPECT_EQ(test->target().dtype(), kInt64);
   EXPECT_NEAR(mean(test->data()).item<double>(), 0.0, 0.05);  // normalized
-  EXPECT_EQ(test->target().data_ptr<int64_t>()[0], 9);       // the first test image is an ankle boot
-  expect_error([] { FashionMNIST::load("/nonexistent/dir", true); }, {"/nonexistent/dir/train-images-idx3-ubyte.gz", "no such file"});
+  EXPECT_EQ(test->target().data_ptr<int64_t>()[0], 9);        // the first test image is an ankle boot
+  expect_error([] { FashionMNIST::load("/nonexistent/dir", true); },
+               {"/nonexistent/dir/train-images-idx3-ubyte.gz", "no such file"});
 }
 
 TEST(CharData, WindowsAreShiftedByOne) {

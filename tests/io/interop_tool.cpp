@@ -9,11 +9,13 @@
 using namespace lowbit;
 
 static std::shared_ptr<nn::Sequential> model() {
-  return std::make_shared<nn::Sequential>(
-      std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(4, 3), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(3, 2)});
+  return std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(4, 3), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(3, 2)});
 }
 // value of element i of tensor k: the same formula the Python side uses
-static float expected(int k, int64_t i) { return static_cast<float>(0.25 * static_cast<double>(i) - static_cast<double>(k)); }
+static float expected(int k, int64_t i) {
+  return static_cast<float>(0.25 * static_cast<double>(i) - static_cast<double>(k));
+}
 
 int main(int argc, char** argv) {
   if (argc != 3) return 2;
@@ -34,7 +36,8 @@ int main(int argc, char** argv) {
     for (auto& [name, t] : m->state_dict()) {
       for (int64_t i = 0; i < t.numel(); ++i)
         if (t.data_ptr<float>()[i] != expected(k, i)) {
-          std::fprintf(stderr, "%s[%lld] = %g, expected %g\n", name.c_str(), static_cast<long long>(i), t.data_ptr<float>()[i], expected(k, i));
+          std::fprintf(stderr, "%s[%lld] = %g, expected %g\n", name.c_str(), static_cast<long long>(i),
+                       t.data_ptr<float>()[i], expected(k, i));
           return 1;
         }
       ++k;

@@ -29,19 +29,20 @@ inline constexpr bool kAsan = false;
 #endif
 
 struct ProcessResult {
-  int exit_code = -1;   // -1 when killed by a signal
-  int signal = 0;       // the signal that ended it, 0 if it exited
+  int exit_code = -1;  // -1 when killed by a signal
+  int signal = 0;      // the signal that ended it, 0 if it exited
   bool timed_out = false;
   long max_rss_kb = 0;  // peak resident set of the child
   double seconds = 0;
-  std::string output;   // stdout and stderr together
+  std::string output;  // stdout and stderr together
 };
 
 /// Runs argv[0] with argv; address_space_limit (bytes, 0 = none) is applied with RLIMIT_AS
 /// except under AddressSanitizer (whose shadow memory needs terabytes of address space);
 /// the child is killed after deadline_s.
-inline ProcessResult run_process(const std::vector<std::string>& argv, const std::string& output_file, uint64_t address_space_limit,
-                                 double deadline_s, const std::vector<std::string>& env = {}) {
+inline ProcessResult run_process(const std::vector<std::string>& argv, const std::string& output_file,
+                                 uint64_t address_space_limit, double deadline_s,
+                                 const std::vector<std::string>& env = {}) {
   std::vector<char*> args;
   for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
   args.push_back(nullptr);

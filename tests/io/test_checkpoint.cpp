@@ -40,7 +40,8 @@ bool same_bits(const nn::Module& a, const nn::Module& b) {
   if (sa.size() != sb.size()) return false;
   for (size_t i = 0; i < sa.size(); ++i)
     if (sa[i].second.nbytes() != sb[i].second.nbytes() ||
-        (sa[i].second.nbytes() > 0 && std::memcmp(sa[i].second.raw_data(), sb[i].second.raw_data(), sa[i].second.nbytes()) != 0))
+        (sa[i].second.nbytes() > 0 &&
+         std::memcmp(sa[i].second.raw_data(), sb[i].second.raw_data(), sa[i].second.nbytes()) != 0))
       return false;
   return true;
 }
@@ -59,9 +60,11 @@ struct TrainRun {
       opt = std::make_unique<optim::AdamW>(model->parameters(), optim::AdamOptions{.lr = 1e-2, .weight_decay = 0.05});
       sched = std::make_unique<optim::CosineAnnealingLR>(*opt, 40);
     } else {
-      opt = std::make_unique<optim::SGD>(model->parameters(), optim::SGDOptions{.lr = 0.05, .momentum = 0.9, .nesterov = true});
+      opt = std::make_unique<optim::SGD>(model->parameters(),
+                                         optim::SGDOptions{.lr = 0.05, .momentum = 0.9, .nesterov = true});
     }
-    loader = std::make_unique<data::DataLoader>(make_data(), data::DataLoaderOptions{.batch_size = 8, .shuffle = true, .seed = seed});
+    loader = std::make_unique<data::DataLoader>(
+        make_data(), data::DataLoaderOptions{.batch_size = 8, .shuffle = true, .seed = seed});
   }
   void steps(int n) {
     for (int i = 0; i < n;) {
@@ -108,7 +111,8 @@ TEST_P(Resume, IsBitExact) {
     EXPECT_EQ(second.opt->lr(), full_run.opt->lr());
   }
 }
-INSTANTIATE_TEST_SUITE_P(Checkpoint, Resume, ::testing::Values(false, true), [](const auto& i) { return i.param ? "AdamWWithScheduler" : "SGDMomentum"; });
+INSTANTIATE_TEST_SUITE_P(Checkpoint, Resume, ::testing::Values(false, true),
+                         [](const auto& i) { return i.param ? "AdamWWithScheduler" : "SGDMomentum"; });
 
 TEST(Checkpoint, ModelExportRoundTripAndTiedWeights) {
   nn::GPTConfig c;
@@ -179,10 +183,12 @@ TEST(Checkpoint, MismatchesAreReportedByKey) {
   // wrong shape
   auto wide = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
       std::make_shared<nn::Linear>(8, 17), std::make_shared<nn::GELU>(), std::make_shared<nn::Linear>(17, 3)});
-  expect_error([&] { io::load_checkpoint(path, *wide); }, {path, "mismatch 0.weight: shape [16, 8] in the file, [17, 8] in the model", "mismatch 2.weight"});
+  expect_error([&] { io::load_checkpoint(path, *wide); },
+               {path, "mismatch 0.weight: shape [16, 8] in the file, [17, 8] in the model", "mismatch 2.weight"});
   // missing and unexpected keys
   auto deeper = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
-      std::make_shared<nn::Linear>(8, 16), std::make_shared<nn::GELU>(), std::make_shared<nn::Linear>(16, 3), std::make_shared<nn::Linear>(3, 3)});
+      std::make_shared<nn::Linear>(8, 16), std::make_shared<nn::GELU>(), std::make_shared<nn::Linear>(16, 3),
+      std::make_shared<nn::Linear>(3, 3)});
   expect_error([&] { io::load_checkpoint(path, *deeper); }, {"missing key '3.weight'", "missing key '3.bias'"});
   auto nobias = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
       std::make_shared<nn::Linear>(8, 16, false), std::make_shared<nn::GELU>(), std::make_shared<nn::Linear>(16, 3)});
@@ -196,7 +202,8 @@ TEST(Checkpoint, MismatchesAreReportedByKey) {
   EXPECT_EQ(std::memcmp(before.raw_data(), deeper->state_dict()[0].second.raw_data(), before.nbytes()), 0);
   const auto rep = io::load_checkpoint(path, *deeper, nullptr, nullptr, nullptr, {.strict = false});
   EXPECT_EQ(rep.missing_keys.size(), 2u);
-  EXPECT_EQ(std::memcmp(deeper->state_dict()[0].second.raw_data(), a->state_dict()[0].second.raw_data(), before.nbytes()), 0);
+  EXPECT_EQ(
+      std::memcmp(deeper->state_dict()[0].second.raw_data(), a->state_dict()[0].second.raw_data(), before.nbytes()), 0);
   // optimizer state requested from a model-only file
   optim::AdamW opt(a->parameters());
   expect_error([&] { io::load_checkpoint(path, *a, &opt); }, {path, "no optimizer state"});
@@ -266,10 +273,13 @@ bool same_optimizer_state(const optim::Optimizer& a, const optim::Optimizer& b) 
   if (sa.state.size() != sb.state.size()) return false;
   for (const auto& [i, ps] : sa.state) {
     auto it = sb.state.find(i);
-    if (it == sb.state.end() || it->second.step != ps.step || it->second.tensors.size() != ps.tensors.size()) return false;
+    if (it == sb.state.end() || it->second.step != ps.step || it->second.tensors.size() != ps.tensors.size())
+      return false;
     for (const auto& [k, t] : ps.tensors) {
       auto jt = it->second.tensors.find(k);
-      if (jt == it->second.tensors.end() || jt->second.nbytes() != t.nbytes() || std::memcmp(jt->second.raw_data(), t.raw_data(), t.nbytes()) != 0) return false;
+      if (jt == it->second.tensors.end() || jt->second.nbytes() != t.nbytes() ||
+          std::memcmp(jt->second.raw_data(), t.raw_data(), t.nbytes()) != 0)
+        return false;
     }
   }
   return true;
@@ -296,7 +306,8 @@ TEST(Checkpoint, FuzzedFilesNeverCrash) {
     std::vector<char> b = bytes;
     const int kind = iter % 5;
     if (kind == 0) {  // bit flips anywhere
-      for (int k = 0, n = 1 + static_cast<int>(rng() % 8); k < n; ++k) b[rng() % b.size()] ^= static_cast<char>(1 << (rng() % 8));
+      for (int k = 0, n = 1 + static_cast<int>(rng() % 8); k < n; ++k)
+        b[rng() % b.size()] ^= static_cast<char>(1 << (rng() % 8));
     } else if (kind == 1) {  // truncation
       b.resize(rng() % b.size());
     } else if (kind == 2) {  // random overwrite of a span
@@ -320,7 +331,8 @@ TEST(Checkpoint, FuzzedFilesNeverCrash) {
       // unused bytes) -- except where the CRC was forged and HDF5 cannot tell (kind 4)
       if (kind != 4) {
         EXPECT_TRUE(same_bits(*fresh, *m)) << "iteration " << iter << " (kind " << kind << ") loaded corrupted weights";
-        EXPECT_TRUE(same_optimizer_state(fresh_opt, opt)) << "iteration " << iter << " (kind " << kind << ") loaded corrupted optimizer state";
+        EXPECT_TRUE(same_optimizer_state(fresh_opt, opt))
+            << "iteration " << iter << " (kind " << kind << ") loaded corrupted optimizer state";
       }
     } catch (const Error& e) {
       ++rejected[kind];
@@ -331,9 +343,12 @@ TEST(Checkpoint, FuzzedFilesNeverCrash) {
   // truncation and any change to the HDF5 bytes under a valid header never get past the CRC
   EXPECT_EQ(loaded[1], 0);
   EXPECT_EQ(loaded[3], 0);
-  std::printf("  loaded/rejected by kind: flips %d/%d, truncation %d/%d, spans %d/%d, hdf5 byte %d/%d, forged crc %d/%d (%d of them crashed HDF5 in the "
-              "verifying child)\n",
-              loaded[0], rejected[0], loaded[1], rejected[1], loaded[2], rejected[2], loaded[3], rejected[3], loaded[4], rejected[4], parser_crashes);
+  std::printf(
+      "  loaded/rejected by kind: flips %d/%d, truncation %d/%d, spans %d/%d, hdf5 byte %d/%d, forged crc %d/%d (%d of "
+      "them crashed HDF5 in the "
+      "verifying child)\n",
+      loaded[0], rejected[0], loaded[1], rejected[1], loaded[2], rejected[2], loaded[3], rejected[3], loaded[4],
+      rejected[4], parser_crashes);
 }
 
 TEST(Checkpoint, InProcessStagingWritesTheSameFile) {
@@ -359,7 +374,8 @@ TEST(Checkpoint, InProcessStagingWritesTheSameFile) {
 
 TEST(Checkpoint, KillDuringSaveKeepsPreviousCheckpoint) {
   // a model big enough that a save takes a while
-  auto big = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(1024, 2048), std::make_shared<nn::Linear>(2048, 1024)});
+  auto big = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(1024, 2048), std::make_shared<nn::Linear>(2048, 1024)});
   const std::string path = tmp("killed.h5");
   io::export_model(path, *big);
   for (int round = 0; round < 4; ++round) {
@@ -374,7 +390,8 @@ TEST(Checkpoint, KillDuringSaveKeepsPreviousCheckpoint) {
     kill(child, SIGKILL);
     int status = 0;
     waitpid(child, &status, 0);
-    auto fresh = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(1024, 2048), std::make_shared<nn::Linear>(2048, 1024)});
+    auto fresh = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+        std::make_shared<nn::Linear>(1024, 2048), std::make_shared<nn::Linear>(2048, 1024)});
     EXPECT_NO_THROW(io::load_checkpoint(path, *fresh)) << "round " << round;
     EXPECT_TRUE(same_bits(*fresh, *big));
   }

@@ -65,9 +65,10 @@ hid_t lcpl() {
   return p;
 }
 // A float32 dataset filled with 0.01 * index, with lowbit's dtype attribute.
-void dataset(hid_t f, const std::string& path, std::vector<hsize_t> dims, hid_t dcpl = H5P_DEFAULT, bool write = true, const char* dtype = "float32",
-             hid_t type = H5T_IEEE_F32LE) {
-  hid_t s = dims.empty() ? H5Screate(H5S_SCALAR) : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr);
+void dataset(hid_t f, const std::string& path, std::vector<hsize_t> dims, hid_t dcpl = H5P_DEFAULT, bool write = true,
+             const char* dtype = "float32", hid_t type = H5T_IEEE_F32LE) {
+  hid_t s =
+      dims.empty() ? H5Screate(H5S_SCALAR) : H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr);
   hid_t d = H5Dcreate2(f, path.c_str(), type, s, lcpl(), dcpl, H5P_DEFAULT);
   if (write) {
     hsize_t n = 1;
@@ -121,7 +122,12 @@ struct Case {
 
 std::vector<Case> cases() {
   std::vector<Case> c;
-  c.push_back({"valid", [](hid_t f) { valid_root(f); valid_model(f); }, "", ""});
+  c.push_back({"valid",
+               [](hid_t f) {
+                 valid_root(f);
+                 valid_model(f);
+               },
+               "", ""});
   c.push_back({"external_storage",
                [](hid_t f) {
                  valid_root(f);
@@ -218,7 +224,8 @@ std::vector<Case> cases() {
                  valid_root(f);
                  valid_model(f);
                  hid_t g = H5Gcreate2(f, "/model/many", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
-                 for (int i = 0; i < 70000; ++i) H5Lcreate_hard(f, "/model/0/bias", g, std::to_string(i).c_str(), H5P_DEFAULT, H5P_DEFAULT);
+                 for (int i = 0; i < 70000; ++i)
+                   H5Lcreate_hard(f, "/model/0/bias", g, std::to_string(i).c_str(), H5P_DEFAULT, H5P_DEFAULT);
                  H5Gclose(g);
                },
                "objects", "objects"});
@@ -233,9 +240,11 @@ std::vector<Case> cases() {
     attrs(g);
     H5Gclose(g);
   };
-  c.push_back({"quantized_missing_dtype", [quant_group](hid_t f) { quant_group(f, [](hid_t g) { attr_str(g, "quant_scheme", "8da4w"); }); },
+  c.push_back({"quantized_missing_dtype",
+               [quant_group](hid_t f) { quant_group(f, [](hid_t g) { attr_str(g, "quant_scheme", "8da4w"); }); },
                "missing attribute 'dtype'", "missing attribute 'dtype'", false});
-  c.push_back({"quantized_nonstring_scheme", [quant_group](hid_t f) {
+  c.push_back({"quantized_nonstring_scheme",
+               [quant_group](hid_t f) {
                  quant_group(f, [](hid_t g) {
                    attr_int(g, "quant_scheme", 7);
                    attr_str(g, "dtype", "int4");
@@ -287,7 +296,8 @@ std::vector<Case> cases() {
                  H5Dclose(d);
                  H5Sclose(s);
                },
-               "", ""});  // the model has no such key: strict loads report it; read_model_tensors must refuse the value (checked below)
+               "", ""});  // the model has no such key: strict loads report it; read_model_tensors must refuse the value
+                          // (checked below)
   c.push_back({"foreign_filter",
                [](hid_t f) {
                  valid_root(f);
@@ -329,7 +339,12 @@ std::vector<Case> cases() {
                  valid_model(f);
                },
                "wrong type", "wrong type"});
-  c.push_back({"unknown_kind", [](hid_t f) { valid_root(f, small_config().to_toml(), "pickle"); valid_model(f); }, "unknown checkpoint kind", "unknown checkpoint kind"});
+  c.push_back({"unknown_kind",
+               [](hid_t f) {
+                 valid_root(f, small_config().to_toml(), "pickle");
+                 valid_model(f);
+               },
+               "unknown checkpoint kind", "unknown checkpoint kind"});
   c.push_back({"negative_step",
                [](hid_t f) {
                  valid_root(f, small_config().to_toml(), "training");
@@ -377,9 +392,12 @@ TEST(HostileFiles, LibraryRefusesEachClassByName) {
     SCOPED_TRACE(c.name);
     const std::string path = make(c);
     const std::string inspect_err = error_of([&] { io::inspect(path); });
-    if (c.inspect_error.empty()) EXPECT_EQ(inspect_err, "");
-    else EXPECT_NE(inspect_err.find(c.inspect_error), std::string::npos) << inspect_err;
-    EXPECT_EQ(inspect_err.find(path) == std::string::npos && !inspect_err.empty(), false) << "errors name the file: " << inspect_err;
+    if (c.inspect_error.empty())
+      EXPECT_EQ(inspect_err, "");
+    else
+      EXPECT_NE(inspect_err.find(c.inspect_error), std::string::npos) << inspect_err;
+    EXPECT_EQ(inspect_err.find(path) == std::string::npos && !inspect_err.empty(), false)
+        << "errors name the file: " << inspect_err;
 
     // loading into the model the file's config describes (what lowbit eval does)
     auto model = cli::build_model(small_config());
@@ -414,7 +432,8 @@ TEST(HostileFiles, ExecutableEndsInAnErrorWithinMemoryAndTime) {
     SCOPED_TRACE(c.name);
     const std::string path = make(c);
     for (const char* cmd : {"inspect", "eval"}) {
-      const auto r = lowbit::testing::run_process({lowbit_exe(), cmd, path}, dir() + "/out.txt", uint64_t{1} << 30, 120.0);
+      const auto r =
+          lowbit::testing::run_process({lowbit_exe(), cmd, path}, dir() + "/out.txt", uint64_t{1} << 30, 120.0);
       EXPECT_FALSE(r.timed_out) << cmd;
       EXPECT_EQ(r.signal, 0) << cmd << " died with signal " << r.signal << "\n" << r.output;
       EXPECT_LT(r.max_rss_kb, 400 * 1024) << cmd;
@@ -426,7 +445,8 @@ TEST(HostileFiles, ExecutableEndsInAnErrorWithinMemoryAndTime) {
         EXPECT_NE(r.output.find("lowbit: error: " + path), std::string::npos) << r.output;
         EXPECT_NE(r.output.find(expected), std::string::npos) << r.output;
       }
-      std::printf("  %-32s %-8s exit %d, %.2f s, peak RSS %ld MB\n", c.name.c_str(), cmd, r.exit_code, r.seconds, r.max_rss_kb / 1024);
+      std::printf("  %-32s %-8s exit %d, %.2f s, peak RSS %ld MB\n", c.name.c_str(), cmd, r.exit_code, r.seconds,
+                  r.max_rss_kb / 1024);
     }
   }
 }

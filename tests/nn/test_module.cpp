@@ -14,8 +14,8 @@ std::vector<std::string> names(const NamedTensors& nt) {
   return out;
 }
 std::shared_ptr<Sequential> mlp() {
-  return std::make_shared<Sequential>(std::vector<std::shared_ptr<Module>>{std::make_shared<Linear>(4, 3), std::make_shared<ReLU>(),
-                                                                           std::make_shared<Linear>(3, 2, false)});
+  return std::make_shared<Sequential>(std::vector<std::shared_ptr<Module>>{
+      std::make_shared<Linear>(4, 3), std::make_shared<ReLU>(), std::make_shared<Linear>(3, 2, false)});
 }
 bool contains(const std::string& s, const std::string& sub) { return s.find(sub) != std::string::npos; }
 }  // namespace
@@ -51,7 +51,8 @@ TEST(Module, PrintsLikePyTorch) {
             "  (1): ReLU()\n"
             "  (2): Linear(in_features=3, out_features=2, bias=False)\n"
             ")");
-  auto outer = std::make_shared<Sequential>(std::vector<std::shared_ptr<Module>>{m, std::make_shared<LayerNorm>(2), std::make_shared<Dropout>(0.1)});
+  auto outer = std::make_shared<Sequential>(
+      std::vector<std::shared_ptr<Module>>{m, std::make_shared<LayerNorm>(2), std::make_shared<Dropout>(0.1)});
   EXPECT_EQ(outer->to_string(),
             "Sequential(\n"
             "  (0): Sequential(\n"
@@ -71,9 +72,9 @@ TEST(Module, StateDictRoundTripAndStrictErrors) {
   b->load_state_dict(a->state_dict());
   EXPECT_EQ(std::memcmp(a->state_dict()[0].second.raw_data(), b->state_dict()[0].second.raw_data(), 4 * 12), 0);
   auto sd = a->state_dict();
-  sd.erase(sd.begin() + 1);                           // drop 0.bias
-  sd.emplace_back("3.weight", ones({1}));             // unexpected
-  sd[0].second = ones({5, 4});                        // shape mismatch for 0.weight
+  sd.erase(sd.begin() + 1);                // drop 0.bias
+  sd.emplace_back("3.weight", ones({1}));  // unexpected
+  sd[0].second = ones({5, 4});             // shape mismatch for 0.weight
   try {
     b->load_state_dict(sd);
     FAIL();
@@ -109,7 +110,8 @@ TEST(Module, ReplaceModuleByDottedName) {
 }
 
 TEST(Module, TrainEvalZeroGradToApply) {
-  auto m = std::make_shared<Sequential>(std::vector<std::shared_ptr<Module>>{std::make_shared<Linear>(4, 4), std::make_shared<Dropout>(0.5)});
+  auto m = std::make_shared<Sequential>(
+      std::vector<std::shared_ptr<Module>>{std::make_shared<Linear>(4, 4), std::make_shared<Dropout>(0.5)});
   m->eval();
   for (auto& c : m->children()) EXPECT_FALSE(c->is_training());
   Tensor x = ones({2, 4});

@@ -24,7 +24,8 @@ void set_grad(Tensor& p, int t) {
   p.set_grad(from_vector(g));
 }
 void expect_close(const Tensor& p, const std::vector<double>& ref, double tol = 2e-5) {
-  for (size_t i = 0; i < ref.size(); ++i) EXPECT_NEAR(p.data_ptr<float>()[i], ref[i], tol * std::max(1.0, std::fabs(ref[i]))) << "element " << i;
+  for (size_t i = 0; i < ref.size(); ++i)
+    EXPECT_NEAR(p.data_ptr<float>()[i], ref[i], tol * std::max(1.0, std::fabs(ref[i]))) << "element " << i;
 }
 
 std::vector<double> sgd_ref(int steps, double lr, double mom, double damp, double wd, bool nesterov, bool maximize) {
@@ -42,14 +43,17 @@ std::vector<double> sgd_ref(int steps, double lr, double mom, double damp, doubl
     }
   return p;
 }
-std::vector<double> adam_ref(int steps, double lr, double b1, double b2, double eps, double wd, bool decoupled, bool amsgrad, bool maximize) {
+std::vector<double> adam_ref(int steps, double lr, double b1, double b2, double eps, double wd, bool decoupled,
+                             bool amsgrad, bool maximize) {
   std::vector<double> p = kP0, m(p.size()), v(p.size()), vmax(p.size());
   for (int t = 1; t <= steps; ++t)
     for (size_t i = 0; i < p.size(); ++i) {
       double g = grad_at(t, i);
       if (maximize) g = -g;
-      if (decoupled) p[i] *= 1 - lr * wd;
-      else g += wd * p[i];
+      if (decoupled)
+        p[i] *= 1 - lr * wd;
+      else
+        g += wd * p[i];
       m[i] = b1 * m[i] + (1 - b1) * g;
       v[i] = b2 * v[i] + (1 - b2) * g * g;
       const double bc1 = 1 - std::pow(b1, t), bc2 = 1 - std::pow(b2, t);
@@ -62,10 +66,19 @@ std::vector<double> adam_ref(int steps, double lr, double b1, double b2, double 
 }  // namespace
 
 TEST(Optim, SGDVariantsMatchTorchFormulas) {
-  struct C { double mom, damp, wd; bool nesterov, maximize; };
-  for (C c : {C{0, 0, 0, false, false}, C{0.9, 0, 0, false, false}, C{0.9, 0, 0.01, true, false}, C{0.8, 0.3, 0.05, false, true}}) {
+  struct C {
+    double mom, damp, wd;
+    bool nesterov, maximize;
+  };
+  for (C c : {C{0, 0, 0, false, false}, C{0.9, 0, 0, false, false}, C{0.9, 0, 0.01, true, false},
+              C{0.8, 0.3, 0.05, false, true}}) {
     Tensor p = make_param();
-    SGD opt({p}, {.lr = 0.1, .momentum = c.mom, .dampening = c.damp, .weight_decay = c.wd, .nesterov = c.nesterov, .maximize = c.maximize});
+    SGD opt({p}, {.lr = 0.1,
+                  .momentum = c.mom,
+                  .dampening = c.damp,
+                  .weight_decay = c.wd,
+                  .nesterov = c.nesterov,
+                  .maximize = c.maximize});
     for (int t = 1; t <= 6; ++t) {
       set_grad(p, t);
       opt.step();
@@ -79,8 +92,15 @@ TEST(Optim, AdamAndAdamWMatchTorchFormulas) {
     for (bool amsgrad : {false, true})
       for (bool maximize : {false, true}) {
         Tensor p = make_param();
-        AdamOptions o{.lr = 0.05, .beta1 = 0.9, .beta2 = 0.99, .eps = 1e-8, .weight_decay = 0.1, .amsgrad = amsgrad, .maximize = maximize};
-        std::unique_ptr<Optimizer> opt = decoupled ? std::unique_ptr<Optimizer>(new AdamW({p}, o)) : std::unique_ptr<Optimizer>(new Adam({p}, o));
+        AdamOptions o{.lr = 0.05,
+                      .beta1 = 0.9,
+                      .beta2 = 0.99,
+                      .eps = 1e-8,
+                      .weight_decay = 0.1,
+                      .amsgrad = amsgrad,
+                      .maximize = maximize};
+        std::unique_ptr<Optimizer> opt =
+            decoupled ? std::unique_ptr<Optimizer>(new AdamW({p}, o)) : std::unique_ptr<Optimizer>(new Adam({p}, o));
         for (int t = 1; t <= 8; ++t) {
           set_grad(p, t);
           opt->step();
@@ -183,7 +203,8 @@ TEST(Schedulers, CurvesMatchPyTorch) {
     // printed by PyTorch 2.11: OneCycleLR(SGD(lr=0.1, momentum=0.9), max_lr=0.1, total_steps=10)
     SGD opt({p}, {.lr = 0.1, .momentum = 0.9});
     OneCycleLR s(opt, 0.1, 10);
-    const std::vector<double> torch_lrs = {0.004, 0.052, 0.1, 0.0950484632, 0.0811745654, 0.0611262022, 0.0388741978, 0.0188258346, 0.0049519368, 4e-07};
+    const std::vector<double> torch_lrs = {0.004,        0.052,        0.1,          0.0950484632, 0.0811745654,
+                                           0.0611262022, 0.0388741978, 0.0188258346, 0.0049519368, 4e-07};
     for (size_t i = 0; i < torch_lrs.size(); ++i) {
       EXPECT_NEAR(opt.lr(), torch_lrs[i], 1e-10) << "step " << i;
       if (i + 1 < torch_lrs.size()) s.step();

@@ -45,7 +45,8 @@ TEST(AffineGolden, EveryCaseBitExact) {
     Tensor scale = g_scale.reshape(blocks_shape(x.shape(), block, "golden")), zp = g_zp.reshape(scale.shape());
     std::string where;
     if (t::has_attr(g, "mapping_type")) {
-      const std::optional<double> eps = t::has_attr(g, "eps_effective") ? std::optional<double>(t::attr_double(g, "eps_effective")) : std::nullopt;
+      const std::optional<double> eps =
+          t::has_attr(g, "eps_effective") ? std::optional<double>(t::attr_double(g, "eps_effective")) : std::nullopt;
       auto [s, z] = choose_qparams_affine(x, parse_mapping(t::attr_string(g, "mapping_type")), block, qmin, qmax, eps);
       EXPECT_EQ(count_mismatches(s.flatten(), g_scale.flatten(), &where), 0) << "scale: " << where;
       EXPECT_EQ(count_mismatches(z.flatten(), g_zp.flatten(), &where), 0) << "zero_point: " << where;
@@ -73,14 +74,29 @@ TEST(Affine, RangesAndErrors) {
   EXPECT_EQ(quant_range("uint8"), (std::pair<int64_t, int64_t>{0, 255}));
   lowbit::testing::expect_error([] { quant_range("int9"); }, {"unknown target dtype 'int9'"});
   const Tensor x = randn({4, 64});
-  lowbit::testing::expect_error([&] { choose_qparams_affine(x, MappingType::SYMMETRIC, {1, 48}, -8, 7); },
-                                {"choose_qparams_affine", "block_size [1, 48]", "[4, 64]"});
+  lowbit::testing::expect_error(
+      [&] {
+        choose_qparams_affine(x, MappingType::SYMMETRIC, {1, 48}, -8, 7);
+      },
+      {"choose_qparams_affine", "block_size [1, 48]", "[4, 64]"});
   lowbit::testing::expect_error([&] { choose_qparams_affine(x, MappingType::SYMMETRIC, {1, 32, 1}, -8, 7); }, {"rank"});
   auto [s, z] = choose_qparams_affine(x, MappingType::SYMMETRIC, {1, 32}, -8, 7);
   EXPECT_EQ(s.shape(), (Shape{4, 2}));
-  lowbit::testing::expect_error([&] { quantize_affine(x, {1, 32}, s, z, kUInt8, -8, 7); }, {"quantize_affine", "[-8, 7]", "uint8"});
-  lowbit::testing::expect_error([&] { quantize_affine(x, {1, 16}, s, z, kInt8, -8, 7); }, {"scale must be float32 or bfloat16 with one value per block", "16 blocks", "[4, 2]"});
-  lowbit::testing::expect_error([&] { quantize_affine(x.to(kFloat64), {1, 32}, s, z, kInt8, -8, 7); }, {"input must be float32 or bfloat16", "float64"});
+  lowbit::testing::expect_error(
+      [&] {
+        quantize_affine(x, {1, 32}, s, z, kUInt8, -8, 7);
+      },
+      {"quantize_affine", "[-8, 7]", "uint8"});
+  lowbit::testing::expect_error(
+      [&] {
+        quantize_affine(x, {1, 16}, s, z, kInt8, -8, 7);
+      },
+      {"scale must be float32 or bfloat16 with one value per block", "16 blocks", "[4, 2]"});
+  lowbit::testing::expect_error(
+      [&] {
+        quantize_affine(x.to(kFloat64), {1, 32}, s, z, kInt8, -8, 7);
+      },
+      {"input must be float32 or bfloat16", "float64"});
 }
 
 TEST(Affine, StraightThroughGradientWithClampMask) {
@@ -89,7 +105,8 @@ TEST(Affine, StraightThroughGradientWithClampMask) {
   Tensor scale = from_vector<float>({1.0f}, {1, 1});
   Tensor zp = from_vector<int32_t>({0}, {1, 1});
   Tensor y = fake_quantize_affine(x, {1, 7}, scale, zp, -8, 7);
-  EXPECT_EQ(y.to_string(), "tensor([[ 0., -4.,  7.,  7., -8., -8.,  7.]], dtype=float32, grad_fn=<FakeQuantizeAffineBackward0>)");
+  EXPECT_EQ(y.to_string(),
+            "tensor([[ 0., -4.,  7.,  7., -8., -8.,  7.]], dtype=float32, grad_fn=<FakeQuantizeAffineBackward0>)");
   y.backward(ones({1, 7}));
   const float* g = x.grad().data_ptr<float>();
   const std::vector<float> expect = {1, 1, 1, 0, 1, 0, 0};  // 7.6 rounds to 8 (clamped); -8.4 rounds to -8 (kept)
@@ -106,8 +123,15 @@ TEST(Affine, RunKernelsMatchStridedPathAndFusedDynamic) {
   const int64_t rows = 37, cols = 96, group = 32;
   Tensor base = mul(randn({rows, cols}), 3.0);
   float* p = base.data_ptr<float>();
-  const float specials[] = {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
-                            -std::numeric_limits<float>::infinity(), 0.0f, -0.0f, 0.5f, 2.5f, -1.5f, 1e-39f};
+  const float specials[] = {std::numeric_limits<float>::quiet_NaN(),
+                            std::numeric_limits<float>::infinity(),
+                            -std::numeric_limits<float>::infinity(),
+                            0.0f,
+                            -0.0f,
+                            0.5f,
+                            2.5f,
+                            -1.5f,
+                            1e-39f};
   for (int i = 0; i < 9; ++i) p[(i * 131) % (rows * cols)] = specials[i];
   for (int64_t c = 0; c < group; ++c) p[5 * cols + c] = 0.0f;  // an all-zero block
   const Tensor gout = randn({rows, cols});
@@ -134,7 +158,10 @@ TEST(Affine, RunKernelsMatchStridedPathAndFusedDynamic) {
     EXPECT_EQ(t::count_mismatches(z, zt.t(), &where), 0) << "zero_point " << where;
     const DType container = c.qmin < 0 ? kInt8 : kUInt8;
     const Tensor q = quantize_affine(x.detach(), blk, s, z, container, c.qmin, c.qmax, c.domain);
-    EXPECT_EQ(t::count_mismatches(q, quantize_affine(xt.detach(), blk_t, st, zt, container, c.qmin, c.qmax, c.domain).t(), &where), 0) << "q " << where;
+    EXPECT_EQ(t::count_mismatches(
+                  q, quantize_affine(xt.detach(), blk_t, st, zt, container, c.qmin, c.qmax, c.domain).t(), &where),
+              0)
+        << "q " << where;
     EXPECT_EQ(t::count_mismatches(dequantize_affine(q, blk, s, z, c.qmin, c.qmax, c.domain),
                                   dequantize_affine(q.t(), blk_t, st, zt, c.qmin, c.qmax, c.domain).t(), &where),
               0)
@@ -163,8 +190,11 @@ TEST(Affine, RunKernelsMatchStridedPathAndFusedDynamic) {
   // a strided block structure through the fused entry point falls back to the two-pass path
   auto r = fake_quantize_affine_dynamic(base, MappingType::SYMMETRIC, {rows, 1}, -8, 7);
   EXPECT_EQ(r.scale.shape(), (Shape{1, cols}));
-  lowbit::testing::expect_error([&] { fake_quantize_affine_dynamic(base, MappingType::SYMMETRIC, {1, 40}, -8, 7); },
-                                {"fake_quantize_affine_dynamic", "block_size [1, 40]", "[37, 96]"});
+  lowbit::testing::expect_error(
+      [&] {
+        fake_quantize_affine_dynamic(base, MappingType::SYMMETRIC, {1, 40}, -8, 7);
+      },
+      {"fake_quantize_affine_dynamic", "block_size [1, 40]", "[37, 96]"});
 }
 
 // bfloat16 operands (x and/or scale): torchao's op sequences replayed with torch's own bf16/fp32
@@ -190,18 +220,25 @@ TEST(Affine, BFloat16MatchesTorchReference) {
   };
   int checked = 0;
   for (const auto& c : doc["cases"]) {
-    const DType xd = c["x_dtype"] == "bfloat16" ? kBFloat16 : kFloat32, sd = c["scale_dtype"] == "bfloat16" ? kBFloat16 : kFloat32;
+    const DType xd = c["x_dtype"] == "bfloat16" ? kBFloat16 : kFloat32,
+                sd = c["scale_dtype"] == "bfloat16" ? kBFloat16 : kFloat32;
     const Shape shape = c["shape"].get<std::vector<int64_t>>();
     const int64_t group = c["group"], qmin = c["quant_min"], qmax = c["quant_max"];
     const MappingType mapping = c["mapping"] == "SYMMETRIC" ? MappingType::SYMMETRIC : MappingType::ASYMMETRIC;
-    SCOPED_TRACE(fmt::format("x {} scale {} {} [{}, {}] group {}", dtype_name(xd), dtype_name(sd), c["mapping"].get<std::string>(), qmin, qmax, group));
+    SCOPED_TRACE(fmt::format("x {} scale {} {} [{}, {}] group {}", dtype_name(xd), dtype_name(sd),
+                             c["mapping"].get<std::string>(), qmin, qmax, group));
     Tensor x = tensor_from_bits(c["x"], shape, xd).requires_grad_();
     const Shape blk{1, group};
-    auto [s, z] = choose_qparams_affine(x.detach(), mapping, blk, qmin, qmax, std::nullopt, ZeroPointDomain::INT, kInt32, sd);
+    auto [s, z] =
+        choose_qparams_affine(x.detach(), mapping, blk, qmin, qmax, std::nullopt, ZeroPointDomain::INT, kInt32, sd);
     ASSERT_EQ(s.dtype(), sd);
     std::string where;
-    EXPECT_EQ(count_mismatches(s.flatten(), tensor_from_bits(c["scale"], {s.numel()}, sd), &where), 0) << "scale " << where;
-    EXPECT_EQ(count_mismatches(z.flatten(), from_vector<int32_t>(c["zero_point"].get<std::vector<int32_t>>(), {z.numel()}), &where), 0) << "zp " << where;
+    EXPECT_EQ(count_mismatches(s.flatten(), tensor_from_bits(c["scale"], {s.numel()}, sd), &where), 0)
+        << "scale " << where;
+    EXPECT_EQ(count_mismatches(z.flatten(),
+                               from_vector<int32_t>(c["zero_point"].get<std::vector<int32_t>>(), {z.numel()}), &where),
+              0)
+        << "zp " << where;
     Tensor y = fake_quantize_affine(x, blk, s, z, qmin, qmax);
     ASSERT_EQ(y.dtype(), xd);
     EXPECT_EQ(count_mismatches(y, tensor_from_bits(c["fq"], shape, xd), &where), 0) << "fq " << where;
@@ -211,14 +248,17 @@ TEST(Affine, BFloat16MatchesTorchReference) {
     IntxFakeQuantizeConfig cfg(qmin == -8 ? "int4" : "int8", PerGroup{group}, std::nullopt, std::nullopt, mapping);
     cfg.scale_precision = sd;
     if (mapping == MappingType::SYMMETRIC) {
-      EXPECT_EQ(count_mismatches(FakeQuantizer(cfg).forward(x.detach()), y.detach(), &where), 0) << "FakeQuantizer " << where;
+      EXPECT_EQ(count_mismatches(FakeQuantizer(cfg).forward(x.detach()), y.detach(), &where), 0)
+          << "FakeQuantizer " << where;
     }
     ++checked;
   }
   EXPECT_EQ(checked, 18);
   // bf16 codes dequantized to bf16
   const Tensor q = from_vector<int8_t>({-8, 3, 7, 0}, {1, 4});
-  const Tensor dq = dequantize_affine(q, {1, 4}, full({1, 1}, 0.3, kBFloat16), zeros({1, 1}, kInt32), -8, 7, ZeroPointDomain::INT, kBFloat16);
+  const Tensor dq = dequantize_affine(q, {1, 4}, full({1, 1}, 0.3, kBFloat16), zeros({1, 1}, kInt32), -8, 7,
+                                      ZeroPointDomain::INT, kBFloat16);
   EXPECT_EQ(dq.dtype(), kBFloat16);
-  EXPECT_EQ(static_cast<float>(dq.data_ptr<BFloat16>()[1]), static_cast<float>(BFloat16(3.0f * static_cast<float>(BFloat16(0.3f)))));
+  EXPECT_EQ(static_cast<float>(dq.data_ptr<BFloat16>()[1]),
+            static_cast<float>(BFloat16(3.0f * static_cast<float>(BFloat16(0.3f)))));
 }

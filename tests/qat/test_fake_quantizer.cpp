@@ -35,10 +35,14 @@ IntxFakeQuantizeConfig config_from_repr(const std::string& r) {
   IntxFakeQuantizeConfig c;
   c.dtype = field("dtype").substr(6);  // "torch.int4"
   const std::string g = field("granularity");
-  if (g == "PerToken()") c.granularity = PerToken{};
-  else if (g.rfind("PerAxis", 0) == 0) c.granularity = PerAxis{std::stoll(g.substr(g.find('=') + 1))};
-  else if (g.rfind("PerGroup", 0) == 0) c.granularity = PerGroup{std::stoll(g.substr(g.find('=') + 1))};
-  c.mapping_type = field("mapping_type").find("ASYMMETRIC") != std::string::npos ? MappingType::ASYMMETRIC : MappingType::SYMMETRIC;
+  if (g == "PerToken()")
+    c.granularity = PerToken{};
+  else if (g.rfind("PerAxis", 0) == 0)
+    c.granularity = PerAxis{std::stoll(g.substr(g.find('=') + 1))};
+  else if (g.rfind("PerGroup", 0) == 0)
+    c.granularity = PerGroup{std::stoll(g.substr(g.find('=') + 1))};
+  c.mapping_type =
+      field("mapping_type").find("ASYMMETRIC") != std::string::npos ? MappingType::ASYMMETRIC : MappingType::SYMMETRIC;
   c.zero_point_precision = field("zero_point_precision") == "torch.float32" ? kFloat32 : kInt32;
   const std::string eps = field("eps");
   if (eps != "None") c.eps = std::stod(eps);
@@ -46,7 +50,8 @@ IntxFakeQuantizeConfig config_from_repr(const std::string& r) {
   return c;
 }
 bool is_asym_per_group(const IntxFakeQuantizeConfig& c) {
-  return c.mapping_type == MappingType::ASYMMETRIC && c.granularity && (std::holds_alternative<PerGroup>(*c.granularity) || std::holds_alternative<PerAxis>(*c.granularity));
+  return c.mapping_type == MappingType::ASYMMETRIC && c.granularity &&
+         (std::holds_alternative<PerGroup>(*c.granularity) || std::holds_alternative<PerAxis>(*c.granularity));
 }
 }  // namespace
 
@@ -74,8 +79,10 @@ TEST(QatGolden, FakeQuantizerCases) {
     std::string where;
     if (!is_asym_per_group(cfg)) {
       EXPECT_EQ(count_mismatches(y, t::dataset(g, "output", kFloat32), &where), 0) << "output: " << where;
-      EXPECT_EQ(count_mismatches(x.grad(), t::dataset(g, "grad_input", kFloat32), &where), 0) << "grad_input: " << where;
-      EXPECT_EQ(count_mismatches(fq.scale.flatten(), t::dataset(g, "scale", kFloat32).flatten(), &where), 0) << "scale: " << where;
+      EXPECT_EQ(count_mismatches(x.grad(), t::dataset(g, "grad_input", kFloat32), &where), 0)
+          << "grad_input: " << where;
+      EXPECT_EQ(count_mismatches(fq.scale.flatten(), t::dataset(g, "scale", kFloat32).flatten(), &where), 0)
+          << "scale: " << where;
       const Tensor gz = t::dataset(g, "zero_point", cfg.zero_point_precision);
       EXPECT_EQ(count_mismatches(fq.zero_point.flatten(), gz.flatten(), &where), 0) << "zero_point: " << where;
       ++exact;
@@ -105,14 +112,17 @@ TEST(QatGolden, FakeQuantizerCases) {
   }
   H5Fclose(f);
   EXPECT_GE(exact, 1);
-  std::printf("qat.h5: %d fake-quantizer cases bit-exact, %d asymmetric per-group cases checked as documented divergence\n", exact, divergent);
+  std::printf(
+      "qat.h5: %d fake-quantizer cases bit-exact, %d asymmetric per-group cases checked as documented divergence\n",
+      exact, divergent);
 }
 
 TEST(QatGolden, FakeQuantizedLinear) {
   namespace t = lowbit::testing;
   LOWBIT_GOLDEN_FILE(path, "qat.h5");
   hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-  for (const char* name : {"fake_quantized_linear_int8pt_asym_int4g32_sym/bias_False", "fake_quantized_linear_int8pt_asym_int4g32_sym/bias_True"}) {
+  for (const char* name : {"fake_quantized_linear_int8pt_asym_int4g32_sym/bias_False",
+                           "fake_quantized_linear_int8pt_asym_int4g32_sym/bias_True"}) {
     SCOPED_TRACE(name);
     hid_t g = H5Gopen2(f, name, H5P_DEFAULT);
     if (g < 0) continue;
@@ -129,9 +139,16 @@ TEST(QatGolden, FakeQuantizedLinear) {
     Tensor y = lin.forward(x);
     y.backward(t::dataset(g, "upstream_grad", kFloat32));
     std::string where;
-    EXPECT_EQ(count_mismatches(lin.activation_fake_quantizer->scale.flatten(), t::dataset(g, "act_scale", kFloat32), &where), 0) << where;
-    EXPECT_EQ(count_mismatches(lin.activation_fake_quantizer->zero_point.flatten(), t::dataset(g, "act_zero_point", kInt32), &where), 0) << where;
-    EXPECT_EQ(count_mismatches(lin.weight_fake_quantizer->scale, t::dataset(g, "weight_scale", kFloat32), &where), 0) << where;
+    EXPECT_EQ(
+        count_mismatches(lin.activation_fake_quantizer->scale.flatten(), t::dataset(g, "act_scale", kFloat32), &where),
+        0)
+        << where;
+    EXPECT_EQ(count_mismatches(lin.activation_fake_quantizer->zero_point.flatten(),
+                               t::dataset(g, "act_zero_point", kInt32), &where),
+              0)
+        << where;
+    EXPECT_EQ(count_mismatches(lin.weight_fake_quantizer->scale, t::dataset(g, "weight_scale", kFloat32), &where), 0)
+        << where;
     // GEMM results: same products, different summation order -> a few ulps
     EXPECT_LT(rel_err(y.detach(), t::dataset(g, "output", kFloat32)), 1e-6);
     EXPECT_LT(rel_err(x.grad(), t::dataset(g, "grad_input", kFloat32)), 1e-6);
@@ -146,14 +163,21 @@ TEST(FakeQuantizer, ConfigConstructionAndErrors) {
   auto c = IntxFakeQuantizeConfig::from_string_granularity("int4", "per_group", 32);
   EXPECT_EQ(to_string(*c.granularity), "PerGroup(group_size=32)");
   EXPECT_EQ(IntxFakeQuantizeConfig("int4", std::nullopt, 64, false).mapping_type, MappingType::ASYMMETRIC);
-  EXPECT_EQ(to_string(*IntxFakeQuantizeConfig::from_string_granularity("int8", "per_channel").granularity), "PerAxis(axis=0)");
-  lowbit::testing::expect_error([] { IntxFakeQuantizeConfig("int4", PerToken{}, 32); }, {"either granularity or group_size"});
-  lowbit::testing::expect_error([] { IntxFakeQuantizeConfig("int4", PerToken{}, std::nullopt, true, MappingType::SYMMETRIC); }, {"either mapping_type or is_symmetric"});
+  EXPECT_EQ(to_string(*IntxFakeQuantizeConfig::from_string_granularity("int8", "per_channel").granularity),
+            "PerAxis(axis=0)");
+  lowbit::testing::expect_error([] { IntxFakeQuantizeConfig("int4", PerToken{}, 32); },
+                                {"either granularity or group_size"});
+  lowbit::testing::expect_error(
+      [] { IntxFakeQuantizeConfig("int4", PerToken{}, std::nullopt, true, MappingType::SYMMETRIC); },
+      {"either mapping_type or is_symmetric"});
   lowbit::testing::expect_error([] { IntxFakeQuantizeConfig("int9", PerToken{}); }, {"int9"});
-  lowbit::testing::expect_error([] { IntxFakeQuantizeConfig::from_string_granularity("int4", "per_block"); }, {"unknown granularity 'per_block'"});
-  lowbit::testing::expect_error([] { IntxFakeQuantizeConfig::from_string_granularity("int4", "per_group"); }, {"needs group_size"});
+  lowbit::testing::expect_error([] { IntxFakeQuantizeConfig::from_string_granularity("int4", "per_block"); },
+                                {"unknown granularity 'per_block'"});
+  lowbit::testing::expect_error([] { IntxFakeQuantizeConfig::from_string_granularity("int4", "per_group"); },
+                                {"needs group_size"});
   auto w = IntxFakeQuantizeConfig("int4", PerGroup{32});
-  lowbit::testing::expect_error([&] { FakeQuantizedLinear(48, 8, true, nullptr, &w); }, {"in_features (48)", "group size (32)"});
+  lowbit::testing::expect_error([&] { FakeQuantizedLinear(48, 8, true, nullptr, &w); },
+                                {"in_features (48)", "group size (32)"});
   FakeQuantizer q(w);
   lowbit::testing::expect_error([&] { q.forward(ones({2, 3, 64})); }, {"PerGroup(group_size=32)", "2-D", "[2, 3, 64]"});
 }
@@ -165,8 +189,13 @@ TEST(FakeQuantizer, ModulesSwapAndPrint) {
   auto fql = FakeQuantizedLinear::from_linear(base, &act, &w);
   EXPECT_TRUE(fql->weight.is_alias_of(base.weight));  // parameters shared, not copied
   const std::string s = fql->to_string();
-  EXPECT_NE(s.find("FakeQuantizedLinear(\n  in_features=64, out_features=8, bias=True\n  (activation_fake_quantizer): FakeQuantizer(IntxFakeQuantizeConfig(dtype=torch.int8, granularity=PerToken()"), std::string::npos) << s;
-  EXPECT_NE(s.find("(weight_fake_quantizer): FakeQuantizer(IntxFakeQuantizeConfig(dtype=torch.int4, granularity=PerGroup(group_size=32)"), std::string::npos);
+  EXPECT_NE(s.find("FakeQuantizedLinear(\n  in_features=64, out_features=8, bias=True\n  (activation_fake_quantizer): "
+                   "FakeQuantizer(IntxFakeQuantizeConfig(dtype=torch.int8, granularity=PerToken()"),
+            std::string::npos)
+      << s;
+  EXPECT_NE(s.find("(weight_fake_quantizer): FakeQuantizer(IntxFakeQuantizeConfig(dtype=torch.int4, "
+                   "granularity=PerGroup(group_size=32)"),
+            std::string::npos);
   Tensor x = randn({5, 64});
   fql->enable_fake_quant(false);
   EXPECT_EQ(std::memcmp(fql->forward(x).raw_data(), base.forward(x).raw_data(), 5 * 8 * 4), 0);
@@ -205,8 +234,11 @@ TEST(FakeQuantizer, LearnableFakeQuantizeMatchesComposedOps) {
   EXPECT_LT(lowbit::testing::rel_err(z1.grad(), z2.grad()), 1e-5);
   // the clamp is active somewhere, so the zero-point gradient is not trivially zero
   EXPECT_GT(max(abs(z1.grad())).item<float>(), 0.0f);
-  lowbit::testing::expect_error([&] { fake_quantize_affine_learnable(xv, {1, k}, sv, zeros({rows, 1}, kInt32), -8, 7); },
-                                {"fake_quantize_affine_learnable", "zero_point must be float32"});
+  lowbit::testing::expect_error(
+      [&] {
+        fake_quantize_affine_learnable(xv, {1, k}, sv, zeros({rows, 1}, kInt32), -8, 7);
+      },
+      {"fake_quantize_affine_learnable", "zero_point must be float32"});
 }
 
 TEST(FakeQuantizer, RangeLearningInitializeThenTrain) {
@@ -222,7 +254,8 @@ TEST(FakeQuantizer, RangeLearningInitializeThenTrain) {
   lowbit::testing::expect_error([&] { bad.validate(); }, {"range_learning requires is_dynamic=False"});
 
   manual_seed(0);
-  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(32, 8)});
+  auto model =
+      std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(32, 8)});
   model = std::dynamic_pointer_cast<nn::Sequential>(quantize_(model, QATConfig(acfg, wcfg, "prepare")));
   const Tensor x = randn({64, 32}), target = randn({64, 8});
   lowbit::testing::expect_error([&] { model->forward(x); }, {"range_learning=True needs initialize_fake_quantizers"});
@@ -232,8 +265,8 @@ TEST(FakeQuantizer, RangeLearningInitializeThenTrain) {
   EXPECT_TRUE(fql->weight_fake_quantizer->range_initialized());
   std::vector<std::string> names;
   for (auto& [n, p] : model->named_parameters()) names.push_back(n);
-  const std::vector<std::string> expect = {"0.weight", "0.bias", "0.activation_fake_quantizer.zero_point", "0.activation_fake_quantizer.scale",
-                                           "0.weight_fake_quantizer.scale"};
+  const std::vector<std::string> expect = {"0.weight", "0.bias", "0.activation_fake_quantizer.zero_point",
+                                           "0.activation_fake_quantizer.scale", "0.weight_fake_quantizer.scale"};
   for (const auto& e : expect) EXPECT_NE(std::find(names.begin(), names.end(), e), names.end()) << e;
   EXPECT_EQ(fql->weight_fake_quantizer->scale.shape(), (Shape{8, 2}));
   EXPECT_EQ(fql->activation_fake_quantizer->scale.shape(), (Shape{64, 1}));

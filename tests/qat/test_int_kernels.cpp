@@ -20,7 +20,8 @@ std::vector<int8_t> random_codes(int64_t n, int lo, int hi, uint64_t seed) {
   Tensor t = empty({n});
   t.uniform_(lo, hi + 1, &g);
   std::vector<int8_t> c(static_cast<size_t>(n));
-  for (int64_t i = 0; i < n; ++i) c[i] = static_cast<int8_t>(std::min<float>(std::floor(t.data_ptr<float>()[i]), static_cast<float>(hi)));
+  for (int64_t i = 0; i < n; ++i)
+    c[i] = static_cast<int8_t>(std::min<float>(std::floor(t.data_ptr<float>()[i]), static_cast<float>(hi)));
   return c;
 }
 std::vector<float> random_floats(int64_t n, double lo, double hi, uint64_t seed) {
@@ -42,15 +43,20 @@ double bound_ratio(const Tensor& a, const Tensor& b, const Tensor& xdq, const Te
   if (bias.defined()) mag = add(mag, abs(bias));
   const Tensor d = abs(sub(a.reshape(mag.shape()), b.reshape(mag.shape())));
   double worst = 0.0;
-  for (int64_t i = 0; i < d.numel(); ++i) worst = std::max(worst, static_cast<double>(d.data_ptr<float>()[i]) / (mag.data_ptr<float>()[i] + 1e-30));
+  for (int64_t i = 0; i < d.numel(); ++i)
+    worst = std::max(worst, static_cast<double>(d.data_ptr<float>()[i]) / (mag.data_ptr<float>()[i] + 1e-30));
   return worst;
 }
 }  // namespace
 
 TEST(IntKernels, GroupedGemmSimdEqualsReferenceBitForBit) {
   if (!kernels::simd_available()) GTEST_SKIP() << "AVX-512 VNNI kernels not compiled in";
-  for (const auto [n, k, group, lo, hi] : std::vector<std::tuple<int64_t, int64_t, int64_t, int, int>>{
-           {16, 128, 32, -8, 7}, {48, 256, 32, -8, 7}, {80, 512, 64, -2, 1}, {96, 768, 768, -128, 127}, {32, 1024, 4, -128, 127}}) {
+  for (const auto [n, k, group, lo, hi] :
+       std::vector<std::tuple<int64_t, int64_t, int64_t, int, int>>{{16, 128, 32, -8, 7},
+                                                                    {48, 256, 32, -8, 7},
+                                                                    {80, 512, 64, -2, 1},
+                                                                    {96, 768, 768, -128, 127},
+                                                                    {32, 1024, 4, -128, 127}}) {
     const auto codes = random_codes(n * k, lo, hi, 1 + n);
     const auto scales = random_floats(n * (k / group), 1e-3, 2e-2, 2 + n);
     const auto bias = random_floats(n, -1, 1, 3);
@@ -71,7 +77,8 @@ TEST(IntKernels, GroupedGemmSimdEqualsReferenceBitForBit) {
       }
     }
   }
-  lowbit::testing::expect_error([] { kernels::pack_grouped_s8(nullptr, nullptr, 24, 64, 32); }, {"pack_grouped_s8", "N=24"});
+  lowbit::testing::expect_error([] { kernels::pack_grouped_s8(nullptr, nullptr, 24, 64, 32); },
+                                {"pack_grouped_s8", "N=24"});
 }
 
 TEST(IntKernels, WeightOnlyGemvSimdMatchesReference) {
@@ -82,8 +89,10 @@ TEST(IntKernels, WeightOnlyGemvSimdMatchesReference) {
     const auto codes = random_codes(n * k, bitw == 4 ? -8 : -128, bitw == 4 ? 7 : 127, 7);
     std::vector<uint8_t> q(static_cast<size_t>(n * row_bytes));
     for (int64_t i = 0; i < n * k; ++i) {
-      if (bitw == 8) q[i] = static_cast<uint8_t>(codes[i]);
-      else q[i / 2] |= static_cast<uint8_t>((codes[i] & 0x0f) << ((i % 2) * 4));
+      if (bitw == 8)
+        q[i] = static_cast<uint8_t>(codes[i]);
+      else
+        q[i / 2] |= static_cast<uint8_t>((codes[i] & 0x0f) << ((i % 2) * 4));
     }
     const auto scales = random_floats(n * g, 1e-3, 2e-2, 8);
     const auto zp = with_zp ? random_codes(n * g, -3, 3, 9) : std::vector<int8_t>(static_cast<size_t>(n * g), 0);
@@ -92,8 +101,10 @@ TEST(IntKernels, WeightOnlyGemvSimdMatchesReference) {
       SCOPED_TRACE(fmt::format("bits={} rows={} N={} K={} group={} zp={}", bitw, rows, n, k, group, with_zp));
       const auto x = random_floats(rows * k, -2, 2, 11 + rows);
       std::vector<float> fast(static_cast<size_t>(rows * n)), ref(fast.size());
-      kernels::gemv_weight_only(x.data(), rows, q.data(), bitw, n, k, group, scales.data(), zp.data(), bias.data(), fast.data());
-      kernels::gemv_weight_only(x.data(), rows, q.data(), bitw, n, k, group, scales.data(), zp.data(), bias.data(), ref.data(), true);
+      kernels::gemv_weight_only(x.data(), rows, q.data(), bitw, n, k, group, scales.data(), zp.data(), bias.data(),
+                                fast.data());
+      kernels::gemv_weight_only(x.data(), rows, q.data(), bitw, n, k, group, scales.data(), zp.data(), bias.data(),
+                                ref.data(), true);
       // the same products summed in another order
       for (size_t i = 0; i < fast.size(); ++i) EXPECT_NEAR(fast[i], ref[i], 2e-5 * (1.0 + std::abs(ref[i]))) << i;
     }
@@ -109,11 +120,14 @@ TEST(QuantizedLinear, IntegerPathWithinStatedBoundOfDequantizePath) {
     int64_t group, rows;
     const char* path;
   };
-  for (const Case c : {Case{"8da4w", "int4", 32, 37, "int8 GEMM (VNNI)"}, Case{"8da-intx", "int2", 64, 5, "int8 GEMM (VNNI)"},
-                       Case{"8da-intx", "int8", 128, 3, "int8 GEMM (VNNI)"}, Case{"int8-dyn", "int8", 32, 19, "int8 GEMM (VNNI)"},
-                       Case{"int4-weight-only", "int4", 64, 1, "weight-only GEMV"}, Case{"int4-weight-only", "int4", 32, 6, "weight-only GEMV"},
-                       Case{"intx-weight-only", "int3", 32, 2, "weight-only GEMV"}, Case{"int8-weight-only", "int8", 32, 1, "weight-only GEMV"},
-                       Case{"int4-weight-only", "int4", 32, 40, "dequantize + float32 GEMM"}}) {
+  for (const Case c :
+       {Case{"8da4w", "int4", 32, 37, "int8 GEMM (VNNI)"}, Case{"8da-intx", "int2", 64, 5, "int8 GEMM (VNNI)"},
+        Case{"8da-intx", "int8", 128, 3, "int8 GEMM (VNNI)"}, Case{"int8-dyn", "int8", 32, 19, "int8 GEMM (VNNI)"},
+        Case{"int4-weight-only", "int4", 64, 1, "weight-only GEMV"},
+        Case{"int4-weight-only", "int4", 32, 6, "weight-only GEMV"},
+        Case{"intx-weight-only", "int3", 32, 2, "weight-only GEMV"},
+        Case{"int8-weight-only", "int8", 32, 1, "weight-only GEMV"},
+        Case{"int4-weight-only", "int4", 32, 40, "dequantize + float32 GEMM"}}) {
     SCOPED_TRACE(fmt::format("{} {} g{} rows={}", c.recipe, c.weight_dtype, c.group, c.rows));
     manual_seed(5);
     auto lin = std::make_shared<nn::Linear>(256, 80);
@@ -132,8 +146,8 @@ TEST(QuantizedLinear, IntegerPathWithinStatedBoundOfDequantizePath) {
     if (ql->activation_config) xdq = FakeQuantizer(*ql->activation_config).forward(x);
     const double r = bound_ratio(y_int, y_deq, xdq, ql->dequantized_weight(), ql->bias);
     EXPECT_LE(r, 1e-5);
-    std::printf("%-18s %-5s g%-4lld rows=%-3lld %-26s |int - dequant| / sum|x w| <= %.2e\n", c.recipe, c.weight_dtype, static_cast<long long>(c.group),
-                static_cast<long long>(c.rows), ql->kernel_for(c.rows).c_str(), r);
+    std::printf("%-18s %-5s g%-4lld rows=%-3lld %-26s |int - dequant| / sum|x w| <= %.2e\n", c.recipe, c.weight_dtype,
+                static_cast<long long>(c.group), static_cast<long long>(c.rows), ql->kernel_for(c.rows).c_str(), r);
   }
 }
 
@@ -150,7 +164,11 @@ TEST(QuantizedLinear, PackedWeightsFollowLoadStateDictAndShapes) {
   const Tensor ya2 = a->forward(x);  // the cache must see the new codes
   std::string where;
   EXPECT_EQ(lowbit::testing::count_mismatches(ya2, yb, &where), 0) << where;
-  lowbit::testing::expect_error([&] { a->forward(randn({4, 100})); }, {"QuantizedLinear", "[4, 100]", "in_features=128"});
+  lowbit::testing::expect_error(
+      [&] {
+        a->forward(randn({4, 100}));
+      },
+      {"QuantizedLinear", "[4, 100]", "in_features=128"});
 }
 
 TEST(QuantizedLinear, InputsThatRequireGradTakeTheDifferentiablePath) {

@@ -28,11 +28,13 @@ TEST(QatGolden, EightDaFourW) {
     const char* name;
     bool legacy;
   };
-  for (Case c : {Case{"qat_8da4w_qatconfig/Int8DynamicActivationIntxWeightConfig_int4_g32", false}, Case{"qat_8da4w_legacy_quantizer/g32", true}}) {
+  for (Case c : {Case{"qat_8da4w_qatconfig/Int8DynamicActivationIntxWeightConfig_int4_g32", false},
+                 Case{"qat_8da4w_legacy_quantizer/g32", true}}) {
     SCOPED_TRACE(c.name);
     hid_t g = H5Gopen2(f, c.name, H5P_DEFAULT);
     ASSERT_GE(g, 0);
-    const Tensor w = t::dataset(g, "weight", kFloat32), x = t::dataset(g, "input", kFloat32), up = t::dataset(g, "upstream_grad", kFloat32);
+    const Tensor w = t::dataset(g, "weight", kFloat32), x = t::dataset(g, "input", kFloat32),
+                 up = t::dataset(g, "upstream_grad", kFloat32);
     auto model = one_linear(w);
     std::shared_ptr<QuantConfigBase> base;
     QATConfig prepare;
@@ -74,8 +76,14 @@ TEST(QatGolden, EightDaFourW) {
     auto* ql = dynamic_cast<QuantizedLinear*>(converted->get_submodule("0").get());
     ASSERT_NE(ql, nullptr);
     std::string where;
-    EXPECT_EQ(count_mismatches(ql->weight_codes(), t::dataset(g, c.legacy ? "converted_weight" : "converted_weight_qdata", kInt8), &where), 0) << where;
-    EXPECT_EQ(count_mismatches(ql->scale, t::dataset(g, c.legacy ? "converted_scales" : "converted_weight_scale", kFloat32), &where), 0) << where;
+    EXPECT_EQ(count_mismatches(ql->weight_codes(),
+                               t::dataset(g, c.legacy ? "converted_weight" : "converted_weight_qdata", kInt8), &where),
+              0)
+        << where;
+    EXPECT_EQ(count_mismatches(
+                  ql->scale, t::dataset(g, c.legacy ? "converted_scales" : "converted_weight_scale", kFloat32), &where),
+              0)
+        << where;
     EXPECT_EQ(ql->qdata.nbytes(), 64u * 128u);  // int4 packed two per byte
     NoGradGuard ng;
     ql->kernel = QuantizedLinear::Kernel::Dequantize;
@@ -93,7 +101,8 @@ TEST(QatGolden, EightDaFourW) {
 
 TEST(Quantize, PerModuleConfigsAndFilters) {
   auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
-      std::make_shared<nn::Linear>(64, 64), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(64, 64), std::make_shared<nn::Linear>(64, 10)});
+      std::make_shared<nn::Linear>(64, 64), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(64, 64),
+      std::make_shared<nn::Linear>(64, 10)});
   ModuleFqnToConfig cfg;
   auto w4 = std::make_shared<IntxWeightOnlyConfig>();
   w4->weight_dtype = "int4";
@@ -108,27 +117,35 @@ TEST(Quantize, PerModuleConfigsAndFilters) {
   EXPECT_EQ(l3->weight_dtype, "int8");
   EXPECT_EQ(l3->block_size, (Shape{1, 64}));
   // a filter that skips the last layer
-  auto m2 = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(32, 32), std::make_shared<nn::Linear>(32, 4)});
+  auto m2 = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(32, 32), std::make_shared<nn::Linear>(32, 4)});
   auto q2 = quantize_(m2, QATConfig(dyn, "prepare"), [](const nn::Module& m, const std::string& fqn) {
     return fqn != "1" && dynamic_cast<const nn::Linear*>(&m) != nullptr;
   });
   EXPECT_NE(dynamic_cast<FakeQuantizedLinear*>(q2->get_submodule("0").get()), nullptr);
   EXPECT_EQ(q2->get_submodule("1")->type_name(), "Linear");
   // PTQ of a float model equals QAT-convert without training, and the printed tree names it
-  auto m3 = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(32, 8)});
+  auto m3 =
+      std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(32, 8)});
   Tensor x = randn({3, 32});
   auto ptq = quantize_(m3, *dyn);
-  EXPECT_NE(ptq->to_string().find("QuantizedLinear(in_features=32, out_features=8, bias=True, weight_dtype=int8"), std::string::npos);
+  EXPECT_NE(ptq->to_string().find("QuantizedLinear(in_features=32, out_features=8, bias=True, weight_dtype=int8"),
+            std::string::npos);
   EXPECT_EQ(ptq->forward(x).shape(), (Shape{3, 8}));
 }
 
 TEST(Quantize, ConfigErrors) {
   auto dyn = std::make_shared<Int8DynamicActivationIntxWeightConfig>();
-  lowbit::testing::expect_error([&] { QATConfig(dyn, "calibrate"); }, {"step must be 'prepare' or 'convert'", "calibrate"});
+  lowbit::testing::expect_error([&] { QATConfig(dyn, "calibrate"); },
+                                {"step must be 'prepare' or 'convert'", "calibrate"});
   lowbit::testing::expect_error([] { QATConfig(std::nullopt, std::nullopt, "prepare"); }, {"prepare step needs"});
-  lowbit::testing::expect_error([] { QATConfig(std::nullopt, IntxFakeQuantizeConfig("int4", PerGroup{32}), "convert"); }, {"convert step takes only a base config"});
-  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(30, 8)});
-  lowbit::testing::expect_error([&] { quantize_(model, QATConfig(dyn, "prepare")); }, {"in_features (30)", "group size (32)"});
+  lowbit::testing::expect_error(
+      [] { QATConfig(std::nullopt, IntxFakeQuantizeConfig("int4", PerGroup{32}), "convert"); },
+      {"convert step takes only a base config"});
+  auto model =
+      std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(30, 8)});
+  lowbit::testing::expect_error([&] { quantize_(model, QATConfig(dyn, "prepare")); },
+                                {"in_features (30)", "group size (32)"});
   struct Unknown : QuantConfigBase {
     std::string to_string() const override { return "Unknown()"; }
   };
@@ -145,7 +162,8 @@ TEST(Quantize, EveryRecipeOfTheTable) {
     SCOPED_TRACE(r.name);
     EXPECT_EQ(find_recipe(r.name), &r);
     const auto cfg = recipe_config(r.name, "int4", 32);
-    auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(64, 16)});
+    auto model = std::make_shared<nn::Sequential>(
+        std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(64, 16)});
     auto prepared = quantize_(model, QATConfig(cfg, "prepare"), compatible_linears(*cfg));
     Tensor y_prepared, y_converted;
     {
@@ -160,13 +178,18 @@ TEST(Quantize, EveryRecipeOfTheTable) {
     EXPECT_LT(rel_err(y_converted, y_prepared), 1e-5);
     EXPECT_EQ(converted->named_modules().back().second->type_name(), "QuantizedLinear");
     // group_size 0 (per-channel) only where the row allows it
-    if (r.per_channel_ok) EXPECT_NO_THROW(recipe_config(r.name, "int4", 0));
-    else EXPECT_THROW(recipe_config(r.name, "int4", 0), Error);
+    if (r.per_channel_ok)
+      EXPECT_NO_THROW(recipe_config(r.name, "int4", 0));
+    else
+      EXPECT_THROW(recipe_config(r.name, "int4", 0), Error);
     // weight_dtype is checked against the format table only where it is used
-    if (r.takes_weight_dtype) EXPECT_THROW(recipe_config(r.name, "int9", 32), Error);
-    else EXPECT_NO_THROW(recipe_config(r.name, "int9", 32));
+    if (r.takes_weight_dtype)
+      EXPECT_THROW(recipe_config(r.name, "int9", 32), Error);
+    else
+      EXPECT_NO_THROW(recipe_config(r.name, "int9", 32));
   }
-  lowbit::testing::expect_error([] { recipe_config("8da5w", "int4", 32); }, {"unknown quantization recipe '8da5w'", recipe_names()});
+  lowbit::testing::expect_error([] { recipe_config("8da5w", "int4", 32); },
+                                {"unknown quantization recipe '8da5w'", recipe_names()});
 }
 
 TEST(Quantize, PrepareAndConvertDrawNoRandomNumbers) {
@@ -174,8 +197,8 @@ TEST(Quantize, PrepareAndConvertDrawNoRandomNumbers) {
   // global generator (it used to, once per swapped layer), so a run's later random numbers do
   // not depend on whether it was quantized
   manual_seed(5);
-  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(64, 32), std::make_shared<nn::ReLU>(),
-                                                                                         std::make_shared<nn::Linear>(32, 8)});
+  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(64, 32), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(32, 8)});
   const Tensor w0 = model->state_dict()[0].second;
   const uint64_t before = default_generator().offset();
   const auto cfg = recipe_config("8da4w", "int4", 32);
