@@ -76,6 +76,12 @@ Tensor log_softmax(const Tensor& a, int64_t dim);
 Tensor matmul(const Tensor& a, const Tensor& b);
 /// x: (*, in), weight: (out, in), bias: (out) or undefined -> (*, out) = x·Wᵀ + b.
 Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor());
+/// C = op(A)·op(B) (+ bias) for 2-D bfloat16 A and B (op = transpose when trans_*, expressed as strides), float32
+/// accumulation and output, float32 bias: oneDNN's bf16 matmul (avx512_core_bf16 on this CPU class: about twice its
+/// float32 rate). Every product of two bfloat16 values is exact in float32, so the result differs from a float32 GEMM
+/// of the same values only by summation order. A kernel for exact low-precision emulation (fp8, fp6, fp4 values are
+/// exact in bfloat16): no autograd. Reference mode (set_reference_kernels) sums in float64.
+Tensor gemm_bf16(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& bias = Tensor());
 
 // ---- shape ----
 Tensor reshape(const Tensor& a, const Shape& shape);

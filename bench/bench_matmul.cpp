@@ -1,4 +1,6 @@
-// lowbit linear/matmul vs oneDNN's matmul primitive called directly, at the MLP's shapes.
+// lowbit linear/matmul vs oneDNN's matmul primitive called directly, at the MLP's shapes; and
+// lowbit's bf16 GEMM (gemm_bf16: bf16 operands, fp32 accumulation) vs its fp32 GEMM at the MLP
+// and transformer shapes (the engine of exact fp8/MX emulation).
 // Forward: Y(256xN) = X(256xK)·Wᵀ; backward: dX = dY·W and dW = dYᵀ·X (the transposes are
 // strides in both cases). Prints a table: lowbit ms, oneDNN ms, overhead %.
 //   ./build/bench/bench_matmul [--threads=N]
@@ -96,6 +98,34 @@ BENCHMARK(BM_onednn_linear_fwd)->DenseRange(0, 1)->Unit(benchmark::kMicrosecond)
 BENCHMARK(BM_lowbit_linear_bwd)->DenseRange(0, 1)->Unit(benchmark::kMicrosecond)->UseRealTime();
 BENCHMARK(BM_onednn_linear_bwd)->DenseRange(0, 1)->Unit(benchmark::kMicrosecond)->UseRealTime();
 
+// bf16 vs fp32: Y(m x n) = X(m x k) · Wᵀ with W (n x k), both through lowbit
+struct GemmShape {
+  int64_t m, k, n;
+  const char* name;
+};
+const GemmShape kGemmShapes[] = {{256, 784, 1024, "MLP 256x784->1024"},
+                                 {256, 1024, 1024, "MLP 256x1024->1024"},
+                                 {4096, 256, 768, "GPT qkv 4096x256->768"},
+                                 {4096, 256, 1024, "GPT fc 4096x256->1024"},
+                                 {4096, 1024, 256, "GPT proj 4096x1024->256"}};
+void BM_gemm_f32(benchmark::State& st) {
+  const auto& s = kGemmShapes[st.range(0)];
+  Generator g(1);
+  const Tensor x = randn({s.m, s.k}, &g), w = randn({s.n, s.k}, &g);
+  NoGradGuard ng;
+  for (auto _ : st) benchmark::DoNotOptimize(linear(x, w).raw_data());
+  set_flops(st, 2.0 * s.m * s.n * s.k);
+}
+void BM_gemm_bf16(benchmark::State& st) {
+  const auto& s = kGemmShapes[st.range(0)];
+  Generator g(1);
+  const Tensor x = randn({s.m, s.k}, &g).to(kBFloat16), w = randn({s.n, s.k}, &g).to(kBFloat16);
+  for (auto _ : st) benchmark::DoNotOptimize(gemm_bf16(x, false, w, true).raw_data());
+  set_flops(st, 2.0 * s.m * s.n * s.k);
+}
+BENCHMARK(BM_gemm_f32)->DenseRange(0, 4)->Unit(benchmark::kMicrosecond)->UseRealTime();
+BENCHMARK(BM_gemm_bf16)->DenseRange(0, 4)->Unit(benchmark::kMicrosecond)->UseRealTime();
+
 int main(int argc, char** argv) {
   const auto rep = lowbit::bench::run_all(argc, argv, [](int n) { set_num_threads(n); });
   std::printf("\nthreads=%d\n%-28s %12s %12s %10s\n", get_num_threads(), "case", "lowbit us", "oneDNN us", "overhead");
@@ -106,5 +136,13 @@ int main(int argc, char** argv) {
       std::printf("%-28s %12.1f %12.1f %+9.1f%%\n", (std::string(kShapes[i].name) + " " + pass).c_str(), ours, ref,
                   100.0 * (ours / ref - 1.0));
     }
+  std::printf("\n%-28s %12s %12s %10s\n", "bf16 vs fp32 GEMM", "fp32 GF/s", "bf16 GF/s", "speedup");
+  for (int i = 0; i < 5; ++i) {
+    const auto& s = kGemmShapes[i];
+    const double flops = 2.0 * s.m * s.n * s.k;
+    const double f32 = rep.seconds("BM_gemm_f32/" + std::to_string(i)),
+                 bf16 = rep.seconds("BM_gemm_bf16/" + std::to_string(i));
+    std::printf("%-28s %12.1f %12.1f %9.2fx\n", s.name, flops / f32 * 1e-9, flops / bf16 * 1e-9, f32 / bf16);
+  }
   return 0;
 }

@@ -16,21 +16,22 @@ dnnl::engine& cpu_engine() {
   return eng;
 }
 
-using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, bool>;
+using Key = std::tuple<int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, bool, bool, bool, bool>;
 struct Cached {
   dnnl::matmul prim;
   dnnl::memory::desc a_md, b_md, c_md, bias_md;
 };
 
-// C[b] = op(A[b]) · op(B[b]) (+ bias) for float32; batch counts ba, bb (one may be 1 = broadcast).
-void onednn_gemm(const float* a, bool ta, const float* b, bool tb, const float* bias, float* c, int64_t ba, int64_t bb,
-                 int64_t m, int64_t n, int64_t k) {
+// C[b] = op(A[b]) · op(B[b]) (+ bias), float32 C and bias; A and B float32 or, with bf16, bfloat16 (oneDNN
+// accumulates in float32); batch counts ba, bb (one may be 1 = broadcast).
+void onednn_gemm(const void* a, bool ta, const void* b, bool tb, const float* bias, float* c, int64_t ba, int64_t bb,
+                 int64_t m, int64_t n, int64_t k, bool bf16 = false) {
   using dt = dnnl::memory::data_type;
   using dims = dnnl::memory::dims;
   static std::mutex mu;
   static std::map<Key, Cached> cache;
   // oneDNN fixes a primitive's thread count when it is created: the key includes it
-  const Key key{ba, bb, m, n, k, get_num_threads(), ta, tb, bias != nullptr};
+  const Key key{ba, bb, m, n, k, get_num_threads(), ta, tb, bias != nullptr, bf16};
   Cached* entry;
   {
     std::lock_guard<std::mutex> lock(mu);
@@ -39,8 +40,9 @@ void onednn_gemm(const float* a, bool ta, const float* b, bool tb, const float* 
       Cached cc;
       const int64_t bo = std::max(ba, bb);
       // A is stored (m, k) or, when ta, (k, m); strides express op(A) as (m, k).
-      cc.a_md = dnnl::memory::desc(dims{ba, m, k}, dt::f32, ta ? dims{m * k, 1, m} : dims{m * k, k, 1});
-      cc.b_md = dnnl::memory::desc(dims{bb, k, n}, dt::f32, tb ? dims{k * n, 1, k} : dims{k * n, n, 1});
+      const dt in = bf16 ? dt::bf16 : dt::f32;
+      cc.a_md = dnnl::memory::desc(dims{ba, m, k}, in, ta ? dims{m * k, 1, m} : dims{m * k, k, 1});
+      cc.b_md = dnnl::memory::desc(dims{bb, k, n}, in, tb ? dims{k * n, 1, k} : dims{k * n, n, 1});
       cc.c_md = dnnl::memory::desc(dims{bo, m, n}, dt::f32, dims{m * n, n, 1});
       if (bias) cc.bias_md = dnnl::memory::desc(dims{1, 1, n}, dt::f32, dims{n, n, 1});
       auto d = bias ? dnnl::matmul::desc(cc.a_md, cc.b_md, cc.bias_md, cc.c_md)
@@ -52,8 +54,8 @@ void onednn_gemm(const float* a, bool ta, const float* b, bool tb, const float* 
   }
   auto& eng = cpu_engine();
   static thread_local dnnl::stream strm(eng);
-  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, dnnl::memory(entry->a_md, eng, const_cast<float*>(a))},
-                                             {DNNL_ARG_WEIGHTS, dnnl::memory(entry->b_md, eng, const_cast<float*>(b))},
+  std::unordered_map<int, dnnl::memory> args{{DNNL_ARG_SRC, dnnl::memory(entry->a_md, eng, const_cast<void*>(a))},
+                                             {DNNL_ARG_WEIGHTS, dnnl::memory(entry->b_md, eng, const_cast<void*>(b))},
                                              {DNNL_ARG_DST, dnnl::memory(entry->c_md, eng, c)}};
   if (bias) args.emplace(DNNL_ARG_BIAS, dnnl::memory(entry->bias_md, eng, const_cast<float*>(bias)));
   entry->prim.execute(strm, args);
@@ -114,6 +116,39 @@ Tensor gemm(const Tensor& a_in, bool ta, const Tensor& b_in, bool tb, const Tens
   return c;
 }
 }  // namespace detail
+
+Tensor gemm_bf16(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& bias) {
+  LOWBIT_CHECK(
+      a.defined() && b.defined() && a.dtype() == kBFloat16 && b.dtype() == kBFloat16 && a.dim() == 2 && b.dim() == 2,
+      "gemm_bf16: expects two 2-D bfloat16 tensors, got {} and {}", a.defined() ? detail::desc(a) : "undefined",
+      b.defined() ? detail::desc(b) : "undefined");
+  const int64_t m = ta ? a.size(1) : a.size(0), k = ta ? a.size(0) : a.size(1);
+  const int64_t kb = tb ? b.size(1) : b.size(0), n = tb ? b.size(0) : b.size(1);
+  LOWBIT_CHECK(k == kb, "gemm_bf16: op(A) is {}x{} but op(B) is {}x{} (trans_a={}, trans_b={}; A {}, B {})", m, k, kb,
+               n, ta, tb, shape_str(a.shape()), shape_str(b.shape()));
+  LOWBIT_CHECK(!bias.defined() || (bias.dtype() == kFloat32 && bias.dim() == 1 && bias.size(0) == n),
+               "gemm_bf16: bias must be a float32 vector of {} elements, got {}", n, detail::desc(bias));
+  const Tensor& ac = a;  // lowbit tensors are contiguous (transposes materialize or are strides of a GEMM)
+  const Tensor& bc = b;
+  Tensor c = empty({m, n}, kFloat32);
+  if (c.numel() == 0) return c;
+  if (k == 0 || reference_kernels()) {  // the reference: the same products, summed in float64
+    NoGradGuard ng;
+    const Tensor a32 = ac.to(kFloat32), b32 = bc.to(kFloat32);
+    const float* bp = bias.defined() ? bias.data_ptr<float>() : nullptr;
+    if (k == 0) {
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) c.data_ptr<float>()[i * n + j] = bp ? bp[j] : 0.0f;
+    } else {
+      reference_gemm<float>(a32.data_ptr<float>(), ta, b32.data_ptr<float>(), tb, bp, c.data_ptr<float>(), 1, 1, m, n,
+                            k);
+    }
+    return c;
+  }
+  onednn_gemm(ac.raw_data(), ta, bc.raw_data(), tb, bias.defined() ? bias.data_ptr<float>() : nullptr,
+              c.data_ptr<float>(), 1, 1, m, n, k, /*bf16=*/true);
+  return c;
+}
 
 namespace {
 // Recorded GEMM on 2-D or same-batch 3-D operands (no transposes at the API level).

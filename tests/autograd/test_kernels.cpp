@@ -6,6 +6,7 @@
 #include <functional>
 
 #include "op_harness.h"
+#include "test_util.h"
 
 using namespace lowbit;
 using lowbit::testing::max_rel_err;
@@ -137,4 +138,54 @@ TEST(Kernels, PermuteMatchesIndexing) {
     for (int b = 0; b < 4; ++b)
       for (int c = 0; c < 5; ++c)
         for (int d = 0; d < 6; ++d) ASSERT_EQ(pp[((c * 3 + a) * 6 + d) * 4 + b], xp[((a * 4 + b) * 5 + c) * 6 + d]);
+}
+
+TEST(Kernels, GemmBf16IsExactWhereFloat32SumsAre) {
+  // small integers: every product and every partial sum is exact in float32, so oneDNN's bf16
+  // GEMM must equal the exact result bit for bit, for every transpose and with a bias
+  Generator g(17);
+  for (const auto& [m, n, k] :
+       std::vector<std::tuple<int64_t, int64_t, int64_t>>{{1, 1, 1}, {7, 5, 3}, {64, 96, 256}, {256, 130, 100}}) {
+    for (bool ta : {false, true})
+      for (bool tb : {false, true}) {
+        SCOPED_TRACE(fmt::format("m={} n={} k={} ta={} tb={}", m, n, k, ta, tb));
+        Tensor a32 = randint(-8, 9, ta ? Shape{k, m} : Shape{m, k}, &g).to(kFloat32);
+        Tensor b32 = randint(-8, 9, tb ? Shape{n, k} : Shape{k, n}, &g).to(kFloat32);
+        Tensor bias = randint(-100, 100, {n}, &g).to(kFloat32);
+        const Tensor c = gemm_bf16(a32.to(kBFloat16), ta, b32.to(kBFloat16), tb, bias);
+        ASSERT_EQ(c.shape(), (Shape{m, n}));
+        ASSERT_EQ(c.dtype(), kFloat32);
+        for (int64_t i = 0; i < m; ++i)
+          for (int64_t j = 0; j < n; ++j) {
+            double s = bias.data_ptr<float>()[j];
+            for (int64_t q = 0; q < k; ++q)
+              s += static_cast<double>(a32.data_ptr<float>()[ta ? q * m + i : i * k + q]) *
+                   b32.data_ptr<float>()[tb ? j * k + q : q * n + j];
+            ASSERT_EQ(c.data_ptr<float>()[i * n + j], static_cast<float>(s)) << i << ", " << j;
+          }
+      }
+  }
+}
+
+TEST(Kernels, GemmBf16MatchesFloat32GemmOfTheSameValues) {
+  // random bf16 values: only the summation order differs from the float32 GEMM of the upcast values
+  Generator g(18);
+  const int64_t m = 200, n = 300, k = 784;
+  const Tensor a = randn({m, k}, &g).to(kBFloat16), b = randn({n, k}, &g).to(kBFloat16);
+  const Tensor c = gemm_bf16(a, false, b, true);
+  const Tensor ref = matmul(a.to(kFloat32), b.to(kFloat32).t());
+  const Tensor abs_ref = matmul(abs(a.to(kFloat32)), abs(b.to(kFloat32)).t());
+  for (int64_t i = 0; i < m * n; ++i)
+    ASSERT_LE(std::fabs(c.data_ptr<float>()[i] - ref.data_ptr<float>()[i]),
+              2.0 * k * 1.2e-7 * abs_ref.data_ptr<float>()[i])
+        << i;
+  set_reference_kernels(true);
+  const Tensor c_ref = gemm_bf16(a, false, b, true);
+  set_reference_kernels(false);
+  for (int64_t i = 0; i < m * n; ++i)  // against float64 sums of the same products
+    ASSERT_LE(std::fabs(c.data_ptr<float>()[i] - c_ref.data_ptr<float>()[i]), k * 1.2e-7 * abs_ref.data_ptr<float>()[i])
+        << i;
+  lowbit::testing::expect_error([&] { gemm_bf16(a.to(kFloat32), false, b, true); }, {"gemm_bf16", "bfloat16"});
+  lowbit::testing::expect_error([&] { gemm_bf16(a, false, b, false); },
+                                {"gemm_bf16: op(A) is 200x784 but op(B) is 300x784"});
 }
