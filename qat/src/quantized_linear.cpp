@@ -44,13 +44,12 @@ std::shared_ptr<QuantizedLinear> QuantizedLinear::from_linear(const nn::Linear& 
       choose_qparams_affine(w, wcfg.mapping_type, m->block_size, qmin, qmax, wcfg.eps, ZeroPointDomain::INT, kInt32);
   const Tensor codes = quantize_affine(w, m->block_size, s, z, qmin >= 0 ? kUInt8 : kInt8, qmin, qmax);
   const int64_t n = codes.numel();
-  if (bits_of(wcfg.dtype) <= 4) {
+  const core::Format& fmt = core::format_by_name(wcfg.dtype);
+  if (fmt.per_byte == 2) {  // the format table's packing: two codes per byte, element 2i in the low nibble
     LOWBIT_CHECK(m->in_features % 2 == 0, "QuantizedLinear: packing 4-bit codes needs an even in_features, got {}",
                  m->in_features);
     Tensor packed = empty({m->out_features, m->in_features / 2}, kUInt8);
-    const uint8_t* c = static_cast<const uint8_t*>(codes.raw_data());
-    uint8_t* p = packed.data_ptr<uint8_t>();
-    for (int64_t i = 0; i < n / 2; ++i) p[i] = static_cast<uint8_t>((c[2 * i] & 0x0f) | ((c[2 * i + 1] & 0x0f) << 4));
+    core::pack(fmt, static_cast<const uint8_t*>(codes.raw_data()), packed.data_ptr<uint8_t>(), n);
     m->qdata = m->register_buffer("qdata", packed);
   } else {
     m->qdata = m->register_buffer("qdata", codes);
@@ -65,19 +64,15 @@ Tensor QuantizedLinear::weight_codes() const {
   if (qdata.dtype() != kUInt8 || qdata.size(1) * 2 != in_features) {
     return qdata.dtype() == kInt8 ? qdata : qdata.to(kInt32);
   }
-  const bool is_unsigned = weight_dtype[0] == 'u';
-  Tensor out = empty({out_features, in_features}, is_unsigned ? kUInt8 : kInt8);
-  const uint8_t* p = qdata.data_ptr<uint8_t>();
-  for (int64_t i = 0; i < qdata.numel(); ++i) {
-    const uint8_t lo = p[i] & 0x0f, hi = p[i] >> 4;
-    if (is_unsigned) {
-      out.data_ptr<uint8_t>()[2 * i] = lo;
-      out.data_ptr<uint8_t>()[2 * i + 1] = hi;
-    } else {  // sign-extend 4-bit two's complement
-      out.data_ptr<int8_t>()[2 * i] = static_cast<int8_t>(lo >= 8 ? lo - 16 : lo);
-      out.data_ptr<int8_t>()[2 * i + 1] = static_cast<int8_t>(hi >= 8 ? hi - 16 : hi);
-    }
-  }
+  const core::Format& fmt = core::format_by_name(weight_dtype);
+  Tensor nibbles = empty({out_features, in_features}, kUInt8);
+  core::unpack(fmt, qdata.data_ptr<uint8_t>(), nibbles.data_ptr<uint8_t>(), nibbles.numel());
+  if (!fmt.is_signed) return nibbles;
+  Tensor out = empty({out_features, in_features}, kInt8);
+  const uint8_t* c = nibbles.data_ptr<uint8_t>();
+  int8_t* o = out.data_ptr<int8_t>();
+  for (int64_t i = 0; i < out.numel(); ++i)
+    o[i] = static_cast<int8_t>(c[i] >= 8 ? c[i] - 16 : c[i]);  // 4-bit two's complement
   return out;
 }
 
