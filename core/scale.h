@@ -37,4 +37,20 @@ float float8_amax_to_scale(double amax, const Format& fp8);
 /// values just below 2^k the correctly rounded log2f rounds up to k, so the result is 2^k there.
 float round_scale_to_power_of_2(float scale);
 
+/// NVFP4 (spec §4.7): 16-element blocks of fp4 e2m1 with an e4m3fn block scale and an optional
+/// float32 per-tensor scale. The per-tensor scale of a tensor whose largest magnitude is amax:
+/// fp32(amax) / (448 * 6), in float32.
+float nvfp4_per_tensor_scale(float amax);
+/// One block's scale: s8 = e4m3(clamp(amax / 6 [/ per_tensor_scale], 2^-6, 448)) in float32 (so an
+/// inf amax saturates to 448 and a NaN amax gives the e4m3 NaN byte 0x7F), the multiplier applied
+/// to the block's elements before their clamp to +-6 and fp4 cast -- 1 / fp32(s8), or
+/// (1 / per_tensor_scale) / fp32(s8) -- and the scale that dequantizes them, fp32(s8) [*
+/// per_tensor_scale]. per_tensor_scale <= 0 means single-level scaling.
+struct NVFP4BlockScale {
+  uint8_t e4m3_byte;
+  float multiplier;
+  float dequant_scale;
+};
+NVFP4BlockScale nvfp4_block_scale(float block_amax, float per_tensor_scale = 0.0f);
+
 }  // namespace lowbit::core

@@ -72,4 +72,19 @@ float float8_amax_to_scale(double amax, const Format& fp8) {
 
 float round_scale_to_power_of_2(float scale) { return std::exp2(std::floor(std::log2(scale))); }
 
+float nvfp4_per_tensor_scale(float amax) { return amax / (448.0f * 6.0f); }
+
+NVFP4BlockScale nvfp4_block_scale(float block_amax, float pts) {
+  const Format& e4m3 = format(FormatId::Float8E4M3FN);
+  const bool two_level = pts > 0.0f || std::isnan(pts);
+  float s = block_amax / 6.0f;
+  if (two_level) s = s / pts;
+  // clamp(min = 2^-6, max = 448) with NaN passing through, as torch.clamp
+  if (!std::isnan(s)) s = std::min(std::max(s, std::ldexp(1.0f, -6)), 448.0f);
+  const uint8_t byte = static_cast<uint8_t>(encode(e4m3, s));
+  const float s8 = decode(e4m3, byte);
+  if (!two_level) return {byte, 1.0f / s8, s8};
+  return {byte, (1.0f / pts) / s8, pts * s8};
+}
+
 }  // namespace lowbit::core

@@ -183,3 +183,69 @@ TEST(ScaleRules, EveryFloat8CastCaseOfFloat8H5) {
   std::printf("  float8.h5: %d cast cases, %lld fp8 codes and their scales bit-exact\n", cases,
               static_cast<long long>(codes));
 }
+
+TEST(ScaleRules, EveryNvfp4QuantizeCaseOfNvfp4H5) {
+  // NVFP4Tensor.to_nvfp4: 16-blocks, e4m3 block scales (2^-6 floor, 448 cap), optional per-tensor
+  // scale, elements x * multiplier clamped to +-6 and cast to fp4 (RNE)
+  namespace t = lowbit::testing;
+  LOWBIT_GOLDEN_FILE(path, "nvfp4.h5");
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  ASSERT_GE(f, 0);
+  const Format& fp4 = format(FormatId::Float4E2M1FN);
+  int cases = 0;
+  int64_t blocks = 0, codes = 0;
+  for (const auto& name : t::golden_cases(f)) {
+    if (name.rfind("quantize/", 0) != 0) continue;
+    SCOPED_TRACE(name);
+    hid_t g = H5Gopen2(f, name.c_str(), H5P_DEFAULT);
+    const Tensor x = t::dataset(g, "input", kFloat32);
+    const Tensor sb = t::dataset(g, "scale_e4m3_bits", kUInt8);
+    const Tensor hp = t::dataset(g, "hp_scales", kFloat32);
+    const Tensor qp = t::dataset(g, "qdata_packed", kUInt8);
+    float pts = 0.0f;
+    if (H5Lexists(g, "per_tensor_scale", H5P_DEFAULT) > 0) {
+      pts = t::dataset(g, "per_tensor_scale", kFloat32).data_ptr<float>()[0];
+      if (name.find("pts_from_amax") != std::string::npos) {
+        float amax = 0;
+        bool nan = false;
+        for (int64_t i = 0; i < x.numel(); ++i) {
+          nan |= std::isnan(x.data_ptr<float>()[i]);
+          amax = std::max(amax, std::fabs(x.data_ptr<float>()[i]));
+        }
+        const float ours = nvfp4_per_tensor_scale(nan ? NAN : amax);
+        EXPECT_TRUE(ours == pts || (std::isnan(ours) && std::isnan(pts))) << ours << " vs " << pts;
+      }
+    }
+    std::vector<uint8_t> q(static_cast<size_t>(x.numel()));
+    unpack(fp4, qp.data_ptr<uint8_t>(), q.data(), x.numel());
+    const float* xp = x.data_ptr<float>();
+    for (int64_t b = 0; b < x.numel() / 16; ++b) {
+      float amax = 0;
+      bool nan = false;
+      for (int64_t i = 0; i < 16; ++i) {
+        nan |= std::isnan(xp[b * 16 + i]);
+        amax = std::max(amax, std::fabs(xp[b * 16 + i]));
+      }
+      const NVFP4BlockScale s = nvfp4_block_scale(nan ? NAN : amax, pts);
+      ASSERT_EQ(s.e4m3_byte, sb.data_ptr<uint8_t>()[b]) << "block " << b << " amax " << amax;
+      const float want_hp = hp.data_ptr<float>()[b];
+      ASSERT_TRUE(s.dequant_scale == want_hp || (std::isnan(s.dequant_scale) && std::isnan(want_hp))) << "block " << b;
+      ++blocks;
+      if (std::isnan(s.multiplier) || std::isnan(s.dequant_scale)) continue;  // NaN results: the codes are unspecified
+      for (int64_t i = 0; i < 16; ++i) {
+        float v = xp[b * 16 + i] * s.multiplier;
+        if (!std::isnan(v)) v = std::min(std::max(v, -6.0f), 6.0f);
+        const uint32_t c = encode(fp4, v);
+        ASSERT_EQ(c, q[static_cast<size_t>(b * 16 + i)])
+            << "block " << b << " element " << i << " x " << xp[b * 16 + i];
+        ++codes;
+      }
+    }
+    H5Gclose(g);
+    ++cases;
+  }
+  H5Fclose(f);
+  EXPECT_EQ(cases, 18);
+  std::printf("  nvfp4.h5: %d quantize cases, %lld e4m3 block scales and %lld fp4 codes bit-exact\n", cases,
+              static_cast<long long>(blocks), static_cast<long long>(codes));
+}
