@@ -1,6 +1,7 @@
 #include "lowbit/core/scale.h"
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -8,16 +9,8 @@
 namespace lowbit::core {
 
 namespace {
-uint32_t bits_of(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  return u;
-}
-float float_of(uint32_t u) {
-  float x;
-  std::memcpy(&x, &u, 4);
-  return x;
-}
+uint32_t bits_of(float x) { return std::bit_cast<uint32_t>(x); }
+float float_of(uint32_t u) { return std::bit_cast<float>(u); }
 // the e8m0 value of byte c (c = 255: NaN)
 float e8m0_value(uint32_t c) {
   return c == 255 ? std::numeric_limits<float>::quiet_NaN() : std::ldexp(1.0f, static_cast<int>(c) - 127);

@@ -53,6 +53,25 @@ std::vector<std::string> tiny(const std::string& run_dir, std::vector<std::strin
   a.insert(a.end(), extra.begin(), extra.end());
   return a;
 }
+// a tiny character-level GPT run (the corpus comes from --data.path or the environment)
+std::vector<std::string> tiny_gpt(const std::string& run_dir, int steps) {
+  return {"train",
+          kGpt,
+          "--model.context",
+          "8",
+          "--model.d_model",
+          "16",
+          "--model.n_layers",
+          "1",
+          "--data.batch_size",
+          "4",
+          "--training.max_steps",
+          std::to_string(steps),
+          "--lr_scheduler.warmup_steps",
+          "1",
+          "--training.run_dir",
+          run_dir};
+}
 #define EXPECT_FAILS_WITH(r, text)                                                                            \
   do {                                                                                                        \
     EXPECT_EQ((r).exit_code, 1) << (r).output;                                                                \
@@ -116,22 +135,7 @@ TEST(CliErrors, DataProblemsAreErrorsBeforeTraining) {
     std::ofstream f(d + "/no_newline.txt");
     for (int i = 0; i < 400; ++i) f << "abcdefgh ";
   }
-  const std::vector<std::string> gpt = {"train",
-                                        kGpt,
-                                        "--model.context",
-                                        "8",
-                                        "--model.d_model",
-                                        "16",
-                                        "--model.n_layers",
-                                        "1",
-                                        "--data.batch_size",
-                                        "4",
-                                        "--training.max_steps",
-                                        "3",
-                                        "--lr_scheduler.warmup_steps",
-                                        "1",
-                                        "--training.run_dir",
-                                        d + "/run"};
+  const std::vector<std::string> gpt = tiny_gpt(d + "/run", 3);
   auto args = gpt;
   args.insert(args.end(), {"--data.path", d + "/no_newline.txt"});
   auto r = lowbit_run(args);
@@ -253,28 +257,9 @@ TEST(CliErrors, ConvertReportsKeptLayersAndWritesNothingOnFailure) {
     std::ofstream f(run + "/corpus.txt");
     for (int i = 0; i < 100; ++i) f << "a small corpus line\n";
   }
-  ASSERT_EQ(lowbit_run({"train",
-                        kGpt,
-                        "--data.path",
-                        run + "/corpus.txt",
-                        "--model.context",
-                        "8",
-                        "--model.d_model",
-                        "16",
-                        "--model.n_layers",
-                        "1",
-                        "--data.batch_size",
-                        "4",
-                        "--training.max_steps",
-                        "2",
-                        "--lr_scheduler.warmup_steps",
-                        "1",
-                        "--training.sample_tokens",
-                        "4",
-                        "--training.run_dir",
-                        run + "/gpt"})
-                .exit_code,
-            0);
+  auto gpt = tiny_gpt(run + "/gpt", 2);
+  gpt.insert(gpt.end(), {"--data.path", run + "/corpus.txt", "--training.sample_tokens", "4"});
+  ASSERT_EQ(lowbit_run(gpt).exit_code, 0);
   r = lowbit_run({"convert", run + "/gpt/checkpoints/step_00000002.h5", run + "/gpt.h5", "--recipe", "8da4w",
                   "--group-size", "16"});
   EXPECT_FAILS_WITH(r, "lowbit convert quantizes Fashion-MNIST MLP files");

@@ -13,6 +13,15 @@ using namespace lowbit::core;
 
 namespace {
 const Format& elem(const std::string& name) { return format_by_name(name); }
+// largest magnitude of n values, NaN if any is NaN (torch's amax)
+float amax_of(const float* x, int64_t n, int64_t stride = 1) {
+  float amax = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    if (std::isnan(x[i * stride])) return NAN;
+    amax = std::max(amax, std::fabs(x[i * stride]));
+  }
+  return amax;
+}
 }  // namespace
 
 TEST(ScaleRules, SpecExamples) {
@@ -89,13 +98,7 @@ TEST(ScaleRules, EveryToMxCaseOfMxH5) {
     unpack(e, qb.data_ptr<uint8_t>(), q.data(), x.numel());
     for (int64_t b = 0; b < rows * (K / bs); ++b) {
       const float* blk = xp + b * bs;
-      float amax = 0;
-      bool nan = false;
-      for (int64_t i = 0; i < bs; ++i) {
-        nan |= std::isnan(blk[i]);
-        amax = std::max(amax, std::fabs(blk[i]));
-      }
-      if (nan) amax = NAN;
+      const float amax = amax_of(blk, bs);
       const E8M0Scale s = e8m0_scale(amax, e, mode);
       ASSERT_EQ(s.byte, sb.data_ptr<uint8_t>()[b]) << "block " << b << " amax " << amax;
       ++blocks;
@@ -146,19 +149,8 @@ TEST(ScaleRules, EveryFloat8CastCaseOfFloat8H5) {
     const int64_t M = x.size(0), K = x.size(1);
     const float* xp = x.data_ptr<float>();
     auto scale_of = [&](int64_t r, int64_t c) -> float {  // the scale element covering x[r, c]
-      float amax = 0;
-      bool nan = false;
-      auto take = [&](float v) {
-        nan |= std::isnan(v);
-        amax = std::max(amax, std::fabs(v));
-      };
-      if (axis == 1)
-        for (int64_t k = 0; k < K; ++k) take(xp[r * K + k]);
-      else if (axis == 0)
-        for (int64_t m = 0; m < M; ++m) take(xp[m * K + c]);
-      else
-        for (int64_t i = 0; i < M * K; ++i) take(xp[i]);
-      const float s = float8_amax_to_scale(nan ? NAN : static_cast<double>(amax), fp8);
+      const float amax = axis == 1 ? amax_of(xp + r * K, K) : axis == 0 ? amax_of(xp + c, M, K) : amax_of(xp, M * K);
+      const float s = float8_amax_to_scale(static_cast<double>(amax), fp8);
       return pow2 ? round_scale_to_power_of_2(s) : s;
     };
     for (int64_t r = 0; r < M; ++r)
@@ -206,13 +198,7 @@ TEST(ScaleRules, EveryNvfp4QuantizeCaseOfNvfp4H5) {
     if (H5Lexists(g, "per_tensor_scale", H5P_DEFAULT) > 0) {
       pts = t::dataset(g, "per_tensor_scale", kFloat32).data_ptr<float>()[0];
       if (name.find("pts_from_amax") != std::string::npos) {
-        float amax = 0;
-        bool nan = false;
-        for (int64_t i = 0; i < x.numel(); ++i) {
-          nan |= std::isnan(x.data_ptr<float>()[i]);
-          amax = std::max(amax, std::fabs(x.data_ptr<float>()[i]));
-        }
-        const float ours = nvfp4_per_tensor_scale(nan ? NAN : amax);
+        const float ours = nvfp4_per_tensor_scale(amax_of(x.data_ptr<float>(), x.numel()));
         EXPECT_TRUE(ours == pts || (std::isnan(ours) && std::isnan(pts))) << ours << " vs " << pts;
       }
     }
@@ -220,13 +206,8 @@ TEST(ScaleRules, EveryNvfp4QuantizeCaseOfNvfp4H5) {
     unpack(fp4, qp.data_ptr<uint8_t>(), q.data(), x.numel());
     const float* xp = x.data_ptr<float>();
     for (int64_t b = 0; b < x.numel() / 16; ++b) {
-      float amax = 0;
-      bool nan = false;
-      for (int64_t i = 0; i < 16; ++i) {
-        nan |= std::isnan(xp[b * 16 + i]);
-        amax = std::max(amax, std::fabs(xp[b * 16 + i]));
-      }
-      const NVFP4BlockScale s = nvfp4_block_scale(nan ? NAN : amax, pts);
+      const float amax = amax_of(xp + b * 16, 16);
+      const NVFP4BlockScale s = nvfp4_block_scale(amax, pts);
       ASSERT_EQ(s.e4m3_byte, sb.data_ptr<uint8_t>()[b]) << "block " << b << " amax " << amax;
       const float want_hp = hp.data_ptr<float>()[b];
       ASSERT_TRUE(s.dequant_scale == want_hp || (std::isnan(s.dequant_scale) && std::isnan(want_hp))) << "block " << b;
