@@ -13,9 +13,15 @@
 
 namespace lowbit::qat {
 
+using FakeQuantizeConfigs = std::pair<std::optional<IntxFakeQuantizeConfig>, std::optional<IntxFakeQuantizeConfig>>;
+
 struct QuantConfigBase {
   virtual ~QuantConfigBase() = default;
   virtual std::string to_string() const = 0;
+  /// The (activation, weight) fake-quantize configs this config implies for QAT (torchao's
+  /// _infer_fake_quantize_configs); each config kind answers for itself. Throws for configs
+  /// without a QAT mapping.
+  virtual FakeQuantizeConfigs fake_quantize_configs() const;
 };
 
 /// int8 dynamic per-token activations (asymmetric) x intN weights (int2..int8), torchao's "8da4w"
@@ -26,6 +32,7 @@ struct Int8DynamicActivationIntxWeightConfig : QuantConfigBase {
   MappingType weight_mapping_type = MappingType::SYMMETRIC;
   MappingType act_mapping_type = MappingType::ASYMMETRIC;
   std::string to_string() const override;
+  FakeQuantizeConfigs fake_quantize_configs() const override;
 };
 /// intN weights only (activations stay float).
 struct IntxWeightOnlyConfig : QuantConfigBase {
@@ -33,19 +40,23 @@ struct IntxWeightOnlyConfig : QuantConfigBase {
   Granularity granularity = PerGroup{32};
   MappingType mapping_type = MappingType::SYMMETRIC;
   std::string to_string() const override;
+  FakeQuantizeConfigs fake_quantize_configs() const override;
 };
 /// int4 weight-only, per group (lowbit stores symmetric int4 codes; see docs/qat.md).
 struct Int4WeightOnlyConfig : QuantConfigBase {
   int64_t group_size = 128;
   std::string to_string() const override;
+  FakeQuantizeConfigs fake_quantize_configs() const override;
 };
 /// int8 per-channel symmetric weights only.
 struct Int8WeightOnlyConfig : QuantConfigBase {
   std::string to_string() const override { return "Int8WeightOnlyConfig()"; }
+  FakeQuantizeConfigs fake_quantize_configs() const override;
 };
 /// int8 dynamic per-token symmetric activations x int8 per-channel symmetric weights.
 struct Int8DynamicActivationInt8WeightConfig : QuantConfigBase {
   std::string to_string() const override { return "Int8DynamicActivationInt8WeightConfig()"; }
+  FakeQuantizeConfigs fake_quantize_configs() const override;
 };
 
 /// QATConfig(base_config) or QATConfig(activation_config, weight_config); step "prepare"/"convert".
@@ -59,6 +70,8 @@ struct QATConfig : QuantConfigBase {
             std::string step = "prepare");
   void validate() const;
   std::string to_string() const override;
+  /// Its base config's, or its own activation and weight configs.
+  FakeQuantizeConfigs fake_quantize_configs() const override;
 };
 
 /// Different configs for different modules: exact dotted names first, then "re:<regex>" keys
@@ -68,9 +81,9 @@ struct ModuleFqnToConfig : QuantConfigBase {
   std::string to_string() const override;
 };
 
-/// The fake-quantize configs a base config implies for QAT (torchao's _infer_fake_quantize_configs).
-std::pair<std::optional<IntxFakeQuantizeConfig>, std::optional<IntxFakeQuantizeConfig>> infer_fake_quantize_configs(
-    const QuantConfigBase& base);
+/// The fake-quantize configs a base config implies for QAT (torchao's _infer_fake_quantize_configs):
+/// base.fake_quantize_configs().
+FakeQuantizeConfigs infer_fake_quantize_configs(const QuantConfigBase& base);
 
 using FilterFn = std::function<bool(const nn::Module&, const std::string& fqn)>;
 /// Transforms one module; returns its replacement (or the module itself when untouched).

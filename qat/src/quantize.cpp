@@ -64,25 +64,30 @@ std::string ModuleFqnToConfig::to_string() const {
   return s + "})";
 }
 
-std::pair<std::optional<IntxFakeQuantizeConfig>, std::optional<IntxFakeQuantizeConfig>> infer_fake_quantize_configs(
-    const QuantConfigBase& base) {
-  if (auto* c = dynamic_cast<const Int8DynamicActivationIntxWeightConfig*>(&base)) {
-    IntxFakeQuantizeConfig act("int8", PerToken{}, std::nullopt, std::nullopt, c->act_mapping_type);
-    IntxFakeQuantizeConfig w(c->weight_dtype, c->weight_granularity, std::nullopt, std::nullopt,
-                             c->weight_mapping_type);
-    return {act, w};
-  }
-  if (auto* c = dynamic_cast<const IntxWeightOnlyConfig*>(&base))
-    return {std::nullopt,
-            IntxFakeQuantizeConfig(c->weight_dtype, c->granularity, std::nullopt, std::nullopt, c->mapping_type)};
-  if (auto* c = dynamic_cast<const Int4WeightOnlyConfig*>(&base))
-    return {std::nullopt, IntxFakeQuantizeConfig("int4", PerGroup{c->group_size})};
-  if (dynamic_cast<const Int8WeightOnlyConfig*>(&base))
-    return {std::nullopt, IntxFakeQuantizeConfig("int8", PerAxis{0})};
-  if (dynamic_cast<const Int8DynamicActivationInt8WeightConfig*>(&base))
-    return {IntxFakeQuantizeConfig("int8", PerToken{}, std::nullopt, true), IntxFakeQuantizeConfig("int8", PerAxis{0})};
-  throw Error(fmt::format("infer_fake_quantize_configs: no QAT mapping for {}", base.to_string()));
+FakeQuantizeConfigs QuantConfigBase::fake_quantize_configs() const {
+  throw Error(fmt::format("infer_fake_quantize_configs: no QAT mapping for {}", to_string()));
 }
+FakeQuantizeConfigs Int8DynamicActivationIntxWeightConfig::fake_quantize_configs() const {
+  return {IntxFakeQuantizeConfig("int8", PerToken{}, std::nullopt, std::nullopt, act_mapping_type),
+          IntxFakeQuantizeConfig(weight_dtype, weight_granularity, std::nullopt, std::nullopt, weight_mapping_type)};
+}
+FakeQuantizeConfigs IntxWeightOnlyConfig::fake_quantize_configs() const {
+  return {std::nullopt, IntxFakeQuantizeConfig(weight_dtype, granularity, std::nullopt, std::nullopt, mapping_type)};
+}
+FakeQuantizeConfigs Int4WeightOnlyConfig::fake_quantize_configs() const {
+  return {std::nullopt, IntxFakeQuantizeConfig("int4", PerGroup{group_size})};
+}
+FakeQuantizeConfigs Int8WeightOnlyConfig::fake_quantize_configs() const {
+  return {std::nullopt, IntxFakeQuantizeConfig("int8", PerAxis{0})};
+}
+FakeQuantizeConfigs Int8DynamicActivationInt8WeightConfig::fake_quantize_configs() const {
+  return {IntxFakeQuantizeConfig("int8", PerToken{}, std::nullopt, true), IntxFakeQuantizeConfig("int8", PerAxis{0})};
+}
+FakeQuantizeConfigs QATConfig::fake_quantize_configs() const {
+  if (base_config) return base_config->fake_quantize_configs();
+  return {activation_config, weight_config};
+}
+FakeQuantizeConfigs infer_fake_quantize_configs(const QuantConfigBase& base) { return base.fake_quantize_configs(); }
 
 namespace {
 std::mutex g_registry_mu;
@@ -153,18 +158,12 @@ const QuantConfigBase* config_for(const ModuleFqnToConfig& map, const std::strin
 }  // namespace
 
 FilterFn compatible_linears(const QuantConfigBase& config, std::vector<std::string>* skipped) {
-  int64_t group = 0;
-  const QuantConfigBase* base = &config;
-  if (auto* q = dynamic_cast<const QATConfig*>(&config); q && q->base_config) base = q->base_config.get();
-  if (auto* q = dynamic_cast<const QATConfig*>(&config); q && q->weight_config && q->weight_config->granularity)
-    if (auto* pg = std::get_if<PerGroup>(&*q->weight_config->granularity)) group = pg->group_size;
-  if (!dynamic_cast<const QATConfig*>(base)) {
-    try {
-      auto [a, w] = infer_fake_quantize_configs(*base);
-      if (w && w->granularity)
-        if (auto* pg = std::get_if<PerGroup>(&*w->granularity)) group = pg->group_size;
-    } catch (const Error&) {}
-  }
+  int64_t group = 0;  // the weight group size the config implies, if any
+  try {
+    const auto [act, w] = config.fake_quantize_configs();
+    if (w && w->granularity)
+      if (auto* pg = std::get_if<PerGroup>(&*w->granularity)) group = pg->group_size;
+  } catch (const Error&) {}
   return [group, skipped](const nn::Module& m, const std::string& fqn) {
     auto* lin = dynamic_cast<const nn::Linear*>(&m);
     if (!lin) return false;
