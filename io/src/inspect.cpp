@@ -1,0 +1,173 @@
+// io/ inspection: the inspect report and verify_file (a complete parse, optionally in a child).
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cctype>
+#include <csignal>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <set>
+
+#include "internal.h"
+
+namespace lowbit::io {
+
+using namespace detail;
+
+namespace {
+// The dims of a quantized group's "shape" attribute ("[4096, 4096]" or "(4096, 4096)") and their
+// product; throws naming the group on anything but up to 8 non-negative integers that fit.
+int64_t parse_logical_shape(const std::string& text, const std::string& file, const std::string& where) {
+  int64_t product = 1;
+  int dims = 0;
+  size_t i = 0;
+  while (i < text.size()) {
+    const char c = text[i];
+    if (std::isdigit(static_cast<unsigned char>(c))) {
+      uint64_t v = 0;
+      while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) {
+        v = v * 10 + static_cast<uint64_t>(text[i] - '0');
+        LOWBIT_CHECK(v < (uint64_t{1} << 40), "{}: the 'shape' attribute of '{}' ('{}') has an impossible dimension",
+                     file, where, text);
+        ++i;
+      }
+      LOWBIT_CHECK(++dims <= 8 && (v == 0 || static_cast<uint64_t>(product) <= (uint64_t{1} << 50) / v),
+                   "{}: the 'shape' attribute of '{}' ('{}') is not a plausible shape", file, where, text);
+      product *= static_cast<int64_t>(v);
+    } else {
+      LOWBIT_CHECK(c == '[' || c == ']' || c == '(' || c == ')' || c == ',' || c == ' ',
+                   "{}: the 'shape' attribute of '{}' ('{}') is not a shape", file, where, text);
+      ++i;
+    }
+  }
+  LOWBIT_CHECK(dims > 0, "{}: the 'shape' attribute of '{}' ('{}') is not a shape", file, where, text);
+  return product;
+}
+}  // namespace
+
+FileInfo inspect(const std::string& path) {
+  OpenedFile f = open_checkpoint(path);
+  FileInfo info;
+  info.integrity_checked = f.integrity;
+  info.file_bytes = std::filesystem::file_size(path);
+  for (auto& [k, v] : h5::attrs_as_text(f.file)) info.attributes[k] = v;
+  Hid model = h5::open_group(f.file, "/model", path);
+  // every object once: hard-linked aliases (tied weights) are not double counted
+  std::set<uint64_t> seen;
+  for (const auto& e : h5::walk(model, "/model", path)) {
+    if (e.type == H5O_TYPE_GROUP) continue;
+    LOWBIT_CHECK(e.type == H5O_TYPE_DATASET, "{}: '/model/{}' is neither a group nor a dataset", path, e.path);
+    if (!seen.insert(e.object_key).second) continue;
+    TensorInfo ti;
+    ti.path = "/model/" + e.path;
+    const auto slash = e.path.rfind('/');
+    const std::string parent = slash == std::string::npos ? "." : e.path.substr(0, slash);
+    const std::string leaf = slash == std::string::npos ? e.path : e.path.substr(slash + 1);
+    const std::string parent_path = parent == "." ? "/model" : "/model/" + parent;
+    Hid pg = parent == "." ? h5::open_group(f.file, "/model", path) : h5::open_group(model, parent, path);
+    const bool quantized = h5::has_attr(pg, "quant_scheme");
+    if (quantized) {
+      const std::string scheme = h5::read_attr_string(pg, "quant_scheme", path, parent_path);
+      ti.scheme = scheme + " " + h5::read_attr_string(pg, "dtype", path, parent_path);
+    }
+    Hid ds = h5::open_dataset(model, e.path, path);
+    const TensorMeta m = probe_tensor(ds, path, ti.path);
+    ti.dtype = dtype_name(m.dtype);
+    ti.shape = m.shape;
+    const int64_t n = lowbit::detail::numel_of(ti.shape);
+    ti.logical_bytes = static_cast<uint64_t>(n) * element_size(m.dtype);
+    ti.bytes = m.stored_bytes;
+    // a quantized module's codes stand for its logical weight ("shape" attribute); its scales and
+    // zero points are overhead, not parameters
+    int64_t logical = n;
+    if (quantized && (leaf == "scale" || leaf == "zero_point")) logical = 0;
+    if (quantized && leaf == "qdata" && h5::has_attr(pg, "shape")) {
+      logical = parse_logical_shape(h5::read_attr_string(pg, "shape", path, parent_path), path, parent_path);
+      // at least one bit per code: a group cannot describe more weights than 8 per stored byte
+      LOWBIT_CHECK(logical <= 8 * n, "{}: '{}' claims a {}-element weight but stores {} bytes of codes", path,
+                   parent_path, logical, n);
+    }
+    info.parameters += logical;
+    info.stored_bytes += ti.bytes;
+    info.float32_bytes += static_cast<uint64_t>(logical) * 4;
+    info.tensors.push_back(ti);
+  }
+  return info;
+}
+
+namespace {
+void verify_in_process(const std::string& path) {
+  OpenedFile f = open_checkpoint(path);
+  (void)h5::attrs_as_text(f.file);
+  (void)inspect(path);
+  Hid root = h5::open_group(f.file, "/", path);
+  for (const auto& e : h5::walk(root, "", path)) {
+    const std::string p = "/" + e.path;
+    if (e.type == H5O_TYPE_GROUP) {
+      Hid g = h5::open_group(f.file, p, path);
+      for (const auto& [k, v] : h5::attrs_as_text(g))
+        LOWBIT_CHECK(v != "<unreadable>", "{}: attribute '{}' of '{}' cannot be read", path, k, p);
+      continue;
+    }
+    LOWBIT_CHECK(e.type == H5O_TYPE_DATASET, "{}: '{}' is neither a group nor a dataset", path, p);
+    Hid ds = h5::open_dataset(f.file, p, path);
+    for (const auto& [k, v] : h5::attrs_as_text(ds))
+      LOWBIT_CHECK(v != "<unreadable>", "{}: attribute '{}' of '{}' cannot be read", path, k, p);
+    Hid t(h5::check(H5Dget_type(ds), path, "cannot read the type of '" + p + "'"), H5Tclose);
+    if (H5Tget_class(t) == H5T_STRING) {
+      (void)h5::read_strings(f.file, p, path);
+    } else {
+      (void)read_tensor(f.file, p, path);
+    }
+  }
+}
+}  // namespace
+
+void verify_file(const std::string& path, bool isolated) {
+  if (!isolated) return verify_in_process(path);
+  int fds[2];
+  LOWBIT_CHECK(::pipe(fds) == 0, "{}: cannot verify the file: pipe failed: {}", path, errno_text(errno));
+  std::fflush(nullptr);
+  const pid_t pid = ::fork();
+  if (pid < 0) {
+    ::close(fds[0]);
+    ::close(fds[1]);
+    throw Error(fmt::format("{}: cannot verify the file: fork failed: {}", path, errno_text(errno)));
+  }
+  if (pid == 0) {  // child: report an Error's message through the pipe, exit without cleanup
+    ::close(fds[0]);
+    int code = 0;
+    std::string msg;
+    try {
+      verify_in_process(path);
+    } catch (const std::exception& e) {
+      msg = e.what();
+      code = 1;
+    }
+    for (size_t done = 0; done < msg.size();) {
+      const ssize_t n = ::write(fds[1], msg.data() + done, msg.size() - done);
+      if (n <= 0) break;
+      done += static_cast<size_t>(n);
+    }
+    ::_exit(code);
+  }
+  ::close(fds[1]);
+  std::string msg;
+  char buf[4096];
+  while (true) {
+    const ssize_t n = ::read(fds[0], buf, sizeof(buf));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) break;
+    if (msg.size() < (1u << 20)) msg.append(buf, static_cast<size_t>(n));
+  }
+  ::close(fds[0]);
+  int status = 0;
+  while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {}
+  if (WIFSIGNALED(status))
+    throw Error(fmt::format("{}: malformed HDF5 file: parsing it crashed the HDF5 library (signal {}, {}); refusing it",
+                            path, WTERMSIG(status), strsignal(WTERMSIG(status))));
+  LOWBIT_CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "{}", msg.empty() ? path + ": verification failed" : msg);
+}
+
+}  // namespace lowbit::io
