@@ -1,0 +1,114 @@
+// The model, optimizer and scheduler a run config describes.
+#include "lowbit/cli/train.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "lowbit/autograd/autograd.h"
+#include "lowbit/autograd/generator.h"
+#include "lowbit/autograd/ops.h"
+#include "lowbit/autograd/parallel.h"
+#include "lowbit/data/dataset.h"
+#include "lowbit/io/checkpoint.h"
+#include "lowbit/nn/layers.h"
+#include "lowbit/nn/transformer.h"
+#include "lowbit/qat/quantized_linear.h"
+#include "lowbit/qat/recipes.h"
+
+#include "internal.h"
+
+namespace lowbit::cli {
+
+namespace {
+std::shared_ptr<nn::Module> activation(const std::string& name) {
+  if (name == "relu") return std::make_shared<nn::ReLU>();
+  if (name == "gelu") return std::make_shared<nn::GELU>();
+  if (name == "silu") return std::make_shared<nn::SiLU>();
+  if (name == "tanh") return std::make_shared<nn::Tanh>();
+  throw Error(fmt::format("model.activation: unknown activation '{}' (relu, gelu, silu, tanh)", name));
+}
+
+}  // namespace
+
+std::shared_ptr<nn::Module> build_model(const RunConfig& cfg, int64_t vocab_size) {
+  const std::string type = cfg.get_string("model.type");
+  if (type == "mlp") {
+    auto seq = std::make_shared<nn::Sequential>();
+    int64_t in = cfg.get_int("model.input_dim");
+    for (int64_t h : cfg.get_int_list("model.hidden")) {
+      LOWBIT_CHECK(h > 0, "model.hidden: layer widths must be positive, got {}", h);
+      seq->push_back(std::make_shared<nn::Linear>(in, h));
+      seq->push_back(activation(cfg.get_string("model.activation")));
+      if (cfg.get_float("model.dropout") > 0)
+        seq->push_back(std::make_shared<nn::Dropout>(cfg.get_float("model.dropout")));
+      in = h;
+    }
+    seq->push_back(std::make_shared<nn::Linear>(in, cfg.get_int("model.num_classes")));
+    return seq;
+  }
+  if (type == "gpt") {
+    nn::GPTConfig g;
+    g.vocab_size = vocab_size > 0 ? vocab_size : 256;
+    g.context = cfg.get_int("model.context");
+    g.d_model = cfg.get_int("model.d_model");
+    g.n_heads = cfg.get_int("model.n_heads");
+    g.n_layers = cfg.get_int("model.n_layers");
+    g.d_ff = cfg.get_int("model.d_ff");
+    g.dropout = cfg.get_float("model.dropout");
+    g.tie_weights = cfg.get_bool("model.tie_weights");
+    return std::make_shared<nn::GPT>(g);
+  }
+  throw Error(fmt::format("model.type: unknown model '{}' (mlp, gpt)", type));
+}
+
+std::unique_ptr<optim::Optimizer> build_optimizer(const RunConfig& cfg, const std::vector<Tensor>& params) {
+  const std::string name = cfg.get_string("optimizer.name");
+  if (name == "adamw" || name == "adam") {
+    optim::AdamOptions o;
+    o.lr = cfg.get_float("optimizer.lr");
+    o.beta1 = cfg.get_float("optimizer.beta1");
+    o.beta2 = cfg.get_float("optimizer.beta2");
+    o.eps = cfg.get_float("optimizer.eps");
+    o.weight_decay = cfg.get_float("optimizer.weight_decay");
+    o.amsgrad = cfg.get_bool("optimizer.amsgrad");
+    if (name == "adamw") return std::make_unique<optim::AdamW>(params, o);
+    return std::make_unique<optim::Adam>(params, o);
+  }
+  if (name == "sgd") {
+    optim::SGDOptions o;
+    o.lr = cfg.get_float("optimizer.lr");
+    o.momentum = cfg.get_float("optimizer.momentum");
+    o.nesterov = cfg.get_bool("optimizer.nesterov");
+    o.weight_decay = cfg.get_float("optimizer.weight_decay");
+    return std::make_unique<optim::SGD>(params, o);
+  }
+  throw Error(fmt::format("optimizer.name: unknown optimizer '{}' (adamw, adam, sgd)", name));
+}
+
+std::unique_ptr<optim::LRScheduler> build_scheduler(const RunConfig& cfg, optim::Optimizer& opt, int64_t total) {
+  const std::string name = cfg.get_string("lr_scheduler.name");
+  if (name == "none") return nullptr;
+  if (name == "step")
+    return std::make_unique<optim::StepLR>(opt, cfg.get_int("lr_scheduler.step_size"),
+                                           cfg.get_float("lr_scheduler.gamma"));
+  if (name == "cosine")
+    return std::make_unique<optim::CosineAnnealingLR>(opt, total, cfg.get_float("lr_scheduler.min_lr"));
+  if (name == "warmup_cosine")
+    return std::make_unique<optim::WarmupCosineLR>(opt, cfg.get_int("lr_scheduler.warmup_steps"), total,
+                                                   cfg.get_float("lr_scheduler.min_lr"));
+  if (name == "onecycle") return std::make_unique<optim::OneCycleLR>(opt, cfg.get_float("lr_scheduler.max_lr"), total);
+  throw Error(
+      fmt::format("lr_scheduler.name: unknown scheduler '{}' (none, step, cosine, warmup_cosine, onecycle)", name));
+}
+
+int64_t model_bytes(const nn::Module& m) {
+  int64_t b = 0;
+  for (const auto& [_, t] : m.state_dict()) b += static_cast<int64_t>(t.nbytes());
+  return b;
+}
+
+}  // namespace lowbit::cli

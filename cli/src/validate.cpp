@@ -1,0 +1,201 @@
+// Run-config validation before any work, and the parameter bound of a config's model.
+#include "lowbit/cli/train.h"
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+
+#include "lowbit/autograd/autograd.h"
+#include "lowbit/autograd/generator.h"
+#include "lowbit/autograd/ops.h"
+#include "lowbit/autograd/parallel.h"
+#include "lowbit/data/dataset.h"
+#include "lowbit/io/checkpoint.h"
+#include "lowbit/nn/layers.h"
+#include "lowbit/nn/transformer.h"
+#include "lowbit/qat/quantized_linear.h"
+#include "lowbit/qat/recipes.h"
+
+#include "internal.h"
+
+namespace lowbit::cli {
+
+namespace {
+void check_finite_positive(const RunConfig& cfg, const std::string& key, bool allow_zero = false) {
+  const double v = cfg.get_float(key);
+  LOWBIT_CHECK(std::isfinite(v) && (allow_zero ? v >= 0 : v > 0), "{} must be a finite number {} 0, got {}", key,
+               allow_zero ? ">=" : ">", v);
+}
+void check_int(const RunConfig& cfg, const std::string& key, int64_t lo, const char* what) {
+  LOWBIT_CHECK(cfg.get_int(key) >= lo, "{} must be {}, got {}", key, what, cfg.get_int(key));
+}
+void check_one_of(const RunConfig& cfg, const std::string& key, std::initializer_list<const char*> names) {
+  const std::string& v = cfg.get_string(key);
+  std::string list;
+  for (const char* n : names) {
+    if (v == n) return;
+    list += (list.empty() ? "" : ", ") + std::string(n);
+  }
+  throw Error(fmt::format("{}: unknown value '{}' (one of: {})", key, v, list));
+}
+// in_features of every Linear the config's model has, with its name
+std::vector<std::pair<std::string, int64_t>> linear_inputs(const RunConfig& cfg) {
+  std::vector<std::pair<std::string, int64_t>> out;
+  if (cfg.get_string("model.type") == "mlp") {
+    int64_t in = cfg.get_int("model.input_dim"), idx = 0;
+    const int64_t per_layer = cfg.get_float("model.dropout") > 0 ? 3 : 2;
+    for (int64_t h : cfg.get_int_list("model.hidden")) {
+      out.emplace_back(std::to_string(idx), in);
+      idx += per_layer;
+      in = h;
+    }
+    out.emplace_back(std::to_string(idx), in);
+  }
+  return out;
+}
+}  // namespace
+
+void validate_config(const RunConfig& cfg) {
+  // model
+  check_one_of(cfg, "model.type", {"mlp", "gpt"});
+  const double dropout = cfg.get_float("model.dropout");
+  LOWBIT_CHECK(std::isfinite(dropout) && dropout >= 0 && dropout < 1, "model.dropout must be in [0, 1), got {}",
+               dropout);
+  if (cfg.get_string("model.type") == "mlp") {
+    check_one_of(cfg, "model.activation", {"relu", "gelu", "silu", "tanh"});
+    check_int(cfg, "model.input_dim", 1, "positive");
+    check_int(cfg, "model.num_classes", 1, "positive");
+    LOWBIT_CHECK(cfg.get_int_list("model.hidden").size() <= 64, "model.hidden: at most 64 hidden layers, got {}",
+                 cfg.get_int_list("model.hidden").size());
+    for (int64_t h : cfg.get_int_list("model.hidden"))
+      LOWBIT_CHECK(h > 0, "model.hidden: layer widths must be positive, got {}", h);
+  } else {
+    for (const char* k : {"model.context", "model.d_model", "model.n_heads", "model.n_layers"})
+      check_int(cfg, k, 1, "positive");
+    check_int(cfg, "model.d_ff", 0, ">= 0 (0 = 4 * d_model)");
+    LOWBIT_CHECK(cfg.get_int("model.d_model") % cfg.get_int("model.n_heads") == 0,
+                 "model.d_model ({}) must be divisible by model.n_heads ({})", cfg.get_int("model.d_model"),
+                 cfg.get_int("model.n_heads"));
+  }
+  // a model of more than 2^32 parameters (16 GiB of float32 weights) is not a run this CPU trains
+  const int64_t params = min_parameters(cfg);
+  LOWBIT_CHECK(params <= (int64_t{1} << 32),
+               "the model described by [model] has at least {} parameters; lowbit refuses models above 2^32", params);
+  // data
+  check_one_of(cfg, "data.dataset", {"fashion_mnist", "chars"});
+  check_int(cfg, "data.batch_size", 1, "positive");
+  const double vf = cfg.get_float("data.val_fraction");
+  LOWBIT_CHECK(vf > 0 && vf < 1, "data.val_fraction must be in (0, 1), got {}", vf);
+  if (cfg.get_string("data.dataset") == "chars") {
+    LOWBIT_CHECK(cfg.get_string("model.type") == "gpt", "data.dataset 'chars' needs model.type = \"gpt\", got \"{}\"",
+                 cfg.get_string("model.type"));
+    LOWBIT_CHECK(
+        cfg.get_int("training.max_steps") > 0,
+        "training.max_steps must be positive for data.dataset = 'chars' (an epoch covers every window of the corpus)");
+    LOWBIT_CHECK(cfg.get_string("quantize.recipe") == "none",
+                 "quantize.recipe '{}': quantization runs only for data.dataset = 'fashion_mnist'",
+                 cfg.get_string("quantize.recipe"));
+  } else {
+    LOWBIT_CHECK(cfg.get_string("model.type") == "mlp",
+                 "data.dataset 'fashion_mnist' needs model.type = \"mlp\", got \"{}\"", cfg.get_string("model.type"));
+    LOWBIT_CHECK(
+        cfg.get_int("model.input_dim") == 784 && cfg.get_int("model.num_classes") == 10,
+        "data.dataset 'fashion_mnist' has 784 inputs and 10 classes; model.input_dim is {} and model.num_classes {}",
+        cfg.get_int("model.input_dim"), cfg.get_int("model.num_classes"));
+  }
+  // optimizer and schedule
+  check_one_of(cfg, "optimizer.name", {"adamw", "adam", "sgd"});
+  check_finite_positive(cfg, "optimizer.lr");
+  check_finite_positive(cfg, "optimizer.weight_decay", true);
+  check_finite_positive(cfg, "optimizer.eps");
+  check_finite_positive(cfg, "optimizer.momentum", true);
+  for (const char* k : {"optimizer.beta1", "optimizer.beta2"}) {
+    const double b = cfg.get_float(k);
+    LOWBIT_CHECK(b >= 0 && b < 1, "{} must be in [0, 1), got {}", k, b);
+  }
+  check_one_of(cfg, "lr_scheduler.name", {"none", "step", "cosine", "warmup_cosine", "onecycle"});
+  check_int(cfg, "lr_scheduler.warmup_steps", 0, ">= 0");
+  check_int(cfg, "lr_scheduler.step_size", 1, "positive");
+  check_finite_positive(cfg, "lr_scheduler.min_lr", true);
+  check_finite_positive(cfg, "lr_scheduler.gamma");
+  check_finite_positive(cfg, "lr_scheduler.max_lr");
+  if (cfg.get_string("lr_scheduler.name") == "warmup_cosine" && cfg.get_int("training.max_steps") > 0)
+    LOWBIT_CHECK(cfg.get_int("lr_scheduler.warmup_steps") < cfg.get_int("training.max_steps"),
+                 "lr_scheduler.warmup_steps ({}) must be below training.max_steps ({})",
+                 cfg.get_int("lr_scheduler.warmup_steps"), cfg.get_int("training.max_steps"));
+  // training
+  check_int(cfg, "training.epochs", 1, "positive");
+  check_int(cfg, "training.max_steps", 0, ">= 0 (0 = epochs decide)");
+  check_int(cfg, "training.seed", 0, ">= 0");
+  check_int(cfg, "training.threads", 0, ">= 0 (0 = all cores)");
+  LOWBIT_CHECK(cfg.get_int("training.threads") <= 1024, "training.threads must be at most 1024, got {}",
+               cfg.get_int("training.threads"));
+  check_finite_positive(cfg, "training.grad_clip", true);
+  check_int(cfg, "training.log_interval", 1, "positive");
+  check_int(cfg, "training.eval_interval", 0, ">= 0");
+  check_int(cfg, "training.eval_batches", 1, "positive");
+  check_int(cfg, "training.sample_tokens", 0, ">= 0");
+  check_int(cfg, "training.top_k", 0, ">= 0");
+  check_finite_positive(cfg, "training.temperature");
+  LOWBIT_CHECK(!cfg.get_string("training.run_dir").empty(), "training.run_dir must not be empty");
+  check_int(cfg, "checkpoint.interval", 0, ">= 0 (0 = only at the end)");
+  check_int(cfg, "checkpoint.keep_last", 1, "at least 1");
+  // quantization: the recipe, its dtype and group size, against the layers it will meet
+  const std::string recipe = cfg.get_string("quantize.recipe");
+  check_one_of(cfg, "quantize.mode", {"qat", "ptq"});
+  check_int(cfg, "quantize.qat_epochs", 0, ">= 0");
+  check_finite_positive(cfg, "quantize.qat_lr");
+  if (recipe != "none") {
+    std::shared_ptr<qat::QuantConfigBase> q;
+    try {
+      q = qat::recipe_config(recipe, cfg.get_string("quantize.weight_dtype"), cfg.get_int("quantize.group_size"));
+    } catch (const Error& e) {
+      throw Error(fmt::format("[quantize]: {}", e.what()));
+    }
+    const int64_t g = cfg.get_int("quantize.group_size");
+    const bool takes_group = qat::find_recipe(recipe)->takes_group_size;
+    if (takes_group && g > 0) {
+      std::string shapes;
+      bool any = false;
+      for (const auto& [name, in] : linear_inputs(cfg)) {
+        any |= in % g == 0;
+        shapes += fmt::format("{}{}: {}", shapes.empty() ? "" : ", ", name, in);
+      }
+      LOWBIT_CHECK(any,
+                   "quantize.group_size {} divides the in_features of no linear layer ({}), so recipe '{}' would "
+                   "quantize nothing",
+                   g, shapes, recipe);
+    }
+  }
+}
+
+int64_t min_parameters(const RunConfig& cfg, int64_t vocab_size) {
+  // saturating arithmetic: a hostile config must not overflow the estimate
+  constexpr int64_t kCap = int64_t{1} << 62;
+  auto mul = [](int64_t a, int64_t b) -> int64_t {
+    if (a <= 0 || b <= 0) return 0;
+    return a > kCap / b ? kCap : a * b;
+  };
+  auto add = [](int64_t a, int64_t b) -> int64_t { return a > kCap - b ? kCap : a + b; };
+  int64_t n = 0;
+  if (cfg.get_string("model.type") == "mlp") {
+    int64_t in = cfg.get_int("model.input_dim");
+    for (int64_t h : cfg.get_int_list("model.hidden")) {
+      n = add(n, mul(in, h));
+      in = h;
+    }
+    n = add(n, mul(in, cfg.get_int("model.num_classes")));
+  } else {
+    const int64_t d = cfg.get_int("model.d_model");
+    const int64_t ff = cfg.get_int("model.d_ff") > 0 ? cfg.get_int("model.d_ff") : mul(4, d);
+    const int64_t per_block = add(mul(4, mul(d, d)), mul(2, mul(d, ff)));  // qkv + proj + the two MLP matrices
+    n = add(mul(vocab_size, d), mul(cfg.get_int("model.context"), d));
+    n = add(n, mul(cfg.get_int("model.n_layers"), per_block));
+  }
+  return n;
+}
+
+}  // namespace lowbit::cli
