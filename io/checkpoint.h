@@ -81,7 +81,8 @@ struct TensorInfo {
   Shape shape;
   uint64_t bytes = 0;  // stored bytes (after compression)
   uint64_t logical_bytes = 0;
-  std::string scheme;  // quantization scheme for quantized-tensor groups, "" otherwise
+  std::string scheme;                // quantization scheme for quantized-tensor groups, "" otherwise
+  std::vector<std::string> aliases;  // other paths of the same dataset (hard links: tied weights)
 };
 struct FileInfo {
   std::map<std::string, std::string> attributes;  // root attributes as text

@@ -63,33 +63,36 @@ RunConfig stored_config(const io::FileInfo& info, const std::string& path) {
 using namespace detail;
 
 namespace {
-// GPT files: the vocabulary is the row count of the token embedding (with tied weights inspect
-// lists the shared dataset once, under lm_head).
-int64_t stored_vocab(const io::FileInfo& info) {
-  for (const auto& t : info.tensors)
-    if ((t.path == "/model/wte/weight" || t.path == "/model/lm_head/weight") && t.shape.size() == 2) return t.shape[0];
-  return 0;
+// A model file: its inspect report and its validated run config, read once.
+struct ModelFile {
+  io::FileInfo info;
+  RunConfig cfg;
+};
+ModelFile describe_file(const std::string& path) {
+  io::FileInfo info = io::inspect(path);
+  RunConfig cfg = stored_config(info, path);
+  return {std::move(info), std::move(cfg)};
 }
 
-// Rebuilds the module tree a file was written from: the model of its config, quantized by the
+bool holds_quantized_tensors(const io::FileInfo& info) {
+  for (const auto& t : info.tensors)
+    if (!t.scheme.empty()) return true;
+  return false;
+}
+
+// Rebuilds the module tree a Fashion-MNIST MLP file was written from (callers check the dataset;
+// validate_config ties it to model.type = "mlp"): the model of its config, quantized by the
 // config's recipe when the file holds quantized tensors. The config's model must fit in what the
 // file holds before anything is built (a small file cannot make lowbit allocate a huge model).
-std::shared_ptr<nn::Module> model_for_file(const std::string& path, RunConfig* cfg_out) {
-  const auto info = io::inspect(path);
-  RunConfig cfg = stored_config(info, path);
-  const int64_t vocab = cfg.get_string("model.type") == "gpt" ? stored_vocab(info) : 0;
-  LOWBIT_CHECK(cfg.get_string("model.type") != "gpt" || vocab > 0,
-               "{}: a GPT file must hold /model/wte/weight or /model/lm_head/weight", path);
-  const int64_t need = min_parameters(cfg, vocab > 0 ? vocab : 256);
+std::shared_ptr<nn::Module> model_for_file(const std::string& path, const ModelFile& file) {
+  const RunConfig& cfg = file.cfg;
+  const int64_t need = min_parameters(cfg);
   LOWBIT_CHECK(
-      need <= info.parameters,
+      need <= file.info.parameters,
       "{}: the stored config describes a model of at least {} parameters but the file holds {}; refusing to build it",
-      path, need, info.parameters);
-  auto model = build_model(cfg, vocab);
-  bool quantized = false;
-  for (const auto& t : info.tensors)
-    quantized |= t.path.size() >= 6 && t.path.compare(t.path.size() - 6, 6, "/qdata") == 0;
-  if (quantized) {
+      path, need, file.info.parameters);
+  auto model = build_model(cfg);
+  if (holds_quantized_tensors(file.info)) {
     LOWBIT_CHECK(cfg.get_string("quantize.recipe") != "none",
                  "{}: the file holds quantized tensors but its config has no quantize.recipe", path);
     const auto q = qat::recipe_config(cfg.get_string("quantize.recipe"), cfg.get_string("quantize.weight_dtype"),
@@ -97,36 +100,32 @@ std::shared_ptr<nn::Module> model_for_file(const std::string& path, RunConfig* c
     model = qat::quantize_(model, *q, qat::compatible_linears(*q));
   }
   io::load_checkpoint(path, *model);
-  if (cfg_out) *cfg_out = cfg;
   return model;
 }
 }  // namespace
 
 std::pair<double, double> evaluate_file(const std::string& path, const std::string& data_path) {
-  RunConfig cfg;
-  auto model = model_for_file(path, &cfg);
-  LOWBIT_CHECK(cfg.get_string("data.dataset") == "fashion_mnist",
+  const ModelFile file = describe_file(path);
+  LOWBIT_CHECK(file.cfg.get_string("data.dataset") == "fashion_mnist",
                "{}: lowbit eval evaluates Fashion-MNIST classifiers; this file's model is trained on '{}'", path,
-               cfg.get_string("data.dataset"));
-  auto test_set = data::FashionMNIST::load(data_path.empty() ? cfg.get_string("data.path") : data_path, false);
+               file.cfg.get_string("data.dataset"));
+  auto model = model_for_file(path, file);
+  auto test_set = data::FashionMNIST::load(data_path.empty() ? file.cfg.get_string("data.path") : data_path, false);
   return evaluate(*model, *test_set, 1000);
 }
 
 ConvertReport convert_file(const std::string& in, const std::string& out, const std::string& recipe,
                            const std::string& weight_dtype, int64_t group_size) {
-  RunConfig cfg;
   const auto q =
       qat::recipe_config(recipe, weight_dtype, group_size);  // an unknown recipe fails before the input is read
-  {
-    const RunConfig stored = stored_config(io::inspect(in), in);
-    LOWBIT_CHECK(stored.get_string("data.dataset") == "fashion_mnist",
-                 "{}: lowbit convert quantizes Fashion-MNIST MLP files; this file's model ({}) is trained on '{}'; "
-                 "nothing written",
-                 in, stored.get_string("model.type"), stored.get_string("data.dataset"));
-  }
-  auto model = model_for_file(in, &cfg);
-  for (const auto& [name, t] : model->state_dict())
-    LOWBIT_CHECK(name.find("qdata") == std::string::npos, "{}: the model is already quantized", in);
+  const ModelFile file = describe_file(in);
+  RunConfig cfg = file.cfg;
+  LOWBIT_CHECK(cfg.get_string("data.dataset") == "fashion_mnist",
+               "{}: lowbit convert quantizes Fashion-MNIST MLP files; this file's model ({}) is trained on '{}'; "
+               "nothing written",
+               in, cfg.get_string("model.type"), cfg.get_string("data.dataset"));
+  LOWBIT_CHECK(!holds_quantized_tensors(file.info), "{}: the model is already quantized", in);
+  auto model = model_for_file(in, file);
   ConvertReport report;
   report.dataset = cfg.get_string("data.dataset");
   report.float_bytes = model_bytes(*model);

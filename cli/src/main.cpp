@@ -116,7 +116,8 @@ int main(int argc, char** argv) {
                                   {"shape", t.shape},
                                   {"bytes", t.bytes},
                                   {"logical_bytes", t.logical_bytes},
-                                  {"scheme", t.scheme}});
+                                  {"scheme", t.scheme},
+                                  {"aliases", t.aliases}});
         std::printf("%s\n", j.dump(2).c_str());
       } else {
         std::printf("%s\n", inspect_path.c_str());

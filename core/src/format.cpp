@@ -1,6 +1,7 @@
 #include "lowbit/core/format.h"
 
 #include <array>
+#include <bit>
 #include <cfloat>
 #include <cmath>
 #include <cstring>
@@ -89,16 +90,8 @@ constexpr Alias kAliases[] = {
     {"fp32", FormatId::Float32},
 };
 
-uint32_t bits_of(float x) {
-  uint32_t u;
-  std::memcpy(&u, &x, 4);
-  return u;
-}
-float float_of(uint32_t u) {
-  float x;
-  std::memcpy(&x, &u, 4);
-  return x;
-}
+uint32_t bits_of(float x) { return std::bit_cast<uint32_t>(x); }
+float float_of(uint32_t u) { return std::bit_cast<float>(u); }
 
 // Largest finite magnitude code of a minifloat (e4m3fn: 0x7E, e5m2: 0x7B, fnuz: 0x7F, fp6/fp4: all ones).
 uint32_t max_magnitude_code(const Format& f) {

@@ -7,7 +7,6 @@
 
 #include <cstring>
 #include <filesystem>
-#include <fstream>
 
 #include "internal.h"
 
@@ -23,22 +22,27 @@ struct UserBlockHeader {
   uint64_t hdf5_bytes;  // bytes after the user block
 };
 
-uint32_t crc_of_file(std::ifstream& in, uint64_t offset, uint64_t len) {
-  in.seekg(static_cast<std::streamoff>(offset));
-  std::vector<char> buf(1 << 20);
+// CRC-32 (zlib) of len bytes of fd from offset; false when the file ends or a read fails first.
+bool crc_of_fd(int fd, uint64_t offset, uint64_t len, uint32_t& out) {
+  std::vector<char> buf(size_t{4} << 20);
   uLong crc = crc32(0L, Z_NULL, 0);
-  uint64_t left = len;
-  while (left > 0) {
-    const size_t n = static_cast<size_t>(std::min<uint64_t>(left, buf.size()));
-    in.read(buf.data(), static_cast<std::streamsize>(n));
-    if (static_cast<size_t>(in.gcount()) != n) return crc ^ 0xffffffffu;  // short read: cannot match
+  for (uint64_t done = 0; done < len;) {
+    const ssize_t n =
+        ::pread(fd, buf.data(), std::min<uint64_t>(buf.size(), len - done), static_cast<off_t>(offset + done));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
     crc = crc32(crc, reinterpret_cast<const Bytef*>(buf.data()), static_cast<uInt>(n));
-    left -= n;
+    done += static_cast<uint64_t>(n);
   }
-  return static_cast<uint32_t>(crc);
+  out = static_cast<uint32_t>(crc);
+  return true;
 }
-
-// Returns true when the file carries lowbit's user block (and it verified); throws on mismatch.
+struct Fd {
+  int fd;
+  ~Fd() {
+    if (fd >= 0) ::close(fd);
+  }
+};
 }  // namespace
 
 bool verify_integrity(const std::string& path) {
@@ -46,24 +50,24 @@ bool verify_integrity(const std::string& path) {
   LOWBIT_CHECK(fs::exists(path), "{}: no such file", path);
   LOWBIT_CHECK(fs::is_regular_file(path), "{}: not a regular file", path);
   const uint64_t size = fs::file_size(path);
-  std::ifstream in(path, std::ios::binary);
-  LOWBIT_CHECK(in.good(), "{}: cannot open for reading", path);
+  const Fd in{::open(path.c_str(), O_RDONLY | O_CLOEXEC)};
+  LOWBIT_CHECK(in.fd >= 0, "{}: cannot open for reading: {}", path, errno_text(errno));
   UserBlockHeader h{};
-  in.read(reinterpret_cast<char*>(&h), sizeof(h));
-  if (in.gcount() != sizeof(h) || std::memcmp(h.magic, kMagic, 8) != 0) return false;
+  if (::pread(in.fd, &h, sizeof(h), 0) != static_cast<ssize_t>(sizeof(h)) || std::memcmp(h.magic, kMagic, 8) != 0)
+    return false;  // not lowbit's header: a file written by another tool
   LOWBIT_CHECK(h.version == 1, "{}: unknown integrity header version {}", path, h.version);
   LOWBIT_CHECK(size >= kUserBlock && h.hdf5_bytes == size - kUserBlock,
                "{}: file is truncated or was extended: header records {} bytes of data, the file has {} (the "
                "checkpoint is corrupted)",
                path, h.hdf5_bytes, size >= kUserBlock ? size - kUserBlock : 0);
-  const uint32_t crc = crc_of_file(in, kUserBlock, h.hdf5_bytes);
-  LOWBIT_CHECK(crc == h.crc32,
+  uint32_t crc = 0;
+  const bool complete = crc_of_fd(in.fd, kUserBlock, h.hdf5_bytes, crc);
+  LOWBIT_CHECK(complete && crc == h.crc32,
                "{}: checksum mismatch (stored CRC-32 {:08x}, computed {:08x}): the checkpoint is corrupted", path,
                h.crc32, crc);
   return true;
 }
 
-// Stamps the integrity header into the user block of an in-memory file image.
 std::string errno_text(int e) {
   std::string m = std::strerror(e);
   if (!m.empty()) m[0] = static_cast<char>(std::tolower(static_cast<unsigned char>(m[0])));
@@ -80,18 +84,8 @@ void stamp_integrity(int fd, const std::string& target) {
   std::memcpy(h.magic, kMagic, 8);
   h.version = 1;
   h.hdf5_bytes = static_cast<uint64_t>(sb.st_size) - kUserBlock;
-  std::vector<char> buf(size_t{4} << 20);
-  uLong crc = crc32(0L, Z_NULL, 0);
-  for (uint64_t off = kUserBlock; off < static_cast<uint64_t>(sb.st_size);) {
-    const ssize_t n = ::pread(fd, buf.data(), std::min<uint64_t>(buf.size(), static_cast<uint64_t>(sb.st_size) - off),
-                              static_cast<off_t>(off));
-    if (n < 0 && errno == EINTR) continue;
-    LOWBIT_CHECK(n > 0, "{}: cannot read back the HDF5 image: {}", target,
-                 n < 0 ? errno_text(errno) : "unexpected end of file");
-    crc = crc32(crc, reinterpret_cast<const Bytef*>(buf.data()), static_cast<uInt>(n));
-    off += static_cast<uint64_t>(n);
-  }
-  h.crc32 = static_cast<uint32_t>(crc);
+  LOWBIT_CHECK(crc_of_fd(fd, kUserBlock, h.hdf5_bytes, h.crc32), "{}: cannot read back the HDF5 image: {}", target,
+               errno_text(errno));
   LOWBIT_CHECK(::pwrite(fd, &h, sizeof(h), 0) == static_cast<ssize_t>(sizeof(h)),
                "{}: cannot write the integrity header: {}", target, errno_text(errno));
 }

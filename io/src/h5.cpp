@@ -245,10 +245,6 @@ bool hard_path_exists(hid_t loc, const std::string& path, const std::string& fil
   }
 }
 
-bool link_exists(hid_t loc, const std::string& path, const std::string& file) {
-  return hard_path_exists(loc, path, file);
-}
-
 namespace {
 // The path exists through hard links only and names an object of the expected type.
 void require_object(hid_t loc, const std::string& path, const std::string& file, H5O_type_t type, const char* what) {
@@ -318,13 +314,9 @@ DatasetMeta dataset_meta(hid_t ds, const std::string& file, const std::string& w
     m.dims.push_back(d);
   }
   Hid dcpl(check(H5Dget_create_plist(ds), file, "cannot read the storage properties of '" + where + "'"), H5Pclose);
-  for (int i = 0, nf = H5Pget_nfilters(dcpl); i < nf; ++i) {
-    unsigned flags = 0, fcfg = 0;
-    size_t nelem = 0;
-    if (H5Pget_filter2(dcpl, static_cast<unsigned>(i), &flags, &nelem, nullptr, 0, nullptr, &fcfg) ==
-        H5Z_FILTER_DEFLATE)
-      m.compressed = true;
-  }
+  unsigned flags = 0, fcfg = 0;
+  size_t nelem = 0;
+  m.compressed = H5Pget_filter_by_id2(dcpl, H5Z_FILTER_DEFLATE, &flags, &nelem, nullptr, 0, nullptr, &fcfg) >= 0;
   m.stored_bytes = H5Dget_storage_size(ds);
   const uint64_t declared = m.elements * m.element_bytes;
   const uint64_t capacity = m.compressed ? m.stored_bytes * kMaxCompressionRatio : m.stored_bytes;

@@ -113,7 +113,4 @@ std::vector<std::pair<std::string, std::string>> attrs_as_text(hid_t obj);
 void write_strings(hid_t loc, const std::string& name, const std::vector<std::string>& values, const std::string& file);
 std::vector<std::string> read_strings(hid_t loc, const std::string& name, const std::string& file);
 
-/// Whether the path exists (every component checked; throws on a non-hard link, see above).
-bool link_exists(hid_t loc, const std::string& path, const std::string& file = "");
-
 }  // namespace lowbit::io::h5

@@ -7,7 +7,7 @@
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
-#include <set>
+#include <map>
 
 #include "internal.h"
 
@@ -54,11 +54,15 @@ FileInfo inspect(const std::string& path) {
   for (auto& [k, v] : h5::attrs_as_text(f.file)) info.attributes[k] = v;
   Hid model = h5::open_group(f.file, "/model", path);
   // every object once: hard-linked aliases (tied weights) are not double counted
-  std::set<uint64_t> seen;
+  std::map<uint64_t, size_t> seen;  // object -> its entry in info.tensors
   for (const auto& e : h5::walk(model, "/model", path)) {
     if (e.type == H5O_TYPE_GROUP) continue;
     LOWBIT_CHECK(e.type == H5O_TYPE_DATASET, "{}: '/model/{}' is neither a group nor a dataset", path, e.path);
-    if (!seen.insert(e.object_key).second) continue;
+    if (auto it = seen.find(e.object_key); it != seen.end()) {
+      info.tensors[it->second].aliases.push_back("/model/" + e.path);
+      continue;
+    }
+    seen[e.object_key] = info.tensors.size();
     TensorInfo ti;
     ti.path = "/model/" + e.path;
     const auto slash = e.path.rfind('/');

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -65,8 +66,10 @@ struct TensorMeta {
   uint64_t object_key = 0;  // hard-linked aliases share it
 };
 TensorMeta probe_tensor(hid_t ds, const std::string& fname, const std::string& h5path);
-/// Reads a dataset into a new tensor; its declared size is checked against its storage first.
-Tensor read_tensor(hid_t file, const std::string& h5path, const std::string& fname, TensorMeta* meta_out = nullptr);
+/// Reads a dataset into a new tensor; its declared size is checked against its storage first, and
+/// check_before_read (when given) sees its metadata before anything is allocated.
+Tensor read_tensor(hid_t file, const std::string& h5path, const std::string& fname,
+                   const std::function<void(const TensorMeta&)>& check_before_read = {});
 /// A file opened for reading after the integrity check, with its root attributes validated.
 struct OpenedFile {
   Hid file;

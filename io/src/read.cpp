@@ -85,10 +85,11 @@ TensorMeta probe_tensor(hid_t ds, const std::string& fname, const std::string& h
 }
 
 // Reads a dataset into a new tensor; its declared size was checked against its storage first.
-Tensor read_tensor(hid_t file, const std::string& h5path, const std::string& fname, TensorMeta* meta_out) {
+Tensor read_tensor(hid_t file, const std::string& h5path, const std::string& fname,
+                   const std::function<void(const TensorMeta&)>& check_before_read) {
   Hid ds = h5::open_dataset(file, h5path, fname);
   const TensorMeta meta = probe_tensor(ds, fname, h5path);
-  if (meta_out) *meta_out = meta;
+  if (check_before_read) check_before_read(meta);
   Tensor t = empty(meta.shape, meta.dtype);
   if (t.numel() > 0)
     h5::check(H5Dread(ds, h5_types(meta.dtype).mem, H5S_ALL, H5S_ALL, H5P_DEFAULT, t.raw_data()), fname,
@@ -124,7 +125,7 @@ OpenedFile open_checkpoint(const std::string& path) {
   LOWBIT_CHECK(version >= 1, "{}: invalid schema version {}", path, version);
   of.kind = h5::has_attr(of.file, "kind") ? h5::read_attr_string(of.file, "kind", path, "/") : "model";
   LOWBIT_CHECK(of.kind == "training" || of.kind == "model", "{}: unknown checkpoint kind '{}'", path, of.kind);
-  LOWBIT_CHECK(h5::link_exists(of.file, "/model", path), "{}: missing group '/model'", path);
+  LOWBIT_CHECK(h5::hard_path_exists(of.file, "/model", path), "{}: missing group '/model'", path);
   return of;
 }
 
@@ -222,7 +223,7 @@ LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Op
 
   std::optional<optim::OptimizerState> opt_state;
   if (opt) {
-    LOWBIT_CHECK(f.kind == "training" && h5::link_exists(f.file, "/optimizer", path),
+    LOWBIT_CHECK(f.kind == "training" && h5::hard_path_exists(f.file, "/optimizer", path),
                  "{}: no optimizer state in this file (kind '{}')", path, f.kind);
     Hid g = h5::open_group(f.file, "/optimizer", path);
     const std::string name = h5::read_attr_string(g, "name", path, "/optimizer");
@@ -254,7 +255,7 @@ LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Op
                      names[i], it == param_names.end() ? "<not in the model>" : it->second);
         s.group_params.back().push_back(index);
         const std::string spath = to_h5_path("/optimizer/state/", names[i]);
-        if (h5::link_exists(f.file, spath, path)) {
+        if (h5::hard_path_exists(f.file, spath, path)) {
           Hid sg = h5::open_group(f.file, spath, path);
           optim::ParamState ps;
           ps.step = h5::read_attr_int(sg, "step", path, spath);
@@ -262,14 +263,12 @@ LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Op
           for (const auto& tn : list_datasets(f.file, spath, path)) {
             LOWBIT_CHECK(tn.find('.') == std::string::npos, "{}: unexpected nested group in '{}'", path, spath);
             const std::string tpath = spath + "/" + tn;
-            {  // check the declared dtype and shape before reading
-              Hid ds = h5::open_dataset(f.file, tpath, path);
-              const TensorMeta m = probe_tensor(ds, path, tpath);
+            // the declared dtype and shape are checked before anything is allocated
+            ps.tensors[tn] = read_tensor(f.file, tpath, path, [&](const TensorMeta& m) {
               LOWBIT_CHECK(m.dtype == kFloat32 && m.shape == params[i].shape(),
                            "{}: optimizer state '{}' is {} {}, the parameter is {} float32", path, tpath,
                            shape_str(m.shape), dtype_name(m.dtype), shape_str(params[i].shape()));
-            }
-            ps.tensors[tn] = read_tensor(f.file, tpath, path);
+            });
           }
           s.state[index] = std::move(ps);
         }
@@ -293,7 +292,7 @@ LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Op
                  "{}: the stored data position (epoch {}, batch {}) is negative (corrupt file)", path, st.epoch,
                  st.position);
     st.loader_seed = h5::read_attr_u64(dg, "shuffle_seed", path, "/data");
-    if (h5::link_exists(f.file, "/scheduler", path)) {
+    if (h5::hard_path_exists(f.file, "/scheduler", path)) {
       Hid sg = h5::open_group(f.file, "/scheduler", path);
       st.scheduler_last_epoch = h5::read_attr_int(sg, "last_epoch", path, "/scheduler");
       st.scheduler_name = h5::read_attr_string(sg, "name", path, "/scheduler");

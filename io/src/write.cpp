@@ -82,7 +82,7 @@ void write_model_group(hid_t file, const nn::Module& model, const SaveOptions& o
     const auto attrs = m->checkpoint_attributes();
     if (attrs.empty()) continue;
     const std::string path = name.empty() ? std::string("/model") : to_h5_path("/model/", name);
-    LOWBIT_CHECK(h5::link_exists(file, path, fname), "{}: module '{}' has attributes but no tensors", fname, name);
+    LOWBIT_CHECK(h5::hard_path_exists(file, path, fname), "{}: module '{}' has attributes but no tensors", fname, name);
     Hid grp(h5::check(H5Gopen2(file, path.c_str(), H5P_DEFAULT), fname, "cannot open '" + path + "'"), H5Gclose);
     for (const auto& [k, v] : attrs) h5::write_attr(grp, k, v, fname);
   }
@@ -216,10 +216,10 @@ void save_checkpoint(const std::string& path, const nn::Module& model, const opt
   if (sched) st.scheduler_last_epoch = sched->last_epoch();
   st.rng_seed = default_generator().seed();
   st.rng_offset = default_generator().offset();
+  const optim::OptimizerState s = opt ? opt->state_dict() : optim::OptimizerState{};
   uint64_t bytes = tensor_bytes(model.state_dict());
-  if (opt)
-    for (const auto& [i, ps] : opt->state_dict().state)
-      for (const auto& [k, t] : ps.tensors) bytes += t.nbytes();
+  for (const auto& [i, ps] : s.state)
+    for (const auto& [k, t] : ps.tensors) bytes += t.nbytes();
   atomic_write(path, bytes, [&](hid_t file) {
     write_root_attrs(file, "training", st.config_toml, path);
     h5::write_attr(file, "step", st.step, path);
@@ -250,7 +250,6 @@ void save_checkpoint(const std::string& path, const nn::Module& model, const opt
                       "cannot create '/optimizer'"),
             H5Gclose);
       h5::write_attr(g, "name", opt->name(), path);
-      const optim::OptimizerState s = opt->state_dict();
       const auto& groups = opt->param_groups();
       h5::write_attr(g, "num_groups", static_cast<int64_t>(groups.size()), path);
       std::vector<std::string> index_to_name;

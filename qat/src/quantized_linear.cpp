@@ -10,15 +10,13 @@
 namespace lowbit::qat {
 
 namespace {
-// bits and signedness come from the format table (quant_range checked the name is an integer format)
-int bits_of(const std::string& dtype) {
-  (void)quant_range(dtype);
-  return core::format_by_name(dtype).bits;
+// bits and signedness come from the format table (the name must be an integer format)
+const core::Format& int_format(const std::string& dtype) {
+  static constexpr core::FormatKind kInteger = core::FormatKind::Integer;
+  return core::format_by_name(dtype, "QuantizedLinear weight_dtype", &kInteger);
 }
-bool is_signed_dtype(const std::string& dtype) {
-  (void)quant_range(dtype);
-  return core::format_by_name(dtype).is_signed;
-}
+int bits_of(const std::string& dtype) { return int_format(dtype).bits; }
+bool is_signed_dtype(const std::string& dtype) { return int_format(dtype).is_signed; }
 }  // namespace
 
 std::shared_ptr<QuantizedLinear> QuantizedLinear::from_linear(const nn::Linear& l,
@@ -44,7 +42,7 @@ std::shared_ptr<QuantizedLinear> QuantizedLinear::from_linear(const nn::Linear& 
       choose_qparams_affine(w, wcfg.mapping_type, m->block_size, qmin, qmax, wcfg.eps, ZeroPointDomain::INT, kInt32);
   const Tensor codes = quantize_affine(w, m->block_size, s, z, qmin >= 0 ? kUInt8 : kInt8, qmin, qmax);
   const int64_t n = codes.numel();
-  const core::Format& fmt = core::format_by_name(wcfg.dtype);
+  const core::Format& fmt = int_format(wcfg.dtype);
   if (fmt.per_byte == 2) {  // the format table's packing: two codes per byte, element 2i in the low nibble
     LOWBIT_CHECK(m->in_features % 2 == 0, "QuantizedLinear: packing 4-bit codes needs an even in_features, got {}",
                  m->in_features);
@@ -64,7 +62,7 @@ Tensor QuantizedLinear::weight_codes() const {
   if (qdata.dtype() != kUInt8 || qdata.size(1) * 2 != in_features) {
     return qdata.dtype() == kInt8 ? qdata : qdata.to(kInt32);
   }
-  const core::Format& fmt = core::format_by_name(weight_dtype);
+  const core::Format& fmt = int_format(weight_dtype);
   Tensor nibbles = empty({out_features, in_features}, kUInt8);
   core::unpack(fmt, qdata.data_ptr<uint8_t>(), nibbles.data_ptr<uint8_t>(), nibbles.numel());
   if (!fmt.is_signed) return nibbles;

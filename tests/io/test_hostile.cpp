@@ -240,35 +240,25 @@ std::vector<Case> cases() {
     attrs(g);
     H5Gclose(g);
   };
-  c.push_back({"quantized_missing_dtype",
-               [quant_group](hid_t f) { quant_group(f, [](hid_t g) { attr_str(g, "quant_scheme", "8da4w"); }); },
-               "missing attribute 'dtype'", "missing attribute 'dtype'", false});
-  c.push_back({"quantized_nonstring_scheme",
-               [quant_group](hid_t f) {
-                 quant_group(f, [](hid_t g) {
-                   attr_int(g, "quant_scheme", 7);
-                   attr_str(g, "dtype", "int4");
-                 });
-               },
-               "not a string", "not a string", false});
+  // a quantized group whose attributes are crafted: string attributes, and quant_scheme as an int
+  auto quantized = [quant_group](std::vector<std::pair<const char*, std::string>> strings, bool int_scheme = false) {
+    return [quant_group, strings, int_scheme](hid_t f) {
+      quant_group(f, [&](hid_t g) {
+        if (int_scheme) attr_int(g, "quant_scheme", 7);
+        for (const auto& [k, v] : strings) attr_str(g, k, v);
+      });
+    };
+  };
+  c.push_back({"quantized_missing_dtype", quantized({{"quant_scheme", "8da4w"}}), "missing attribute 'dtype'",
+               "missing attribute 'dtype'", false});
+  c.push_back(
+      {"quantized_nonstring_scheme", quantized({{"dtype", "int4"}}, true), "not a string", "not a string", false});
   c.push_back({"quantized_shape_overflow",
-               [quant_group](hid_t f) {
-                 quant_group(f, [](hid_t g) {
-                   attr_str(g, "quant_scheme", "8da4w");
-                   attr_str(g, "dtype", "int4");
-                   attr_str(g, "shape", "[99999999999999999999999, 784]");
-                 });
-               },
+               quantized({{"quant_scheme", "8da4w"}, {"dtype", "int4"}, {"shape", "[99999999999999999999999, 784]"}}),
                "impossible dimension", "impossible dimension", false});
   c.push_back({"quantized_shape_claims_too_much",
-               [quant_group](hid_t f) {
-                 quant_group(f, [](hid_t g) {
-                   attr_str(g, "quant_scheme", "8da4w");
-                   attr_str(g, "dtype", "int4");
-                   attr_str(g, "shape", "[4000000, 7840]");
-                 });
-               },
-               "claims", "claims", false});
+               quantized({{"quant_scheme", "8da4w"}, {"dtype", "int4"}, {"shape", "[4000000, 7840]"}}), "claims",
+               "claims", false});
   c.push_back({"dtype_attribute_lies",
                [](hid_t f) {
                  valid_root(f);
