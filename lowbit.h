@@ -4,6 +4,7 @@
 #include "lowbit/autograd/dtype.h"
 #include "lowbit/autograd/error.h"
 #include "lowbit/autograd/generator.h"
+#include "lowbit/autograd/minifloat.h"
 #include "lowbit/autograd/ops.h"
 #include "lowbit/autograd/parallel.h"
 #include "lowbit/autograd/tensor.h"

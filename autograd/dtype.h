@@ -1,5 +1,9 @@
 // Element types. float32 is the compute type; bfloat16 is a storage type (math upcasts to
 // float32 and rounds back to nearest-even); float64 exists for references and gradcheck.
+// The low-precision storage dtypes (PyTorch's float8_e4m3fn, float8_e5m2, their fnuz variants,
+// float8_e8m0fnu and float4_e2m1fn_x2) hold codes: tensors of them can be created, viewed,
+// copied, converted with to() (round to nearest even, saturating), printed and checkpointed;
+// arithmetic takes float32 (convert first), as in PyTorch.
 #pragma once
 #include <cstdint>
 #include <cstring>
@@ -7,7 +11,24 @@
 
 namespace lowbit {
 
-enum class DType : uint8_t { Float32, BFloat16, Float64, Int8, UInt8, Int32, Int64, Bool };
+enum class DType : uint8_t {
+  Float32,
+  BFloat16,
+  Float64,
+  Int8,
+  UInt8,
+  Int32,
+  Int64,
+  Bool,
+  Float8_e4m3fn,
+  Float8_e5m2,
+  Float8_e4m3fnuz,
+  Float8_e5m2fnuz,
+  Float8_e8m0fnu,
+  Float4_e2m1fn_x2,  // two float4_e2m1fn codes per element: element 2i in the low nibble
+};
+/// Number of dtypes (checked against the dtype table at compile time).
+inline constexpr int kNumDTypes = 14;
 
 inline constexpr DType kFloat32 = DType::Float32;
 inline constexpr DType kBFloat16 = DType::BFloat16;
@@ -17,6 +38,12 @@ inline constexpr DType kUInt8 = DType::UInt8;
 inline constexpr DType kInt32 = DType::Int32;
 inline constexpr DType kInt64 = DType::Int64;
 inline constexpr DType kBool = DType::Bool;
+inline constexpr DType kFloat8_e4m3fn = DType::Float8_e4m3fn;
+inline constexpr DType kFloat8_e5m2 = DType::Float8_e5m2;
+inline constexpr DType kFloat8_e4m3fnuz = DType::Float8_e4m3fnuz;
+inline constexpr DType kFloat8_e5m2fnuz = DType::Float8_e5m2fnuz;
+inline constexpr DType kFloat8_e8m0fnu = DType::Float8_e8m0fnu;
+inline constexpr DType kFloat4_e2m1fn_x2 = DType::Float4_e2m1fn_x2;
 
 /// Bytes per element.
 size_t element_size(DType dtype);
@@ -24,8 +51,11 @@ size_t element_size(DType dtype);
 const char* dtype_name(DType dtype);
 /// Parses a dtype name ("float32", "bf16", "int8", ...); throws lowbit::Error on unknown names.
 DType dtype_from_name(const std::string& name);
-bool is_floating(DType dtype);  // float32, bfloat16, float64
+bool is_floating(DType dtype);  // float32, bfloat16, float64: the dtypes ops compute on
 bool is_integral(DType dtype);  // int8, uint8, int32, int64 (not bool)
+/// float8_*, float8_e8m0fnu, float4_e2m1fn_x2: codes of a low-precision format, converted with
+/// to(); ops other than views, copies and conversions reject them.
+bool is_low_precision(DType dtype);
 
 /// bfloat16 bits. Conversion from float rounds to nearest, ties to even; NaN stays a quiet NaN.
 struct BFloat16 {

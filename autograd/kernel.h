@@ -20,7 +20,11 @@ namespace lowbit::detail {
     break;                                   \
   }
 
-/// Runs the body with T = the C++ type of dtype (all dtypes).
+/// Throws: dtype holds low-precision codes, which ops do not compute on (convert first).
+[[noreturn]] void throw_not_computable(DType dtype);
+
+/// Runs the body with T = the C++ type of dtype (every dtype ops compute on; the low-precision
+/// storage dtypes throw, naming the dtype).
 #define LOWBIT_DISPATCH_ALL(dtype, T, ...)                                              \
   switch (dtype) {                                                                      \
     LOWBIT_DISPATCH_CASE(::lowbit::DType::Float32, float, T, __VA_ARGS__)               \
@@ -31,6 +35,18 @@ namespace lowbit::detail {
     LOWBIT_DISPATCH_CASE(::lowbit::DType::Int32, int32_t, T, __VA_ARGS__)               \
     LOWBIT_DISPATCH_CASE(::lowbit::DType::Int64, int64_t, T, __VA_ARGS__)               \
     LOWBIT_DISPATCH_CASE(::lowbit::DType::Bool, bool, T, __VA_ARGS__)                   \
+    default: ::lowbit::detail::throw_not_computable(dtype);                             \
+  }
+
+/// Runs the body with T = an unsigned integer of the dtype's element size: for code that only
+/// moves elements (gathers, permutes), which works for every dtype.
+#define LOWBIT_DISPATCH_BYTES(dtype, T, ...)                    \
+  switch (::lowbit::element_size(dtype)) {                      \
+    LOWBIT_DISPATCH_CASE(1, uint8_t, T, __VA_ARGS__)            \
+    LOWBIT_DISPATCH_CASE(2, uint16_t, T, __VA_ARGS__)           \
+    LOWBIT_DISPATCH_CASE(4, uint32_t, T, __VA_ARGS__)           \
+    LOWBIT_DISPATCH_CASE(8, uint64_t, T, __VA_ARGS__)           \
+    default: LOWBIT_ASSERT(false && "unexpected element size"); \
   }
 
 /// Runs the body with T = float or double (compute types).

@@ -59,6 +59,12 @@ class Tensor {
   template <typename T>
   T item() const;
   /// Copy converted to dtype (bfloat16: round to nearest even). Same dtype returns *this.
+  /// Low-precision dtypes (float8_*, float8_e8m0fnu, float4_e2m1fn_x2): round to nearest even
+  /// from float32 (other dtypes pass through float32, as PyTorch's casts do), finite values
+  /// beyond the largest saturate to it, NaN stays NaN, an infinity stays one where the format
+  /// has it (e5m2) and saturates where it has not; e8m0 follows PyTorch's cast (minifloat.h).
+  /// float4_e2m1fn_x2 packs pairs along the last dimension: [..., 2n] values <-> [..., n]
+  /// elements, element 2i in the low nibble.
   Tensor to(DType dtype) const;
   /// A copy with its own storage (recorded by autograd).
   Tensor clone() const;

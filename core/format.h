@@ -12,6 +12,9 @@
 #include <string>
 #include <string_view>
 
+#include "lowbit/autograd/dtype.h"
+#include "lowbit/autograd/minifloat.h"
+
 namespace lowbit::core {
 
 enum class FormatId : uint8_t {
@@ -53,12 +56,9 @@ enum class FormatKind : uint8_t {
 };
 
 /// What the plain (non-saturating) cast does with a value beyond the largest finite one after
-/// rounding. Every encode() saturates by default; PyTorch's eager casts up to 2.11 do not.
-enum class Overflow : uint8_t {
-  Saturate,  // formats without inf/NaN (fp6, fp4) always saturate
-  ToNaN,     // e4m3fn, the fnuz formats, e8m0
-  ToInf,     // e5m2, bfloat16, float32
-};
+/// rounding (autograd/minifloat.h). Every encode() saturates by default; PyTorch's eager casts up
+/// to 2.11 do not.
+using Overflow = ::lowbit::Overflow;
 
 struct Format {
   FormatId id;
@@ -81,6 +81,11 @@ struct Format {
   // code in the low 6 bits of a byte), 0 for multi-byte formats.
   int per_byte;
   int storage_bytes;  // bytes per element when unpacked: 1, 2 or 4
+  // The engine dtype a tensor of these codes has (float8_e4m3fn, float4_e2m1fn_x2 for packed
+  // fp4, int8/uint8 for the integer formats of up to 8 bits, ...).
+  DType storage_dtype;
+  // The codec's description for sign/exponent/mantissa formats of at most 8 bits, else null.
+  const MinifloatSpec* minifloat;
 };
 
 /// Number of rows in the table (one per FormatId, in FormatId order; checked at compile time).

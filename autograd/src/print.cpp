@@ -73,15 +73,18 @@ struct Printer {
 
 std::string Tensor::to_string() const {
   if (!defined()) return "tensor(undefined)";
-  const Tensor t = dtype() == kBFloat16 ? to(kFloat32) : *this;
-  std::vector<double> vals(static_cast<size_t>(numel()));
+  // bfloat16 and the low-precision dtypes print their values (float4_e2m1fn_x2: both values of
+  // each element, so the printed last dimension is twice the tensor's)
+  const Tensor t = dtype() == kBFloat16 || is_low_precision(dtype()) ? to(kFloat32) : *this;
+  const int64_t n_values = t.numel();
+  std::vector<double> vals(static_cast<size_t>(n_values));
   LOWBIT_DISPATCH_ALL(t.dtype(), T, {
     const T* p = reinterpret_cast<const T*>(t.raw_data());
-    for (int64_t i = 0; i < numel(); ++i) vals[i] = static_cast<double>(p[i]);
+    for (int64_t i = 0; i < n_values; ++i) vals[i] = static_cast<double>(p[i]);
   });
   Fmt f;
-  f.floating = is_floating(dtype());
-  const bool summarize = numel() > 1000;
+  f.floating = is_floating(dtype()) || is_low_precision(dtype());
+  const bool summarize = n_values > 1000;
   double amax = 0, amin_nz = INFINITY;
   for (double v : vals) {
     if (!std::isfinite(v)) continue;
@@ -97,7 +100,7 @@ std::string Tensor::to_string() const {
   } else if (numel() == 0) {
     body = "[]";
   } else {
-    Printer pr{vals, shape(), summarize, f, detail::contiguous_strides(shape())};
+    Printer pr{vals, t.shape(), summarize, f, detail::contiguous_strides(t.shape())};
     pr.rec(body, 0, 0, 7);  // "tensor(" is 7 wide
   }
   std::string out = "tensor(" + body;

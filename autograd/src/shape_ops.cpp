@@ -348,9 +348,9 @@ Tensor index_rows(const Tensor& a, int64_t d, const std::vector<int64_t>& idx, c
   for (size_t i = d + 1; i < a.shape().size(); ++i) inner *= a.shape()[i];
   const int64_t size = a.shape()[d];
   Tensor out = empty(out_shape, a.dtype());
-  LOWBIT_DISPATCH_ALL(a.dtype(), T,
-                      gather_rows<T>(reinterpret_cast<const T*>(a.raw_data()), reinterpret_cast<T*>(out.raw_data()),
-                                     idx, outer, size, inner));
+  LOWBIT_DISPATCH_BYTES(a.dtype(), T,
+                        gather_rows<T>(reinterpret_cast<const T*>(a.raw_data()), reinterpret_cast<T*>(out.raw_data()),
+                                       idx, outer, size, inner));
   if (detail::any_requires_grad({&a})) {
     const Shape in_shape = a.shape();
     detail::record(out, name, {a}, [in_shape, idx, outer, size, inner](const Tensor& g) {

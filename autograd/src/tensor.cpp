@@ -1,4 +1,5 @@
-// Tensor storage, factories, views, conversions, random fills.
+// Tensors: accessors, factories, fills, conversions (the low-precision dtypes through the
+// minifloat codec), random fills. The dtype table is in dtype.cpp, the allocator in runtime.cpp.
 #include "lowbit/autograd/tensor.h"
 
 #include <omp.h>
@@ -11,6 +12,7 @@
 
 #include "internal.h"
 #include "lowbit/autograd/generator.h"
+#include "lowbit/autograd/minifloat.h"
 
 namespace lowbit {
 
@@ -21,145 +23,6 @@ std::string shape_str(const Shape& shape) {
     s += std::to_string(shape[i]);
   }
   return s + "]";
-}
-
-namespace detail {
-void throw_error(std::string msg) { throw Error(std::move(msg)); }
-void internal_error(const char* file, int line, const char* cond) {
-  throw Error(fmt::format("internal error at {}:{}: {} (this is a bug in lowbit; please report it)", file, line, cond));
-}
-}  // namespace detail
-
-// ---------------- dtype ----------------
-size_t element_size(DType d) {
-  switch (d) {
-    case DType::Float32: return 4;
-    case DType::BFloat16: return 2;
-    case DType::Float64: return 8;
-    case DType::Int8: return 1;
-    case DType::UInt8: return 1;
-    case DType::Int32: return 4;
-    case DType::Int64: return 8;
-    case DType::Bool: return 1;
-  }
-  return 0;
-}
-const char* dtype_name(DType d) {
-  switch (d) {
-    case DType::Float32: return "float32";
-    case DType::BFloat16: return "bfloat16";
-    case DType::Float64: return "float64";
-    case DType::Int8: return "int8";
-    case DType::UInt8: return "uint8";
-    case DType::Int32: return "int32";
-    case DType::Int64: return "int64";
-    case DType::Bool: return "bool";
-  }
-  return "?";
-}
-DType dtype_from_name(const std::string& n) {
-  if (n == "float32" || n == "float" || n == "fp32" || n == "f32") return kFloat32;
-  if (n == "bfloat16" || n == "bf16") return kBFloat16;
-  if (n == "float64" || n == "double" || n == "fp64" || n == "f64") return kFloat64;
-  if (n == "int8") return kInt8;
-  if (n == "uint8") return kUInt8;
-  if (n == "int32" || n == "int") return kInt32;
-  if (n == "int64" || n == "long") return kInt64;
-  if (n == "bool") return kBool;
-  throw Error(fmt::format(
-      "unknown dtype name '{}' (expected one of float32, bfloat16, float64, int8, uint8, int32, int64, bool)", n));
-}
-bool is_floating(DType d) { return d == kFloat32 || d == kBFloat16 || d == kFloat64; }
-bool is_integral(DType d) { return d == kInt8 || d == kUInt8 || d == kInt32 || d == kInt64; }
-
-// ---------------- generator / threads ----------------
-Generator& default_generator() {
-  static Generator gen;
-  return gen;
-}
-void manual_seed(uint64_t seed) { default_generator().manual_seed(seed); }
-
-namespace {
-int& thread_setting() {
-  static int n = omp_get_max_threads();
-  return n;
-}
-}  // namespace
-void set_num_threads(int n) {
-  LOWBIT_CHECK(n >= 1, "set_num_threads: n must be >= 1, got {}", n);
-  thread_setting() = n;
-  omp_set_num_threads(n);  // oneDNN's OpenMP runtime follows this
-}
-int get_num_threads() { return thread_setting(); }
-
-// ---------------- storage ----------------
-// Large blocks (>= 128 KiB) are cached by exact rounded size: a training step allocates the same
-// shapes every iteration, and returning 64 MiB to the OS and faulting it back in costs more than
-// the kernel that uses it. The cache is bounded (LOWBIT_ALLOCATOR_CACHE_MB, default 4096) and
-// empty_cache() releases it.
-namespace {
-constexpr size_t kCacheMin = size_t{1} << 17;
-struct BlockCache {
-  std::mutex mu;
-  std::unordered_map<size_t, std::vector<void*>> free_blocks;
-  size_t cached = 0;
-  size_t limit = [] {
-    const char* env = std::getenv("LOWBIT_ALLOCATOR_CACHE_MB");
-    return (env ? static_cast<size_t>(std::strtoull(env, nullptr, 10)) : size_t{4096}) << 20;
-  }();
-  ~BlockCache() { release(); }
-  void release() {
-    std::lock_guard<std::mutex> lock(mu);
-    for (auto& [size, blocks] : free_blocks)
-      for (void* p : blocks) std::free(p);
-    free_blocks.clear();
-    cached = 0;
-  }
-};
-BlockCache& block_cache() {
-  static BlockCache* cache = new BlockCache();  // leaked on purpose: outlives static tensors
-  return *cache;
-}
-void* allocate(size_t rounded) {
-  if (rounded >= kCacheMin) {
-    BlockCache& c = block_cache();
-    std::lock_guard<std::mutex> lock(c.mu);
-    auto it = c.free_blocks.find(rounded);
-    if (it != c.free_blocks.end() && !it->second.empty()) {
-      void* p = it->second.back();
-      it->second.pop_back();
-      c.cached -= rounded;
-      return p;
-    }
-  }
-  return std::aligned_alloc(64, rounded);
-}
-void deallocate(void* p, size_t rounded) {
-  if (rounded >= kCacheMin) {
-    BlockCache& c = block_cache();
-    std::lock_guard<std::mutex> lock(c.mu);
-    if (c.cached + rounded <= c.limit) {
-      c.free_blocks[rounded].push_back(p);
-      c.cached += rounded;
-      return;
-    }
-  }
-  std::free(p);
-}
-}  // namespace
-
-void empty_cache() { block_cache().release(); }
-
-Storage::Storage(size_t n) : nbytes(n) {
-  const size_t rounded = n >= kCacheMin ? ((n + 4095) / 4096) * 4096 : ((n + 63) / 64) * 64;
-  data = rounded ? allocate(rounded) : nullptr;
-  if (rounded && !data) throw Error(fmt::format("out of memory allocating {} bytes", n));
-  deleter = [rounded](void* p) { deallocate(p, rounded); };
-}
-Storage::Storage(void* external, size_t n, std::function<void(void*)> del)
-    : data(external), nbytes(n), deleter(std::move(del)) {}
-Storage::~Storage() {
-  if (deleter && data) deleter(data);
 }
 
 // ---------------- helpers ----------------
@@ -238,6 +101,7 @@ T Tensor::item() const {
   LOWBIT_CHECK(numel() == 1, "item: a Tensor with {} elements (shape {}) cannot be converted to a scalar", numel(),
                shape_str(shape()));
   T out{};
+  if (is_low_precision(dtype())) return static_cast<T>(to(kFloat32).data_ptr<float>()[0]);
   LOWBIT_DISPATCH_ALL(
       dtype(), S, out = static_cast<T>(static_cast<double>(static_cast<S>(*reinterpret_cast<const S*>(raw_data())))));
   return out;
@@ -351,6 +215,19 @@ Tensor& Tensor::fill_(double value) {
   check_defined(*this, "fill_");
   ++impl_->storage->version;
   const int64_t n = numel();
+  if (is_low_precision(dtype())) {  // one code, repeated
+    const float v = static_cast<float>(value);
+    uint8_t code;
+    if (dtype() == kFloat8_e8m0fnu) {
+      code = static_cast<uint8_t>(e8m0_encode(v));
+    } else {
+      const MinifloatSpec& spec = *minifloat_spec(dtype());
+      code = static_cast<uint8_t>(minifloat_encode(spec, v, !(spec.has_inf && std::isinf(v))));
+      if (dtype() == kFloat4_e2m1fn_x2) code = static_cast<uint8_t>(code | (code << 4));
+    }
+    if (n) std::memset(raw_data(), code, static_cast<size_t>(n));
+    return *this;
+  }
   LOWBIT_DISPATCH_ALL(dtype(), T, {
     T* p = reinterpret_cast<T*>(raw_data());
     const T v = static_cast<T>(value);
@@ -370,7 +247,73 @@ D convert_one(S s) {
     return static_cast<D>(s);
   }
 }
+// float32 values of a low-precision tensor: numel() values (float4_e2m1fn_x2: 2 per element)
+void decode_low_precision(const Tensor& src, float* out) {
+  const auto* c = static_cast<const uint8_t*>(src.raw_data());
+  const int64_t n = src.numel();
+  if (src.dtype() == kFloat8_e8m0fnu) {
+    detail::parallel_for(n, kParallelGrain, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) out[i] = e8m0_decode(c[i]);
+    });
+  } else if (src.dtype() == kFloat4_e2m1fn_x2) {
+    float table[16];
+    for (uint32_t k = 0; k < 16; ++k) table[k] = minifloat_decode(kFloat4E2M1FN, k);
+    detail::parallel_for(n, kParallelGrain, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) {
+        out[2 * i] = table[c[i] & 0x0F];
+        out[2 * i + 1] = table[c[i] >> 4];
+      }
+    });
+  } else {
+    minifloat_decode_n(*minifloat_spec(src.dtype()), c, out, n);
+  }
+}
+// codes of n float32 values (float4_e2m1fn_x2: n is even, n / 2 bytes), saturating
+void encode_low_precision(const float* x, int64_t n, DType d, uint8_t* out) {
+  if (d == kFloat8_e8m0fnu) {
+    detail::parallel_for(n, kParallelGrain, [&](int64_t b, int64_t e) {
+      for (int64_t i = b; i < e; ++i) out[i] = static_cast<uint8_t>(e8m0_encode(x[i]));
+    });
+  } else if (d == kFloat4_e2m1fn_x2) {
+    detail::parallel_for(n / 2, kParallelGrain, [&](int64_t b, int64_t e) {
+      uint8_t codes[512];
+      for (int64_t i = b; i < e; i += 256) {
+        const int64_t m = std::min<int64_t>(256, e - i);
+        minifloat_encode_n(kFloat4E2M1FN, x + 2 * i, codes, 2 * m, true);
+        for (int64_t j = 0; j < m; ++j) out[i + j] = static_cast<uint8_t>(codes[2 * j] | (codes[2 * j + 1] << 4));
+      }
+    });
+  } else {
+    const MinifloatSpec& spec = *minifloat_spec(d);
+    minifloat_encode_n(spec, x, out, n, true);
+    if (spec.has_inf) {  // saturation is for finite values: an infinity the format has stays one
+      const uint8_t inf = static_cast<uint8_t>(((1u << spec.exp_bits) - 1) << spec.mant_bits);
+      const uint8_t sign = static_cast<uint8_t>(1u << (spec.exp_bits + spec.mant_bits));
+      detail::parallel_for(n, kParallelGrain, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i)
+          if (std::isinf(x[i])) out[i] = std::signbit(x[i]) ? static_cast<uint8_t>(sign | inf) : inf;
+      });
+    }
+  }
+}
+void convert_into(const Tensor& src, const Tensor& dst);
+// conversions from or to a low-precision dtype go through float32
+void convert_low_precision(const Tensor& src, const Tensor& dst) {
+  if (is_low_precision(src.dtype())) {
+    const int64_t values = src.numel() * (src.dtype() == kFloat4_e2m1fn_x2 ? 2 : 1);
+    Tensor f = empty({values}, kFloat32);
+    decode_low_precision(src, f.data_ptr<float>());
+    if (is_low_precision(dst.dtype()))
+      encode_low_precision(f.data_ptr<float>(), values, dst.dtype(), static_cast<uint8_t*>(dst.raw_data()));
+    else
+      convert_into(f, detail::make_view(dst, {values}, dst.impl()->offset));
+    return;
+  }
+  const Tensor f = src.dtype() == kFloat32 ? src : src.to(kFloat32);
+  encode_low_precision(f.data_ptr<float>(), f.numel(), dst.dtype(), static_cast<uint8_t*>(dst.raw_data()));
+}
 void convert_into(const Tensor& src, const Tensor& dst) {
+  if (is_low_precision(src.dtype()) || is_low_precision(dst.dtype())) return convert_low_precision(src, dst);
   const int64_t n = src.numel();
   LOWBIT_DISPATCH_ALL(src.dtype(), S, {
     const S* s = reinterpret_cast<const S*>(src.raw_data());
@@ -392,6 +335,10 @@ Tensor& Tensor::copy_(const Tensor& src) {
   if (dtype() == src.dtype()) {
     if (raw_data() != src.raw_data() && nbytes()) std::memmove(raw_data(), src.raw_data(), nbytes());
   } else {
+    LOWBIT_CHECK(dtype() != kFloat4_e2m1fn_x2 && src.dtype() != kFloat4_e2m1fn_x2,
+                 "copy_: {} holds two values per element, so it cannot be copied to or from {} of the same shape; "
+                 "use to()",
+                 dtype_name(kFloat4_e2m1fn_x2), dtype_name(dtype() == kFloat4_e2m1fn_x2 ? src.dtype() : dtype()));
     convert_into(src, *this);
   }
   return *this;
@@ -400,7 +347,21 @@ Tensor& Tensor::copy_(const Tensor& src) {
 Tensor Tensor::to(DType d) const {
   check_defined(*this, "to");
   if (d == dtype()) return *this;
-  Tensor out = empty(shape(), d);
+  Shape out_shape = shape();
+  if (d == kFloat4_e2m1fn_x2 || dtype() == kFloat4_e2m1fn_x2) {
+    // pairs along the last dimension: [..., 2n] values <-> [..., n] elements of two codes
+    LOWBIT_CHECK(dim() >= 1, "to: {} packs pairs along the last dimension; a 0-dim tensor has none",
+                 dtype_name(kFloat4_e2m1fn_x2));
+    if (d == kFloat4_e2m1fn_x2) {
+      LOWBIT_CHECK(out_shape.back() % 2 == 0,
+                   "to: {} packs pairs along the last dimension, which must be even; got shape {}",
+                   dtype_name(kFloat4_e2m1fn_x2), shape_str(shape()));
+      out_shape.back() /= 2;
+    } else {
+      out_shape.back() *= 2;
+    }
+  }
+  Tensor out = empty(out_shape, d);
   convert_into(*this, out);
   if (is_floating(d) && is_floating(dtype()) && detail::any_requires_grad({this})) {
     const DType src_dtype = dtype();

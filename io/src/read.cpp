@@ -22,6 +22,13 @@ H5Types h5_types(DType d) {
     case DType::Int32: return {H5T_STD_I32LE, H5T_NATIVE_INT32};
     case DType::Int64: return {H5T_STD_I64LE, H5T_NATIVE_INT64};
     case DType::Bool: return {H5T_STD_U8LE, H5T_NATIVE_UINT8};
+    // low-precision codes: bytes, named by the "dtype" attribute
+    case DType::Float8_e4m3fn:
+    case DType::Float8_e5m2:
+    case DType::Float8_e4m3fnuz:
+    case DType::Float8_e5m2fnuz:
+    case DType::Float8_e8m0fnu:
+    case DType::Float4_e2m1fn_x2: return {H5T_STD_U8LE, H5T_NATIVE_UINT8};
   }
   return {H5T_STD_U8LE, H5T_NATIVE_UINT8};
 }

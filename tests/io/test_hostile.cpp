@@ -266,6 +266,14 @@ std::vector<Case> cases() {
                  dataset(f, "/model/0/weight", {4, 784}, H5P_DEFAULT, true, "float32", H5T_STD_I32LE);
                },
                "says dtype float32", "says dtype float32"});
+  c.push_back({"float8_dtype_attribute_on_floats",
+               [](hid_t f) {
+                 valid_root(f);
+                 valid_model(f, true);
+                 dataset(f, "/model/0/weight", {4, 784}, H5P_DEFAULT, true, "float8_e4m3fn");
+               },
+               "says dtype float8_e4m3fn but stores 4-byte floating-point",
+               "says dtype float8_e4m3fn but stores 4-byte floating-point"});
   c.push_back({"unknown_dtype_attribute",
                [](hid_t f) {
                  valid_root(f);
