@@ -36,13 +36,28 @@ std::string to_string(const Granularity& g);
 /// torchao's get_block_size: the block_size a granularity gives for a tensor shape.
 Shape block_size_for(const Granularity& g, const Shape& shape);
 
-/// Base of every fake-quantize config (Intx now; Float8 and MX configs derive from it too).
+class FakeQuantizer;
+
+/// Base of every fake-quantize config (Intx now; Float8 and MX configs derive from it too). A
+/// config answers for itself: how it fake-quantizes, whether it needs an initializing forward,
+/// and which real module a Linear becomes at convert. Code that holds a config never asks for
+/// its concrete type.
 struct FakeQuantizeConfigBase {
   virtual ~FakeQuantizeConfigBase() = default;
   virtual std::string to_string() const = 0;
   virtual void validate() const = 0;
   virtual std::unique_ptr<FakeQuantizeConfigBase> clone() const = 0;
+  /// The forward of a FakeQuantizer holding this config (the quantizer keeps the state: last or
+  /// learned qparams).
+  virtual Tensor fake_quantize(const Tensor& x, FakeQuantizer& quantizer) const = 0;
+  /// Whether initialize_fake_quantizers must run a forward first (range learning).
+  virtual bool needs_initialization() const { return false; }
+  /// The real quantized module `linear` becomes at convert when this is its weight config and
+  /// `activation` (may be null) its activation config. Throws for configs without one.
+  virtual std::shared_ptr<nn::Module> quantized_linear(const nn::Linear& linear,
+                                                       const FakeQuantizeConfigBase* activation) const;
 };
+using FakeQuantizeConfigPtr = std::shared_ptr<const FakeQuantizeConfigBase>;
 
 struct IntxFakeQuantizeConfig : FakeQuantizeConfigBase {
   std::string dtype = "int8";  // int1..int8, uint1..uint8
@@ -74,6 +89,11 @@ struct IntxFakeQuantizeConfig : FakeQuantizeConfigBase {
   std::unique_ptr<FakeQuantizeConfigBase> clone() const override {
     return std::make_unique<IntxFakeQuantizeConfig>(*this);
   }
+  Tensor fake_quantize(const Tensor& x, FakeQuantizer& quantizer) const override;
+  bool needs_initialization() const override { return range_learning; }
+  /// A QuantizedLinear (activation: null or an IntxFakeQuantizeConfig).
+  std::shared_ptr<nn::Module> quantized_linear(const nn::Linear& linear,
+                                               const FakeQuantizeConfigBase* activation) const override;
 };
 
 /// nn::Module applying a fake-quantize config. enabled = false makes it the identity.
@@ -92,6 +112,10 @@ class FakeQuantizer : public nn::Module {
   Tensor scale, zero_point;
   /// Whether range-learning qparams exist (set by the forward run by initialize_fake_quantizers).
   bool range_initialized() const { return range_initialized_; }
+  /// Whether initialize_fake_quantizers is running its forward now (configs create their
+  /// learnable qparams then, and call mark_range_initialized()).
+  bool initializing() const { return initializing_; }
+  void mark_range_initialized() { range_initialized_ = true; }
 
  private:
   friend void initialize_fake_quantizers(nn::Module& model, const Tensor& example_inputs);
@@ -106,8 +130,16 @@ class FakeQuantizer : public nn::Module {
 /// afterwards. A range-learning quantizer used before this throws.
 void initialize_fake_quantizers(nn::Module& model, const Tensor& example_inputs);
 
+/// A module that QAT prepare made: convert turns it back into its float module first (whatever
+/// its config kind).
+struct QATModule {
+  virtual ~QATModule() = default;
+  /// The float module sharing this one's parameters (no copy, no random numbers).
+  virtual std::shared_ptr<nn::Module> to_float() const = 0;
+};
+
 /// Linear whose input and/or weight pass through fake quantizers (bias never does).
-class FakeQuantizedLinear : public nn::Linear {
+class FakeQuantizedLinear : public nn::Linear, public QATModule {
  public:
   FakeQuantizedLinear(int64_t in_features, int64_t out_features, bool bias,
                       const FakeQuantizeConfigBase* activation_config, const FakeQuantizeConfigBase* weight_config);
@@ -120,6 +152,7 @@ class FakeQuantizedLinear : public nn::Linear {
                                                           const FakeQuantizeConfigBase* weight_config);
   /// A plain Linear sharing this module's parameters.
   std::shared_ptr<nn::Linear> to_linear() const;
+  std::shared_ptr<nn::Module> to_float() const override { return to_linear(); }
   std::string type_name() const override { return "FakeQuantizedLinear"; }
   Tensor forward(const Tensor& x) override;
   void enable_fake_quant(bool on);
@@ -130,7 +163,7 @@ class FakeQuantizedLinear : public nn::Linear {
 };
 
 /// Embedding whose table is fake-quantized (weight-only).
-class FakeQuantizedEmbedding : public nn::Embedding {
+class FakeQuantizedEmbedding : public nn::Embedding, public QATModule {
  public:
   FakeQuantizedEmbedding(int64_t num_embeddings, int64_t embedding_dim, const FakeQuantizeConfigBase& weight_config);
   /// Around an existing weight (shared; no random numbers drawn).
@@ -138,6 +171,7 @@ class FakeQuantizedEmbedding : public nn::Embedding {
   static std::shared_ptr<FakeQuantizedEmbedding> from_embedding(const nn::Embedding& e,
                                                                 const FakeQuantizeConfigBase& weight_config);
   std::shared_ptr<nn::Embedding> to_embedding() const;
+  std::shared_ptr<nn::Module> to_float() const override { return to_embedding(); }
   std::string type_name() const override { return "FakeQuantizedEmbedding"; }
   Tensor forward(const Tensor& indices) override;
   std::shared_ptr<FakeQuantizer> weight_fake_quantizer;

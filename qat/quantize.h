@@ -13,15 +13,35 @@
 
 namespace lowbit::qat {
 
-using FakeQuantizeConfigs = std::pair<std::optional<IntxFakeQuantizeConfig>, std::optional<IntxFakeQuantizeConfig>>;
+/// The (activation, weight) fake-quantize configs of a QAT scheme; either may be null.
+struct FakeQuantizeConfigs {
+  FakeQuantizeConfigPtr activation, weight;
+};
 
+/// Base of every quantize_ config. A config answers for itself -- its fake-quantize configs,
+/// how it prepares and converts a Linear / Embedding -- so quantize_ never asks for its type and
+/// a new config kind adds no cast anywhere.
 struct QuantConfigBase {
   virtual ~QuantConfigBase() = default;
   virtual std::string to_string() const = 0;
+  /// Checks the config (quantize_ calls it before touching the model).
+  virtual void validate() const {}
   /// The (activation, weight) fake-quantize configs this config implies for QAT (torchao's
-  /// _infer_fake_quantize_configs); each config kind answers for itself. Throws for configs
-  /// without a QAT mapping.
+  /// _infer_fake_quantize_configs). Throws for configs without a QAT mapping.
   virtual FakeQuantizeConfigs fake_quantize_configs() const;
+  /// The config that applies to the module named fqn, or null for none (ModuleFqnToConfig
+  /// picks one of its entries; every other config applies to every module the filter selects).
+  virtual const QuantConfigBase* config_for(const std::string& fqn) const;
+  /// Transforms one selected module and returns its replacement (or the module itself). The
+  /// default is post-training quantization: a Linear (a QAT module: its float module first)
+  /// becomes convert_linear(); other modules stay.
+  virtual std::shared_ptr<nn::Module> apply(std::shared_ptr<nn::Module> module) const;
+  /// The real quantized module of one Linear: the weight fake-quantize config's
+  /// quantized_linear() with the activation config.
+  virtual std::shared_ptr<nn::Module> convert_linear(const nn::Linear& linear) const;
+  /// QAT prepare of one Linear / Embedding: fake-quantized modules around the same parameters.
+  virtual std::shared_ptr<nn::Module> prepare_linear(const nn::Linear& linear) const;
+  virtual std::shared_ptr<nn::Module> prepare_embedding(const nn::Embedding& embedding) const;
 };
 
 /// int8 dynamic per-token activations (asymmetric) x intN weights (int2..int8), torchao's "8da4w"
@@ -62,16 +82,21 @@ struct Int8DynamicActivationInt8WeightConfig : QuantConfigBase {
 /// QATConfig(base_config) or QATConfig(activation_config, weight_config); step "prepare"/"convert".
 struct QATConfig : QuantConfigBase {
   std::shared_ptr<QuantConfigBase> base_config;
-  std::optional<IntxFakeQuantizeConfig> activation_config, weight_config;
+  FakeQuantizeConfigPtr activation_config, weight_config;  // any fake-quantize config kind
   std::string step = "prepare";
   QATConfig() = default;
   QATConfig(std::shared_ptr<QuantConfigBase> base, std::string step);
+  QATConfig(FakeQuantizeConfigPtr activation, FakeQuantizeConfigPtr weight, std::string step = "prepare");
+  /// torchao's form with intx configs by value.
   QATConfig(std::optional<IntxFakeQuantizeConfig> activation, std::optional<IntxFakeQuantizeConfig> weight,
             std::string step = "prepare");
-  void validate() const;
+  void validate() const override;
   std::string to_string() const override;
   /// Its base config's, or its own activation and weight configs.
   FakeQuantizeConfigs fake_quantize_configs() const override;
+  /// prepare: Linear / Embedding -> fake-quantized modules (the base config's prepare_*);
+  /// convert: QAT modules -> their float modules -> the base config's convert_linear.
+  std::shared_ptr<nn::Module> apply(std::shared_ptr<nn::Module> module) const override;
 };
 
 /// Different configs for different modules: exact dotted names first, then "re:<regex>" keys
@@ -79,6 +104,8 @@ struct QATConfig : QuantConfigBase {
 struct ModuleFqnToConfig : QuantConfigBase {
   std::vector<std::pair<std::string, std::shared_ptr<QuantConfigBase>>> entries;
   std::string to_string() const override;
+  void validate() const override;
+  const QuantConfigBase* config_for(const std::string& fqn) const override;
 };
 
 /// The fake-quantize configs a base config implies for QAT (torchao's _infer_fake_quantize_configs):
@@ -88,11 +115,13 @@ FakeQuantizeConfigs infer_fake_quantize_configs(const QuantConfigBase& base);
 using FilterFn = std::function<bool(const nn::Module&, const std::string& fqn)>;
 /// Transforms one module; returns its replacement (or the module itself when untouched).
 using Handler = std::function<std::shared_ptr<nn::Module>(std::shared_ptr<nn::Module>, const QuantConfigBase&)>;
-/// Registers the handler for a config type (the built-in configs are registered already).
+/// Registers a handler for a config type, used instead of the config's own apply() (torchao's
+/// register_quantize_module_handler: to change what an existing config does to modules).
 void register_quantize_handler(std::type_index config_type, Handler handler);
 
-/// A filter selecting the Linear layers whose in_features the config's weight group size divides
-/// (others stay float); the names of the skipped layers are appended to `skipped` when given.
+/// A filter selecting the layers the config can quantize: every Linear (a weight group size that
+/// does not divide in_features gives each row a shorter last group, so nothing stays in float;
+/// `skipped` is kept for callers that report layers left out and stays empty).
 FilterFn compatible_linears(const QuantConfigBase& config, std::vector<std::string>* skipped = nullptr);
 
 /// Applies config to every module selected by filter_fn (default: Linear and its QAT/quantized

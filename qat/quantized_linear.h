@@ -64,6 +64,7 @@ class QuantizedLinear : public nn::Module {
   Tensor forward_weight_only_gemv(const Tensor& x2d) const;
   std::shared_ptr<const kernels::GroupedS8Weight> packed_weight() const;
   bool zero_points_all_zero() const;
+  bool is_packed() const;  // codes two per byte (formats of 4 bits or fewer)
 
   mutable std::mutex pack_mutex_;
   mutable std::shared_ptr<const kernels::GroupedS8Weight> packed_;

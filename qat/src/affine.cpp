@@ -41,10 +41,9 @@ Shape blocks_shape(const Shape& shape, const Shape& block, const char* op) {
                shape_str(block), shape_str(shape));
   Shape out(shape.size());
   for (size_t i = 0; i < shape.size(); ++i) {
-    LOWBIT_CHECK(block[i] >= 1 && shape[i] % block[i] == 0,
-                 "{}: block_size {} does not divide input shape {} at dim {}", op, shape_str(block), shape_str(shape),
-                 i);
-    out[i] = shape[i] / block[i];
+    LOWBIT_CHECK(block[i] >= 1, "{}: block_size {} must be positive at dim {} (input shape {})", op, shape_str(block),
+                 i, shape_str(shape));
+    out[i] = (shape[i] + block[i] - 1) / block[i];  // a ragged last block where block[i] does not divide
   }
   return out;
 }
@@ -137,31 +136,54 @@ float dequantize_one(float q, float scale, float zp, float qmin, float qmax, Zer
 }  // namespace
 
 namespace {
-// Blocks that are consecutive runs of `len` elements in row-major order (block_size is 1 before
-// some dim k and the full extent after it: per-tensor, per-token, per-row of a 2-D weight,
-// per-group along the last dim). Returns 0 when the blocks are strided.
-int64_t run_length(const Shape& shape, const Shape& block) {
+// The block iterator's fast layout: blocks that are runs of consecutive elements in row-major
+// order -- block_size is 1 before some dim k, any size at k, the full extent after k (per-tensor,
+// per-token, per-row of a 2-D weight, per-group along the last dim). Along k the last block may be
+// shorter (a ragged group). Other layouts use the strided BlockIndexer.
+struct Runs {
+  bool contiguous = false;
+  int64_t count = 0;    // blocks
+  int64_t max_len = 0;  // elements of a full block
+  int64_t extent = 1, step = 1, inner = 1, per_outer = 1;
+  int64_t start(int64_t b) const { return ((b / per_outer) * extent + (b % per_outer) * step) * inner; }
+  int64_t len(int64_t b) const { return std::min(step, extent - (b % per_outer) * step) * inner; }
+};
+Runs block_runs(const Shape& shape, const Shape& block) {
+  Runs r;
   const size_t nd = shape.size();
   size_t k = 0;
   while (k < nd && block[k] == 1) ++k;
-  if (k == nd) return 1;
-  int64_t len = block[k];
-  for (size_t d = k + 1; d < nd; ++d) {
-    if (block[d] != shape[d]) return 0;
-    len *= shape[d];
+  r.count = 1;
+  for (size_t d = 0; d < nd; ++d) r.count *= (shape[d] + block[d] - 1) / block[d];
+  if (k == nd) {  // one element per block
+    r.contiguous = true;
+    r.max_len = 1;
+    r.extent = r.step = r.inner = r.per_outer = 1;
+    return r;
   }
-  return len;
+  for (size_t d = k + 1; d < nd; ++d) {
+    if (block[d] != shape[d]) return r;
+    r.inner *= shape[d];
+  }
+  r.contiguous = true;
+  r.extent = shape[k];
+  r.step = std::min(block[k], std::max<int64_t>(shape[k], 1));
+  r.per_outer = (shape[k] + r.step - 1) / std::max<int64_t>(r.step, 1);
+  r.max_len = r.step * r.inner;
+  return r;
 }
 int64_t grain_for(int64_t len) { return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(len, 1)); }
 
-// put(element, block) over every element: blocks of `len` consecutive elements in parallel when
-// len > 0, else the strided indexer.
+// put(element, block) over every element: runs in parallel when the blocks are runs, else the
+// strided indexer.
 template <typename BI, typename F>
-void for_each_element(const BI& bi, int64_t len, F&& put) {
-  if (len == 0) return bi.for_each(put);
-  detail::parallel_for(detail::numel_of(bi.nblocks), grain_for(len), [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      for (int64_t e = b * len; e < (b + 1) * len; ++e) put(e, b);
+void for_each_element(const BI& bi, const Runs& runs, F&& put) {
+  if (!runs.contiguous) return bi.for_each(put);
+  detail::parallel_for(runs.count, grain_for(runs.max_len), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t o = runs.start(b), n = runs.len(b);
+      for (int64_t e = o; e < o + n; ++e) put(e, b);
+    }
   });
 }
 
@@ -292,10 +314,11 @@ void record_fq_backward(Tensor& y, const Tensor& x, const Tensor& mask, const Te
     const uint8_t* mp = mask.data_ptr<uint8_t>();
     const float* sp = s.data_ptr<float>();
     float* op = gx.data_ptr<float>();
-    if (const int64_t len = run_length(g.shape(), block); len > 0) {
-      detail::parallel_for(s.numel(), grain_for(len), [&](int64_t b0, int64_t b1) {
+    if (const Runs runs = block_runs(g.shape(), block); runs.contiguous) {
+      detail::parallel_for(runs.count, grain_for(runs.max_len), [&](int64_t b0, int64_t b1) {
         for (int64_t b = b0; b < b1; ++b) {
-          ste_run(gp + b * len, mp + b * len, len, sp[b], op + b * len);
+          const int64_t o = runs.start(b);
+          ste_run(gp + o, mp + o, runs.len(b), sp[b], op + o);
         }
       });
     } else {
@@ -453,12 +476,12 @@ std::pair<Tensor, Tensor> choose_qparams_affine(const Tensor& x, MappingType map
   Tensor scale = empty(bi.nblocks, kFloat32);
   float* sp = scale.data_ptr<float>();
   const float* xp = x.data_ptr<float>();
-  if (const int64_t len = run_length(x.shape(), block_size); len > 0) {
-    detail::parallel_for(nb, grain_for(len), [&](int64_t b0, int64_t b1) {
+  if (const Runs runs = block_runs(x.shape(), block_size); runs.contiguous) {
+    detail::parallel_for(nb, grain_for(runs.max_len), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b)
-        store_qparams(
-            qparams_from_minmax(run_minmax(xp + b * len, len), mapping, fqmin, fqmax, qmin, qmax, eps, domain), b, sp,
-            zp);
+        store_qparams(qparams_from_minmax(run_minmax(xp + runs.start(b), runs.len(b)), mapping, fqmin, fqmax, qmin,
+                                          qmax, eps, domain),
+                      b, sp, zp);
     });
     return {scale, zp};
   }
@@ -518,19 +541,20 @@ Tensor quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& s
     else
       q.data_ptr<int32_t>()[e] = code;
   };
-  const int64_t len = run_length(x.shape(), block_size);
-  if (len > 0 && domain != ZeroPointDomain::FLOAT && out_dtype != kInt32) {
-    detail::parallel_for(scale.numel(), grain_for(len), [&](int64_t b0, int64_t b1) {
+  const Runs runs = block_runs(x.shape(), block_size);
+  if (runs.contiguous && domain != ZeroPointDomain::FLOAT && out_dtype != kInt32) {
+    detail::parallel_for(runs.count, grain_for(runs.max_len), [&](int64_t b0, int64_t b1) {
       for (int64_t b = b0; b < b1; ++b) {
         const float z = zp_at(zp, domain, b);
+        const int64_t o = runs.start(b), n = runs.len(b);
         if (out_dtype == kInt8)
-          q_run(xp + b * len, len, sp[b], z, fqmin, fqmax, q.data_ptr<int8_t>() + b * len);
+          q_run(xp + o, n, sp[b], z, fqmin, fqmax, q.data_ptr<int8_t>() + o);
         else
-          q_run(xp + b * len, len, sp[b], z, fqmin, fqmax, q.data_ptr<uint8_t>() + b * len);
+          q_run(xp + o, n, sp[b], z, fqmin, fqmax, q.data_ptr<uint8_t>() + o);
       }
     });
   } else {
-    for_each_element(bi, len, put);
+    for_each_element(bi, runs, put);
   }
   return q;
 }
@@ -562,7 +586,7 @@ Tensor dequantize_affine(const Tensor& q, const Shape& block_size, const Tensor&
   Tensor y = empty(q.shape(), kFloat32);
   float* yp = y.data_ptr<float>();
   const float* sp = scale.data_ptr<float>();
-  for_each_element(bi, run_length(q.shape(), block_size), [&](int64_t e, int64_t b) {
+  for_each_element(bi, block_runs(q.shape(), block_size), [&](int64_t e, int64_t b) {
     yp[e] = dequantize_one(code_at(e), sp[b], zp_at(zp, domain, b), static_cast<float>(qmin), static_cast<float>(qmax),
                            domain);
   });
@@ -583,10 +607,12 @@ Tensor fake_quantize_affine(const Tensor& x, const Shape& block_size, const Tens
   float* yp = y.data_ptr<float>();
   uint8_t* mp = mask.data_ptr<uint8_t>();
   const float fqmin = static_cast<float>(qmin), fqmax = static_cast<float>(qmax);
-  if (const int64_t len = run_length(x.shape(), block_size); len > 0) {
-    detail::parallel_for(scale.numel(), grain_for(len), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        fq_run(domain, xp + b * len, len, sp[b], zp_at(zp, domain, b), fqmin, fqmax, yp + b * len, mp + b * len);
+  if (const Runs runs = block_runs(x.shape(), block_size); runs.contiguous) {
+    detail::parallel_for(runs.count, grain_for(runs.max_len), [&](int64_t b0, int64_t b1) {
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t o = runs.start(b);
+        fq_run(domain, xp + o, runs.len(b), sp[b], zp_at(zp, domain, b), fqmin, fqmax, yp + o, mp + o);
+      }
     });
   } else {
     bi.for_each([&](int64_t e, int64_t b) {
@@ -602,8 +628,9 @@ Quantized quantize_affine_dynamic(const Tensor& x, MappingType mapping, const Sh
   const char* op = "quantize_affine_dynamic";
   check_choose_args(x, mapping, qmin, qmax, ZeroPointDomain::INT, zp_dtype, op);
   BlockIndexer bi(x.shape(), block_size, op);
-  const int64_t len = run_length(x.shape(), block_size);
-  if (len == 0 || len > (int64_t{1} << 14) || x.dtype() != kFloat32 || (out_dtype != kInt8 && out_dtype != kUInt8)) {
+  const Runs runs = block_runs(x.shape(), block_size);
+  if (!runs.contiguous || runs.max_len > (int64_t{1} << 14) || x.dtype() != kFloat32 ||
+      (out_dtype != kInt8 && out_dtype != kUInt8)) {
     Quantized r;
     std::tie(r.scale, r.zero_point) =
         choose_qparams_affine(x, mapping, block_size, qmin, qmax, eps_opt, ZeroPointDomain::INT, zp_dtype);
@@ -617,9 +644,9 @@ Quantized quantize_affine_dynamic(const Tensor& x, MappingType mapping, const Sh
   Quantized r{empty(x.shape(), out_dtype), empty(bi.nblocks, kFloat32), empty(bi.nblocks, zp_dtype)};
   const float* xp = x.data_ptr<float>();
   float* sp = r.scale.data_ptr<float>();
-  detail::parallel_for(detail::numel_of(bi.nblocks), grain_for(len), [&](int64_t b0, int64_t b1) {
+  detail::parallel_for(runs.count, grain_for(runs.max_len), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t o = b * len;
+      const int64_t o = runs.start(b), len = runs.len(b);
       store_qparams(
           qparams_from_minmax(run_minmax(xp + o, len), mapping, fqmin, fqmax, qmin, qmax, eps, ZeroPointDomain::INT), b,
           sp, r.zero_point);
@@ -639,9 +666,9 @@ FakeQuantized fake_quantize_affine_dynamic(const Tensor& x, MappingType mapping,
   const char* op = "fake_quantize_affine_dynamic";
   check_choose_args(x, mapping, qmin, qmax, domain, zp_dtype, op);
   BlockIndexer bi(x.shape(), block_size, op);
-  const int64_t len = run_length(x.shape(), block_size);
+  const Runs runs = block_runs(x.shape(), block_size);
   const bool all_f32 = x.dtype() == kFloat32 && scale_dtype.value_or(kFloat32) == kFloat32;
-  if (len == 0 || len > (int64_t{1} << 14) || !all_f32) {  // strided or long blocks, or bf16: two passes
+  if (!runs.contiguous || runs.max_len > (int64_t{1} << 14) || !all_f32) {  // strided or long blocks, or bf16
     FakeQuantized r;
     {
       NoGradGuard ng;
@@ -662,9 +689,9 @@ FakeQuantized fake_quantize_affine_dynamic(const Tensor& x, MappingType mapping,
   float* yp = r.y.data_ptr<float>();
   float* sp = r.scale.data_ptr<float>();
   uint8_t* mp = mask.data_ptr<uint8_t>();
-  detail::parallel_for(nb, grain_for(len), [&](int64_t b0, int64_t b1) {
+  detail::parallel_for(nb, grain_for(runs.max_len), [&](int64_t b0, int64_t b1) {
     for (int64_t b = b0; b < b1; ++b) {
-      const int64_t o = b * len;
+      const int64_t o = runs.start(b), len = runs.len(b);
       store_qparams(qparams_from_minmax(run_minmax(xp + o, len), mapping, fqmin, fqmax, qmin, qmax, eps, domain), b, sp,
                     r.zero_point);
       fq_run(domain, xp + o, len, sp[b], zp_at(r.zero_point, domain, b), fqmin, fqmax, yp + o, mp + o);

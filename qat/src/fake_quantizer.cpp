@@ -2,6 +2,7 @@
 
 #include "lowbit/autograd/autograd.h"
 #include "lowbit/autograd/ops.h"
+#include "lowbit/core/format.h"
 
 namespace lowbit::qat {
 
@@ -38,9 +39,8 @@ Shape block_size_for(const Granularity& g, const Shape& shape) {
           b = shape;
           b[a] = 1;
         } else if constexpr (std::is_same_v<T, PerGroup>) {
-          LOWBIT_CHECK(v.group_size > 0 && shape.back() % v.group_size == 0,
-                       "PerGroup(group_size={}): the last dimension of shape {} must divide by the group size",
-                       v.group_size, shape_str(shape));
+          // a last dimension the group size does not divide ends in a shorter (ragged) group
+          LOWBIT_CHECK(v.group_size > 0, "PerGroup(group_size={}): the group size must be positive", v.group_size);
           b.back() = v.group_size;
         } else if constexpr (std::is_same_v<T, PerRow>) {
           const int64_t d = detail::wrap_dim(v.dim, nd, "PerRow");
@@ -86,9 +86,11 @@ IntxFakeQuantizeConfig IntxFakeQuantizeConfig::from_string_granularity(const std
 }
 
 void IntxFakeQuantizeConfig::validate() const {
-  (void)quant_range(dtype);  // throws for unknown dtypes
-  LOWBIT_CHECK(dtype.rfind("int", 0) == 0 || dtype.rfind("uint", 0) == 0,
-               "IntxFakeQuantizeConfig: dtype must be intN or uintN, got '{}'", dtype);
+  {
+    static constexpr core::FormatKind kInteger = core::FormatKind::Integer;  // intN / uintN rows of the table
+    const core::Format& f = core::format_by_name(dtype, "IntxFakeQuantizeConfig dtype", &kInteger);
+    LOWBIT_CHECK(f.bits <= 8, "IntxFakeQuantizeConfig: dtype must have at most 8 bits, got {}", dtype);
+  }
   LOWBIT_CHECK(mapping_type == MappingType::SYMMETRIC || mapping_type == MappingType::ASYMMETRIC,
                "IntxFakeQuantizeConfig: mapping_type must be SYMMETRIC or ASYMMETRIC, got {}",
                qat::to_string(mapping_type));
@@ -127,10 +129,18 @@ std::string IntxFakeQuantizeConfig::to_string() const {
 // ---------------- FakeQuantizer ----------------
 FakeQuantizer::FakeQuantizer(const FakeQuantizeConfigBase& config) : config_(config.clone()) { config_->validate(); }
 
+std::shared_ptr<nn::Module> FakeQuantizeConfigBase::quantized_linear(const nn::Linear&,
+                                                                     const FakeQuantizeConfigBase*) const {
+  throw Error(fmt::format("convert: {} has no real quantized linear", to_string()));
+}
+
 Tensor FakeQuantizer::forward(const Tensor& x_in) {
   if (!enabled) return x_in;
-  const auto* cfg = dynamic_cast<const IntxFakeQuantizeConfig*>(config_.get());
-  LOWBIT_CHECK(cfg != nullptr, "FakeQuantizer: unsupported config {}", config_->to_string());
+  return config_->fake_quantize(x_in, *this);
+}
+
+Tensor IntxFakeQuantizeConfig::fake_quantize(const Tensor& x_in, FakeQuantizer& fq) const {
+  const IntxFakeQuantizeConfig* cfg = this;
   LOWBIT_CHECK(x_in.defined() && is_floating(x_in.dtype()), "FakeQuantizer: input must be floating, got {}",
                x_in.defined() ? detail::desc(x_in) : "undefined");
   LOWBIT_CHECK(cfg->granularity.has_value(), "FakeQuantizer: {} has no granularity", cfg->to_string());
@@ -147,10 +157,12 @@ Tensor FakeQuantizer::forward(const Tensor& x_in) {
   }
   const Shape block = std::holds_alternative<PerAxis>(g) ? Shape{1, x.size(1)} : block_size_for(g, x.shape());
   const auto [qmin, qmax] = cfg->range();
+  Tensor& scale = fq.scale;
+  Tensor& zero_point = fq.zero_point;
   Tensor y;
   if (cfg->range_learning) {
-    if (!range_initialized_) {
-      LOWBIT_CHECK(initializing_,
+    if (!fq.range_initialized()) {
+      LOWBIT_CHECK(fq.initializing(),
                    "FakeQuantizer: range_learning=True needs initialize_fake_quantizers(model, example_inputs) before "
                    "the first forward ({})",
                    cfg->to_string());
@@ -160,12 +172,12 @@ Tensor FakeQuantizer::forward(const Tensor& x_in) {
       s = clamp(s, 1e-9, std::nullopt);
       if (cfg->mapping_type == MappingType::ASYMMETRIC) {
         z = clamp(round(z), static_cast<double>(qmin), static_cast<double>(qmax));
-        zero_point = register_parameter("zero_point", z);
+        zero_point = fq.register_parameter("zero_point", z);
       } else {
-        zero_point = register_buffer("zero_point", zeros(s.shape()));
+        zero_point = fq.register_buffer("zero_point", zeros(s.shape()));
       }
-      scale = register_parameter("scale", s);
-      range_initialized_ = true;
+      scale = fq.register_parameter("scale", s);
+      fq.mark_range_initialized();
     }
     LOWBIT_CHECK(scale.shape() == blocks_shape(x.shape(), block, "FakeQuantizer"),
                  "FakeQuantizer: learned qparams of shape {} do not fit input {} (block {})", shape_str(scale.shape()),
@@ -187,8 +199,7 @@ void initialize_fake_quantizers(nn::Module& model, const Tensor& example_inputs)
   std::vector<FakeQuantizer*> flagged;
   for (auto& [name, m] : model.named_modules())
     if (auto* fq = dynamic_cast<FakeQuantizer*>(m.get())) {
-      const auto* c = dynamic_cast<const IntxFakeQuantizeConfig*>(&fq->config());
-      if (c && c->range_learning) {
+      if (fq->config().needs_initialization()) {
         fq->initializing_ = true;
         flagged.push_back(fq);
       }
@@ -218,12 +229,6 @@ void FakeQuantizedLinear::add_quantizers(const FakeQuantizeConfigBase* act, cons
   if (act)
     activation_fake_quantizer = register_module("activation_fake_quantizer", std::make_shared<FakeQuantizer>(*act));
   if (w) {
-    if (const auto* ic = dynamic_cast<const IntxFakeQuantizeConfig*>(w); ic && ic->granularity) {
-      if (const auto* pg = std::get_if<PerGroup>(&*ic->granularity))
-        LOWBIT_CHECK(in_features % pg->group_size == 0,
-                     "FakeQuantizedLinear: in_features ({}) must be divisible by the weight group size ({})",
-                     in_features, pg->group_size);
-    }
     weight_fake_quantizer = register_module("weight_fake_quantizer", std::make_shared<FakeQuantizer>(*w));
   }
 }

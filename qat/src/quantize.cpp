@@ -33,13 +33,23 @@ QATConfig::QATConfig(std::shared_ptr<QuantConfigBase> base, std::string s)
     : base_config(std::move(base)), step(std::move(s)) {
   validate();
 }
-QATConfig::QATConfig(std::optional<IntxFakeQuantizeConfig> a, std::optional<IntxFakeQuantizeConfig> w, std::string s)
+QATConfig::QATConfig(FakeQuantizeConfigPtr a, FakeQuantizeConfigPtr w, std::string s)
     : activation_config(std::move(a)), weight_config(std::move(w)), step(std::move(s)) {
   validate();
 }
+namespace {
+FakeQuantizeConfigPtr shared_config(const std::optional<IntxFakeQuantizeConfig>& c) {
+  return c ? std::make_shared<const IntxFakeQuantizeConfig>(*c) : nullptr;
+}
+std::string lower(std::string s) {
+  for (auto& c : s) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  return s;
+}
+}  // namespace
+QATConfig::QATConfig(std::optional<IntxFakeQuantizeConfig> a, std::optional<IntxFakeQuantizeConfig> w, std::string s)
+    : QATConfig(shared_config(a), shared_config(w), std::move(s)) {}
 void QATConfig::validate() const {
-  std::string st = step;
-  for (auto& c : st) c = static_cast<char>(std::tolower(c));
+  const std::string st = lower(step);
   LOWBIT_CHECK(st == "prepare" || st == "convert", "QATConfig: step must be 'prepare' or 'convert', got '{}'", step);
   LOWBIT_CHECK(!(base_config && (activation_config || weight_config)),
                "QATConfig: pass either base_config or activation/weight configs, not both");
@@ -47,14 +57,39 @@ void QATConfig::validate() const {
                "QATConfig: the prepare step needs a base config or a fake-quantize config");
   LOWBIT_CHECK(st != "convert" || !(activation_config || weight_config),
                "QATConfig: the convert step takes only a base config (or none)");
-  LOWBIT_CHECK(!dynamic_cast<const QATConfig*>(base_config.get()),
+  LOWBIT_CHECK(!base_config || typeid(*base_config) != typeid(QATConfig),
                "QATConfig: base_config cannot itself be a QATConfig");
+  if (base_config) base_config->validate();
+  if (activation_config) activation_config->validate();
+  if (weight_config) weight_config->validate();
 }
 std::string QATConfig::to_string() const {
   return fmt::format("QATConfig(base_config={}, activation_config={}, weight_config={}, step='{}')",
                      base_config ? base_config->to_string() : "None",
                      activation_config ? activation_config->to_string() : "None",
                      weight_config ? weight_config->to_string() : "None", step);
+}
+void ModuleFqnToConfig::validate() const {
+  for (const auto& [key, c] : entries) {
+    if (key.rfind("re:", 0) == 0) {
+      try {
+        std::regex re(key.substr(3));
+      } catch (const std::regex_error& e) {
+        throw Error(fmt::format("ModuleFqnToConfig: key '{}' is not a valid regular expression: {}", key, e.what()));
+      }
+    }
+    if (c) c->validate();
+  }
+}
+const QuantConfigBase* QuantConfigBase::config_for(const std::string&) const { return this; }
+const QuantConfigBase* ModuleFqnToConfig::config_for(const std::string& fqn) const {
+  for (auto& [k, c] : entries)
+    if (k == fqn) return c.get();
+  for (auto& [k, c] : entries)
+    if (k.rfind("re:", 0) == 0 && std::regex_match(fqn, std::regex(k.substr(3)))) return c.get();
+  for (auto& [k, c] : entries)
+    if (k == "_default") return c.get();
+  return nullptr;
 }
 std::string ModuleFqnToConfig::to_string() const {
   std::string s = "ModuleFqnToConfig({";
@@ -65,23 +100,29 @@ std::string ModuleFqnToConfig::to_string() const {
 }
 
 FakeQuantizeConfigs QuantConfigBase::fake_quantize_configs() const {
-  throw Error(fmt::format("infer_fake_quantize_configs: no QAT mapping for {}", to_string()));
+  throw Error(fmt::format(
+      "{}: no fake-quantize configs (the config defines neither fake_quantize_configs() nor apply())", to_string()));
 }
+namespace {
+FakeQuantizeConfigPtr intx(std::string dtype, Granularity g, std::optional<bool> is_symmetric = std::nullopt,
+                           std::optional<MappingType> mapping = std::nullopt) {
+  return std::make_shared<const IntxFakeQuantizeConfig>(std::move(dtype), std::move(g), std::nullopt, is_symmetric,
+                                                        mapping);
+}
+}  // namespace
 FakeQuantizeConfigs Int8DynamicActivationIntxWeightConfig::fake_quantize_configs() const {
-  return {IntxFakeQuantizeConfig("int8", PerToken{}, std::nullopt, std::nullopt, act_mapping_type),
-          IntxFakeQuantizeConfig(weight_dtype, weight_granularity, std::nullopt, std::nullopt, weight_mapping_type)};
+  return {intx("int8", PerToken{}, std::nullopt, act_mapping_type),
+          intx(weight_dtype, weight_granularity, std::nullopt, weight_mapping_type)};
 }
 FakeQuantizeConfigs IntxWeightOnlyConfig::fake_quantize_configs() const {
-  return {std::nullopt, IntxFakeQuantizeConfig(weight_dtype, granularity, std::nullopt, std::nullopt, mapping_type)};
+  return {nullptr, intx(weight_dtype, granularity, std::nullopt, mapping_type)};
 }
 FakeQuantizeConfigs Int4WeightOnlyConfig::fake_quantize_configs() const {
-  return {std::nullopt, IntxFakeQuantizeConfig("int4", PerGroup{group_size})};
+  return {nullptr, intx("int4", PerGroup{group_size})};
 }
-FakeQuantizeConfigs Int8WeightOnlyConfig::fake_quantize_configs() const {
-  return {std::nullopt, IntxFakeQuantizeConfig("int8", PerAxis{0})};
-}
+FakeQuantizeConfigs Int8WeightOnlyConfig::fake_quantize_configs() const { return {nullptr, intx("int8", PerAxis{0})}; }
 FakeQuantizeConfigs Int8DynamicActivationInt8WeightConfig::fake_quantize_configs() const {
-  return {IntxFakeQuantizeConfig("int8", PerToken{}, std::nullopt, true), IntxFakeQuantizeConfig("int8", PerAxis{0})};
+  return {intx("int8", PerToken{}, true), intx("int8", PerAxis{0})};
 }
 FakeQuantizeConfigs QATConfig::fake_quantize_configs() const {
   if (base_config) return base_config->fake_quantize_configs();
@@ -89,92 +130,57 @@ FakeQuantizeConfigs QATConfig::fake_quantize_configs() const {
 }
 FakeQuantizeConfigs infer_fake_quantize_configs(const QuantConfigBase& base) { return base.fake_quantize_configs(); }
 
-namespace {
-std::mutex g_registry_mu;
-std::map<std::type_index, Handler>& registry();
-
-std::shared_ptr<nn::Module> ptq_handler(std::shared_ptr<nn::Module> m, const QuantConfigBase& cfg) {
-  auto* lin = dynamic_cast<nn::Linear*>(m.get());
-  if (!lin) return m;
-  if (auto* fql = dynamic_cast<FakeQuantizedLinear*>(lin))
-    m = fql->to_linear(), lin = static_cast<nn::Linear*>(m.get());
-  auto [act, w] = infer_fake_quantize_configs(cfg);
-  return QuantizedLinear::from_linear(*lin, act, *w);
+// ---- what a config does to one module ----
+std::shared_ptr<nn::Module> QuantConfigBase::convert_linear(const nn::Linear& linear) const {
+  const auto [act, w] = fake_quantize_configs();
+  LOWBIT_CHECK(w != nullptr, "convert: {} has no weight config", to_string());
+  return w->quantized_linear(linear, act.get());
 }
-
-std::shared_ptr<nn::Module> qat_handler(std::shared_ptr<nn::Module> m, const QuantConfigBase& base_cfg) {
-  const auto& cfg = static_cast<const QATConfig&>(base_cfg);
-  std::string step = cfg.step;
-  for (auto& c : step) c = static_cast<char>(std::tolower(c));
-  if (step == "prepare") {
-    std::optional<IntxFakeQuantizeConfig> act = cfg.activation_config, w = cfg.weight_config;
-    if (cfg.base_config) std::tie(act, w) = infer_fake_quantize_configs(*cfg.base_config);
-    if (dynamic_cast<FakeQuantizedLinear*>(m.get()) || dynamic_cast<FakeQuantizedEmbedding*>(m.get()))
-      return m;  // already prepared
-    if (auto* lin = dynamic_cast<nn::Linear*>(m.get()))
-      return FakeQuantizedLinear::from_linear(*lin, act ? &*act : nullptr, w ? &*w : nullptr);
-    if (auto* emb = dynamic_cast<nn::Embedding*>(m.get())) {
-      LOWBIT_CHECK(!act, "QATConfig: embeddings take only a weight config (an activation config was given)");
-      LOWBIT_CHECK(w.has_value(), "QATConfig: no weight config for an embedding");
-      return FakeQuantizedEmbedding::from_embedding(*emb, *w);
-    }
+std::shared_ptr<nn::Module> QuantConfigBase::prepare_linear(const nn::Linear& linear) const {
+  const auto [act, w] = fake_quantize_configs();
+  return FakeQuantizedLinear::from_linear(linear, act.get(), w.get());
+}
+std::shared_ptr<nn::Module> QuantConfigBase::prepare_embedding(const nn::Embedding& embedding) const {
+  const auto [act, w] = fake_quantize_configs();
+  LOWBIT_CHECK(!act, "QATConfig: embeddings take only a weight config (an activation config was given)");
+  LOWBIT_CHECK(w != nullptr, "QATConfig: no weight config for an embedding");
+  return FakeQuantizedEmbedding::from_embedding(embedding, *w);
+}
+std::shared_ptr<nn::Module> QuantConfigBase::apply(std::shared_ptr<nn::Module> m) const {
+  if (const auto* qm = dynamic_cast<const QATModule*>(m.get())) m = qm->to_float();
+  if (const auto* lin = dynamic_cast<const nn::Linear*>(m.get())) return convert_linear(*lin);
+  return m;
+}
+std::shared_ptr<nn::Module> QATConfig::apply(std::shared_ptr<nn::Module> m) const {
+  if (lower(step) == "prepare") {
+    if (dynamic_cast<const QATModule*>(m.get())) return m;  // already prepared
+    const QuantConfigBase& scheme = base_config ? *base_config : static_cast<const QuantConfigBase&>(*this);
+    if (const auto* lin = dynamic_cast<const nn::Linear*>(m.get())) return scheme.prepare_linear(*lin);
+    if (const auto* emb = dynamic_cast<const nn::Embedding*>(m.get())) return scheme.prepare_embedding(*emb);
     return m;
   }
-  // convert: drop fake quantization, then apply the base config's PTQ
-  std::shared_ptr<nn::Module> plain = m;
-  if (auto* fql = dynamic_cast<FakeQuantizedLinear*>(m.get()))
-    plain = fql->to_linear();
-  else if (auto* fqe = dynamic_cast<FakeQuantizedEmbedding*>(m.get()))
-    return fqe->to_embedding();
-  else
-    return m;  // modules that were not prepared are left alone
-  if (!cfg.base_config) return plain;
-  return ptq_handler(plain, *cfg.base_config);
+  // convert: drop fake quantization, then apply the base config's PTQ to linears
+  const auto* qm = dynamic_cast<const QATModule*>(m.get());
+  if (!qm) return m;  // modules that were not prepared are left alone
+  std::shared_ptr<nn::Module> plain = qm->to_float();
+  const auto* lin = dynamic_cast<const nn::Linear*>(plain.get());
+  if (!base_config || !lin) return plain;
+  return base_config->convert_linear(*lin);
 }
 
+namespace {
+std::mutex g_registry_mu;
 std::map<std::type_index, Handler>& registry() {
-  static std::map<std::type_index, Handler> r = {
-      {typeid(QATConfig), qat_handler},
-      {typeid(Int8DynamicActivationIntxWeightConfig), ptq_handler},
-      {typeid(IntxWeightOnlyConfig), ptq_handler},
-      {typeid(Int4WeightOnlyConfig), ptq_handler},
-      {typeid(Int8WeightOnlyConfig), ptq_handler},
-      {typeid(Int8DynamicActivationInt8WeightConfig), ptq_handler},
-  };
+  static std::map<std::type_index, Handler> r;
   return r;
 }
-
 bool default_filter(const nn::Module& m, const std::string&) { return dynamic_cast<const nn::Linear*>(&m) != nullptr; }
-
-const QuantConfigBase* config_for(const ModuleFqnToConfig& map, const std::string& fqn) {
-  for (auto& [k, c] : map.entries)
-    if (k == fqn) return c.get();
-  for (auto& [k, c] : map.entries)
-    if (k.rfind("re:", 0) == 0 && std::regex_match(fqn, std::regex(k.substr(3)))) return c.get();
-  for (auto& [k, c] : map.entries)
-    if (k == "_default") return c.get();
-  return nullptr;
-}
 }  // namespace
 
-FilterFn compatible_linears(const QuantConfigBase& config, std::vector<std::string>* skipped) {
-  int64_t group = 0;  // the weight group size the config implies, if any
-  try {
-    const auto [act, w] = config.fake_quantize_configs();
-    if (w && w->granularity)
-      if (auto* pg = std::get_if<PerGroup>(&*w->granularity)) group = pg->group_size;
-  } catch (const Error&) {}
-  return [group, skipped](const nn::Module& m, const std::string& fqn) {
-    auto* lin = dynamic_cast<const nn::Linear*>(&m);
-    if (!lin) return false;
-    if (group > 0 && lin->in_features % group != 0) {
-      if (skipped)
-        skipped->push_back(
-            fmt::format("{} (in_features {} not divisible by group size {})", fqn, lin->in_features, group));
-      return false;
-    }
-    return true;
-  };
+FilterFn compatible_linears(const QuantConfigBase&, std::vector<std::string>*) {
+  // every Linear: a weight group size that does not divide in_features ends each row in a
+  // shorter (ragged) group, so no layer has to stay in float
+  return default_filter;
 }
 
 void register_quantize_handler(std::type_index t, Handler h) {
@@ -185,8 +191,7 @@ void register_quantize_handler(std::type_index t, Handler h) {
 std::shared_ptr<nn::Module> quantize_(std::shared_ptr<nn::Module> model, const QuantConfigBase& config,
                                       FilterFn filter) {
   LOWBIT_CHECK(model != nullptr, "quantize_: model is null");
-  if (auto* q = dynamic_cast<const QATConfig*>(&config)) q->validate();
-  const auto* per_module = dynamic_cast<const ModuleFqnToConfig*>(&config);
+  config.validate();
   if (!filter) {
     // QAT prepare also picks up embeddings only when asked (torchao's default filter: Linear)
     filter = default_filter;
@@ -196,16 +201,15 @@ std::shared_ptr<nn::Module> quantize_(std::shared_ptr<nn::Module> model, const Q
   for (auto& [fqn, m] : model->named_modules())
     if (filter(*m, fqn)) targets.emplace_back(fqn, m);
   for (auto& [fqn, m] : targets) {
-    const QuantConfigBase* cfg = per_module ? config_for(*per_module, fqn) : &config;
+    const QuantConfigBase* cfg = config.config_for(fqn);
     if (!cfg) continue;
     Handler h;
     {
       std::lock_guard<std::mutex> lock(g_registry_mu);
       auto it = registry().find(typeid(*cfg));
-      LOWBIT_CHECK(it != registry().end(), "quantize_: no handler registered for {}", cfg->to_string());
-      h = it->second;
+      if (it != registry().end()) h = it->second;
     }
-    auto replacement = h(m, *cfg);
+    auto replacement = h ? h(m, *cfg) : cfg->apply(m);
     if (replacement == m) continue;
     if (fqn.empty())
       model = replacement;

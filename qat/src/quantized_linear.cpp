@@ -41,13 +41,15 @@ std::shared_ptr<QuantizedLinear> QuantizedLinear::from_linear(const nn::Linear& 
   auto [s, z] =
       choose_qparams_affine(w, wcfg.mapping_type, m->block_size, qmin, qmax, wcfg.eps, ZeroPointDomain::INT, kInt32);
   const Tensor codes = quantize_affine(w, m->block_size, s, z, qmin >= 0 ? kUInt8 : kInt8, qmin, qmax);
-  const int64_t n = codes.numel();
   const core::Format& fmt = int_format(wcfg.dtype);
-  if (fmt.per_byte == 2) {  // the format table's packing: two codes per byte, element 2i in the low nibble
-    LOWBIT_CHECK(m->in_features % 2 == 0, "QuantizedLinear: packing 4-bit codes needs an even in_features, got {}",
-                 m->in_features);
-    Tensor packed = empty({m->out_features, m->in_features / 2}, kUInt8);
-    core::pack(fmt, static_cast<const uint8_t*>(codes.raw_data()), packed.data_ptr<uint8_t>(), n);
+  if (fmt.per_byte == 2) {
+    // the format table's packing, row by row: two codes per byte, element 2i in the low nibble
+    // (an odd in_features leaves the last high nibble of each row 0)
+    const int64_t k = m->in_features, row_bytes = (k + 1) / 2;
+    Tensor packed = empty({m->out_features, row_bytes}, kUInt8);
+    const auto* c = static_cast<const uint8_t*>(codes.raw_data());
+    for (int64_t r = 0; r < m->out_features; ++r)
+      core::pack(fmt, c + r * k, packed.data_ptr<uint8_t>() + r * row_bytes, k);
     m->qdata = m->register_buffer("qdata", packed);
   } else {
     m->qdata = m->register_buffer("qdata", codes);
@@ -58,13 +60,28 @@ std::shared_ptr<QuantizedLinear> QuantizedLinear::from_linear(const nn::Linear& 
   return m;
 }
 
-Tensor QuantizedLinear::weight_codes() const {
-  if (qdata.dtype() != kUInt8 || qdata.size(1) * 2 != in_features) {
-    return qdata.dtype() == kInt8 ? qdata : qdata.to(kInt32);
+std::shared_ptr<nn::Module> IntxFakeQuantizeConfig::quantized_linear(const nn::Linear& linear,
+                                                                     const FakeQuantizeConfigBase* activation) const {
+  std::optional<IntxFakeQuantizeConfig> act;
+  if (activation) {
+    const auto* a = dynamic_cast<const IntxFakeQuantizeConfig*>(activation);  // QuantizedLinear pairs intx with intx
+    LOWBIT_CHECK(a != nullptr, "convert: QuantizedLinear takes an intx activation config, got {}",
+                 activation->to_string());
+    act = *a;
   }
+  return QuantizedLinear::from_linear(linear, act, *this);
+}
+
+bool QuantizedLinear::is_packed() const { return int_format(weight_dtype).per_byte == 2; }
+
+Tensor QuantizedLinear::weight_codes() const {
+  if (!is_packed()) return qdata.dtype() == kInt8 ? qdata : qdata.to(kInt32);
   const core::Format& fmt = int_format(weight_dtype);
   Tensor nibbles = empty({out_features, in_features}, kUInt8);
-  core::unpack(fmt, qdata.data_ptr<uint8_t>(), nibbles.data_ptr<uint8_t>(), nibbles.numel());
+  const int64_t row_bytes = (in_features + 1) / 2;
+  for (int64_t r = 0; r < out_features; ++r)
+    core::unpack(fmt, qdata.data_ptr<uint8_t>() + r * row_bytes, nibbles.data_ptr<uint8_t>() + r * in_features,
+                 in_features);
   if (!fmt.is_signed) return nibbles;
   Tensor out = empty({out_features, in_features}, kInt8);
   const uint8_t* c = nibbles.data_ptr<uint8_t>();
@@ -92,7 +109,7 @@ std::string QuantizedLinear::extra_repr() const {
 }
 
 std::map<std::string, std::string> QuantizedLinear::checkpoint_attributes() const {
-  const bool packed = qdata.dtype() == kUInt8 && qdata.dim() == 2 && qdata.size(1) * 2 == in_features;
+  const bool packed = is_packed();
   return {{"quant_scheme", "intx_affine"},
           {"dtype", weight_dtype},
           {"bits", std::to_string(bits_of(weight_dtype))},

@@ -76,9 +76,9 @@ TEST(Affine, RangesAndErrors) {
   const Tensor x = randn({4, 64});
   lowbit::testing::expect_error(
       [&] {
-        choose_qparams_affine(x, MappingType::SYMMETRIC, {1, 48}, -8, 7);
+        choose_qparams_affine(x, MappingType::SYMMETRIC, {1, 0}, -8, 7);
       },
-      {"choose_qparams_affine", "block_size [1, 48]", "[4, 64]"});
+      {"choose_qparams_affine", "block_size [1, 0]", "[4, 64]"});
   lowbit::testing::expect_error([&] { choose_qparams_affine(x, MappingType::SYMMETRIC, {1, 32, 1}, -8, 7); }, {"rank"});
   auto [s, z] = choose_qparams_affine(x, MappingType::SYMMETRIC, {1, 32}, -8, 7);
   EXPECT_EQ(s.shape(), (Shape{4, 2}));
@@ -190,11 +190,61 @@ TEST(Affine, RunKernelsMatchStridedPathAndFusedDynamic) {
   // a strided block structure through the fused entry point falls back to the two-pass path
   auto r = fake_quantize_affine_dynamic(base, MappingType::SYMMETRIC, {rows, 1}, -8, 7);
   EXPECT_EQ(r.scale.shape(), (Shape{1, cols}));
-  lowbit::testing::expect_error(
-      [&] {
-        fake_quantize_affine_dynamic(base, MappingType::SYMMETRIC, {1, 40}, -8, 7);
-      },
-      {"fake_quantize_affine_dynamic", "block_size [1, 40]", "[37, 96]"});
+}
+
+// A block size that does not divide the input ends in a shorter (ragged) block. For the INT and
+// NONE zero-point domains that is exactly the result of zero-padding the input to whole blocks
+// (a zero changes neither min(x, 0) nor max(x, 0)) and cutting the padding off again -- on the
+// run path (blocks along the last dim) and on the strided path (blocks along dim 0), forward,
+// codes, dequantization and the straight-through gradient.
+TEST(Affine, RaggedLastBlockEqualsZeroPadding) {
+  Generator gen(11);
+  struct Case {
+    Shape shape, block;
+    MappingType mapping;
+    int64_t qmin, qmax;
+  };
+  const Case cases[] = {{{5, 50}, {1, 32}, MappingType::SYMMETRIC, -8, 7},
+                        {{5, 50}, {1, 32}, MappingType::ASYMMETRIC, -8, 7},
+                        {{3, 7}, {1, 4}, MappingType::ASYMMETRIC, 0, 15},
+                        {{12, 6}, {8, 1}, MappingType::SYMMETRIC, -128, 127},
+                        {{12, 6}, {5, 4}, MappingType::ASYMMETRIC, -8, 7},
+                        {{4, 10}, {1, 64}, MappingType::SYMMETRIC, -8, 7}};  // one block, shorter than its size
+  for (const auto& c : cases) {
+    SCOPED_TRACE(shape_str(c.shape) + " block " + shape_str(c.block));
+    const Tensor x = mul(randn(c.shape, &gen), 3.0);
+    Shape padded = c.shape;
+    for (size_t d = 0; d < padded.size(); ++d) padded[d] = (padded[d] + c.block[d] - 1) / c.block[d] * c.block[d];
+    Tensor xp = zeros(padded);
+    const int64_t cols = c.shape[1], pcols = padded[1];
+    for (int64_t i = 0; i < c.shape[0]; ++i)
+      for (int64_t j = 0; j < cols; ++j) xp.data_ptr<float>()[i * pcols + j] = x.data_ptr<float>()[i * cols + j];
+    const auto cut = [&](const Tensor& t) { return t.narrow(0, 0, c.shape[0]).narrow(1, 0, c.shape[1]); };
+    auto [s, z] = choose_qparams_affine(x, c.mapping, c.block, c.qmin, c.qmax);
+    auto [sp, zp] = choose_qparams_affine(xp, c.mapping, c.block, c.qmin, c.qmax);
+    std::string where;
+    EXPECT_EQ(count_mismatches(s, sp, &where), 0) << "scale " << where;
+    EXPECT_EQ(count_mismatches(z, zp, &where), 0) << "zero_point " << where;
+    const Tensor q = quantize_affine(x, c.block, s, z, kInt32, c.qmin, c.qmax);
+    const Tensor qp = quantize_affine(xp, c.block, sp, zp, kInt32, c.qmin, c.qmax);
+    EXPECT_EQ(count_mismatches(q, cut(qp), &where), 0) << "codes " << where;
+    EXPECT_EQ(count_mismatches(dequantize_affine(q, c.block, s, z, c.qmin, c.qmax),
+                               cut(dequantize_affine(qp, c.block, sp, zp, c.qmin, c.qmax)), &where),
+              0)
+        << "dequantized " << where;
+    Tensor xg = x.clone().requires_grad_(), xpg = xp.clone().requires_grad_();
+    const auto r = fake_quantize_affine_dynamic(xg, c.mapping, c.block, c.qmin, c.qmax);
+    const auto rp = fake_quantize_affine_dynamic(xpg, c.mapping, c.block, c.qmin, c.qmax);
+    EXPECT_EQ(count_mismatches(r.y.detach(), cut(rp.y.detach()), &where), 0) << "fake quantized " << where;
+    const Tensor g = randn(padded, &gen);
+    r.y.backward(cut(g));
+    rp.y.backward(g);
+    EXPECT_EQ(count_mismatches(xg.grad(), cut(xpg.grad()), &where), 0) << "gradient " << where;
+    EXPECT_EQ(
+        count_mismatches(quantize_affine_dynamic(x, c.mapping, c.block, kInt8, c.qmin, c.qmax).q.to(kInt32), q, &where),
+        0)
+        << "fused codes " << where;
+  }
 }
 
 // bfloat16 operands (x and/or scale): torchao's op sequences replayed with torch's own bf16/fp32

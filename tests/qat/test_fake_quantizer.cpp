@@ -176,8 +176,11 @@ TEST(FakeQuantizer, ConfigConstructionAndErrors) {
   lowbit::testing::expect_error([] { IntxFakeQuantizeConfig::from_string_granularity("int4", "per_group"); },
                                 {"needs group_size"});
   auto w = IntxFakeQuantizeConfig("int4", PerGroup{32});
-  lowbit::testing::expect_error([&] { FakeQuantizedLinear(48, 8, true, nullptr, &w); },
-                                {"in_features (48)", "group size (32)"});
+  {  // in_features 48, groups of 32: each row ends in a ragged group of 16
+    FakeQuantizedLinear ragged(48, 8, true, nullptr, &w);
+    EXPECT_EQ(ragged.forward(ones({2, 48})).shape(), (Shape{2, 8}));
+    EXPECT_EQ(ragged.weight_fake_quantizer->scale.shape(), (Shape{8, 2}));
+  }
   FakeQuantizer q(w);
   lowbit::testing::expect_error([&] { q.forward(ones({2, 3, 64})); }, {"PerGroup(group_size=32)", "2-D", "[2, 3, 64]"});
 }

@@ -143,13 +143,37 @@ TEST(Quantize, ConfigErrors) {
       [] { QATConfig(std::nullopt, IntxFakeQuantizeConfig("int4", PerGroup{32}), "convert"); },
       {"convert step takes only a base config"});
   auto model =
-      std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(30, 8)});
-  lowbit::testing::expect_error([&] { quantize_(model, QATConfig(dyn, "prepare")); },
-                                {"in_features (30)", "group size (32)"});
+      std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(31, 8)});
   struct Unknown : QuantConfigBase {
     std::string to_string() const override { return "Unknown()"; }
   };
-  lowbit::testing::expect_error([&] { quantize_(model, Unknown()); }, {"no handler registered for Unknown()"});
+  lowbit::testing::expect_error([&] { quantize_(model, Unknown()); }, {"Unknown()", "no fake-quantize configs"});
+  ModuleFqnToConfig bad_regex;
+  bad_regex.entries = {{"re:[", dyn}};
+  lowbit::testing::expect_error([&] { quantize_(model, bad_regex); }, {"'re:['", "not a valid regular expression"});
+}
+
+// in_features 31 with groups of 32: one ragged group per row; int4 codes packed row by row
+// (16 bytes per row, the last high nibble 0); the converted module equals the prepared one
+TEST(Quantize, RaggedGroupsConvertExactly) {
+  auto dyn = std::make_shared<Int8DynamicActivationIntxWeightConfig>();
+  dyn->weight_dtype = "int4";
+  Generator g(5);
+  auto lin = std::make_shared<nn::Linear>(randn({8, 31}, &g), randn({8}, &g));
+  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{lin});
+  auto prepared = quantize_(model, QATConfig(dyn, "prepare"));
+  const Tensor x = randn({3, 31}, &g);
+  const Tensor y_prepared = prepared->forward(x).detach();
+  auto converted = quantize_(prepared, QATConfig(dyn, "convert"));
+  auto* ql = dynamic_cast<QuantizedLinear*>(converted->get_submodule("0").get());
+  ASSERT_NE(ql, nullptr);
+  EXPECT_EQ(ql->qdata.shape(), (Shape{8, 16}));
+  EXPECT_EQ(ql->scale.shape(), (Shape{8, 1}));
+  for (int64_t r = 0; r < 8; ++r) EXPECT_EQ(ql->qdata.data_ptr<uint8_t>()[r * 16 + 15] >> 4, 0) << r;
+  NoGradGuard ng;
+  EXPECT_EQ(ql->kernel_for(3), "dequantize + float32 GEMM");
+  std::string where;
+  EXPECT_EQ(lowbit::testing::count_mismatches(converted->forward(x), y_prepared, &where), 0) << where;
 }
 
 TEST(Quantize, EveryRecipeOfTheTable) {
