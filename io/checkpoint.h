@@ -29,7 +29,10 @@ class DataLoader;
 namespace lowbit::io {
 
 inline constexpr const char* kFormatName = "lowbit-checkpoint";
-inline constexpr int64_t kSchemaVersion = 1;
+// 2: module groups carry module_type / module_index / typed attributes, quantized layers store
+// their scheme as structured attributes (weight_format, integer-list shape and block_size).
+// Files of version 1 are read, except their quantized layers (another attribute layout).
+inline constexpr int64_t kSchemaVersion = 2;
 
 /// Everything besides model and optimizer that a bit-exact resume needs.
 struct TrainingState {
@@ -71,6 +74,11 @@ LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Op
 /// Model-only export for inference (parameters and buffers, plus an optional config).
 void export_model(const std::string& path, const nn::Module& model, const std::string& config_toml = "",
                   const SaveOptions& options = {});
+/// The model a file holds, rebuilt from the file alone: every module group's `module_type`,
+/// `module_index` and attributes go through nn's module factories (nn's layers, qat's
+/// QuantizedLinear), each checking what it is given; tensors are read under the usual checks.
+/// Returned in eval mode. Throws naming the file and the group on anything it cannot rebuild.
+std::shared_ptr<nn::Module> load_model(const std::string& path);
 /// Tensors under /model as (dotted name, tensor), after validating the file.
 nn::NamedTensors read_model_tensors(const std::string& path);
 
@@ -86,6 +94,7 @@ struct TensorInfo {
 };
 struct FileInfo {
   std::map<std::string, std::string> attributes;  // root attributes as text
+  std::string model_type;                         // /model's module_type ("" in files without one)
   std::vector<TensorInfo> tensors;
   int64_t parameters = 0;
   uint64_t stored_bytes = 0, float32_bytes = 0, file_bytes = 0;

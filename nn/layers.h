@@ -45,6 +45,7 @@ class LayerNorm : public Module {
   std::string type_name() const override { return "LayerNorm"; }
   std::string extra_repr() const override;
   Tensor forward(const Tensor& x) override;
+  Attributes checkpoint_attributes() const override;
   Shape normalized_shape;
   double eps;
   Tensor weight, bias;  // undefined when not affine
@@ -68,6 +69,7 @@ class Dropout : public Module {
   explicit Dropout(double p = 0.5, Generator* gen = nullptr);
   std::string type_name() const override { return "Dropout"; }
   std::string extra_repr() const override;
+  Attributes checkpoint_attributes() const override;
   Tensor forward(const Tensor& x) override;
   double p;
   Generator* gen;
@@ -83,6 +85,7 @@ class GELU : public Module {
   explicit GELU(std::string approximate = "none");
   std::string type_name() const override { return "GELU"; }
   std::string extra_repr() const override;
+  Attributes checkpoint_attributes() const override;
   Tensor forward(const Tensor& x) override;
   std::string approximate;
 };
@@ -101,6 +104,7 @@ class Flatten : public Module {
   explicit Flatten(int64_t start_dim = 1, int64_t end_dim = -1) : start_dim(start_dim), end_dim(end_dim) {}
   std::string type_name() const override { return "Flatten"; }
   std::string extra_repr() const override;
+  Attributes checkpoint_attributes() const override;
   Tensor forward(const Tensor& x) override;
   int64_t start_dim, end_dim;
 };
@@ -114,6 +118,7 @@ class ModuleList : public Module {
   void push_back(std::shared_ptr<Module> m);
   size_t size() const { return named_children().size(); }
   std::shared_ptr<Module> operator[](size_t i) const;
+  void attach_child(const std::string& name, std::shared_ptr<Module> child) override;
 };
 
 /// A ModuleList whose forward runs the children in order.

@@ -3,6 +3,7 @@
 #pragma once
 #include <functional>
 #include <map>
+#include <variant>
 #include <memory>
 #include <string>
 #include <utility>
@@ -21,6 +22,11 @@ struct LoadResult {
   std::vector<std::string> unexpected_keys;
   std::vector<std::string> shape_mismatches;  // "key: expected [..], got [..]"
 };
+
+/// A value a checkpoint stores on a module's group: an integer, a float, a string or a list of
+/// integers (HDF5 attributes of those types; never numbers inside strings).
+using AttrValue = std::variant<int64_t, double, std::string, std::vector<int64_t>>;
+using Attributes = std::map<std::string, AttrValue>;
 
 class Module : public std::enable_shared_from_this<Module> {
  public:
@@ -75,9 +81,14 @@ class Module : public std::enable_shared_from_this<Module> {
   /// Total number of parameter elements.
   int64_t num_parameters() const;
 
-  /// Attributes a checkpoint stores on this module's group (quantized modules describe their
-  /// scheme here; see docs/checkpoint-format.md). Empty by default.
-  virtual std::map<std::string, std::string> checkpoint_attributes() const { return {}; }
+  /// What rebuilds this module besides its tensors: constructor arguments (Dropout's p,
+  /// LayerNorm's eps) and, for quantized modules, their scheme as structured values. A
+  /// checkpoint writes them on the module's group next to `module_type` = type_name();
+  /// build_module() reads them back. See docs/checkpoint-format.md.
+  virtual Attributes checkpoint_attributes() const { return {}; }
+  /// Attaches a child built from a file: replaces an existing child of that name, else adds it
+  /// (ModuleList and Sequential append, and need the names "0", "1", ... in order).
+  virtual void attach_child(const std::string& name, std::shared_ptr<Module> child);
 
   /// PyTorch-style repr of the module tree.
   std::string to_string() const;
@@ -94,6 +105,29 @@ class Module : public std::enable_shared_from_this<Module> {
 };
 
 std::ostream& operator<<(std::ostream& os, const Module& m);
+
+// ---- rebuilding modules from files ----
+/// Builds one module from its stored attributes and its own tensors (parameters and buffers by
+/// local name: "weight", "qdata"); children are built separately and attached. Factories check
+/// what they are given and throw lowbit::Error naming the problem.
+using ModuleFactory = std::function<std::shared_ptr<Module>(const Attributes& attrs, const NamedTensors& tensors)>;
+/// Registers (or replaces) the factory of a module type. nn's own types are registered already;
+/// qat registers its quantized modules (qat::register_module_types).
+void register_module_type(const std::string& type_name, ModuleFactory factory);
+/// The module a file describes: the factory of type_name applied to attrs and tensors.
+std::shared_ptr<Module> build_module(const std::string& type_name, const Attributes& attrs,
+                                     const NamedTensors& tensors);
+/// "Dropout, Embedding, ..." -- the registered types, for errors and docs.
+std::string module_type_names();
+
+/// Typed reads of an attribute for factories: throw naming the module type and the key when it
+/// is missing or of another type.
+int64_t attr_int(const Attributes& attrs, const std::string& key, const std::string& type_name);
+double attr_double(const Attributes& attrs, const std::string& key, const std::string& type_name);
+std::string attr_string(const Attributes& attrs, const std::string& key, const std::string& type_name);
+std::vector<int64_t> attr_ints(const Attributes& attrs, const std::string& key, const std::string& type_name);
+/// The tensor named `name` among a module's own tensors, or undefined.
+Tensor find_tensor(const NamedTensors& tensors, const std::string& name);
 
 /// Replaces the contents of `dst`'s impl with `src` (shape, dtype, storage), keeping every
 /// handle to dst valid. Used by to(dtype) and by loaders.

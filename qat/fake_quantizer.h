@@ -91,6 +91,12 @@ struct IntxFakeQuantizeConfig : FakeQuantizeConfigBase {
   }
   Tensor fake_quantize(const Tensor& x, FakeQuantizer& quantizer) const override;
   bool needs_initialization() const override { return range_learning; }
+  /// Every field as structured checkpoint attributes, each key prefixed ("activation_dtype",
+  /// "activation_granularity", "activation_group_size", ...); from_attributes reads them back
+  /// and validates.
+  nn::Attributes to_attributes(const std::string& prefix) const;
+  static IntxFakeQuantizeConfig from_attributes(const nn::Attributes& attrs, const std::string& prefix,
+                                                const std::string& type_name);
   /// A QuantizedLinear (activation: null or an IntxFakeQuantizeConfig).
   std::shared_ptr<nn::Module> quantized_linear(const nn::Linear& linear,
                                                const FakeQuantizeConfigBase* activation) const override;

@@ -34,8 +34,11 @@ class QuantizedLinear : public nn::Module {
                                                       const IntxFakeQuantizeConfig& weight_config);
   std::string type_name() const override { return "QuantizedLinear"; }
   std::string extra_repr() const override;
-  /// quant_scheme "intx_affine" and its parameters (bits, block_size, packing, nibble order, ...).
-  std::map<std::string, std::string> checkpoint_attributes() const override;
+  /// quant_scheme "intx_affine" and its scheme as structured attributes (weight_format, bits,
+  /// shape and block_size as integer lists, mapping, packing, the activation config field by
+  /// field); from_attributes rebuilds the module from them and its stored tensors.
+  nn::Attributes checkpoint_attributes() const override;
+  static std::shared_ptr<QuantizedLinear> from_attributes(const nn::Attributes& attrs, const nn::NamedTensors& tensors);
   Tensor forward(const Tensor& x) override;
 
   enum class Kernel { Integer, Dequantize };
@@ -75,5 +78,9 @@ class QuantizedLinear : public nn::Module {
   mutable std::shared_ptr<FakeQuantizer> act_quantizer_;
   mutable std::string act_quantizer_key_;
 };
+
+/// Registers qat's modules with nn's module factories (QuantizedLinear), so that files holding
+/// them can be rebuilt without a config (io::load_model calls it; calling it again is harmless).
+void register_module_types();
 
 }  // namespace lowbit::qat

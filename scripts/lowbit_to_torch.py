@@ -5,13 +5,15 @@
     python3 scripts/lowbit_to_torch.py MODEL.h5 --fmnist-dir DIR     # and its Fashion-MNIST test accuracy
     python3 scripts/lowbit_to_torch.py MODEL.h5 --save out.pt        # torch.save the rebuilt module's state_dict
 
-Follows docs/checkpoint-format.md step by step: the model is the one the file's `config`
-attribute describes (model.type = "mlp": Sequential of Linear, activation, [Dropout], ...,
-Linear, indexed as lowbit's Sequential is); float tensors load as they are; a quantized linear
-("intx_affine" group) is dequantized -- codes unpacked (two per byte, low nibble first, two's
-complement for signed dtypes), minus the zero point, times the scale of its block -- and, when
-its `activation` attribute names a dynamic int8 per-token config, its input is quantized and
-dequantized per token (asymmetric) before the matmul, as lowbit and torchao do. Inputs are
+Follows docs/checkpoint-format.md step by step: the model is the module tree the file's groups
+describe (`module_type`, `module_index` and each module's attributes), or, in files written
+before lowbit stored module types, the one the file's `config` attribute describes
+(model.type = "mlp"); float tensors load as they are; a quantized linear ("intx_affine" group)
+is dequantized -- codes unpacked (each row two per byte, low nibble first, two's complement for
+signed formats), minus the zero point, times the scale of its block (a row's last block may be
+shorter) -- and, when its `activation_*` attributes describe a dynamic int8 per-token config,
+its input is quantized and dequantized per token (asymmetric) before the matmul, as lowbit and
+torchao do. Inputs are
 Fashion-MNIST images normalized as (pixel / 255 - 0.2860) / 0.3530.
 """
 import argparse
@@ -42,28 +44,34 @@ def _shape(text):
     return [int(x) for x in re.findall(r"\d+", text)]
 
 
+def _ints(obj, name):
+    v = obj.attrs[name]
+    return [int(x) for x in np.atleast_1d(v)]
+
+
 def dequantize_intx(group):
     """Float32 weight of a quantized linear group (quant_scheme = "intx_affine")."""
-    dtype = _attr_str(group, "dtype")
-    out_f, in_f = _shape(_attr_str(group, "shape"))
-    block = _shape(_attr_str(group, "block_size"))
+    fmt = _attr_str(group, "weight_format")
+    out_f, in_f = _ints(group, "shape")
+    block = _ints(group, "block_size")
     qdata = group["qdata"][()]
     if _attr_str(group, "packing") == "nibbles":
         if _attr_str(group, "nibble_order") != "low_first":
             raise ValueError(f"{group.name}: unknown nibble order")
-        b = qdata.astype(np.int16)
-        codes = np.empty((out_f, in_f), dtype=np.int16)
-        codes[:, 0::2] = b & 0x0F          # element 2i: bits 0-3
-        codes[:, 1::2] = (b >> 4) & 0x0F   # element 2i+1: bits 4-7
-        if not dtype.startswith("u"):      # two's complement nibbles
+        b = qdata.astype(np.int16)                      # (out, ceil(in / 2)): each row packed on its own
+        codes = np.empty((out_f, 2 * b.shape[1]), dtype=np.int16)
+        codes[:, 0::2] = b & 0x0F                       # element 2i: bits 0-3
+        codes[:, 1::2] = (b >> 4) & 0x0F                # element 2i+1: bits 4-7
+        codes = codes[:, :in_f]
+        if fmt.startswith("int"):                       # signed formats: two's complement nibbles
             codes = np.where(codes >= 8, codes - 16, codes)
     else:
         codes = qdata.astype(np.int16).reshape(out_f, in_f)
     scale = group["scale"][()].astype(np.float32)
     zero_point = group["zero_point"][()].astype(np.int16) if "zero_point" in group else np.zeros_like(scale, dtype=np.int16)
-    # each scale covers a block of block[0] x block[1] weights
-    scale = np.repeat(np.repeat(scale, block[0], axis=0), block[1], axis=1)
-    zero_point = np.repeat(np.repeat(zero_point, block[0], axis=0), block[1], axis=1)
+    # each scale covers a block of block[0] x block[1] weights; a last block may be shorter
+    scale = np.repeat(np.repeat(scale, block[0], axis=0), block[1], axis=1)[:out_f, :in_f]
+    zero_point = np.repeat(np.repeat(zero_point, block[0], axis=0), block[1], axis=1)[:out_f, :in_f]
     return torch.from_numpy(((codes - zero_point).astype(np.float32) * scale).astype(np.float32))
 
 
@@ -101,21 +109,68 @@ class DequantizedLinear(torch.nn.Module):
         return F.linear(x, self.weight, self.bias)
 
 
-def activation_quantizer(text):
-    """The input fake quantizer a quantized linear's `activation` attribute describes."""
-    if text in ("none", "None", ""):
+def activation_quantizer(group):
+    """The input fake quantizer a quantized linear's activation_* attributes describe."""
+    if "activation_dtype" not in group.attrs:
         return None
-    if "PerToken" not in text or "torch.int8" not in text or "ASYMMETRIC" not in text or "is_dynamic=True" not in text:
-        raise ValueError(f"unsupported activation quantization: {text}")
-    m = re.search(r"eps=([^,)]+)", text)
-    eps = None if not m or m.group(1) == "None" else float(m.group(1))
+    dtype = _attr_str(group, "activation_dtype")
+    gran = _attr_str(group, "activation_granularity")
+    mapping = _attr_str(group, "activation_mapping_type")
+    dynamic = int(group.attrs["activation_is_dynamic"])
+    if dtype != "int8" or gran != "per_token" or mapping != "ASYMMETRIC" or not dynamic:
+        raise ValueError(f"{group.name}: unsupported activation quantization {dtype} {gran} {mapping}")
+    eps = float(group.attrs["activation_eps"]) if "activation_eps" in group.attrs else None
     return PerTokenInt8(-128, 127, eps)
+
+
+ACTIVATIONS = {"ReLU": torch.nn.ReLU, "SiLU": torch.nn.SiLU, "Tanh": torch.nn.Tanh}
+
+
+def build_module(g):
+    """A torch module from a lowbit module group (module_type and its attributes), recursively."""
+    t = _attr_str(g, "module_type")
+    if t in ("Sequential", "ModuleList"):
+        kids = sorted((int(c.attrs["module_index"]), name) for name, c in g.items()
+                      if isinstance(c, h5py.Group) and "module_type" in c.attrs)
+        mods = [build_module(g[name]) for _, name in kids]
+        return torch.nn.Sequential(*mods) if t == "Sequential" else torch.nn.ModuleList(mods)
+    if t == "Linear":
+        w = torch.from_numpy(g["weight"][()])
+        lin = torch.nn.Linear(w.shape[1], w.shape[0], bias="bias" in g)
+        with torch.no_grad():
+            lin.weight.copy_(w)
+            if "bias" in g:
+                lin.bias.copy_(torch.from_numpy(g["bias"][()]))
+        return lin
+    if t == "QuantizedLinear":
+        if _attr_str(g, "quant_scheme") != "intx_affine":
+            raise ValueError(f"{g.name}: unknown quant_scheme")
+        bias = torch.from_numpy(g["bias"][()]) if "bias" in g else None
+        return DequantizedLinear(dequantize_intx(g), bias, activation_quantizer(g))
+    if t in ACTIVATIONS:
+        return ACTIVATIONS[t]()
+    if t == "GELU":
+        return torch.nn.GELU(approximate=_attr_str(g, "approximate"))
+    if t == "Dropout":
+        return torch.nn.Dropout(float(g.attrs["p"]))
+    if t == "LayerNorm":
+        shape = _ints(g, "normalized_shape")
+        ln = torch.nn.LayerNorm(shape, eps=float(g.attrs["eps"]), elementwise_affine="weight" in g, bias="bias" in g)
+        with torch.no_grad():
+            if "weight" in g:
+                ln.weight.copy_(torch.from_numpy(g["weight"][()]))
+            if "bias" in g:
+                ln.bias.copy_(torch.from_numpy(g["bias"][()]))
+        return ln
+    raise ValueError(f"{g.name}: module type {t} is not rebuilt by this script")
 
 
 def rebuild(path):
     with h5py.File(path, "r") as f:
         if _attr_str(f, "format", "") != "lowbit-checkpoint":
             raise ValueError(f"{path}: not a lowbit file")
+        if "module_type" in f["model"].attrs:          # the file describes its modules
+            return build_module(f["model"]).eval()
         cfg = tomllib.loads(_attr_str(f, "config", ""))
         model_cfg = cfg.get("model", {})
         if model_cfg.get("type", "mlp") != "mlp":
@@ -133,7 +188,7 @@ def rebuild(path):
             if "quant_scheme" in g.attrs:
                 if _attr_str(g, "quant_scheme") != "intx_affine":
                     raise ValueError(f"{g.name}: unknown quant_scheme")
-                layers.append(DequantizedLinear(dequantize_intx(g), bias, activation_quantizer(_attr_str(g, "activation", "none"))))
+                layers.append(DequantizedLinear(dequantize_intx(g), bias, activation_quantizer(g)))
             else:
                 w = torch.from_numpy(g["weight"][()])
                 lin = torch.nn.Linear(w.shape[1], w.shape[0], bias=bias is not None)

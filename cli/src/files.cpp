@@ -68,9 +68,14 @@ struct ModelFile {
   io::FileInfo info;
   RunConfig cfg;
 };
+// A file that describes its own modules (module_type on every group) needs no config for its
+// model; without one its data settings are the defaults (Fashion-MNIST).
 ModelFile describe_file(const std::string& path) {
   io::FileInfo info = io::inspect(path);
-  RunConfig cfg = stored_config(info, path);
+  const auto it = info.attributes.find("config");
+  const bool has_config = it != info.attributes.end() && !it->second.empty();
+  RunConfig cfg = has_config || info.model_type.empty() ? stored_config(info, path)
+                                                        : RunConfig::from_string("", path + " (defaults)");
   return {std::move(info), std::move(cfg)};
 }
 
@@ -81,10 +86,12 @@ bool holds_quantized_tensors(const io::FileInfo& info) {
 }
 
 // Rebuilds the module tree a Fashion-MNIST MLP file was written from (callers check the dataset;
-// validate_config ties it to model.type = "mlp"): the model of its config, quantized by the
-// config's recipe when the file holds quantized tensors. The config's model must fit in what the
+// validate_config ties it to model.type = "mlp"): from the file's own module descriptions
+// (io::load_model) when it has them; otherwise, for older files, the model of its config,
+// quantized by the config's recipe when the file holds quantized tensors. The config's model must fit in what the
 // file holds before anything is built (a small file cannot make lowbit allocate a huge model).
 std::shared_ptr<nn::Module> model_for_file(const std::string& path, const ModelFile& file) {
+  if (!file.info.model_type.empty()) return io::load_model(path);  // the file describes its modules
   const RunConfig& cfg = file.cfg;
   const int64_t need = min_parameters(cfg);
   LOWBIT_CHECK(

@@ -105,6 +105,7 @@ int main(int argc, char** argv) {
         j["file"] = inspect_path;
         j["attributes"] = info.attributes;
         j["integrity_checked"] = info.integrity_checked;
+        j["model_type"] = info.model_type;
         j["parameters"] = info.parameters;
         j["stored_bytes"] = info.stored_bytes;
         j["file_bytes"] = info.file_bytes;
@@ -127,6 +128,10 @@ int main(int argc, char** argv) {
         }
         std::printf("  %-16s %s\n", "integrity",
                     info.integrity_checked ? "CRC-32 verified" : "no lowbit integrity header");
+        std::printf("  %-16s %s\n", "model",
+                    info.model_type.empty()
+                        ? "(no module types: rebuilt from the run config)"
+                        : (info.model_type + " (module tree stored: rebuilt from the file)").c_str());
         std::printf("\n  %-48s %-9s %-16s %12s  %s\n", "tensor", "dtype", "shape", "bytes", "scheme");
         for (const auto& t : info.tensors)
           std::printf("  %-48s %-9s %-16s %12llu  %s\n", t.path.c_str(), t.dtype.c_str(),

@@ -110,7 +110,51 @@ void write_attr_u64(hid_t obj, const std::string& name, uint64_t value, const st
 void write_attr(hid_t obj, const std::string& name, double value, const std::string& file) {
   write_attr_raw(obj, name, H5T_IEEE_F64LE, H5T_NATIVE_DOUBLE, &value, file);
 }
+void write_attr(hid_t obj, const std::string& name, const std::vector<int64_t>& value, const std::string& file) {
+  LOWBIT_CHECK(!value.empty() && value.size() <= static_cast<size_t>(kMaxListAttr),
+               "{}: attribute '{}' must hold 1 to {} integers, got {}", file, name, kMaxListAttr, value.size());
+  if (H5Aexists(obj, name.c_str()) > 0) H5Adelete(obj, name.c_str());
+  const hsize_t n = value.size();
+  Hid space(H5Screate_simple(1, &n, nullptr), H5Sclose);
+  Hid a(check(H5Acreate2(obj, name.c_str(), H5T_STD_I64LE, space, H5P_DEFAULT, H5P_DEFAULT), file,
+              "cannot create attribute '" + name + "'"),
+        H5Aclose);
+  check(H5Awrite(a, H5T_NATIVE_INT64, value.data()), file, "cannot write attribute '" + name + "'", 0);
+}
 bool has_attr(hid_t obj, const std::string& name) { return H5Aexists(obj, name.c_str()) > 0; }
+std::vector<std::string> attr_names(hid_t obj) {
+  std::vector<std::string> out;
+  H5O_info_t info;
+  if (H5Oget_info2(obj, &info, H5O_INFO_NUM_ATTRS) < 0) return out;
+  for (hsize_t i = 0; i < info.num_attrs && i < static_cast<hsize_t>(kMaxAttributes); ++i) {
+    char name[256] = {0};
+    if (H5Aget_name_by_idx(obj, ".", H5_INDEX_CRT_ORDER, H5_ITER_INC, i, name, sizeof(name), H5P_DEFAULT) < 0 &&
+        H5Aget_name_by_idx(obj, ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof(name), H5P_DEFAULT) < 0)
+      continue;
+    out.emplace_back(name);
+  }
+  return out;
+}
+bool attr_is_list(hid_t obj, const std::string& name) {
+  if (H5Aexists(obj, name.c_str()) <= 0) return false;
+  Hid a(H5Aopen(obj, name.c_str(), H5P_DEFAULT), H5Aclose);
+  if (!a.valid()) return false;
+  Hid s(H5Aget_space(a), H5Sclose);
+  return H5Sget_simple_extent_type(s) == H5S_SIMPLE && H5Sget_simple_extent_ndims(s) == 1;
+}
+std::vector<int64_t> read_attr_ints(hid_t obj, const std::string& name, const std::string& file,
+                                    const std::string& where) {
+  Hid a = open_attr(obj, name, file, where);
+  Hid t(H5Aget_type(a), H5Tclose);
+  Hid s(H5Aget_space(a), H5Sclose);
+  const hssize_t n = H5Sget_simple_extent_npoints(s);
+  LOWBIT_CHECK(H5Tget_class(t) == H5T_INTEGER && H5Sget_simple_extent_type(s) == H5S_SIMPLE &&
+                   H5Sget_simple_extent_ndims(s) == 1 && n >= 1 && n <= kMaxListAttr,
+               "{}: attribute '{}' on {} must be a list of 1 to {} integers", file, name, where, kMaxListAttr);
+  std::vector<int64_t> v(static_cast<size_t>(n));
+  check(H5Aread(a, H5T_NATIVE_INT64, v.data()), file, "cannot read attribute '" + name + "' on " + where, 0);
+  return v;
+}
 
 std::string read_attr_string(hid_t obj, const std::string& name, const std::string& file, const std::string& where) {
   Hid a = open_attr(obj, name, file, where);
@@ -168,8 +212,12 @@ std::vector<std::pair<std::string, std::string>> attrs_as_text(hid_t obj) {
       switch (H5Tget_class(t)) {
         case H5T_STRING: text = read_attr_string(obj, name, "", name); break;
         case H5T_INTEGER:
-          text = H5Tget_sign(t) == H5T_SGN_NONE ? std::to_string(read_attr_u64(obj, name, "", name))
-                                                : std::to_string(read_attr_int(obj, name, "", name));
+          if (attr_is_list(obj, name)) {
+            text = shape_str(read_attr_ints(obj, name, "", name));
+          } else {
+            text = H5Tget_sign(t) == H5T_SGN_NONE ? std::to_string(read_attr_u64(obj, name, "", name))
+                                                  : std::to_string(read_attr_int(obj, name, "", name));
+          }
           break;
         case H5T_FLOAT: text = fmt::format("{}", read_attr_double(obj, name, "", name)); break;
         default: text = "<unsupported type>";

@@ -101,7 +101,16 @@ void write_attr(hid_t obj, const std::string& name, const std::string& value, co
 void write_attr(hid_t obj, const std::string& name, int64_t value, const std::string& file);
 void write_attr_u64(hid_t obj, const std::string& name, uint64_t value, const std::string& file);
 void write_attr(hid_t obj, const std::string& name, double value, const std::string& file);
+/// A 1-D integer array attribute (1 to kMaxListAttr values).
+void write_attr(hid_t obj, const std::string& name, const std::vector<int64_t>& value, const std::string& file);
 bool has_attr(hid_t obj, const std::string& name);
+/// Names of obj's attributes (at most kMaxAttributes), in creation order where recorded.
+std::vector<std::string> attr_names(hid_t obj);
+/// Whether an attribute is a 1-D array (integer lists) rather than a scalar.
+bool attr_is_list(hid_t obj, const std::string& name);
+inline constexpr int kMaxListAttr = 64;
+std::vector<int64_t> read_attr_ints(hid_t obj, const std::string& name, const std::string& file,
+                                    const std::string& where);
 std::string read_attr_string(hid_t obj, const std::string& name, const std::string& file, const std::string& where);
 int64_t read_attr_int(hid_t obj, const std::string& name, const std::string& file, const std::string& where);
 uint64_t read_attr_u64(hid_t obj, const std::string& name, const std::string& file, const std::string& where);

@@ -16,32 +16,18 @@ namespace lowbit::io {
 using namespace detail;
 
 namespace {
-// The dims of a quantized group's "shape" attribute ("[4096, 4096]" or "(4096, 4096)") and their
-// product; throws naming the group on anything but up to 8 non-negative integers that fit.
-int64_t parse_logical_shape(const std::string& text, const std::string& file, const std::string& where) {
+// The element count of a quantized group's "shape" attribute (a list of up to 8 non-negative
+// integers); throws naming the group on anything else or on a product that cannot be real.
+int64_t logical_elements(hid_t group, const std::string& file, const std::string& where) {
+  const std::vector<int64_t> dims = h5::read_attr_ints(group, "shape", file, where);
+  LOWBIT_CHECK(dims.size() <= 8, "{}: the 'shape' attribute of '{}' has {} dimensions (at most 8)", file, where,
+               dims.size());
   int64_t product = 1;
-  int dims = 0;
-  size_t i = 0;
-  while (i < text.size()) {
-    const char c = text[i];
-    if (std::isdigit(static_cast<unsigned char>(c))) {
-      uint64_t v = 0;
-      while (i < text.size() && std::isdigit(static_cast<unsigned char>(text[i]))) {
-        v = v * 10 + static_cast<uint64_t>(text[i] - '0');
-        LOWBIT_CHECK(v < (uint64_t{1} << 40), "{}: the 'shape' attribute of '{}' ('{}') has an impossible dimension",
-                     file, where, text);
-        ++i;
-      }
-      LOWBIT_CHECK(++dims <= 8 && (v == 0 || static_cast<uint64_t>(product) <= (uint64_t{1} << 50) / v),
-                   "{}: the 'shape' attribute of '{}' ('{}') is not a plausible shape", file, where, text);
-      product *= static_cast<int64_t>(v);
-    } else {
-      LOWBIT_CHECK(c == '[' || c == ']' || c == '(' || c == ')' || c == ',' || c == ' ',
-                   "{}: the 'shape' attribute of '{}' ('{}') is not a shape", file, where, text);
-      ++i;
-    }
+  for (int64_t d : dims) {
+    LOWBIT_CHECK(d >= 0 && d < (int64_t{1} << 40) && (d == 0 || product <= (int64_t{1} << 50) / d),
+                 "{}: the 'shape' attribute of '{}' ({}) is not a plausible shape", file, where, shape_str(dims));
+    product *= d;
   }
-  LOWBIT_CHECK(dims > 0, "{}: the 'shape' attribute of '{}' ('{}') is not a shape", file, where, text);
   return product;
 }
 }  // namespace
@@ -53,6 +39,7 @@ FileInfo inspect(const std::string& path) {
   info.file_bytes = std::filesystem::file_size(path);
   for (auto& [k, v] : h5::attrs_as_text(f.file)) info.attributes[k] = v;
   Hid model = h5::open_group(f.file, "/model", path);
+  if (h5::has_attr(model, "module_type")) info.model_type = h5::read_attr_string(model, "module_type", path, "/model");
   // every object once: hard-linked aliases (tied weights) are not double counted
   std::map<uint64_t, size_t> seen;  // object -> its entry in info.tensors
   for (const auto& e : h5::walk(model, "/model", path)) {
@@ -72,8 +59,12 @@ FileInfo inspect(const std::string& path) {
     Hid pg = parent == "." ? h5::open_group(f.file, "/model", path) : h5::open_group(model, parent, path);
     const bool quantized = h5::has_attr(pg, "quant_scheme");
     if (quantized) {
+      LOWBIT_CHECK(f.schema_version >= 2,
+                   "{}: '{}' is a quantized layer in schema version 1's attribute layout, which this lowbit no longer "
+                   "reads; quantize the float model again",
+                   path, parent_path);
       const std::string scheme = h5::read_attr_string(pg, "quant_scheme", path, parent_path);
-      ti.scheme = scheme + " " + h5::read_attr_string(pg, "dtype", path, parent_path);
+      ti.scheme = scheme + " " + h5::read_attr_string(pg, "weight_format", path, parent_path);
     }
     Hid ds = h5::open_dataset(model, e.path, path);
     const TensorMeta m = probe_tensor(ds, path, ti.path);
@@ -87,7 +78,7 @@ FileInfo inspect(const std::string& path) {
     int64_t logical = n;
     if (quantized && (leaf == "scale" || leaf == "zero_point")) logical = 0;
     if (quantized && leaf == "qdata" && h5::has_attr(pg, "shape")) {
-      logical = parse_logical_shape(h5::read_attr_string(pg, "shape", path, parent_path), path, parent_path);
+      logical = logical_elements(pg, path, parent_path);
       // at least one bit per code: a group cannot describe more weights than 8 per stored byte
       LOWBIT_CHECK(logical <= 8 * n, "{}: '{}' claims a {}-element weight but stores {} bytes of codes", path,
                    parent_path, logical, n);

@@ -75,6 +75,7 @@ struct OpenedFile {
   Hid file;
   std::string kind;
   bool integrity = false;
+  int64_t schema_version = 0;
 };
 OpenedFile open_checkpoint(const std::string& path);
 /// Dotted names of every dataset below a group (h5::walk's checks).

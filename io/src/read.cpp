@@ -1,4 +1,5 @@
 // io/ reading: datasets under lowbit's checks, load_checkpoint and read_model_tensors.
+#include <algorithm>
 #include <cctype>
 #include <cstring>
 #include <filesystem>
@@ -8,6 +9,7 @@
 #include "lowbit/autograd/autograd.h"
 #include "lowbit/autograd/generator.h"
 #include "lowbit/data/dataset.h"
+#include "lowbit/qat/quantized_linear.h"
 
 namespace lowbit::io {
 namespace detail {
@@ -130,6 +132,7 @@ OpenedFile open_checkpoint(const std::string& path) {
                "{}: schema version {} is newer than this lowbit ({}) supports; upgrade lowbit to read it", path,
                version, kSchemaVersion);
   LOWBIT_CHECK(version >= 1, "{}: invalid schema version {}", path, version);
+  of.schema_version = version;
   of.kind = h5::has_attr(of.file, "kind") ? h5::read_attr_string(of.file, "kind", path, "/") : "model";
   LOWBIT_CHECK(of.kind == "training" || of.kind == "model", "{}: unknown checkpoint kind '{}'", path, of.kind);
   LOWBIT_CHECK(h5::hard_path_exists(of.file, "/model", path), "{}: missing group '/model'", path);
@@ -179,6 +182,101 @@ nn::NamedTensors read_model_group(hid_t file, const std::string& fname, const st
 }  // namespace detail
 
 using namespace detail;
+
+namespace {
+// A module group's own attributes, typed (module_type and module_index are the loader's).
+nn::Attributes module_attributes(hid_t g, const std::string& file, const std::string& where) {
+  nn::Attributes out;
+  for (const std::string& name : h5::attr_names(g)) {
+    if (name == "module_type" || name == "module_index") continue;
+    Hid a(h5::check(H5Aopen(g, name.c_str(), H5P_DEFAULT), file, "cannot open attribute '" + name + "' on " + where),
+          H5Aclose);
+    Hid t(H5Aget_type(a), H5Tclose);
+    switch (H5Tget_class(t)) {
+      case H5T_STRING: out[name] = h5::read_attr_string(g, name, file, where); break;
+      case H5T_FLOAT: out[name] = h5::read_attr_double(g, name, file, where); break;
+      case H5T_INTEGER:
+        if (h5::attr_is_list(g, name))
+          out[name] = h5::read_attr_ints(g, name, file, where);
+        else
+          out[name] = h5::read_attr_int(g, name, file, where);
+        break;
+      default: throw Error(fmt::format("{}: attribute '{}' on {} has an unsupported type", file, name, where));
+    }
+  }
+  return out;
+}
+}  // namespace
+
+std::shared_ptr<nn::Module> load_model(const std::string& path) {
+  qat::register_module_types();
+  OpenedFile f = open_checkpoint(path);
+  Hid model = h5::open_group(f.file, "/model", path);
+  LOWBIT_CHECK(h5::has_attr(model, "module_type"),
+               "{}: /model does not describe its modules (no 'module_type' attribute: a file written before lowbit "
+               "stored module types); rebuild the model from its run config and use load_checkpoint",
+               path);
+  // the groups (module paths, dotted) and every tensor, read once under the usual checks
+  std::vector<std::string> groups;
+  for (const auto& e : h5::walk(model, "/model", path)) {
+    if (e.type != H5O_TYPE_GROUP) continue;
+    std::string dotted = e.path;
+    for (char& c : dotted) c = c == '/' ? '.' : c;
+    groups.push_back(dotted);
+  }
+  const auto metas = probe_model_group(f.file, path);
+  std::vector<std::string> names;
+  for (const auto& [n, _] : metas) names.push_back(n);
+  const nn::NamedTensors tensors = read_model_group(f.file, path, names, metas);
+  const auto parent_of = [](const std::string& dotted) {
+    const auto dot = dotted.rfind('.');
+    return dot == std::string::npos ? std::string() : dotted.substr(0, dot);
+  };
+  const auto leaf_of = [](const std::string& dotted) {
+    const auto dot = dotted.rfind('.');
+    return dot == std::string::npos ? dotted : dotted.substr(dot + 1);
+  };
+  std::function<std::shared_ptr<nn::Module>(const std::string&)> build = [&](const std::string& dotted) {
+    const std::string where = dotted.empty() ? "/model" : to_h5_path("/model/", dotted);
+    Hid g = dotted.empty() ? h5::open_group(f.file, "/model", path) : h5::open_group(f.file, where, path);
+    LOWBIT_CHECK(h5::has_attr(g, "module_type"), "{}: group '{}' has no 'module_type' attribute", path, where);
+    const std::string type = h5::read_attr_string(g, "module_type", path, where);
+    nn::NamedTensors own;
+    for (const auto& [n, t] : tensors)
+      if (parent_of(n) == dotted) own.emplace_back(leaf_of(n), t);
+    std::shared_ptr<nn::Module> m;
+    try {
+      m = nn::build_module(type, module_attributes(g, path, where), own);
+    } catch (const Error& e) {
+      throw Error(fmt::format("{}: module '{}': {}", path, where, e.what()));
+    }
+    // children in the order they were registered (module_index), each built the same way
+    std::vector<std::pair<int64_t, std::string>> children;
+    for (const auto& c : groups)
+      if (!c.empty() && parent_of(c) == dotted) {
+        Hid cg = h5::open_group(f.file, to_h5_path("/model/", c), path);
+        LOWBIT_CHECK(h5::has_attr(cg, "module_index"), "{}: group '{}' has no 'module_index' attribute", path,
+                     to_h5_path("/model/", c));
+        children.emplace_back(h5::read_attr_int(cg, "module_index", path, to_h5_path("/model/", c)), c);
+      }
+    std::sort(children.begin(), children.end());
+    for (size_t i = 0; i < children.size(); ++i) {
+      LOWBIT_CHECK(children[i].first == static_cast<int64_t>(i), "{}: the children of '{}' are not numbered 0..{}",
+                   path, where, children.size() - 1);
+      try {
+        m->attach_child(leaf_of(children[i].second), build(children[i].second));
+      } catch (const Error& e) {
+        const std::string msg = e.what();
+        if (msg.rfind(path, 0) == 0) throw;
+        throw Error(fmt::format("{}: module '{}': {}", path, where, msg));
+      }
+    }
+    return m;
+  };
+  auto m = build("");
+  m->eval();
+  return m;
+}
 
 nn::NamedTensors read_model_tensors(const std::string& path) {
   OpenedFile f = open_checkpoint(path);

@@ -77,14 +77,29 @@ void write_model_group(hid_t file, const nn::Module& model, const SaveOptions& o
     write_tensor(file, path, t, opts, fname);
     written[t.impl()] = path;
   }
-  // modules that describe themselves (quantized linears) get their attributes on their group
-  for (const auto& [name, m] : const_cast<nn::Module&>(model).named_modules()) {
-    const auto attrs = m->checkpoint_attributes();
-    if (attrs.empty()) continue;
+  // every module's group says what it is: module_type, its position among its siblings, and its
+  // own attributes (constructor arguments, quantization schemes), so load_model can rebuild the
+  // tree from the file alone
+  std::map<const nn::Module*, int64_t> index_of;
+  auto& root = const_cast<nn::Module&>(model);
+  for (const auto& [name, m] : root.named_modules()) {
+    int64_t i = 0;
+    for (const auto& [child_name, child] : m->named_children()) index_of[child.get()] = i++;
+  }
+  for (const auto& [name, m] : root.named_modules()) {
     const std::string path = name.empty() ? std::string("/model") : to_h5_path("/model/", name);
-    LOWBIT_CHECK(h5::hard_path_exists(file, path, fname), "{}: module '{}' has attributes but no tensors", fname, name);
+    if (!h5::hard_path_exists(file, path, fname))
+      Hid(h5::check(H5Gcreate2(file, path.c_str(), lcpl, H5P_DEFAULT, H5P_DEFAULT), fname,
+                    "cannot create '" + path + "'"),
+          H5Gclose);
     Hid grp(h5::check(H5Gopen2(file, path.c_str(), H5P_DEFAULT), fname, "cannot open '" + path + "'"), H5Gclose);
-    for (const auto& [k, v] : attrs) h5::write_attr(grp, k, v, fname);
+    h5::write_attr(grp, "module_type", m->type_name(), fname);
+    if (!name.empty()) h5::write_attr(grp, "module_index", index_of[m.get()], fname);
+    for (const auto& [k, v] : m->checkpoint_attributes()) {
+      LOWBIT_CHECK(k != "module_type" && k != "module_index", "{}: {} uses the reserved attribute name '{}'", fname,
+                   m->type_name(), k);
+      std::visit([&](const auto& value) { h5::write_attr(grp, k, value, fname); }, v);
+    }
   }
 }
 

@@ -126,6 +126,86 @@ std::string IntxFakeQuantizeConfig::to_string() const {
       range_learning ? "True" : "False", eps ? fmt::format("{}", *eps) : "None");
 }
 
+nn::Attributes IntxFakeQuantizeConfig::to_attributes(const std::string& prefix) const {
+  nn::Attributes a;
+  a[prefix + "dtype"] = dtype;
+  if (granularity) {
+    std::visit(
+        [&](const auto& v) {
+          using T = std::decay_t<decltype(v)>;
+          if constexpr (std::is_same_v<T, PerTensor>) {
+            a[prefix + "granularity"] = std::string("per_tensor");
+          } else if constexpr (std::is_same_v<T, PerAxis>) {
+            a[prefix + "granularity"] = std::string("per_axis");
+            a[prefix + "axis"] = v.axis;
+          } else if constexpr (std::is_same_v<T, PerGroup>) {
+            a[prefix + "granularity"] = std::string("per_group");
+            a[prefix + "group_size"] = v.group_size;
+          } else if constexpr (std::is_same_v<T, PerRow>) {
+            a[prefix + "granularity"] = std::string("per_row");
+            a[prefix + "dim"] = v.dim;
+          } else {
+            a[prefix + "granularity"] = std::string("per_token");
+          }
+        },
+        *granularity);
+  }
+  a[prefix + "mapping_type"] = std::string(qat::to_string(mapping_type));
+  a[prefix + "scale_precision"] = std::string(dtype_name(scale_precision));
+  a[prefix + "zero_point_precision"] = std::string(dtype_name(zero_point_precision));
+  a[prefix + "zero_point_domain"] = std::string(qat::to_string(zero_point_domain));
+  a[prefix + "is_dynamic"] = int64_t{is_dynamic};
+  a[prefix + "range_learning"] = int64_t{range_learning};
+  if (eps) a[prefix + "eps"] = *eps;
+  return a;
+}
+
+IntxFakeQuantizeConfig IntxFakeQuantizeConfig::from_attributes(const nn::Attributes& a, const std::string& prefix,
+                                                               const std::string& type) {
+  IntxFakeQuantizeConfig c;
+  c.dtype = nn::attr_string(a, prefix + "dtype", type);
+  const std::string g = nn::attr_string(a, prefix + "granularity", type);
+  if (g == "per_tensor") {
+    c.granularity = PerTensor{};
+  } else if (g == "per_axis") {
+    c.granularity = PerAxis{nn::attr_int(a, prefix + "axis", type)};
+  } else if (g == "per_group") {
+    c.granularity = PerGroup{nn::attr_int(a, prefix + "group_size", type)};
+  } else if (g == "per_row") {
+    c.granularity = PerRow{nn::attr_int(a, prefix + "dim", type)};
+  } else if (g == "per_token") {
+    c.granularity = PerToken{};
+  } else {
+    throw Error(fmt::format("{}: unknown {}granularity '{}' (per_tensor, per_axis, per_group, per_row, per_token)",
+                            type, prefix, g));
+  }
+  const auto one_of = [&](const std::string& key, auto... options) {
+    const std::string v = nn::attr_string(a, prefix + key, type);
+    for (const auto& [name, value] : {options...})
+      if (v == name) return value;
+    throw Error(fmt::format("{}: unknown {}{} '{}'", type, prefix, key, v));
+  };
+  using M = std::pair<const char*, MappingType>;
+  c.mapping_type =
+      one_of("mapping_type", M{"SYMMETRIC", MappingType::SYMMETRIC}, M{"ASYMMETRIC", MappingType::ASYMMETRIC},
+             M{"SYMMETRIC_NO_CLIPPING_ERR", MappingType::SYMMETRIC_NO_CLIPPING_ERR});
+  using Z = std::pair<const char*, ZeroPointDomain>;
+  c.zero_point_domain = one_of("zero_point_domain", Z{"INT", ZeroPointDomain::INT}, Z{"FLOAT", ZeroPointDomain::FLOAT},
+                               Z{"NONE", ZeroPointDomain::NONE});
+  using D = std::pair<const char*, DType>;
+  c.scale_precision = one_of("scale_precision", D{"float32", kFloat32}, D{"bfloat16", kBFloat16});
+  c.zero_point_precision = one_of("zero_point_precision", D{"int32", kInt32}, D{"float32", kFloat32});
+  c.is_dynamic = nn::attr_int(a, prefix + "is_dynamic", type) != 0;
+  c.range_learning = nn::attr_int(a, prefix + "range_learning", type) != 0;
+  if (a.count(prefix + "eps")) c.eps = nn::attr_double(a, prefix + "eps", type);
+  try {
+    c.validate();
+  } catch (const Error& e) {
+    throw Error(fmt::format("{}: {}", type, e.what()));
+  }
+  return c;
+}
+
 // ---------------- FakeQuantizer ----------------
 FakeQuantizer::FakeQuantizer(const FakeQuantizeConfigBase& config) : config_(config.clone()) { config_->validate(); }
 

@@ -108,19 +108,92 @@ std::string QuantizedLinear::extra_repr() const {
                      activation_config ? activation_config->to_string() : "None");
 }
 
-std::map<std::string, std::string> QuantizedLinear::checkpoint_attributes() const {
+nn::Attributes QuantizedLinear::checkpoint_attributes() const {
   const bool packed = is_packed();
-  return {{"quant_scheme", "intx_affine"},
-          {"dtype", weight_dtype},
-          {"bits", std::to_string(bits_of(weight_dtype))},
-          {"shape", shape_str(Shape{out_features, in_features})},
-          {"block_size", shape_str(block_size)},
-          {"mapping_type", weight_mapping == MappingType::ASYMMETRIC ? "asymmetric" : "symmetric"},
-          {"zero_point_domain", "int"},
-          {"packing", packed ? "nibbles" : "none"},
-          {"nibble_order", packed ? "low_first" : "none"},
-          {"scale_dtype", "float32"},
-          {"activation", activation_config ? activation_config->to_string() : "none"}};
+  nn::Attributes a = {{"quant_scheme", std::string("intx_affine")},
+                      {"weight_format", weight_dtype},
+                      {"bits", int64_t{bits_of(weight_dtype)}},
+                      {"shape", std::vector<int64_t>{out_features, in_features}},
+                      {"block_size", std::vector<int64_t>(block_size.begin(), block_size.end())},
+                      {"mapping_type", std::string(qat::to_string(weight_mapping))},
+                      {"zero_point_domain", std::string("INT")},
+                      {"packing", std::string(packed ? "nibbles" : "none")},
+                      {"nibble_order", std::string(packed ? "low_first" : "none")},
+                      {"scale_dtype", std::string("float32")},
+                      {"activation", activation_config ? activation_config->to_string() : std::string("none")}};
+  if (activation_config) a.merge(activation_config->to_attributes("activation_"));
+  return a;
+}
+
+std::shared_ptr<QuantizedLinear> QuantizedLinear::from_attributes(const nn::Attributes& a, const nn::NamedTensors& t) {
+  const std::string type = "QuantizedLinear";
+  const std::string scheme = nn::attr_string(a, "quant_scheme", type);
+  LOWBIT_CHECK(scheme == "intx_affine", "{}: unknown quant_scheme '{}' (intx_affine)", type, scheme);
+  static constexpr core::FormatKind kInteger = core::FormatKind::Integer;
+  const core::Format& fmt =
+      core::format_by_name(nn::attr_string(a, "weight_format", type), type + " weight_format", &kInteger);
+  LOWBIT_CHECK(fmt.bits <= 8 && nn::attr_int(a, "bits", type) == fmt.bits,
+               "{}: bits {} does not match weight_format {} ({} bits, at most 8)", type, nn::attr_int(a, "bits", type),
+               fmt.name, fmt.bits);
+  const auto shape = nn::attr_ints(a, "shape", type), block = nn::attr_ints(a, "block_size", type);
+  LOWBIT_CHECK(shape.size() == 2 && shape[0] > 0 && shape[1] > 0,
+               "{}: shape must be [out_features, in_features], got {}", type, shape_str(shape));
+  LOWBIT_CHECK(block.size() == 2 && block[0] >= 1 && block[1] >= 1, "{}: block_size must be 2 positive sizes, got {}",
+               type, shape_str(block));
+  const std::string mapping = nn::attr_string(a, "mapping_type", type);
+  LOWBIT_CHECK(mapping == "SYMMETRIC" || mapping == "ASYMMETRIC", "{}: unknown mapping_type '{}'", type, mapping);
+  LOWBIT_CHECK(nn::attr_string(a, "zero_point_domain", type) == "INT", "{}: only the INT zero-point domain is stored",
+               type);
+  const bool packed = fmt.per_byte == 2;
+  LOWBIT_CHECK(nn::attr_string(a, "packing", type) == (packed ? "nibbles" : "none") &&
+                   nn::attr_string(a, "nibble_order", type) == (packed ? "low_first" : "none"),
+               "{}: {} codes are stored {}", type, fmt.name,
+               packed ? "as nibbles, low nibble first (packing = nibbles, nibble_order = low_first)" : "one per byte");
+  auto m = std::make_shared<QuantizedLinear>();
+  m->out_features = shape[0];
+  m->in_features = shape[1];
+  m->weight_dtype = fmt.name;
+  m->weight_mapping = mapping == "ASYMMETRIC" ? MappingType::ASYMMETRIC : MappingType::SYMMETRIC;
+  m->block_size = Shape(block.begin(), block.end());
+  if (a.count("activation_dtype"))
+    m->activation_config = IntxFakeQuantizeConfig::from_attributes(a, "activation_", type);
+  // the tensors must be exactly what from_linear writes for this scheme
+  const Shape blocks = blocks_shape(Shape(shape.begin(), shape.end()), m->block_size, "QuantizedLinear");
+  const Shape code_shape = {shape[0], packed ? (shape[1] + 1) / 2 : shape[1]};
+  const DType code_dtype = packed || !fmt.is_signed ? kUInt8 : kInt8;
+  const auto expect = [&](const char* name, const Shape& s, DType d) -> Tensor {
+    const Tensor x = nn::find_tensor(t, name);
+    LOWBIT_CHECK(x.defined() && x.shape() == s && x.dtype() == d, "{}: tensor '{}' must be {} {}, got {}", type, name,
+                 shape_str(s), dtype_name(d), x.defined() ? detail::desc(x) : "nothing");
+    return x;
+  };
+  m->qdata = m->register_buffer("qdata", expect("qdata", code_shape, code_dtype));
+  m->scale = m->register_buffer("scale", expect("scale", blocks, kFloat32));
+  m->zero_point = m->register_buffer("zero_point", expect("zero_point", blocks, kInt8));
+  const Tensor bias = nn::find_tensor(t, "bias");
+  if (bias.defined()) m->bias = m->register_parameter("bias", expect("bias", {shape[0]}, kFloat32));
+  for (const auto& [name, _] : t)
+    LOWBIT_CHECK(name == "qdata" || name == "scale" || name == "zero_point" || name == "bias",
+                 "{}: unexpected tensor '{}'", type, name);
+  if (!packed) {  // codes one per byte must lie in the format's range
+    const int64_t n = m->qdata.numel();
+    int64_t bad = 0;
+    if (code_dtype == kInt8) {
+      const int8_t* c = m->qdata.data_ptr<int8_t>();
+      for (int64_t i = 0; i < n; ++i) bad += c[i] < fmt.qmin || c[i] > fmt.qmax;
+    } else {
+      const uint8_t* c = m->qdata.data_ptr<uint8_t>();
+      for (int64_t i = 0; i < n; ++i) bad += c[i] > fmt.qmax;
+    }
+    LOWBIT_CHECK(bad == 0, "{}: {} codes outside the {} range [{}, {}]", type, bad, fmt.name, fmt.qmin, fmt.qmax);
+  }
+  return m;
+}
+
+void register_module_types() {
+  nn::register_module_type("QuantizedLinear", [](const nn::Attributes& a, const nn::NamedTensors& t) {
+    return std::static_pointer_cast<nn::Module>(QuantizedLinear::from_attributes(a, t));
+  });
 }
 
 // Whether every zero point is 0 (symmetric weights), cached per zero_point (storage, version).

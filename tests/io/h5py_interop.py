@@ -32,7 +32,7 @@ out = os.path.join(work, "from_lowbit.h5")
 subprocess.run([tool, "write", out], check=True)
 with h5py.File(out, "r") as f:
     assert f.attrs["format"] == "lowbit-checkpoint", f.attrs["format"]
-    assert int(f.attrs["schema_version"]) == 1
+    assert int(f.attrs["schema_version"]) == 2
     assert f.attrs["kind"] == "model"
     for k, (name, shape) in enumerate(NAMES):
         ds = f["model/" + name.replace(".", "/")]

@@ -14,6 +14,7 @@
 
 #include <lowbit/lowbit.h>
 
+#include "golden.h"
 #include "test_util.h"
 
 using namespace lowbit;
@@ -395,4 +396,58 @@ TEST(Checkpoint, KillDuringSaveKeepsPreviousCheckpoint) {
     EXPECT_NO_THROW(io::load_checkpoint(path, *fresh)) << "round " << round;
     EXPECT_TRUE(same_bits(*fresh, *big));
   }
+}
+
+// A model file describes its modules: load_model rebuilds the tree from the file alone (no run
+// config, no model code) -- float layers and a QAT-converted model whose 50-input layer has a
+// ragged last group -- and the rebuilt model computes what the saved one computed, bit for bit.
+TEST(Checkpoint, ModelFilesRebuildThemselves) {
+  Generator g(21);
+  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(50, 32, true, &g), std::make_shared<nn::GELU>("tanh"),
+      std::make_shared<nn::Dropout>(0.25), std::make_shared<nn::LayerNorm>(32, 1e-6),
+      std::make_shared<nn::Linear>(32, 10, false, &g), std::make_shared<nn::SiLU>()});
+  const Tensor x = randn({5, 50}, &g);
+  model->eval();
+  const std::string path = tmp("self_describing.h5");
+  io::export_model(path, *model);  // no config
+  auto back = io::load_model(path);
+  EXPECT_EQ(back->to_string(), model->to_string());
+  EXPECT_FALSE(back->is_training());
+  NoGradGuard ng;
+  std::string where;
+  EXPECT_EQ(lowbit::testing::count_mismatches(back->forward(x), model->forward(x), &where), 0) << where;
+  EXPECT_EQ(io::inspect(path).model_type, "Sequential");
+
+  // QAT prepare -> convert (8da4w, groups of 32: 50 inputs end in a group of 18) -> export
+  auto dyn = std::make_shared<qat::Int8DynamicActivationIntxWeightConfig>();
+  dyn->weight_dtype = "int4";
+  auto q = qat::quantize_(qat::quantize_(model, qat::QATConfig(dyn, "prepare")), qat::QATConfig(dyn, "convert"));
+  q->eval();
+  const std::string qpath = tmp("self_describing_q.h5");
+  io::export_model(qpath, *q);
+  auto qback = io::load_model(qpath);
+  EXPECT_EQ(qback->to_string(), q->to_string());
+  EXPECT_EQ(lowbit::testing::count_mismatches(qback->forward(x), q->forward(x), &where), 0) << where;
+  auto* ql = dynamic_cast<qat::QuantizedLinear*>(qback->get_submodule("0").get());
+  ASSERT_NE(ql, nullptr);
+  EXPECT_EQ(ql->block_size, (Shape{1, 32}));
+  ASSERT_TRUE(ql->activation_config.has_value());
+  EXPECT_EQ(ql->activation_config->to_string(),
+            dynamic_cast<qat::QuantizedLinear*>(q->get_submodule("0").get())->activation_config->to_string());
+  // a file without module types says how to load it instead
+  const std::string old = tmp("no_types.h5");
+  {
+    io::export_model(old, *model);
+    hid_t f = H5Fopen(old.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+    hid_t m = H5Gopen2(f, "/model", H5P_DEFAULT);
+    H5Adelete(m, "module_type");
+    H5Gclose(m);
+    H5Fclose(f);
+    std::ifstream in(old, std::ios::binary);
+    std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    restamp_crc(bytes);
+    std::ofstream(old, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+  }
+  expect_error([&] { io::load_model(old); }, {old, "does not describe its modules"});
 }

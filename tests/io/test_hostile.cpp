@@ -56,6 +56,14 @@ void attr_int(hid_t obj, const char* name, int64_t v) {
   H5Aclose(a);
   H5Sclose(s);
 }
+void attr_ints(hid_t obj, const char* name, const std::vector<int64_t>& v) {
+  const hsize_t n = v.size();
+  hid_t s = H5Screate_simple(1, &n, nullptr);
+  hid_t a = H5Acreate2(obj, name, H5T_STD_I64LE, s, H5P_DEFAULT, H5P_DEFAULT);
+  H5Awrite(a, H5T_NATIVE_INT64, v.data());
+  H5Aclose(a);
+  H5Sclose(s);
+}
 hid_t lcpl() {
   static hid_t p = [] {
     hid_t q = H5Pcreate(H5P_LINK_CREATE);
@@ -90,7 +98,7 @@ cli::RunConfig small_config() {
 // Root attributes of a lowbit model file and the tensors of small_config()'s 784-4-10 MLP.
 void valid_root(hid_t f, const std::string& config = small_config().to_toml(), const std::string& kind = "model") {
   attr_str(f, "format", "lowbit-checkpoint");
-  attr_int(f, "schema_version", 1);
+  attr_int(f, "schema_version", 2);
   attr_str(f, "kind", kind);
   attr_str(f, "config", config);
 }
@@ -240,25 +248,128 @@ std::vector<Case> cases() {
     attrs(g);
     H5Gclose(g);
   };
-  // a quantized group whose attributes are crafted: string attributes, and quant_scheme as an int
-  auto quantized = [quant_group](std::vector<std::pair<const char*, std::string>> strings, bool int_scheme = false) {
-    return [quant_group, strings, int_scheme](hid_t f) {
+  // a quantized group whose attributes are crafted: strings, integer lists, quant_scheme as an int
+  auto quantized = [quant_group](std::vector<std::pair<const char*, std::string>> strings,
+                                 std::vector<std::pair<const char*, std::vector<int64_t>>> lists = {},
+                                 bool int_scheme = false) {
+    return [quant_group, strings, lists, int_scheme](hid_t f) {
       quant_group(f, [&](hid_t g) {
         if (int_scheme) attr_int(g, "quant_scheme", 7);
         for (const auto& [k, v] : strings) attr_str(g, k, v);
+        for (const auto& [k, v] : lists) attr_ints(g, k, v);
       });
     };
   };
-  c.push_back({"quantized_missing_dtype", quantized({{"quant_scheme", "8da4w"}}), "missing attribute 'dtype'",
-               "missing attribute 'dtype'", false});
+  c.push_back({"quantized_schema_1",
+               [quantized](hid_t f) {
+                 quantized({{"quant_scheme", "8da4w"}, {"dtype", "int4"}, {"shape", "[4, 784]"}})(f);
+                 H5Adelete(f, "schema_version");
+                 attr_int(f, "schema_version", 1);
+               },
+               "schema version 1's attribute layout", "schema version 1's attribute layout", false});
+  c.push_back({"quantized_missing_format", quantized({{"quant_scheme", "intx_affine"}}),
+               "missing attribute 'weight_format'", "missing attribute 'weight_format'", false});
+  c.push_back({"quantized_nonstring_scheme", quantized({{"weight_format", "int4"}}, {}, true), "not a string",
+               "not a string", false});
+  c.push_back({"quantized_shape_as_text",
+               quantized({{"quant_scheme", "intx_affine"}, {"weight_format", "int4"}, {"shape", "[4, 784]"}}),
+               "must be a list of 1 to 64 integers", "must be a list of 1 to 64 integers", false});
   c.push_back(
-      {"quantized_nonstring_scheme", quantized({{"dtype", "int4"}}, true), "not a string", "not a string", false});
-  c.push_back({"quantized_shape_overflow",
-               quantized({{"quant_scheme", "8da4w"}, {"dtype", "int4"}, {"shape", "[99999999999999999999999, 784]"}}),
-               "impossible dimension", "impossible dimension", false});
+      {"quantized_shape_overflow",
+       quantized({{"quant_scheme", "intx_affine"}, {"weight_format", "int4"}}, {{"shape", {int64_t{1} << 45, 784}}}),
+       "not a plausible shape", "not a plausible shape", false});
   c.push_back({"quantized_shape_claims_too_much",
-               quantized({{"quant_scheme", "8da4w"}, {"dtype", "int4"}, {"shape", "[4000000, 7840]"}}), "claims",
-               "claims", false});
+               quantized({{"quant_scheme", "intx_affine"}, {"weight_format", "int4"}}, {{"shape", {4000000, 7840}}}),
+               "claims", "claims", false});
+  // files that describe their modules (module_type on every group): lowbit eval and convert
+  // rebuild the model from them, and every lie is refused by the factory that reads it
+  auto described = [](std::function<void(hid_t)> tweak, bool quantized_first = false) {
+    return [tweak, quantized_first](hid_t f) {
+      valid_root(f);
+      valid_model(f, quantized_first);
+      hid_t m = H5Gopen2(f, "/model", H5P_DEFAULT);
+      attr_str(m, "module_type", "Sequential");
+      H5Gclose(m);
+      hid_t relu = H5Gcreate2(f, "/model/1", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+      H5Gclose(relu);
+      const char* types[] = {quantized_first ? "QuantizedLinear" : "Linear", "ReLU", "Linear"};
+      for (int i = 0; i < 3; ++i) {
+        hid_t g = H5Gopen2(f, ("/model/" + std::to_string(i)).c_str(), H5P_DEFAULT);
+        attr_str(g, "module_type", types[i]);
+        attr_int(g, "module_index", i);
+        H5Gclose(g);
+      }
+      tweak(f);
+    };
+  };
+  auto on_group = [](const char* path, std::function<void(hid_t)> fn) {
+    return [path, fn](hid_t f) {
+      hid_t g = H5Gopen2(f, path, H5P_DEFAULT);
+      fn(g);
+      H5Gclose(g);
+    };
+  };
+  c.push_back({"module_type_unknown",
+               described(on_group("/model/1",
+                                  [](hid_t g) {
+                                    H5Adelete(g, "module_type");
+                                    attr_str(g, "module_type", "Evil");
+                                  })),
+               "unknown module type 'Evil'", "", false});
+  c.push_back({"module_index_missing", described(on_group("/model/2", [](hid_t g) { H5Adelete(g, "module_index"); })),
+               "has no 'module_index' attribute", "", false});
+  c.push_back({"module_index_duplicated",
+               described(on_group("/model/2",
+                                  [](hid_t g) {
+                                    H5Adelete(g, "module_index");
+                                    attr_int(g, "module_index", 1);
+                                  })),
+               "are not numbered 0..2", "", false});
+  c.push_back({"module_group_without_type", described([](hid_t f) {
+                 hid_t g = H5Gcreate2(f, "/model/3", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+                 attr_int(g, "module_index", 3);
+                 H5Gclose(g);
+               }),
+               "has no 'module_type' attribute", "", false});
+  c.push_back({"module_linear_of_integers", described([](hid_t f) {
+                 H5Ldelete(f, "/model/2/weight", H5P_DEFAULT);
+                 dataset(f, "/model/2/weight", {10, 4}, H5P_DEFAULT, true, "int32", H5T_STD_I32LE);
+               }),
+               "tensor 'weight' must be floating", "", false});
+  c.push_back({"module_dropout_p", described([](hid_t f) {
+                 hid_t g = H5Gcreate2(f, "/model/3", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT);
+                 attr_str(g, "module_type", "Dropout");
+                 attr_int(g, "module_index", 3);
+                 attr_int(g, "p", 5);
+                 H5Gclose(g);
+               }),
+               "attribute 'p' must be a float, got an integer", "", false});
+  // a quantized module whose attributes and tensors disagree
+  auto quantized_module = [](std::vector<int64_t> shape, std::vector<int64_t> codes_shape, const char* format) {
+    return [shape, codes_shape, format](hid_t f) {
+      hid_t g = H5Gopen2(f, "/model/0", H5P_DEFAULT);
+      for (const auto& [k, v] : std::vector<std::pair<const char*, std::string>>{{"quant_scheme", "intx_affine"},
+                                                                                 {"weight_format", format},
+                                                                                 {"mapping_type", "SYMMETRIC"},
+                                                                                 {"zero_point_domain", "INT"},
+                                                                                 {"packing", "nibbles"},
+                                                                                 {"nibble_order", "low_first"},
+                                                                                 {"scale_dtype", "float32"}})
+        attr_str(g, k, v);
+      attr_int(g, "bits", 4);
+      attr_ints(g, "shape", shape);
+      attr_ints(g, "block_size", {1, 32});
+      H5Gclose(g);
+      dataset(f, "/model/0/qdata", {static_cast<hsize_t>(codes_shape[0]), static_cast<hsize_t>(codes_shape[1])},
+              H5P_DEFAULT, true, "uint8", H5T_STD_U8LE);
+      dataset(f, "/model/0/scale", {4, 25});
+      dataset(f, "/model/0/zero_point", {4, 25}, H5P_DEFAULT, true, "int8", H5T_STD_I8LE);
+    };
+  };
+  c.push_back({"module_quantized_codes_too_short", described(quantized_module({4, 784}, {4, 100}, "int4"), true),
+               "tensor 'qdata' must be [4, 392] uint8, got [4, 100] uint8", "", false});
+  c.push_back({"module_quantized_bits_lie", described(quantized_module({4, 784}, {4, 392}, "int8"), true),
+               "bits 4 does not match weight_format int8", "", false});
   c.push_back({"dtype_attribute_lies",
                [](hid_t f) {
                  valid_root(f);
@@ -414,7 +525,15 @@ TEST(HostileFiles, LibraryRefusesEachClassByName) {
       }
     } else {
       // the converter rebuilds the model from the file: it must refuse too, and write nothing
-      EXPECT_NE(conv_err.find(c.load_error), std::string::npos) << conv_err;
+      // (files of quantized modules it refuses earlier, as already quantized)
+      const bool quantized_file = c.name.rfind("module_quantized", 0) == 0;
+      EXPECT_NE(conv_err.find(quantized_file ? "the model is already quantized" : c.load_error), std::string::npos)
+          << conv_err;
+      if (c.name.rfind("module_", 0) == 0) {  // files that describe their modules: load_model refuses them
+        const std::string model_err = error_of([&] { io::load_model(path); });
+        EXPECT_NE(model_err.find(c.load_error), std::string::npos) << model_err;
+        EXPECT_EQ(model_err.rfind(path, 0), 0u) << "errors name the file: " << model_err;
+      }
       EXPECT_FALSE(fs::exists(conv_out)) << "convert wrote a file for a refused input";
       if (c.float_load_names_it) EXPECT_NE(load_err.find(c.load_error), std::string::npos) << load_err;
     }
