@@ -8,6 +8,7 @@
 #include "lowbit/autograd/ops.h"
 #include "lowbit/autograd/parallel.h"
 #include "lowbit/autograd/tensor.h"
+#include "lowbit/core/blocks.h"
 #include "lowbit/core/format.h"
 #include "lowbit/core/scale.h"
 #include "lowbit/data/dataset.h"

@@ -16,11 +16,9 @@
 namespace lowbit::optim {
 
 namespace {
-// elementwise updates: large tensors split over the threads on 16-element boundaries
-template <typename F>
-void parallel_range(int64_t n, F&& fn) {
-  detail::parallel_for(n, 65536, std::forward<F>(fn), 16);
-}
+// elementwise updates: tensors of at least kGrain elements split over the threads (the engine's
+// detail::parallel_for) on kAlign-element boundaries, so each thread's vector loop stays aligned
+constexpr int64_t kGrain = 65536, kAlign = 16;
 void check_param(const Tensor& p, const char* opt) {
   LOWBIT_CHECK(p.defined() && p.dtype() == kFloat32, "{}: parameters must be float32 tensors, got {}", opt,
                p.defined() ? dtype_name(p.dtype()) : "undefined");
@@ -160,18 +158,21 @@ void SGD::step() {
         if (!b.defined()) b = empty(p.shape());
         buf = b.data_ptr<float>();
       }
-      parallel_range(p.numel(), [&](int64_t s, int64_t e) {
+      detail::parallel_for(
+          p.numel(), kGrain,
+          [&](int64_t s, int64_t e) {
 #pragma omp simd
-        for (int64_t i = s; i < e; ++i) {
-          float d = maximize ? -gr[i] : gr[i];
-          if (wd != 0.0f) d = d + wd * w[i];
-          if (buf) {
-            buf[i] = first ? d : buf[i] * mom + damp * d;
-            d = nesterov ? d + mom * buf[i] : buf[i];
-          }
-          w[i] = w[i] - lr * d;
-        }
-      });
+            for (int64_t i = s; i < e; ++i) {
+              float d = maximize ? -gr[i] : gr[i];
+              if (wd != 0.0f) d = d + wd * w[i];
+              if (buf) {
+                buf[i] = first ? d : buf[i] * mom + damp * d;
+                d = nesterov ? d + mom * buf[i] : buf[i];
+              }
+              w[i] = w[i] - lr * d;
+            }
+          },
+          kAlign);
     }
   }
 }
@@ -233,38 +234,41 @@ void Adam::step() {
       float* m = m_t.data_ptr<float>();
       float* v = v_t.data_ptr<float>();
       float* vmax = amsgrad ? st.tensors["max_exp_avg_sq"].data_ptr<float>() : nullptr;
-      parallel_range(p.numel(), [&](int64_t s, int64_t e) {
-        if (vmax) {
-          for (int64_t i = s; i < e; ++i) {
-            float gi = maximize ? -gr[i] : gr[i];
-            if (decoupled)
-              w[i] = w[i] * decay;
-            else if (wd_f != 0.0f)
-              gi = gi + wd_f * w[i];
-            m[i] = m[i] + w1 * (gi - m[i]);
-            v[i] = v[i] * b2f + w2 * gi * gi;
-            vmax[i] = std::max(vmax[i], v[i]);
-            const float denom = std::sqrt(vmax[i]) / bc2s + eps_f;
-            w[i] = w[i] + neg_step * (m[i] / denom);
-          }
-          return;
-        }
+      detail::parallel_for(
+          p.numel(), kGrain,
+          [&](int64_t s, int64_t e) {
+            if (vmax) {
+              for (int64_t i = s; i < e; ++i) {
+                float gi = maximize ? -gr[i] : gr[i];
+                if (decoupled)
+                  w[i] = w[i] * decay;
+                else if (wd_f != 0.0f)
+                  gi = gi + wd_f * w[i];
+                m[i] = m[i] + w1 * (gi - m[i]);
+                v[i] = v[i] * b2f + w2 * gi * gi;
+                vmax[i] = std::max(vmax[i], v[i]);
+                const float denom = std::sqrt(vmax[i]) / bc2s + eps_f;
+                w[i] = w[i] + neg_step * (m[i] / denom);
+              }
+              return;
+            }
 #pragma omp simd
-        for (int64_t i = s; i < e; ++i) {
-          float gi = maximize ? -gr[i] : gr[i];
-          float wi = w[i];
-          if (decoupled)
-            wi = wi * decay;
-          else
-            gi = gi + wd_f * wi;
-          const float mi = m[i] + w1 * (gi - m[i]);
-          const float vi = v[i] * b2f + w2 * gi * gi;
-          m[i] = mi;
-          v[i] = vi;
-          const float denom = std::sqrt(vi) / bc2s + eps_f;
-          w[i] = wi + neg_step * (mi / denom);
-        }
-      });
+            for (int64_t i = s; i < e; ++i) {
+              float gi = maximize ? -gr[i] : gr[i];
+              float wi = w[i];
+              if (decoupled)
+                wi = wi * decay;
+              else
+                gi = gi + wd_f * wi;
+              const float mi = m[i] + w1 * (gi - m[i]);
+              const float vi = v[i] * b2f + w2 * gi * gi;
+              m[i] = mi;
+              v[i] = vi;
+              const float denom = std::sqrt(vi) / bc2s + eps_f;
+              w[i] = wi + neg_step * (mi / denom);
+            }
+          },
+          kAlign);
     }
   }
 }

@@ -1,0 +1,76 @@
+// The block iterator every quantizer uses: a block size (torchao's block_size, one entry per
+// dimension; what a granularity gives for a shape) splits a tensor into blocks that share a
+// scale, and the blocks are visited either as runs of consecutive elements (per-tensor,
+// per-token, per-row, per-group along the last dim: the fast path) or element by element with
+// a strided indexer. A block size that does not divide a dimension ends it in a shorter
+// (ragged) block.
+#pragma once
+#include <algorithm>
+#include <cstdint>
+#include <vector>
+
+#include "lowbit/autograd/error.h"
+#include "lowbit/autograd/kernel.h"
+
+namespace lowbit::core {
+
+/// Blocks per dimension: ceil(shape / block). Throws naming op on a rank mismatch or a
+/// non-positive block size.
+Shape blocks_shape(const Shape& shape, const Shape& block, const char* op);
+
+/// Maps each element of a tensor of `shape` to its block index (row-major over blocks_shape).
+struct BlockIndexer {
+  Shape shape, block, nblocks;
+  std::vector<int64_t> bstride;
+  BlockIndexer(const Shape& s, const Shape& b, const char* op) : shape(s), block(b), nblocks(blocks_shape(s, b, op)) {
+    bstride.assign(s.size(), 1);
+    for (int64_t i = static_cast<int64_t>(s.size()) - 2; i >= 0; --i) bstride[i] = bstride[i + 1] * nblocks[i + 1];
+  }
+  template <typename F>
+  void for_each(F&& f) const {  // f(element index, block index)
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    const int64_t nd = static_cast<int64_t>(shape.size());
+    std::vector<int64_t> idx(nd, 0);
+    for (int64_t e = 0; e < n; ++e) {
+      int64_t b = 0;
+      for (int64_t d = 0; d < nd; ++d) b += (idx[d] / block[d]) * bstride[d];
+      f(e, b);
+      for (int64_t d = nd - 1; d >= 0; --d) {
+        if (++idx[d] < shape[d]) break;
+        idx[d] = 0;
+      }
+    }
+  }
+};
+
+/// The fast layout: blocks that are runs of consecutive elements in row-major order --
+/// block_size is 1 before some dim k, any size at k, the full extent after k. Along k the last
+/// block may be shorter. contiguous = false: use BlockIndexer.
+struct Runs {
+  bool contiguous = false;
+  int64_t count = 0;    // blocks
+  int64_t max_len = 0;  // elements of a full block
+  int64_t extent = 1, step = 1, inner = 1, per_outer = 1;
+  int64_t start(int64_t b) const { return ((b / per_outer) * extent + (b % per_outer) * step) * inner; }
+  int64_t len(int64_t b) const { return std::min(step, extent - (b % per_outer) * step) * inner; }
+};
+Runs block_runs(const Shape& shape, const Shape& block);
+
+/// Blocks per thread task for runs of `len` elements: about 32 Ki elements per task.
+inline int64_t grain_for(int64_t len) { return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(len, 1)); }
+
+/// put(element, block) over every element: runs in parallel when the blocks are runs, else the
+/// strided indexer (serially).
+template <typename F>
+void for_each_element(const BlockIndexer& bi, const Runs& runs, F&& put) {
+  if (!runs.contiguous) return bi.for_each(put);
+  detail::parallel_for(runs.count, grain_for(runs.max_len), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t o = runs.start(b), n = runs.len(b);
+      for (int64_t e = o; e < o + n; ++e) put(e, b);
+    }
+  });
+}
+
+}  // namespace lowbit::core

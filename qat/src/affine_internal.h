@@ -1,0 +1,136 @@
+// Internals of the affine primitives (not installed): scalar helpers, the run kernels and the
+// bfloat16 path, shared by affine.cpp (the public ops), affine_runs.cpp (float32 kernels, the
+// straight-through backward, argument checks) and affine_bf16.cpp (torchao's bf16 arithmetic).
+// Blocks come from core/blocks.h.
+#pragma once
+#include <cmath>
+#include <limits>
+#include <optional>
+
+#include "lowbit/autograd/autograd.h"
+#include "lowbit/core/blocks.h"
+#include "lowbit/qat/affine.h"
+
+namespace lowbit::qat::affine_detail {
+
+using core::block_runs;
+using core::BlockIndexer;
+using core::for_each_element;
+using core::grain_for;
+using core::Runs;
+
+// float -> int32 as x86's cvttss2si (and PyTorch's CPU casts): NaN and out-of-range give INT32_MIN.
+inline int32_t to_int32(float v) {
+  if (!(v >= -2147483648.0f && v < 2147483648.0f)) return std::numeric_limits<int32_t>::min();
+  return static_cast<int32_t>(v);
+}
+// round half to even in float32
+inline float rne(float v) { return std::nearbyint(v); }
+inline float fmin_nan(float a, float b) {
+  return (a != a || b != b) ? std::numeric_limits<float>::quiet_NaN() : (a < b ? a : b);
+}
+inline float fmax_nan(float a, float b) {
+  return (a != a || b != b) ? std::numeric_limits<float>::quiet_NaN() : (a > b ? a : b);
+}
+inline float clamp_f(float v, float lo, float hi) { return v != v ? v : (v < lo ? lo : (v > hi ? hi : v)); }
+
+struct MinMax {
+  float mn, mx;
+};
+struct QParams {
+  float scale, zero_point;  // zero_point before the integer cast
+};
+struct MixedFlags {
+  bool xb, sb, zint;
+};
+
+// ---- argument checks and per-element arithmetic (affine_runs.cpp) ----
+void check_input(const Tensor& x, const char* op);
+void check_range(int64_t qmin, int64_t qmax, const char* op);
+void check_qparams(const Tensor& scale, const Tensor& zp, const Shape& nblocks, ZeroPointDomain domain, const char* op);
+void check_choose_args(const Tensor& x, MappingType mapping, int64_t qmin, int64_t qmax, ZeroPointDomain domain,
+                       DType zp_dtype, const char* op);
+float zp_at(const Tensor& zp, ZeroPointDomain domain, int64_t b);
+float eps_value(std::optional<double> eps_opt);
+// The float code before the integer cast, for every domain (torchao l.481/538/602).
+float quantize_one(float x, float scale, float zp, float qmin, float qmax, ZeroPointDomain domain);
+float dequantize_one(float q, float scale, float zp, float qmin, float qmax, ZeroPointDomain domain);
+
+// ---- run kernels (affine_runs.cpp; the templates here) ----
+// min and max of a run; NaN (both) when any element is NaN, as torch.aminmax.
+MinMax run_minmax(const float* x, int64_t n);
+// torchao's scale / zero point of one block from its min and max, in float32.
+QParams qparams_from_minmax(MinMax m, MappingType mapping, float fqmin, float fqmax, int64_t qmin, int64_t qmax,
+                            float eps, ZeroPointDomain domain);
+void store_qparams(const QParams& p, int64_t b, float* sp, Tensor& zp);
+// Fake-quantizes a run sharing one (scale, zero point): y, and the straight-through mask (1 where
+// the rounded code was inside [qmin, qmax]). Vectorized for the INT and NONE domains.
+template <ZeroPointDomain D>
+inline void fq_run(const float* __restrict x, int64_t n, float s, float z, float fqmin, float fqmax,
+                   float* __restrict y, uint8_t* __restrict m) {
+  if constexpr (D == ZeroPointDomain::FLOAT) {
+    const float min_val = z - s * std::floor((fqmax + fqmin + 1.0f) / 2.0f);
+    for (int64_t i = 0; i < n; ++i) {
+      const float u = rne((x[i] - min_val) / s);
+      m[i] = u >= fqmin && u <= fqmax;
+      y[i] = dequantize_one(clamp_f(u, fqmin, fqmax), s, z, fqmin, fqmax, D);
+    }
+  } else {
+    const float inv = 1.0f / s;
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) {
+      float q = std::nearbyint(x[i] * inv);
+      if constexpr (D == ZeroPointDomain::INT) q = q + z;
+      m[i] = static_cast<uint8_t>((q >= fqmin) & (q <= fqmax));  // no short-circuit: keeps the loop vectorizable
+      float c = q < fqmin ? fqmin : q;                           // NaN stays NaN
+      c = c > fqmax ? fqmax : c;
+      y[i] = D == ZeroPointDomain::INT ? (c - z) * s : c * s;
+    }
+  }
+}
+void fq_run(ZeroPointDomain d, const float* x, int64_t n, float s, float z, float fqmin, float fqmax, float* y,
+            uint8_t* m);
+// Codes of a run for the INT / NONE domains (z = 0), vectorized: the float code is clamped, then
+// converted as the CPU cast does (NaN -> INT32_MIN) and truncated to the 8-bit container.
+template <typename T>
+inline void q_run(const float* __restrict x, int64_t n, float s, float z, float fqmin, float fqmax, T* __restrict out) {
+  const float inv = 1.0f / s;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    float c = std::nearbyint(x[i] * inv) + z;
+    c = c < fqmin ? fqmin : c;
+    c = c > fqmax ? fqmax : c;
+    const int32_t v = c == c ? static_cast<int32_t>(c) : std::numeric_limits<int32_t>::min();
+    out[i] = static_cast<T>(v & 0xff);
+  }
+}
+// where(mask, g * s, 0) * (1 / s) over a run
+void ste_run(const float* g, const uint8_t* m, int64_t n, float s, float* out);
+// Records the straight-through backward of a float32 fake quantization (torchao's autograd).
+void record_fq_backward(Tensor& y, const Tensor& x, const Tensor& mask, const Tensor& scale, const Shape& block);
+
+// ---- bfloat16: torchao computes in the tensors' own dtypes and torch rounds every bf16 op result
+// (the op itself runs in float32); mixed bf16 x float32 operands promote to float32 (spec §0).
+inline float rb(float v) { return static_cast<float>(BFloat16(v)); }
+inline float rnd(float v, bool bf) { return bf ? rb(v) : v; }
+inline bool is_bf(const Tensor& t) { return t.defined() && t.dtype() == kBFloat16; }
+inline float fval(const Tensor& t, int64_t i) {
+  return t.dtype() == kBFloat16 ? static_cast<float>(t.data_ptr<BFloat16>()[i]) : t.data_ptr<float>()[i];
+}
+inline void fset(Tensor& t, int64_t i, float v) {
+  if (t.dtype() == kBFloat16)
+    t.data_ptr<BFloat16>()[i] = BFloat16(v);
+  else
+    t.data_ptr<float>()[i] = v;
+}
+// ---- bfloat16 arithmetic (affine_bf16.cpp) ----
+QParams qparams_bf16(MinMax m, MappingType mapping, float fqmin, float fqmax, int64_t qmin, int64_t qmax, float eps,
+                     ZeroPointDomain domain);
+float q_mixed(float x, float s, float z, MixedFlags f, ZeroPointDomain domain, float* unclamped);
+float dq_mixed(float c, float s, float z, bool ob_bf, bool sb, ZeroPointDomain domain);
+void check_no_float_domain_bf16(ZeroPointDomain domain, const char* op);
+// fake_quantize_affine with bfloat16 operands (output in x's dtype, torch's bf16 gradient)
+Tensor fake_quantize_mixed(const Tensor& x, const BlockIndexer& bi, const Shape& block_size, const Tensor& scale,
+                           const Tensor& zp, int64_t qmin, int64_t qmax, ZeroPointDomain domain);
+
+}  // namespace lowbit::qat::affine_detail

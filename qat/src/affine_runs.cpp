@@ -1,0 +1,164 @@
+// The float32 run kernels of the affine primitives, their straight-through backward and the
+// argument checks (see affine_internal.h).
+#include <algorithm>
+
+#include "affine_internal.h"
+#include "lowbit/autograd/kernel.h"
+
+namespace lowbit::qat::affine_detail {
+
+void check_input(const Tensor& x, const char* op) {
+  LOWBIT_CHECK(x.defined() && (x.dtype() == kFloat32 || x.dtype() == kBFloat16),
+               "{}: input must be float32 or bfloat16, got {}", op, x.defined() ? detail::desc(x) : "undefined");
+}
+void check_range(int64_t qmin, int64_t qmax, const char* op) {
+  LOWBIT_CHECK(qmin < qmax, "{}: quant_min ({}) must be below quant_max ({})", op, qmin, qmax);
+}
+void check_qparams(const Tensor& scale, const Tensor& zp, const Shape& nblocks, ZeroPointDomain domain,
+                   const char* op) {
+  LOWBIT_CHECK(scale.defined() && (scale.dtype() == kFloat32 || scale.dtype() == kBFloat16) &&
+                   scale.numel() == detail::numel_of(nblocks),
+               "{}: scale must be float32 or bfloat16 with one value per block ({} blocks of shape {}), got {}", op,
+               detail::numel_of(nblocks), shape_str(nblocks), scale.defined() ? detail::desc(scale) : "undefined");
+  if (domain == ZeroPointDomain::NONE) return;
+  const bool ok_dtype =
+      zp.defined() && (zp.dtype() == kFloat32 || (domain == ZeroPointDomain::INT && zp.dtype() == kInt32));
+  LOWBIT_CHECK(ok_dtype && zp.numel() == scale.numel(),
+               "{}: zero_point must be {} with {} values for domain {}, got {}", op,
+               domain == ZeroPointDomain::INT ? "int32 or float32" : "float32", scale.numel(), to_string(domain),
+               zp.defined() ? detail::desc(zp) : "undefined");
+}
+float zp_at(const Tensor& zp, ZeroPointDomain domain, int64_t b) {
+  if (domain == ZeroPointDomain::NONE) return 0.0f;
+  if (zp.dtype() == kFloat32) return zp.data_ptr<float>()[b];
+  return static_cast<float>(zp.data_ptr<int32_t>()[b]);
+}
+
+// The float code before the integer cast, for every domain (torchao l.481/538/602).
+float quantize_one(float x, float scale, float zp, float qmin, float qmax, ZeroPointDomain domain) {
+  if (domain == ZeroPointDomain::FLOAT) {
+    const float mid = (qmax + qmin + 1.0f) / 2.0f;  // exact for the small ranges used
+    const float min_val = zp - scale * std::floor(mid);
+    return clamp_f(rne((x - min_val) / scale), qmin, qmax);
+  }
+  const float inv = 1.0f / scale;
+  float q = rne(x * inv);
+  if (domain == ZeroPointDomain::INT) q = q + zp;
+  return clamp_f(q, qmin, qmax);
+}
+float dequantize_one(float q, float scale, float zp, float qmin, float qmax, ZeroPointDomain domain) {
+  if (domain == ZeroPointDomain::FLOAT) return (q - std::floor((qmax + qmin + 1.0f) / 2.0f)) * scale + zp;
+  if (domain == ZeroPointDomain::NONE) return q * scale;
+  return (q - zp) * scale;
+}
+
+// min and max of a run; NaN (both) when any element is NaN, as torch.aminmax.
+MinMax run_minmax(const float* x, int64_t n) {
+  float mn = std::numeric_limits<float>::infinity(), mx = -std::numeric_limits<float>::infinity();
+  int nan = 0;
+#pragma omp simd reduction(min : mn) reduction(max : mx) reduction(| : nan)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    mn = v < mn ? v : mn;
+    mx = v > mx ? v : mx;
+    nan |= v != v;
+  }
+  if (nan) return {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::quiet_NaN()};
+  return {mn, mx};
+}
+
+// torchao's scale / zero point of one block from its min and max, in float32.
+QParams qparams_from_minmax(MinMax m, MappingType mapping, float fqmin, float fqmax, int64_t qmin, int64_t qmax,
+                            float eps, ZeroPointDomain domain) {
+  float s, z;
+  if (domain == ZeroPointDomain::FLOAT) {  // tinygemm: raw min/max, zp = min + scale * mid
+    s = fmax_nan((m.mx - m.mn) / static_cast<float>(qmax - qmin), eps);
+    s = s != s ? s : std::max(s, eps);
+    return {s, m.mn + s * static_cast<float>((qmax + qmin + 1) / 2)};
+  }
+  const float min_neg = fmin_nan(m.mn, 0.0f), max_pos = fmax_nan(m.mx, 0.0f);
+  if (mapping == MappingType::SYMMETRIC || mapping == MappingType::SYMMETRIC_NO_CLIPPING_ERR) {
+    if (mapping == MappingType::SYMMETRIC) {
+      const float amax = fmax_nan(-min_neg, max_pos);
+      s = amax / static_cast<float>(static_cast<double>(qmax - qmin) / 2.0);
+    } else {
+      const float smin = min_neg / fqmin, smax = max_pos / fqmax;
+      s = smin > smax ? smin : smax;
+    }
+    z = static_cast<float>((qmax + qmin + 1) / 2);
+    s = s != s ? s : std::max(s, eps);
+  } else {
+    s = (max_pos - min_neg) / static_cast<float>(qmax - qmin);
+    s = s != s ? s : std::max(s, eps);
+    z = clamp_f(fqmin - rne(min_neg / s), fqmin, fqmax);
+  }
+  if (domain == ZeroPointDomain::NONE) z = 0.0f;
+  return {s, z};
+}
+
+void store_qparams(const QParams& p, int64_t b, float* sp, Tensor& zp) {
+  sp[b] = p.scale;
+  if (zp.dtype() == kFloat32)
+    zp.data_ptr<float>()[b] = p.zero_point;
+  else
+    zp.data_ptr<int32_t>()[b] = to_int32(p.zero_point);
+}
+
+void fq_run(ZeroPointDomain d, const float* x, int64_t n, float s, float z, float fqmin, float fqmax, float* y,
+            uint8_t* m) {
+  switch (d) {
+    case ZeroPointDomain::INT: return fq_run<ZeroPointDomain::INT>(x, n, s, z, fqmin, fqmax, y, m);
+    case ZeroPointDomain::FLOAT: return fq_run<ZeroPointDomain::FLOAT>(x, n, s, z, fqmin, fqmax, y, m);
+    case ZeroPointDomain::NONE: return fq_run<ZeroPointDomain::NONE>(x, n, s, z, fqmin, fqmax, y, m);
+  }
+}
+
+// where(mask, g * s, 0) * (1 / s) over a run
+void ste_run(const float* __restrict g, const uint8_t* __restrict m, int64_t n, float s, float* __restrict out) {
+  const float inv = 1.0f / s;
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = (m[i] ? g[i] * s : 0.0f) * inv;
+}
+
+// Autograd through torchao's ops gives where(mask, g * scale, 0) * (1 / scale) in float32 (clamp's
+// backward selects, then the x * (1/scale) backward multiplies), which is not always g and is NaN
+// for every element of a block whose scale is NaN or inf: reproduce it.
+void record_fq_backward(Tensor& y, const Tensor& x, const Tensor& mask, const Tensor& scale, const Shape& block) {
+  if (!detail::any_requires_grad({&x})) return;
+  const Tensor s = scale.detach();
+  detail::record(y, "FakeQuantizeAffineBackward0", {x}, [mask, s, block](const Tensor& g_in) {
+    const Tensor g = g_in.to(kFloat32);
+    Tensor gx = empty(g.shape(), kFloat32);
+    const float* gp = g.data_ptr<float>();
+    const uint8_t* mp = mask.data_ptr<uint8_t>();
+    const float* sp = s.data_ptr<float>();
+    float* op = gx.data_ptr<float>();
+    if (const Runs runs = block_runs(g.shape(), block); runs.contiguous) {
+      detail::parallel_for(runs.count, grain_for(runs.max_len), [&](int64_t b0, int64_t b1) {
+        for (int64_t b = b0; b < b1; ++b) {
+          const int64_t o = runs.start(b);
+          ste_run(gp + o, mp + o, runs.len(b), sp[b], op + o);
+        }
+      });
+    } else {
+      BlockIndexer bi(g.shape(), block, "fake_quantize_affine backward");
+      bi.for_each([&](int64_t e, int64_t b) { op[e] = (mp[e] != 0 ? gp[e] * sp[b] : 0.0f) * (1.0f / sp[b]); });
+    }
+    return std::vector<Tensor>{gx};
+  });
+}
+
+float eps_value(std::optional<double> eps_opt) {
+  return static_cast<float>(eps_opt ? *eps_opt : static_cast<double>(std::numeric_limits<float>::min()));
+}
+void check_choose_args(const Tensor& x, MappingType mapping, int64_t qmin, int64_t qmax, ZeroPointDomain domain,
+                       DType zp_dtype, const char* op) {
+  check_input(x, op);
+  check_range(qmin, qmax, op);
+  LOWBIT_CHECK(domain != ZeroPointDomain::FLOAT || mapping == MappingType::ASYMMETRIC,
+               "{}: the FLOAT zero-point domain (tinygemm) is asymmetric only, got {}", op, to_string(mapping));
+  LOWBIT_CHECK(zp_dtype == kInt32 || zp_dtype == kFloat32, "{}: zero_point_dtype must be int32 or float32, got {}", op,
+               dtype_name(zp_dtype));
+}
+
+}  // namespace lowbit::qat::affine_detail
