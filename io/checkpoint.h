@@ -44,6 +44,9 @@ struct TrainingState {
   int64_t scheduler_last_epoch = -1;      // -1: no scheduler
   std::string scheduler_name;
   std::string config_toml;  // the run's resolved config
+  // The training phase the checkpoint was taken in: "train", or "qat" (the model was prepared
+  // for QAT: a resume prepares it the same way before loading). Files without it: "train".
+  std::string phase = "train";
 };
 
 struct SaveOptions {

@@ -95,6 +95,15 @@ class Module : public std::enable_shared_from_this<Module> {
 
  protected:
   void add_child(const std::string& name, std::shared_ptr<Module> m);
+  /// The direct child named `name` (throws if absent). Forwards that call their children through
+  /// it see replacements made by replace_module (QAT prepare / convert swap modules in place).
+  Module& child(const std::string& name) const;
+  /// Called after replace_module put `child` in place of this module's direct child `name`:
+  /// modules with typed members pointing at children update them here.
+  virtual void on_child_replaced(const std::string& name, const std::shared_ptr<Module>& child) {
+    (void)name;
+    (void)child;
+  }
   bool training_ = true;
 
  private:

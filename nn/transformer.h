@@ -4,6 +4,10 @@
 
 namespace lowbit::nn {
 
+// Forwards call their children through the module tree, so QAT prepare / convert (which swap
+// children with replace_module) take effect; the typed members follow a swap when the new child
+// has their type (FakeQuantizedLinear is a Linear) and become null otherwise (QuantizedLinear).
+
 /// x (B, T, C) -> (B, T, C). qkv = Linear(C, 3C); heads split C; proj = Linear(C, C).
 class CausalSelfAttention : public Module {
  public:
@@ -16,6 +20,9 @@ class CausalSelfAttention : public Module {
   double dropout_p;
   bool causal;
   std::shared_ptr<Linear> qkv, proj;
+
+ protected:
+  void on_child_replaced(const std::string& name, const std::shared_ptr<Module>& child) override;
 };
 
 /// Pre-norm block: x + attn(ln1(x)), then x + mlp(ln2(x)); mlp = Linear(C, ff) · GELU · Linear(ff, C).
@@ -29,6 +36,9 @@ class TransformerBlock : public Module {
   std::shared_ptr<CausalSelfAttention> attn;
   std::shared_ptr<Sequential> mlp;
   std::shared_ptr<Dropout> drop;
+
+ protected:
+  void on_child_replaced(const std::string& name, const std::shared_ptr<Module>& child) override;
 };
 
 struct GPTConfig {
@@ -57,6 +67,9 @@ class GPT : public Module {
   std::shared_ptr<ModuleList> blocks;
   std::shared_ptr<LayerNorm> ln_f;
   std::shared_ptr<Linear> lm_head;
+
+ protected:
+  void on_child_replaced(const std::string& name, const std::shared_ptr<Module>& child) override;
 };
 
 }  // namespace lowbit::nn

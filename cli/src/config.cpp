@@ -69,6 +69,8 @@ const std::vector<KeySpec>& config_schema() {
        "weight format for 8da-intx / intx-weight-only: " + core::format_names(core::FormatKind::Integer)},
       {"quantize.group_size", int64_t{32}, "weight group size (0 = per-channel for 8da-intx / intx-weight-only)"},
       {"quantize.qat_epochs", int64_t{2}, "qat: fine-tuning epochs after float training"},
+      {"quantize.qat_steps", int64_t{0},
+       "qat: fine-tuning steps instead of epochs (0 = use qat_epochs; required for data.dataset = 'chars')"},
       {"quantize.qat_lr", 1e-4, "qat: learning rate while fine-tuning"},
       {"training.export", true, "write <run_dir>/model.h5 (the final, possibly converted, model)"},
       {"checkpoint.interval", int64_t{0},

@@ -80,9 +80,10 @@ void validate_config(const RunConfig& cfg) {
     LOWBIT_CHECK(
         cfg.get_int("training.max_steps") > 0,
         "training.max_steps must be positive for data.dataset = 'chars' (an epoch covers every window of the corpus)");
-    LOWBIT_CHECK(cfg.get_string("quantize.recipe") == "none",
-                 "quantize.recipe '{}': quantization runs only for data.dataset = 'fashion_mnist'",
-                 cfg.get_string("quantize.recipe"));
+    LOWBIT_CHECK(cfg.get_string("quantize.recipe") == "none" || cfg.get_string("quantize.mode") != "qat" ||
+                     cfg.get_int("quantize.qat_steps") > 0,
+                 "quantize.qat_steps must be positive for QAT with data.dataset = 'chars' (an epoch covers every "
+                 "window of the corpus)");
   } else {
     LOWBIT_CHECK(cfg.get_string("model.type") == "mlp",
                  "data.dataset 'fashion_mnist' needs model.type = \"mlp\", got \"{}\"", cfg.get_string("model.type"));
@@ -133,6 +134,7 @@ void validate_config(const RunConfig& cfg) {
   const std::string recipe = cfg.get_string("quantize.recipe");
   check_one_of(cfg, "quantize.mode", {"qat", "ptq"});
   check_int(cfg, "quantize.qat_epochs", 0, ">= 0");
+  check_int(cfg, "quantize.qat_steps", 0, ">= 0 (0 = use qat_epochs)");
   check_finite_positive(cfg, "quantize.qat_lr");
   if (recipe != "none") {
     std::shared_ptr<qat::QuantConfigBase> q;

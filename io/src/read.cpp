@@ -385,6 +385,11 @@ LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Op
   if (f.kind == "training") {
     TrainingState st;
     st.step = h5::read_attr_int(f.file, "step", path, "/");
+    if (h5::has_attr(f.file, "phase")) {
+      st.phase = h5::read_attr_string(f.file, "phase", path, "/");
+      LOWBIT_CHECK(st.phase == "train" || st.phase == "qat", "{}: unknown training phase '{}' (train, qat)", path,
+                   st.phase);
+    }
     LOWBIT_CHECK(st.step >= 0, "{}: the stored step is {} (corrupt file)", path, st.step);
     st.config_toml = h5::read_attr_string(f.file, "config", path, "/");
     Hid rng = h5::open_group(f.file, "/rng", path);

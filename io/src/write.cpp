@@ -238,6 +238,7 @@ void save_checkpoint(const std::string& path, const nn::Module& model, const opt
   atomic_write(path, bytes, [&](hid_t file) {
     write_root_attrs(file, "training", st.config_toml, path);
     h5::write_attr(file, "step", st.step, path);
+    h5::write_attr(file, "phase", st.phase, path);
     write_model_group(file, model, opts, path);
     {
       Hid g(h5::check(H5Gcreate2(file, "/rng", H5P_DEFAULT, H5P_DEFAULT, H5P_DEFAULT), path, "cannot create '/rng'"),

@@ -128,9 +128,15 @@ void Module::replace_module(const std::string& path, std::shared_ptr<Module> rep
   for (auto& [n, c] : parent->children_)
     if (n == leaf) {
       c = std::move(replacement);
+      parent->on_child_replaced(leaf, c);
       return;
     }
   throw Error(fmt::format("replace_module: no submodule named '{}'", path));
+}
+Module& Module::child(const std::string& name) const {
+  for (const auto& [n, c] : children_)
+    if (n == name) return *c;
+  throw Error(fmt::format("{}: no child named '{}'", type_name(), name));
 }
 void Module::apply(const std::function<void(Module&)>& fn) {
   for (auto& [_, c] : children_) c->apply(fn);

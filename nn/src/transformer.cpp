@@ -24,10 +24,20 @@ Tensor CausalSelfAttention::forward(const Tensor& x) {
                shape_str(x.shape()));
   const int64_t B = x.size(0), T = x.size(1), D = d_model / n_heads;
   // (B, T, 3C) -> (3, B, H, T, D)
-  Tensor qkv_heads = permute(qkv->forward(x).reshape({B, T, 3, n_heads, D}), {2, 0, 3, 1, 4});
+  Tensor qkv_heads = permute(child("qkv").forward(x).reshape({B, T, 3, n_heads, D}), {2, 0, 3, 1, 4});
   Tensor q = qkv_heads.select(0, 0), k = qkv_heads.select(0, 1), v = qkv_heads.select(0, 2);
   Tensor y = scaled_dot_product_attention(q, k, v, Tensor(), is_training() ? dropout_p : 0.0, causal);
-  return proj->forward(permute(y, {0, 2, 1, 3}).reshape({B, T, d_model}));
+  return child("proj").forward(permute(y, {0, 2, 1, 3}).reshape({B, T, d_model}));
+}
+namespace {
+template <typename T>
+void retarget(std::shared_ptr<T>& member, const std::shared_ptr<Module>& child) {
+  member = std::dynamic_pointer_cast<T>(child);  // null when the new child is of another type
+}
+}  // namespace
+void CausalSelfAttention::on_child_replaced(const std::string& name, const std::shared_ptr<Module>& c) {
+  if (name == "qkv") retarget(qkv, c);
+  if (name == "proj") retarget(proj, c);
 }
 
 TransformerBlock::TransformerBlock(int64_t d, int64_t h, int64_t ff, double dropout, bool causal, Generator* gen) {
@@ -40,8 +50,16 @@ TransformerBlock::TransformerBlock(int64_t d, int64_t h, int64_t ff, double drop
   drop = register_module("drop", std::make_shared<Dropout>(dropout, gen));
 }
 Tensor TransformerBlock::forward(const Tensor& x) {
-  Tensor h = add(x, drop->forward(attn->forward(ln1->forward(x))));
-  return add(h, drop->forward(mlp->forward(ln2->forward(h))));
+  Module& dr = child("drop");
+  Tensor h = add(x, dr.forward(child("attn").forward(child("ln1").forward(x))));
+  return add(h, dr.forward(child("mlp").forward(child("ln2").forward(h))));
+}
+void TransformerBlock::on_child_replaced(const std::string& name, const std::shared_ptr<Module>& c) {
+  if (name == "ln1") retarget(ln1, c);
+  if (name == "ln2") retarget(ln2, c);
+  if (name == "attn") retarget(attn, c);
+  if (name == "mlp") retarget(mlp, c);
+  if (name == "drop") retarget(drop, c);
 }
 
 GPT::GPT(const GPTConfig& c, Generator* gen) : cfg(c) {
@@ -74,10 +92,17 @@ Tensor GPT::forward(const Tensor& idx) {
   const int64_t T = idx.size(1);
   LOWBIT_CHECK(T <= cfg.context, "GPT: sequence length {} exceeds the context size {}", T, cfg.context);
   Tensor pos = arange(static_cast<double>(T));
-  Tensor h = add(wte->forward(idx), wpe->forward(pos));
-  for (auto& b : blocks->children()) h = b->forward(h);
-  h = ln_f->forward(h);
-  return linear(h, lm_head->weight);
+  Tensor h = add(child("wte").forward(idx), child("wpe").forward(pos));
+  for (auto& b : child("blocks").children()) h = b->forward(h);
+  h = child("ln_f").forward(h);
+  return child("lm_head").forward(h);
+}
+void GPT::on_child_replaced(const std::string& name, const std::shared_ptr<Module>& c) {
+  if (name == "wte") retarget(wte, c);
+  if (name == "wpe") retarget(wpe, c);
+  if (name == "blocks") retarget(blocks, c);
+  if (name == "ln_f") retarget(ln_f, c);
+  if (name == "lm_head") retarget(lm_head, c);
 }
 Tensor GPT::generate(const Tensor& idx_in, int64_t max_new_tokens, double temperature, int64_t top_k, Generator* gen) {
   LOWBIT_CHECK(temperature > 0.0, "GPT::generate: temperature must be > 0, got {}", temperature);

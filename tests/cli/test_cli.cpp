@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 
@@ -169,4 +170,87 @@ TEST(Train, QatConvertEvalExportWorkflow) {
                {"already quantized"});
   expect_error([&] { convert_file(fr.export_path, fdir + "/x.h5", "int3-magic", "int4", 32); },
                {"unknown quantization recipe 'int3-magic'"});
+}
+
+// A run stopped during QAT fine-tuning resumes there: the checkpoint records phase "qat", the
+// resumed run prepares the model before loading it, and the converted model it ends with equals
+// the uninterrupted run's bit for bit -- for the Fashion-MNIST MLP and for a GPT (whose LM head
+// shares its weight with the token embedding, through the fake-quantized module too).
+TEST(Train, ResumeMidQatIsBitExact) {
+  const bool have_fmnist = std::filesystem::exists(data::FashionMNIST::default_dir() + "/t10k-images-idx3-ubyte.gz");
+  const std::string corpus_dir = tmpdir("qat_resume_corpus");
+  std::filesystem::create_directories(corpus_dir);
+  {
+    std::ofstream f(corpus_dir + "/corpus.txt");
+    for (int i = 0; i < 100; ++i) f << "a small corpus line for a tiny model\n";
+  }
+  struct Case {
+    std::string name, config;
+    std::vector<std::string> overrides;
+  };
+  std::vector<Case> cases = {{"gpt",
+                              "gpt_chars.toml",
+                              {"--data.path",
+                               corpus_dir + "/corpus.txt",
+                               "--model.context",
+                               "8",
+                               "--model.d_model",
+                               "32",
+                               "--model.n_layers",
+                               "1",
+                               "--data.batch_size",
+                               "4",
+                               "--training.max_steps",
+                               "6",
+                               "--training.eval_interval",
+                               "3",
+                               "--training.eval_batches",
+                               "1",
+                               "--lr_scheduler.warmup_steps",
+                               "1",
+                               "--training.sample_tokens",
+                               "4"}}};
+  if (have_fmnist)
+    cases.push_back(
+        {"mlp", "fmnist_mlp.toml", {"--model.hidden", "[16]", "--training.epochs", "1", "--training.max_steps", "6"}});
+  else
+    std::printf("  (Fashion-MNIST not installed: only the GPT case runs)\n");
+  for (const auto& c : cases) {
+    SCOPED_TRACE(c.name);
+    auto cfg = RunConfig::from_file(std::string(LOWBIT_SOURCE_DIR) + "/configs/" + c.config);
+    const std::string dir = tmpdir("qat_resume_" + c.name);
+    cfg.apply_overrides(c.overrides);
+    cfg.apply_overrides({"--quantize.recipe", "8da4w", "--quantize.mode", "qat", "--quantize.qat_steps", "6",
+                         "--checkpoint.enabled", "true", "--checkpoint.interval", "3", "--checkpoint.keep_last", "10",
+                         "--training.run_dir", dir});
+    const auto full = train(cfg, false);
+    EXPECT_EQ(full.steps, 12);
+    const std::string mid = dir + "/checkpoints/step_00000009.h5";
+    ASSERT_TRUE(std::filesystem::exists(mid));
+    EXPECT_EQ(io::inspect(mid).attributes.at("phase"), "qat");
+    EXPECT_EQ(io::inspect(dir + "/checkpoints/step_00000006.h5").attributes.at("phase"), "train");
+    const std::string saved = corpus_dir + "/" + c.name + "_step9.h5";
+    std::filesystem::copy_file(mid, saved, std::filesystem::copy_options::overwrite_existing);
+    const auto original = io::read_model_tensors(full.export_path);
+    RunOptions ro;
+    ro.overwrite = true;
+    const auto resumed = train(cfg, false, saved, ro);
+    EXPECT_EQ(resumed.steps, 12);
+    const auto again = io::read_model_tensors(resumed.export_path);
+    ASSERT_EQ(original.size(), again.size());
+    int quantized = 0;
+    for (size_t i = 0; i < original.size(); ++i) {
+      EXPECT_EQ(original[i].first, again[i].first);
+      quantized += original[i].first.find("qdata") != std::string::npos;
+      ASSERT_EQ(original[i].second.nbytes(), again[i].second.nbytes()) << original[i].first;
+      EXPECT_EQ(std::memcmp(original[i].second.raw_data(), again[i].second.raw_data(), original[i].second.nbytes()), 0)
+          << original[i].first;
+    }
+    EXPECT_GT(quantized, 0) << "the exported model holds converted linears";
+    if (c.name == "gpt") {
+      EXPECT_EQ(resumed.sample, full.sample);
+    } else {
+      EXPECT_EQ(resumed.test_accuracy, full.test_accuracy);
+    }
+  }
 }

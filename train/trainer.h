@@ -1,0 +1,127 @@
+// The training workflow as a library: one loop for every model and dataset (progress, periodic
+// evaluation, checkpoints, metrics, exact resume) and the QAT driver (prepare -> fine-tune ->
+// convert -> evaluate) built on it. `lowbit train` is a thin layer over these; C++ users call them
+// with their own model, data and Task.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "lowbit/data/dataset.h"
+#include "lowbit/nn/module.h"
+#include "lowbit/optim/lr_scheduler.h"
+#include "lowbit/optim/optimizer.h"
+#include "lowbit/qat/quantize.h"
+
+namespace lowbit::train {
+
+/// Named evaluation results in order ("test_loss", "test_accuracy"; "val_loss").
+using Metrics = std::vector<std::pair<std::string, double>>;
+/// "test loss 0.3010, test accuracy 89.39%": names with spaces, *accuracy as a percentage.
+std::string format_metrics(const Metrics& m);
+
+/// What a model is trained and judged on.
+struct Task {
+  /// The loss of one batch (a scalar with a graph).
+  std::function<Tensor(nn::Module& model, const data::Batch& batch)> loss;
+  /// Evaluation without gradients, in eval mode (the trainer restores training mode).
+  std::function<Metrics(nn::Module& model)> evaluate;
+};
+/// Classification: cross-entropy of logits (B, C) against class ids; evaluates test loss and
+/// accuracy over `test_set` in batches of eval_batch.
+Task classification_task(std::shared_ptr<const data::TensorDataset> test_set, int64_t eval_batch = 1000);
+/// Language modelling: token-level cross-entropy of logits (B, T, V); evaluates the validation
+/// loss over `eval_batches` batches of `batch` windows drawn with Generator(seed) (the same
+/// windows every evaluation).
+Task language_model_task(std::shared_ptr<const data::CharDataset> val_set, int64_t batch, int64_t eval_batches,
+                         uint64_t seed);
+
+/// Where progress goes: a redrawn status line on terminals, plain lines every log_interval steps
+/// otherwise; sink receives every finished line (default: stdout).
+class Reporter {
+ public:
+  Reporter(bool tty, int64_t log_interval, std::function<void(const std::string&)> sink = {});
+  void update(const std::string& prefix, int64_t done, int64_t total, double loss, double samples_per_s, double eta_s);
+  void line(const std::string& text);
+
+ private:
+  bool tty_;
+  int64_t interval_;
+  std::function<void(const std::string&)> sink_;
+};
+
+struct CheckpointOptions {
+  bool enabled = false;
+  std::string dir;          // <dir>/step_00001234.h5
+  int64_t interval = 0;     // every N steps (0: only at the end of each phase)
+  int64_t keep_last = 3;    // older step files are deleted
+  std::string config_toml;  // stored in every checkpoint
+  std::string scheduler_name;
+};
+
+struct Options {
+  std::string phase = "train";  // "train" | "qat": recorded in checkpoints and metrics
+  std::string label = "epoch";  // progress prefix: "epoch 2/5", "qat 1/2", or "gpt" (step-based)
+  int64_t total_steps = 0;      // the phase ends at this global step
+  int64_t epochs = 0;           // for labels: epochs this phase runs (0: step-based progress)
+  int64_t first_epoch = 1;      // the label of the phase's first epoch
+  int64_t eval_interval = 0;    // evaluate every N steps; 0: at the end of every epoch
+  double grad_clip = 0;         // max global gradient norm (0: off)
+  bool step_scheduler = true;
+  int64_t samples_per_batch_item = 1;  // throughput unit: 1 (examples) or the context length (tokens)
+  std::string metrics_path;            // metrics.jsonl to append to ("" = none)
+  CheckpointOptions checkpoint;
+};
+
+struct Result {
+  int64_t step = 0;       // the global step reached
+  double train_loss = 0;  // mean over the last evaluation window
+  Metrics eval;           // the last evaluation
+  std::string last_checkpoint;
+};
+
+/// Trains `model` from global step `start_step` to options.total_steps, taking batches from
+/// `loader` (its position continues: a loader restored from a checkpoint resumes mid-epoch),
+/// evaluating, appending metrics and saving checkpoints as options say; saves a checkpoint at the
+/// end of the phase. Deterministic: the same start state gives the same weights.
+Result fit(nn::Module& model, optim::Optimizer& optimizer, optim::LRScheduler* scheduler, data::DataLoader& loader,
+           const Task& task, const Options& options, Reporter& reporter, int64_t start_step);
+
+/// Saves a training checkpoint under options.checkpoint (keeping keep_last step files); returns
+/// its path ("" when checkpoints are disabled).
+std::string save_step_checkpoint(int64_t step, const nn::Module& model, const optim::Optimizer& optimizer,
+                                 const optim::LRScheduler* scheduler, const data::DataLoader& loader,
+                                 const Options& options);
+
+/// The QAT driver's settings.
+struct QatOptions {
+  std::shared_ptr<qat::QuantConfigBase> config;  // the base config (a recipe's)
+  std::string name;                              // for logs ("8da4w")
+  std::string mode = "qat";                      // "qat": prepare, fine-tune, convert; "ptq": convert only
+  int64_t epochs = 1;                            // fine-tuning epochs (qat) ...
+  int64_t steps = 0;                             // ... or steps, when positive
+  double lr = 1e-4;                              // fine-tuning learning rate (qat)
+};
+struct QatResult {
+  std::shared_ptr<nn::Module> model;  // the converted model
+  Metrics float_eval, fake_quant_eval, converted_eval;
+  int64_t step = 0;
+  std::string last_checkpoint;
+};
+/// prepare -> fine-tune -> convert -> evaluate, through fit() (phase "qat", checkpoints and
+/// metrics as `options` say). Fine-tuning ends at options.total_steps (the float phase's steps +
+/// qat.steps, or qat.epochs x batches per epoch) and starts at `start_step`: the float phase's end, or, when
+/// `already_prepared` (a resume from a "qat" checkpoint: the caller prepared the model before
+/// loading it), the checkpoint's step. The optimizer keeps its state; its learning rate is set to
+/// qat.lr (constant while fine-tuning).
+/// `scheduler` (may be null) is not stepped while fine-tuning; checkpoints keep its state.
+QatResult quantize_model(std::shared_ptr<nn::Module> model, optim::Optimizer& optimizer, optim::LRScheduler* scheduler,
+                         data::DataLoader& loader, const Task& task, const QatOptions& qat, Options options,
+                         Reporter& reporter, int64_t start_step, bool already_prepared = false);
+/// QAT prepare with the driver's config (what a resume from a "qat" checkpoint does first).
+std::shared_ptr<nn::Module> prepare_for_qat(std::shared_ptr<nn::Module> model, const QatOptions& qat);
+
+}  // namespace lowbit::train
