@@ -197,13 +197,8 @@ double read_attr_double(hid_t obj, const std::string& name, const std::string& f
 
 std::vector<std::pair<std::string, std::string>> attrs_as_text(hid_t obj) {
   std::vector<std::pair<std::string, std::string>> out;
-  H5O_info_t info;
-  if (H5Oget_info2(obj, &info, H5O_INFO_NUM_ATTRS) < 0) return out;
-  for (hsize_t i = 0; i < info.num_attrs && i < static_cast<hsize_t>(kMaxAttributes); ++i) {
-    char name[256] = {0};
-    if (H5Aget_name_by_idx(obj, ".", H5_INDEX_CRT_ORDER, H5_ITER_INC, i, name, sizeof(name), H5P_DEFAULT) < 0 &&
-        H5Aget_name_by_idx(obj, ".", H5_INDEX_NAME, H5_ITER_INC, i, name, sizeof(name), H5P_DEFAULT) < 0)
-      continue;
+  for (const std::string& attr : attr_names(obj)) {
+    const char* name = attr.c_str();
     Hid a(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
     if (!a.valid()) continue;
     Hid t(H5Aget_type(a), H5Tclose);

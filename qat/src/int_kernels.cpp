@@ -268,6 +268,66 @@ void micro_u8s8_4x4(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t til
   }
 }
 
+// 4 rows x 3 tiles over all of K with the float accumulators in registers too (12 int32 + 12
+// float32 + 3 B vectors + the broadcast A: 28 of the 32 vector registers): each group's int32 sums
+// are converted and scaled into registers, never into memory, so a group costs its vpdpbusd plus
+// one convert and one FMA per accumulator (the chunked kernels above also load and store the float
+// accumulator per group). The B panel (3 x 16 columns x K) streams from L2. STEPS > 0: the group
+// size / 4 as a constant (the inner loop fully unrolled); 0: read from `group`.
+#define LOWBIT_ACC3(r) __m512i i##r##0 = _mm512_setzero_si512(), i##r##1 = i##r##0, i##r##2 = i##r##0
+#define LOWBIT_DOT3(r)                       \
+  std::memcpy(&a4, ag + (r)*lda + q * 4, 4); \
+  av = _mm512_set1_epi32(a4);                \
+  dpbusd(i##r##0, av, b0), dpbusd(i##r##1, av, b1), dpbusd(i##r##2, av, b2)
+#define LOWBIT_SCALE3(r)                                               \
+  f##r##0 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i##r##0), s0, f##r##0); \
+  f##r##1 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i##r##1), s1, f##r##1); \
+  f##r##2 = _mm512_fmadd_ps(_mm512_cvtepi32_ps(i##r##2), s2, f##r##2)
+#define LOWBIT_STORE3(r)                       \
+  _mm512_storeu_ps(c + (r)*ldc, f##r##0);      \
+  _mm512_storeu_ps(c + (r)*ldc + 16, f##r##1); \
+  _mm512_storeu_ps(c + (r)*ldc + 32, f##r##2)
+template <int STEPS>
+void micro_u8s8_4x3_full(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t tile_stride, const float* sc,
+                         int64_t sc_tile_stride, int64_t ng, int64_t group, float* c, int64_t ldc) {
+  const int64_t steps = STEPS > 0 ? STEPS : group / 4;
+  __m512 f00 = _mm512_setzero_ps(), f01 = f00, f02 = f00, f10 = f00, f11 = f00, f12 = f00;
+  __m512 f20 = f00, f21 = f00, f22 = f00, f30 = f00, f31 = f00, f32 = f00;
+  for (int64_t g = 0; g < ng; ++g) {
+    LOWBIT_ACC3(0);
+    LOWBIT_ACC3(1);
+    LOWBIT_ACC3(2);
+    LOWBIT_ACC3(3);
+    const int8_t* bg = bp + g * steps * 64;
+    const uint8_t* ag = a + g * steps * 4;
+#pragma GCC unroll 8
+    for (int64_t q = 0; q < steps; ++q) {
+      const __m512i b0 = _mm512_load_si512(bg + q * 64), b1 = _mm512_load_si512(bg + tile_stride + q * 64),
+                    b2 = _mm512_load_si512(bg + 2 * tile_stride + q * 64);
+      int32_t a4;
+      __m512i av;
+      LOWBIT_DOT3(0);
+      LOWBIT_DOT3(1);
+      LOWBIT_DOT3(2);
+      LOWBIT_DOT3(3);
+    }
+    const __m512 s0 = _mm512_loadu_ps(sc + g * 16), s1 = _mm512_loadu_ps(sc + sc_tile_stride + g * 16),
+                 s2 = _mm512_loadu_ps(sc + 2 * sc_tile_stride + g * 16);
+    LOWBIT_SCALE3(0);
+    LOWBIT_SCALE3(1);
+    LOWBIT_SCALE3(2);
+    LOWBIT_SCALE3(3);
+  }
+  LOWBIT_STORE3(0);
+  LOWBIT_STORE3(1);
+  LOWBIT_STORE3(2);
+  LOWBIT_STORE3(3);
+}
+#undef LOWBIT_ACC3
+#undef LOWBIT_DOT3
+#undef LOWBIT_SCALE3
+#undef LOWBIT_STORE3
+
 using MicroFn = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, const float*, int64_t, int64_t, int64_t,
                          float*, int64_t, bool);
 constexpr int kMR = 4, kNT = 4;
@@ -285,17 +345,25 @@ void gemm_simd(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const floa
                const float* bias, float* out) {
   const int64_t n = w.n, k = w.k, group = w.group, tiles = n / 16, g = k / group;
   const int64_t chunk_groups = std::max<int64_t>(1, 256 / group);  // K chunk of ~256: the B panel stays in L1
-  const int64_t blocks = (tiles + kNT - 1) / kNT;
+  constexpr int64_t kBlockTiles = 3;                               // the register-resident 4 x 3 kernel's width
+  const int64_t blocks = (tiles + kBlockTiles - 1) / kBlockTiles;
   const int64_t mstep = kMR;
   const int8_t* bp = w.packed.data_ptr<int8_t>();
   const float* sp = w.scales.data_ptr<float>();
   const float* corr = w.corr.data_ptr<float>();
   detail::parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
     for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t t0 = blk * kNT, nt = std::min<int64_t>(kNT, tiles - t0);
+      const int64_t t0 = blk * kBlockTiles, nt = std::min<int64_t>(kBlockTiles, tiles - t0);
+      // full 4-row x 3-tile blocks over all of K in registers; other rows and narrower blocks in
+      // K chunks through the L1-resident kernels
+      const int64_t m_full = nt == kBlockTiles ? m / mstep * mstep : 0;
+      for (int64_t m0 = 0; m0 < m_full; m0 += mstep)
+        (group == 32 ? micro_u8s8_4x3_full<8> : micro_u8s8_4x3_full<0>)(a + m0 * k, k, bp + t0 * k * 16, k * 16,
+                                                                        sp + t0 * g * 16, g * 16, g, group,
+                                                                        out + m0 * n + t0 * 16, n);
       for (int64_t g0 = 0; g0 < g; g0 += chunk_groups) {
         const int64_t ng = std::min(chunk_groups, g - g0);
-        for (int64_t m0 = 0; m0 < m; m0 += mstep) {
+        for (int64_t m0 = m_full; m0 < m; m0 += mstep) {
           const int64_t mr = std::min<int64_t>(mstep, m - m0);
           micro_for(static_cast<int>(mr), static_cast<int>(nt))(
               a + m0 * k + g0 * group, k, bp + t0 * k * 16 + g0 * group * 16, k * 16, sp + (t0 * g + g0) * 16, g * 16,
