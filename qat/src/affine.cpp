@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "affine_internal.h"
 #include "lowbit/autograd/kernel.h"
@@ -79,11 +80,13 @@ std::pair<Tensor, Tensor> choose_qparams_affine(const Tensor& x, MappingType map
   float* sp = scale.data_ptr<float>();
   const float* xp = x.data_ptr<float>();
   if (const Runs runs = block_runs(x.shape(), block_size); runs.contiguous) {
+    const ZpOut zo = zp_out(zp);
     detail::parallel_for(nb, grain_for(runs.max_len), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b)
-        store_qparams(qparams_from_minmax(run_minmax(xp + runs.start(b), runs.len(b)), mapping, fqmin, fqmax, qmin,
-                                          qmax, eps, domain),
-                      b, sp, zp);
+      runs.for_each_run(b0, b1, [&](int64_t b, int64_t o, int64_t n) {
+        const QParams p = qparams_from_minmax(run_minmax(xp + o, n), mapping, fqmin, fqmax, qmin, qmax, eps, domain);
+        sp[b] = p.scale;
+        zo.put(b, p.zero_point, domain);
+      });
     });
     return {scale, zp};
   }
@@ -145,15 +148,16 @@ Tensor quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& s
   };
   const Runs runs = block_runs(x.shape(), block_size);
   if (runs.contiguous && domain != ZeroPointDomain::FLOAT && out_dtype != kInt32) {
+    const ZpView zv = zp_view(zp, domain);
+    int8_t* q8 = out_dtype == kInt8 ? q.data_ptr<int8_t>() : nullptr;
+    uint8_t* qu = out_dtype == kUInt8 ? q.data_ptr<uint8_t>() : nullptr;
     detail::parallel_for(runs.count, grain_for(runs.max_len), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const float z = zp_at(zp, domain, b);
-        const int64_t o = runs.start(b), n = runs.len(b);
-        if (out_dtype == kInt8)
-          q_run(xp + o, n, sp[b], z, fqmin, fqmax, q.data_ptr<int8_t>() + o);
+      runs.for_each_run(b0, b1, [&](int64_t b, int64_t o, int64_t n) {
+        if (q8)
+          q_run(xp + o, n, sp[b], zv.at(b), fqmin, fqmax, q8 + o);
         else
-          q_run(xp + o, n, sp[b], z, fqmin, fqmax, q.data_ptr<uint8_t>() + o);
-      }
+          q_run(xp + o, n, sp[b], zv.at(b), fqmin, fqmax, qu + o);
+      });
     });
   } else {
     for_each_element(bi, runs, put);
@@ -210,11 +214,11 @@ Tensor fake_quantize_affine(const Tensor& x, const Shape& block_size, const Tens
   uint8_t* mp = mask.data_ptr<uint8_t>();
   const float fqmin = static_cast<float>(qmin), fqmax = static_cast<float>(qmax);
   if (const Runs runs = block_runs(x.shape(), block_size); runs.contiguous) {
+    const ZpView zv = zp_view(zp, domain);
     detail::parallel_for(runs.count, grain_for(runs.max_len), [&](int64_t b0, int64_t b1) {
-      for (int64_t b = b0; b < b1; ++b) {
-        const int64_t o = runs.start(b);
-        fq_run(domain, xp + o, runs.len(b), sp[b], zp_at(zp, domain, b), fqmin, fqmax, yp + o, mp + o);
-      }
+      runs.for_each_run(b0, b1, [&](int64_t b, int64_t o, int64_t n) {
+        fq_run(domain, xp + o, n, sp[b], zv.at(b), fqmin, fqmax, yp + o, mp + o);
+      });
     });
   } else {
     bi.for_each([&](int64_t e, int64_t b) {
@@ -246,18 +250,20 @@ Quantized quantize_affine_dynamic(const Tensor& x, MappingType mapping, const Sh
   Quantized r{empty(x.shape(), out_dtype), empty(bi.nblocks, kFloat32), empty(bi.nblocks, zp_dtype)};
   const float* xp = x.data_ptr<float>();
   float* sp = r.scale.data_ptr<float>();
+  const ZpOut zo = zp_out(r.zero_point);
+  int8_t* q8 = out_dtype == kInt8 ? r.q.data_ptr<int8_t>() : nullptr;
+  uint8_t* qu = out_dtype == kUInt8 ? r.q.data_ptr<uint8_t>() : nullptr;
   detail::parallel_for(runs.count, grain_for(runs.max_len), [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t o = runs.start(b), len = runs.len(b);
-      store_qparams(
-          qparams_from_minmax(run_minmax(xp + o, len), mapping, fqmin, fqmax, qmin, qmax, eps, ZeroPointDomain::INT), b,
-          sp, r.zero_point);
-      const float z = zp_at(r.zero_point, ZeroPointDomain::INT, b);
-      if (out_dtype == kInt8)
-        q_run(xp + o, len, sp[b], z, fqmin, fqmax, r.q.data_ptr<int8_t>() + o);
+    runs.for_each_run(b0, b1, [&](int64_t b, int64_t o, int64_t len) {
+      const QParams p =
+          qparams_from_minmax(run_minmax(xp + o, len), mapping, fqmin, fqmax, qmin, qmax, eps, ZeroPointDomain::INT);
+      sp[b] = p.scale;
+      const float z = zo.put(b, p.zero_point, ZeroPointDomain::INT);
+      if (q8)
+        q_run(xp + o, len, sp[b], z, fqmin, fqmax, q8 + o);
       else
-        q_run(xp + o, len, sp[b], z, fqmin, fqmax, r.q.data_ptr<uint8_t>() + o);
-    }
+        q_run(xp + o, len, sp[b], z, fqmin, fqmax, qu + o);
+    });
   });
   return r;
 }
@@ -291,14 +297,24 @@ FakeQuantized fake_quantize_affine_dynamic(const Tensor& x, MappingType mapping,
   float* yp = r.y.data_ptr<float>();
   float* sp = r.scale.data_ptr<float>();
   uint8_t* mp = mask.data_ptr<uint8_t>();
-  detail::parallel_for(nb, grain_for(runs.max_len), [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t o = runs.start(b), len = runs.len(b);
-      store_qparams(qparams_from_minmax(run_minmax(xp + o, len), mapping, fqmin, fqmax, qmin, qmax, eps, domain), b, sp,
-                    r.zero_point);
-      fq_run(domain, xp + o, len, sp[b], zp_at(r.zero_point, domain, b), fqmin, fqmax, yp + o, mp + o);
-    }
-  });
+  const ZpOut zo = zp_out(r.zero_point);
+  // the domain chosen once: the run kernel inlines into the loop over blocks
+  auto pass = [&](auto dom) {
+    constexpr ZeroPointDomain D = decltype(dom)::value;
+    detail::parallel_for(nb, grain_for(runs.max_len), [&](int64_t b0, int64_t b1) {
+      runs.for_each_run(b0, b1, [&](int64_t b, int64_t o, int64_t len) {
+        const QParams p = qparams_from_minmax(run_minmax(xp + o, len), mapping, fqmin, fqmax, qmin, qmax, eps, D);
+        sp[b] = p.scale;
+        const float z = zo.put(b, p.zero_point, D);
+        fq_run<D>(xp + o, len, p.scale, z, fqmin, fqmax, yp + o, mp + o);
+      });
+    });
+  };
+  switch (domain) {
+    case ZeroPointDomain::INT: pass(std::integral_constant<ZeroPointDomain, ZeroPointDomain::INT>{}); break;
+    case ZeroPointDomain::FLOAT: pass(std::integral_constant<ZeroPointDomain, ZeroPointDomain::FLOAT>{}); break;
+    case ZeroPointDomain::NONE: pass(std::integral_constant<ZeroPointDomain, ZeroPointDomain::NONE>{}); break;
+  }
   record_fq_backward(r.y, x, mask, r.scale, block_size);
   return r;
 }

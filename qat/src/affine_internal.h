@@ -51,17 +51,86 @@ void check_qparams(const Tensor& scale, const Tensor& zp, const Shape& nblocks, 
 void check_choose_args(const Tensor& x, MappingType mapping, int64_t qmin, int64_t qmax, ZeroPointDomain domain,
                        DType zp_dtype, const char* op);
 float zp_at(const Tensor& zp, ZeroPointDomain domain, int64_t b);
+// Zero points as raw pointers, resolved once per call (not per block): read them as floats for a
+// domain, or store a block's zero point as the CPU cast does (int32) or as is (float).
+struct ZpView {
+  const int32_t* i = nullptr;
+  const float* f = nullptr;
+  float at(int64_t b) const { return i ? static_cast<float>(i[b]) : f ? f[b] : 0.0f; }
+};
+inline ZpView zp_view(const Tensor& zp, ZeroPointDomain domain) {
+  if (domain == ZeroPointDomain::NONE || !zp.defined()) return {};
+  if (zp.dtype() == kFloat32) return {nullptr, zp.data_ptr<float>()};
+  return {zp.data_ptr<int32_t>(), nullptr};
+}
+struct ZpOut {
+  int32_t* i = nullptr;
+  float* f = nullptr;
+  // stores the block's zero point and returns it as the kernels read it back (zp_at)
+  float put(int64_t b, float z, ZeroPointDomain domain) const {
+    if (i) {
+      i[b] = to_int32(z);
+      return domain == ZeroPointDomain::NONE ? 0.0f : static_cast<float>(i[b]);
+    }
+    f[b] = z;
+    return domain == ZeroPointDomain::NONE ? 0.0f : z;
+  }
+};
+inline ZpOut zp_out(Tensor& zp) {
+  if (zp.dtype() == kFloat32) return {nullptr, zp.data_ptr<float>()};
+  return {zp.data_ptr<int32_t>(), nullptr};
+}
 float eps_value(std::optional<double> eps_opt);
 // The float code before the integer cast, for every domain (torchao l.481/538/602).
 float quantize_one(float x, float scale, float zp, float qmin, float qmax, ZeroPointDomain domain);
 float dequantize_one(float q, float scale, float zp, float qmin, float qmax, ZeroPointDomain domain);
 
 // ---- run kernels (affine_runs.cpp; the templates here) ----
+// (inline: called once per block of the hot loops)
 // min and max of a run; NaN (both) when any element is NaN, as torch.aminmax.
-MinMax run_minmax(const float* x, int64_t n);
+inline MinMax run_minmax(const float* x, int64_t n) {
+  float mn = std::numeric_limits<float>::infinity(), mx = -std::numeric_limits<float>::infinity();
+  int nan = 0;
+#pragma omp simd reduction(min : mn) reduction(max : mx) reduction(| : nan)
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = x[i];
+    mn = v < mn ? v : mn;
+    mx = v > mx ? v : mx;
+    nan |= v != v;
+  }
+  if (nan) return {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::quiet_NaN()};
+  return {mn, mx};
+}
+
 // torchao's scale / zero point of one block from its min and max, in float32.
-QParams qparams_from_minmax(MinMax m, MappingType mapping, float fqmin, float fqmax, int64_t qmin, int64_t qmax,
-                            float eps, ZeroPointDomain domain);
+inline QParams qparams_from_minmax(MinMax m, MappingType mapping, float fqmin, float fqmax, int64_t qmin, int64_t qmax,
+                                   float eps, ZeroPointDomain domain) {
+  float s, z;
+  if (domain == ZeroPointDomain::FLOAT) {  // tinygemm: raw min/max, zp = min + scale * mid
+    s = fmax_nan((m.mx - m.mn) / static_cast<float>(qmax - qmin), eps);
+    s = s != s ? s : std::max(s, eps);
+    return {s, m.mn + s * static_cast<float>((qmax + qmin + 1) / 2)};
+  }
+  const float min_neg = fmin_nan(m.mn, 0.0f), max_pos = fmax_nan(m.mx, 0.0f);
+  if (mapping == MappingType::SYMMETRIC || mapping == MappingType::SYMMETRIC_NO_CLIPPING_ERR) {
+    if (mapping == MappingType::SYMMETRIC) {
+      const float amax = fmax_nan(-min_neg, max_pos);
+      s = amax / static_cast<float>(static_cast<double>(qmax - qmin) / 2.0);
+    } else {
+      const float smin = min_neg / fqmin, smax = max_pos / fqmax;
+      s = smin > smax ? smin : smax;
+    }
+    z = static_cast<float>((qmax + qmin + 1) / 2);
+    s = s != s ? s : std::max(s, eps);
+  } else {
+    s = (max_pos - min_neg) / static_cast<float>(qmax - qmin);
+    s = s != s ? s : std::max(s, eps);
+    z = clamp_f(fqmin - rne(min_neg / s), fqmin, fqmax);
+  }
+  if (domain == ZeroPointDomain::NONE) z = 0.0f;
+  return {s, z};
+}
+
 void store_qparams(const QParams& p, int64_t b, float* sp, Tensor& zp);
 // Fake-quantizes a run sharing one (scale, zero point): y, and the straight-through mask (1 where
 // the rounded code was inside [qmin, qmax]). Vectorized for the INT and NONE domains.

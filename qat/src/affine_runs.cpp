@@ -52,50 +52,6 @@ float dequantize_one(float q, float scale, float zp, float qmin, float qmax, Zer
   return (q - zp) * scale;
 }
 
-// min and max of a run; NaN (both) when any element is NaN, as torch.aminmax.
-MinMax run_minmax(const float* x, int64_t n) {
-  float mn = std::numeric_limits<float>::infinity(), mx = -std::numeric_limits<float>::infinity();
-  int nan = 0;
-#pragma omp simd reduction(min : mn) reduction(max : mx) reduction(| : nan)
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i];
-    mn = v < mn ? v : mn;
-    mx = v > mx ? v : mx;
-    nan |= v != v;
-  }
-  if (nan) return {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::quiet_NaN()};
-  return {mn, mx};
-}
-
-// torchao's scale / zero point of one block from its min and max, in float32.
-QParams qparams_from_minmax(MinMax m, MappingType mapping, float fqmin, float fqmax, int64_t qmin, int64_t qmax,
-                            float eps, ZeroPointDomain domain) {
-  float s, z;
-  if (domain == ZeroPointDomain::FLOAT) {  // tinygemm: raw min/max, zp = min + scale * mid
-    s = fmax_nan((m.mx - m.mn) / static_cast<float>(qmax - qmin), eps);
-    s = s != s ? s : std::max(s, eps);
-    return {s, m.mn + s * static_cast<float>((qmax + qmin + 1) / 2)};
-  }
-  const float min_neg = fmin_nan(m.mn, 0.0f), max_pos = fmax_nan(m.mx, 0.0f);
-  if (mapping == MappingType::SYMMETRIC || mapping == MappingType::SYMMETRIC_NO_CLIPPING_ERR) {
-    if (mapping == MappingType::SYMMETRIC) {
-      const float amax = fmax_nan(-min_neg, max_pos);
-      s = amax / static_cast<float>(static_cast<double>(qmax - qmin) / 2.0);
-    } else {
-      const float smin = min_neg / fqmin, smax = max_pos / fqmax;
-      s = smin > smax ? smin : smax;
-    }
-    z = static_cast<float>((qmax + qmin + 1) / 2);
-    s = s != s ? s : std::max(s, eps);
-  } else {
-    s = (max_pos - min_neg) / static_cast<float>(qmax - qmin);
-    s = s != s ? s : std::max(s, eps);
-    z = clamp_f(fqmin - rne(min_neg / s), fqmin, fqmax);
-  }
-  if (domain == ZeroPointDomain::NONE) z = 0.0f;
-  return {s, z};
-}
-
 void store_qparams(const QParams& p, int64_t b, float* sp, Tensor& zp) {
   sp[b] = p.scale;
   if (zp.dtype() == kFloat32)
@@ -135,10 +91,7 @@ void record_fq_backward(Tensor& y, const Tensor& x, const Tensor& mask, const Te
     float* op = gx.data_ptr<float>();
     if (const Runs runs = block_runs(g.shape(), block); runs.contiguous) {
       detail::parallel_for(runs.count, grain_for(runs.max_len), [&](int64_t b0, int64_t b1) {
-        for (int64_t b = b0; b < b1; ++b) {
-          const int64_t o = runs.start(b);
-          ste_run(gp + o, mp + o, runs.len(b), sp[b], op + o);
-        }
+        runs.for_each_run(b0, b1, [&](int64_t b, int64_t o, int64_t n) { ste_run(gp + o, mp + o, n, sp[b], op + o); });
       });
     } else {
       BlockIndexer bi(g.shape(), block, "fake_quantize_affine backward");
