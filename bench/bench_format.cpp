@@ -14,15 +14,7 @@ using namespace lowbit;
 namespace {
 constexpr int64_t kN = int64_t{1} << 24;
 
-void BM_triad(benchmark::State& st) {
-  Tensor a = empty({kN}), b = randn({kN}), c = randn({kN});
-  for (auto _ : st) {
-    lowbit::bench::triad(a.data_ptr<float>(), b.data_ptr<float>(), c.data_ptr<float>(), kN, get_num_threads());
-    benchmark::ClobberMemory();
-  }
-  st.counters["GB/s"] =
-      benchmark::Counter(12.0 * kN, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
-}
+void BM_triad(benchmark::State& st) { lowbit::bench::triad_benchmark(st, kN, get_num_threads()); }
 
 template <bool kVectorized>
 void BM_encode_e4m3(benchmark::State& st) {

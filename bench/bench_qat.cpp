@@ -20,15 +20,7 @@ using namespace lowbit;
 namespace {
 constexpr int64_t kN = int64_t{1} << 24;
 
-void BM_triad(benchmark::State& st) {
-  Tensor a = empty({kN}), b = randn({kN}), c = randn({kN});
-  for (auto _ : st) {
-    lowbit::bench::triad(a.data_ptr<float>(), b.data_ptr<float>(), c.data_ptr<float>(), kN, get_num_threads());
-    benchmark::ClobberMemory();
-  }
-  st.counters["GB/s"] =
-      benchmark::Counter(12.0 * kN, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
-}
+void BM_triad(benchmark::State& st) { lowbit::bench::triad_benchmark(st, kN, get_num_threads()); }
 
 void BM_fake_quant_int4_g32(benchmark::State& st) {
   Tensor x = randn({4096, kN / 4096}).requires_grad_();
