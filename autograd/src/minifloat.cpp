@@ -127,7 +127,8 @@ void encode_range(const EncodeParams p, const float* __restrict x, uint8_t* __re
 
 void minifloat_encode_n(const MinifloatSpec& f, const float* x, uint8_t* codes, int64_t n, bool saturate) {
   const EncodeParams p(f, saturate);
-  detail::parallel_for(n, kParallelGrain, [&](int64_t lo, int64_t hi) { encode_range(p, x + lo, codes + lo, hi - lo); });
+  detail::parallel_for(n, kParallelGrain,
+                       [&](int64_t lo, int64_t hi) { encode_range(p, x + lo, codes + lo, hi - lo); });
 }
 
 void minifloat_decode_n(const MinifloatSpec& f, const uint8_t* codes, float* out, int64_t n) {
