@@ -186,12 +186,134 @@ void check_affine(const Tensor& p, const Shape& normalized_shape, const char* op
 }
 }  // namespace
 
+namespace {
+// One pass per row: mean, variance (of the centred values), 1/sqrt(var + eps), then
+// y = (x - mean) * rstd * w + b; the row statistics are kept for the backward.
+template <typename T>
+void ln_forward(const T* x, const T* w, const T* b, T* y, T* mean_out, T* rstd_out, int64_t rows, int64_t n,
+                double eps) {
+  detail::parallel_for(rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(n, 1)),
+                       [&](int64_t r0, int64_t r1) {
+                         for (int64_t r = r0; r < r1; ++r) {
+                           const T* xr = x + r * n;
+                           T* yr = y + r * n;
+                           T s = 0;
+#pragma omp simd reduction(+ : s)
+                           for (int64_t i = 0; i < n; ++i) s += xr[i];
+                           const T mu = s / static_cast<T>(n);
+                           T v = 0;
+#pragma omp simd reduction(+ : v)
+                           for (int64_t i = 0; i < n; ++i) v += (xr[i] - mu) * (xr[i] - mu);
+                           const T rstd = static_cast<T>(1) / std::sqrt(v / static_cast<T>(n) + static_cast<T>(eps));
+                           mean_out[r] = mu;
+                           rstd_out[r] = rstd;
+#pragma omp simd
+                           for (int64_t i = 0; i < n; ++i) {
+                             const T h = (xr[i] - mu) * rstd;
+                             yr[i] = (w ? h * w[i] : h) + (b ? b[i] : static_cast<T>(0));
+                           }
+                         }
+                       });
+}
+// dx = rstd * (g - mean(g) - xhat * mean(g * xhat)) with g = dy * w; dw = sum_rows dy * xhat,
+// db = sum_rows dy, summed over fixed chunks of rows (the result does not depend on the threads).
+template <typename T>
+void ln_backward(const T* x, const T* w, const T* mean, const T* rstd, const T* dy, T* dx, T* dw, T* db, int64_t rows,
+                 int64_t n) {
+  constexpr int64_t kRowsPerChunk = 32;
+  const int64_t chunks = (rows + kRowsPerChunk - 1) / kRowsPerChunk;
+  std::vector<T> pw(dw ? static_cast<size_t>(chunks * n) : 0), pb(db ? static_cast<size_t>(chunks * n) : 0);
+  detail::parallel_for(chunks, 1, [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      T* cw = dw ? pw.data() + c * n : nullptr;
+      T* cb = db ? pb.data() + c * n : nullptr;
+      if (cw) std::fill(cw, cw + n, static_cast<T>(0));
+      if (cb) std::fill(cb, cb + n, static_cast<T>(0));
+      for (int64_t r = c * kRowsPerChunk; r < std::min(rows, (c + 1) * kRowsPerChunk); ++r) {
+        const T* xr = x + r * n;
+        const T* gr = dy + r * n;
+        T* dxr = dx + r * n;
+        const T mu = mean[r], rs = rstd[r];
+        T s1 = 0, s2 = 0;
+#pragma omp simd reduction(+ : s1, s2)
+        for (int64_t i = 0; i < n; ++i) {
+          const T g = w ? gr[i] * w[i] : gr[i];
+          s1 += g;
+          s2 += g * ((xr[i] - mu) * rs);
+        }
+        const T m1 = s1 / static_cast<T>(n), m2 = s2 / static_cast<T>(n);
+#pragma omp simd
+        for (int64_t i = 0; i < n; ++i) {
+          const T h = (xr[i] - mu) * rs;
+          const T g = w ? gr[i] * w[i] : gr[i];
+          dxr[i] = rs * (g - m1 - h * m2);
+          if (cw) cw[i] += gr[i] * h;
+          if (cb) cb[i] += gr[i];
+        }
+      }
+    }
+  });
+  for (int64_t i = 0; i < n; ++i) {
+    if (dw) {
+      T s = 0;
+      for (int64_t c = 0; c < chunks; ++c) s += pw[c * n + i];
+      dw[i] = s;
+    }
+    if (db) {
+      T s = 0;
+      for (int64_t c = 0; c < chunks; ++c) s += pb[c * n + i];
+      db[i] = s;
+    }
+  }
+}
+}  // namespace
+
 Tensor layer_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& weight, const Tensor& bias,
                   double eps) {
   detail::check_floating(x, "layer_norm");
   const auto dims = trailing_dims(x, normalized_shape, "layer_norm");
   check_affine(weight, normalized_shape, "layer_norm", "weight");
   check_affine(bias, normalized_shape, "layer_norm", "bias");
+  const bool same_dtype =
+      (!weight.defined() || weight.dtype() == x.dtype()) && (!bias.defined() || bias.dtype() == x.dtype());
+  if (detail::is_compute(x.dtype()) && same_dtype) {
+    // fused: one pass forward, one pass backward (float32 / float64; bfloat16 keeps the
+    // composition below, which rounds after every op as PyTorch's bf16 ops do)
+    int64_t n = 1;
+    for (int64_t d : normalized_shape) n *= d;
+    const int64_t rows = n ? x.numel() / n : 0;
+    const Tensor xd = x.detach();
+    Tensor y = empty(x.shape(), x.dtype()), mean_t = empty({rows}, x.dtype()), rstd_t = empty({rows}, x.dtype());
+    LOWBIT_DISPATCH_FLOAT(x.dtype(), T,
+                          ln_forward<T>(xd.data_ptr<T>(), weight.defined() ? weight.data_ptr<T>() : nullptr,
+                                        bias.defined() ? bias.data_ptr<T>() : nullptr, y.data_ptr<T>(),
+                                        mean_t.data_ptr<T>(), rstd_t.data_ptr<T>(), rows, n, eps));
+    std::vector<Tensor> inputs{x};
+    if (weight.defined()) inputs.push_back(weight);
+    if (bias.defined()) inputs.push_back(bias);
+    if (detail::any_requires_grad({&x, &weight, &bias})) {
+      const Tensor w = weight.defined() ? weight.detach() : Tensor();
+      const bool has_w = weight.defined(), has_b = bias.defined();
+      const Shape ns = normalized_shape;
+      detail::record(y, "NativeLayerNormBackward0", inputs,
+                     [xd, w, mean_t, rstd_t, rows, n, has_w, has_b, ns](const Tensor& g_in) {
+                       const Tensor g = g_in.to(xd.dtype());
+                       Tensor dx = empty(xd.shape(), xd.dtype());
+                       Tensor dw = has_w ? empty(ns, xd.dtype()) : Tensor(),
+                              db = has_b ? empty(ns, xd.dtype()) : Tensor();
+                       LOWBIT_DISPATCH_FLOAT(xd.dtype(), T,
+                                             ln_backward<T>(xd.data_ptr<T>(), has_w ? w.data_ptr<T>() : nullptr,
+                                                            mean_t.data_ptr<T>(), rstd_t.data_ptr<T>(), g.data_ptr<T>(),
+                                                            dx.data_ptr<T>(), has_w ? dw.data_ptr<T>() : nullptr,
+                                                            has_b ? db.data_ptr<T>() : nullptr, rows, n));
+                       std::vector<Tensor> out{dx};
+                       if (has_w) out.push_back(dw);
+                       if (has_b) out.push_back(db);
+                       return out;
+                     });
+    }
+    return y;
+  }
   const Tensor mu = mean(x, dims, true);
   const Tensor xc = sub(x, mu);
   const Tensor v = mean(mul(xc, xc), dims, true);
