@@ -339,6 +339,30 @@ void softmax_rows(const T* x, T* y, int64_t rows, int64_t n, bool log) {
   });
 }
 
+// The backward over rows in one pass each: softmax gx = y * (g - sum(g * y)), log_softmax
+// gx = g - exp(y) * sum(g) (the composition's four elementwise passes and reductions, fused).
+template <typename T>
+void softmax_backward_rows(const T* y, const T* g, T* gx, int64_t rows, int64_t n, bool log) {
+  parallel_for(rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(n, 1)), [&](int64_t b, int64_t e) {
+    for (int64_t r = b; r < e; ++r) {
+      const T* yr = y + r * n;
+      const T* gr = g + r * n;
+      T* o = gx + r * n;
+      T s = 0;
+      if (log) {
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < n; ++j) s += gr[j];
+        for (int64_t j = 0; j < n; ++j) o[j] = gr[j] - std::exp(yr[j]) * s;
+      } else {
+#pragma omp simd reduction(+ : s)
+        for (int64_t j = 0; j < n; ++j) s += gr[j] * yr[j];
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) o[j] = yr[j] * (gr[j] - s);
+      }
+    }
+  });
+}
+
 Tensor softmax_impl(const Tensor& a_in, int64_t dim, bool log) {
   const char* op = log ? "log_softmax" : "softmax";
   detail::check_floating(a_in, op);
@@ -362,11 +386,21 @@ Tensor softmax_impl(const Tensor& a_in, int64_t dim, bool log) {
   }
   if (detail::any_requires_grad({&a_in})) {
     const Tensor ys = y.detach();
-    detail::record(y, log ? "LogSoftmaxBackward0" : "SoftmaxBackward0", {a_in}, [ys, d, log](const Tensor& g) {
-      if (log) return std::vector<Tensor>{sub(g, mul(exp(ys), sum(g, {d}, true)))};
-      const Tensor gy = mul(g, ys);
-      return std::vector<Tensor>{sub(gy, mul(ys, sum(gy, {d}, true)))};
-    });
+    const bool rows_last = d == last && detail::is_compute(ys.dtype());
+    detail::record(y, log ? "LogSoftmaxBackward0" : "SoftmaxBackward0", {a_in},
+                   [ys, d, log, rows_last](const Tensor& g) {
+                     if (rows_last && g.dtype() == ys.dtype() && g.shape() == ys.shape()) {
+                       const int64_t n = ys.size(-1), rows = n ? ys.numel() / n : 0;
+                       Tensor gx = empty(ys.shape(), ys.dtype());
+                       LOWBIT_DISPATCH_FLOAT(
+                           ys.dtype(), T,
+                           softmax_backward_rows<T>(ys.data_ptr<T>(), g.data_ptr<T>(), gx.data_ptr<T>(), rows, n, log));
+                       return std::vector<Tensor>{gx};
+                     }
+                     if (log) return std::vector<Tensor>{sub(g, mul(exp(ys), sum(g, {d}, true)))};
+                     const Tensor gy = mul(g, ys);
+                     return std::vector<Tensor>{sub(gy, mul(ys, sum(gy, {d}, true)))};
+                   });
   }
   return y;
 }

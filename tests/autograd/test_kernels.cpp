@@ -232,3 +232,23 @@ TEST(Kernels, FusedLayerNormMatchesItsComposition) {
   for (size_t i = 2; i < grads.size(); ++i)
     EXPECT_EQ(std::memcmp(grads[i].raw_data(), grads[i % 2].raw_data(), grads[i].nbytes()), 0) << i;
 }
+
+// softmax / log_softmax backward over the last dim, fused into one pass per row, against the
+// composition PyTorch's formulas spell out (attention-sized scores).
+TEST(Kernels, FusedSoftmaxBackwardMatchesItsComposition) {
+  Generator g(32);
+  const Tensor x0 = mul(randn({8, 128, 128}, &g), 4.0), dy = randn({8, 128, 128}, &g);
+  for (bool log : {false, true}) {
+    SCOPED_TRACE(log ? "log_softmax" : "softmax");
+    Tensor x = x0.clone().requires_grad_();
+    const Tensor y = log ? log_softmax(x, -1) : softmax(x, -1);
+    y.backward(dy);
+    NoGradGuard ng;
+    const Tensor want =
+        log ? sub(dy, mul(exp(y), sum(dy, {2}, true))) : sub(mul(dy, y), mul(y, sum(mul(dy, y), {2}, true)));
+    double m = 0;
+    for (int64_t i = 0; i < want.numel(); ++i)
+      m = std::max(m, std::fabs(static_cast<double>(x.grad().data_ptr<float>()[i]) - want.data_ptr<float>()[i]));
+    EXPECT_LT(m, 1e-5);
+  }
+}
