@@ -83,37 +83,19 @@ struct BFloat16 {
 /// Maps a C++ type to its DType (float, double, BFloat16, int8_t, uint8_t, int32_t, int64_t, bool).
 template <typename T>
 struct dtype_of;
-template <>
-struct dtype_of<float> {
-  static constexpr DType value = DType::Float32;
-};
-template <>
-struct dtype_of<BFloat16> {
-  static constexpr DType value = DType::BFloat16;
-};
-template <>
-struct dtype_of<double> {
-  static constexpr DType value = DType::Float64;
-};
-template <>
-struct dtype_of<int8_t> {
-  static constexpr DType value = DType::Int8;
-};
-template <>
-struct dtype_of<uint8_t> {
-  static constexpr DType value = DType::UInt8;
-};
-template <>
-struct dtype_of<int32_t> {
-  static constexpr DType value = DType::Int32;
-};
-template <>
-struct dtype_of<int64_t> {
-  static constexpr DType value = DType::Int64;
-};
-template <>
-struct dtype_of<bool> {
-  static constexpr DType value = DType::Bool;
-};
+#define LOWBIT_DTYPE_OF(CT, DT)               \
+  template <>                                 \
+  struct dtype_of<CT> {                       \
+    static constexpr DType value = DType::DT; \
+  };
+LOWBIT_DTYPE_OF(float, Float32)
+LOWBIT_DTYPE_OF(BFloat16, BFloat16)
+LOWBIT_DTYPE_OF(double, Float64)
+LOWBIT_DTYPE_OF(int8_t, Int8)
+LOWBIT_DTYPE_OF(uint8_t, UInt8)
+LOWBIT_DTYPE_OF(int32_t, Int32)
+LOWBIT_DTYPE_OF(int64_t, Int64)
+LOWBIT_DTYPE_OF(bool, Bool)
+#undef LOWBIT_DTYPE_OF
 
 }  // namespace lowbit

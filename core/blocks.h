@@ -52,10 +52,8 @@ struct Runs {
   int64_t count = 0;    // blocks
   int64_t max_len = 0;  // elements of a full block
   int64_t extent = 1, step = 1, inner = 1, per_outer = 1;
-  int64_t start(int64_t b) const { return ((b / per_outer) * extent + (b % per_outer) * step) * inner; }
-  int64_t len(int64_t b) const { return std::min(step, extent - (b % per_outer) * step) * inner; }
   /// f(block, offset, length) for blocks [b0, b1) in order, with one division for the whole range
-  /// (start/len divide per call: too slow for 32-element groups).
+  /// (dividing per block costs more than a 32-element group's work).
   template <typename F>
   void for_each_run(int64_t b0, int64_t b1, F&& f) const {
     if (b0 >= b1) return;

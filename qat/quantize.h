@@ -120,9 +120,8 @@ using Handler = std::function<std::shared_ptr<nn::Module>(std::shared_ptr<nn::Mo
 void register_quantize_handler(std::type_index config_type, Handler handler);
 
 /// A filter selecting the layers the config can quantize: every Linear (a weight group size that
-/// does not divide in_features gives each row a shorter last group, so nothing stays in float;
-/// `skipped` is kept for callers that report layers left out and stays empty).
-FilterFn compatible_linears(const QuantConfigBase& config, std::vector<std::string>* skipped = nullptr);
+/// does not divide in_features gives each row a shorter last group, so nothing stays in float).
+FilterFn compatible_linears(const QuantConfigBase& config);
 
 /// Applies config to every module selected by filter_fn (default: Linear and its QAT/quantized
 /// variants) and returns the model (a new object only when the root itself was replaced).

@@ -83,6 +83,10 @@ struct Result {
   std::string last_checkpoint;
 };
 
+/// task.evaluate in eval mode without gradients (the module's mode is restored); empty when the
+/// task has no evaluation.
+Metrics evaluate(nn::Module& model, const Task& task);
+
 /// Trains `model` from global step `start_step` to options.total_steps, taking batches from
 /// `loader` (its position continues: a loader restored from a checkpoint resumes mid-epoch),
 /// evaluating, appending metrics and saving checkpoints as options say; saves a checkpoint at the

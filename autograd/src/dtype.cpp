@@ -18,24 +18,25 @@ struct DTypeRow {
   const char* aliases[4];  // null-terminated
   size_t size;
   Kind kind;
+  const MinifloatSpec* minifloat;  // the codec of a minifloat storage dtype (fp4_x2: of one nibble), else null
 };
 
 // clang-format off
 constexpr std::array<DTypeRow, kNumDTypes> kRows = {{
-    {DType::Float32,          "float32",          {"float", "fp32", "f32", nullptr},   4, Kind::Floating},
-    {DType::BFloat16,         "bfloat16",         {"bf16", nullptr},                   2, Kind::Floating},
-    {DType::Float64,          "float64",          {"double", "fp64", "f64", nullptr},  8, Kind::Floating},
-    {DType::Int8,             "int8",             {nullptr},                           1, Kind::Integral},
-    {DType::UInt8,            "uint8",            {nullptr},                           1, Kind::Integral},
-    {DType::Int32,            "int32",            {"int", nullptr},                    4, Kind::Integral},
-    {DType::Int64,            "int64",            {"long", nullptr},                   8, Kind::Integral},
-    {DType::Bool,             "bool",             {nullptr},                           1, Kind::Bool},
-    {DType::Float8_e4m3fn,    "float8_e4m3fn",    {nullptr},                           1, Kind::LowPrecision},
-    {DType::Float8_e5m2,      "float8_e5m2",      {nullptr},                           1, Kind::LowPrecision},
-    {DType::Float8_e4m3fnuz,  "float8_e4m3fnuz",  {nullptr},                           1, Kind::LowPrecision},
-    {DType::Float8_e5m2fnuz,  "float8_e5m2fnuz",  {nullptr},                           1, Kind::LowPrecision},
-    {DType::Float8_e8m0fnu,   "float8_e8m0fnu",   {nullptr},                           1, Kind::LowPrecision},
-    {DType::Float4_e2m1fn_x2, "float4_e2m1fn_x2", {nullptr},                           1, Kind::LowPrecision},
+    {DType::Float32,          "float32",          {"float", "fp32", "f32", nullptr},   4, Kind::Floating, nullptr},
+    {DType::BFloat16,         "bfloat16",         {"bf16", nullptr},                   2, Kind::Floating, nullptr},
+    {DType::Float64,          "float64",          {"double", "fp64", "f64", nullptr},  8, Kind::Floating, nullptr},
+    {DType::Int8,             "int8",             {nullptr},                           1, Kind::Integral, nullptr},
+    {DType::UInt8,            "uint8",            {nullptr},                           1, Kind::Integral, nullptr},
+    {DType::Int32,            "int32",            {"int", nullptr},                    4, Kind::Integral, nullptr},
+    {DType::Int64,            "int64",            {"long", nullptr},                   8, Kind::Integral, nullptr},
+    {DType::Bool,             "bool",             {nullptr},                           1, Kind::Bool, nullptr},
+    {DType::Float8_e4m3fn,    "float8_e4m3fn",    {nullptr},                           1, Kind::LowPrecision, &kFloat8E4M3FN},
+    {DType::Float8_e5m2,      "float8_e5m2",      {nullptr},                           1, Kind::LowPrecision, &kFloat8E5M2},
+    {DType::Float8_e4m3fnuz,  "float8_e4m3fnuz",  {nullptr},                           1, Kind::LowPrecision, &kFloat8E4M3FNUZ},
+    {DType::Float8_e5m2fnuz,  "float8_e5m2fnuz",  {nullptr},                           1, Kind::LowPrecision, &kFloat8E5M2FNUZ},
+    {DType::Float8_e8m0fnu,   "float8_e8m0fnu",   {nullptr},                           1, Kind::LowPrecision, nullptr},
+    {DType::Float4_e2m1fn_x2, "float4_e2m1fn_x2", {nullptr},                           1, Kind::LowPrecision, &kFloat4E2M1FN},
 }};
 // clang-format on
 
@@ -79,15 +80,6 @@ void throw_not_computable(DType d) {
 }
 }  // namespace detail
 
-const MinifloatSpec* minifloat_spec(DType d) {
-  switch (d) {
-    case DType::Float8_e4m3fn: return &kFloat8E4M3FN;
-    case DType::Float8_e5m2: return &kFloat8E5M2;
-    case DType::Float8_e4m3fnuz: return &kFloat8E4M3FNUZ;
-    case DType::Float8_e5m2fnuz: return &kFloat8E5M2FNUZ;
-    case DType::Float4_e2m1fn_x2: return &kFloat4E2M1FN;
-    default: return nullptr;
-  }
-}
+const MinifloatSpec* minifloat_spec(DType d) { return row(d).minifloat; }
 
 }  // namespace lowbit

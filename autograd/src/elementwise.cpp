@@ -323,62 +323,26 @@ Tensor grad_kernel(const Tensor& g_in, const Tensor& x_in, const Op& op) {
     _Pragma("omp simd") for (int64_t i = 0; i < n; ++i) o[i] = ref(g[i], x[i]); \
   }
 
-struct NegOp {
-  template <class T>
-  T ref(T x) const {
-    return -x;
-  }
-  LOWBIT_SIMPLE_FAST
-};
-struct AbsOp {
-  template <class T>
-  T ref(T x) const {
-    return x < 0 ? -x : (x == 0 ? T(0) : x);
-  }
-  LOWBIT_SIMPLE_FAST
-};
-struct SignOp {
-  template <class T>
-  T ref(T x) const {
-    return x > 0 ? T(1) : (x < 0 ? T(-1) : (x == x ? T(0) : x));
-  }
-  LOWBIT_SIMPLE_FAST
-};
-struct SquareOp {
-  template <class T>
-  T ref(T x) const {
-    return x * x;
-  }
-  LOWBIT_SIMPLE_FAST
-};
-struct SqrtOp {
-  template <class T>
-  T ref(T x) const {
-    return std::sqrt(x);
-  }
-  LOWBIT_SIMPLE_FAST
-};
-struct RsqrtOp {
-  template <class T>
-  T ref(T x) const {
-    return T(1) / std::sqrt(x);
-  }
-  LOWBIT_SIMPLE_FAST
-};
-struct RoundOp {
-  template <class T>
-  T ref(T x) const {
-    return std::nearbyint(x);
-  }
-  LOWBIT_SIMPLE_FAST
-};
-struct ReluOp {
-  template <class T>
-  T ref(T x) const {
-    return x > 0 ? x : (x == x ? T(0) : x);
-  }
-  LOWBIT_SIMPLE_FAST
-};
+// Unary ops whose float32 kernel is the scalar formula vectorized: Name, ref(x).
+#define LOWBIT_SIMPLE_UNARY(Name, expr) \
+  struct Name {                         \
+    template <class T>                  \
+    T ref(T x) const {                  \
+      return expr;                      \
+    }                                   \
+    LOWBIT_SIMPLE_FAST                  \
+  };
+// clang-format off
+LOWBIT_SIMPLE_UNARY(NegOp, -x)
+LOWBIT_SIMPLE_UNARY(AbsOp, x < 0 ? -x : (x == 0 ? T(0) : x))
+LOWBIT_SIMPLE_UNARY(SignOp, x > 0 ? T(1) : (x < 0 ? T(-1) : (x == x ? T(0) : x)))
+LOWBIT_SIMPLE_UNARY(SquareOp, x * x)
+LOWBIT_SIMPLE_UNARY(SqrtOp, std::sqrt(x))
+LOWBIT_SIMPLE_UNARY(RsqrtOp, T(1) / std::sqrt(x))
+LOWBIT_SIMPLE_UNARY(RoundOp, std::nearbyint(x))
+LOWBIT_SIMPLE_UNARY(ReluOp, x > 0 ? x : (x == x ? T(0) : x))
+// clang-format on
+#undef LOWBIT_SIMPLE_UNARY
 struct ExpOp {
   template <class T>
   T ref(T x) const {

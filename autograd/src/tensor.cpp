@@ -211,31 +211,6 @@ uint64_t Tensor::version() const {
   return impl_->storage->version;
 }
 
-Tensor& Tensor::fill_(double value) {
-  check_defined(*this, "fill_");
-  ++impl_->storage->version;
-  const int64_t n = numel();
-  if (is_low_precision(dtype())) {  // one code, repeated
-    const float v = static_cast<float>(value);
-    uint8_t code;
-    if (dtype() == kFloat8_e8m0fnu) {
-      code = static_cast<uint8_t>(e8m0_encode(v));
-    } else {
-      const MinifloatSpec& spec = *minifloat_spec(dtype());
-      code = static_cast<uint8_t>(minifloat_encode(spec, v, !(spec.has_inf && std::isinf(v))));
-      if (dtype() == kFloat4_e2m1fn_x2) code = static_cast<uint8_t>(code | (code << 4));
-    }
-    if (n) std::memset(raw_data(), code, static_cast<size_t>(n));
-    return *this;
-  }
-  LOWBIT_DISPATCH_ALL(dtype(), T, {
-    T* p = reinterpret_cast<T*>(raw_data());
-    const T v = static_cast<T>(value);
-    detail::parallel_for(n, kParallelGrain, [&](int64_t b, int64_t e) { std::fill(p + b, p + e, v); });
-  });
-  return *this;
-}
-
 namespace {
 template <typename S, typename D>
 D convert_one(S s) {
@@ -326,6 +301,25 @@ void convert_into(const Tensor& src, const Tensor& dst) {
   });
 }
 }  // namespace
+
+Tensor& Tensor::fill_(double value) {
+  check_defined(*this, "fill_");
+  ++impl_->storage->version;
+  const int64_t n = numel();
+  if (is_low_precision(dtype())) {                                              // one code, repeated
+    const float v[2] = {static_cast<float>(value), static_cast<float>(value)};  // x2: both nibbles
+    uint8_t code;
+    encode_low_precision(v, dtype() == kFloat4_e2m1fn_x2 ? 2 : 1, dtype(), &code);
+    if (n) std::memset(raw_data(), code, static_cast<size_t>(n));
+    return *this;
+  }
+  LOWBIT_DISPATCH_ALL(dtype(), T, {
+    T* p = reinterpret_cast<T*>(raw_data());
+    const T v = static_cast<T>(value);
+    detail::parallel_for(n, kParallelGrain, [&](int64_t b, int64_t e) { std::fill(p + b, p + e, v); });
+  });
+  return *this;
+}
 
 Tensor& Tensor::copy_(const Tensor& src) {
   check_defined(*this, "copy_");

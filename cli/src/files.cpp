@@ -18,31 +18,13 @@
 #include "lowbit/nn/transformer.h"
 #include "lowbit/qat/quantized_linear.h"
 #include "lowbit/qat/recipes.h"
+#include "lowbit/train/trainer.h"
 
 #include "internal.h"
 
 namespace lowbit::cli {
 
 namespace detail {
-// Mean loss and accuracy of a classifier over a dataset, in batches, without gradients.
-std::pair<double, double> evaluate(nn::Module& model, const data::TensorDataset& ds, int64_t batch) {
-  NoGradGuard ng;
-  model.eval();
-  double loss = 0;
-  int64_t correct = 0;
-  const int64_t n = ds.size();
-  for (int64_t s = 0; s < n; s += batch) {
-    const int64_t len = std::min(batch, n - s);
-    Tensor x = narrow(ds.data(), 0, s, len), y = narrow(ds.target(), 0, s, len);
-    Tensor logits = model.forward(x);
-    loss += cross_entropy(logits, y, -100, 0.0, Reduction::Sum).item<double>();
-    Tensor pred = argmax(logits, 1);
-    for (int64_t i = 0; i < len; ++i) correct += pred.data_ptr<int64_t>()[i] == y.data_ptr<int64_t>()[i];
-  }
-  model.train();
-  return {loss / static_cast<double>(n), static_cast<double>(correct) / static_cast<double>(n)};
-}
-
 // The config a file stores, validated like a run's (a file's config is as untrusted as the file).
 RunConfig stored_config(const io::FileInfo& info, const std::string& path) {
   auto it = info.attributes.find("config");
@@ -118,7 +100,8 @@ std::pair<double, double> evaluate_file(const std::string& path, const std::stri
                file.cfg.get_string("data.dataset"));
   auto model = model_for_file(path, file);
   auto test_set = data::FashionMNIST::load(data_path.empty() ? file.cfg.get_string("data.path") : data_path, false);
-  return evaluate(*model, *test_set, 1000);
+  const train::Metrics m = train::evaluate(*model, train::classification_task(test_set, 1000));
+  return {m[0].second, m[1].second};  // test_loss, test_accuracy
 }
 
 ConvertReport convert_file(const std::string& in, const std::string& out, const std::string& recipe,
@@ -136,19 +119,15 @@ ConvertReport convert_file(const std::string& in, const std::string& out, const 
   ConvertReport report;
   report.dataset = cfg.get_string("data.dataset");
   report.float_bytes = model_bytes(*model);
-  const auto compatible = qat::compatible_linears(*q, &report.kept_in_float);
+  const auto compatible = qat::compatible_linears(*q);
   auto filter = [&](const nn::Module& m, const std::string& fqn) {
     const bool ok = compatible(m, fqn);
     if (ok) report.quantized.push_back(fqn);
     return ok;
   };
   model = qat::quantize_(model, *q, filter);
-  if (report.quantized.empty()) {
-    std::string why;
-    for (const auto& k : report.kept_in_float) why += (why.empty() ? " (" : "; ") + k;
-    throw Error(fmt::format("{}: recipe '{}' can quantize none of the model's linear layers{}; nothing written", in,
-                            recipe, why.empty() ? why : why + ")"));
-  }
+  LOWBIT_CHECK(!report.quantized.empty(), "{}: recipe '{}' can quantize none of the model's layers; nothing written",
+               in, recipe);
   report.converted_bytes = model_bytes(*model);
   cfg.set("quantize.recipe", recipe);
   cfg.set("quantize.mode", "ptq");

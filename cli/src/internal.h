@@ -12,8 +12,6 @@
 
 namespace lowbit::cli::detail {
 
-/// Mean loss and accuracy of a classifier over a dataset, in batches, without gradients (files.cpp).
-std::pair<double, double> evaluate(nn::Module& model, const data::TensorDataset& ds, int64_t batch);
 /// The run config a file stores, validated like a run's (files.cpp).
 RunConfig stored_config(const io::FileInfo& info, const std::string& path);
 /// checkpoint.dir, or <run_dir>/checkpoints (run_dir.cpp).

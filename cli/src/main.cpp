@@ -88,7 +88,6 @@ int main(int argc, char** argv) {
       lowbit::io::verify_file(conv_in);
       const auto rep = lowbit::cli::convert_file(conv_in, conv_out, recipe, wdtype, group_size);
       for (const auto& q : rep.quantized) std::printf("quantized (%s): %s\n", recipe.c_str(), q.c_str());
-      for (const auto& k : rep.kept_in_float) std::printf("kept in float: %s\n", k.c_str());
       std::printf("%s -> %s (%s): %lld -> %lld bytes of parameters\n", conv_in.c_str(), conv_out.c_str(),
                   recipe.c_str(), static_cast<long long>(rep.float_bytes), static_cast<long long>(rep.converted_bytes));
       if (rep.dataset == "fashion_mnist") {

@@ -236,29 +236,32 @@ std::shared_ptr<nn::Module> load_model(const std::string& path) {
     const auto dot = dotted.rfind('.');
     return dot == std::string::npos ? dotted : dotted.substr(dot + 1);
   };
+  // each group's own tensors and child groups, indexed once (a file may hold tens of thousands
+  // of objects: no scan of every object per group)
+  std::map<std::string, nn::NamedTensors> own_tensors;
+  for (const auto& [n, t] : tensors) own_tensors[parent_of(n)].emplace_back(leaf_of(n), t);
+  std::map<std::string, std::vector<std::string>> child_groups;
+  for (const auto& c : groups)
+    if (!c.empty()) child_groups[parent_of(c)].push_back(c);
   std::function<std::shared_ptr<nn::Module>(const std::string&)> build = [&](const std::string& dotted) {
     const std::string where = dotted.empty() ? "/model" : to_h5_path("/model/", dotted);
     Hid g = dotted.empty() ? h5::open_group(f.file, "/model", path) : h5::open_group(f.file, where, path);
     LOWBIT_CHECK(h5::has_attr(g, "module_type"), "{}: group '{}' has no 'module_type' attribute", path, where);
     const std::string type = h5::read_attr_string(g, "module_type", path, where);
-    nn::NamedTensors own;
-    for (const auto& [n, t] : tensors)
-      if (parent_of(n) == dotted) own.emplace_back(leaf_of(n), t);
     std::shared_ptr<nn::Module> m;
     try {
-      m = nn::build_module(type, module_attributes(g, path, where), own);
+      m = nn::build_module(type, module_attributes(g, path, where), own_tensors[dotted]);
     } catch (const Error& e) {
       throw Error(fmt::format("{}: module '{}': {}", path, where, e.what()));
     }
     // children in the order they were registered (module_index), each built the same way
     std::vector<std::pair<int64_t, std::string>> children;
-    for (const auto& c : groups)
-      if (!c.empty() && parent_of(c) == dotted) {
-        Hid cg = h5::open_group(f.file, to_h5_path("/model/", c), path);
-        LOWBIT_CHECK(h5::has_attr(cg, "module_index"), "{}: group '{}' has no 'module_index' attribute", path,
-                     to_h5_path("/model/", c));
-        children.emplace_back(h5::read_attr_int(cg, "module_index", path, to_h5_path("/model/", c)), c);
-      }
+    for (const auto& c : child_groups[dotted]) {
+      const std::string cpath = to_h5_path("/model/", c);
+      Hid cg = h5::open_group(f.file, cpath, path);
+      LOWBIT_CHECK(h5::has_attr(cg, "module_index"), "{}: group '{}' has no 'module_index' attribute", path, cpath);
+      children.emplace_back(h5::read_attr_int(cg, "module_index", path, cpath), c);
+    }
     std::sort(children.begin(), children.end());
     for (size_t i = 0; i < children.size(); ++i) {
       LOWBIT_CHECK(children[i].first == static_cast<int64_t>(i), "{}: the children of '{}' are not numbered 0..{}",

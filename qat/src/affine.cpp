@@ -67,11 +67,12 @@ std::pair<Tensor, Tensor> choose_qparams_affine(const Tensor& x, MappingType map
       mn[b] = fmin_nan(mn[b], v);
       mx[b] = fmax_nan(mx[b], v);
     });
-    Tensor scale = empty(bi.nblocks, sd), s32 = empty(bi.nblocks, kFloat32);
+    Tensor scale = empty(bi.nblocks, sd);
+    const ZpOut zo = zp_out(zp);
     for (int64_t b = 0; b < nb; ++b) {
       const QParams p = is_bf(x) ? qparams_bf16({mn[b], mx[b]}, mapping, fqmin, fqmax, qmin, qmax, eps, domain)
                                  : qparams_from_minmax({mn[b], mx[b]}, mapping, fqmin, fqmax, qmin, qmax, eps, domain);
-      store_qparams(p, b, s32.data_ptr<float>(), zp);
+      zo.put(b, p.zero_point, domain);
       fset(scale, b, p.scale);
     }
     return {scale, zp};
@@ -95,8 +96,12 @@ std::pair<Tensor, Tensor> choose_qparams_affine(const Tensor& x, MappingType map
     mn[b] = fmin_nan(mn[b], xp[e]);
     mx[b] = fmax_nan(mx[b], xp[e]);
   });
-  for (int64_t b = 0; b < nb; ++b)
-    store_qparams(qparams_from_minmax({mn[b], mx[b]}, mapping, fqmin, fqmax, qmin, qmax, eps, domain), b, sp, zp);
+  const ZpOut zo = zp_out(zp);
+  for (int64_t b = 0; b < nb; ++b) {
+    const QParams p = qparams_from_minmax({mn[b], mx[b]}, mapping, fqmin, fqmax, qmin, qmax, eps, domain);
+    sp[b] = p.scale;
+    zo.put(b, p.zero_point, domain);
+  }
   return {scale, zp};
 }
 
@@ -117,13 +122,14 @@ Tensor quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& s
                dtype_name(out_dtype));
   BlockIndexer bi(x.shape(), block_size, op);
   check_qparams(scale, zp, bi.nblocks, domain, op);
+  const ZpView zv = zp_view(zp, domain);
   Tensor q = empty(x.shape(), out_dtype);
   if (is_bf(x) || is_bf(scale)) {
     check_no_float_domain_bf16(domain, op);
     const MixedFlags f{is_bf(x), is_bf(scale), zp.defined() && zp.dtype() == kInt32};
     bi.for_each([&](int64_t e, int64_t b) {
       float u;
-      const int32_t code = to_int32(clamp_f(q_mixed(fval(x, e), fval(scale, b), zp_at(zp, domain, b), f, domain, &u),
+      const int32_t code = to_int32(clamp_f(q_mixed(fval(x, e), fval(scale, b), zv.at(b), f, domain, &u),
                                             static_cast<float>(qmin), static_cast<float>(qmax)));
       if (out_dtype == kInt8)
         q.data_ptr<int8_t>()[e] = static_cast<int8_t>(code & 0xff);
@@ -138,7 +144,7 @@ Tensor quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& s
   const float* sp = scale.data_ptr<float>();
   const float fqmin = static_cast<float>(qmin), fqmax = static_cast<float>(qmax);
   auto put = [&](int64_t e, int64_t b) {
-    const int32_t code = to_int32(quantize_one(xp[e], sp[b], zp_at(zp, domain, b), fqmin, fqmax, domain));
+    const int32_t code = to_int32(quantize_one(xp[e], sp[b], zv.at(b), fqmin, fqmax, domain));
     if (out_dtype == kInt8)
       q.data_ptr<int8_t>()[e] = static_cast<int8_t>(code & 0xff);  // truncation, as the CPU cast
     else if (out_dtype == kUInt8)
@@ -148,7 +154,6 @@ Tensor quantize_affine(const Tensor& x, const Shape& block_size, const Tensor& s
   };
   const Runs runs = block_runs(x.shape(), block_size);
   if (runs.contiguous && domain != ZeroPointDomain::FLOAT && out_dtype != kInt32) {
-    const ZpView zv = zp_view(zp, domain);
     int8_t* q8 = out_dtype == kInt8 ? q.data_ptr<int8_t>() : nullptr;
     uint8_t* qu = out_dtype == kUInt8 ? q.data_ptr<uint8_t>() : nullptr;
     detail::parallel_for(runs.count, grain_for(runs.max_len), [&](int64_t b0, int64_t b1) {
@@ -173,6 +178,7 @@ Tensor dequantize_affine(const Tensor& q, const Shape& block_size, const Tensor&
   check_range(qmin, qmax, op);
   BlockIndexer bi(q.shape(), block_size, op);
   check_qparams(scale, zp, bi.nblocks, domain, op);
+  const ZpView zv = zp_view(zp, domain);
   LOWBIT_CHECK(output_dtype == kFloat32 || output_dtype == kBFloat16,
                "{}: output dtype must be float32 or bfloat16, got {}", op, dtype_name(output_dtype));
   auto code_at = [&](int64_t e) -> float {
@@ -184,8 +190,7 @@ Tensor dequantize_affine(const Tensor& q, const Shape& block_size, const Tensor&
     check_no_float_domain_bf16(domain, op);
     Tensor y = empty(q.shape(), output_dtype);
     bi.for_each([&](int64_t e, int64_t b) {
-      fset(y, e,
-           dq_mixed(code_at(e), fval(scale, b), zp_at(zp, domain, b), output_dtype == kBFloat16, is_bf(scale), domain));
+      fset(y, e, dq_mixed(code_at(e), fval(scale, b), zv.at(b), output_dtype == kBFloat16, is_bf(scale), domain));
     });
     return y;
   }
@@ -193,8 +198,7 @@ Tensor dequantize_affine(const Tensor& q, const Shape& block_size, const Tensor&
   float* yp = y.data_ptr<float>();
   const float* sp = scale.data_ptr<float>();
   for_each_element(bi, block_runs(q.shape(), block_size), [&](int64_t e, int64_t b) {
-    yp[e] = dequantize_one(code_at(e), sp[b], zp_at(zp, domain, b), static_cast<float>(qmin), static_cast<float>(qmax),
-                           domain);
+    yp[e] = dequantize_one(code_at(e), sp[b], zv.at(b), static_cast<float>(qmin), static_cast<float>(qmax), domain);
   });
   return y;
 }
@@ -207,6 +211,7 @@ Tensor fake_quantize_affine(const Tensor& x, const Shape& block_size, const Tens
   BlockIndexer bi(x.shape(), block_size, op);
   check_qparams(scale, zp, bi.nblocks, domain, op);
   if (is_bf(x) || is_bf(scale)) return fake_quantize_mixed(x, bi, block_size, scale, zp, qmin, qmax, domain);
+  const ZpView zv = zp_view(zp, domain);
   Tensor y = empty(x.shape(), kFloat32), mask = empty(x.shape(), kUInt8);
   const float* xp = x.data_ptr<float>();
   const float* sp = scale.data_ptr<float>();
@@ -214,16 +219,14 @@ Tensor fake_quantize_affine(const Tensor& x, const Shape& block_size, const Tens
   uint8_t* mp = mask.data_ptr<uint8_t>();
   const float fqmin = static_cast<float>(qmin), fqmax = static_cast<float>(qmax);
   if (const Runs runs = block_runs(x.shape(), block_size); runs.contiguous) {
-    const ZpView zv = zp_view(zp, domain);
     detail::parallel_for(runs.count, grain_for(runs.max_len), [&](int64_t b0, int64_t b1) {
       runs.for_each_run(b0, b1, [&](int64_t b, int64_t o, int64_t n) {
         fq_run(domain, xp + o, n, sp[b], zv.at(b), fqmin, fqmax, yp + o, mp + o);
       });
     });
   } else {
-    bi.for_each([&](int64_t e, int64_t b) {
-      fq_run(domain, xp + e, 1, sp[b], zp_at(zp, domain, b), fqmin, fqmax, yp + e, mp + e);
-    });
+    bi.for_each(
+        [&](int64_t e, int64_t b) { fq_run(domain, xp + e, 1, sp[b], zv.at(b), fqmin, fqmax, yp + e, mp + e); });
   }
   record_fq_backward(y, x, mask, scale, block_size);
   return y;

@@ -56,9 +56,10 @@ Tensor fake_quantize_mixed(const Tensor& x, const BlockIndexer& bi, const Shape&
   Tensor y = empty(x.shape(), x.dtype()), mask = empty(x.shape(), kUInt8);
   uint8_t* mp = mask.data_ptr<uint8_t>();
   const float fqmin = static_cast<float>(qmin), fqmax = static_cast<float>(qmax);
+  const ZpView zv = zp_view(zp, domain);
   bi.for_each([&](int64_t e, int64_t b) {
     float u;
-    const float sc = fval(scale, b), z = zp_at(zp, domain, b);
+    const float sc = fval(scale, b), z = zv.at(b);
     const float c = clamp_f(q_mixed(fval(x, e), sc, z, f, domain, &u), fqmin, fqmax);
     mp[e] = u >= fqmin && u <= fqmax;
     fset(y, e, dq_mixed(c, sc, z, f.xb, f.sb, domain));

@@ -50,7 +50,6 @@ void check_range(int64_t qmin, int64_t qmax, const char* op);
 void check_qparams(const Tensor& scale, const Tensor& zp, const Shape& nblocks, ZeroPointDomain domain, const char* op);
 void check_choose_args(const Tensor& x, MappingType mapping, int64_t qmin, int64_t qmax, ZeroPointDomain domain,
                        DType zp_dtype, const char* op);
-float zp_at(const Tensor& zp, ZeroPointDomain domain, int64_t b);
 // Zero points as raw pointers, resolved once per call (not per block): read them as floats for a
 // domain, or store a block's zero point as the CPU cast does (int32) or as is (float).
 struct ZpView {
@@ -66,7 +65,7 @@ inline ZpView zp_view(const Tensor& zp, ZeroPointDomain domain) {
 struct ZpOut {
   int32_t* i = nullptr;
   float* f = nullptr;
-  // stores the block's zero point and returns it as the kernels read it back (zp_at)
+  // stores the block's zero point and returns it as the kernels read it back (ZpView::at)
   float put(int64_t b, float z, ZeroPointDomain domain) const {
     if (i) {
       i[b] = to_int32(z);
@@ -131,7 +130,6 @@ inline QParams qparams_from_minmax(MinMax m, MappingType mapping, float fqmin, f
   return {s, z};
 }
 
-void store_qparams(const QParams& p, int64_t b, float* sp, Tensor& zp);
 // Fake-quantizes a run sharing one (scale, zero point): y, and the straight-through mask (1 where
 // the rounded code was inside [qmin, qmax]). Vectorized for the INT and NONE domains.
 template <ZeroPointDomain D>

@@ -28,11 +28,6 @@ void check_qparams(const Tensor& scale, const Tensor& zp, const Shape& nblocks, 
                domain == ZeroPointDomain::INT ? "int32 or float32" : "float32", scale.numel(), to_string(domain),
                zp.defined() ? detail::desc(zp) : "undefined");
 }
-float zp_at(const Tensor& zp, ZeroPointDomain domain, int64_t b) {
-  if (domain == ZeroPointDomain::NONE) return 0.0f;
-  if (zp.dtype() == kFloat32) return zp.data_ptr<float>()[b];
-  return static_cast<float>(zp.data_ptr<int32_t>()[b]);
-}
 
 // The float code before the integer cast, for every domain (torchao l.481/538/602).
 float quantize_one(float x, float scale, float zp, float qmin, float qmax, ZeroPointDomain domain) {
@@ -50,14 +45,6 @@ float dequantize_one(float q, float scale, float zp, float qmin, float qmax, Zer
   if (domain == ZeroPointDomain::FLOAT) return (q - std::floor((qmax + qmin + 1.0f) / 2.0f)) * scale + zp;
   if (domain == ZeroPointDomain::NONE) return q * scale;
   return (q - zp) * scale;
-}
-
-void store_qparams(const QParams& p, int64_t b, float* sp, Tensor& zp) {
-  sp[b] = p.scale;
-  if (zp.dtype() == kFloat32)
-    zp.data_ptr<float>()[b] = p.zero_point;
-  else
-    zp.data_ptr<int32_t>()[b] = to_int32(p.zero_point);
 }
 
 void fq_run(ZeroPointDomain d, const float* x, int64_t n, float s, float z, float fqmin, float fqmax, float* y,

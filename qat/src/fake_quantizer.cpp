@@ -220,15 +220,14 @@ Tensor FakeQuantizer::forward(const Tensor& x_in) {
 }
 
 Tensor IntxFakeQuantizeConfig::fake_quantize(const Tensor& x_in, FakeQuantizer& fq) const {
-  const IntxFakeQuantizeConfig* cfg = this;
   LOWBIT_CHECK(x_in.defined() && is_floating(x_in.dtype()), "FakeQuantizer: input must be floating, got {}",
                x_in.defined() ? detail::desc(x_in) : "undefined");
-  LOWBIT_CHECK(cfg->granularity.has_value(), "FakeQuantizer: {} has no granularity", cfg->to_string());
+  LOWBIT_CHECK(granularity.has_value(), "FakeQuantizer: {} has no granularity", to_string());
   // float32 and bfloat16 inputs are computed in their own dtype (torchao); others in float32.
   // Range learning runs in float32.
   const Tensor x =
-      (x_in.dtype() == kFloat32 || (x_in.dtype() == kBFloat16 && !cfg->range_learning)) ? x_in : x_in.to(kFloat32);
-  const Granularity& g = *cfg->granularity;
+      (x_in.dtype() == kFloat32 || (x_in.dtype() == kBFloat16 && !range_learning)) ? x_in : x_in.to(kFloat32);
+  const Granularity& g = *granularity;
   if (std::holds_alternative<PerAxis>(g) || std::holds_alternative<PerGroup>(g)) {
     LOWBIT_CHECK(x.dim() == 2, "FakeQuantizer: {} applies to 2-D weights, got input {}", qat::to_string(g),
                  shape_str(x.shape()));
@@ -236,21 +235,21 @@ Tensor IntxFakeQuantizeConfig::fake_quantize(const Tensor& x_in, FakeQuantizer& 
       LOWBIT_CHECK(a->axis == 0, "FakeQuantizer: only PerAxis(axis=0) is supported, got axis={}", a->axis);
   }
   const Shape block = std::holds_alternative<PerAxis>(g) ? Shape{1, x.size(1)} : block_size_for(g, x.shape());
-  const auto [qmin, qmax] = cfg->range();
+  const auto [qmin, qmax] = range();
   Tensor& scale = fq.scale;
   Tensor& zero_point = fq.zero_point;
   Tensor y;
-  if (cfg->range_learning) {
+  if (range_learning) {
     if (!fq.range_initialized()) {
       LOWBIT_CHECK(fq.initializing(),
                    "FakeQuantizer: range_learning=True needs initialize_fake_quantizers(model, example_inputs) before "
                    "the first forward ({})",
-                   cfg->to_string());
+                   to_string());
       NoGradGuard ng;
-      auto [s, z] = choose_qparams_affine(x.detach(), cfg->mapping_type, block, qmin, qmax, cfg->eps,
-                                          ZeroPointDomain::INT, kFloat32);
+      auto [s, z] =
+          choose_qparams_affine(x.detach(), mapping_type, block, qmin, qmax, eps, ZeroPointDomain::INT, kFloat32);
       s = clamp(s, 1e-9, std::nullopt);
-      if (cfg->mapping_type == MappingType::ASYMMETRIC) {
+      if (mapping_type == MappingType::ASYMMETRIC) {
         z = clamp(round(z), static_cast<double>(qmin), static_cast<double>(qmax));
         zero_point = fq.register_parameter("zero_point", z);
       } else {
@@ -263,14 +262,14 @@ Tensor IntxFakeQuantizeConfig::fake_quantize(const Tensor& x_in, FakeQuantizer& 
                  "FakeQuantizer: learned qparams of shape {} do not fit input {} (block {})", shape_str(scale.shape()),
                  shape_str(x.shape()), shape_str(block));
     y = fake_quantize_affine_learnable(x, block, scale, zero_point, qmin, qmax);
-  } else if (cfg->is_dynamic || !scale.defined()) {
-    auto r = fake_quantize_affine_dynamic(x, cfg->mapping_type, block, qmin, qmax, cfg->eps, cfg->zero_point_domain,
-                                          cfg->zero_point_precision, cfg->scale_precision);
+  } else if (is_dynamic || !scale.defined()) {
+    auto r = fake_quantize_affine_dynamic(x, mapping_type, block, qmin, qmax, eps, zero_point_domain,
+                                          zero_point_precision, scale_precision);
     y = r.y;
     scale = r.scale;
     zero_point = r.zero_point;
   } else {
-    y = fake_quantize_affine(x, block, scale, zero_point, qmin, qmax, cfg->zero_point_domain);
+    y = fake_quantize_affine(x, block, scale, zero_point, qmin, qmax, zero_point_domain);
   }
   return y.dtype() == x_in.dtype() ? y : y.to(x_in.dtype());
 }

@@ -223,51 +223,6 @@ void micro_u8s8(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t tile_st
   }
 }
 
-// The full 4 x 4 tile with named accumulators: GCC shuffles register arrays of accumulators
-// (a vmovdqa per vpdpbusd, and spills) but allocates named ones cleanly.
-void micro_u8s8_4x4(const uint8_t* a, int64_t lda, const int8_t* bp, int64_t tile_stride, const float* sc,
-                    int64_t sc_tile_stride, int64_t ng, int64_t group, float* c, int64_t ldc, bool first) {
-  const int64_t steps = group / 4;
-  for (int64_t g = 0; g < ng; ++g) {
-    __m512i c00 = _mm512_setzero_si512(), c01 = c00, c02 = c00, c03 = c00, c10 = c00, c11 = c00, c12 = c00, c13 = c00;
-    __m512i c20 = c00, c21 = c00, c22 = c00, c23 = c00, c30 = c00, c31 = c00, c32 = c00, c33 = c00;
-    const int8_t* bg = bp + g * steps * 64;
-    const uint8_t* ag = a + g * group;
-    for (int64_t q = 0; q < steps; ++q) {
-      __m512i b0 = _mm512_load_si512(bg + q * 64), b1 = _mm512_load_si512(bg + tile_stride + q * 64);
-      __m512i b2 = _mm512_load_si512(bg + 2 * tile_stride + q * 64),
-              b3 = _mm512_load_si512(bg + 3 * tile_stride + q * 64);
-      asm(""
-          : "+v"(b0), "+v"(b1), "+v"(b2),
-            "+v"(b3));  // keep the four B vectors in registers (GCC would reload them per row)
-      int32_t a4;
-      std::memcpy(&a4, ag + q * 4, 4);
-      __m512i av = _mm512_set1_epi32(a4);
-      dpbusd(c00, av, b0), dpbusd(c01, av, b1), dpbusd(c02, av, b2), dpbusd(c03, av, b3);
-      std::memcpy(&a4, ag + lda + q * 4, 4);
-      av = _mm512_set1_epi32(a4);
-      dpbusd(c10, av, b0), dpbusd(c11, av, b1), dpbusd(c12, av, b2), dpbusd(c13, av, b3);
-      std::memcpy(&a4, ag + 2 * lda + q * 4, 4);
-      av = _mm512_set1_epi32(a4);
-      dpbusd(c20, av, b0), dpbusd(c21, av, b1), dpbusd(c22, av, b2), dpbusd(c23, av, b3);
-      std::memcpy(&a4, ag + 3 * lda + q * 4, 4);
-      av = _mm512_set1_epi32(a4);
-      dpbusd(c30, av, b0), dpbusd(c31, av, b1), dpbusd(c32, av, b2), dpbusd(c33, av, b3);
-    }
-    const bool init = first && g == 0;
-    auto put = [&](int r, int t, __m512i v) {
-      const __m512 s = _mm512_loadu_ps(sc + t * sc_tile_stride + g * 16);
-      float* cp = c + r * ldc + t * 16;
-      const __m512 acc = init ? _mm512_setzero_ps() : _mm512_loadu_ps(cp);
-      _mm512_storeu_ps(cp, _mm512_fmadd_ps(_mm512_cvtepi32_ps(v), s, acc));
-    };
-    put(0, 0, c00), put(0, 1, c01), put(0, 2, c02), put(0, 3, c03), put(1, 0, c10), put(1, 1, c11), put(1, 2, c12),
-        put(1, 3, c13);
-    put(2, 0, c20), put(2, 1, c21), put(2, 2, c22), put(2, 3, c23), put(3, 0, c30), put(3, 1, c31), put(3, 2, c32),
-        put(3, 3, c33);
-  }
-}
-
 // 4 rows x 3 tiles over all of K with the float accumulators in registers too (12 int32 + 12
 // float32 + 3 B vectors + the broadcast A: 28 of the 32 vector registers): each group's int32 sums
 // are converted and scaled into registers, never into memory, so a group costs its vpdpbusd plus
@@ -330,13 +285,14 @@ void micro_u8s8_4x3_full(const uint8_t* a, int64_t lda, const int8_t* bp, int64_
 
 using MicroFn = void (*)(const uint8_t*, int64_t, const int8_t*, int64_t, const float*, int64_t, int64_t, int64_t,
                          float*, int64_t, bool);
-constexpr int kMR = 4, kNT = 4;
+// rows x tiles of the chunked kernels: the remainders of the 4 x 3 blocks
+constexpr int kMR = 4, kNT = 3;
 MicroFn micro_for(int mr, int nt) {
   static const MicroFn table[kMR][kNT] = {
-      {micro_u8s8<1, 1>, micro_u8s8<1, 2>, micro_u8s8<1, 3>, micro_u8s8<1, 4>},
-      {micro_u8s8<2, 1>, micro_u8s8<2, 2>, micro_u8s8<2, 3>, micro_u8s8<2, 4>},
-      {micro_u8s8<3, 1>, micro_u8s8<3, 2>, micro_u8s8<3, 3>, micro_u8s8<3, 4>},
-      {micro_u8s8<4, 1>, micro_u8s8<4, 2>, micro_u8s8<4, 3>, micro_u8s8_4x4},
+      {micro_u8s8<1, 1>, micro_u8s8<1, 2>, micro_u8s8<1, 3>},
+      {micro_u8s8<2, 1>, micro_u8s8<2, 2>, micro_u8s8<2, 3>},
+      {micro_u8s8<3, 1>, micro_u8s8<3, 2>, micro_u8s8<3, 3>},
+      {micro_u8s8<4, 1>, micro_u8s8<4, 2>, micro_u8s8<4, 3>},
   };
   return table[mr - 1][nt - 1];
 }
@@ -345,7 +301,7 @@ void gemm_simd(const uint8_t* a, int64_t m, const GroupedS8Weight& w, const floa
                const float* bias, float* out) {
   const int64_t n = w.n, k = w.k, group = w.group, tiles = n / 16, g = k / group;
   const int64_t chunk_groups = std::max<int64_t>(1, 256 / group);  // K chunk of ~256: the B panel stays in L1
-  constexpr int64_t kBlockTiles = 3;                               // the register-resident 4 x 3 kernel's width
+  constexpr int64_t kBlockTiles = kNT;                             // the register-resident 4 x 3 kernel's width
   const int64_t blocks = (tiles + kBlockTiles - 1) / kBlockTiles;
   const int64_t mstep = kMR;
   const int8_t* bp = w.packed.data_ptr<int8_t>();

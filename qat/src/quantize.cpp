@@ -177,7 +177,7 @@ std::map<std::type_index, Handler>& registry() {
 bool default_filter(const nn::Module& m, const std::string&) { return dynamic_cast<const nn::Linear*>(&m) != nullptr; }
 }  // namespace
 
-FilterFn compatible_linears(const QuantConfigBase&, std::vector<std::string>*) {
+FilterFn compatible_linears(const QuantConfigBase&) {
   // every Linear: a weight group size that does not divide in_features ends each row in a
   // shorter (ragged) group, so no layer has to stay in float
   return default_filter;

@@ -141,6 +141,16 @@ std::string save_step_checkpoint(int64_t step, const nn::Module& model, const op
 }
 
 // ---------------- the loop ----------------
+Metrics evaluate(nn::Module& model, const Task& task) {
+  if (!task.evaluate) return {};
+  NoGradGuard ng;
+  const bool was = model.is_training();
+  model.eval();
+  Metrics m = task.evaluate(model);
+  model.train(was);
+  return m;
+}
+
 Result fit(nn::Module& model, optim::Optimizer& opt, optim::LRScheduler* sched, data::DataLoader& loader,
            const Task& task, const Options& o, Reporter& rep, int64_t start_step) {
   LOWBIT_CHECK(task.loss != nullptr, "train::fit: the task has no loss");
@@ -155,13 +165,7 @@ Result fit(nn::Module& model, optim::Optimizer& opt, optim::LRScheduler* sched, 
   bool epoch_open = false;  // steps taken since the last end-of-epoch evaluation
   auto evaluate = [&](const std::string& what) {
     r.train_loss = window_loss / static_cast<double>(std::max<int64_t>(window_n, 1));
-    if (task.evaluate) {
-      NoGradGuard ng;
-      const bool was = model.is_training();
-      model.eval();
-      r.eval = task.evaluate(model);
-      model.train(was);
-    }
+    r.eval = train::evaluate(model, task);
     const double secs = since(te);
     rep.line(fmt::format("{}: train loss {:.4f}{}{}, {:.1f} s", what, r.train_loss, r.eval.empty() ? "" : ", ",
                          format_metrics(r.eval), secs));
@@ -178,9 +182,8 @@ Result fit(nn::Module& model, optim::Optimizer& opt, optim::LRScheduler* sched, 
     samples = 0;
     te = clk::now();
   };
-  const std::string prefix_base = o.phase == "qat" && o.label == "epoch" ? "qat" : o.label;
   auto epoch_name = [&] {
-    return o.epochs > 0 ? fmt::format("{} {}/{}", prefix_base, epoch_label, o.first_epoch + o.epochs - 1) : prefix_base;
+    return o.epochs > 0 ? fmt::format("{} {}/{}", o.label, epoch_label, o.first_epoch + o.epochs - 1) : o.label;
   };
   while (r.step < o.total_steps) {
     auto b = loader.next();
@@ -209,7 +212,7 @@ Result fit(nn::Module& model, optim::Optimizer& opt, optim::LRScheduler* sched, 
     if (by_epoch)
       rep.update(epoch_name(), loader.position(), loader.num_batches(), window_loss / window_n, rate, eta);
     else
-      rep.update(prefix_base, r.step, o.total_steps, window_loss / window_n, rate, eta);
+      rep.update(o.label, r.step, o.total_steps, window_loss / window_n, rate, eta);
     if (o.checkpoint.enabled && o.checkpoint.interval > 0 && r.step % o.checkpoint.interval == 0)
       r.last_checkpoint = save_step_checkpoint(r.step, model, opt, sched, loader, o);
     if (!by_epoch && (r.step % o.eval_interval == 0 || r.step == o.total_steps))
@@ -235,15 +238,7 @@ QatResult quantize_model(std::shared_ptr<nn::Module> model, optim::Optimizer& op
                q.mode);
   QatResult res;
   res.step = start_step;
-  auto eval = [&](nn::Module& m) {
-    if (!task.evaluate) return Metrics{};
-    NoGradGuard ng;
-    const bool was = m.is_training();
-    m.eval();
-    Metrics r = task.evaluate(m);
-    m.train(was);
-    return r;
-  };
+  auto eval = [&](nn::Module& m) { return evaluate(m, task); };
   if (q.mode == "qat") {
     if (!already_prepared) {
       res.float_eval = eval(*model);
