@@ -11,6 +11,11 @@
 #include "lowbit/core/blocks.h"
 #include "lowbit/qat/affine.h"
 
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#include <immintrin.h>
+#define LOWBIT_AFFINE_AVX512 1
+#endif
+
 namespace lowbit::qat::affine_detail {
 
 using core::block_runs;
@@ -88,6 +93,30 @@ float dequantize_one(float q, float scale, float zp, float qmin, float qmax, Zer
 // (inline: called once per block of the hot loops)
 // min and max of a run; NaN (both) when any element is NaN, as torch.aminmax.
 inline MinMax run_minmax(const float* x, int64_t n) {
+#ifdef LOWBIT_AFFINE_AVX512
+  // 16 lanes a step and one masked tail step: a 32-element group is two steps (the compiler's
+  // vector loop is 64 wide and left such runs to its epilogue)
+  const __m512 pinf = _mm512_set1_ps(std::numeric_limits<float>::infinity());
+  __m512 vmn = pinf, vmx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __mmask16 vnan = 0;
+  auto step = [&](__m512 v, __m512 v_for_max) {
+    vnan |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+    vmn = _mm512_min_ps(vmn, v);
+    vmx = _mm512_max_ps(vmx, v_for_max);
+  };
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m512 v = _mm512_loadu_ps(x + i);
+    step(v, v);
+  }
+  if (i < n) {  // masked-off lanes: +inf for the min, -inf for the max
+    const __mmask16 k = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 v = _mm512_mask_loadu_ps(pinf, k, x + i);
+    step(v, _mm512_mask_mov_ps(_mm512_set1_ps(-std::numeric_limits<float>::infinity()), k, v));
+  }
+  if (vnan) return {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::quiet_NaN()};
+  return {_mm512_reduce_min_ps(vmn), _mm512_reduce_max_ps(vmx)};
+#else
   float mn = std::numeric_limits<float>::infinity(), mx = -std::numeric_limits<float>::infinity();
   int nan = 0;
 #pragma omp simd reduction(min : mn) reduction(max : mx) reduction(| : nan)
@@ -99,6 +128,7 @@ inline MinMax run_minmax(const float* x, int64_t n) {
   }
   if (nan) return {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::quiet_NaN()};
   return {mn, mx};
+#endif
 }
 
 // torchao's scale / zero point of one block from its min and max, in float32.
@@ -144,6 +174,34 @@ inline void fq_run(const float* __restrict x, int64_t n, float s, float z, float
     }
   } else {
     const float inv = 1.0f / s;
+#ifdef LOWBIT_AFFINE_AVX512
+    // max/min with the bound first return q when q is NaN, as the scalar clamp below
+    const __m512 vinv = _mm512_set1_ps(inv), vs = _mm512_set1_ps(s), vz = _mm512_set1_ps(z),
+                 lo = _mm512_set1_ps(fqmin), hi = _mm512_set1_ps(fqmax);
+    const __m128i one = _mm_set1_epi8(1);
+    // one step: y and the mask bytes of 16 elements (masked loads/stores only for the tail: they
+    // are slower than plain ones here)
+    auto step = [&](__m512 v, __m512& yv) {
+      __m512 q = _mm512_roundscale_ps(_mm512_mul_ps(v, vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+      if constexpr (D == ZeroPointDomain::INT) q = _mm512_add_ps(q, vz);
+      const __mmask16 in = _mm512_cmp_ps_mask(q, lo, _CMP_GE_OQ) & _mm512_cmp_ps_mask(q, hi, _CMP_LE_OQ);
+      const __m512 c = _mm512_min_ps(hi, _mm512_max_ps(lo, q));
+      yv = _mm512_mul_ps(D == ZeroPointDomain::INT ? _mm512_sub_ps(c, vz) : c, vs);
+      return _mm_maskz_mov_epi8(in, one);
+    };
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+      __m512 yv;
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(m + i), step(_mm512_loadu_ps(x + i), yv));
+      _mm512_storeu_ps(y + i, yv);
+    }
+    if (i < n) {
+      const __mmask16 k = static_cast<__mmask16>((1u << (n - i)) - 1);
+      __m512 yv;
+      _mm_mask_storeu_epi8(m + i, k, step(_mm512_maskz_loadu_ps(k, x + i), yv));
+      _mm512_mask_storeu_ps(y + i, k, yv);
+    }
+#else
 #pragma omp simd
     for (int64_t i = 0; i < n; ++i) {
       float q = std::nearbyint(x[i] * inv);
@@ -153,6 +211,7 @@ inline void fq_run(const float* __restrict x, int64_t n, float s, float z, float
       c = c > fqmax ? fqmax : c;
       y[i] = D == ZeroPointDomain::INT ? (c - z) * s : c * s;
     }
+#endif
   }
 }
 void fq_run(ZeroPointDomain d, const float* x, int64_t n, float s, float z, float fqmin, float fqmax, float* y,

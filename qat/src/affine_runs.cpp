@@ -1,6 +1,9 @@
 // The float32 run kernels of the affine primitives, their straight-through backward and the
 // argument checks (see affine_internal.h).
 #include <algorithm>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "affine_internal.h"
 #include "lowbit/autograd/kernel.h"
@@ -56,11 +59,25 @@ void fq_run(ZeroPointDomain d, const float* x, int64_t n, float s, float z, floa
   }
 }
 
-// where(mask, g * s, 0) * (1 / s) over a run
+// where(mask, g * s, 0) * (1 / s) over a run. g is read whatever the mask says: a load that waits
+// for the mask byte (a masked load) serialises the two streams and halved this loop's bandwidth.
 void ste_run(const float* __restrict g, const uint8_t* __restrict m, int64_t n, float s, float* __restrict out) {
   const float inv = 1.0f / s;
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) out[i] = (m[i] ? g[i] * s : 0.0f) * inv;
+  int64_t i = 0;
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+  const __m512 vs = _mm512_set1_ps(s), vinv = _mm512_set1_ps(inv);
+  const __m512 off = _mm512_set1_ps(0.0f * inv);  // masked-off lanes: NaN when the scale is
+  for (; i + 16 <= n; i += 16) {
+    const __m512 gs = _mm512_mul_ps(_mm512_loadu_ps(g + i), vs);  // register operands only
+    const __mmask16 k = _mm_test_epi8_mask(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m + i)),
+                                           _mm_set1_epi8(static_cast<char>(0xff)));
+    _mm512_storeu_ps(out + i, _mm512_mask_blend_ps(k, off, _mm512_mul_ps(gs, vinv)));
+  }
+#endif
+  for (; i < n; ++i) {
+    const float gs = g[i] * s;
+    out[i] = (m[i] ? gs : 0.0f) * inv;
+  }
 }
 
 // Autograd through torchao's ops gives where(mask, g * scale, 0) * (1 / scale) in float32 (clamp's

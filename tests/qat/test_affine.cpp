@@ -120,76 +120,81 @@ TEST(Affine, StraightThroughGradientWithClampMask) {
 TEST(Affine, RunKernelsMatchStridedPathAndFusedDynamic) {
   namespace t = lowbit::testing;
   manual_seed(3);
-  const int64_t rows = 37, cols = 96, group = 32;
-  Tensor base = mul(randn({rows, cols}), 3.0);
-  float* p = base.data_ptr<float>();
-  const float specials[] = {std::numeric_limits<float>::quiet_NaN(),
-                            std::numeric_limits<float>::infinity(),
-                            -std::numeric_limits<float>::infinity(),
-                            0.0f,
-                            -0.0f,
-                            0.5f,
-                            2.5f,
-                            -1.5f,
-                            1e-39f};
-  for (int i = 0; i < 9; ++i) p[(i * 131) % (rows * cols)] = specials[i];
-  for (int64_t c = 0; c < group; ++c) p[5 * cols + c] = 0.0f;  // an all-zero block
-  const Tensor gout = randn({rows, cols});
-  struct Case {
-    MappingType mapping;
-    ZeroPointDomain domain;
-    DType zp_dtype;
-    int64_t qmin, qmax;
-  };
-  const std::vector<Case> cases = {{MappingType::SYMMETRIC, ZeroPointDomain::INT, kInt32, -8, 7},
-                                   {MappingType::ASYMMETRIC, ZeroPointDomain::INT, kFloat32, -128, 127},
-                                   {MappingType::SYMMETRIC_NO_CLIPPING_ERR, ZeroPointDomain::INT, kInt32, -2, 1},
-                                   {MappingType::SYMMETRIC, ZeroPointDomain::NONE, kInt32, -8, 7},
-                                   {MappingType::ASYMMETRIC, ZeroPointDomain::FLOAT, kFloat32, 0, 15}};
-  for (const auto& c : cases) {
-    SCOPED_TRACE(fmt::format("{} {} [{}, {}]", to_string(c.mapping), to_string(c.domain), c.qmin, c.qmax));
-    std::string where;
-    Tensor x = base.detach().requires_grad_();
-    Tensor xt = base.t().detach().requires_grad_();  // (cols, rows): the same blocks along dim 0
-    const Shape blk{1, group}, blk_t{group, 1};
-    auto [s, z] = choose_qparams_affine(x.detach(), c.mapping, blk, c.qmin, c.qmax, 1e-6, c.domain, c.zp_dtype);
-    auto [st, zt] = choose_qparams_affine(xt.detach(), c.mapping, blk_t, c.qmin, c.qmax, 1e-6, c.domain, c.zp_dtype);
-    EXPECT_EQ(t::count_mismatches(s, st.t(), &where), 0) << "scale " << where;
-    EXPECT_EQ(t::count_mismatches(z, zt.t(), &where), 0) << "zero_point " << where;
-    const DType container = c.qmin < 0 ? kInt8 : kUInt8;
-    const Tensor q = quantize_affine(x.detach(), blk, s, z, container, c.qmin, c.qmax, c.domain);
-    EXPECT_EQ(t::count_mismatches(
-                  q, quantize_affine(xt.detach(), blk_t, st, zt, container, c.qmin, c.qmax, c.domain).t(), &where),
-              0)
-        << "q " << where;
-    EXPECT_EQ(t::count_mismatches(dequantize_affine(q, blk, s, z, c.qmin, c.qmax, c.domain),
-                                  dequantize_affine(q.t(), blk_t, st, zt, c.qmin, c.qmax, c.domain).t(), &where),
-              0)
-        << "dq " << where;
-    Tensor y = fake_quantize_affine(x, blk, s, z, c.qmin, c.qmax, c.domain);
-    Tensor yt = fake_quantize_affine(xt, blk_t, st, zt, c.qmin, c.qmax, c.domain);
-    EXPECT_EQ(t::count_mismatches(y, yt.t(), &where), 0) << "fq " << where;
-    y.backward(gout);
-    yt.backward(gout.t());
-    EXPECT_EQ(t::count_mismatches(x.grad(), xt.grad().t(), &where), 0) << "grad " << where;
-    // fused dynamic == the two calls, gradient included
-    Tensor x2 = base.detach().requires_grad_();
-    auto r = fake_quantize_affine_dynamic(x2, c.mapping, blk, c.qmin, c.qmax, 1e-6, c.domain, c.zp_dtype);
-    EXPECT_EQ(t::count_mismatches(r.scale, s, &where), 0) << "fused scale " << where;
-    EXPECT_EQ(t::count_mismatches(r.zero_point, z, &where), 0) << "fused zero_point " << where;
-    EXPECT_EQ(t::count_mismatches(r.y, y, &where), 0) << "fused fq " << where;
-    r.y.backward(gout);
-    EXPECT_EQ(t::count_mismatches(x2.grad(), x.grad(), &where), 0) << "fused grad " << where;
-    if (c.domain == ZeroPointDomain::INT) {  // fused dynamic quantization == the two calls
-      auto qd = quantize_affine_dynamic(base, c.mapping, blk, container, c.qmin, c.qmax, 1e-6, c.zp_dtype);
-      EXPECT_EQ(t::count_mismatches(qd.q, q, &where), 0) << "fused q " << where;
-      EXPECT_EQ(t::count_mismatches(qd.scale, s, &where), 0) << "fused q scale " << where;
-      EXPECT_EQ(t::count_mismatches(qd.zero_point, z, &where), 0) << "fused q zero_point " << where;
+  const int64_t rows = 37, cols = 96;
+  // 32 and 48: whole 16-lane steps; 20: a step and a 4-lane tail (ragged last block of 16);
+  // 7: tails only (ragged last block of 5)
+  for (const int64_t group : {32, 48, 20, 7}) {
+    SCOPED_TRACE(fmt::format("group {}", group));
+    Tensor base = mul(randn({rows, cols}), 3.0);
+    float* p = base.data_ptr<float>();
+    const float specials[] = {std::numeric_limits<float>::quiet_NaN(),
+                              std::numeric_limits<float>::infinity(),
+                              -std::numeric_limits<float>::infinity(),
+                              0.0f,
+                              -0.0f,
+                              0.5f,
+                              2.5f,
+                              -1.5f,
+                              1e-39f};
+    for (int i = 0; i < 9; ++i) p[(i * 131) % (rows * cols)] = specials[i];
+    for (int64_t c = 0; c < group; ++c) p[5 * cols + c] = 0.0f;  // an all-zero block
+    const Tensor gout = randn({rows, cols});
+    struct Case {
+      MappingType mapping;
+      ZeroPointDomain domain;
+      DType zp_dtype;
+      int64_t qmin, qmax;
+    };
+    const std::vector<Case> cases = {{MappingType::SYMMETRIC, ZeroPointDomain::INT, kInt32, -8, 7},
+                                     {MappingType::ASYMMETRIC, ZeroPointDomain::INT, kFloat32, -128, 127},
+                                     {MappingType::SYMMETRIC_NO_CLIPPING_ERR, ZeroPointDomain::INT, kInt32, -2, 1},
+                                     {MappingType::SYMMETRIC, ZeroPointDomain::NONE, kInt32, -8, 7},
+                                     {MappingType::ASYMMETRIC, ZeroPointDomain::FLOAT, kFloat32, 0, 15}};
+    for (const auto& c : cases) {
+      SCOPED_TRACE(fmt::format("{} {} [{}, {}]", to_string(c.mapping), to_string(c.domain), c.qmin, c.qmax));
+      std::string where;
+      Tensor x = base.detach().requires_grad_();
+      Tensor xt = base.t().detach().requires_grad_();  // (cols, rows): the same blocks along dim 0
+      const Shape blk{1, group}, blk_t{group, 1};
+      auto [s, z] = choose_qparams_affine(x.detach(), c.mapping, blk, c.qmin, c.qmax, 1e-6, c.domain, c.zp_dtype);
+      auto [st, zt] = choose_qparams_affine(xt.detach(), c.mapping, blk_t, c.qmin, c.qmax, 1e-6, c.domain, c.zp_dtype);
+      EXPECT_EQ(t::count_mismatches(s, st.t(), &where), 0) << "scale " << where;
+      EXPECT_EQ(t::count_mismatches(z, zt.t(), &where), 0) << "zero_point " << where;
+      const DType container = c.qmin < 0 ? kInt8 : kUInt8;
+      const Tensor q = quantize_affine(x.detach(), blk, s, z, container, c.qmin, c.qmax, c.domain);
+      EXPECT_EQ(t::count_mismatches(
+                    q, quantize_affine(xt.detach(), blk_t, st, zt, container, c.qmin, c.qmax, c.domain).t(), &where),
+                0)
+          << "q " << where;
+      EXPECT_EQ(t::count_mismatches(dequantize_affine(q, blk, s, z, c.qmin, c.qmax, c.domain),
+                                    dequantize_affine(q.t(), blk_t, st, zt, c.qmin, c.qmax, c.domain).t(), &where),
+                0)
+          << "dq " << where;
+      Tensor y = fake_quantize_affine(x, blk, s, z, c.qmin, c.qmax, c.domain);
+      Tensor yt = fake_quantize_affine(xt, blk_t, st, zt, c.qmin, c.qmax, c.domain);
+      EXPECT_EQ(t::count_mismatches(y, yt.t(), &where), 0) << "fq " << where;
+      y.backward(gout);
+      yt.backward(gout.t());
+      EXPECT_EQ(t::count_mismatches(x.grad(), xt.grad().t(), &where), 0) << "grad " << where;
+      // fused dynamic == the two calls, gradient included
+      Tensor x2 = base.detach().requires_grad_();
+      auto r = fake_quantize_affine_dynamic(x2, c.mapping, blk, c.qmin, c.qmax, 1e-6, c.domain, c.zp_dtype);
+      EXPECT_EQ(t::count_mismatches(r.scale, s, &where), 0) << "fused scale " << where;
+      EXPECT_EQ(t::count_mismatches(r.zero_point, z, &where), 0) << "fused zero_point " << where;
+      EXPECT_EQ(t::count_mismatches(r.y, y, &where), 0) << "fused fq " << where;
+      r.y.backward(gout);
+      EXPECT_EQ(t::count_mismatches(x2.grad(), x.grad(), &where), 0) << "fused grad " << where;
+      if (c.domain == ZeroPointDomain::INT) {  // fused dynamic quantization == the two calls
+        auto qd = quantize_affine_dynamic(base, c.mapping, blk, container, c.qmin, c.qmax, 1e-6, c.zp_dtype);
+        EXPECT_EQ(t::count_mismatches(qd.q, q, &where), 0) << "fused q " << where;
+        EXPECT_EQ(t::count_mismatches(qd.scale, s, &where), 0) << "fused q scale " << where;
+        EXPECT_EQ(t::count_mismatches(qd.zero_point, z, &where), 0) << "fused q zero_point " << where;
+      }
     }
+    // a strided block structure through the fused entry point falls back to the two-pass path
+    auto r = fake_quantize_affine_dynamic(base, MappingType::SYMMETRIC, {rows, 1}, -8, 7);
+    EXPECT_EQ(r.scale.shape(), (Shape{1, cols}));
   }
-  // a strided block structure through the fused entry point falls back to the two-pass path
-  auto r = fake_quantize_affine_dynamic(base, MappingType::SYMMETRIC, {rows, 1}, -8, 7);
-  EXPECT_EQ(r.scale.shape(), (Shape{1, cols}));
 }
 
 // A block size that does not divide the input ends in a shorter (ragged) block. For the INT and
