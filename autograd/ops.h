@@ -82,6 +82,9 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = Tensor
 /// of the same values only by summation order. A kernel for exact low-precision emulation (fp8, fp6, fp4 values are
 /// exact in bfloat16): no autograd. Reference mode (set_reference_kernels) sums in float64.
 Tensor gemm_bf16(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& bias = Tensor());
+/// C = op(A)·op(B) (+ bias) for float32 A and B, 2-D, or 3-D with the same batch count (or 1, broadcast): oneDNN's
+/// float32 matmul, transposes as strides, no autograd (the GEMM that linear/matmul and their backward passes run).
+Tensor gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& bias = Tensor());
 
 // ---- shape ----
 Tensor reshape(const Tensor& a, const Shape& shape);
@@ -117,6 +120,12 @@ Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& we
 Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                                     const Tensor& attn_mask = Tensor(), double dropout_p = 0.0, bool is_causal = false,
                                     std::optional<double> scale = std::nullopt, Generator* gen = nullptr);
+/// Multi-head self-attention over packed projections: qkv (B, T, 3·C) holds q | k | v along the last dim, each
+/// split into n_heads heads of C / n_heads -> (B, T, C), the heads merged back. The same values as permuting to
+/// (3, B, H, T, D), scaled_dot_product_attention per head and permuting back, without the permutes (float32 without
+/// dropout runs a fused kernel; other cases that composition).
+Tensor attention_qkv(const Tensor& qkv, int64_t n_heads, bool is_causal = false, double dropout_p = 0.0,
+                     std::optional<double> scale = std::nullopt, Generator* gen = nullptr);
 
 // ---- operators ----
 Tensor operator+(const Tensor& a, const Tensor& b);

@@ -21,8 +21,12 @@ class CollectingReporter : public benchmark::ConsoleReporter {
       }
     ConsoleReporter::ReportRuns(runs);
   }
-  /// Seconds per iteration of the benchmark whose full name starts with prefix (first match).
+  /// Seconds per iteration of the benchmark whose full name starts with prefix (first match); the
+  /// median when the run had --benchmark_repetitions.
   double seconds(const std::string& name) const {
+    for (const auto& [k, v] : seconds_)
+      if ((k == name || k.rfind(name + "/", 0) == 0) && k.size() > 7 && k.compare(k.size() - 7, 7, "_median") == 0)
+        return v;
     for (const auto& [k, v] : seconds_)
       if (k == name || k.rfind(name + "/", 0) == 0 || k.rfind(name + "_median", 0) == 0) return v;
     return 0.0;

@@ -30,5 +30,10 @@ std::vector<int64_t> contiguous_strides(const Shape& shape);
 Tensor expand_copy(const Tensor& t, const Shape& shape);
 /// Internal GEMM: C = op(A)·op(B) for 2-D or 3-D (batched, batch 1 broadcast) float tensors.
 Tensor gemm(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, const Tensor& bias = Tensor());
+/// softmax (or log_softmax) of one float32 row of n, the kernel softmax() runs per row; y may be x
+/// when !log (reduce.cpp)
+void softmax_row_f32(const float* x, float* y, int64_t n, bool log);
+/// gx = y * (g - sum(g * y)) over one float32 row, softmax's backward per row; gx may be g
+void softmax_backward_row_f32(const float* y, const float* g, float* gx, int64_t n);
 
 }  // namespace lowbit::detail

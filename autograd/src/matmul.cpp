@@ -150,6 +150,24 @@ Tensor gemm_bf16(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tenso
   return c;
 }
 
+Tensor gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& bias) {
+  LOWBIT_CHECK(a.defined() && b.defined() && a.dtype() == kFloat32 && b.dtype() == kFloat32 &&
+                   (a.dim() == 2 || a.dim() == 3) && a.dim() == b.dim(),
+               "gemm: expects two float32 tensors, both 2-D or both 3-D, got {} and {}",
+               a.defined() ? detail::desc(a) : "undefined", b.defined() ? detail::desc(b) : "undefined");
+  const int64_t d = a.dim();
+  const int64_t m = ta ? a.size(d - 1) : a.size(d - 2), k = ta ? a.size(d - 2) : a.size(d - 1);
+  const int64_t kb = tb ? b.size(d - 1) : b.size(d - 2), n = tb ? b.size(d - 2) : b.size(d - 1);
+  LOWBIT_CHECK(k == kb, "gemm: op(A) is {}x{} but op(B) is {}x{} (trans_a={}, trans_b={}; A {}, B {})", m, k, kb, n, ta,
+               tb, shape_str(a.shape()), shape_str(b.shape()));
+  LOWBIT_CHECK(d == 2 || a.size(0) == b.size(0) || a.size(0) == 1 || b.size(0) == 1,
+               "gemm: batch counts {} and {} differ (A {}, B {})", a.size(0), b.size(0), shape_str(a.shape()),
+               shape_str(b.shape()));
+  LOWBIT_CHECK(!bias.defined() || (bias.dtype() == kFloat32 && bias.dim() == 1 && bias.size(0) == n),
+               "gemm: bias must be a float32 vector of {} elements, got {}", n, detail::desc(bias));
+  return detail::gemm(a, ta, b, tb, bias);
+}
+
 namespace {
 // Recorded GEMM on 2-D or same-batch 3-D operands (no transposes at the API level).
 Tensor mm(const Tensor& a, const Tensor& b) {

@@ -1,7 +1,6 @@
 // Neural-network functions: dropout, cross_entropy (fused log-softmax + NLL with ignore_index and
-// label smoothing), mse_loss, layer_norm, rms_norm, scaled_dot_product_attention.
-// layer_norm, rms_norm and attention are compositions of primitives (their gradients come from
-// the primitives); cross_entropy is fused.
+// label smoothing), mse_loss, layer_norm (fused for float32/float64), rms_norm (a composition of
+// primitives). Attention is in attention.cpp.
 #include <cmath>
 #include <limits>
 
@@ -333,41 +332,6 @@ Tensor rms_norm(const Tensor& x, const Shape& normalized_shape, const Tensor& we
   Tensor y = mul(x, rsqrt(add(mean(mul(x, x), dims, true), e)));
   if (weight.defined()) y = mul(y, weight);
   return y;
-}
-
-Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& attn_mask,
-                                    double dropout_p, bool is_causal, std::optional<double> scale, Generator* gen) {
-  const char* op = "scaled_dot_product_attention";
-  detail::check_floating(q, op, "query");
-  detail::check_floating(k, op, "key");
-  detail::check_floating(v, op, "value");
-  LOWBIT_CHECK(q.dim() >= 2 && k.dim() >= 2 && v.dim() >= 2, "{}: query {}, key {}, value {} must have at least 2 dims",
-               op, shape_str(q.shape()), shape_str(k.shape()), shape_str(v.shape()));
-  LOWBIT_CHECK(q.size(-1) == k.size(-1), "{}: query {} and key {} must have the same embedding size (last dim)", op,
-               shape_str(q.shape()), shape_str(k.shape()));
-  LOWBIT_CHECK(k.size(-2) == v.size(-2), "{}: key {} and value {} must have the same sequence length (dim -2)", op,
-               shape_str(k.shape()), shape_str(v.shape()));
-  LOWBIT_CHECK(!(is_causal && attn_mask.defined()), "{}: pass either attn_mask or is_causal, not both", op);
-  const int64_t L = q.size(-2), S = k.size(-2);
-  const double s = scale ? *scale : 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
-  Tensor scores = mul(matmul(q, transpose(k, -2, -1)), s);
-  if (is_causal) {
-    Tensor m = empty({L, S}, kBool);
-    bool* mp = m.data_ptr<bool>();
-    for (int64_t i = 0; i < L; ++i)
-      for (int64_t j = 0; j < S; ++j) mp[i * S + j] = j > i;
-    scores = masked_fill(scores, m, -std::numeric_limits<double>::infinity());
-  } else if (attn_mask.defined()) {
-    if (attn_mask.dtype() == kBool) {
-      const Tensor drop = eq(attn_mask.to(kUInt8), full({}, 0, kUInt8));  // true = masked out
-      scores = masked_fill(scores, drop, -std::numeric_limits<double>::infinity());
-    } else {
-      scores = add(scores, attn_mask);
-    }
-  }
-  Tensor p = softmax(scores, -1);
-  if (dropout_p > 0.0) p = dropout(p, dropout_p, true, gen);
-  return matmul(p, v);
 }
 
 }  // namespace lowbit

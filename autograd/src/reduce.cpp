@@ -300,6 +300,34 @@ Tensor argmax(const Tensor& a, int64_t dim, bool keepdim) {
 }
 
 // ---------------- softmax / log_softmax ----------------
+namespace detail {
+// one float32 row: max, exp (Eigen), float sum, then scale by 1/sum (or the log form); y may be
+// x for the softmax (not for the log form, which reads x again)
+void softmax_row_f32(const float* x, float* y, int64_t n, bool log) {
+  // the max in a register (a vector reduction); a NaN anywhere in the row makes the whole row NaN
+  // whichever element the max picks
+  float mx = -std::numeric_limits<float>::infinity();
+#pragma omp simd reduction(max : mx)
+  for (int64_t j = 0; j < n; ++j) mx = x[j] > mx ? x[j] : mx;
+  const float m = std::isfinite(mx) ? mx : (mx == mx ? 0.0f : mx);
+  Eigen::Map<Eigen::ArrayXf> ya(y, n);
+  ya = (Eigen::Map<const Eigen::ArrayXf>(x, n) - m).exp();
+  const double s = static_cast<double>(ya.sum());
+  if (log)
+    ya = Eigen::Map<const Eigen::ArrayXf>(x, n) - (m + static_cast<float>(std::log(s)));
+  else
+    ya *= static_cast<float>(1.0 / s);
+}
+// gx = y * (g - sum(g * y)) over one float32 row; gx may be g
+void softmax_backward_row_f32(const float* y, const float* g, float* gx, int64_t n) {
+  float s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) s += g[j] * y[j];
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) gx[j] = y[j] * (g[j] - s);
+}
+}  // namespace detail
+
 namespace {
 // rows of length n (the softmax dim is last and contiguous)
 template <typename T>
@@ -308,22 +336,16 @@ void softmax_rows(const T* x, T* y, int64_t rows, int64_t n, bool log) {
     for (int64_t r = b; r < e; ++r) {
       const T* xr = x + r * n;
       T* yr = y + r * n;
+      if constexpr (std::is_same_v<T, float>) {
+        if (!reference_kernels()) {
+          detail::softmax_row_f32(xr, yr, n, log);
+          continue;
+        }
+      }
       T m = -std::numeric_limits<T>::infinity();
       for (int64_t j = 0; j < n; ++j) m = xr[j] > m ? xr[j] : m;
       if (!std::isfinite(static_cast<double>(m))) m = (m == m) ? T(0) : m;
       double s = 0;
-      if constexpr (std::is_same_v<T, float>) {
-        if (!reference_kernels()) {
-          Eigen::Map<Eigen::ArrayXf> ya(yr, n);
-          ya = (Eigen::Map<const Eigen::ArrayXf>(xr, n) - m).exp();
-          s = static_cast<double>(ya.sum());
-          if (log)
-            ya = Eigen::Map<const Eigen::ArrayXf>(xr, n) - (m + static_cast<float>(std::log(s)));
-          else
-            ya *= static_cast<float>(1.0 / s);
-          continue;
-        }
-      }
       for (int64_t j = 0; j < n; ++j) {
         yr[j] = std::exp(xr[j] - m);
         s += yr[j];
@@ -339,8 +361,6 @@ void softmax_rows(const T* x, T* y, int64_t rows, int64_t n, bool log) {
   });
 }
 
-// The backward over rows in one pass each: softmax gx = y * (g - sum(g * y)), log_softmax
-// gx = g - exp(y) * sum(g) (the composition's four elementwise passes and reductions, fused).
 template <typename T>
 void softmax_backward_rows(const T* y, const T* g, T* gx, int64_t rows, int64_t n, bool log) {
   parallel_for(rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(n, 1)), [&](int64_t b, int64_t e) {
@@ -353,6 +373,8 @@ void softmax_backward_rows(const T* y, const T* g, T* gx, int64_t rows, int64_t 
 #pragma omp simd reduction(+ : s)
         for (int64_t j = 0; j < n; ++j) s += gr[j];
         for (int64_t j = 0; j < n; ++j) o[j] = gr[j] - std::exp(yr[j]) * s;
+      } else if constexpr (std::is_same_v<T, float>) {
+        detail::softmax_backward_row_f32(yr, gr, o, n);
       } else {
 #pragma omp simd reduction(+ : s)
         for (int64_t j = 0; j < n; ++j) s += gr[j] * yr[j];

@@ -22,12 +22,9 @@ std::string CausalSelfAttention::extra_repr() const {
 Tensor CausalSelfAttention::forward(const Tensor& x) {
   LOWBIT_CHECK(x.dim() == 3 && x.size(-1) == d_model, "CausalSelfAttention: expected input (B, T, {}), got {}", d_model,
                shape_str(x.shape()));
-  const int64_t B = x.size(0), T = x.size(1), D = d_model / n_heads;
-  // (B, T, 3C) -> (3, B, H, T, D)
-  Tensor qkv_heads = permute(child("qkv").forward(x).reshape({B, T, 3, n_heads, D}), {2, 0, 3, 1, 4});
-  Tensor q = qkv_heads.select(0, 0), k = qkv_heads.select(0, 1), v = qkv_heads.select(0, 2);
-  Tensor y = scaled_dot_product_attention(q, k, v, Tensor(), is_training() ? dropout_p : 0.0, causal);
-  return child("proj").forward(permute(y, {0, 2, 1, 3}).reshape({B, T, d_model}));
+  // (B, T, 3C) -> heads -> attention -> (B, T, C): one op, no materialized permutes
+  return child("proj").forward(
+      attention_qkv(child("qkv").forward(x), n_heads, causal, is_training() ? dropout_p : 0.0));
 }
 namespace {
 template <typename T>

@@ -176,8 +176,8 @@ inline void fq_run(const float* __restrict x, int64_t n, float s, float z, float
     const float inv = 1.0f / s;
 #ifdef LOWBIT_AFFINE_AVX512
     // max/min with the bound first return q when q is NaN, as the scalar clamp below
-    const __m512 vinv = _mm512_set1_ps(inv), vs = _mm512_set1_ps(s), vz = _mm512_set1_ps(z),
-                 lo = _mm512_set1_ps(fqmin), hi = _mm512_set1_ps(fqmax);
+    const __m512 vinv = _mm512_set1_ps(inv), vs = _mm512_set1_ps(s), vz = _mm512_set1_ps(z), lo = _mm512_set1_ps(fqmin),
+                 hi = _mm512_set1_ps(fqmax);
     const __m128i one = _mm_set1_epi8(1);
     // one step: y and the mask bytes of 16 elements (masked loads/stores only for the tail: they
     // are slower than plain ones here)

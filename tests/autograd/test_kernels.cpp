@@ -167,6 +167,45 @@ TEST(Kernels, GemmBf16IsExactWhereFloat32SumsAre) {
   }
 }
 
+TEST(Kernels, GemmFloat32TransposesBatchesAndErrors) {
+  // small integers: exact in float32, so every transpose, the batch (and a broadcast batch of 1)
+  // and the bias must give the exact sums
+  Generator g(19);
+  const int64_t bt = 3, m = 37, n = 20, k = 50;
+  for (const int64_t ba : {bt, int64_t{1}})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true}) {
+        SCOPED_TRACE(fmt::format("ba={} ta={} tb={}", ba, ta, tb));
+        const Tensor a = randint(-8, 9, ta ? Shape{ba, k, m} : Shape{ba, m, k}, &g).to(kFloat32);
+        const Tensor b = randint(-8, 9, tb ? Shape{bt, n, k} : Shape{bt, k, n}, &g).to(kFloat32);
+        const Tensor bias = randint(-100, 100, {n}, &g).to(kFloat32);
+        const Tensor c = gemm(a, ta, b, tb, bias);
+        ASSERT_EQ(c.shape(), (Shape{bt, m, n}));
+        const float* ap = a.data_ptr<float>();
+        const float* bp = b.data_ptr<float>();
+        for (int64_t p = 0; p < bt; ++p)
+          for (int64_t i = 0; i < m; ++i)
+            for (int64_t j = 0; j < n; ++j) {
+              double s = bias.data_ptr<float>()[j];
+              const float* pa = ap + (ba == 1 ? 0 : p) * m * k;
+              const float* pb = bp + p * k * n;
+              for (int64_t q = 0; q < k; ++q)
+                s += static_cast<double>(ta ? pa[q * m + i] : pa[i * k + q]) * (tb ? pb[j * k + q] : pb[q * n + j]);
+              ASSERT_EQ(c.data_ptr<float>()[(p * m + i) * n + j], static_cast<float>(s)) << p << " " << i << " " << j;
+            }
+      }
+  const Tensor a = randn({4, 5}, &g), b = randn({6, 5}, &g);
+  EXPECT_EQ(gemm(a, false, b, true).shape(), (Shape{4, 6}));
+  lowbit::testing::expect_error([&] { gemm(a, false, b, false); }, {"gemm: op(A) is 4x5 but op(B) is 6x5"});
+  lowbit::testing::expect_error([&] { gemm(a.to(kFloat64), false, b, true); }, {"gemm", "float32"});
+  lowbit::testing::expect_error([&] { gemm(a, false, b, true, randn({5}, &g)); }, {"gemm: bias", "6 elements"});
+  lowbit::testing::expect_error(
+      [&] {
+        gemm(randn({2, 4, 5}, &g), false, randn({3, 6, 5}, &g), true);
+      },
+      {"gemm: batch counts 2 and 3"});
+}
+
 TEST(Kernels, GemmBf16MatchesFloat32GemmOfTheSameValues) {
   // random bf16 values: only the summation order differs from the float32 GEMM of the upcast values
   Generator g(18);
@@ -251,4 +290,119 @@ TEST(Kernels, FusedSoftmaxBackwardMatchesItsComposition) {
       m = std::max(m, std::fabs(static_cast<double>(x.grad().data_ptr<float>()[i]) - want.data_ptr<float>()[i]));
     EXPECT_LT(m, 1e-5);
   }
+}
+
+namespace {
+double max_abs_diff(const Tensor& a, const Tensor& b) {
+  const Tensor x = a.to(kFloat64), y = b.to(kFloat64);
+  EXPECT_EQ(x.shape(), y.shape());
+  double m = 0;
+  for (int64_t i = 0; i < x.numel(); ++i) m = std::max(m, std::fabs(x.data_ptr<double>()[i] - y.data_ptr<double>()[i]));
+  return m;
+}
+// Attention spelled out in elementary ops (what the fused kernel replaces).
+Tensor attention_composed(const Tensor& q, const Tensor& k, const Tensor& v, bool causal, double scale) {
+  Tensor s = mul(matmul(q, transpose(k, -2, -1)), scale);
+  if (causal) {
+    const int64_t L = q.size(-2), S = k.size(-2);
+    Tensor m = empty({L, S}, kBool);
+    for (int64_t i = 0; i < L; ++i)
+      for (int64_t j = 0; j < S; ++j) m.data_ptr<bool>()[i * S + j] = j > i;
+    s = masked_fill(s, m, -std::numeric_limits<double>::infinity());
+  }
+  return matmul(softmax(s, -1), v);
+}
+}  // namespace
+
+// scaled_dot_product_attention's fused float32 kernel (one batched GEMM with Kᵀ as strides, one
+// scale + mask + softmax pass per row, P·V; one backward node) against the composition of
+// elementary ops in float64: outputs and the three gradients, causal or not, more keys than
+// queries and fewer, 3-D and 4-D inputs, an explicit scale.
+TEST(Kernels, FusedAttentionMatchesItsComposition) {
+  Generator g(33);
+  struct Case {
+    Shape lead;
+    int64_t L, S, E, Ev;
+    bool causal;
+    std::optional<double> scale;
+  };
+  const std::vector<Case> cases = {{{6}, 33, 33, 16, 16, true, std::nullopt},
+                                   {{2, 3}, 17, 29, 8, 12, true, std::nullopt},
+                                   {{2, 3}, 29, 17, 8, 12, true, 0.3},
+                                   {{5}, 20, 24, 32, 8, false, std::nullopt}};
+  for (const auto& c : cases) {
+    SCOPED_TRACE(fmt::format("lead {} L={} S={} causal={}", shape_str(c.lead), c.L, c.S, c.causal));
+    auto shape = [&](int64_t r, int64_t cols) {
+      Shape s = c.lead;
+      s.insert(s.end(), {r, cols});
+      return s;
+    };
+    const Tensor q0 = mul(randn(shape(c.L, c.E), &g), 2.0), k0 = randn(shape(c.S, c.E), &g),
+                 v0 = randn(shape(c.S, c.Ev), &g), dy = randn(shape(c.L, c.Ev), &g);
+    Tensor q = q0.clone().requires_grad_(), k = k0.clone().requires_grad_(), v = v0.clone().requires_grad_();
+    const Tensor y = scaled_dot_product_attention(q, k, v, Tensor(), 0.0, c.causal, c.scale);
+    EXPECT_EQ(y.grad_fn_name(), "ScaledDotProductAttentionBackward0");
+    y.backward(dy);
+    Tensor qd = q0.to(kFloat64).requires_grad_(), kd = k0.to(kFloat64).requires_grad_(),
+           vd = v0.to(kFloat64).requires_grad_();
+    const double sc = c.scale ? *c.scale : 1.0 / std::sqrt(static_cast<double>(c.E));
+    const Tensor yd = attention_composed(qd, kd, vd, c.causal, sc);
+    yd.backward(dy.to(kFloat64));
+    EXPECT_LT(max_abs_diff(y, yd), 2e-5);
+    EXPECT_LT(max_abs_diff(q.grad(), qd.grad()), 5e-5);
+    EXPECT_LT(max_abs_diff(k.grad(), kd.grad()), 5e-5);
+    EXPECT_LT(max_abs_diff(v.grad(), vd.grad()), 5e-5);
+  }
+  // only the inputs that need a gradient get one
+  Tensor q = randn({2, 8, 4}, &g).requires_grad_(), k = randn({2, 8, 4}, &g), v = randn({2, 8, 4}, &g);
+  scaled_dot_product_attention(q, k, v, Tensor(), 0.0, true).backward(ones({2, 8, 4}));
+  EXPECT_TRUE(q.grad().defined());
+  EXPECT_FALSE(k.grad().defined());
+}
+
+// attention_qkv (heads split from and merged into (B, T, 3C) without permutes) against the
+// composition it replaces: permute to (3, B, H, T, D), attention per head, permute back — in
+// float64 for the fused float32 kernel; bit for bit for the dropout path (which is that
+// composition, with the same generator).
+TEST(Kernels, AttentionQkvMatchesPermutedHeads) {
+  Generator g(34);
+  const int64_t B = 3, T = 19, H = 4, D = 8, C = H * D;
+  auto composed = [&](const Tensor& qkv, bool causal, double dropout_p, Generator* gen) {
+    const Tensor heads = permute(qkv.reshape({B, T, 3, H, D}), {2, 0, 3, 1, 4});
+    const Tensor y = scaled_dot_product_attention(heads.select(0, 0), heads.select(0, 1), heads.select(0, 2), Tensor(),
+                                                  dropout_p, causal, std::nullopt, gen);
+    return permute(y, {0, 2, 1, 3}).reshape({B, T, C});
+  };
+  const Tensor x0 = randn({B, T, 3 * C}, &g), dy = randn({B, T, C}, &g);
+  for (bool causal : {true, false}) {
+    SCOPED_TRACE(causal ? "causal" : "full");
+    Tensor x = x0.clone().requires_grad_(), xd = x0.to(kFloat64).requires_grad_();
+    const Tensor y = attention_qkv(x, H, causal);
+    EXPECT_EQ(y.grad_fn_name(), "AttentionQkvBackward0");
+    const Tensor yd = composed(xd, causal, 0.0, nullptr);
+    y.backward(dy);
+    yd.backward(dy.to(kFloat64));
+    EXPECT_LT(max_abs_diff(y, yd), 2e-5);
+    EXPECT_LT(max_abs_diff(x.grad(), xd.grad()), 5e-5);
+  }
+  {  // dropout: the composition itself, the same bits for the same generator
+    Generator g1(5), g2(5);
+    Tensor x1 = x0.clone().requires_grad_(), x2 = x0.clone().requires_grad_();
+    const Tensor y1 = attention_qkv(x1, H, true, 0.25, std::nullopt, &g1), y2 = composed(x2, true, 0.25, &g2);
+    EXPECT_EQ(std::memcmp(y1.raw_data(), y2.raw_data(), y1.nbytes()), 0);
+    y1.backward(dy);
+    y2.backward(dy);
+    EXPECT_EQ(std::memcmp(x1.grad().raw_data(), x2.grad().raw_data(), x1.grad().nbytes()), 0);
+  }
+  lowbit::testing::expect_error(
+      [&] {
+        attention_qkv(randn({2, 5, 10}, &g), 2);
+      },
+      {"attention_qkv", "(batch, seq, 3 * d_model)", "[2, 5, 10]"});
+  lowbit::testing::expect_error(
+      [&] {
+        attention_qkv(randn({2, 5, 12}, &g), 3);
+      },
+      {"attention_qkv: d_model (4) must be divisible by n_heads (3)"});
+  lowbit::testing::expect_error([&] { attention_qkv(randn({5, 12}, &g), 2); }, {"attention_qkv", "[5, 12]"});
 }

@@ -171,6 +171,8 @@ std::vector<OpCase> op_cases() {
                  for (int i = 0; i < 4; ++i) m.data_ptr<bool>()[i * 5] = true;
                  return scaled_dot_product_attention(v[0], v[1], v[2], m);
                }});
+  U("attention_qkv_causal", {2, 5, 12}, [](auto& a) { return attention_qkv(a, 2, true); });
+  U("attention_qkv", {1, 4, 6}, [](auto& a) { return attention_qkv(a, 1, false, 0.0, 0.7); });
   c.push_back({"sdpa_float_mask_scale", {{4, 3}, {5, 3}, {5, 2}, {4, 5}}, [](const V& v) {
                  return scaled_dot_product_attention(v[0], v[1], v[2], v[3], 0.0, false, 0.3);
                }});
