@@ -13,6 +13,10 @@
 
 namespace lowbit::nn {
 
+/// Constructor tag: build a module without its children or tensors — a file's loader
+/// (io::load_model) attaches them. Allocates nothing and draws no random numbers.
+struct Unbuilt {};
+
 /// Ordered (name, tensor) pairs, as returned by state_dict().
 using NamedTensors = std::vector<std::pair<std::string, Tensor>>;
 
@@ -89,6 +93,10 @@ class Module : public std::enable_shared_from_this<Module> {
   /// Attaches a child built from a file: replaces an existing child of that name, else adds it
   /// (ModuleList and Sequential append, and need the names "0", "1", ... in order).
   virtual void attach_child(const std::string& name, std::shared_ptr<Module> child);
+  /// Called by io::load_model once every child of a module built from a file is attached:
+  /// modules that need particular children check here that the file gave them (an error names
+  /// what is missing), so a bad file fails at load, not in the first forward.
+  virtual void check_loaded() const {}
 
   /// PyTorch-style repr of the module tree.
   std::string to_string() const;
@@ -135,6 +143,8 @@ int64_t attr_int(const Attributes& attrs, const std::string& key, const std::str
 double attr_double(const Attributes& attrs, const std::string& key, const std::string& type_name);
 std::string attr_string(const Attributes& attrs, const std::string& key, const std::string& type_name);
 std::vector<int64_t> attr_ints(const Attributes& attrs, const std::string& key, const std::string& type_name);
+/// A boolean stored as the integer 0 or 1 (any other value is an error).
+bool attr_flag(const Attributes& attrs, const std::string& key, const std::string& type_name);
 /// The tensor named `name` among a module's own tensors, or undefined.
 Tensor find_tensor(const NamedTensors& tensors, const std::string& name);
 

@@ -13,8 +13,11 @@ class CausalSelfAttention : public Module {
  public:
   CausalSelfAttention(int64_t d_model, int64_t n_heads, double dropout = 0.0, bool causal = true,
                       Generator* gen = nullptr);
+  CausalSelfAttention(int64_t d_model, int64_t n_heads, double dropout, bool causal, Unbuilt);
   std::string type_name() const override { return "CausalSelfAttention"; }
   std::string extra_repr() const override;
+  Attributes checkpoint_attributes() const override;
+  void check_loaded() const override;
   Tensor forward(const Tensor& x) override;
   int64_t d_model, n_heads;
   double dropout_p;
@@ -30,7 +33,9 @@ class TransformerBlock : public Module {
  public:
   TransformerBlock(int64_t d_model, int64_t n_heads, int64_t d_ff, double dropout = 0.0, bool causal = true,
                    Generator* gen = nullptr);
+  explicit TransformerBlock(Unbuilt) {}
   std::string type_name() const override { return "TransformerBlock"; }
+  void check_loaded() const override;
   Tensor forward(const Tensor& x) override;
   std::shared_ptr<LayerNorm> ln1, ln2;
   std::shared_ptr<CausalSelfAttention> attn;
@@ -56,7 +61,10 @@ struct GPTConfig {
 class GPT : public Module {
  public:
   explicit GPT(const GPTConfig& cfg, Generator* gen = nullptr);
+  GPT(const GPTConfig& cfg, Unbuilt) : cfg(cfg) {}
   std::string type_name() const override { return "GPT"; }
+  Attributes checkpoint_attributes() const override;
+  void check_loaded() const override;
   /// idx (B, T) int64 -> logits (B, T, vocab)
   Tensor forward(const Tensor& idx) override;
   /// Appends max_new_tokens sampled tokens to idx (B, T); temperature > 0; top_k 0 = all.

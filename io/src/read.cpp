@@ -274,6 +274,11 @@ std::shared_ptr<nn::Module> load_model(const std::string& path) {
         throw Error(fmt::format("{}: module '{}': {}", path, where, msg));
       }
     }
+    try {
+      m->check_loaded();
+    } catch (const Error& e) {
+      throw Error(fmt::format("{}: module '{}': {}", path, where, e.what()));
+    }
     return m;
   };
   auto m = build("");

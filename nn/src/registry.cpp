@@ -5,6 +5,7 @@
 
 #include "lowbit/nn/layers.h"
 #include "lowbit/nn/module.h"
+#include "lowbit/nn/transformer.h"
 
 namespace lowbit::nn {
 
@@ -79,6 +80,36 @@ std::map<std::string, ModuleFactory> builtin_factories() {
     if (w.defined()) m->weight = m->register_parameter("weight", w);
     if (b.defined()) m->bias = m->register_parameter("bias", b);
     return m;
+  };
+  // transformer modules: built empty, their children come from the file (check_loaded)
+  f["CausalSelfAttention"] = [](const Attributes& a, const NamedTensors& t) {
+    const char* ty = "CausalSelfAttention";
+    return no_tensors(
+        t, ty,
+        std::make_shared<CausalSelfAttention>(attr_int(a, "d_model", ty), attr_int(a, "n_heads", ty),
+                                              attr_double(a, "dropout", ty), attr_flag(a, "causal", ty), Unbuilt{}));
+  };
+  f["TransformerBlock"] = [](const Attributes&, const NamedTensors& t) {
+    return no_tensors(t, "TransformerBlock", std::make_shared<TransformerBlock>(Unbuilt{}));
+  };
+  f["GPT"] = [](const Attributes& a, const NamedTensors& t) {
+    const char* ty = "GPT";
+    GPTConfig c;
+    c.vocab_size = attr_int(a, "vocab_size", ty);
+    c.context = attr_int(a, "context", ty);
+    c.d_model = attr_int(a, "d_model", ty);
+    c.n_heads = attr_int(a, "n_heads", ty);
+    c.n_layers = attr_int(a, "n_layers", ty);
+    c.d_ff = attr_int(a, "d_ff", ty);
+    c.dropout = attr_double(a, "dropout", ty);
+    c.tie_weights = attr_flag(a, "tie_weights", ty);
+    LOWBIT_CHECK(c.vocab_size > 0 && c.context > 0 && c.d_model > 0 && c.n_heads > 0 && c.n_layers >= 0 &&
+                     c.d_ff >= 0 && c.d_model % c.n_heads == 0,
+                 "GPT: vocab_size ({}), context ({}), d_model ({}) and n_heads ({}) must be positive, n_layers ({}) "
+                 "and d_ff ({}) not negative, d_model divisible by n_heads",
+                 c.vocab_size, c.context, c.d_model, c.n_heads, c.n_layers, c.d_ff);
+    LOWBIT_CHECK(c.dropout >= 0.0 && c.dropout <= 1.0, "GPT: dropout must be in [0, 1], got {}", c.dropout);
+    return no_tensors(t, ty, std::make_shared<GPT>(c, Unbuilt{}));
   };
   f["Dropout"] = [](const Attributes& a, const NamedTensors& t) {
     const double p = attr_double(a, "p", "Dropout");
@@ -159,6 +190,11 @@ std::string attr_string(const Attributes& a, const std::string& key, const std::
 std::vector<int64_t> attr_ints(const Attributes& a, const std::string& key, const std::string& type) {
   return typed<std::vector<int64_t>>(a, key, type, "an integer list");
 }
+bool attr_flag(const Attributes& a, const std::string& key, const std::string& type) {
+  const int64_t v = attr_int(a, key, type);
+  LOWBIT_CHECK(v == 0 || v == 1, "{}: attribute '{}' must be 0 or 1, got {}", type, key, v);
+  return v == 1;
+}
 Tensor find_tensor(const NamedTensors& tensors, const std::string& name) {
   for (const auto& [n, t] : tensors)
     if (n == name) return t;
@@ -176,7 +212,8 @@ Attributes Flatten::checkpoint_attributes() const { return {{"start_dim", start_
 void Module::attach_child(const std::string& name, std::shared_ptr<Module> child) {
   for (const auto& [n, _] : named_children())
     if (n == name) return replace_module(name, std::move(child));
-  add_child(name, std::move(child));
+  add_child(name, child);
+  on_child_replaced(name, child);  // typed members (TransformerBlock::attn, ...) follow
 }
 void ModuleList::attach_child(const std::string& name, std::shared_ptr<Module> child) {
   for (const auto& [n, _] : named_children())

@@ -15,6 +15,12 @@ CausalSelfAttention::CausalSelfAttention(int64_t d, int64_t h, double dropout, b
   qkv = register_module("qkv", std::make_shared<Linear>(d, 3 * d, true, gen));
   proj = register_module("proj", std::make_shared<Linear>(d, d, true, gen));
 }
+CausalSelfAttention::CausalSelfAttention(int64_t d, int64_t h, double dropout, bool causal_, Unbuilt)
+    : d_model(d), n_heads(h), dropout_p(dropout), causal(causal_) {
+  LOWBIT_CHECK(h > 0 && d > 0 && d % h == 0,
+               "CausalSelfAttention: d_model ({}) must be positive and divisible by n_heads ({})", d, h);
+  LOWBIT_CHECK(dropout >= 0.0 && dropout <= 1.0, "CausalSelfAttention: dropout must be in [0, 1], got {}", dropout);
+}
 std::string CausalSelfAttention::extra_repr() const {
   return fmt::format("d_model={}, n_heads={}, dropout={}, causal={}", d_model, n_heads, dropout_p,
                      causal ? "True" : "False");
@@ -31,7 +37,20 @@ template <typename T>
 void retarget(std::shared_ptr<T>& member, const std::shared_ptr<Module>& child) {
   member = std::dynamic_pointer_cast<T>(child);  // null when the new child is of another type
 }
+// a module built from a file: the children its forward calls must be there
+void require_children(const Module& m, std::initializer_list<const char*> names) {
+  for (const char* n : names) {
+    bool found = false;
+    for (const auto& [c, _] : m.named_children()) found |= c == n;
+    LOWBIT_CHECK(found, "{}: missing child module '{}'", m.type_name(), n);
+  }
+}
 }  // namespace
+Attributes CausalSelfAttention::checkpoint_attributes() const {
+  return {{"d_model", d_model}, {"n_heads", n_heads}, {"dropout", dropout_p}, {"causal", int64_t{causal}}};
+}
+void CausalSelfAttention::check_loaded() const { require_children(*this, {"qkv", "proj"}); }
+namespace {}  // namespace
 void CausalSelfAttention::on_child_replaced(const std::string& name, const std::shared_ptr<Module>& c) {
   if (name == "qkv") retarget(qkv, c);
   if (name == "proj") retarget(proj, c);
@@ -82,6 +101,18 @@ GPT::GPT(const GPTConfig& c, Generator* gen) : cfg(c) {
     lm_head->weight = wte->weight;
     lm_head->replace_parameter("weight", wte->weight);
   }
+}
+void TransformerBlock::check_loaded() const { require_children(*this, {"ln1", "attn", "ln2", "mlp", "drop"}); }
+Attributes GPT::checkpoint_attributes() const {
+  return {{"vocab_size", cfg.vocab_size}, {"context", cfg.context},
+          {"d_model", cfg.d_model},       {"n_heads", cfg.n_heads},
+          {"n_layers", cfg.n_layers},     {"d_ff", cfg.d_ff},
+          {"dropout", cfg.dropout},       {"tie_weights", int64_t{cfg.tie_weights}}};
+}
+void GPT::check_loaded() const {
+  require_children(*this, {"wte", "wpe", "blocks", "ln_f", "lm_head"});
+  const int64_t n = static_cast<int64_t>(child("blocks").children().size());
+  LOWBIT_CHECK(n == cfg.n_layers, "GPT: n_layers is {} but the file holds {} blocks", cfg.n_layers, n);
 }
 Tensor GPT::forward(const Tensor& idx) {
   LOWBIT_CHECK(idx.dim() == 2 && (idx.dtype() == kInt64 || idx.dtype() == kInt32),

@@ -10,6 +10,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <random>
 
 #include <lowbit/lowbit.h>
@@ -450,4 +451,84 @@ TEST(Checkpoint, ModelFilesRebuildThemselves) {
     std::ofstream(old, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
   }
   expect_error([&] { io::load_model(old); }, {old, "does not describe its modules"});
+}
+
+namespace {
+// edits an exported file with HDF5 (f: the open file) and re-stamps its CRC header
+void edit_file(const std::string& path, const std::function<void(hid_t)>& edit) {
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+  edit(f);
+  H5Fclose(f);
+  std::ifstream in(path, std::ios::binary);
+  std::vector<char> bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  restamp_crc(bytes);
+  std::ofstream(path, std::ios::binary).write(bytes.data(), static_cast<std::streamsize>(bytes.size()));
+}
+}  // namespace
+
+// The transformer modules rebuild themselves too: a GPT file (tied embedding / head) and its
+// QAT-converted export load with load_model alone and generate the same logits bit for bit; the
+// tie survives (one tensor, as in the saved model); a file missing a block or a child of a block
+// is refused at load, naming what is missing.
+TEST(Checkpoint, GptFilesRebuildThemselves) {
+  Generator g(22);
+  nn::GPTConfig cfg;
+  cfg.vocab_size = 40;
+  cfg.context = 16;
+  cfg.d_model = 32;
+  cfg.n_heads = 4;
+  cfg.n_layers = 2;
+  auto model = std::make_shared<nn::GPT>(cfg, &g);
+  model->eval();
+  const Tensor idx = randint(0, 40, {3, 12}, &g);
+  const std::string path = tmp("gpt_self.h5");
+  io::export_model(path, *model);
+  EXPECT_EQ(io::inspect(path).model_type, "GPT");
+  auto back = io::load_model(path);
+  EXPECT_EQ(back->to_string(), model->to_string());
+  NoGradGuard ng;
+  std::string where;
+  EXPECT_EQ(lowbit::testing::count_mismatches(back->forward(idx), model->forward(idx), &where), 0) << where;
+  auto* gb = dynamic_cast<nn::GPT*>(back.get());
+  ASSERT_NE(gb, nullptr);
+  EXPECT_EQ(gb->cfg.n_layers, 2);
+  ASSERT_NE(gb->lm_head, nullptr);                                // typed members follow the attached children
+  EXPECT_EQ(gb->lm_head->weight.impl(), gb->wte->weight.impl());  // still tied
+  EXPECT_EQ(back->num_parameters(), model->num_parameters());
+
+  auto dyn = std::make_shared<qat::Int8DynamicActivationIntxWeightConfig>();
+  dyn->weight_dtype = "int4";
+  auto q = qat::quantize_(qat::quantize_(model, qat::QATConfig(dyn, "prepare")), qat::QATConfig(dyn, "convert"));
+  q->eval();
+  const std::string qpath = tmp("gpt_self_q.h5");
+  io::export_model(qpath, *q);
+  auto qback = io::load_model(qpath);
+  EXPECT_EQ(qback->to_string(), q->to_string());
+  EXPECT_EQ(lowbit::testing::count_mismatches(qback->forward(idx), q->forward(idx), &where), 0) << where;
+
+  const std::string no_block = tmp("gpt_no_block.h5");
+  io::export_model(no_block, *model);
+  edit_file(no_block, [](hid_t f) { H5Ldelete(f, "/model/blocks/1", H5P_DEFAULT); });
+  expect_error([&] { io::load_model(no_block); }, {no_block, "GPT: n_layers is 2 but the file holds 1 blocks"});
+  const std::string no_attn = tmp("gpt_no_attn.h5");
+  io::export_model(no_attn, *model);
+  edit_file(no_attn, [](hid_t f) { H5Ldelete(f, "/model/blocks/0/attn", H5P_DEFAULT); });  // a gap in 0..4
+  expect_error([&] { io::load_model(no_attn); }, {no_attn, "the children of '/model/blocks/0' are not numbered"});
+  const std::string no_drop = tmp("gpt_no_drop.h5");  // the last child: the numbering stays whole
+  io::export_model(no_drop, *model);
+  edit_file(no_drop, [](hid_t f) { H5Ldelete(f, "/model/blocks/0/drop", H5P_DEFAULT); });
+  expect_error([&] { io::load_model(no_drop); },
+               {no_drop, "blocks/0", "TransformerBlock: missing child module 'drop'"});
+  const std::string bad_heads = tmp("gpt_bad_heads.h5");
+  io::export_model(bad_heads, *model);
+  edit_file(bad_heads, [](hid_t f) {
+    hid_t grp = H5Gopen2(f, "/model/blocks/0/attn", H5P_DEFAULT);
+    const int64_t three = 3;
+    hid_t a = H5Aopen(grp, "n_heads", H5P_DEFAULT);
+    H5Awrite(a, H5T_NATIVE_INT64, &three);
+    H5Aclose(a);
+    H5Gclose(grp);
+  });
+  expect_error([&] { io::load_model(bad_heads); },
+               {bad_heads, "CausalSelfAttention: d_model (32) must be positive and divisible by n_heads (3)"});
 }
