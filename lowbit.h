@@ -12,6 +12,7 @@
 #include "lowbit/core/format.h"
 #include "lowbit/core/scale.h"
 #include "lowbit/data/dataset.h"
+#include "lowbit/float8/float8.h"
 #include "lowbit/io/checkpoint.h"
 #include "lowbit/nn/layers.h"
 #include "lowbit/nn/module.h"

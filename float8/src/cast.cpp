@@ -1,0 +1,255 @@
+// Dynamic float8 casts (spec §3.3, §9 items 3-4): amax, scale, saturating RNE cast, dequantize.
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#include "cast_internal.h"
+#include "lowbit/autograd/autograd.h"
+#include "lowbit/autograd/kernel.h"
+#include "lowbit/autograd/ops.h"
+#include "lowbit/core/format.h"
+#include "lowbit/core/scale.h"
+
+namespace lowbit::float8 {
+namespace detail {
+
+const MinifloatSpec& float8_spec(DType d, const char* what) {
+  const bool ok = d == DType::Float8_e4m3fn || d == DType::Float8_e5m2 || d == DType::Float8_e4m3fnuz ||
+                  d == DType::Float8_e5m2fnuz;
+  LOWBIT_CHECK(ok, "{}: the target dtype must be float8_e4m3fn, float8_e5m2 or a fnuz variant, got {}", what,
+               dtype_name(d));
+  return *minifloat_spec(d);
+}
+
+namespace {
+const core::Format& format_of(DType d) {
+  for (size_t i = 0; i < core::kNumFormats; ++i)
+    if (core::formats()[i].storage_dtype == d && core::formats()[i].minifloat) return core::formats()[i];
+  throw Error(fmt::format("no float8 format for dtype {}", dtype_name(d)));
+}
+// largest magnitude; NaN when any element is NaN (torch.amax(abs(x)))
+inline float amax_run(const float* x, int64_t n) {
+  float m = 0.0f;
+  int nan = 0;
+#pragma omp simd reduction(max : m) reduction(| : nan)
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = std::fabs(x[i]);
+    m = a > m ? a : m;
+    nan |= x[i] != x[i];
+  }
+  return nan ? std::numeric_limits<float>::quiet_NaN() : m;
+}
+inline float nan_max(float a, float b) {
+  return (a != a || b != b) ? std::numeric_limits<float>::quiet_NaN() : std::max(a, b);
+}
+float to_scale(float amax, const core::Format& f, bool pow2) {
+  const float s = core::float8_amax_to_scale(static_cast<double>(amax), f);
+  return pow2 ? core::round_scale_to_power_of_2(s) : s;
+}
+// codes of n values scaled by s (one scale) or s[i] (per element), through a small buffer
+constexpr int64_t kChunk = 1024;
+inline void encode_scaled(const MinifloatSpec& spec, const float* x, float s, int64_t n, uint8_t* out) {
+  float buf[kChunk];
+  for (int64_t o = 0; o < n; o += kChunk) {
+    const int64_t len = std::min(kChunk, n - o);
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) buf[i] = x[o + i] * s;
+    minifloat_encode_n(spec, buf, out + o, len, /*saturate=*/true);
+  }
+}
+inline void encode_scaled_each(const MinifloatSpec& spec, const float* x, const float* s, int64_t n, uint8_t* out) {
+  float buf[kChunk];
+  for (int64_t o = 0; o < n; o += kChunk) {
+    const int64_t len = std::min(kChunk, n - o);
+#pragma omp simd
+    for (int64_t i = 0; i < len; ++i) buf[i] = x[o + i] * s[o + i];
+    minifloat_encode_n(spec, buf, out + o, len, /*saturate=*/true);
+  }
+}
+}  // namespace
+
+Cast2D cast_2d(const float* x, int64_t rows, int64_t cols, DType fp8, ScaleAxis axis, bool pow2) {
+  const MinifloatSpec& spec = float8_spec(fp8, "float8 cast");
+  const core::Format& f = format_of(fp8);
+  Cast2D c{empty({rows, cols}, fp8), Tensor(), axis};
+  uint8_t* q = static_cast<uint8_t*>(c.codes.raw_data());
+  const int64_t grain_rows = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(cols, 1));
+  if (axis == ScaleAxis::Row) {
+    c.scale = empty({rows}, kFloat32);
+    float* sp = c.scale.data_ptr<float>();
+    lowbit::detail::parallel_for(rows, grain_rows, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {  // the row stays in cache between its amax and its cast
+        sp[r] = to_scale(amax_run(x + r * cols, cols), f, pow2);
+        encode_scaled(spec, x + r * cols, sp[r], cols, q + r * cols);
+      }
+    });
+    return c;
+  }
+  if (axis == ScaleAxis::Tensor) {
+    const int nt = std::max(1, get_num_threads());
+    std::vector<float> part(static_cast<size_t>(nt) * 16, 0.0f);  // one cache line per thread
+    const int64_t n = rows * cols;
+    lowbit::detail::parallel_for(nt, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t b = n * t / nt, e = n * (t + 1) / nt;
+        part[static_cast<size_t>(t) * 16] = amax_run(x + b, e - b);
+      }
+    });
+    float amax = 0.0f;
+    for (int t = 0; t < nt; ++t) amax = nan_max(amax, part[static_cast<size_t>(t) * 16]);
+    const float s = to_scale(amax, f, pow2);
+    c.scale = full({1}, s, kFloat32);
+    lowbit::detail::parallel_for(n, kParallelGrain,
+                                 [&](int64_t b, int64_t e) { encode_scaled(spec, x + b, s, e - b, q + b); });
+    return c;
+  }
+  // per column: column maxima over blocks of columns (each thread walks all rows of its block),
+  // then every row cast with the column multipliers
+  c.scale = empty({cols}, kFloat32);
+  float* sp = c.scale.data_ptr<float>();
+  constexpr int64_t kColBlock = 256;
+  lowbit::detail::parallel_for((cols + kColBlock - 1) / kColBlock, 1, [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t c0 = b * kColBlock, n = std::min(kColBlock, cols - c0);
+      float m[kColBlock];
+      int nan[kColBlock];
+      for (int64_t j = 0; j < n; ++j) m[j] = 0.0f, nan[j] = 0;
+      for (int64_t r = 0; r < rows; ++r) {
+        const float* xr = x + r * cols + c0;
+#pragma omp simd
+        for (int64_t j = 0; j < n; ++j) {
+          const float a = std::fabs(xr[j]);
+          m[j] = a > m[j] ? a : m[j];
+          nan[j] |= xr[j] != xr[j];
+        }
+      }
+      for (int64_t j = 0; j < n; ++j)
+        sp[c0 + j] = to_scale(nan[j] ? std::numeric_limits<float>::quiet_NaN() : m[j], f, pow2);
+    }
+  });
+  lowbit::detail::parallel_for(rows, grain_rows, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) encode_scaled_each(spec, x + r * cols, sp, cols, q + r * cols);
+  });
+  return c;
+}
+
+Tensor codes_to_bf16(const Tensor& codes, DType fp8) {
+  const MinifloatSpec& spec = float8_spec(fp8, "codes_to_bf16");
+  uint16_t table[256];
+  for (uint32_t code = 0; code < 256; ++code) {
+    const BFloat16 b(minifloat_decode(spec, code));
+    std::memcpy(&table[code], &b, 2);
+  }
+  Tensor out = empty(codes.shape(), kBFloat16);
+  const uint8_t* q = static_cast<const uint8_t*>(codes.raw_data());
+  uint16_t* o = reinterpret_cast<uint16_t*>(out.raw_data());
+  lowbit::detail::parallel_for(codes.numel(), kParallelGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) o[i] = table[q[i]];
+  });
+  return out;
+}
+
+Tensor dequantize_f32(const Cast2D& c, DType fp8) {
+  const MinifloatSpec& spec = float8_spec(fp8, "float8 dequantize");
+  float table[256];
+  for (uint32_t code = 0; code < 256; ++code) table[code] = minifloat_decode(spec, code);
+  const int64_t rows = c.codes.size(0), cols = c.codes.size(1);
+  Tensor out = empty({rows, cols}, kFloat32);
+  const uint8_t* q = static_cast<const uint8_t*>(c.codes.raw_data());
+  const float* sp = c.scale.data_ptr<float>();
+  float* o = out.data_ptr<float>();
+  lowbit::detail::parallel_for(
+      rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r)
+          for (int64_t j = 0; j < cols; ++j) {
+            const float s = c.axis == ScaleAxis::Row ? sp[r] : c.axis == ScaleAxis::Col ? sp[j] : sp[0];
+            o[r * cols + j] = table[q[r * cols + j]] / s;
+          }
+      });
+  return out;
+}
+
+}  // namespace detail
+
+using detail::Cast2D;
+using detail::ScaleAxis;
+
+Float8Tensor to_float8_dynamic(const Tensor& x_in, DType fp8, ScalingGranularity granularity, int64_t axiswise_dim,
+                               bool pow2) {
+  const char* op = "to_float8_dynamic";
+  LOWBIT_CHECK(x_in.defined() && (x_in.dtype() == kFloat32 || x_in.dtype() == kBFloat16),
+               "{}: input must be float32 or bfloat16, got {}", op,
+               x_in.defined() ? dtype_name(x_in.dtype()) : "undefined");
+  detail::float8_spec(fp8, op);
+  const Tensor x = x_in.dtype() == kFloat32 ? x_in : x_in.to(kFloat32);
+  const Shape& shape = x.shape();
+  Float8Tensor t;
+  t.orig_dtype = x_in.dtype();
+  if (granularity == ScalingGranularity::Tensorwise || x.dim() == 0) {
+    const int64_t n = x.numel();
+    Cast2D c = detail::cast_2d(x.data_ptr<float>(), 1, n, fp8, ScaleAxis::Tensor, pow2);
+    t.data = c.codes.reshape(shape);
+    t.scale = c.scale.reshape({});
+  } else {
+    const int64_t d = axiswise_dim < 0 ? axiswise_dim + x.dim() : axiswise_dim;
+    LOWBIT_CHECK(d >= 0 && d < x.dim(), "{}: axiswise_dim {} is out of range for an input of shape {}", op,
+                 axiswise_dim, shape_str(shape));
+    int64_t outer = 1, inner = 1;
+    for (int64_t i = 0; i < d; ++i) outer *= shape[i];
+    for (int64_t i = d + 1; i < x.dim(); ++i) inner *= shape[i];
+    const int64_t a = shape[d];
+    Shape sshape = shape;
+    sshape[d] = 1;
+    t.axiswise_dim = d;
+    if (inner == 1) {  // the reduced dim is the last: one scale per row
+      Cast2D c = detail::cast_2d(x.data_ptr<float>(), outer, a, fp8, ScaleAxis::Row, pow2);
+      t.data = c.codes.reshape(shape);
+      t.scale = c.scale.reshape(sshape);
+    } else {  // per column of each (a x inner) slab
+      t.data = empty(shape, fp8);
+      t.scale = empty(sshape, kFloat32);
+      for (int64_t o = 0; o < outer; ++o) {
+        Cast2D c = detail::cast_2d(x.data_ptr<float>() + o * a * inner, a, inner, fp8, ScaleAxis::Col, pow2);
+        std::memcpy(static_cast<uint8_t*>(t.data.raw_data()) + o * a * inner, c.codes.raw_data(),
+                    static_cast<size_t>(a * inner));
+        std::memcpy(t.scale.data_ptr<float>() + o * inner, c.scale.raw_data(), static_cast<size_t>(inner) * 4);
+      }
+    }
+  }
+  return t;
+}
+
+Float8Tensor to_float8_with_scale(const Tensor& x_in, const Tensor& scale, DType fp8) {
+  const char* op = "to_float8_with_scale";
+  LOWBIT_CHECK(x_in.defined() && (x_in.dtype() == kFloat32 || x_in.dtype() == kBFloat16),
+               "{}: input must be float32 or bfloat16, got {}", op,
+               x_in.defined() ? dtype_name(x_in.dtype()) : "undefined");
+  LOWBIT_CHECK(scale.defined() && scale.dtype() == kFloat32, "{}: scale must be float32, got {}", op,
+               scale.defined() ? dtype_name(scale.dtype()) : "undefined");
+  const MinifloatSpec& spec = detail::float8_spec(fp8, op);
+  NoGradGuard ng;
+  const Tensor scaled = mul(x_in.to(kFloat32), scale);  // broadcasting checked by mul
+  LOWBIT_CHECK(scaled.shape() == x_in.shape(), "{}: scale {} does not broadcast to the input {}", op,
+               shape_str(scale.shape()), shape_str(x_in.shape()));
+  Float8Tensor t;
+  t.orig_dtype = x_in.dtype();
+  t.scale = scale;
+  t.data = empty(x_in.shape(), fp8);
+  minifloat_encode_n(spec, scaled.data_ptr<float>(), static_cast<uint8_t*>(t.data.raw_data()), scaled.numel(), true);
+  if (scale.dim() > 0 && scale.numel() > 1)
+    for (int64_t d = 0; d < scale.dim(); ++d)
+      if (scale.size(d) == 1 && x_in.size(d) != 1) t.axiswise_dim = d;
+  return t;
+}
+
+Tensor Float8Tensor::dequantize() const {
+  NoGradGuard ng;
+  const bool tensorwise = scale.dim() == 0;
+  // data.to(orig) is exact; the division runs in float32 and rounds to the result dtype
+  const Tensor q = data.to(kFloat32);
+  const Tensor out = div(q, scale);
+  return tensorwise && orig_dtype == kBFloat16 ? out.to(kBFloat16) : out;
+}
+
+}  // namespace lowbit::float8

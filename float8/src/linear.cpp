@@ -1,0 +1,225 @@
+// Float8Linear (spec §3.4), convert_to_float8_training and the auto filter (§3.5), the module
+// factory.
+#include <fmt/format.h>
+
+#include <mutex>
+
+#include "cast_internal.h"
+#include "lowbit/autograd/autograd.h"
+#include "lowbit/autograd/kernel.h"
+#include "lowbit/autograd/ops.h"
+#include "lowbit/nn/module.h"
+
+namespace lowbit::float8 {
+
+namespace {
+using detail::Cast2D;
+using detail::ScaleAxis;
+
+// One gemm operand, 2-D as stored: kept in high precision (hp) or cast (q).
+struct Operand {
+  Tensor hp;
+  std::optional<Cast2D> q;
+  DType fp8 = DType::Float8_e4m3fn;
+};
+
+// The operand for cast config cc; an axiswise cast takes its scales along `axis` (Row: one per
+// stored row, Col: one per stored column).
+Operand operand(const Tensor& m, const CastConfig& cc, ScaleAxis axis, bool pow2) {
+  if (!cc.enabled()) return {m, std::nullopt};
+  const Tensor f = m.dtype() == kFloat32 ? m : m.to(kFloat32);
+  const ScaleAxis ax = cc.scaling_granularity == ScalingGranularity::Tensorwise ? ScaleAxis::Tensor : axis;
+  return {m, detail::cast_2d(f.data_ptr<float>(), f.size(0), f.size(1), *cc.target_dtype, ax, pow2), *cc.target_dtype};
+}
+
+// The multipliers of op(X)'s rows (left operand, `outer_axis` = the axis that runs along the
+// output's rows) as 1/scale, or one value; throws if the scales run along the reduction dim.
+std::vector<float> inverse_scales(const Cast2D& c, ScaleAxis outer_axis) {
+  LOWBIT_CHECK(c.axis == ScaleAxis::Tensor || c.axis == outer_axis,
+               "float8 gemm: an operand's scales run along the reduction dimension");
+  const float* s = c.scale.data_ptr<float>();
+  std::vector<float> inv(static_cast<size_t>(c.scale.numel()));
+  for (size_t i = 0; i < inv.size(); ++i) inv[i] = 1.0f / s[i];
+  return inv;
+}
+
+// C = op(A) · op(B) in out_dtype, by the config's execution mode.
+Tensor run_gemm(const Operand& a, bool ta, const Operand& b, bool tb, DType out_dtype, bool emulate) {
+  NoGradGuard ng;
+  if (!a.q) {  // both operands in high precision (the config's rule): torch.mm in their dtype
+    if (a.hp.dtype() == kFloat32) return gemm(a.hp, ta, b.hp.to(kFloat32), tb);
+    return gemm_bf16(a.hp, ta, b.hp.to(kBFloat16), tb).to(out_dtype);
+  }
+  if (emulate) {  // torchao: mm(fp32(a_fp8) / a_scale, fp32(b_fp8) / b_scale).to(orig)
+    const Tensor c = gemm(detail::dequantize_f32(*a.q, a.fp8), ta, detail::dequantize_f32(*b.q, b.fp8), tb);
+    return out_dtype == kFloat32 ? c : c.to(out_dtype);
+  }
+  // the codes as bfloat16 (exact), float32 accumulation, then the scales: (1/s_a[i]) * (1/s_b[j])
+  Tensor c = gemm_bf16(detail::codes_to_bf16(a.q->codes, a.fp8), ta, detail::codes_to_bf16(b.q->codes, b.fp8), tb);
+  const std::vector<float> ia = inverse_scales(*a.q, ta ? ScaleAxis::Col : ScaleAxis::Row);
+  const std::vector<float> ib = inverse_scales(*b.q, tb ? ScaleAxis::Row : ScaleAxis::Col);
+  const int64_t m = c.size(0), n = c.size(1);
+  float* cp = c.data_ptr<float>();
+  lowbit::detail::parallel_for(m, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(n, 1)),
+                               [&](int64_t r0, int64_t r1) {
+                                 for (int64_t i = r0; i < r1; ++i) {
+                                   const float sa = ia.size() == 1 ? ia[0] : ia[static_cast<size_t>(i)];
+                                   float* row = cp + i * n;
+                                   if (ib.size() == 1) {
+                                     const float s = sa * ib[0];
+#pragma omp simd
+                                     for (int64_t j = 0; j < n; ++j) row[j] *= s;
+                                   } else {
+#pragma omp simd
+                                     for (int64_t j = 0; j < n; ++j) row[j] *= sa * ib[static_cast<size_t>(j)];
+                                   }
+                                 }
+                               });
+  return out_dtype == kFloat32 ? c : c.to(out_dtype);
+}
+
+int64_t flag(bool b) { return b ? 1 : 0; }
+}  // namespace
+
+Float8Linear::Float8Linear(const Tensor& weight, const Tensor& bias, const Float8LinearConfig& config)
+    : nn::Linear(weight, bias), config_(config.resolved()) {}
+
+std::shared_ptr<Float8Linear> Float8Linear::from_linear(const nn::Linear& linear, const Float8LinearConfig& config) {
+  return std::make_shared<Float8Linear>(linear.weight, linear.bias, config);
+}
+
+std::string Float8Linear::extra_repr() const {
+  return fmt::format("{}, cast_configs={}\"", nn::Linear::extra_repr(), config_.cast_configs_str());
+}
+
+Tensor Float8Linear::forward(const Tensor& x) {
+  const char* op = "Float8Linear";
+  LOWBIT_CHECK(x.defined() && (x.dtype() == kFloat32 || x.dtype() == kBFloat16) && x.dtype() == weight.dtype(),
+               "{}: input must be float32 or bfloat16 of the weight's dtype ({}), got {}", op,
+               dtype_name(weight.dtype()), x.defined() ? lowbit::detail::desc(x) : "undefined");
+  LOWBIT_CHECK(x.dim() >= 1 && x.size(-1) == in_features, "{}: input {} does not end in in_features={}", op,
+               shape_str(x.shape()), in_features);
+  const Float8LinearConfig& c = config_;
+  const bool pow2 = c.round_scales_to_power_of_2, emu = c.emulate;
+  const Tensor x2 = x.detach().reshape({-1, in_features});
+  const Tensor w = weight.detach();
+  // output = X · Wᵀ: X scaled per row (token), W per output channel (Wᵀ's axis 0 in torchao)
+  Tensor y2 = run_gemm(operand(x2, c.cast_config_input, ScaleAxis::Row, pow2), false,
+                       operand(w, c.cast_config_weight, ScaleAxis::Row, pow2), true, x.dtype(), emu);
+  if (lowbit::detail::any_requires_grad({&x, &weight})) {
+    const Shape xs = x.shape();
+    const bool gx = x.requires_grad(), gw = weight.requires_grad();
+    const int64_t n_out = out_features;
+    lowbit::detail::record(
+        y2, "Float8LinearBackward0", {x, weight}, [x2, w, c, xs, gx, gw, n_out, pow2, emu](const Tensor& g_in) {
+          const Tensor g = g_in.reshape({-1, n_out}).to(x2.dtype());
+          Tensor dx, dw;
+          if (gx)  // grad_input = G · W: G per row, W per input channel (Wᵀ's axis -1)
+            dx =
+                run_gemm(operand(g, c.cast_config_grad_output, ScaleAxis::Row, pow2), false,
+                         operand(w, *c.cast_config_weight_for_grad_input, ScaleAxis::Col, pow2), false, x2.dtype(), emu)
+                    .reshape(xs);
+          if (gw)  // grad_weight = Gᵀ · X: both scaled per column (over the tokens)
+            dw = run_gemm(operand(g, *c.cast_config_grad_output_for_grad_weight, ScaleAxis::Col, pow2), true,
+                          operand(x2, *c.cast_config_input_for_grad_weight, ScaleAxis::Col, pow2), false, w.dtype(),
+                          emu);
+          return std::vector<Tensor>{dx, dw};
+        });
+  }
+  Shape out_shape = x.shape();
+  out_shape.back() = out_features;
+  Tensor y = y2.reshape(out_shape);
+  if (bias.defined()) y = add(y, bias.dtype() == y.dtype() ? bias : bias.to(y.dtype()));
+  return y;
+}
+
+nn::Attributes Float8Linear::checkpoint_attributes() const {
+  const Float8LinearConfig& c = config_;
+  return {{"cast_config_input", c.cast_config_input.short_str()},
+          {"cast_config_input_for_grad_weight", c.cast_config_input_for_grad_weight->short_str()},
+          {"cast_config_weight", c.cast_config_weight.short_str()},
+          {"cast_config_weight_for_grad_input", c.cast_config_weight_for_grad_input->short_str()},
+          {"cast_config_grad_output", c.cast_config_grad_output.short_str()},
+          {"cast_config_grad_output_for_grad_weight", c.cast_config_grad_output_for_grad_weight->short_str()},
+          {"gemm_fast_accum", std::vector<int64_t>{flag(c.gemm_config_output.use_fast_accum),
+                                                   flag(c.gemm_config_grad_input.use_fast_accum),
+                                                   flag(c.gemm_config_grad_weight.use_fast_accum)}},
+          {"round_scales_to_power_of_2", flag(c.round_scales_to_power_of_2)},
+          {"emulate", flag(c.emulate)},
+          {"pad_inner_dim", flag(c.pad_inner_dim)}};
+}
+
+std::shared_ptr<nn::Module> convert_to_float8_training(const std::shared_ptr<nn::Module>& model,
+                                                       const Float8LinearConfig& config, const ModuleFilter& filter) {
+  LOWBIT_CHECK(model != nullptr, "convert_to_float8_training: model is null");
+  const Float8LinearConfig cfg = config.resolved();  // a bad config fails before anything is swapped
+  auto convertible = [&](nn::Module& m, const std::string& fqn) -> nn::Linear* {
+    if (m.type_name() != "Linear") return nullptr;  // not FakeQuantizedLinear, Float8Linear, QuantizedLinear
+    auto* lin = dynamic_cast<nn::Linear*>(&m);
+    return lin && (!filter || filter(*lin, fqn)) ? lin : nullptr;
+  };
+  std::vector<std::pair<std::string, std::shared_ptr<Float8Linear>>> swaps;
+  for (auto& [fqn, m] : model->named_modules())
+    if (nn::Linear* lin = convertible(*m, fqn)) swaps.emplace_back(fqn, Float8Linear::from_linear(*lin, cfg));
+  std::shared_ptr<nn::Module> root = model;
+  for (auto& [fqn, f8] : swaps) {
+    if (fqn.empty())
+      root = f8;
+    else
+      root->replace_module(fqn, f8);
+  }
+  return root;
+}
+
+ModuleFilter auto_filter_for_recipe(const std::string& recipe, const std::vector<std::string>& filter_fqns) {
+  Float8LinearConfig::from_recipe_name(recipe);  // an unknown name fails naming the valid ones
+  LOWBIT_CHECK(recipe == "tensorwise" || recipe == "rowwise",
+               "auto_filter_for_recipe: unsupported recipe '{}' (torchao's auto filter knows tensorwise and rowwise)",
+               recipe);
+  const bool tensorwise = recipe == "tensorwise";
+  return [filter_fqns, tensorwise](const nn::Linear& m, const std::string& fqn) {
+    for (const auto& f : filter_fqns)
+      if (fqn.find(f) != std::string::npos) return false;
+    const int64_t N = m.out_features, K = m.in_features;
+    if (N % 16 != 0 || K % 16 != 0) return false;
+    if (tensorwise) return !(K <= 4096 && N <= 1024);
+    return !(N <= 2048 || K <= 1024 || (N <= 4096 && K <= 2048));
+  };
+}
+
+void register_module_types() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    nn::register_module_type("Float8Linear", [](const nn::Attributes& a, const nn::NamedTensors& t) {
+      const char* ty = "Float8Linear";
+      for (const auto& [name, _] : t)
+        LOWBIT_CHECK(name == "weight" || name == "bias", "{}: unexpected tensor '{}'", ty, name);
+      const Tensor w = nn::find_tensor(t, "weight"), b = nn::find_tensor(t, "bias");
+      LOWBIT_CHECK(w.defined() && w.dim() == 2 && (w.dtype() == kFloat32 || w.dtype() == kBFloat16),
+                   "{}: weight must be a float32 or bfloat16 matrix", ty);
+      Float8LinearConfig c;
+      c.cast_config_input = CastConfig::parse(nn::attr_string(a, "cast_config_input", ty));
+      c.cast_config_input_for_grad_weight =
+          CastConfig::parse(nn::attr_string(a, "cast_config_input_for_grad_weight", ty));
+      c.cast_config_weight = CastConfig::parse(nn::attr_string(a, "cast_config_weight", ty));
+      c.cast_config_weight_for_grad_input =
+          CastConfig::parse(nn::attr_string(a, "cast_config_weight_for_grad_input", ty));
+      c.cast_config_grad_output = CastConfig::parse(nn::attr_string(a, "cast_config_grad_output", ty));
+      c.cast_config_grad_output_for_grad_weight =
+          CastConfig::parse(nn::attr_string(a, "cast_config_grad_output_for_grad_weight", ty));
+      const std::vector<int64_t> fa = nn::attr_ints(a, "gemm_fast_accum", ty);
+      LOWBIT_CHECK(fa.size() == 3, "{}: gemm_fast_accum must hold 3 flags, got {}", ty, fa.size());
+      c.gemm_config_output.use_fast_accum = fa[0] != 0;
+      c.gemm_config_grad_input.use_fast_accum = fa[1] != 0;
+      c.gemm_config_grad_weight.use_fast_accum = fa[2] != 0;
+      c.round_scales_to_power_of_2 = nn::attr_flag(a, "round_scales_to_power_of_2", ty);
+      c.emulate = nn::attr_flag(a, "emulate", ty);
+      c.pad_inner_dim = nn::attr_flag(a, "pad_inner_dim", ty);
+      LOWBIT_CHECK(!b.defined() || (b.dim() == 1 && b.size(0) == w.size(0) && b.dtype() == w.dtype()),
+                   "{}: bias must be a vector of out_features={} of the weight's dtype", ty, w.size(0));
+      return std::make_shared<Float8Linear>(w, b, c);
+    });
+  });
+}
+
+}  // namespace lowbit::float8

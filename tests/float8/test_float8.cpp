@@ -1,0 +1,473 @@
+// Float8 training against torchao's golden vectors (float8.h5, float8_ext.h5; spec §3, §9 items
+// 3-5): every cast case bit-exact (codes, scales, dequantized values and their dtypes), the given-
+// scale casts, the power-of-2 edge values, Float8Linear in emulate mode against torchao's emulated
+// module (outputs and gradients to a summation-order bound), extra_repr, the auto filter; and the
+// fast mode's bound against emulate, the config rules, convert_to_float8_training, save / load.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <nlohmann/json.hpp>
+
+#include "golden.h"
+#include "test_util.h"
+
+using namespace lowbit;
+using namespace lowbit::float8;
+namespace t = lowbit::testing;
+
+namespace {
+bool has_dataset(hid_t g, const std::string& name) { return H5Lexists(g, name.c_str(), H5P_DEFAULT) > 0; }
+// NAME as stored: bfloat16 from NAME_bf16_bits when present, else float32
+Tensor input_of(hid_t g, const std::string& name) {
+  const std::string bits = name + "_bf16_bits";
+  if (!has_dataset(g, bits)) return t::dataset(g, name, kFloat32);
+  hid_t d = H5Dopen2(g, bits.c_str(), H5P_DEFAULT);
+  hid_t s = H5Dget_space(d);
+  const int rank = H5Sget_simple_extent_ndims(s);
+  std::vector<hsize_t> dims(static_cast<size_t>(rank));
+  if (rank) H5Sget_simple_extent_dims(s, dims.data(), nullptr);
+  Tensor out = empty(Shape(dims.begin(), dims.end()), kBFloat16);
+  if (out.numel()) H5Dread(d, H5T_NATIVE_UINT16, H5S_ALL, H5S_ALL, H5P_DEFAULT, out.raw_data());
+  H5Sclose(s);
+  H5Dclose(d);
+  return out;
+}
+// the dtype a case path names in its second component ("cast/e5m2/..."; inputs such as
+// "ties_e5m2_f32" name other dtypes), or a bare dtype name
+DType fp8_of(const std::string& name) {
+  const auto a = name.find('/');
+  const std::string part = a == std::string::npos ? name : name.substr(a + 1, name.find('/', a + 1) - a - 1);
+  return part == "e5m2" ? kFloat8_e5m2 : kFloat8_e4m3fn;
+}
+const uint8_t* codes(const Tensor& t) { return static_cast<const uint8_t*>(t.raw_data()); }
+// codes equal, or both NaN codes
+int64_t code_mismatches(const Tensor& ours, const Tensor& golden, DType fp8, std::string* where) {
+  const MinifloatSpec& spec = *minifloat_spec(fp8);
+  int64_t bad = 0;
+  for (int64_t i = 0; i < golden.numel(); ++i) {
+    const uint8_t a = codes(ours)[i], b = golden.data_ptr<uint8_t>()[i];
+    if (a == b || (std::isnan(minifloat_decode(spec, a)) && std::isnan(minifloat_decode(spec, b)))) continue;
+    if (bad++ == 0 && where) *where = fmt::format("index {}: ours {} vs torchao {}", i, a, b);
+  }
+  return bad;
+}
+// bits of a bfloat16 tensor against a golden NAME_bf16_bits dataset
+int64_t bf16_mismatches(const Tensor& ours, hid_t g, const std::string& name, std::string* where) {
+  const Tensor want = input_of(g, name);
+  if (ours.dtype() != kBFloat16 || want.dtype() != kBFloat16 || ours.numel() != want.numel()) return -1;
+  int64_t bad = 0;
+  for (int64_t i = 0; i < ours.numel(); ++i) {
+    const float a = static_cast<float>(ours.data_ptr<BFloat16>()[i]),
+                b = static_cast<float>(want.data_ptr<BFloat16>()[i]);
+    if (std::memcmp(&ours.data_ptr<BFloat16>()[i], &want.data_ptr<BFloat16>()[i], 2) == 0 || (a != a && b != b))
+      continue;
+    if (bad++ == 0 && where) *where = fmt::format("index {}: ours {} vs torchao {}", i, a, b);
+  }
+  return bad;
+}
+}  // namespace
+
+// hp_tensor_to_float8_dynamic for e4m3fn/e5m2 x tensorwise/axiswise(-1)/axiswise(0) x pow2 x the
+// six inputs: scales, codes, dequant (with §9 item 4's dtype) and dequant_f32, bit for bit.
+TEST(Float8Golden, EveryCastCaseOfFloat8H5) {
+  LOWBIT_GOLDEN_FILE(path, "float8.h5");
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  ASSERT_GE(f, 0);
+  int cases = 0;
+  for (const auto& name : t::golden_cases(f)) {
+    if (name.rfind("cast/", 0) != 0) continue;
+    SCOPED_TRACE(name);
+    hid_t g = H5Gopen2(f, name.c_str(), H5P_DEFAULT);
+    const DType fp8 = fp8_of(name);
+    const bool pow2 = name.find("/pow2_True/") != std::string::npos;
+    const bool axis_last = name.find("axiswise_dim_neg1") != std::string::npos;
+    const bool axis0 = name.find("axiswise_dim_0") != std::string::npos;
+    const Tensor x = input_of(g, "input");
+    const Float8Tensor q =
+        to_float8_dynamic(x, fp8, axis_last || axis0 ? ScalingGranularity::Axiswise : ScalingGranularity::Tensorwise,
+                          axis0 ? 0 : -1, pow2);
+    std::string where;
+    EXPECT_EQ(q.data.dtype(), fp8);
+    EXPECT_EQ(q.data.shape(), x.shape());
+    const Tensor gs = t::dataset(g, "scale", kFloat32);
+    EXPECT_EQ(q.scale.shape(), gs.shape());
+    EXPECT_EQ(t::count_mismatches(q.scale, gs, &where), 0) << "scale " << where;
+    EXPECT_EQ(code_mismatches(q.data, t::dataset(g, "data_bits", kUInt8), fp8, &where), 0) << "codes " << where;
+    const Tensor dq = q.dequantize();
+    if (has_dataset(g, "dequant_bf16_bits")) {
+      EXPECT_EQ(bf16_mismatches(dq, g, "dequant", &where), 0) << "dequant (bfloat16) " << where;
+    } else {
+      ASSERT_EQ(dq.dtype(), kFloat32);  // float32 input, or an axiswise scale promoting bfloat16
+      EXPECT_EQ(t::count_mismatches(dq, t::dataset(g, "dequant", kFloat32), &where), 0) << "dequant " << where;
+    }
+    if (has_dataset(g, "dequant_f32")) {
+      NoGradGuard ng;
+      const Tensor d32 = div(q.data.to(kFloat32), q.scale);
+      EXPECT_EQ(t::count_mismatches(d32, t::dataset(g, "dequant_f32", kFloat32), &where), 0) << "dequant_f32 " << where;
+    }
+    H5Gclose(g);
+    ++cases;
+  }
+  H5Fclose(f);
+  EXPECT_EQ(cases, 72);  // 2 dtypes x 3 granularities x 2 pow2 x 6 inputs
+}
+
+// hp_tensor_and_scale_to_float8: saturation region, subnormal and normal ties, inf, NaN.
+TEST(Float8Golden, EveryGivenScaleCaseOfFloat8H5) {
+  LOWBIT_GOLDEN_FILE(path, "float8.h5");
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  int cases = 0;
+  for (const auto& name : t::golden_cases(f)) {
+    if (name.rfind("static_scale/", 0) != 0) continue;
+    SCOPED_TRACE(name);
+    hid_t g = H5Gopen2(f, name.c_str(), H5P_DEFAULT);
+    const DType fp8 = fp8_of(name);
+    const Float8Tensor q = to_float8_with_scale(input_of(g, "input"), t::dataset(g, "scale", kFloat32), fp8);
+    std::string where;
+    EXPECT_EQ(code_mismatches(q.data, t::dataset(g, "data_bits", kUInt8), fp8, &where), 0) << where;
+    EXPECT_EQ(t::count_mismatches(q.dequantize(), t::dataset(g, "dequant", kFloat32), &where), 0) << where;
+    H5Gclose(g);
+    ++cases;
+  }
+  H5Fclose(f);
+  EXPECT_EQ(cases, 6);
+}
+
+// round_scales_to_power_of_2 near 2^k (§9 item 3): fp32 log2 + floor rounds up to 2^k for the
+// values just below it where log2f rounds up; amax_to_scale; the casts whose amax lands there.
+TEST(Float8Golden, PowerOfTwoScaleEdges) {
+  LOWBIT_GOLDEN_FILE(path, "float8_ext.h5");
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  std::string where;
+  {
+    hid_t g = H5Gopen2(f, "pow2_scale/round_direct", H5P_DEFAULT);
+    const Tensor in = t::dataset(g, "scale_in", kFloat32), want = t::dataset(g, "scale_out_batched", kFloat32);
+    Tensor ours = empty(in.shape(), kFloat32);
+    int64_t up = 0;
+    for (int64_t i = 0; i < in.numel(); ++i) {
+      ours.data_ptr<float>()[i] = core::round_scale_to_power_of_2(in.data_ptr<float>()[i]);
+      up += ours.data_ptr<float>()[i] > in.data_ptr<float>()[i];
+    }
+    EXPECT_EQ(t::count_mismatches(ours, want, &where), 0) << where;
+    EXPECT_EQ(up, 7360);  // the README's count of targets that round up
+    H5Gclose(g);
+  }
+  for (const char* d : {"e4m3fn", "e5m2"}) {
+    SCOPED_TRACE(d);
+    const DType fp8 = fp8_of(d);
+    const core::Format& fmt8 = core::format_by_name(fp8 == kFloat8_e5m2 ? "float8_e5m2" : "float8_e4m3fn");
+    hid_t g = H5Gopen2(f, (std::string("pow2_scale/amax_to_scale/") + d).c_str(), H5P_DEFAULT);
+    const Tensor amax = t::dataset(g, "amax", kFloat32);
+    Tensor plain = empty(amax.shape(), kFloat32), p2 = empty(amax.shape(), kFloat32);
+    for (int64_t i = 0; i < amax.numel(); ++i) {
+      plain.data_ptr<float>()[i] = core::float8_amax_to_scale(amax.data_ptr<float>()[i], fmt8);
+      p2.data_ptr<float>()[i] = core::round_scale_to_power_of_2(plain.data_ptr<float>()[i]);
+    }
+    EXPECT_EQ(t::count_mismatches(plain, t::dataset(g, "scale_no_rounding", kFloat32), &where), 0) << where;
+    EXPECT_EQ(t::count_mismatches(p2, t::dataset(g, "scale_pow2_batched", kFloat32), &where), 0) << where;
+    H5Gclose(g);
+    g = H5Gopen2(f, (std::string("pow2_scale/cast/") + d).c_str(), H5P_DEFAULT);
+    const Tensor x = t::dataset(g, "input", kFloat32);
+    const Float8Tensor rw = to_float8_dynamic(x, fp8, ScalingGranularity::Axiswise, -1, true);
+    EXPECT_EQ(t::count_mismatches(rw.scale, t::dataset(g, "rowwise_scale", kFloat32), &where), 0) << where;
+    EXPECT_EQ(code_mismatches(rw.data, t::dataset(g, "rowwise_data_bits", kUInt8), fp8, &where), 0) << where;
+    const Tensor tw_scale = t::dataset(g, "tensorwise_scale", kFloat32),
+                 tw_bits = t::dataset(g, "tensorwise_data_bits", kUInt8);
+    for (int64_t r = 0; r < x.size(0); ++r) {  // tensorwise on each row alone
+      const Float8Tensor tw = to_float8_dynamic(x.select(0, r), fp8, ScalingGranularity::Tensorwise, -1, true);
+      ASSERT_EQ(std::bit_cast<uint32_t>(tw.scale.item<float>()), std::bit_cast<uint32_t>(tw_scale.data_ptr<float>()[r]))
+          << "row " << r;
+      for (int64_t c = 0; c < x.size(1); ++c)
+        ASSERT_EQ(codes(tw.data)[c], tw_bits.data_ptr<uint8_t>()[r * x.size(1) + c]) << r << ", " << c;
+    }
+    H5Gclose(g);
+  }
+  H5Fclose(f);
+}
+
+namespace {
+// max |a - b| / bound where bound = tol * (max |b| over the tensor): <= 1 passes
+double max_rel_to_max(const Tensor& a, const Tensor& b) {
+  const Tensor x = a.to(kFloat64), y = b.to(kFloat64);
+  double m = 0, d = 0;
+  for (int64_t i = 0; i < y.numel(); ++i) m = std::max(m, std::fabs(y.data_ptr<double>()[i]));
+  for (int64_t i = 0; i < y.numel(); ++i) d = std::max(d, std::fabs(x.data_ptr<double>()[i] - y.data_ptr<double>()[i]));
+  return m > 0 ? d / m : d;
+}
+struct LinearRun {
+  Tensor output, grad_input, grad_weight, grad_bias;
+};
+LinearRun run_float8_linear(const Tensor& x0, const Tensor& w0, const Tensor& b0, const Tensor& g,
+                            const Float8LinearConfig& cfg) {
+  auto lin =
+      std::make_shared<nn::Linear>(w0.clone().requires_grad_(), b0.defined() ? b0.clone().requires_grad_() : Tensor());
+  auto m = convert_to_float8_training(lin, cfg);
+  EXPECT_EQ(m->type_name(), "Float8Linear");
+  Tensor x = x0.clone().requires_grad_();
+  Tensor y = m->forward(x);
+  y.backward(g);
+  auto* f8 = dynamic_cast<Float8Linear*>(m.get());
+  return {y, x.grad(), f8->weight.grad(), b0.defined() ? f8->bias.grad() : Tensor()};
+}
+}  // namespace
+
+// Float8Linear in emulate mode against torchao's emulated module: float8.h5 (no bias, 2-D) and
+// float8_ext.h5 (bias, 3-D input), 3 recipes x float32/bfloat16. The casts are bit-exact (above);
+// the gemms may differ from torch.mm in summation order: float32 results within 2^-22 of the
+// tensor's largest magnitude (measured: identical), bfloat16 ones within one bfloat16 rounding
+// (2^-8 relative). The fast mode (bfloat16 gemm on the codes, scales applied after) within 2^-20.
+TEST(Float8Golden, Float8LinearMatchesTorchaoEmulated) {
+  int cases = 0;
+  double worst[2][2] = {{0, 0}, {0, 0}};  // [bf16][emulate]: largest error / max |torchao|
+  for (const char* file : {"float8.h5", "float8_ext.h5"}) {
+    LOWBIT_GOLDEN_FILE(path, file);
+    hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    for (const auto& name : t::golden_cases(f)) {
+      const bool plain = name.rfind("linear/", 0) == 0, biased = name.rfind("linear_bias_3d/", 0) == 0;
+      if (!(plain || biased) || name.find("emulate_cpu_") == std::string::npos) continue;
+      SCOPED_TRACE(std::string(file) + " " + name);
+      hid_t g = H5Gopen2(f, name.c_str(), H5P_DEFAULT);
+      const std::string recipe = t::attr_string(g, "recipe");
+      const Tensor x = input_of(g, "input"), w = input_of(g, "weight"), up = input_of(g, "upstream_grad");
+      const Tensor b = biased ? input_of(g, "bias") : Tensor();
+      const bool bf = x.dtype() == kBFloat16;
+      // emulate: a few float32 ulps of the largest magnitude (measured: bit-exact here); fast: the
+      // summation-order bound 2^-20; bfloat16 results: one bfloat16 rounding
+      const double tol_emulate = bf ? std::ldexp(1.0, -8) : std::ldexp(1.0, -22);
+      const double tol_fast = bf ? std::ldexp(1.0, -8) : std::ldexp(1.0, -20);
+      for (bool emulate : {true, false}) {
+        SCOPED_TRACE(emulate ? "emulate" : "fast");
+        const double tol = emulate ? tol_emulate : tol_fast;
+        Float8LinearConfig cfg = Float8LinearConfig::from_recipe_name(recipe);
+        cfg.emulate = emulate;
+        const LinearRun r = run_float8_linear(x, w, b, up, cfg);
+        double& worst_case = worst[bf][emulate];
+        for (const auto& [ours, key] : {std::pair{r.output, "output"}, std::pair{r.grad_input, "grad_input"},
+                                        std::pair{r.grad_weight, "grad_weight"}})
+          worst_case = std::max(worst_case, max_rel_to_max(ours, input_of(g, key)));
+        EXPECT_EQ(r.output.dtype(), x.dtype());
+        EXPECT_EQ(r.output.shape(), input_of(g, "output").shape());
+        EXPECT_LE(max_rel_to_max(r.output, input_of(g, "output")), tol);
+        EXPECT_LE(max_rel_to_max(r.grad_input, input_of(g, "grad_input")), tol);
+        EXPECT_LE(max_rel_to_max(r.grad_weight, input_of(g, "grad_weight")), tol);
+        if (biased) EXPECT_LE(max_rel_to_max(r.grad_bias, input_of(g, "grad_bias")), bf ? tol : 1e-6);
+      }
+      H5Gclose(g);
+      ++cases;
+    }
+    H5Fclose(f);
+  }
+  EXPECT_EQ(cases, 12);  // (3 recipes x fp32/bf16) x 2 files
+  std::printf(
+      "  Float8Linear vs torchao emulated, largest |diff| / max|torchao|: float32 emulate %.3g, fast %.3g; "
+      "bfloat16 emulate %.3g, fast %.3g\n",
+      worst[0][1], worst[0][0], worst[1][1], worst[1][0]);
+}
+
+// extra_repr / repr of each recipe, with and without bias, as torchao prints them (stray quote).
+TEST(Float8Golden, ExtraReprOfEveryRecipe) {
+  LOWBIT_GOLDEN_FILE(path, "float8_ext.h5");
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  int cases = 0;
+  for (const auto& name : t::golden_cases(f)) {
+    if (name.rfind("extra_repr/", 0) != 0) continue;
+    SCOPED_TRACE(name);
+    hid_t g = H5Gopen2(f, name.c_str(), H5P_DEFAULT);
+    const std::string recipe = name.substr(11, name.find("/bias_") - 11);
+    const bool bias = name.find("bias_True") != std::string::npos;
+    auto m = convert_to_float8_training(std::make_shared<nn::Linear>(64, 96, bias),
+                                        Float8LinearConfig::from_recipe_name(recipe));
+    EXPECT_EQ(m->extra_repr(), t::attr_string(g, "extra_repr"));
+    EXPECT_EQ(m->to_string(), t::attr_string(g, "module_repr"));
+    H5Gclose(g);
+    ++cases;
+  }
+  H5Fclose(f);
+  EXPECT_EQ(cases, 6);
+}
+
+// _auto_filter_for_recipe on torchao's grid of shapes and names; rowwise_with_gw_hp is refused.
+TEST(Float8Golden, AutoFilterDecisions) {
+  LOWBIT_GOLDEN_FILE(path, "float8_ext.h5");
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  int cases = 0;
+  for (const auto& name : t::golden_cases(f)) {
+    if (name.rfind("auto_filter/", 0) != 0) continue;
+    SCOPED_TRACE(name);
+    hid_t g = H5Gopen2(f, name.c_str(), H5P_DEFAULT);
+    const std::string recipe = name.substr(12);
+    ++cases;
+    if (t::attr_string(g, "status") == "raised") {
+      t::expect_error(
+          [&] {
+            auto_filter_for_recipe(recipe, {"output", "router"});
+          },
+          {"auto_filter_for_recipe", "unsupported recipe", recipe});
+      H5Gclose(g);
+      continue;
+    }
+    const ModuleFilter filt = auto_filter_for_recipe(recipe, {"output", "router"});
+    const auto fqns = nlohmann::json::parse(t::attr_string(g, "fqns"));
+    const Tensor N = t::dataset(g, "N", kInt32), K = t::dataset(g, "K", kInt32),
+                 want = t::dataset(g, "convert", kUInt8);
+    ASSERT_EQ(static_cast<int64_t>(fqns.size()), want.numel());
+    for (int64_t i = 0; i < want.numel(); ++i) {
+      const nn::Linear lin(empty({N.data_ptr<int32_t>()[i], K.data_ptr<int32_t>()[i]}), Tensor());
+      EXPECT_EQ(filt(lin, fqns[static_cast<size_t>(i)].get<std::string>()), want.data_ptr<uint8_t>()[i] != 0)
+          << fqns[static_cast<size_t>(i)] << " N=" << N.data_ptr<int32_t>()[i] << " K=" << K.data_ptr<int32_t>()[i];
+    }
+    H5Gclose(g);
+  }
+  H5Fclose(f);
+  EXPECT_EQ(cases, 3);
+}
+
+// The fast mode against emulate on larger random operands for every recipe, float32 and
+// bfloat16, with bias: both compute sum_k (q_a/s_a)(q_b/s_b); fast forms sum_k q_a q_b exactly
+// per product in float32 and scales once, emulate rounds each dequantized operand first. Bound:
+// 2^-18 of the largest magnitude (float32), one bfloat16 rounding (bfloat16).
+TEST(Float8, FastModeWithinItsBoundOfEmulate) {
+  Generator g(40);
+  const int64_t B = 3, T = 43, K = 256, N = 80;
+  for (const auto& r : float8_recipes())
+    for (DType dt : {kFloat32, kBFloat16}) {
+      SCOPED_TRACE(fmt::format("{} {}", r.name, dtype_name(dt)));
+      const Tensor x = mul(randn({B, T, K}, &g), 3.0).to(dt), w = mul(randn({N, K}, &g), 0.05).to(dt);
+      const Tensor b = randn({N}, &g).to(dt), up = randn({B, T, N}, &g).to(dt);
+      Float8LinearConfig ce = r.config(), cf = r.config();
+      ce.emulate = true;
+      const LinearRun e = run_float8_linear(x, w, b, up, ce), f = run_float8_linear(x, w, b, up, cf);
+      const double tol = dt == kBFloat16 ? std::ldexp(1.0, -8) : std::ldexp(1.0, -18);
+      EXPECT_LE(max_rel_to_max(f.output, e.output), tol);
+      EXPECT_LE(max_rel_to_max(f.grad_input, e.grad_input), tol);
+      EXPECT_LE(max_rel_to_max(f.grad_weight, e.grad_weight), tol);
+      EXPECT_EQ(t::count_mismatches(f.grad_bias.to(kFloat32), e.grad_bias.to(kFloat32)), 0);  // plain autograd sum
+      // and both close to the float32 linear (float8 rounding: e4m3 has 3 mantissa bits)
+      Tensor xr = x.to(kFloat32).requires_grad_();
+      const Tensor ref = linear(xr, w.to(kFloat32), b.to(kFloat32));
+      EXPECT_LE(max_rel_to_max(e.output, ref), 0.1);
+    }
+}
+
+// Every float8 value is a normal bfloat16, so the fast mode's bfloat16 gemm (whose dot products
+// flush bfloat16 denormals) sees none: the smallest subnormal codes of both formats multiply
+// exactly (2^-9 · 2^-9 = 2^-18 for e4m3fn; 2^-16 · 2^-16 = 2^-32 for e5m2).
+TEST(Float8, SubnormalCodesAreExactInTheBf16Gemm) {
+  for (DType fp8 : {kFloat8_e4m3fn, kFloat8_e5m2}) {
+    const MinifloatSpec& spec = *minifloat_spec(fp8);
+    const float tiny = minifloat_decode(spec, 1);  // the smallest subnormal
+    EXPECT_EQ(tiny, fp8 == kFloat8_e4m3fn ? std::ldexp(1.0f, -9) : std::ldexp(1.0f, -16));
+    const Tensor a = full({4, 64}, tiny).to(kBFloat16), b = full({8, 64}, tiny).to(kBFloat16);
+    EXPECT_EQ(static_cast<float>(a.to(kBFloat16).data_ptr<BFloat16>()[0]), tiny);  // a normal bfloat16
+    const Tensor c = gemm_bf16(a, false, b, true);
+    for (int64_t i = 0; i < c.numel(); ++i) ASSERT_EQ(c.data_ptr<float>()[i], 64.0f * tiny * tiny);
+  }
+}
+
+// torchao's __post_init__ rules and the recipe table.
+TEST(Float8, ConfigRulesAndRecipes) {
+  const Float8LinearConfig d = Float8LinearConfig{}.resolved();
+  EXPECT_EQ(d.cast_configs_str(), "i:dyn_ten_e4m3,w:dyn_ten_e4m3,go:dyn_ten_e5m2");
+  EXPECT_EQ(*d.cast_config_input_for_grad_weight, d.cast_config_input);
+  EXPECT_TRUE(d.gemm_config_output.use_fast_accum);
+  EXPECT_FALSE(d.gemm_config_grad_input.use_fast_accum);
+  EXPECT_EQ(Float8LinearConfig::from_recipe_name("rowwise_with_gw_hp").cast_configs_str(),
+            "i:dyn_axs_e4m3,w:dyn_axs_e4m3,go:dyn_axs_e4m3,i_gw:dis_ten_e4m3,w_gi:dyn_ten_e4m3,go_gw:dis_ten_e4m3");
+  EXPECT_TRUE(Float8LinearConfig::from_recipe_name("rowwise").round_scales_to_power_of_2);
+  std::vector<std::string> names;
+  for (const auto& r : float8_recipes()) names.push_back(r.name);
+  EXPECT_EQ(names, (std::vector<std::string>{"tensorwise", "rowwise", "rowwise_with_gw_hp"}));
+  t::expect_error([] { Float8LinearConfig::from_recipe_name("fastest"); },
+                  {"float8 recipe_name 'fastest' is not one of 'tensorwise', 'rowwise', 'rowwise_with_gw_hp'"});
+  Float8LinearConfig c;
+  c.cast_config_input.scaling_type = ScalingType::Disabled;  // the output gemm's operands disagree
+  t::expect_error([&] { c.resolved(); }, {"incompatible operand precision for output"});
+  c = {};
+  c.cast_config_grad_output_for_grad_weight = CastConfig{ScalingType::Disabled, ScalingGranularity::Tensorwise, {}};
+  t::expect_error([&] { c.resolved(); }, {"incompatible operand precision for grad_weight"});
+  c = {};
+  c.cast_config_weight_for_grad_input = CastConfig{ScalingType::Dynamic, ScalingGranularity::Tensorwise, kFloat8_e5m2};
+  t::expect_error([&] { c.resolved(); }, {"weight must be cast to the same dtype in both matmuls"});
+  c = {};
+  c.cast_config_input = CastConfig{ScalingType::Disabled, ScalingGranularity::Axiswise, {}};
+  t::expect_error([&] { c.resolved(); }, {"only dynamic scaling type is supported for axiswise"});
+  c = {};
+  c.cast_config_weight.target_dtype = kBFloat16;
+  t::expect_error([&] { c.resolved(); }, {"must be a float8 dtype", "bfloat16"});
+  c = Float8LinearConfig::from_recipe_name("rowwise");
+  c.enable_fsdp_float8_all_gather = true;
+  t::expect_error([&] { c.resolved(); }, {"enable_fsdp_float8_all_gather only supports tensorwise"});
+  for (const char* s : {"dyn_ten_e4m3", "dis_axs_e5m2"}) EXPECT_EQ(CastConfig::parse(s).short_str(), s);
+  t::expect_error([] { CastConfig::parse("dyn_row_e4m3"); }, {"cast config 'dyn_row_e4m3'"});
+  // a bad config fails before any module is swapped
+  auto model =
+      std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(16, 16)});
+  c = {};
+  c.cast_config_input.scaling_type = ScalingType::Disabled;
+  t::expect_error([&] { convert_to_float8_training(model, c); }, {"incompatible operand precision"});
+  EXPECT_EQ(model->get_submodule("0")->type_name(), "Linear");
+}
+
+// convert_to_float8_training: post-order swap of every plain Linear passing the filter (fqn ""
+// for a root Linear, returned as a new module), parameters shared, other Linear subclasses kept.
+TEST(Float8, ConvertSwapsLinearsSharingParameters) {
+  manual_seed(3);
+  auto inner = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(32, 32), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(32, 16)});
+  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(16, 32), inner, std::make_shared<nn::Linear>(16, 8)});
+  const Tensor w0 = std::dynamic_pointer_cast<nn::Linear>(model->get_submodule("1.0"))->weight;
+  const Tensor x = randn({4, 16});
+  NoGradGuard ng;
+  const Tensor y_fp32 = model->forward(x);
+  auto conv = convert_to_float8_training(
+      model, Float8LinearConfig::from_recipe_name("rowwise"),
+      [](const nn::Linear&, const std::string& fqn) { return fqn != "2"; });  // keep the head
+  EXPECT_EQ(conv, model);
+  EXPECT_EQ(conv->get_submodule("0")->type_name(), "Float8Linear");
+  EXPECT_EQ(conv->get_submodule("1.0")->type_name(), "Float8Linear");
+  EXPECT_EQ(conv->get_submodule("1.2")->type_name(), "Float8Linear");
+  EXPECT_EQ(conv->get_submodule("2")->type_name(), "Linear");
+  EXPECT_EQ(std::dynamic_pointer_cast<Float8Linear>(conv->get_submodule("1.0"))->weight.impl(), w0.impl());
+  EXPECT_LE(max_rel_to_max(conv->forward(x), y_fp32), 0.1);
+  // converting again changes nothing (Float8Linear is not a plain Linear)
+  convert_to_float8_training(conv);
+  EXPECT_EQ(conv->get_submodule("0")->type_name(), "Float8Linear");
+  // a root Linear becomes a new module
+  auto root = std::make_shared<nn::Linear>(16, 16);
+  auto root8 = convert_to_float8_training(root);
+  EXPECT_NE(root8, root);
+  EXPECT_EQ(root8->type_name(), "Float8Linear");
+  // fake-quantized linears are not float8-converted
+  auto qat_model = qat::quantize_(
+      std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(32, 32)}),
+      qat::QATConfig(qat::recipe_config("8da4w", "int4", 32), "prepare"));
+  convert_to_float8_training(qat_model);
+  EXPECT_EQ(qat_model->get_submodule("0")->type_name(), "FakeQuantizedLinear");
+  // inputs of another dtype than the weight are refused by name
+  auto f8 = convert_to_float8_training(std::make_shared<nn::Linear>(16, 16));
+  t::expect_error([&] { f8->forward(randn({2, 16}).to(kBFloat16)); }, {"Float8Linear", "float32", "bfloat16"});
+  t::expect_error([&] { f8->forward(randn({2, 15})); }, {"Float8Linear", "in_features=16"});
+}
+
+// A float8 model saves and loads like any other: load_model rebuilds Float8Linear with its
+// config from the file alone, and the rebuilt model computes the same bits.
+TEST(Float8, SavedModelsRebuildThemselves) {
+  manual_seed(4);
+  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(32, 48), std::make_shared<nn::GELU>(), std::make_shared<nn::Linear>(48, 16)});
+  Float8LinearConfig cfg = Float8LinearConfig::from_recipe_name("rowwise_with_gw_hp");
+  convert_to_float8_training(model, cfg);
+  const std::string path = (std::filesystem::temp_directory_path() / "lowbit_float8_model.h5").string();
+  io::export_model(path, *model);
+  auto back = io::load_model(path);
+  EXPECT_EQ(back->to_string(), model->to_string());
+  auto* f8 = dynamic_cast<Float8Linear*>(back->get_submodule("0").get());
+  ASSERT_NE(f8, nullptr);
+  EXPECT_EQ(f8->config(), cfg.resolved());
+  const Tensor x = randn({5, 32});
+  NoGradGuard ng;
+  model->eval();
+  EXPECT_EQ(t::count_mismatches(back->forward(x), model->forward(x)), 0);
+  std::filesystem::remove(path);
+}
