@@ -10,7 +10,7 @@
 
 namespace lowbit::cli {
 
-using Value = std::variant<int64_t, double, bool, std::string, std::vector<int64_t>>;
+using Value = std::variant<int64_t, double, bool, std::string, std::vector<int64_t>, std::vector<std::string>>;
 
 struct KeySpec {
   std::string key;  // "section.name"
@@ -38,6 +38,7 @@ class RunConfig {
   bool get_bool(const std::string& key) const;
   const std::string& get_string(const std::string& key) const;
   const std::vector<int64_t>& get_int_list(const std::string& key) const;
+  const std::vector<std::string>& get_string_list(const std::string& key) const;
 
   /// The resolved configuration as TOML (every key, sections in schema order).
   std::string to_toml() const;

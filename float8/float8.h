@@ -90,6 +90,8 @@ struct Float8Recipe {
   Float8LinearConfig (*config)();
 };
 const std::vector<Float8Recipe>& float8_recipes();
+/// "tensorwise, rowwise, rowwise_with_gw_hp": the table's names, for help texts and errors.
+std::string float8_recipe_names();
 
 /// torchao's Float8TrainingTensor: float8 codes and the multiplier they were cast with
 /// (x_fp8 = cast(fp32(x) * scale)).

@@ -10,6 +10,7 @@
 
 #include "lowbit/autograd/error.h"
 #include "lowbit/core/format.h"
+#include "lowbit/float8/float8.h"
 #include "lowbit/qat/recipes.h"
 
 namespace lowbit::cli {
@@ -72,6 +73,13 @@ const std::vector<KeySpec>& config_schema() {
       {"quantize.qat_steps", int64_t{0},
        "qat: fine-tuning steps instead of epochs (0 = use qat_epochs; required for data.dataset = 'chars')"},
       {"quantize.qat_lr", 1e-4, "qat: learning rate while fine-tuning"},
+      {"float8.recipe_name", std::string("none"),
+       "none, or a float8 training recipe (torchao / torchtitan names): " + float8::float8_recipe_names()},
+      {"float8.filter_fqns", std::vector<std::string>{},
+       "layers whose name contains one of these strings stay in high precision (e.g. [\"lm_head\"])"},
+      {"float8.emulate", false, "float8: torchao's float32 reference gemms instead of the bf16 fast mode"},
+      {"float8.auto_filter", false,
+       "float8: also skip layers torchao's _auto_filter_for_recipe skips (small or not multiples of 16)"},
       {"training.export", true, "write <run_dir>/model.h5 (the final, possibly converted, model)"},
       {"checkpoint.interval", int64_t{0},
        "save a checkpoint every this many steps, and at the end (0 = only at the end)"},
@@ -100,7 +108,8 @@ std::string type_name(const Value& v) {
     case 1: return "float";
     case 2: return "boolean";
     case 3: return "string";
-    default: return "list of integers";
+    case 4: return "list of integers";
+    default: return "list of strings";
   }
 }
 Value parse_text(const KeySpec& spec, const std::string& text) {
@@ -123,6 +132,20 @@ Value parse_text(const KeySpec& spec, const std::string& text) {
         if (text == "false" || text == "0") return false;
         break;
       case 3: return text;
+      case 5: {  // "a,b" or "[a, b]" (quotes optional)
+        std::vector<std::string> out;
+        std::string t = text;
+        if (!t.empty() && t.front() == '[') t = t.substr(1);
+        if (!t.empty() && t.back() == ']') t.pop_back();
+        std::stringstream ss(t);
+        std::string item;
+        while (std::getline(ss, item, ',')) {
+          const auto b = item.find_first_not_of(" \"'"), e = item.find_last_not_of(" \"'");
+          if (b == std::string::npos) continue;
+          out.push_back(item.substr(b, e - b + 1));
+        }
+        return out;
+      }
       default: {
         std::vector<int64_t> out;
         std::string t = text;
@@ -206,6 +229,17 @@ RunConfig RunConfig::from_string(const std::string& text, const std::string& sou
           if (!node.is_string()) throw mismatch();
           cfg.values_[key] = node.value<std::string>().value();
           break;
+        case 5: {
+          const auto* arr = node.as_array();
+          if (!arr) throw mismatch();
+          std::vector<std::string> v;
+          for (auto&& el : *arr) {
+            if (!el.is_string()) throw mismatch();
+            v.push_back(el.value<std::string>().value());
+          }
+          cfg.values_[key] = v;
+          break;
+        }
         default: {
           const auto* arr = node.as_array();
           if (!arr) throw mismatch();
@@ -255,6 +289,9 @@ int64_t RunConfig::get_int(const std::string& k) const { return std::get<int64_t
 double RunConfig::get_float(const std::string& k) const { return std::get<double>(at(k)); }
 bool RunConfig::get_bool(const std::string& k) const { return std::get<bool>(at(k)); }
 const std::string& RunConfig::get_string(const std::string& k) const { return std::get<std::string>(at(k)); }
+const std::vector<std::string>& RunConfig::get_string_list(const std::string& k) const {
+  return std::get<std::vector<std::string>>(at(k));
+}
 const std::vector<int64_t>& RunConfig::get_int_list(const std::string& k) const {
   return std::get<std::vector<int64_t>>(at(k));
 }
@@ -295,6 +332,12 @@ std::string RunConfig::value_text(const std::string& key) const {
     case 1: return toml_float(std::get<double>(v));
     case 2: return std::get<bool>(v) ? "true" : "false";
     case 3: return toml_string(std::get<std::string>(v));
+    case 5: {
+      std::string text = "[";
+      const auto& l = std::get<std::vector<std::string>>(v);
+      for (size_t i = 0; i < l.size(); ++i) text += (i ? ", " : "") + toml_string(l[i]);
+      return text + "]";
+    }
     default: {
       std::string text = "[";
       const auto& l = std::get<std::vector<int64_t>>(v);

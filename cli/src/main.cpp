@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "lowbit/io/checkpoint.h"
+#include "lowbit/float8/float8.h"
 #include "lowbit/qat/recipes.h"
 
 #include "lowbit/cli/config.h"
@@ -52,7 +53,7 @@ int main(int argc, char** argv) {
   convert->add_option("--recipe", recipe, "recipe name (see `lowbit recipes`)");
   convert->add_option("--weight-dtype", wdtype, "intN weights for 8da-intx / intx-weight-only");
   convert->add_option("--group-size", group_size, "weight group size");
-  auto* recipes = app.add_subcommand("recipes", "list the quantization recipes");
+  auto* recipes = app.add_subcommand("recipes", "list the quantization and float8 training recipes");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -78,8 +79,11 @@ int main(int argc, char** argv) {
       if (!resume.empty()) lowbit::io::verify_file(resume);  // a malformed file fails here, in a child process
       lowbit::cli::train(cfg, isatty(STDOUT_FILENO) != 0, resume, run_options);
     } else if (recipes->parsed()) {
+      std::printf("quantization recipes ([quantize] recipe):\n");
       for (const auto& r : lowbit::qat::list_recipes())
-        std::printf("%-18s %s\n", r.name.c_str(), r.description.c_str());
+        std::printf("  %-20s %s\n", r.name.c_str(), r.description.c_str());
+      std::printf("float8 training recipes ([float8] recipe_name):\n");
+      for (const auto& r : lowbit::float8::float8_recipes()) std::printf("  %-20s %s\n", r.name, r.description);
     } else if (eval->parsed()) {
       lowbit::io::verify_file(eval_path);
       const auto [loss, acc] = lowbit::cli::evaluate_file(eval_path, data_dir);

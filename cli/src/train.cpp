@@ -17,6 +17,7 @@
 #include "lowbit/autograd/ops.h"
 #include "lowbit/autograd/parallel.h"
 #include "lowbit/data/dataset.h"
+#include "lowbit/float8/float8.h"
 #include "lowbit/io/checkpoint.h"
 #include "lowbit/nn/layers.h"
 #include "lowbit/nn/transformer.h"
@@ -35,6 +36,44 @@ double metric(const train::Metrics& m, const std::string& name) {
   for (const auto& [k, v] : m)
     if (k == name) return v;
   return 0.0;
+}
+// [float8]: every Linear becomes a Float8Linear unless its name contains one of filter_fqns or,
+// with auto_filter, torchao's _auto_filter_for_recipe skips it; says which layers were converted
+// and which were kept (and why).
+std::shared_ptr<nn::Module> convert_for_float8(const std::shared_ptr<nn::Module>& model, const RunConfig& cfg,
+                                               train::Reporter& progress) {
+  const std::string recipe = cfg.get_string("float8.recipe_name");
+  if (recipe == "none") return model;
+  float8::Float8LinearConfig config = float8::Float8LinearConfig::from_recipe_name(recipe);
+  config.emulate = cfg.get_bool("float8.emulate");
+  const std::vector<std::string> fqns = cfg.get_string_list("float8.filter_fqns");
+  const float8::ModuleFilter autof =
+      cfg.get_bool("float8.auto_filter") ? float8::auto_filter_for_recipe(recipe, {}) : float8::ModuleFilter();
+  std::vector<std::string> converted, kept;
+  auto filter = [&](const nn::Linear& m, const std::string& fqn) {
+    const std::string name = fqn.empty() ? "(root)" : fqn;
+    for (const auto& f : fqns)
+      if (fqn.find(f) != std::string::npos) {
+        kept.push_back(fmt::format("{} (filter_fqns: '{}')", name, f));
+        return false;
+      }
+    if (autof && !autof(m, fqn)) {
+      kept.push_back(fmt::format("{} (auto filter: {}x{})", name, m.out_features, m.in_features));
+      return false;
+    }
+    converted.push_back(name);
+    return true;
+  };
+  auto out = float8::convert_to_float8_training(model, config, filter);
+  auto join = [](const std::vector<std::string>& v) {
+    std::string s;
+    for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
+    return s.empty() ? std::string("none") : s;
+  };
+  progress.line(fmt::format("float8 ({}{}): {} layers converted: {}", recipe, config.emulate ? ", emulate" : "",
+                            converted.size(), join(converted)));
+  if (!kept.empty()) progress.line(fmt::format("float8: kept in high precision: {}", join(kept)));
+  return out;
 }
 }  // namespace
 
@@ -133,6 +172,7 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
   } else {
     throw Error(fmt::format("data.dataset: unknown dataset '{}' (fashion_mnist, chars)", dataset));
   }
+  model = convert_for_float8(model, cfg, progress);
   const int64_t float_steps = o.total_steps;
   auto opt = build_optimizer(cfg, model->parameters());
   auto sched = build_scheduler(cfg, *opt, float_steps);

@@ -11,6 +11,7 @@
 #include "lowbit/autograd/autograd.h"
 #include "lowbit/autograd/generator.h"
 #include "lowbit/autograd/ops.h"
+#include "lowbit/float8/float8.h"
 #include "lowbit/autograd/parallel.h"
 #include "lowbit/data/dataset.h"
 #include "lowbit/io/checkpoint.h"
@@ -136,6 +137,22 @@ void validate_config(const RunConfig& cfg) {
   check_int(cfg, "quantize.qat_epochs", 0, ">= 0");
   check_int(cfg, "quantize.qat_steps", 0, ">= 0 (0 = use qat_epochs)");
   check_finite_positive(cfg, "quantize.qat_lr");
+  // float8 training: a recipe of the table; not combined with integer quantization (yet)
+  const std::string f8 = cfg.get_string("float8.recipe_name");
+  if (f8 != "none") {
+    try {
+      float8::Float8LinearConfig::from_recipe_name(f8);
+      if (cfg.get_bool("float8.auto_filter")) float8::auto_filter_for_recipe(f8, {});
+    } catch (const Error& e) {
+      throw Error(fmt::format("[float8]: {}", e.what()));
+    }
+    LOWBIT_CHECK(recipe == "none",
+                 "float8.recipe_name '{}' and quantize.recipe '{}' cannot be combined: train in float8 or quantize "
+                 "with a recipe, not both",
+                 f8, recipe);
+  }
+  for (const auto& f : cfg.get_string_list("float8.filter_fqns"))
+    LOWBIT_CHECK(!f.empty(), "float8.filter_fqns: an empty string would match every layer");
   if (recipe != "none") {
     std::shared_ptr<qat::QuantConfigBase> q;
     try {

@@ -127,6 +127,12 @@ const std::vector<Float8Recipe>& float8_recipes() {
   return table;
 }
 
+std::string float8_recipe_names() {
+  std::string out;
+  for (const auto& r : float8_recipes()) out += (out.empty() ? "" : ", ") + std::string(r.name);
+  return out;
+}
+
 Float8LinearConfig Float8LinearConfig::from_recipe_name(const std::string& name) {
   std::string names;
   for (const auto& r : float8_recipes()) {

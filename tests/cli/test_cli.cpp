@@ -254,3 +254,86 @@ TEST(Train, ResumeMidQatIsBitExact) {
     }
   }
 }
+
+// [float8]: the shipped float8 config trains a tiny GPT, says which layers it converted and kept,
+// resumes from a mid-run checkpoint to the same bits, and exports a model load_model rebuilds
+// with its Float8Linear layers; config errors name the key.
+TEST(Train, Float8RunResumesBitExactAndExports) {
+  const std::string corpus_dir = tmpdir("float8_corpus");
+  std::filesystem::create_directories(corpus_dir);
+  {
+    std::ofstream f(corpus_dir + "/corpus.txt");
+    for (int i = 0; i < 100; ++i) f << "a small corpus line for a tiny float8 model\n";
+  }
+  auto cfg = RunConfig::from_file(std::string(LOWBIT_SOURCE_DIR) + "/configs/gpt_chars_float8.toml");
+  EXPECT_EQ(cfg.get_string("float8.recipe_name"), "rowwise");
+  const std::string dir = tmpdir("float8_run");
+  cfg.apply_overrides({"--data.path",
+                       corpus_dir + "/corpus.txt",
+                       "--model.context",
+                       "16",
+                       "--model.d_model",
+                       "32",
+                       "--model.n_layers",
+                       "1",
+                       "--data.batch_size",
+                       "4",
+                       "--training.max_steps",
+                       "8",
+                       "--training.eval_interval",
+                       "4",
+                       "--training.eval_batches",
+                       "1",
+                       "--lr_scheduler.warmup_steps",
+                       "1",
+                       "--training.sample_tokens",
+                       "8",
+                       "--checkpoint.enabled",
+                       "true",
+                       "--checkpoint.interval",
+                       "4",
+                       "--checkpoint.keep_last",
+                       "10",
+                       "--training.run_dir",
+                       dir});
+  ::testing::internal::CaptureStdout();
+  const auto full = train(cfg, false);
+  const std::string out = ::testing::internal::GetCapturedStdout();
+  EXPECT_NE(out.find("float8 (rowwise): 4 layers converted: blocks.0.attn.qkv, blocks.0.attn.proj, blocks.0.mlp.0, "
+                     "blocks.0.mlp.2"),
+            std::string::npos)
+      << out;
+  EXPECT_NE(out.find("float8: kept in high precision: lm_head (filter_fqns: 'lm_head')"), std::string::npos) << out;
+  const std::string saved = corpus_dir + "/step4.h5";
+  std::filesystem::copy_file(dir + "/checkpoints/step_00000004.h5", saved,
+                             std::filesystem::copy_options::overwrite_existing);
+  RunOptions ro;
+  ro.overwrite = true;
+  const auto resumed = train(cfg, false, saved, ro);
+  EXPECT_EQ(resumed.steps, 8);
+  EXPECT_EQ(resumed.sample, full.sample);
+  const auto a = io::read_model_tensors(full.export_path), b = io::read_model_tensors(resumed.export_path);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_EQ(std::memcmp(a[i].second.raw_data(), b[i].second.raw_data(), a[i].second.nbytes()), 0) << a[i].first;
+  auto model = io::load_model(full.export_path);
+  EXPECT_EQ(model->get_submodule("blocks.0.attn.qkv")->type_name(), "Float8Linear");
+  EXPECT_EQ(model->get_submodule("lm_head")->type_name(), "Linear");
+
+  auto bad = cfg;
+  bad.apply_overrides({"--float8.recipe_name", "rowwize"});
+  lowbit::testing::expect_error([&] { validate_config(bad); }, {"[float8]", "'rowwize'", "rowwise_with_gw_hp"});
+  bad = cfg;
+  bad.apply_overrides({"--quantize.recipe", "8da4w", "--quantize.qat_steps", "5"});
+  lowbit::testing::expect_error([&] { validate_config(bad); }, {"float8.recipe_name 'rowwise'", "cannot be combined"});
+  bad = cfg;
+  bad.apply_overrides({"--float8.recipe_name", "rowwise_with_gw_hp", "--float8.auto_filter", "true"});
+  lowbit::testing::expect_error([&] { validate_config(bad); }, {"[float8]", "unsupported recipe"});
+  bad = cfg;
+  bad.apply_overrides({"--float8.filter_fqns", "[lm_head, \"\"]"});
+  EXPECT_EQ(bad.get_string_list("float8.filter_fqns"), (std::vector<std::string>{"lm_head"}));  // empty items dropped
+  bad = RunConfig::from_string("[float8]\nfilter_fqns = [\"a\", \"\"]\n", "inline");
+  lowbit::testing::expect_error([&] { validate_config(bad); }, {"float8.filter_fqns", "empty string"});
+  lowbit::testing::expect_error([&] { RunConfig::from_string("[float8]\nfilter_fqns = [1, 2]\n", "inline"); },
+                                {"float8.filter_fqns", "list of strings"});
+}
