@@ -49,6 +49,11 @@ float minifloat_decode(const MinifloatSpec& spec, uint32_t code);
 /// The vectorized codec: n codes, one per byte, bit-identical to minifloat_encode (threads
 /// split the work; results do not depend on the split).
 void minifloat_encode_n(const MinifloatSpec& spec, const float* x, uint8_t* codes, int64_t n, bool saturate);
+/// Codes of fp32(x[i]) * scale (scales == nullptr) or fp32(x[i]) * scales[i], on the calling
+/// thread: the multiply and the cast in one vectorized loop, for kernels that split their work
+/// themselves (float8's dynamic casts).
+void minifloat_encode_scaled(const MinifloatSpec& spec, const float* x, float scale, const float* scales,
+                             uint8_t* codes, int64_t n, bool saturate);
 /// n values through a 256-entry table.
 void minifloat_decode_n(const MinifloatSpec& spec, const uint8_t* codes, float* out, int64_t n);
 

@@ -123,7 +123,22 @@ void encode_range(const EncodeParams p, const float* __restrict x, uint8_t* __re
 #pragma omp simd
   for (int64_t i = 0; i < n; ++i) codes[i] = encode_lane(p, bits_of(x[i]));
 }
+void encode_scaled_range(const EncodeParams p, const float* __restrict x, float s, const float* __restrict each,
+                         uint8_t* __restrict codes, int64_t n) {
+  if (each) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) codes[i] = encode_lane(p, bits_of(x[i] * each[i]));
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i) codes[i] = encode_lane(p, bits_of(x[i] * s));
+  }
+}
 }  // namespace
+
+void minifloat_encode_scaled(const MinifloatSpec& f, const float* x, float scale, const float* scales, uint8_t* codes,
+                             int64_t n, bool saturate) {
+  encode_scaled_range(EncodeParams(f, saturate), x, scale, scales, codes, n);
+}
 
 void minifloat_encode_n(const MinifloatSpec& f, const float* x, uint8_t* codes, int64_t n, bool saturate) {
   const EncodeParams p(f, saturate);

@@ -47,47 +47,100 @@ float to_scale(float amax, const core::Format& f, bool pow2) {
   const float s = core::float8_amax_to_scale(static_cast<double>(amax), f);
   return pow2 ? core::round_scale_to_power_of_2(s) : s;
 }
-// codes of n values scaled by s (one scale) or s[i] (per element), through a small buffer
-constexpr int64_t kChunk = 1024;
-inline void encode_scaled(const MinifloatSpec& spec, const float* x, float s, int64_t n, uint8_t* out) {
-  float buf[kChunk];
-  for (int64_t o = 0; o < n; o += kChunk) {
-    const int64_t len = std::min(kChunk, n - o);
+// m[j] = max(m[j], |x[j]|), NaN sticky ((a > m || a != a) keeps it once it is in)
+inline void column_max_update(const float* x, int64_t n, float* m) {
 #pragma omp simd
-    for (int64_t i = 0; i < len; ++i) buf[i] = x[o + i] * s;
-    minifloat_encode_n(spec, buf, out + o, len, /*saturate=*/true);
+  for (int64_t j = 0; j < n; ++j) {
+    const float v = std::fabs(x[j]);
+    m[j] = (v > m[j] || v != v) ? v : m[j];
   }
 }
-inline void encode_scaled_each(const MinifloatSpec& spec, const float* x, const float* s, int64_t n, uint8_t* out) {
-  float buf[kChunk];
-  for (int64_t o = 0; o < n; o += kChunk) {
-    const int64_t len = std::min(kChunk, n - o);
-#pragma omp simd
-    for (int64_t i = 0; i < len; ++i) buf[i] = x[o + i] * s[o + i];
-    minifloat_encode_n(spec, buf, out + o, len, /*saturate=*/true);
-  }
+void combine_column_max(const std::vector<float>& part, int64_t parts, int64_t cols, std::vector<float>& out) {
+  out.assign(static_cast<size_t>(cols), 0.0f);
+  for (int64_t p = 0; p < parts; ++p)
+    for (int64_t j = 0; j < cols; ++j)
+      out[static_cast<size_t>(j)] = nan_max(out[static_cast<size_t>(j)], part[static_cast<size_t>(p * cols + j)]);
 }
+
+// Writes the codes of n values x * s (one scale, or s[i] per element) at element offset `at` of
+// the output, as codes, bfloat16 code values or bfloat16 dequantized values (code * (1/s), exact
+// for power-of-2 s), through small stack buffers.
+constexpr int64_t kChunk = 512;
+struct Emitter {
+  const MinifloatSpec& spec;
+  CastOutput output;
+  void* out;
+  uint16_t bf16_of_code[256];  // bfloat16 bits of each code's value
+  float value_of_code[256];
+  Emitter(const MinifloatSpec& sp, CastOutput o, void* dst) : spec(sp), output(o), out(dst) {
+    for (uint32_t c = 0; c < 256; ++c) {
+      value_of_code[c] = minifloat_decode(spec, c);
+      const BFloat16 b(value_of_code[c]);
+      std::memcpy(&bf16_of_code[c], &b, 2);
+    }
+  }
+  template <bool kEach>
+  void run(const float* x, const float* s, int64_t n, int64_t at) const {
+    if (output == CastOutput::Codes) {
+      minifloat_encode_scaled(spec, x, s[0], kEach ? s : nullptr, static_cast<uint8_t*>(out) + at, n, true);
+      return;
+    }
+    uint8_t q[kChunk];
+    for (int64_t o = 0; o < n; o += kChunk) {
+      const int64_t len = std::min(kChunk, n - o);
+      minifloat_encode_scaled(spec, x + o, s[0], kEach ? s + o : nullptr, q, len, true);
+      uint16_t* dst = static_cast<uint16_t*>(out) + at + o;
+      if (output == CastOutput::Bf16Codes) {
+        for (int64_t i = 0; i < len; ++i) dst[i] = bf16_of_code[q[i]];
+      } else {  // exact: a float8 value times a power of two; its bfloat16 bits are its float32 top half
+        for (int64_t i = 0; i < len; ++i) {
+          const float v = value_of_code[q[i]] * (1.0f / (kEach ? s[o + i] : s[0]));
+          uint32_t bits;
+          std::memcpy(&bits, &v, 4);
+          dst[i] = static_cast<uint16_t>(bits >> 16);
+        }
+      }
+    }
+  }
+};
 }  // namespace
 
-Cast2D cast_2d(const float* x, int64_t rows, int64_t cols, DType fp8, ScaleAxis axis, bool pow2) {
+Cast2D cast_2d(const float* x, int64_t rows, int64_t cols, DType fp8, ScaleAxis axis, bool pow2, CastOutput output,
+               std::vector<float>* column_amax) {
   const MinifloatSpec& spec = float8_spec(fp8, "float8 cast");
+  LOWBIT_ASSERT(output != CastOutput::Bf16Dequantized || pow2);
   const core::Format& f = format_of(fp8);
-  Cast2D c{empty({rows, cols}, fp8), Tensor(), axis};
-  uint8_t* q = static_cast<uint8_t*>(c.codes.raw_data());
+  Cast2D c{empty({rows, cols}, output == CastOutput::Codes ? fp8 : kBFloat16), Tensor(), axis, output};
+  const Emitter em(spec, output, c.values.raw_data());
   const int64_t grain_rows = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(cols, 1));
+  const int nt = std::max(1, get_num_threads());
   if (axis == ScaleAxis::Row) {
     c.scale = empty({rows}, kFloat32);
     float* sp = c.scale.data_ptr<float>();
-    lowbit::detail::parallel_for(rows, grain_rows, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r) {  // the row stays in cache between its amax and its cast
-        sp[r] = to_scale(amax_run(x + r * cols, cols), f, pow2);
-        encode_scaled(spec, x + r * cols, sp[r], cols, q + r * cols);
-      }
+    if (!column_amax) {
+      lowbit::detail::parallel_for(rows, grain_rows, [&](int64_t r0, int64_t r1) {
+        for (int64_t r = r0; r < r1; ++r) {  // the row stays in cache between its amax and its cast
+          sp[r] = to_scale(amax_run(x + r * cols, cols), f, pow2);
+          em.run<false>(x + r * cols, sp + r, cols, r * cols);
+        }
+      });
+      return c;
+    }
+    // the same, and each thread's column maxima over its rows while they are in cache
+    const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(nt, rows));
+    std::vector<float> part(static_cast<size_t>(parts * cols), 0.0f);
+    lowbit::detail::parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p)
+        for (int64_t r = rows * p / parts; r < rows * (p + 1) / parts; ++r) {
+          sp[r] = to_scale(amax_run(x + r * cols, cols), f, pow2);
+          em.run<false>(x + r * cols, sp + r, cols, r * cols);
+          column_max_update(x + r * cols, cols, part.data() + p * cols);
+        }
     });
+    combine_column_max(part, parts, cols, *column_amax);
     return c;
   }
   if (axis == ScaleAxis::Tensor) {
-    const int nt = std::max(1, get_num_threads());
     std::vector<float> part(static_cast<size_t>(nt) * 16, 0.0f);  // one cache line per thread
     const int64_t n = rows * cols;
     lowbit::detail::parallel_for(nt, 1, [&](int64_t t0, int64_t t1) {
@@ -100,63 +153,41 @@ Cast2D cast_2d(const float* x, int64_t rows, int64_t cols, DType fp8, ScaleAxis 
     for (int t = 0; t < nt; ++t) amax = nan_max(amax, part[static_cast<size_t>(t) * 16]);
     const float s = to_scale(amax, f, pow2);
     c.scale = full({1}, s, kFloat32);
-    lowbit::detail::parallel_for(n, kParallelGrain,
-                                 [&](int64_t b, int64_t e) { encode_scaled(spec, x + b, s, e - b, q + b); });
+    lowbit::detail::parallel_for(n, kParallelGrain, [&](int64_t b, int64_t e) { em.run<false>(x + b, &s, e - b, b); });
     return c;
   }
-  // per column: column maxima over blocks of columns (each thread walks all rows of its block),
-  // then every row cast with the column multipliers
+  // per column: each thread keeps the maxima of every column over its block of rows (walking
+  // memory in order), the blocks' maxima are combined -- unless a row cast of the same matrix
+  // gathered them already (column_amax) -- then every row is cast with the column multipliers
   c.scale = empty({cols}, kFloat32);
   float* sp = c.scale.data_ptr<float>();
-  constexpr int64_t kColBlock = 256;
-  lowbit::detail::parallel_for((cols + kColBlock - 1) / kColBlock, 1, [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const int64_t c0 = b * kColBlock, n = std::min(kColBlock, cols - c0);
-      float m[kColBlock];
-      int nan[kColBlock];
-      for (int64_t j = 0; j < n; ++j) m[j] = 0.0f, nan[j] = 0;
-      for (int64_t r = 0; r < rows; ++r) {
-        const float* xr = x + r * cols + c0;
-#pragma omp simd
-        for (int64_t j = 0; j < n; ++j) {
-          const float a = std::fabs(xr[j]);
-          m[j] = a > m[j] ? a : m[j];
-          nan[j] |= xr[j] != xr[j];
-        }
-      }
-      for (int64_t j = 0; j < n; ++j)
-        sp[c0 + j] = to_scale(nan[j] ? std::numeric_limits<float>::quiet_NaN() : m[j], f, pow2);
-    }
-  });
+  std::vector<float> local;
+  std::vector<float>& cm = column_amax ? *column_amax : local;
+  if (static_cast<int64_t>(cm.size()) != cols) {
+    const int64_t parts = std::max<int64_t>(1, std::min<int64_t>(nt, rows));
+    std::vector<float> part(static_cast<size_t>(parts * cols), 0.0f);
+    lowbit::detail::parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p)
+        for (int64_t r = rows * p / parts; r < rows * (p + 1) / parts; ++r)
+          column_max_update(x + r * cols, cols, part.data() + p * cols);
+    });
+    combine_column_max(part, parts, cols, cm);
+  }
+  for (int64_t j = 0; j < cols; ++j) sp[j] = to_scale(cm[static_cast<size_t>(j)], f, pow2);
   lowbit::detail::parallel_for(rows, grain_rows, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) encode_scaled_each(spec, x + r * cols, sp, cols, q + r * cols);
+    for (int64_t r = r0; r < r1; ++r) em.run<true>(x + r * cols, sp, cols, r * cols);
   });
   return c;
-}
-
-Tensor codes_to_bf16(const Tensor& codes, DType fp8) {
-  const MinifloatSpec& spec = float8_spec(fp8, "codes_to_bf16");
-  uint16_t table[256];
-  for (uint32_t code = 0; code < 256; ++code) {
-    const BFloat16 b(minifloat_decode(spec, code));
-    std::memcpy(&table[code], &b, 2);
-  }
-  Tensor out = empty(codes.shape(), kBFloat16);
-  const uint8_t* q = static_cast<const uint8_t*>(codes.raw_data());
-  uint16_t* o = reinterpret_cast<uint16_t*>(out.raw_data());
-  lowbit::detail::parallel_for(codes.numel(), kParallelGrain, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) o[i] = table[q[i]];
-  });
-  return out;
 }
 
 Tensor dequantize_f32(const Cast2D& c, DType fp8) {
   const MinifloatSpec& spec = float8_spec(fp8, "float8 dequantize");
   float table[256];
   for (uint32_t code = 0; code < 256; ++code) table[code] = minifloat_decode(spec, code);
-  const int64_t rows = c.codes.size(0), cols = c.codes.size(1);
+  const int64_t rows = c.values.size(0), cols = c.values.size(1);
   Tensor out = empty({rows, cols}, kFloat32);
-  const uint8_t* q = static_cast<const uint8_t*>(c.codes.raw_data());
+  LOWBIT_ASSERT(c.output == CastOutput::Codes);
+  const uint8_t* q = static_cast<const uint8_t*>(c.values.raw_data());
   const float* sp = c.scale.data_ptr<float>();
   float* o = out.data_ptr<float>();
   lowbit::detail::parallel_for(
@@ -189,7 +220,7 @@ Float8Tensor to_float8_dynamic(const Tensor& x_in, DType fp8, ScalingGranularity
   if (granularity == ScalingGranularity::Tensorwise || x.dim() == 0) {
     const int64_t n = x.numel();
     Cast2D c = detail::cast_2d(x.data_ptr<float>(), 1, n, fp8, ScaleAxis::Tensor, pow2);
-    t.data = c.codes.reshape(shape);
+    t.data = c.values.reshape(shape);
     t.scale = c.scale.reshape({});
   } else {
     const int64_t d = axiswise_dim < 0 ? axiswise_dim + x.dim() : axiswise_dim;
@@ -204,14 +235,18 @@ Float8Tensor to_float8_dynamic(const Tensor& x_in, DType fp8, ScalingGranularity
     t.axiswise_dim = d;
     if (inner == 1) {  // the reduced dim is the last: one scale per row
       Cast2D c = detail::cast_2d(x.data_ptr<float>(), outer, a, fp8, ScaleAxis::Row, pow2);
-      t.data = c.codes.reshape(shape);
+      t.data = c.values.reshape(shape);
+      t.scale = c.scale.reshape(sshape);
+    } else if (outer == 1) {  // per column
+      Cast2D c = detail::cast_2d(x.data_ptr<float>(), a, inner, fp8, ScaleAxis::Col, pow2);
+      t.data = c.values.reshape(shape);
       t.scale = c.scale.reshape(sshape);
     } else {  // per column of each (a x inner) slab
       t.data = empty(shape, fp8);
       t.scale = empty(sshape, kFloat32);
       for (int64_t o = 0; o < outer; ++o) {
         Cast2D c = detail::cast_2d(x.data_ptr<float>() + o * a * inner, a, inner, fp8, ScaleAxis::Col, pow2);
-        std::memcpy(static_cast<uint8_t*>(t.data.raw_data()) + o * a * inner, c.codes.raw_data(),
+        std::memcpy(static_cast<uint8_t*>(t.data.raw_data()) + o * a * inner, c.values.raw_data(),
                     static_cast<size_t>(a * inner));
         std::memcpy(t.scale.data_ptr<float>() + o * inner, c.scale.raw_data(), static_cast<size_t>(inner) * 4);
       }

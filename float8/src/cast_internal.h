@@ -1,6 +1,8 @@
 // Internals of the float8 casts shared by the public casts (cast.cpp) and Float8Linear
 // (linear.cpp). Not installed.
 #pragma once
+#include <vector>
+
 #include "lowbit/autograd/minifloat.h"
 #include "lowbit/float8/float8.h"
 
@@ -10,26 +12,34 @@ namespace lowbit::float8::detail {
 /// one per row (amax over the row), one per column (amax over the column).
 enum class ScaleAxis { Tensor, Row, Col };
 
-/// A cast 2-D operand: codes (uint8 storage, rows x cols) and its float32 multipliers
-/// (1, rows or cols values).
+/// What a cast writes: the float8 codes; their values as bfloat16 (exact); or, for power-of-2
+/// scales only, the dequantized values code / scale as bfloat16 (exact too: a float8 value times a
+/// power of two, within bfloat16's range) -- an operand the bf16 gemm uses without scaling after.
+enum class CastOutput { Codes, Bf16Codes, Bf16Dequantized };
+
+/// A cast 2-D operand: `values` (rows x cols: float8 codes or bfloat16, per CastOutput) and its
+/// float32 multipliers (1, rows or cols values).
 struct Cast2D {
-  Tensor codes;
+  Tensor values;
   Tensor scale;
   ScaleAxis axis;
+  CastOutput output;
 };
 
 /// The codec of a float8 dtype (throws naming the dtype otherwise).
 const MinifloatSpec& float8_spec(DType d, const char* what);
 
 /// amax along `axis` -> scale (float8_amax_to_scale, optionally power of 2) -> saturating RNE
-/// cast of fp32(x) * scale. x: float32 (rows x cols, contiguous).
-Cast2D cast_2d(const float* x, int64_t rows, int64_t cols, DType fp8, ScaleAxis axis, bool pow2);
+/// cast of fp32(x) * scale, written as `output` (Bf16Dequantized needs pow2). x: float32 (rows x
+/// cols, contiguous). A row is cast while in cache after its amax (Row); a tensor or column amax
+/// is a first pass over x (Tensor, Col).
+/// column_amax: with Row, also gathers every column's amax in the same pass (for a later Col cast
+/// of the same matrix); with Col, the column amax to use when it holds cols values (no amax pass).
+Cast2D cast_2d(const float* x, int64_t rows, int64_t cols, DType fp8, ScaleAxis axis, bool pow2,
+               CastOutput output = CastOutput::Codes, std::vector<float>* column_amax = nullptr);
 
-/// The cast's codes as bfloat16 values (exact: every float8 value is a normal bfloat16).
-Tensor codes_to_bf16(const Tensor& codes, DType fp8);
-
-/// The dequantized operand in float32: decode(code) / scale (true division), as torchao's
-/// emulated gemm builds it.
+/// The dequantized operand in float32 (values must be codes): decode(code) / scale (true division),
+/// as torchao's emulated gemm builds it.
 Tensor dequantize_f32(const Cast2D& c, DType fp8);
 
 }  // namespace lowbit::float8::detail

@@ -24,17 +24,28 @@ struct Operand {
 };
 
 // The operand for cast config cc; an axiswise cast takes its scales along `axis` (Row: one per
-// stored row, Col: one per stored column).
-Operand operand(const Tensor& m, const CastConfig& cc, ScaleAxis axis, bool pow2) {
+// stored row, Col: one per stored column). emulate: float8 codes (dequantized to float32 by the
+// gemm); fast: bfloat16 -- the dequantized values themselves when the scales are powers of two
+// (exact, no scaling after the gemm), else the code values (scaled after the gemm).
+// column_amax: see detail::cast_2d (gathered by a Row cast, used by a Col cast).
+Operand operand(const Tensor& m, const CastConfig& cc, ScaleAxis axis, bool pow2, bool emulate,
+                std::vector<float>* column_amax = nullptr) {
   if (!cc.enabled()) return {m, std::nullopt};
   const Tensor f = m.dtype() == kFloat32 ? m : m.to(kFloat32);
   const ScaleAxis ax = cc.scaling_granularity == ScalingGranularity::Tensorwise ? ScaleAxis::Tensor : axis;
-  return {m, detail::cast_2d(f.data_ptr<float>(), f.size(0), f.size(1), *cc.target_dtype, ax, pow2), *cc.target_dtype};
+  const detail::CastOutput out = emulate ? detail::CastOutput::Codes
+                                 : pow2  ? detail::CastOutput::Bf16Dequantized
+                                         : detail::CastOutput::Bf16Codes;
+  return {m,
+          detail::cast_2d(f.data_ptr<float>(), f.size(0), f.size(1), *cc.target_dtype, ax, pow2, out,
+                          ax == ScaleAxis::Tensor ? nullptr : column_amax),
+          *cc.target_dtype};
 }
 
 // The multipliers of op(X)'s rows (left operand, `outer_axis` = the axis that runs along the
 // output's rows) as 1/scale, or one value; throws if the scales run along the reduction dim.
 std::vector<float> inverse_scales(const Cast2D& c, ScaleAxis outer_axis) {
+  if (c.output == detail::CastOutput::Bf16Dequantized) return {1.0f};  // scaled already
   LOWBIT_CHECK(c.axis == ScaleAxis::Tensor || c.axis == outer_axis,
                "float8 gemm: an operand's scales run along the reduction dimension");
   const float* s = c.scale.data_ptr<float>();
@@ -54,10 +65,12 @@ Tensor run_gemm(const Operand& a, bool ta, const Operand& b, bool tb, DType out_
     const Tensor c = gemm(detail::dequantize_f32(*a.q, a.fp8), ta, detail::dequantize_f32(*b.q, b.fp8), tb);
     return out_dtype == kFloat32 ? c : c.to(out_dtype);
   }
-  // the codes as bfloat16 (exact), float32 accumulation, then the scales: (1/s_a[i]) * (1/s_b[j])
-  Tensor c = gemm_bf16(detail::codes_to_bf16(a.q->codes, a.fp8), ta, detail::codes_to_bf16(b.q->codes, b.fp8), tb);
+  // bfloat16 operands (exact), float32 accumulation, then the scales: (1/s_a[i]) * (1/s_b[j])
+  Tensor c = gemm_bf16(a.q->values, ta, b.q->values, tb);
   const std::vector<float> ia = inverse_scales(*a.q, ta ? ScaleAxis::Col : ScaleAxis::Row);
   const std::vector<float> ib = inverse_scales(*b.q, tb ? ScaleAxis::Row : ScaleAxis::Col);
+  if (ia.size() == 1 && ib.size() == 1 && ia[0] == 1.0f && ib[0] == 1.0f)
+    return out_dtype == kFloat32 ? c : c.to(out_dtype);
   const int64_t m = c.size(0), n = c.size(1);
   float* cp = c.data_ptr<float>();
   lowbit::detail::parallel_for(m, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(n, 1)),
@@ -104,25 +117,54 @@ Tensor Float8Linear::forward(const Tensor& x) {
   const Tensor x2 = x.detach().reshape({-1, in_features});
   const Tensor w = weight.detach();
   // output = X · Wᵀ: X scaled per row (token), W per output channel (Wᵀ's axis 0 in torchao)
-  Tensor y2 = run_gemm(operand(x2, c.cast_config_input, ScaleAxis::Row, pow2), false,
-                       operand(w, c.cast_config_weight, ScaleAxis::Row, pow2), true, x.dtype(), emu);
+  // an axiswise X for both gemms: the forward's row cast also gathers X's column amax, so the
+  // backward's column cast of X is a single pass
+  auto axiswise = [](const CastConfig& cc) {
+    return cc.enabled() && cc.scaling_granularity == ScalingGranularity::Axiswise;
+  };
+  auto x_colmax = std::make_shared<std::vector<float>>();
+  const bool gather_x = axiswise(c.cast_config_input) && axiswise(*c.cast_config_input_for_grad_weight);
+  const Operand ox = operand(x2, c.cast_config_input, ScaleAxis::Row, pow2, emu, gather_x ? x_colmax.get() : nullptr);
+  const Operand ow = operand(w, c.cast_config_weight, ScaleAxis::Row, pow2, emu);
+  Tensor y2 = run_gemm(ox, false, ow, true, x.dtype(), emu);
   if (lowbit::detail::any_requires_grad({&x, &weight})) {
     const Shape xs = x.shape();
     const bool gx = x.requires_grad(), gw = weight.requires_grad();
     const int64_t n_out = out_features;
+    // A tensorwise operand cast the same way for both of its gemms has one scale and the same
+    // codes in both: the backward reuses the forward's cast (torchao recasts the saved
+    // high-precision tensor, with bit-identical results) -- one cast and its amax pass fewer.
+    auto same_tensorwise = [](const CastConfig& a, const CastConfig& b) {
+      return a == b && a.enabled() && a.scaling_granularity == ScalingGranularity::Tensorwise;
+    };
+    const std::optional<Operand> x_for_gw =
+        same_tensorwise(c.cast_config_input, *c.cast_config_input_for_grad_weight) ? std::optional(ox) : std::nullopt;
+    const std::optional<Operand> w_for_gi =
+        same_tensorwise(c.cast_config_weight, *c.cast_config_weight_for_grad_input) ? std::optional(ow) : std::nullopt;
+    const bool one_g = same_tensorwise(c.cast_config_grad_output, *c.cast_config_grad_output_for_grad_weight);
+    const bool gather_g = axiswise(c.cast_config_grad_output) && axiswise(*c.cast_config_grad_output_for_grad_weight);
     lowbit::detail::record(
-        y2, "Float8LinearBackward0", {x, weight}, [x2, w, c, xs, gx, gw, n_out, pow2, emu](const Tensor& g_in) {
+        y2, "Float8LinearBackward0", {x, weight},
+        [x2, w, c, xs, gx, gw, n_out, pow2, emu, x_for_gw, w_for_gi, one_g, gather_g, x_colmax](const Tensor& g_in) {
           const Tensor g = g_in.reshape({-1, n_out}).to(x2.dtype());
+          std::vector<float> g_colmax;  // G's column amax, gathered by its row cast
+          const Operand og =
+              operand(g, c.cast_config_grad_output, ScaleAxis::Row, pow2, emu, gather_g ? &g_colmax : nullptr);
           Tensor dx, dw;
           if (gx)  // grad_input = G · W: G per row, W per input channel (Wᵀ's axis -1)
-            dx =
-                run_gemm(operand(g, c.cast_config_grad_output, ScaleAxis::Row, pow2), false,
-                         operand(w, *c.cast_config_weight_for_grad_input, ScaleAxis::Col, pow2), false, x2.dtype(), emu)
-                    .reshape(xs);
+            dx = run_gemm(
+                     og, false,
+                     w_for_gi ? *w_for_gi : operand(w, *c.cast_config_weight_for_grad_input, ScaleAxis::Col, pow2, emu),
+                     false, x2.dtype(), emu)
+                     .reshape(xs);
           if (gw)  // grad_weight = Gᵀ · X: both scaled per column (over the tokens)
-            dw = run_gemm(operand(g, *c.cast_config_grad_output_for_grad_weight, ScaleAxis::Col, pow2), true,
-                          operand(x2, *c.cast_config_input_for_grad_weight, ScaleAxis::Col, pow2), false, w.dtype(),
-                          emu);
+            dw = run_gemm(
+                one_g ? og
+                      : operand(g, *c.cast_config_grad_output_for_grad_weight, ScaleAxis::Col, pow2, emu, &g_colmax),
+                true,
+                x_for_gw ? *x_for_gw
+                         : operand(x2, *c.cast_config_input_for_grad_weight, ScaleAxis::Col, pow2, emu, x_colmax.get()),
+                false, w.dtype(), emu);
           return std::vector<Tensor>{dx, dw};
         });
   }
