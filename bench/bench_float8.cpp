@@ -3,6 +3,7 @@
 //  * Float8Linear forward + backward (M = 4096 tokens, K = N = 1024) in the fast mode for each
 //    recipe, and in emulate mode, against the float32 Linear; the three bf16 gemms alone (the
 //    floor the fast mode is built on: 3 x 2·M·K·N FLOP at this CPU's bf16 rate);
+//  * the training step of configs/gpt_chars.toml's GPT in float32 and float8 (rowwise, tensorwise);
 //  * the cast kernels (amax + scale + cast, 16M floats; 5 bytes per element: 4 read, 1 written)
 //    against the triad bandwidth.
 //   ./build/bench/bench_float8 [--threads=N]
@@ -53,12 +54,36 @@ void BM_bf16_gemms_alone(benchmark::State& st) {
                                               benchmark::Counter::kIs1000);
 }
 
+// One training step of configs/gpt_chars.toml's model (4 layers, d_model 256, context 128, batch
+// 32, vocabulary 96): zero_grad, forward, cross-entropy, backward, AdamW; float32 or float8 with
+// the head kept in float32 (the shipped gpt_chars_float8.toml).
+void gpt_step(benchmark::State& st, const std::string& recipe) {
+  manual_seed(0);
+  nn::GPTConfig cfg;
+  cfg.vocab_size = 96;
+  std::shared_ptr<nn::Module> m = std::make_shared<nn::GPT>(cfg);
+  if (!recipe.empty())
+    m = float8::convert_to_float8_training(m, float8::Float8LinearConfig::from_recipe_name(recipe),
+                                           [](const nn::Linear&, const std::string& fqn) { return fqn != "lm_head"; });
+  optim::AdamW opt(m->parameters());
+  const Tensor idx = randint(0, 96, {32, 128}), tgt = randint(0, 96, {32 * 128});
+  for (auto _ : st) {
+    opt.zero_grad();
+    Tensor loss = cross_entropy(m->forward(idx).reshape({-1, 96}), tgt);
+    loss.backward();
+    opt.step();
+  }
+}
+void BM_gpt_step_fp32(benchmark::State& st) { gpt_step(st, ""); }
+void BM_gpt_step_float8_rowwise(benchmark::State& st) { gpt_step(st, "rowwise"); }
+void BM_gpt_step_float8_tensorwise(benchmark::State& st) { gpt_step(st, "tensorwise"); }
+
 void cast(benchmark::State& st, float8::ScalingGranularity g, int64_t axis) {
   const Tensor x = randn({kCastN / 4096, 4096});
   for (auto _ : st)
     benchmark::DoNotOptimize(float8::to_float8_dynamic(x, kFloat8_e4m3fn, g, axis, true).data.raw_data());
-  st.counters["GB/s"] = benchmark::Counter(5.0 * kCastN, benchmark::Counter::kIsIterationInvariantRate,
-                                           benchmark::Counter::kIs1000);
+  st.counters["GB/s"] =
+      benchmark::Counter(5.0 * kCastN, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
 void BM_cast_rowwise(benchmark::State& st) { cast(st, float8::ScalingGranularity::Axiswise, -1); }
 void BM_cast_colwise(benchmark::State& st) { cast(st, float8::ScalingGranularity::Axiswise, 0); }
@@ -72,6 +97,9 @@ BENCHMARK(BM_float8_rowwise)->Unit(benchmark::kMillisecond)->UseRealTime()->MinT
 BENCHMARK(BM_float8_rowwise_with_gw_hp)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 BENCHMARK(BM_float8_rowwise_emulate)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 BENCHMARK(BM_bf16_gemms_alone)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
+BENCHMARK(BM_gpt_step_fp32)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
+BENCHMARK(BM_gpt_step_float8_rowwise)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
+BENCHMARK(BM_gpt_step_float8_tensorwise)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK(BM_triad)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 BENCHMARK(BM_cast_rowwise)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 BENCHMARK(BM_cast_colwise)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
@@ -91,6 +119,13 @@ int main(int argc, char** argv) {
   time_row("Float8Linear fwd+bwd rowwise_with_gw_hp vs fp32", "BM_float8_rowwise_with_gw_hp", "");
   time_row("Float8Linear fwd+bwd rowwise emulate vs fp32", "BM_float8_rowwise_emulate", "(torchao's CPU path)");
   time_row("the three bf16 gemms alone vs fp32 Linear", "BM_bf16_gemms_alone", "(the floor)");
+  const double gpt = rep.seconds("BM_gpt_step_fp32") * 1e3;
+  for (const auto& [what, bm, goal] :
+       {std::tuple{"gpt_chars step float8 rowwise vs fp32", "BM_gpt_step_float8_rowwise", "<= 0.80x"},
+        std::tuple{"gpt_chars step float8 tensorwise vs fp32", "BM_gpt_step_float8_tensorwise", ""}}) {
+    const double t = rep.seconds(bm) * 1e3;
+    if (t > 0 && gpt > 0) std::printf("%-46s %7.2f ms %9.2f ms %7.2fx %s\n", what, t, gpt, t / gpt, goal);
+  }
   const double tr = rep.counter("BM_triad", "GB/s") / 1e9;
   for (const char* bm : {"BM_cast_rowwise", "BM_cast_colwise", "BM_cast_tensorwise"}) {
     const double gb = rep.counter(bm, "GB/s") / 1e9;
