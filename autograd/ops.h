@@ -139,6 +139,14 @@ Tensor operator*(const Tensor& a, double b);
 Tensor operator/(const Tensor& a, double b);
 Tensor operator*(double a, const Tensor& b);
 
+/// torch.set_float32_matmul_precision: "highest" (default: float32 GEMMs in float32) or "medium"
+/// (float32 GEMMs -- linear, matmul, attention and their backward passes -- round their operands
+/// to bfloat16 and run oneDNN's bfloat16 GEMM with float32 accumulation and output: bf16 mixed
+/// precision for the GEMMs, everything else in float32). "high" (TF32 on GPUs) means "highest"
+/// on this CPU. Process-wide; throws on another name.
+void set_float32_matmul_precision(const std::string& precision);
+std::string get_float32_matmul_precision();
+
 /// Reference kernels: when on, every op uses its plain scalar implementation (tests compare the
 /// optimized kernels against these).
 void set_reference_kernels(bool on);

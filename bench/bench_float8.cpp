@@ -3,7 +3,8 @@
 //  * Float8Linear forward + backward (M = 4096 tokens, K = N = 1024) in the fast mode for each
 //    recipe, and in emulate mode, against the float32 Linear; the three bf16 gemms alone (the
 //    floor the fast mode is built on: 3 x 2·M·K·N FLOP at this CPU's bf16 rate);
-//  * the training step of configs/gpt_chars.toml's GPT in float32 and float8 (rowwise, tensorwise);
+//  * the training step of configs/gpt_chars.toml's GPT in float32, bf16 mixed precision
+//    (training.precision = "bf16") and float8 (rowwise, tensorwise);
 //  * the cast kernels (amax + scale + cast, 16M floats; 5 bytes per element: 4 read, 1 written)
 //    against the triad bandwidth.
 //   ./build/bench/bench_float8 [--threads=N]
@@ -75,6 +76,11 @@ void gpt_step(benchmark::State& st, const std::string& recipe) {
   }
 }
 void BM_gpt_step_fp32(benchmark::State& st) { gpt_step(st, ""); }
+void BM_gpt_step_bf16(benchmark::State& st) {  // training.precision = "bf16"
+  set_float32_matmul_precision("medium");
+  gpt_step(st, "");
+  set_float32_matmul_precision("highest");
+}
 void BM_gpt_step_float8_rowwise(benchmark::State& st) { gpt_step(st, "rowwise"); }
 void BM_gpt_step_float8_tensorwise(benchmark::State& st) { gpt_step(st, "tensorwise"); }
 
@@ -98,6 +104,7 @@ BENCHMARK(BM_float8_rowwise_with_gw_hp)->Unit(benchmark::kMillisecond)->UseRealT
 BENCHMARK(BM_float8_rowwise_emulate)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 BENCHMARK(BM_bf16_gemms_alone)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 BENCHMARK(BM_gpt_step_fp32)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
+BENCHMARK(BM_gpt_step_bf16)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK(BM_gpt_step_float8_rowwise)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK(BM_gpt_step_float8_tensorwise)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK(BM_triad)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
@@ -121,7 +128,8 @@ int main(int argc, char** argv) {
   time_row("the three bf16 gemms alone vs fp32 Linear", "BM_bf16_gemms_alone", "(the floor)");
   const double gpt = rep.seconds("BM_gpt_step_fp32") * 1e3;
   for (const auto& [what, bm, goal] :
-       {std::tuple{"gpt_chars step float8 rowwise vs fp32", "BM_gpt_step_float8_rowwise", "<= 0.80x"},
+       {std::tuple{"gpt_chars step bf16 mixed precision vs fp32", "BM_gpt_step_bf16", "(baseline)"},
+        std::tuple{"gpt_chars step float8 rowwise vs fp32", "BM_gpt_step_float8_rowwise", "<= 0.80x"},
         std::tuple{"gpt_chars step float8 tensorwise vs fp32", "BM_gpt_step_float8_tensorwise", ""}}) {
     const double t = rep.seconds(bm) * 1e3;
     if (t > 0 && gpt > 0) std::printf("%-46s %7.2f ms %9.2f ms %7.2fx %s\n", what, t, gpt, t / gpt, goal);

@@ -2,6 +2,8 @@
 // strides in the memory descriptors (never materialized); primitives are cached by
 // (shape, transposes, bias, dtype). float64 and forced-reference mode use a plain loop.
 #include <dnnl.hpp>
+
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -81,6 +83,20 @@ void reference_gemm(const T* a, bool ta, const T* b, bool tb, const T* bias, T* 
 }
 }  // namespace
 
+namespace {
+std::atomic<int> g_matmul_precision{0};  // 0 highest, 1 high, 2 medium
+}  // namespace
+
+void set_float32_matmul_precision(const std::string& p) {
+  LOWBIT_CHECK(p == "highest" || p == "high" || p == "medium",
+               "set_float32_matmul_precision: expected 'highest', 'high' or 'medium', got '{}'", p);
+  g_matmul_precision = p == "highest" ? 0 : p == "high" ? 1 : 2;
+}
+std::string get_float32_matmul_precision() {
+  const int p = g_matmul_precision;
+  return p == 0 ? "highest" : p == 1 ? "high" : "medium";
+}
+
 namespace detail {
 Tensor gemm(const Tensor& a_in, bool ta, const Tensor& b_in, bool tb, const Tensor& bias_in) {
   LOWBIT_ASSERT((a_in.dim() == 2 || a_in.dim() == 3) && a_in.dim() == b_in.dim());
@@ -104,7 +120,12 @@ Tensor gemm(const Tensor& a_in, bool ta, const Tensor& b_in, bool tb, const Tens
     }
     return c;
   }
-  if (a.dtype() == kFloat32 && !reference_kernels()) {
+  if (a.dtype() == kFloat32 && !reference_kernels() && g_matmul_precision == 2) {  // "medium": bf16 operands
+    NoGradGuard ng;
+    const Tensor a16 = a.to(kBFloat16), b16 = b.to(kBFloat16);
+    onednn_gemm(a16.raw_data(), ta, b16.raw_data(), tb, bias.defined() ? bias.data_ptr<float>() : nullptr,
+                c.data_ptr<float>(), ba, bb, m, n, k, /*bf16=*/true);
+  } else if (a.dtype() == kFloat32 && !reference_kernels()) {
     onednn_gemm(a.data_ptr<float>(), ta, b.data_ptr<float>(), tb, bias.defined() ? bias.data_ptr<float>() : nullptr,
                 c.data_ptr<float>(), ba, bb, m, n, k);
   } else {

@@ -63,6 +63,9 @@ const std::vector<KeySpec>& config_schema() {
       {"training.temperature", 0.8, "chars: sampling temperature"},
       {"training.top_k", int64_t{0}, "chars: sample from the top k tokens (0 = all)"},
       {"training.run_dir", std::string("runs/default"), "where config.toml and metrics.jsonl are written"},
+      {"training.precision", std::string("fp32"),
+       "fp32 | bf16: bf16 runs every GEMM (linear, attention, backward) on bfloat16-rounded operands with float32 "
+       "accumulation, weights and optimizer state in float32 (torch.set_float32_matmul_precision('medium'))"},
       {"quantize.recipe", std::string("none"), "none, or a recipe of `lowbit recipes`: " + qat::recipe_names()},
       {"quantize.mode", std::string("qat"),
        "qat: fine-tune with fake quantization, then convert | ptq: convert the float model"},

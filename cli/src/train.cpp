@@ -106,6 +106,12 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
   }
   prepare_run_dir(cfg, resume, resume_step, ro, notes);
   if (cfg.get_int("training.threads") > 0) set_num_threads(static_cast<int>(cfg.get_int("training.threads")));
+  // the run's GEMM precision, restored when the run ends (tests and library users run several)
+  struct PrecisionScope {
+    std::string saved = get_float32_matmul_precision();
+    explicit PrecisionScope(const std::string& p) { set_float32_matmul_precision(p); }
+    ~PrecisionScope() { set_float32_matmul_precision(saved); }
+  } precision_scope(cfg.get_string("training.precision") == "bf16" ? "medium" : "highest");
   const uint64_t seed = static_cast<uint64_t>(cfg.get_int("training.seed"));
   manual_seed(seed);
   const std::string run_dir = cfg.get_string("training.run_dir");

@@ -128,6 +128,7 @@ void validate_config(const RunConfig& cfg) {
   check_int(cfg, "training.top_k", 0, ">= 0");
   check_finite_positive(cfg, "training.temperature");
   LOWBIT_CHECK(!cfg.get_string("training.run_dir").empty(), "training.run_dir must not be empty");
+  check_one_of(cfg, "training.precision", {"fp32", "bf16"});
   check_int(cfg, "checkpoint.interval", 0, ">= 0 (0 = only at the end)");
   check_int(cfg, "checkpoint.keep_last", 1, "at least 1");
   // quantization: the recipe with its dtype and group size (a group size that does not divide a

@@ -406,3 +406,32 @@ TEST(Kernels, AttentionQkvMatchesPermutedHeads) {
       {"attention_qkv: d_model (4) must be divisible by n_heads (3)"});
   lowbit::testing::expect_error([&] { attention_qkv(randn({5, 12}, &g), 2); }, {"attention_qkv", "[5, 12]"});
 }
+
+// set_float32_matmul_precision("medium"): every float32 GEMM (linear, matmul and their backward)
+// rounds its operands to bfloat16 and runs the bfloat16 GEMM -- bit-identical to gemm_bf16 of the
+// rounded operands; "highest" restores float32; other names are refused.
+TEST(Kernels, Float32MatmulPrecisionMedium) {
+  Generator g(41);
+  const Tensor x0 = randn({37, 64}, &g), w0 = randn({24, 64}, &g), b0 = randn({24}, &g), dy = randn({37, 24}, &g);
+  EXPECT_EQ(get_float32_matmul_precision(), "highest");
+  set_float32_matmul_precision("medium");
+  Tensor x = x0.clone().requires_grad_(), w = w0.clone().requires_grad_();
+  const Tensor y = linear(x, w, b0);
+  y.backward(dy);
+  const Tensor mm = matmul(x0.reshape({1, 37, 64}), w0.t().reshape({1, 64, 24}));
+  set_float32_matmul_precision("highest");
+  auto bf = [](const Tensor& t) { return t.to(kBFloat16); };
+  auto same = [](const Tensor& a, const Tensor& b) {
+    return a.shape() == b.shape() && std::memcmp(a.raw_data(), b.raw_data(), a.nbytes()) == 0;
+  };
+  EXPECT_TRUE(same(y, gemm_bf16(bf(x0), false, bf(w0), true, b0)));
+  EXPECT_TRUE(same(x.grad(), gemm_bf16(bf(dy), false, bf(w0), false)));
+  EXPECT_TRUE(same(w.grad(), gemm_bf16(bf(dy), true, bf(x0), false)));
+  EXPECT_TRUE(same(mm.reshape({37, 24}), gemm_bf16(bf(x0), false, bf(w0), true)));
+  // and differs from float32 (the operands were rounded)
+  EXPECT_FALSE(same(linear(x0, w0, b0), y));
+  set_float32_matmul_precision("high");  // no TF32 on this CPU: float32
+  EXPECT_TRUE(same(linear(x0, w0, b0), gemm(x0, false, w0, true, b0)));
+  set_float32_matmul_precision("highest");
+  lowbit::testing::expect_error([] { set_float32_matmul_precision("low"); }, {"set_float32_matmul_precision", "'low'"});
+}
