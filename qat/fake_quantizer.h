@@ -102,6 +102,40 @@ struct IntxFakeQuantizeConfig : FakeQuantizeConfigBase {
                                                const FakeQuantizeConfigBase* activation) const override;
 };
 
+/// torchao's Float8FakeQuantizeConfig (spec §2.2, §9 items 1-2): per-row (last dim) or
+/// per-tensor float8 fake quantization. scale = clamp(amax, hp_value_lb, hp_value_ub) / fp8max,
+/// computed in the input's dtype (bfloat16 inputs get a bfloat16-rounded scale) then float32, no
+/// eps; y = fp32(fp8(clamp(fp32(x) / scale, +-fp8max))) * scale in the input's dtype.
+///
+/// backward = TorchaoParity reproduces what autograd computes through torchao's ops: the
+/// gradient is itself cast to float8 without saturation, grad_i = fp8(g_i * scale) * mask_i /
+/// scale (mask: |x_i / scale| <= fp8max), and the scale is differentiable: each block's amax
+/// element(s) also get sign(x) (sum g q - sum gq (x/s)/s) / fp8max / ties, which makes a block
+/// whose term is NaN or inf NaN throughout. StraightThrough is lowbit's alternative: grad_i =
+/// g_i * mask_i, no float8 rounding of the gradient, no scale term. guard_zero_blocks (off by
+/// default, for parity) makes an all-zero block without hp_value_lb give zeros and a
+/// straight-through gradient instead of NaN (pytorch/ao#3356).
+struct Float8FakeQuantizeConfig : FakeQuantizeConfigBase {
+  enum class Backward { TorchaoParity, StraightThrough };
+  DType dtype = kFloat8_e4m3fn;
+  Granularity granularity = PerRow{};  // PerRow (last dim) or PerTensor
+  std::optional<double> hp_value_lb, hp_value_ub;
+  Backward backward = Backward::TorchaoParity;
+  bool guard_zero_blocks = false;
+
+  Float8FakeQuantizeConfig() = default;
+  Float8FakeQuantizeConfig(DType dtype, Granularity granularity, std::optional<double> hp_value_lb = std::nullopt,
+                           std::optional<double> hp_value_ub = std::nullopt);
+  /// torchao's repr: "Float8FakeQuantizeConfig(dtype=torch.float8_e4m3fn, granularity=PerRow(dim=-1),
+  /// hp_value_lb=None, hp_value_ub=None)" (lowbit's options appended when not the default).
+  std::string to_string() const override;
+  void validate() const override;
+  std::unique_ptr<FakeQuantizeConfigBase> clone() const override {
+    return std::make_unique<Float8FakeQuantizeConfig>(*this);
+  }
+  Tensor fake_quantize(const Tensor& x, FakeQuantizer& quantizer) const override;
+};
+
 /// nn::Module applying a fake-quantize config. enabled = false makes it the identity.
 class FakeQuantizer : public nn::Module {
  public:

@@ -1,0 +1,167 @@
+// Float8FakeQuantizeConfig (spec §2.2, §9 items 1-2): torchao's float8 fake quantization for QAT,
+// its measured backward (TorchaoParity) and lowbit's straight-through alternative.
+#include <cmath>
+#include <limits>
+
+#include "lowbit/autograd/autograd.h"
+#include "lowbit/autograd/kernel.h"
+#include "lowbit/autograd/minifloat.h"
+#include "lowbit/autograd/ops.h"
+#include "lowbit/qat/fake_quantizer.h"
+
+namespace lowbit::qat {
+
+namespace {
+// Python's repr of a float: "1e-12", "1.0", "64.0"
+std::string py_float(double v) {
+  std::string s = fmt::format("{}", v);
+  if (s.find_first_of(".en") == std::string::npos) s += ".0";
+  return s;
+}
+std::string py_opt(const std::optional<double>& v) { return v ? py_float(*v) : "None"; }
+float round_to(float v, bool bf16) { return bf16 ? static_cast<float>(BFloat16(v)) : v; }
+float nan_max_abs(float m, float v) {
+  const float a = std::fabs(v);
+  return (m != m || a != a) ? std::numeric_limits<float>::quiet_NaN() : (a > m ? a : m);
+}
+}  // namespace
+
+Float8FakeQuantizeConfig::Float8FakeQuantizeConfig(DType d, Granularity g, std::optional<double> lb,
+                                                   std::optional<double> ub)
+    : dtype(d), granularity(g), hp_value_lb(lb), hp_value_ub(ub) {
+  validate();
+}
+
+std::string Float8FakeQuantizeConfig::to_string() const {
+  std::string s = fmt::format("Float8FakeQuantizeConfig(dtype=torch.{}, granularity={}, hp_value_lb={}, hp_value_ub={}",
+                              dtype_name(dtype), qat::to_string(granularity), py_opt(hp_value_lb), py_opt(hp_value_ub));
+  if (backward == Backward::StraightThrough) s += ", backward=straight_through";
+  if (guard_zero_blocks) s += ", guard_zero_blocks=True";
+  return s + ")";
+}
+
+void Float8FakeQuantizeConfig::validate() const {
+  LOWBIT_CHECK(dtype == kFloat8_e4m3fn || dtype == kFloat8_e5m2,
+               "Float8FakeQuantizeConfig: dtype must be float8_e4m3fn or float8_e5m2, got {}", dtype_name(dtype));
+  const auto* row = std::get_if<PerRow>(&granularity);
+  LOWBIT_CHECK(std::holds_alternative<PerTensor>(granularity) || (row && row->dim == -1),
+               "Float8FakeQuantizeConfig: granularity must be PerRow(dim=-1) or PerTensor(), got {}",
+               qat::to_string(granularity));
+  for (const auto& b : {hp_value_lb, hp_value_ub})
+    LOWBIT_CHECK(!b || (std::isfinite(*b) && *b >= 0),
+                 "Float8FakeQuantizeConfig: hp_value bounds must be finite and >= 0");
+  LOWBIT_CHECK(!hp_value_lb || !hp_value_ub || *hp_value_lb <= *hp_value_ub,
+               "Float8FakeQuantizeConfig: hp_value_lb ({}) must not exceed hp_value_ub ({})", *hp_value_lb,
+               *hp_value_ub);
+}
+
+Tensor Float8FakeQuantizeConfig::fake_quantize(const Tensor& x_in, FakeQuantizer& fq) const {
+  LOWBIT_CHECK(x_in.defined() && (x_in.dtype() == kFloat32 || x_in.dtype() == kBFloat16),
+               "FakeQuantizer: {} needs a float32 or bfloat16 input, got {}", to_string(),
+               x_in.defined() ? detail::desc(x_in) : "undefined");
+  const bool bf = x_in.dtype() == kBFloat16;
+  const Tensor x32 = bf ? x_in.detach().to(kFloat32) : x_in.detach();  // bfloat16 values are exact in float32
+  const int64_t n = x32.numel();
+  const int64_t len = std::holds_alternative<PerTensor>(granularity) ? n : (x32.dim() ? x32.size(-1) : 1);
+  const int64_t blocks = len ? n / len : 0;
+  const MinifloatSpec& spec = *minifloat_spec(dtype);
+  const float fmax = static_cast<float>(spec.max_finite);
+  const float* xp = x32.data_ptr<float>();
+  // per block: the amax, whether the hp bounds clamped it, and the float32 scale
+  Tensor amax = empty({blocks}, kFloat32), scale = empty({blocks}, kFloat32);
+  std::vector<uint8_t> clamped(static_cast<size_t>(blocks)), guarded(static_cast<size_t>(blocks));
+  float* ap = amax.data_ptr<float>();
+  float* sp = scale.data_ptr<float>();
+  for (int64_t b = 0; b < blocks; ++b) {
+    float m = 0.0f;
+    for (int64_t i = 0; i < len; ++i) m = nan_max_abs(m, xp[b * len + i]);
+    ap[b] = m;
+    float c = m;  // torch.clamp: NaN stays NaN; bounds in the input's dtype
+    if (hp_value_lb && c == c) c = std::max(c, round_to(static_cast<float>(*hp_value_lb), bf));
+    if (hp_value_ub && c == c) c = std::min(c, round_to(static_cast<float>(*hp_value_ub), bf));
+    clamped[static_cast<size_t>(b)] = c != m;
+    sp[b] = round_to(c / fmax, bf);  // amax / fp8max in the input's dtype, then float32
+    guarded[static_cast<size_t>(b)] = guard_zero_blocks && c == 0.0f;
+  }
+  // forward: y = fp32(fp8(clamp(x / s))) * s in the input's dtype; the clamp mask for backward
+  Tensor y32 = empty(x32.shape(), kFloat32), q = empty(x32.shape(), kFloat32);
+  std::vector<uint8_t> mask(static_cast<size_t>(n));
+  float* yp = y32.data_ptr<float>();
+  float* qp = q.data_ptr<float>();
+  detail::parallel_for(blocks, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(len, 1)),
+                       [&](int64_t b0, int64_t b1) {
+                         for (int64_t b = b0; b < b1; ++b) {
+                           const float s = sp[b];
+                           for (int64_t i = b * len; i < (b + 1) * len; ++i) {
+                             if (guarded[static_cast<size_t>(b)]) {
+                               qp[i] = 0.0f, yp[i] = 0.0f, mask[static_cast<size_t>(i)] = 1;
+                               continue;
+                             }
+                             const float t = xp[i] / s;
+                             mask[static_cast<size_t>(i)] = t >= -fmax && t <= fmax;
+                             const float c = t != t ? t : std::min(std::max(t, -fmax), fmax);
+                             qp[i] = minifloat_decode(spec, minifloat_encode(spec, c, /*saturate=*/true));
+                             yp[i] = qp[i] * s;
+                           }
+                         }
+                       });
+  fq.scale = std::holds_alternative<PerTensor>(granularity) ? scale.reshape({1, 1}) : [&] {
+    Shape ss = x32.shape();
+    if (!ss.empty()) ss.back() = 1;
+    return scale.reshape(ss);
+  }();
+  Tensor y = bf ? y32.to(kBFloat16) : y32;
+  if (!detail::any_requires_grad({&x_in})) return y;
+  const Backward mode = backward;
+  const bool has_bounds = hp_value_lb.has_value() || hp_value_ub.has_value();
+  detail::record(
+      y, "Float8FakeQuantizeBackward", {x_in},
+      [x32, q, scale, amax, mask, clamped, guarded, len, blocks, bf, mode, has_bounds, fmax, spec](const Tensor& g_in) {
+        const Tensor g = g_in.to(kFloat32);
+        const float* gp = g.data_ptr<float>();
+        const float* xp = x32.data_ptr<float>();
+        const float* qp = q.data_ptr<float>();
+        const float* sp = scale.data_ptr<float>();
+        const float* ap = amax.data_ptr<float>();
+        Tensor out = empty(x32.shape(), kFloat32);
+        float* op = out.data_ptr<float>();
+        detail::parallel_for(
+            blocks, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(len, 1)), [&](int64_t b0, int64_t b1) {
+              for (int64_t b = b0; b < b1; ++b) {
+                const float s = sp[b];
+                const int64_t lo = b * len, hi = lo + len;
+                if (mode == Float8FakeQuantizeConfig::Backward::StraightThrough || guarded[static_cast<size_t>(b)]) {
+                  for (int64_t i = lo; i < hi; ++i) op[i] = mask[static_cast<size_t>(i)] ? gp[i] : 0.0f;
+                  continue;
+                }
+                // the gradient through the float8 cast (PyTorch's eager cast: RNE, no saturation), the
+                // clamp mask and x / s; and the scale's two terms (mul and div), each summed in float32
+                float sum_gq = 0.0f, sum_div = 0.0f;
+                for (int64_t i = lo; i < hi; ++i) {
+                  const float gq = mask[static_cast<size_t>(i)]
+                                       ? minifloat_decode(spec, minifloat_encode(spec, gp[i] * s, false))
+                                       : 0.0f;
+                  op[i] = round_to(gq / s, bf);
+                  sum_gq += gp[i] * qp[i];
+                  sum_div += -gq * ((xp[i] / s) / s);
+                }
+                // d scale in the input's dtype; d amax = d scale / fp8max, zero where the hp bounds
+                // clamped the amax (still added below: 0 * sign(x) is a signed zero, as in autograd)
+                const float ds = round_to(sum_gq + sum_div, bf);
+                const float da = clamped[static_cast<size_t>(b)] && has_bounds ? 0.0f : round_to(ds / fmax, bf);
+                int64_t ties = 0;
+                for (int64_t i = lo; i < hi; ++i) ties += std::fabs(xp[i]) == ap[b];
+                const float per = round_to(da / static_cast<float>(std::max<int64_t>(ties, 1)), bf);
+                for (int64_t i = lo; i < hi; ++i) {  // amax's backward: per * (|x| == amax), then abs's: * sign(x)
+                  const float hit = std::fabs(xp[i]) == ap[b] ? 1.0f : 0.0f;
+                  const float sign = xp[i] > 0 ? 1.0f : xp[i] < 0 ? -1.0f : 0.0f;
+                  op[i] = round_to(op[i] + round_to(per * hit * sign, bf), bf);
+                }
+              }
+            });
+        return std::vector<Tensor>{bf ? out.to(kBFloat16) : out};
+      });
+  return y;
+}
+
+}  // namespace lowbit::qat
