@@ -135,30 +135,24 @@ Tensor scaled_dot_product_attention(const Tensor& q, const Tensor& k, const Tens
 }
 
 namespace {
-// (B, T, 3C) -> three (B·H, T, D) tensors (q, k, v), one pass; and back (gradients), one pass.
-void split_heads(const float* src, int64_t B, int64_t T, int64_t H, int64_t D, int64_t parts, float* const* dst) {
+// Copies between the packed layout (B, T, parts·C), C = H·D, and `parts` head-major tensors
+// (B·H, T, D): to_heads splits (q, k, v from the projection), else merges (the output, the
+// gradients). One pass either way.
+void copy_heads(bool to_heads, float* packed, float* const* heads, int64_t B, int64_t T, int64_t H, int64_t D,
+                int64_t parts) {
   const int64_t C = H * D;
-  detail::parallel_for(
-      B * T, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(parts * C, 1)), [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t b = r / T, t = r % T;
-          for (int64_t part = 0; part < parts; ++part)
-            for (int64_t h = 0; h < H; ++h)
-              std::copy_n(src + r * parts * C + part * C + h * D, D, dst[part] + ((b * H + h) * T + t) * D);
-        }
-      });
-}
-void merge_heads(const float* const* src, int64_t B, int64_t T, int64_t H, int64_t D, int64_t parts, float* dst) {
-  const int64_t C = H * D;
-  detail::parallel_for(
-      B * T, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(parts * C, 1)), [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r) {
-          const int64_t b = r / T, t = r % T;
-          for (int64_t part = 0; part < parts; ++part)
-            for (int64_t h = 0; h < H; ++h)
-              std::copy_n(src[part] + ((b * H + h) * T + t) * D, D, dst + r * parts * C + part * C + h * D);
-        }
-      });
+  detail::parallel_for(B * T, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(parts * C, 1)),
+                       [&](int64_t r0, int64_t r1) {
+                         for (int64_t r = r0; r < r1; ++r) {
+                           const int64_t b = r / T, t = r % T;
+                           for (int64_t part = 0; part < parts; ++part)
+                             for (int64_t h = 0; h < H; ++h) {
+                               float* p = packed + r * parts * C + part * C + h * D;
+                               float* q = heads[part] + ((b * H + h) * T + t) * D;
+                               to_heads ? std::copy_n(p, D, q) : std::copy_n(q, D, p);
+                             }
+                         }
+                       });
 }
 }  // namespace
 
@@ -183,14 +177,14 @@ Tensor attention_qkv(const Tensor& qkv, int64_t n_heads, bool is_causal, double 
   Tensor q = empty({B * H, T, D}, kFloat32), k = empty({B * H, T, D}, kFloat32), v = empty({B * H, T, D}, kFloat32);
   {
     float* parts[3] = {q.data_ptr<float>(), k.data_ptr<float>(), v.data_ptr<float>()};
-    split_heads(qkv.data_ptr<float>(), B, T, H, D, 3, parts);
+    copy_heads(true, const_cast<float*>(qkv.data_ptr<float>()), parts, B, T, H, D, 3);  // read only
   }
   const Tensor p = attention_probs(q, k, sc, is_causal);
   const Tensor o = detail::gemm(p, false, v, false);
   Tensor out = empty({B, T, C}, kFloat32);
   {
-    const float* parts[1] = {o.data_ptr<float>()};
-    merge_heads(parts, B, T, H, D, 1, out.data_ptr<float>());
+    float* parts[1] = {const_cast<float*>(o.data_ptr<float>())};  // read only
+    copy_heads(false, out.data_ptr<float>(), parts, B, T, H, D, 1);
   }
   if (detail::any_requires_grad({&qkv})) {
     detail::record(out, "AttentionQkvBackward0", {qkv}, [q, k, v, p, sc, is_causal, B, T, H, D](const Tensor& g) {
@@ -198,12 +192,12 @@ Tensor attention_qkv(const Tensor& qkv, int64_t n_heads, bool is_causal, double 
       Tensor dout = empty({B * H, T, D}, kFloat32);
       {
         float* parts[1] = {dout.data_ptr<float>()};
-        split_heads(gc.data_ptr<float>(), B, T, H, D, 1, parts);
+        copy_heads(true, const_cast<float*>(gc.data_ptr<float>()), parts, B, T, H, D, 1);  // read only
       }
       const CoreGrads c = attention_backward(q, k, v, p, dout, sc, is_causal, true, true, true);
       Tensor dqkv = empty({B, T, 3 * H * D}, kFloat32);
-      const float* parts[3] = {c.dq.data_ptr<float>(), c.dk.data_ptr<float>(), c.dv.data_ptr<float>()};
-      merge_heads(parts, B, T, H, D, 3, dqkv.data_ptr<float>());
+      float* parts[3] = {c.dq.data_ptr<float>(), c.dk.data_ptr<float>(), c.dv.data_ptr<float>()};
+      copy_heads(false, dqkv.data_ptr<float>(), parts, B, T, H, D, 3);
       return std::vector<Tensor>{dqkv};
     });
   }

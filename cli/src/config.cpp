@@ -115,6 +115,20 @@ std::string type_name(const Value& v) {
     default: return "list of strings";
   }
 }
+// the items of "a, b" or "[a, b]", trimmed of spaces and quotes; empty items dropped
+std::vector<std::string> list_items(const std::string& text) {
+  std::string t = text;
+  if (!t.empty() && t.front() == '[') t = t.substr(1);
+  if (!t.empty() && t.back() == ']') t.pop_back();
+  std::vector<std::string> out;
+  std::stringstream ss(t);
+  std::string item;
+  while (std::getline(ss, item, ',')) {
+    const auto b = item.find_first_not_of(" \"'"), e = item.find_last_not_of(" \"'");
+    if (b != std::string::npos) out.push_back(item.substr(b, e - b + 1));
+  }
+  return out;
+}
 Value parse_text(const KeySpec& spec, const std::string& text) {
   const std::string where = fmt::format("--{} '{}'", spec.key, text);
   try {
@@ -135,31 +149,10 @@ Value parse_text(const KeySpec& spec, const std::string& text) {
         if (text == "false" || text == "0") return false;
         break;
       case 3: return text;
-      case 5: {  // "a,b" or "[a, b]" (quotes optional)
-        std::vector<std::string> out;
-        std::string t = text;
-        if (!t.empty() && t.front() == '[') t = t.substr(1);
-        if (!t.empty() && t.back() == ']') t.pop_back();
-        std::stringstream ss(t);
-        std::string item;
-        while (std::getline(ss, item, ',')) {
-          const auto b = item.find_first_not_of(" \"'"), e = item.find_last_not_of(" \"'");
-          if (b == std::string::npos) continue;
-          out.push_back(item.substr(b, e - b + 1));
-        }
-        return out;
-      }
+      case 5: return list_items(text);  // "a,b" or "[a, \"b\"]"
       default: {
         std::vector<int64_t> out;
-        std::string t = text;
-        if (!t.empty() && t.front() == '[') t = t.substr(1);
-        if (!t.empty() && t.back() == ']') t.pop_back();
-        std::stringstream ss(t);
-        std::string item;
-        while (std::getline(ss, item, ',')) {
-          if (item.find_first_not_of(' ') == std::string::npos) continue;
-          out.push_back(std::stoll(item));
-        }
+        for (const auto& item : list_items(text)) out.push_back(std::stoll(item));
         return out;
       }
     }
