@@ -134,6 +134,15 @@ struct Float8FakeQuantizeConfig : FakeQuantizeConfigBase {
     return std::make_unique<Float8FakeQuantizeConfig>(*this);
   }
   Tensor fake_quantize(const Tensor& x, FakeQuantizer& quantizer) const override;
+  /// The codes (this dtype, x's shape) and float32 scales ((..., 1) per row, (1, 1) per tensor)
+  /// the fake quantization rounds x to: fake_quantize(x) = decode(codes) * scale.
+  struct Quantized {
+    Tensor codes, scale;
+  };
+  Quantized quantize(const Tensor& x) const;
+  /// A Float8QuantizedLinear (float8 codes + scales; activation: null or a Float8FakeQuantizeConfig).
+  std::shared_ptr<nn::Module> quantized_linear(const nn::Linear& linear,
+                                               const FakeQuantizeConfigBase* activation) const override;
 };
 
 /// nn::Module applying a fake-quantize config. enabled = false makes it the identity.

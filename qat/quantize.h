@@ -79,6 +79,28 @@ struct Int8DynamicActivationInt8WeightConfig : QuantConfigBase {
   FakeQuantizeConfigs fake_quantize_configs() const override;
 };
 
+/// torchao's Float8DynamicActivationFloat8WeightConfig: float8 weights and per-call float8
+/// activations, both PerTensor (torchao's default) or both PerRow; activation_value_lb/ub bound the
+/// activation amax. Convert gives a Float8QuantizedLinear; as a QATConfig base it fake-quantizes
+/// with Float8FakeQuantizeConfigs of the same settings.
+struct Float8DynamicActivationFloat8WeightConfig : QuantConfigBase {
+  DType activation_dtype = kFloat8_e4m3fn, weight_dtype = kFloat8_e4m3fn;
+  Granularity granularity = PerTensor{};  // PerTensor or PerRow, for both
+  std::optional<double> activation_value_lb, activation_value_ub;
+  std::string to_string() const override;
+  void validate() const override;
+  FakeQuantizeConfigs fake_quantize_configs() const override;
+};
+/// torchao's Float8WeightOnlyConfig: float8 weights (PerRow by default, or PerTensor), the matmul
+/// in the activations' precision on the dequantized weight.
+struct Float8WeightOnlyConfig : QuantConfigBase {
+  DType weight_dtype = kFloat8_e4m3fn;
+  Granularity granularity = PerRow{};
+  std::string to_string() const override;
+  void validate() const override;
+  FakeQuantizeConfigs fake_quantize_configs() const override;
+};
+
 /// QATConfig(base_config) or QATConfig(activation_config, weight_config); step "prepare"/"convert".
 struct QATConfig : QuantConfigBase {
   std::shared_ptr<QuantConfigBase> base_config;

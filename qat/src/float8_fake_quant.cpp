@@ -24,7 +24,70 @@ float nan_max_abs(float m, float v) {
   const float a = std::fabs(v);
   return (m != m || a != a) ? std::numeric_limits<float>::quiet_NaN() : (a > m ? a : m);
 }
+
+// Per block of `len` values: the amax, whether the hp bounds clamped it, whether the zero guard
+// applies, and the float32 scale = clamp(amax) / fp8max computed in the input's dtype.
+struct BlockScales {
+  Tensor amax, scale;
+  std::vector<uint8_t> clamped, guarded;
+};
+BlockScales block_scales(const Float8FakeQuantizeConfig& c, const float* xp, int64_t blocks, int64_t len, bool bf) {
+  const float fmax = static_cast<float>(minifloat_spec(c.dtype)->max_finite);
+  BlockScales r{empty({blocks}, kFloat32), empty({blocks}, kFloat32), std::vector<uint8_t>(static_cast<size_t>(blocks)),
+                std::vector<uint8_t>(static_cast<size_t>(blocks))};
+  float* ap = r.amax.data_ptr<float>();
+  float* sp = r.scale.data_ptr<float>();
+  for (int64_t b = 0; b < blocks; ++b) {
+    float m = 0.0f;
+    for (int64_t i = 0; i < len; ++i) m = nan_max_abs(m, xp[b * len + i]);
+    ap[b] = m;
+    float cl = m;  // torch.clamp: NaN stays NaN; bounds in the input's dtype
+    if (c.hp_value_lb && cl == cl) cl = std::max(cl, round_to(static_cast<float>(*c.hp_value_lb), bf));
+    if (c.hp_value_ub && cl == cl) cl = std::min(cl, round_to(static_cast<float>(*c.hp_value_ub), bf));
+    r.clamped[static_cast<size_t>(b)] = cl != m;
+    sp[b] = round_to(cl / fmax, bf);  // amax / fp8max in the input's dtype, then float32
+    r.guarded[static_cast<size_t>(b)] = c.guard_zero_blocks && cl == 0.0f;
+  }
+  return r;
+}
+// the block length of a config's granularity for a tensor
+int64_t block_len(const Float8FakeQuantizeConfig& c, const Tensor& x) {
+  return std::holds_alternative<PerTensor>(c.granularity) ? x.numel() : (x.dim() ? x.size(-1) : 1);
+}
 }  // namespace
+
+Float8FakeQuantizeConfig::Quantized Float8FakeQuantizeConfig::quantize(const Tensor& x_in) const {
+  LOWBIT_CHECK(x_in.defined() && (x_in.dtype() == kFloat32 || x_in.dtype() == kBFloat16),
+               "{}: quantize needs a float32 or bfloat16 input, got {}", to_string(),
+               x_in.defined() ? detail::desc(x_in) : "undefined");
+  const bool bf = x_in.dtype() == kBFloat16;
+  const Tensor x32 = bf ? x_in.detach().to(kFloat32) : x_in.detach();
+  const int64_t len = block_len(*this, x32), blocks = len ? x32.numel() / len : 0;
+  const float* xp = x32.data_ptr<float>();
+  const BlockScales bs = block_scales(*this, xp, blocks, len, bf);
+  const MinifloatSpec& spec = *minifloat_spec(dtype);
+  const float fmax = static_cast<float>(spec.max_finite);
+  Quantized q{empty(x32.shape(), dtype), bs.scale};
+  uint8_t* cp = static_cast<uint8_t*>(q.codes.raw_data());
+  const float* sp = bs.scale.data_ptr<float>();
+  detail::parallel_for(blocks, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(len, 1)),
+                       [&](int64_t b0, int64_t b1) {
+                         for (int64_t b = b0; b < b1; ++b)
+                           for (int64_t i = b * len; i < (b + 1) * len; ++i) {
+                             const float t = bs.guarded[static_cast<size_t>(b)] ? 0.0f : xp[i] / sp[b];
+                             const float c = t != t ? t : std::min(std::max(t, -fmax), fmax);
+                             cp[i] = static_cast<uint8_t>(minifloat_encode(spec, c, /*saturate=*/true));
+                           }
+                       });
+  if (std::holds_alternative<PerTensor>(granularity)) {
+    q.scale = q.scale.reshape({1, 1});
+  } else {
+    Shape ss = x32.shape();
+    if (!ss.empty()) ss.back() = 1;
+    q.scale = q.scale.reshape(ss);
+  }
+  return q;
+}
 
 Float8FakeQuantizeConfig::Float8FakeQuantizeConfig(DType d, Granularity g, std::optional<double> lb,
                                                    std::optional<double> ub)
@@ -62,27 +125,16 @@ Tensor Float8FakeQuantizeConfig::fake_quantize(const Tensor& x_in, FakeQuantizer
   const bool bf = x_in.dtype() == kBFloat16;
   const Tensor x32 = bf ? x_in.detach().to(kFloat32) : x_in.detach();  // bfloat16 values are exact in float32
   const int64_t n = x32.numel();
-  const int64_t len = std::holds_alternative<PerTensor>(granularity) ? n : (x32.dim() ? x32.size(-1) : 1);
+  const int64_t len = block_len(*this, x32);
   const int64_t blocks = len ? n / len : 0;
   const MinifloatSpec& spec = *minifloat_spec(dtype);
   const float fmax = static_cast<float>(spec.max_finite);
   const float* xp = x32.data_ptr<float>();
-  // per block: the amax, whether the hp bounds clamped it, and the float32 scale
-  Tensor amax = empty({blocks}, kFloat32), scale = empty({blocks}, kFloat32);
-  std::vector<uint8_t> clamped(static_cast<size_t>(blocks)), guarded(static_cast<size_t>(blocks));
-  float* ap = amax.data_ptr<float>();
-  float* sp = scale.data_ptr<float>();
-  for (int64_t b = 0; b < blocks; ++b) {
-    float m = 0.0f;
-    for (int64_t i = 0; i < len; ++i) m = nan_max_abs(m, xp[b * len + i]);
-    ap[b] = m;
-    float c = m;  // torch.clamp: NaN stays NaN; bounds in the input's dtype
-    if (hp_value_lb && c == c) c = std::max(c, round_to(static_cast<float>(*hp_value_lb), bf));
-    if (hp_value_ub && c == c) c = std::min(c, round_to(static_cast<float>(*hp_value_ub), bf));
-    clamped[static_cast<size_t>(b)] = c != m;
-    sp[b] = round_to(c / fmax, bf);  // amax / fp8max in the input's dtype, then float32
-    guarded[static_cast<size_t>(b)] = guard_zero_blocks && c == 0.0f;
-  }
+  const BlockScales bs = block_scales(*this, xp, blocks, len, bf);
+  const Tensor amax = bs.amax, scale = bs.scale;
+  const std::vector<uint8_t>& clamped = bs.clamped;
+  const std::vector<uint8_t>& guarded = bs.guarded;
+  const float* sp = scale.data_ptr<float>();
   // forward: y = fp32(fp8(clamp(x / s))) * s in the input's dtype; the clamp mask for backward
   Tensor y32 = empty(x32.shape(), kFloat32), q = empty(x32.shape(), kFloat32);
   std::vector<uint8_t> mask(static_cast<size_t>(n));

@@ -1,5 +1,7 @@
 #include "lowbit/qat/quantized_linear.h"
 
+#include "lowbit/qat/float8_quantized.h"
+
 #include <algorithm>
 
 #include "lowbit/autograd/autograd.h"
@@ -193,6 +195,9 @@ std::shared_ptr<QuantizedLinear> QuantizedLinear::from_attributes(const nn::Attr
 void register_module_types() {
   nn::register_module_type("QuantizedLinear", [](const nn::Attributes& a, const nn::NamedTensors& t) {
     return std::static_pointer_cast<nn::Module>(QuantizedLinear::from_attributes(a, t));
+  });
+  nn::register_module_type("Float8QuantizedLinear", [](const nn::Attributes& a, const nn::NamedTensors& t) {
+    return std::static_pointer_cast<nn::Module>(Float8QuantizedLinear::from_attributes(a, t));
   });
 }
 

@@ -49,6 +49,21 @@ const std::vector<RecipeInfo>& list_recipes() {
        [](const std::string&, int64_t) -> std::shared_ptr<QuantConfigBase> {
          return std::make_shared<Int8WeightOnlyConfig>();
        }},
+      {"float8-dyn", "float8 e4m3 dynamic per-tensor activations x float8 e4m3 per-tensor weights (torchao's default)",
+       false, false, false,
+       [](const std::string&, int64_t) -> std::shared_ptr<QuantConfigBase> {
+         return std::make_shared<Float8DynamicActivationFloat8WeightConfig>();
+       }},
+      {"float8-dyn-row", "float8 e4m3 dynamic per-row activations x float8 e4m3 per-row weights", false, false, false,
+       [](const std::string&, int64_t) -> std::shared_ptr<QuantConfigBase> {
+         auto c = std::make_shared<Float8DynamicActivationFloat8WeightConfig>();
+         c->granularity = PerRow{};
+         return c;
+       }},
+      {"float8-weight-only", "float8 e4m3 per-row weights, float activations", false, false, false,
+       [](const std::string&, int64_t) -> std::shared_ptr<QuantConfigBase> {
+         return std::make_shared<Float8WeightOnlyConfig>();
+       }},
   };
   return r;
 }

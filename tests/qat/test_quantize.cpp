@@ -200,7 +200,8 @@ TEST(Quantize, EveryRecipeOfTheTable) {
       y_converted = converted->forward(x);
     }
     EXPECT_LT(rel_err(y_converted, y_prepared), 1e-5);
-    EXPECT_EQ(converted->named_modules().back().second->type_name(), "QuantizedLinear");
+    EXPECT_EQ(converted->named_modules().back().second->type_name(),
+              r.name.rfind("float8", 0) == 0 ? "Float8QuantizedLinear" : "QuantizedLinear");
     // group_size 0 (per-channel) only where the row allows it
     if (r.per_channel_ok)
       EXPECT_NO_THROW(recipe_config(r.name, "int4", 0));
@@ -237,4 +238,61 @@ TEST(Quantize, PrepareAndConvertDrawNoRandomNumbers) {
   auto back = fq->to_embedding();
   EXPECT_EQ(default_generator().offset(), before_emb);
   EXPECT_EQ(back->weight.impl(), emb->weight.impl());
+}
+
+// The float8 inference recipes: a converted model stores float8 codes + float32 scales (a
+// quarter of the float32 bytes), follows the QAT-prepared model (weight-only: bit for bit),
+// exports, and load_model rebuilds it from the file to the same bits; its attributes are checked.
+TEST(Quantize, Float8InferenceModelsConvertExportAndRebuild) {
+  Generator g(5);
+  const Tensor x = randn({6, 64}, &g);
+  for (const char* name : {"float8-dyn", "float8-dyn-row", "float8-weight-only"}) {
+    SCOPED_TRACE(name);
+    manual_seed(7);
+    auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+        std::make_shared<nn::Linear>(64, 32), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(32, 16)});
+    const auto cfg = recipe_config(name, "int4", 32);
+    auto prepared = quantize_(model, QATConfig(cfg, "prepare"), compatible_linears(*cfg));
+    EXPECT_EQ(prepared->get_submodule("0")->type_name(), "FakeQuantizedLinear");
+    Tensor y_prep;
+    {
+      NoGradGuard ng;
+      y_prep = prepared->forward(x);
+    }
+    auto conv = quantize_(prepared, QATConfig(cfg, "convert"));
+    auto* f8 = dynamic_cast<Float8QuantizedLinear*>(conv->get_submodule("0").get());
+    ASSERT_NE(f8, nullptr);
+    EXPECT_EQ(f8->weight.dtype(), kFloat8_e4m3fn);
+    EXPECT_EQ(f8->weight.nbytes() * 4, static_cast<size_t>(64 * 32 * 4));
+    NoGradGuard ng;
+    const Tensor y = conv->forward(x);
+    if (std::string(name) == "float8-weight-only")
+      EXPECT_EQ(lowbit::testing::count_mismatches(y, y_prep), 0);
+    else
+      EXPECT_LT(rel_err(y, y_prep), 1e-5);
+    const std::string path = (std::filesystem::temp_directory_path() / "lowbit_f8_infer.h5").string();
+    io::export_model(path, *conv);
+    auto back = io::load_model(path);
+    EXPECT_EQ(back->to_string(), conv->to_string());
+    EXPECT_EQ(lowbit::testing::count_mismatches(back->forward(x), y), 0);
+    std::filesystem::remove(path);
+  }
+  nn::NamedTensors t = {{"weight", randn({4, 8}).to(kFloat8_e4m3fn)}, {"weight_scale", ones({4, 1})}};
+  nn::Attributes a = {{"quant_scheme", std::string("float8")},
+                      {"weight_dtype", std::string("float8_e4m3fn")},
+                      {"weight_granularity", std::string("PerRow")},
+                      {"shape", std::vector<int64_t>{4, 8}},
+                      {"activation", std::string("none")}};
+  EXPECT_NO_THROW(Float8QuantizedLinear::from_attributes(a, t));
+  auto bad = a;
+  bad["weight_granularity"] = std::string("PerGroup");
+  lowbit::testing::expect_error([&] { Float8QuantizedLinear::from_attributes(bad, t); },
+                                {"Float8QuantizedLinear", "'PerGroup'"});
+  bad = a;
+  bad["shape"] = std::vector<int64_t>{4, 9};
+  lowbit::testing::expect_error([&] { Float8QuantizedLinear::from_attributes(bad, t); },
+                                {"Float8QuantizedLinear", "does not match the stated shape"});
+  t[1].second = ones({1, 1});
+  lowbit::testing::expect_error([&] { Float8QuantizedLinear::from_attributes(a, t); },
+                                {"weight_scale must be float32 of shape [4, 1]"});
 }
