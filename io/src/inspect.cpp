@@ -64,7 +64,9 @@ FileInfo inspect(const std::string& path) {
                    "reads; quantize the float model again",
                    path, parent_path);
       const std::string scheme = h5::read_attr_string(pg, "quant_scheme", path, parent_path);
-      ti.scheme = scheme + " " + h5::read_attr_string(pg, "weight_format", path, parent_path);
+      // integer layouts name their format "weight_format", float8 ones "weight_dtype"
+      const char* fmt_key = scheme == "float8" ? "weight_dtype" : "weight_format";
+      ti.scheme = scheme + " " + h5::read_attr_string(pg, fmt_key, path, parent_path);
     }
     Hid ds = h5::open_dataset(model, e.path, path);
     const TensorMeta m = probe_tensor(ds, path, ti.path);
@@ -76,7 +78,7 @@ FileInfo inspect(const std::string& path) {
     // a quantized module's codes stand for its logical weight ("shape" attribute); its scales and
     // zero points are overhead, not parameters
     int64_t logical = n;
-    if (quantized && (leaf == "scale" || leaf == "zero_point")) logical = 0;
+    if (quantized && (leaf == "scale" || leaf == "zero_point" || leaf == "weight_scale")) logical = 0;
     if (quantized && leaf == "qdata" && h5::has_attr(pg, "shape")) {
       logical = logical_elements(pg, path, parent_path);
       // at least one bit per code: a group cannot describe more weights than 8 per stored byte
