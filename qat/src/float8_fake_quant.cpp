@@ -140,20 +140,29 @@ Tensor Float8FakeQuantizeConfig::fake_quantize(const Tensor& x_in, FakeQuantizer
   std::vector<uint8_t> mask(static_cast<size_t>(n));
   float* yp = y32.data_ptr<float>();
   float* qp = q.data_ptr<float>();
+  float table[256];  // code -> value
+  for (uint32_t c = 0; c < 256; ++c) table[c] = minifloat_decode(spec, c);
   detail::parallel_for(blocks, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(len, 1)),
                        [&](int64_t b0, int64_t b1) {
+                         constexpr int64_t kChunk = 512;
+                         float t[kChunk];
+                         uint8_t code[kChunk];
                          for (int64_t b = b0; b < b1; ++b) {
                            const float s = sp[b];
-                           for (int64_t i = b * len; i < (b + 1) * len; ++i) {
-                             if (guarded[static_cast<size_t>(b)]) {
-                               qp[i] = 0.0f, yp[i] = 0.0f, mask[static_cast<size_t>(i)] = 1;
-                               continue;
+                           const bool guard = guarded[static_cast<size_t>(b)];
+                           for (int64_t o = b * len; o < (b + 1) * len; o += kChunk) {
+                             const int64_t m = std::min(kChunk, (b + 1) * len - o);
+                             // true division (torchao's x / scale), the clamp mask, the clamp
+                             for (int64_t i = 0; i < m; ++i) {
+                               const float v = guard ? 0.0f : xp[o + i] / s;
+                               mask[static_cast<size_t>(o + i)] = guard || (v >= -fmax && v <= fmax);
+                               t[i] = v != v ? v : std::min(std::max(v, -fmax), fmax);
                              }
-                             const float t = xp[i] / s;
-                             mask[static_cast<size_t>(i)] = t >= -fmax && t <= fmax;
-                             const float c = t != t ? t : std::min(std::max(t, -fmax), fmax);
-                             qp[i] = minifloat_decode(spec, minifloat_encode(spec, c, /*saturate=*/true));
-                             yp[i] = qp[i] * s;
+                             minifloat_encode_n(spec, t, code, m, /*saturate=*/true);
+                             for (int64_t i = 0; i < m; ++i) {
+                               qp[o + i] = table[code[i]];
+                               yp[o + i] = guard ? 0.0f : qp[o + i] * s;
+                             }
                            }
                          }
                        });
@@ -168,7 +177,8 @@ Tensor Float8FakeQuantizeConfig::fake_quantize(const Tensor& x_in, FakeQuantizer
   const bool has_bounds = hp_value_lb.has_value() || hp_value_ub.has_value();
   detail::record(
       y, "Float8FakeQuantizeBackward", {x_in},
-      [x32, q, scale, amax, mask, clamped, guarded, len, blocks, bf, mode, has_bounds, fmax, spec](const Tensor& g_in) {
+      [x32, q, scale, amax, mask, clamped, guarded, len, blocks, bf, mode, has_bounds, fmax, spec,
+       table = std::vector<float>(table, table + 256)](const Tensor& g_in) {
         const Tensor g = g_in.to(kFloat32);
         const float* gp = g.data_ptr<float>();
         const float* xp = x32.data_ptr<float>();
@@ -189,13 +199,18 @@ Tensor Float8FakeQuantizeConfig::fake_quantize(const Tensor& x_in, FakeQuantizer
                 // the gradient through the float8 cast (PyTorch's eager cast: RNE, no saturation), the
                 // clamp mask and x / s; and the scale's two terms (mul and div), each summed in float32
                 float sum_gq = 0.0f, sum_div = 0.0f;
-                for (int64_t i = lo; i < hi; ++i) {
-                  const float gq = mask[static_cast<size_t>(i)]
-                                       ? minifloat_decode(spec, minifloat_encode(spec, gp[i] * s, false))
-                                       : 0.0f;
-                  op[i] = round_to(gq / s, bf);
-                  sum_gq += gp[i] * qp[i];
-                  sum_div += -gq * ((xp[i] / s) / s);
+                constexpr int64_t kChunk = 512;
+                uint8_t code[kChunk];
+                for (int64_t o = lo; o < hi; o += kChunk) {
+                  const int64_t m = std::min(kChunk, hi - o);
+                  minifloat_encode_scaled(spec, gp + o, s, nullptr, code, m, /*saturate=*/false);  // eager cast
+                  for (int64_t j = 0; j < m; ++j) {
+                    const int64_t i = o + j;
+                    const float gq = mask[static_cast<size_t>(i)] ? table[code[j]] : 0.0f;
+                    op[i] = round_to(gq / s, bf);
+                    sum_gq += gp[i] * qp[i];
+                    sum_div += -gq * ((xp[i] / s) / s);
+                  }
                 }
                 // d scale in the input's dtype; d amax = d scale / fp8max, zero where the hp bounds
                 // clamped the amax (still added below: 0 * sign(x) is a signed zero, as in autograd)
