@@ -23,6 +23,14 @@ std::string tmpdir(const std::string& name) {
   std::filesystem::remove_all(p);
   return p.string();
 }
+// A directory holding corpus.txt: `line` repeated n times (the character GPT's tiny corpus).
+std::string corpus_in(const std::string& name, const std::string& line, int n) {
+  const std::string dir = tmpdir(name);
+  std::filesystem::create_directories(dir);
+  std::ofstream f(dir + "/corpus.txt");
+  for (int i = 0; i < n; ++i) f << line << "\n";
+  return dir;
+}
 }  // namespace
 
 TEST(RunConfig, ParsesOverridesAndRoundTrips) {
@@ -100,12 +108,7 @@ TEST(Train, FashionMnistShortRunWritesConfigAndMetrics) {
 }
 
 TEST(Train, CharGptShortRunGeneratesText) {
-  const std::string dir = tmpdir("gpt");
-  std::filesystem::create_directories(dir);
-  {
-    std::ofstream f(dir + "/corpus.txt");
-    for (int i = 0; i < 200; ++i) f << "the quick brown fox jumps over the lazy dog\n";
-  }
+  const std::string dir = corpus_in("gpt", "the quick brown fox jumps over the lazy dog", 200);
   auto cfg = RunConfig::from_file(std::string(LOWBIT_SOURCE_DIR) + "/configs/gpt_chars.toml");
   cfg.apply_overrides({"--data.path",
                        dir + "/corpus.txt",
@@ -178,12 +181,7 @@ TEST(Train, QatConvertEvalExportWorkflow) {
 // shares its weight with the token embedding, through the fake-quantized module too).
 TEST(Train, ResumeMidQatIsBitExact) {
   const bool have_fmnist = std::filesystem::exists(data::FashionMNIST::default_dir() + "/t10k-images-idx3-ubyte.gz");
-  const std::string corpus_dir = tmpdir("qat_resume_corpus");
-  std::filesystem::create_directories(corpus_dir);
-  {
-    std::ofstream f(corpus_dir + "/corpus.txt");
-    for (int i = 0; i < 100; ++i) f << "a small corpus line for a tiny model\n";
-  }
+  const std::string corpus_dir = corpus_in("qat_resume_corpus", "a small corpus line for a tiny model", 100);
   struct Case {
     std::string name, config;
     std::vector<std::string> overrides;
@@ -259,12 +257,7 @@ TEST(Train, ResumeMidQatIsBitExact) {
 // resumes from a mid-run checkpoint to the same bits, and exports a model load_model rebuilds
 // with its Float8Linear layers; config errors name the key.
 TEST(Train, Float8RunResumesBitExactAndExports) {
-  const std::string corpus_dir = tmpdir("float8_corpus");
-  std::filesystem::create_directories(corpus_dir);
-  {
-    std::ofstream f(corpus_dir + "/corpus.txt");
-    for (int i = 0; i < 100; ++i) f << "a small corpus line for a tiny float8 model\n";
-  }
+  const std::string corpus_dir = corpus_in("float8_corpus", "a small corpus line for a tiny float8 model", 100);
   auto cfg = RunConfig::from_file(std::string(LOWBIT_SOURCE_DIR) + "/configs/gpt_chars_float8.toml");
   EXPECT_EQ(cfg.get_string("float8.recipe_name"), "rowwise");
   const std::string dir = tmpdir("float8_run");
