@@ -98,7 +98,7 @@ Float8FakeQuantizeConfig::Float8FakeQuantizeConfig(DType d, Granularity g, std::
 std::string Float8FakeQuantizeConfig::to_string() const {
   std::string s = fmt::format("Float8FakeQuantizeConfig(dtype=torch.{}, granularity={}, hp_value_lb={}, hp_value_ub={}",
                               dtype_name(dtype), qat::to_string(granularity), py_opt(hp_value_lb), py_opt(hp_value_ub));
-  if (backward == Backward::StraightThrough) s += ", backward=straight_through";
+  if (backward == Backward::TorchaoParity) s += ", backward=torchao_parity";
   if (guard_zero_blocks) s += ", guard_zero_blocks=True";
   return s + ")";
 }

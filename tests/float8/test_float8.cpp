@@ -494,9 +494,10 @@ TEST(Float8Golden, FakeQuantizerMatchesTorchao) {
     if (cfg_name.find("lb_1e-12") != std::string::npos) cfg.hp_value_lb = 1e-12;
     if (cfg_name.find("lb_1.0") != std::string::npos) cfg.hp_value_lb = 1.0;
     if (cfg_name.find("ub_64") != std::string::npos) cfg.hp_value_ub = 64.0;
-    EXPECT_EQ(cfg.to_string(), t::attr_string(g, "config_repr"));
+    EXPECT_EQ(cfg.to_string(), t::attr_string(g, "config_repr"));  // lowbit's default backward prints as torchao
+    EXPECT_EQ(qat::FakeQuantizer(cfg).to_string(), t::attr_string(g, "fake_quantizer_repr"));
+    cfg.backward = qat::Float8FakeQuantizeConfig::Backward::TorchaoParity;  // torchao's measured gradient
     qat::FakeQuantizer fq(cfg);
-    EXPECT_EQ(fq.to_string(), t::attr_string(g, "fake_quantizer_repr"));
     const Tensor x0 = input_of(g, "input"), up = input_of(g, "upstream_grad");
     Tensor x = x0.clone().requires_grad_();
     const Tensor y = fq.forward(x);
@@ -557,10 +558,11 @@ TEST(Float8Golden, FakeQuantizerMatchesTorchao) {
               cases, static_cast<long long>(exact), static_cast<long long>(amax_elems));
 }
 
-// The straight-through mode and the zero-block guard (lowbit's options): the gradient is the
+// The straight-through mode (lowbit's default) and the zero-block guard: the gradient is the
 // upstream gradient where the clamp passed it, and an all-zero row gives zeros, not NaN.
 TEST(Float8, FakeQuantizerStraightThroughAndZeroGuard) {
   qat::Float8FakeQuantizeConfig cfg(kFloat8_e4m3fn, qat::PerRow{});
+  cfg.backward = qat::Float8FakeQuantizeConfig::Backward::TorchaoParity;
   Generator gen(11);
   Tensor x0 = randn({4, 32}, &gen);
   for (int64_t i = 0; i < 32; ++i) x0.data_ptr<float>()[32 + i] = 0.0f;  // row 1 all zero
@@ -573,7 +575,7 @@ TEST(Float8, FakeQuantizerStraightThroughAndZeroGuard) {
   }
   cfg.backward = qat::Float8FakeQuantizeConfig::Backward::StraightThrough;
   cfg.guard_zero_blocks = true;
-  EXPECT_NE(cfg.to_string().find("backward=straight_through, guard_zero_blocks=True"), std::string::npos);
+  EXPECT_NE(cfg.to_string().find("hp_value_ub=None, guard_zero_blocks=True)"), std::string::npos);
   qat::FakeQuantizer fq(cfg);
   Tensor x = x0.clone().requires_grad_();
   const Tensor y = fq.forward(x);
