@@ -54,6 +54,13 @@ BlockScales block_scales(const Float8FakeQuantizeConfig& c, const float* xp, int
 int64_t block_len(const Float8FakeQuantizeConfig& c, const Tensor& x) {
   return std::holds_alternative<PerTensor>(c.granularity) ? x.numel() : (x.dim() ? x.size(-1) : 1);
 }
+// the per-block scales as torchao shapes them: (1, 1) per tensor, the input's shape with a last
+// dim of 1 per row
+Tensor shaped_scale(const Float8FakeQuantizeConfig& c, const Tensor& scale, Shape shape) {
+  if (std::holds_alternative<PerTensor>(c.granularity)) return scale.reshape({1, 1});
+  if (!shape.empty()) shape.back() = 1;
+  return scale.reshape(shape);
+}
 }  // namespace
 
 Float8FakeQuantizeConfig::Quantized Float8FakeQuantizeConfig::quantize(const Tensor& x_in) const {
@@ -79,13 +86,7 @@ Float8FakeQuantizeConfig::Quantized Float8FakeQuantizeConfig::quantize(const Ten
                              cp[i] = static_cast<uint8_t>(minifloat_encode(spec, c, /*saturate=*/true));
                            }
                        });
-  if (std::holds_alternative<PerTensor>(granularity)) {
-    q.scale = q.scale.reshape({1, 1});
-  } else {
-    Shape ss = x32.shape();
-    if (!ss.empty()) ss.back() = 1;
-    q.scale = q.scale.reshape(ss);
-  }
+  q.scale = shaped_scale(*this, q.scale, x32.shape());
   return q;
 }
 
@@ -166,11 +167,7 @@ Tensor Float8FakeQuantizeConfig::fake_quantize(const Tensor& x_in, FakeQuantizer
                            }
                          }
                        });
-  fq.scale = std::holds_alternative<PerTensor>(granularity) ? scale.reshape({1, 1}) : [&] {
-    Shape ss = x32.shape();
-    if (!ss.empty()) ss.back() = 1;
-    return scale.reshape(ss);
-  }();
+  fq.scale = shaped_scale(*this, scale, x32.shape());
   Tensor y = bf ? y32.to(kBFloat16) : y32;
   if (!detail::any_requires_grad({&x_in})) return y;
   const Backward mode = backward;

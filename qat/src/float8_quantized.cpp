@@ -2,6 +2,7 @@
 #include "lowbit/qat/float8_quantized.h"
 
 #include "lowbit/autograd/autograd.h"
+#include "lowbit/autograd/kernel.h"
 #include "lowbit/autograd/minifloat.h"
 #include "lowbit/autograd/ops.h"
 #include "lowbit/qat/quantize.h"
@@ -117,13 +118,17 @@ Tensor Float8QuantizedLinear::forward(const Tensor& x) {
   const Tensor x2 = x.reshape({-1, in_features});
   const auto qx = activation_config->quantize(x2);
   // codes as bfloat16 (exact), float32 sums, then (s_x[i] * s_w[j])
-  Tensor acc = gemm_bf16(qx.codes.to(kFloat32).to(kBFloat16), false, weight.to(kFloat32).to(kBFloat16), true);
+  Tensor acc = gemm_bf16(qx.codes.to(kBFloat16), false, weight.to(kBFloat16), true);
   const float* sx = qx.scale.data_ptr<float>();
   const float* sw = weight_scale.data_ptr<float>();
   const bool xt = qx.scale.numel() == 1, wt = weight_scale.numel() == 1;
   float* ap = acc.data_ptr<float>();
-  for (int64_t i = 0; i < acc.size(0); ++i)
-    for (int64_t j = 0; j < out_features; ++j) ap[i * out_features + j] *= sx[xt ? 0 : i] * sw[wt ? 0 : j];
+  const int64_t n = out_features;
+  detail::parallel_for(acc.size(0), std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(n, 1)),
+                       [&](int64_t r0, int64_t r1) {
+                         for (int64_t i = r0; i < r1; ++i)
+                           for (int64_t j = 0; j < n; ++j) ap[i * n + j] *= sx[xt ? 0 : i] * sw[wt ? 0 : j];
+                       });
   Tensor out = bias.defined() ? add(acc, bias.to(kFloat32)) : acc;
   return out.to(x.dtype()).reshape(out_shape);
 }
