@@ -4,7 +4,7 @@
 //    recipe, and in emulate mode, against the float32 Linear; the three bf16 gemms alone (the
 //    floor the fast mode is built on: 3 x 2·M·K·N FLOP at this CPU's bf16 rate);
 //  * the training step of configs/gpt_chars.toml's GPT in float32, bf16 mixed precision
-//    (training.precision = "bf16") and float8 (rowwise, tensorwise);
+//    (training.precision = "bf16") and float8 (rowwise, tensorwise, blockwise);
 //  * the cast kernels (amax + scale + cast, 16M floats; 5 bytes per element: 4 read, 1 written)
 //    against the triad bandwidth.
 //   ./build/bench/bench_float8 [--threads=N]
@@ -42,6 +42,7 @@ void BM_float8_tensorwise(benchmark::State& st) { linear_step(st, "tensorwise", 
 void BM_float8_rowwise(benchmark::State& st) { linear_step(st, "rowwise", false); }
 void BM_float8_rowwise_with_gw_hp(benchmark::State& st) { linear_step(st, "rowwise_with_gw_hp", false); }
 void BM_float8_rowwise_emulate(benchmark::State& st) { linear_step(st, "rowwise", true); }
+void BM_float8_blockwise(benchmark::State& st) { linear_step(st, "blockwise", false); }
 
 // The fast mode's three gemms alone, on bf16 operands: X·Wᵀ, G·W, Gᵀ·X.
 void BM_bf16_gemms_alone(benchmark::State& st) {
@@ -83,6 +84,7 @@ void BM_gpt_step_bf16(benchmark::State& st) {  // training.precision = "bf16"
 }
 void BM_gpt_step_float8_rowwise(benchmark::State& st) { gpt_step(st, "rowwise"); }
 void BM_gpt_step_float8_tensorwise(benchmark::State& st) { gpt_step(st, "tensorwise"); }
+void BM_gpt_step_float8_blockwise(benchmark::State& st) { gpt_step(st, "blockwise"); }
 
 void cast(benchmark::State& st, float8::ScalingGranularity g, int64_t axis) {
   const Tensor x = randn({kCastN / 4096, 4096});
@@ -94,6 +96,18 @@ void cast(benchmark::State& st, float8::ScalingGranularity g, int64_t axis) {
 void BM_cast_rowwise(benchmark::State& st) { cast(st, float8::ScalingGranularity::Axiswise, -1); }
 void BM_cast_colwise(benchmark::State& st) { cast(st, float8::ScalingGranularity::Axiswise, 0); }
 void BM_cast_tensorwise(benchmark::State& st) { cast(st, float8::ScalingGranularity::Tensorwise, -1); }
+void BM_cast_blockwise_1x128(benchmark::State& st) {
+  const Tensor x = randn({kCastN / 4096, 4096});
+  for (auto _ : st) benchmark::DoNotOptimize(float8::to_float8_blockwise(x, kFloat8_e4m3fn, 1, 128).data.raw_data());
+  st.counters["GB/s"] =
+      benchmark::Counter(5.0 * kCastN, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+void BM_cast_blockwise_128x128(benchmark::State& st) {
+  const Tensor x = randn({kCastN / 4096, 4096});
+  for (auto _ : st) benchmark::DoNotOptimize(float8::to_float8_blockwise(x, kFloat8_e4m3fn, 128, 128).data.raw_data());
+  st.counters["GB/s"] =
+      benchmark::Counter(5.0 * kCastN, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
 void BM_triad(benchmark::State& st) { lowbit::bench::triad_benchmark(st, kCastN, get_num_threads()); }
 }  // namespace
 
@@ -102,15 +116,19 @@ BENCHMARK(BM_float8_tensorwise)->Unit(benchmark::kMillisecond)->UseRealTime()->M
 BENCHMARK(BM_float8_rowwise)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 BENCHMARK(BM_float8_rowwise_with_gw_hp)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 BENCHMARK(BM_float8_rowwise_emulate)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
+BENCHMARK(BM_float8_blockwise)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 BENCHMARK(BM_bf16_gemms_alone)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 BENCHMARK(BM_gpt_step_fp32)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK(BM_gpt_step_bf16)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK(BM_gpt_step_float8_rowwise)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK(BM_gpt_step_float8_tensorwise)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
+BENCHMARK(BM_gpt_step_float8_blockwise)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(2.0);
 BENCHMARK(BM_triad)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 BENCHMARK(BM_cast_rowwise)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 BENCHMARK(BM_cast_colwise)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 BENCHMARK(BM_cast_tensorwise)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
+BENCHMARK(BM_cast_blockwise_1x128)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
+BENCHMARK(BM_cast_blockwise_128x128)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 
 int main(int argc, char** argv) {
   const auto rep = lowbit::bench::run_all(argc, argv, [](int n) { set_num_threads(n); });
@@ -125,17 +143,20 @@ int main(int argc, char** argv) {
   time_row("Float8Linear fwd+bwd rowwise vs fp32 Linear", "BM_float8_rowwise", "<= 0.65x");
   time_row("Float8Linear fwd+bwd rowwise_with_gw_hp vs fp32", "BM_float8_rowwise_with_gw_hp", "");
   time_row("Float8Linear fwd+bwd rowwise emulate vs fp32", "BM_float8_rowwise_emulate", "(torchao's CPU path)");
+  time_row("Float8Linear fwd+bwd blockwise vs fp32 Linear", "BM_float8_blockwise", "");
   time_row("the three bf16 gemms alone vs fp32 Linear", "BM_bf16_gemms_alone", "(the floor)");
   const double gpt = rep.seconds("BM_gpt_step_fp32") * 1e3;
   for (const auto& [what, bm, goal] :
        {std::tuple{"gpt_chars step bf16 mixed precision vs fp32", "BM_gpt_step_bf16", "(baseline)"},
         std::tuple{"gpt_chars step float8 rowwise vs fp32", "BM_gpt_step_float8_rowwise", "<= 0.80x"},
-        std::tuple{"gpt_chars step float8 tensorwise vs fp32", "BM_gpt_step_float8_tensorwise", ""}}) {
+        std::tuple{"gpt_chars step float8 tensorwise vs fp32", "BM_gpt_step_float8_tensorwise", ""},
+        std::tuple{"gpt_chars step float8 blockwise vs fp32", "BM_gpt_step_float8_blockwise", ""}}) {
     const double t = rep.seconds(bm) * 1e3;
     if (t > 0 && gpt > 0) std::printf("%-46s %7.2f ms %9.2f ms %7.2fx %s\n", what, t, gpt, t / gpt, goal);
   }
   const double tr = rep.counter("BM_triad", "GB/s") / 1e9;
-  for (const char* bm : {"BM_cast_rowwise", "BM_cast_colwise", "BM_cast_tensorwise"}) {
+  for (const char* bm : {"BM_cast_rowwise", "BM_cast_colwise", "BM_cast_tensorwise", "BM_cast_blockwise_1x128",
+                         "BM_cast_blockwise_128x128"}) {
     const double gb = rep.counter(bm, "GB/s") / 1e9;
     if (gb > 0 && tr > 0)
       std::printf("%-46s %7.2f GB/s %6.2f GB/s %6.2fx %s\n", bm + 3, gb, tr, gb / tr, ">= 0.50x triad");

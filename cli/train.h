@@ -10,6 +10,10 @@
 #include "lowbit/optim/lr_scheduler.h"
 #include "lowbit/optim/optimizer.h"
 
+namespace lowbit::qat {
+struct QuantConfigBase;
+}
+
 namespace lowbit::cli {
 
 struct TrainResult {
@@ -37,6 +41,10 @@ int64_t min_parameters(const RunConfig& cfg, int64_t vocab_size = 256);
 
 std::shared_ptr<nn::Module> build_model(const RunConfig& cfg, int64_t vocab_size = 0);
 std::unique_ptr<optim::Optimizer> build_optimizer(const RunConfig& cfg, const std::vector<Tensor>& params);
+/// The quantize_ config of quantize.recipe with its weight_dtype, group_size and, for the float8
+/// recipes, quantize.float8_qat_backward / float8_guard_zero_blocks (an error naming the key when
+/// those are set for another recipe). Requires a recipe other than "none".
+std::shared_ptr<qat::QuantConfigBase> build_quantize_config(const RunConfig& cfg);
 /// nullptr for "none"; total_steps sizes cosine/onecycle schedules.
 std::unique_ptr<optim::LRScheduler> build_scheduler(const RunConfig& cfg, optim::Optimizer& opt, int64_t total_steps);
 

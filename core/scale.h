@@ -36,6 +36,11 @@ float float8_amax_to_scale(double amax, const Format& fp8);
 /// 2^floor(log2(scale)) evaluated in float32 (log2f, floorf, exp2f) as torchao does: for a few
 /// values just below 2^k the correctly rounded log2f rounds up to k, so the result is 2^k there.
 float round_scale_to_power_of_2(float scale);
+/// TransformerEngine's current-scaling scale (its Float8BlockScaling recipe; recipe_common.cuh's
+/// compute_scale_from_amax): amax floored at epsilon; 1 for a zero, inf or NaN amax; otherwise
+/// max_finite / amax as one float32 division, FLT_MAX where that overflows; pow2 clears the
+/// mantissa bits (an exact 2^floor(log2(scale)), unlike round_scale_to_power_of_2's log2f edge).
+float te_amax_to_scale(float amax, const Format& fp8, bool pow2, float epsilon = 0.0f);
 
 /// NVFP4 (spec §4.7): 16-element blocks of fp4 e2m1 with an e4m3fn block scale and an optional
 /// float32 per-tensor scale. The per-tensor scale of a tensor whose largest magnitude is amax:

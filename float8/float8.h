@@ -22,9 +22,10 @@ namespace lowbit::float8 {
 
 /// How an operand is cast: DYNAMIC (scale from its amax) or DISABLED (kept in high precision).
 enum class ScalingType { Dynamic, Disabled };
-/// One scale for the whole tensor, or one per row/column (axiswise).
-enum class ScalingGranularity { Tensorwise, Axiswise };
-/// torchao's short names: "dyn" / "dis", "ten" / "axs".
+/// One scale for the whole tensor, one per row/column (axiswise), or one per block (blockwise:
+/// TransformerEngine's Float8BlockScaling, beyond torchao).
+enum class ScalingGranularity { Tensorwise, Axiswise, Blockwise };
+/// torchao's short names: "dyn" / "dis", "ten" / "axs" (and lowbit's "blk").
 const char* short_str(ScalingType t);
 const char* short_str(ScalingGranularity g);
 
@@ -34,9 +35,15 @@ struct CastConfig {
   ScalingType scaling_type = ScalingType::Dynamic;
   ScalingGranularity scaling_granularity = ScalingGranularity::Tensorwise;
   std::optional<DType> target_dtype;
-  /// "dyn_ten_e4m3" (torchao's CastConfig.short_str; needs a target dtype).
+  /// Blockwise only: block_dims 1 = runs of 1 x block_size along the reduction dimension of each
+  /// gemm the operand feeds (TransformerEngine's 1D blocks: a row's runs in one gemm, a column's
+  /// in the other); 2 = block_size x block_size tiles (one cast serves both gemms).
+  int block_dims = 1;
+  int64_t block_size = 128;
+  /// "dyn_ten_e4m3" (torchao's CastConfig.short_str; needs a target dtype); blockwise:
+  /// "dyn_b1x128_e4m3", "dyn_b128x128_e4m3".
   std::string short_str() const;
-  /// Parses short_str()'s form back ("dyn_axs_e4m3").
+  /// Parses short_str()'s form back ("dyn_axs_e4m3", "dyn_b1x128_e4m3").
   static CastConfig parse(const std::string& s);
   bool enabled() const { return scaling_type == ScalingType::Dynamic; }
   bool operator==(const CastConfig&) const = default;
@@ -68,11 +75,14 @@ struct Float8LinearConfig {
   /// torchao's __post_init__: unset *_for_* configs copy their operand's config, unset target
   /// dtypes get the operand's default; then the rules: both operands of a gemm enabled or both
   /// disabled, an operand cast to one dtype in both gemms it feeds, axiswise only with dynamic
-  /// scaling, a float8 target dtype, fsdp all-gather only with a tensorwise weight. Throws
+  /// scaling, a float8 target dtype, fsdp all-gather only with a tensorwise weight; and
+  /// lowbit's for blockwise: dynamic scaling, block_dims 1 or 2, block_size >= 1, and power-of-2
+  /// scales unless emulate (the fast mode folds block scales into exact bfloat16 operands). Throws
   /// lowbit::Error naming the rule.
   Float8LinearConfig resolved() const;
-  /// "tensorwise", "rowwise", "rowwise_with_gw_hp" (torchao), "blockwise" is not a recipe of
-  /// Float8LinearConfig. Throws naming the valid names.
+  /// "tensorwise", "rowwise", "rowwise_with_gw_hp" (torchao), "blockwise" (lowbit:
+  /// TransformerEngine's Float8BlockScaling -- 1 x 128 input and grad_output blocks, 128 x 128
+  /// weight tiles, e4m3 everywhere, power-of-2 scales). Throws naming the valid names.
   static Float8LinearConfig from_recipe_name(const std::string& name);
   /// The cast part of Float8Linear's repr: "i:dyn_ten_e4m3,w:dyn_ten_e4m3,go:dyn_ten_e5m2" plus
   /// i_gw/w_gi/go_gw entries where they differ (resolves first).
@@ -97,11 +107,15 @@ std::string float8_recipe_names();
 /// (x_fp8 = cast(fp32(x) * scale)).
 struct Float8Tensor {
   Tensor data;   // float8_e4m3fn / float8_e5m2 codes, the input's shape
-  Tensor scale;  // float32: 0-dim (tensorwise), or the input's shape with 1 on axiswise_dim
+  Tensor scale;  // float32: 0-dim (tensorwise), the input's shape with 1 on axiswise_dim, or blocks
   DType orig_dtype = DType::Float32;
   std::optional<int64_t> axiswise_dim;  // the reduced dim of an axiswise scale (normalized >= 0)
+  /// Blockwise: the block shape over (rows, cols) = (product of the leading dims, last dim);
+  /// scale is (rows / block_rows, cols / block_cols) rounded up.
+  int64_t block_rows = 0, block_cols = 0;
   /// data.to(orig_dtype) / scale with torch's promotion (spec §9 item 4): a tensorwise (0-dim)
-  /// scale keeps the input dtype (bfloat16 stays bfloat16), an axiswise scale promotes to float32.
+  /// scale keeps the input dtype (bfloat16 stays bfloat16), an axiswise or blockwise scale
+  /// promotes to float32.
   Tensor dequantize() const;
 };
 /// hp_tensor_to_float8_dynamic: amax over the whole tensor (tensorwise) or over axiswise_dim
@@ -111,6 +125,13 @@ struct Float8Tensor {
 Float8Tensor to_float8_dynamic(const Tensor& x, DType float8_dtype,
                                ScalingGranularity granularity = ScalingGranularity::Tensorwise,
                                int64_t axiswise_dim = -1, bool round_scales_to_power_of_2 = false);
+/// The blockwise cast (TransformerEngine's Float8BlockScaling): x (..., cols) viewed as rows x cols
+/// (rows = the leading dims' product) split into block_rows x block_cols blocks (ragged at the
+/// ends); per block amax, scale = core::te_amax_to_scale (float32 division; 1 for a zero, inf or
+/// NaN amax; optional power of 2 by clearing the mantissa), codes = saturating RNE cast of
+/// fp32(x) * scale. block_rows = 1: TE's 1D blocks; block_rows = block_cols: its 2D tiles.
+Float8Tensor to_float8_blockwise(const Tensor& x, DType float8_dtype, int64_t block_rows = 1, int64_t block_cols = 128,
+                                 bool round_scales_to_power_of_2 = true);
 /// hp_tensor_and_scale_to_float8: the cast with a given float32 scale (a multiplier; 0-dim or
 /// broadcastable to x).
 Float8Tensor to_float8_with_scale(const Tensor& x, const Tensor& scale, DType float8_dtype);
@@ -146,7 +167,8 @@ std::shared_ptr<nn::Module> convert_to_float8_training(const std::shared_ptr<nn:
 /// torchao's _auto_filter_for_recipe: skip a layer whose fqn contains any of filter_fqns
 /// (case-sensitive), whose in or out features is not a multiple of 16, or whose shape is too
 /// small for float8 to pay off on a GPU (tensorwise: K <= 4096 and N <= 1024; rowwise: N <= 2048,
-/// K <= 1024, or N <= 4096 and K <= 2048). rowwise_with_gw_hp throws (unsupported, as torchao).
+/// K <= 1024, or N <= 4096 and K <= 2048). rowwise_with_gw_hp throws (unsupported, as torchao);
+/// blockwise (no torchao filter) uses the rowwise thresholds.
 ModuleFilter auto_filter_for_recipe(const std::string& recipe, const std::vector<std::string>& filter_fqns);
 
 /// Registers Float8Linear with the module factories (io::load_model rebuilds it); idempotent.

@@ -87,6 +87,11 @@ struct Float8DynamicActivationFloat8WeightConfig : QuantConfigBase {
   DType activation_dtype = kFloat8_e4m3fn, weight_dtype = kFloat8_e4m3fn;
   Granularity granularity = PerTensor{};  // PerTensor or PerRow, for both
   std::optional<double> activation_value_lb, activation_value_ub;
+  /// lowbit: the QAT fake quantizers' backward and zero-block guard (Float8FakeQuantizeConfig's
+  /// backward / guard_zero_blocks); the converted module is the same either way. Printed only
+  /// when not the default.
+  Float8FakeQuantizeConfig::Backward qat_backward = Float8FakeQuantizeConfig::Backward::StraightThrough;
+  bool qat_guard_zero_blocks = false;
   std::string to_string() const override;
   void validate() const override;
   FakeQuantizeConfigs fake_quantize_configs() const override;
@@ -96,6 +101,8 @@ struct Float8DynamicActivationFloat8WeightConfig : QuantConfigBase {
 struct Float8WeightOnlyConfig : QuantConfigBase {
   DType weight_dtype = kFloat8_e4m3fn;
   Granularity granularity = PerRow{};
+  Float8FakeQuantizeConfig::Backward qat_backward = Float8FakeQuantizeConfig::Backward::StraightThrough;  // as above
+  bool qat_guard_zero_blocks = false;
   std::string to_string() const override;
   void validate() const override;
   FakeQuantizeConfigs fake_quantize_configs() const override;

@@ -89,6 +89,30 @@ std::unique_ptr<optim::Optimizer> build_optimizer(const RunConfig& cfg, const st
   throw Error(fmt::format("optimizer.name: unknown optimizer '{}' (adamw, adam, sgd)", name));
 }
 
+std::shared_ptr<qat::QuantConfigBase> build_quantize_config(const RunConfig& cfg) {
+  const std::string recipe = cfg.get_string("quantize.recipe");
+  auto q = qat::recipe_config(recipe, cfg.get_string("quantize.weight_dtype"), cfg.get_int("quantize.group_size"));
+  const std::string bw = cfg.get_string("quantize.float8_qat_backward");
+  LOWBIT_CHECK(bw == "straight_through" || bw == "torchao_parity",
+               "quantize.float8_qat_backward must be 'straight_through' or 'torchao_parity', got '{}'", bw);
+  const auto backward = bw == "torchao_parity" ? qat::Float8FakeQuantizeConfig::Backward::TorchaoParity
+                                               : qat::Float8FakeQuantizeConfig::Backward::StraightThrough;
+  const bool guard = cfg.get_bool("quantize.float8_guard_zero_blocks");
+  if (auto* f = dynamic_cast<qat::Float8DynamicActivationFloat8WeightConfig*>(q.get())) {
+    f->qat_backward = backward;
+    f->qat_guard_zero_blocks = guard;
+  } else if (auto* w = dynamic_cast<qat::Float8WeightOnlyConfig*>(q.get())) {
+    w->qat_backward = backward;
+    w->qat_guard_zero_blocks = guard;
+  } else {
+    LOWBIT_CHECK(bw == "straight_through" && !guard,
+                 "quantize.float8_qat_backward / float8_guard_zero_blocks apply to the float8 recipes only "
+                 "(float8-dyn, float8-dyn-row, float8-weight-only), not to quantize.recipe '{}'",
+                 recipe);
+  }
+  return q;
+}
+
 std::unique_ptr<optim::LRScheduler> build_scheduler(const RunConfig& cfg, optim::Optimizer& opt, int64_t total) {
   const std::string name = cfg.get_string("lr_scheduler.name");
   if (name == "none") return nullptr;

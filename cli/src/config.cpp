@@ -76,6 +76,11 @@ const std::vector<KeySpec>& config_schema() {
       {"quantize.qat_steps", int64_t{0},
        "qat: fine-tuning steps instead of epochs (0 = use qat_epochs; required for data.dataset = 'chars')"},
       {"quantize.qat_lr", 1e-4, "qat: learning rate while fine-tuning"},
+      {"quantize.float8_qat_backward", std::string("straight_through"),
+       "float8 recipes, qat: straight_through (lowbit's default) | torchao_parity (torchao's gradient: cast to "
+       "float8, through the scale; trains worse, see docs/float8.md)"},
+      {"quantize.float8_guard_zero_blocks", false,
+       "float8 recipes, qat: all-zero rows/tensors give zeros instead of torchao's NaN (pytorch/ao#3356)"},
       {"float8.recipe_name", std::string("none"),
        "none, or a float8 training recipe (torchao / torchtitan names): " + float8::float8_recipe_names()},
       {"float8.filter_fqns", std::vector<std::string>{},

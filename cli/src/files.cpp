@@ -84,8 +84,7 @@ std::shared_ptr<nn::Module> model_for_file(const std::string& path, const ModelF
   if (holds_quantized_tensors(file.info)) {
     LOWBIT_CHECK(cfg.get_string("quantize.recipe") != "none",
                  "{}: the file holds quantized tensors but its config has no quantize.recipe", path);
-    const auto q = qat::recipe_config(cfg.get_string("quantize.recipe"), cfg.get_string("quantize.weight_dtype"),
-                                      cfg.get_int("quantize.group_size"));
+    const auto q = build_quantize_config(cfg);
     model = qat::quantize_(model, *q, qat::compatible_linears(*q));
   }
   io::load_checkpoint(path, *model);

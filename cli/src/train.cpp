@@ -187,7 +187,7 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
   const std::string recipe = cfg.get_string("quantize.recipe");
   train::QatOptions q;
   if (recipe != "none") {
-    q.config = qat::recipe_config(recipe, cfg.get_string("quantize.weight_dtype"), cfg.get_int("quantize.group_size"));
+    q.config = build_quantize_config(cfg);
     q.name = recipe;
     q.mode = cfg.get_string("quantize.mode");
     q.epochs = cfg.get_int("quantize.qat_epochs");

@@ -154,10 +154,14 @@ void validate_config(const RunConfig& cfg) {
   }
   for (const auto& f : cfg.get_string_list("float8.filter_fqns"))
     LOWBIT_CHECK(!f.empty(), "float8.filter_fqns: an empty string would match every layer");
+  LOWBIT_CHECK(recipe != "none" || (cfg.get_string("quantize.float8_qat_backward") == "straight_through" &&
+                                    !cfg.get_bool("quantize.float8_guard_zero_blocks")),
+               "quantize.float8_qat_backward / float8_guard_zero_blocks apply to the float8 recipes only, and "
+               "quantize.recipe is 'none'");
   if (recipe != "none") {
     std::shared_ptr<qat::QuantConfigBase> q;
     try {
-      q = qat::recipe_config(recipe, cfg.get_string("quantize.weight_dtype"), cfg.get_int("quantize.group_size"));
+      q = build_quantize_config(cfg);
     } catch (const Error& e) {
       throw Error(fmt::format("[quantize]: {}", e.what()));
     }

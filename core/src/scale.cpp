@@ -65,6 +65,14 @@ float float8_amax_to_scale(double amax, const Format& fp8) {
 
 float round_scale_to_power_of_2(float scale) { return std::exp2(std::floor(std::log2(scale))); }
 
+float te_amax_to_scale(float amax, const Format& fp8, bool pow2, float epsilon) {
+  if (amax < epsilon) amax = epsilon;  // a NaN amax is not below anything
+  if (amax == 0.0f || std::isinf(amax) || std::isnan(amax)) return 1.0f;
+  float s = static_cast<float>(fp8.max_finite) / amax;
+  if (std::isinf(s)) s = std::numeric_limits<float>::max();
+  return pow2 ? float_of(bits_of(s) & 0xFF800000u) : s;
+}
+
 float nvfp4_per_tensor_scale(float amax) { return amax / (448.0f * 6.0f); }
 
 NVFP4BlockScale nvfp4_block_scale(float block_amax, float pts) {

@@ -79,8 +79,9 @@ struct Emitter {
       std::memcpy(&bf16_of_code[c], &b, 2);
     }
   }
+  // kEach: s (and inv = 1 / s, exact for powers of two, used by Bf16Dequantized) per element
   template <bool kEach>
-  void run(const float* x, const float* s, int64_t n, int64_t at) const {
+  void run(const float* x, const float* s, int64_t n, int64_t at, const float* inv = nullptr) const {
     if (output == CastOutput::Codes) {
       minifloat_encode_scaled(spec, x, s[0], kEach ? s : nullptr, static_cast<uint8_t*>(out) + at, n, true);
       return;
@@ -93,8 +94,9 @@ struct Emitter {
       if (output == CastOutput::Bf16Codes) {
         for (int64_t i = 0; i < len; ++i) dst[i] = bf16_of_code[q[i]];
       } else {  // exact: a float8 value times a power of two; its bfloat16 bits are its float32 top half
+        const float inv0 = 1.0f / s[0];
         for (int64_t i = 0; i < len; ++i) {
-          const float v = value_of_code[q[i]] * (1.0f / (kEach ? s[o + i] : s[0]));
+          const float v = value_of_code[q[i]] * (kEach ? inv[o + i] : inv0);
           uint32_t bits;
           std::memcpy(&bits, &v, 4);
           dst[i] = static_cast<uint16_t>(bits >> 16);
@@ -105,8 +107,18 @@ struct Emitter {
 };
 }  // namespace
 
-Cast2D cast_2d(const float* x, int64_t rows, int64_t cols, DType fp8, ScaleAxis axis, bool pow2, CastOutput output,
-               std::vector<float>* column_amax) {
+namespace {
+// Flags a Bf16Dequantized cast whose smallest nonzero code, dequantized, falls below bfloat16's
+// smallest normal 2^-126 under some scale (so a gemm would flush it).
+void mark_bf16_subnormal(Cast2D& c, const MinifloatSpec& spec) {
+  if (c.output != CastOutput::Bf16Dequantized) return;
+  const double smallest = minifloat_decode(spec, 1), limit = std::ldexp(1.0, -126);
+  const float* s = c.scale.data_ptr<float>();
+  for (int64_t i = 0; i < c.scale.numel() && !c.bf16_subnormal; ++i) c.bf16_subnormal = smallest / s[i] < limit;
+}
+
+Cast2D cast_2d_impl(const float* x, int64_t rows, int64_t cols, DType fp8, ScaleAxis axis, bool pow2, CastOutput output,
+                    std::vector<float>* column_amax) {
   const MinifloatSpec& spec = float8_spec(fp8, "float8 cast");
   LOWBIT_ASSERT(output != CastOutput::Bf16Dequantized || pow2);
   const core::Format& f = format_of(fp8);
@@ -173,11 +185,100 @@ Cast2D cast_2d(const float* x, int64_t rows, int64_t cols, DType fp8, ScaleAxis 
     });
     combine_column_max(part, parts, cols, cm);
   }
-  for (int64_t j = 0; j < cols; ++j) sp[j] = to_scale(cm[static_cast<size_t>(j)], f, pow2);
+  std::vector<float> inv(static_cast<size_t>(cols));
+  for (int64_t j = 0; j < cols; ++j) {
+    sp[j] = to_scale(cm[static_cast<size_t>(j)], f, pow2);
+    inv[static_cast<size_t>(j)] = 1.0f / sp[j];
+  }
   lowbit::detail::parallel_for(rows, grain_rows, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) em.run<true>(x + r * cols, sp, cols, r * cols);
+    for (int64_t r = r0; r < r1; ++r) em.run<true>(x + r * cols, sp, cols, r * cols, inv.data());
   });
   return c;
+}
+}  // namespace
+
+Cast2D cast_2d(const float* x, int64_t rows, int64_t cols, DType fp8, ScaleAxis axis, bool pow2, CastOutput output,
+               std::vector<float>* column_amax) {
+  LOWBIT_ASSERT(axis != ScaleAxis::Tile);
+  Cast2D c = cast_2d_impl(x, rows, cols, fp8, axis, pow2, output, column_amax);
+  mark_bf16_subnormal(c, *minifloat_spec(fp8));
+  return c;
+}
+
+Cast2D cast_blocked_2d(const float* x, int64_t rows, int64_t cols, DType fp8, ScaleAxis axis, int64_t block, bool pow2,
+                       CastOutput output) {
+  const MinifloatSpec& spec = float8_spec(fp8, "float8 blockwise cast");
+  LOWBIT_ASSERT(output != CastOutput::Bf16Dequantized || pow2);
+  LOWBIT_ASSERT(block > 0 && axis != ScaleAxis::Tensor);
+  const core::Format& f = format_of(fp8);
+  const int64_t rb = (rows + block - 1) / block, cb = (cols + block - 1) / block;
+  const Shape sshape = axis == ScaleAxis::Row   ? Shape{rows, cb}
+                       : axis == ScaleAxis::Col ? Shape{rb, cols}
+                                                : Shape{rb, cb};
+  Cast2D c{empty({rows, cols}, output == CastOutput::Codes ? fp8 : kBFloat16), empty(sshape, kFloat32), axis, output,
+           block};
+  const Emitter em(spec, output, c.values.raw_data());
+  float* sp = c.scale.data_ptr<float>();
+  auto scale_of = [&](float amax) { return core::te_amax_to_scale(amax, f, pow2); };
+  if (axis == ScaleAxis::Row) {  // each 1 x block run: amax, then its cast while in cache
+    const int64_t grain = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(cols, 1));
+    lowbit::detail::parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r)
+        for (int64_t b = 0; b < cb; ++b) {
+          const int64_t o = r * cols + b * block, n = std::min(block, cols - b * block);
+          float* s = sp + r * cb + b;
+          *s = scale_of(amax_run(x + o, n));
+          em.run<false>(x + o, s, n, o);
+        }
+    });
+  } else {  // a strip of `block` rows at a time: the column (Col) or tile (Tile) maxima over the
+            // strip, then its rows cast with them -- the strip is still in cache
+    lowbit::detail::parallel_for(rb, 1, [&](int64_t s0, int64_t s1) {
+      std::vector<float> m(static_cast<size_t>(axis == ScaleAxis::Col ? cols : cb)), inv(m.size());
+      for (int64_t st = s0; st < s1; ++st) {
+        const int64_t r_begin = st * block, r_end = std::min(rows, r_begin + block);
+        std::fill(m.begin(), m.end(), 0.0f);
+        for (int64_t r = r_begin; r < r_end; ++r) {
+          if (axis == ScaleAxis::Col) {
+            column_max_update(x + r * cols, cols, m.data());
+          } else {
+            for (int64_t b = 0; b < cb; ++b)
+              m[static_cast<size_t>(b)] = nan_max(
+                  m[static_cast<size_t>(b)], amax_run(x + r * cols + b * block, std::min(block, cols - b * block)));
+          }
+        }
+        float* s = sp + st * static_cast<int64_t>(m.size());
+        for (size_t j = 0; j < m.size(); ++j) {
+          s[j] = scale_of(m[j]);
+          inv[j] = 1.0f / s[j];
+        }
+        for (int64_t r = r_begin; r < r_end; ++r) {
+          if (axis == ScaleAxis::Col) {
+            em.run<true>(x + r * cols, s, cols, r * cols, inv.data());
+          } else {
+            for (int64_t b = 0; b < cb; ++b) {
+              const int64_t o = r * cols + b * block;
+              em.run<false>(x + o, s + b, std::min(block, cols - b * block), o);
+            }
+          }
+        }
+      }
+    });
+  }
+  mark_bf16_subnormal(c, spec);
+  return c;
+}
+
+float Cast2D::scale_at(int64_t r, int64_t col) const {
+  const float* s = scale.data_ptr<float>();
+  const int64_t cols = values.size(1);
+  if (block == 0) return axis == ScaleAxis::Row ? s[r] : axis == ScaleAxis::Col ? s[col] : s[0];
+  const int64_t cb = (cols + block - 1) / block;
+  switch (axis) {
+    case ScaleAxis::Row: return s[r * cb + col / block];
+    case ScaleAxis::Col: return s[(r / block) * cols + col];
+    default: return s[(r / block) * cb + col / block];
+  }
 }
 
 Tensor dequantize_f32(const Cast2D& c, DType fp8) {
@@ -188,16 +289,28 @@ Tensor dequantize_f32(const Cast2D& c, DType fp8) {
   Tensor out = empty({rows, cols}, kFloat32);
   LOWBIT_ASSERT(c.output == CastOutput::Codes);
   const uint8_t* q = static_cast<const uint8_t*>(c.values.raw_data());
-  const float* sp = c.scale.data_ptr<float>();
   float* o = out.data_ptr<float>();
-  lowbit::detail::parallel_for(
-      rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(cols, 1)), [&](int64_t r0, int64_t r1) {
-        for (int64_t r = r0; r < r1; ++r)
-          for (int64_t j = 0; j < cols; ++j) {
-            const float s = c.axis == ScaleAxis::Row ? sp[r] : c.axis == ScaleAxis::Col ? sp[j] : sp[0];
-            o[r * cols + j] = table[q[r * cols + j]] / s;
-          }
-      });
+  lowbit::detail::parallel_for(rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(cols, 1)),
+                               [&](int64_t r0, int64_t r1) {
+                                 std::vector<float> buf(static_cast<size_t>(cols));
+                                 const float* sp = c.scale.data_ptr<float>();
+                                 for (int64_t r = r0; r < r1; ++r) {
+                                   const float* s = buf.data();  // the row's multipliers
+                                   if (c.axis == ScaleAxis::Col) {
+                                     s = sp + (c.block > 0 ? (r / c.block) * cols : 0);
+                                   } else if (c.block == 0) {
+                                     std::fill(buf.begin(), buf.end(), c.axis == ScaleAxis::Row ? sp[r] : sp[0]);
+                                   } else {
+                                     const int64_t cb = (cols + c.block - 1) / c.block;
+                                     const float* row = sp + (c.axis == ScaleAxis::Row ? r : r / c.block) * cb;
+                                     for (int64_t j = 0; j < cols; ++j) buf[static_cast<size_t>(j)] = row[j / c.block];
+                                   }
+                                   const uint8_t* qr = q + r * cols;
+                                   float* orow = o + r * cols;
+#pragma omp simd
+                                   for (int64_t j = 0; j < cols; ++j) orow[j] = table[qr[j]] / s[j];
+                                 }
+                               });
   return out;
 }
 
@@ -255,6 +368,27 @@ Float8Tensor to_float8_dynamic(const Tensor& x_in, DType fp8, ScalingGranularity
   return t;
 }
 
+Float8Tensor to_float8_blockwise(const Tensor& x_in, DType fp8, int64_t block_rows, int64_t block_cols, bool pow2) {
+  const char* op = "to_float8_blockwise";
+  LOWBIT_CHECK(x_in.defined() && (x_in.dtype() == kFloat32 || x_in.dtype() == kBFloat16) && x_in.dim() >= 1,
+               "{}: input must be a float32 or bfloat16 tensor of at least 1 dim, got {}", op,
+               x_in.defined() ? lowbit::detail::desc(x_in) : "undefined");
+  LOWBIT_CHECK((block_rows == 1 && block_cols >= 1) || (block_rows >= 1 && block_rows == block_cols),
+               "{}: blocks must be 1 x B runs or B x B tiles, got {} x {}", op, block_rows, block_cols);
+  detail::float8_spec(fp8, op);
+  const Tensor x = x_in.dtype() == kFloat32 ? x_in : x_in.to(kFloat32);
+  const int64_t cols = x.size(-1), rows = cols == 0 ? 0 : x.numel() / cols;
+  Cast2D c = detail::cast_blocked_2d(x.data_ptr<float>(), rows, cols, fp8,
+                                     block_rows == 1 ? ScaleAxis::Row : ScaleAxis::Tile, block_cols, pow2);
+  Float8Tensor t;
+  t.orig_dtype = x_in.dtype();
+  t.data = c.values.reshape(x_in.shape());
+  t.scale = c.scale;
+  t.block_rows = block_rows;
+  t.block_cols = block_cols;
+  return t;
+}
+
 Float8Tensor to_float8_with_scale(const Tensor& x_in, const Tensor& scale, DType fp8) {
   const char* op = "to_float8_with_scale";
   LOWBIT_CHECK(x_in.defined() && (x_in.dtype() == kFloat32 || x_in.dtype() == kBFloat16),
@@ -280,6 +414,12 @@ Float8Tensor to_float8_with_scale(const Tensor& x_in, const Tensor& scale, DType
 
 Tensor Float8Tensor::dequantize() const {
   NoGradGuard ng;
+  if (block_cols > 0) {  // blockwise: the codes as a rows x cols matrix, one scale per block
+    const int64_t cols = data.size(-1), rows = cols == 0 ? 0 : data.numel() / cols;
+    Cast2D c{data.reshape({rows, cols}), scale, block_rows == 1 ? ScaleAxis::Row : ScaleAxis::Tile,
+             detail::CastOutput::Codes, block_cols};
+    return detail::dequantize_f32(c, data.dtype()).reshape(data.shape());
+  }
   const bool tensorwise = scale.dim() == 0;
   // data.to(orig) is exact; the division runs in float32 and rounds to the result dtype
   const Tensor q = data.to(kFloat32);

@@ -6,7 +6,9 @@
 namespace lowbit::float8 {
 
 const char* short_str(ScalingType t) { return t == ScalingType::Dynamic ? "dyn" : "dis"; }
-const char* short_str(ScalingGranularity g) { return g == ScalingGranularity::Tensorwise ? "ten" : "axs"; }
+const char* short_str(ScalingGranularity g) {
+  return g == ScalingGranularity::Tensorwise ? "ten" : g == ScalingGranularity::Axiswise ? "axs" : "blk";
+}
 
 namespace {
 const char* dtype_short(DType d) {
@@ -25,17 +27,37 @@ std::string CastConfig::short_str() const {
   LOWBIT_CHECK(target_dtype.has_value(), "CastConfig::short_str: target_dtype is not set (resolve the config first)");
   const char* d = dtype_short(*target_dtype);
   LOWBIT_CHECK(d != nullptr, "CastConfig: target_dtype must be a float8 dtype, got {}", dtype_name(*target_dtype));
+  if (scaling_granularity == ScalingGranularity::Blockwise)
+    return fmt::format("{}_b{}x{}_{}", float8::short_str(scaling_type), block_dims == 2 ? block_size : 1, block_size,
+                       d);
   return fmt::format("{}_{}_{}", float8::short_str(scaling_type), float8::short_str(scaling_granularity), d);
 }
 
 CastConfig CastConfig::parse(const std::string& s) {
   CastConfig c;
-  const bool ok = s.size() == 12 && s[3] == '_' && s[7] == '_';
-  const std::string t = ok ? s.substr(0, 3) : "", g = ok ? s.substr(4, 3) : "", d = ok ? s.substr(8) : "";
-  LOWBIT_CHECK(ok && (t == "dyn" || t == "dis") && (g == "ten" || g == "axs") && (d == "e4m3" || d == "e5m2"),
-               "cast config '{}' is not of the form (dyn|dis)_(ten|axs)_(e4m3|e5m2)", s);
+  const size_t u1 = s.find('_'), u2 = u1 == std::string::npos ? u1 : s.find('_', u1 + 1);
+  const bool split = u2 != std::string::npos && s.find('_', u2 + 1) == std::string::npos;
+  const std::string t = split ? s.substr(0, u1) : "", g = split ? s.substr(u1 + 1, u2 - u1 - 1) : "",
+                    d = split ? s.substr(u2 + 1) : "";
+  // blockwise: b1x<B> or b<B>x<B>, B a positive decimal of at most 6 digits
+  auto number = [](const std::string& n) {
+    const bool ok = !n.empty() && n.size() <= 6 && n.find_first_not_of("0123456789") == std::string::npos;
+    return ok ? std::stoll(n) : int64_t{0};
+  };
+  const size_t x = g.find('x');
+  const int64_t lhs = g.size() > 1 && g[0] == 'b' && x != std::string::npos ? number(g.substr(1, x - 1)) : 0;
+  const int64_t rhs = lhs > 0 ? number(g.substr(x + 1)) : 0;
+  const bool block = rhs > 0 && (lhs == 1 || lhs == rhs);
+  LOWBIT_CHECK((t == "dyn" || t == "dis") && (g == "ten" || g == "axs" || block) && (d == "e4m3" || d == "e5m2"),
+               "cast config '{}' is not of the form (dyn|dis)_(ten|axs|b1x<B>|b<B>x<B>)_(e4m3|e5m2)", s);
   c.scaling_type = t == "dyn" ? ScalingType::Dynamic : ScalingType::Disabled;
-  c.scaling_granularity = g == "ten" ? ScalingGranularity::Tensorwise : ScalingGranularity::Axiswise;
+  c.scaling_granularity = g == "ten"   ? ScalingGranularity::Tensorwise
+                          : g == "axs" ? ScalingGranularity::Axiswise
+                                       : ScalingGranularity::Blockwise;
+  if (block) {
+    c.block_size = rhs;
+    c.block_dims = lhs == 1 ? 1 : 2;
+  }
   c.target_dtype = d == "e4m3" ? DType::Float8_e4m3fn : DType::Float8_e5m2;
   return c;
 }
@@ -48,9 +70,23 @@ Float8LinearConfig Float8LinearConfig::resolved() const {
   CastConfig* all[] = {&c.cast_config_input,       &*c.cast_config_input_for_grad_weight,
                        &c.cast_config_weight,      &*c.cast_config_weight_for_grad_input,
                        &c.cast_config_grad_output, &*c.cast_config_grad_output_for_grad_weight};
-  for (const CastConfig* cc : all) {
+  for (CastConfig* cc : all) {
+    if (cc->block_size == 1) cc->block_dims = 1;  // 1 x 1 either way (short_str prints b1x1)
     LOWBIT_CHECK(cc->scaling_granularity != ScalingGranularity::Axiswise || cc->enabled(),
                  "Float8LinearConfig: only dynamic scaling type is supported for axiswise scaling granularity");
+    if (cc->scaling_granularity == ScalingGranularity::Blockwise) {
+      LOWBIT_CHECK(cc->enabled(),
+                   "Float8LinearConfig: only dynamic scaling type is supported for blockwise scaling granularity");
+      LOWBIT_CHECK(cc->block_dims == 1 || cc->block_dims == 2,
+                   "Float8LinearConfig: block_dims must be 1 (1 x block_size runs) or 2 (square tiles), got {}",
+                   cc->block_dims);
+      LOWBIT_CHECK(cc->block_size >= 1 && cc->block_size <= 65536,
+                   "Float8LinearConfig: block_size must be in [1, 65536], got {}", cc->block_size);
+      LOWBIT_CHECK(c.round_scales_to_power_of_2 || c.emulate,
+                   "Float8LinearConfig: blockwise scaling needs round_scales_to_power_of_2 = true (the fast mode "
+                   "folds the block scales into exact bfloat16 operands); float32 block scales run only with "
+                   "emulate = true");
+    }
     LOWBIT_CHECK(
         !cc->target_dtype || is_float8(*cc->target_dtype),
         "Float8LinearConfig: a cast's target_dtype must be a float8 dtype (float8_e4m3fn, float8_e5m2), got {}",
@@ -101,6 +137,16 @@ Float8LinearConfig rowwise_recipe() {
   c.round_scales_to_power_of_2 = true;
   return c;
 }
+Float8LinearConfig blockwise_recipe() {
+  Float8LinearConfig c;
+  const CastConfig runs{ScalingType::Dynamic, ScalingGranularity::Blockwise, DType::Float8_e4m3fn, 1, 128};
+  c.cast_config_input = runs;
+  c.cast_config_weight = CastConfig{ScalingType::Dynamic, ScalingGranularity::Blockwise, DType::Float8_e4m3fn, 2, 128};
+  c.cast_config_grad_output = runs;
+  c.gemm_config_output.use_fast_accum = false;  // TransformerEngine's split accumulator
+  c.round_scales_to_power_of_2 = true;
+  return c;
+}
 Float8LinearConfig rowwise_with_gw_hp_recipe() {
   Float8LinearConfig c;
   c.cast_config_input = axiswise();
@@ -123,6 +169,10 @@ const std::vector<Float8Recipe>& float8_recipes() {
       {"rowwise_with_gw_hp",
        "rowwise, but grad_weight in high precision and a tensorwise weight for grad_input (most accurate)",
        rowwise_with_gw_hp_recipe},
+      {"blockwise",
+       "TransformerEngine's Float8BlockScaling: 1x128 input and gradient blocks, 128x128 weight tiles, e4m3, "
+       "power-of-2 scales (beyond torchao)",
+       blockwise_recipe},
   };
   return table;
 }

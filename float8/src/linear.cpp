@@ -16,30 +16,47 @@ namespace {
 using detail::Cast2D;
 using detail::ScaleAxis;
 
-// One gemm operand, 2-D as stored: kept in high precision (hp) or cast (q).
+// The cast of 2-D m for cast config cc (enabled); an axiswise cast takes its scales along `axis`
+// (Row: one per stored row, Col: one per stored column), a 1-D blockwise cast its runs along it,
+// a 2-D blockwise cast square tiles. column_amax: see detail::cast_2d (gathered by a Row cast,
+// used by a Col cast; axiswise only).
+Cast2D cast_operand(const Tensor& m, const CastConfig& cc, ScaleAxis axis, bool pow2, detail::CastOutput out,
+                    std::vector<float>* column_amax) {
+  const Tensor f = m.dtype() == kFloat32 ? m : m.to(kFloat32);
+  if (cc.scaling_granularity == ScalingGranularity::Blockwise)
+    return detail::cast_blocked_2d(f.data_ptr<float>(), f.size(0), f.size(1), *cc.target_dtype,
+                                   cc.block_dims == 2 ? ScaleAxis::Tile : axis, cc.block_size, pow2, out);
+  const ScaleAxis ax = cc.scaling_granularity == ScalingGranularity::Tensorwise ? ScaleAxis::Tensor : axis;
+  return detail::cast_2d(f.data_ptr<float>(), f.size(0), f.size(1), *cc.target_dtype, ax, pow2, out,
+                         ax == ScaleAxis::Tensor ? nullptr : column_amax);
+}
+
+// One gemm operand, 2-D as stored: kept in high precision (hp) or cast (q), with what recasting
+// it needs.
 struct Operand {
   Tensor hp;
   std::optional<Cast2D> q;
   DType fp8 = DType::Float8_e4m3fn;
+  CastConfig cc;
+  ScaleAxis axis = ScaleAxis::Row;
+  bool pow2 = false;
+  /// The float8 codes of a cast operand (emulate mode's form): q itself, or a recast.
+  Cast2D codes() const {
+    if (q->output == detail::CastOutput::Codes) return *q;
+    return cast_operand(hp, cc, axis, pow2, detail::CastOutput::Codes, nullptr);
+  }
 };
 
-// The operand for cast config cc; an axiswise cast takes its scales along `axis` (Row: one per
-// stored row, Col: one per stored column). emulate: float8 codes (dequantized to float32 by the
-// gemm); fast: bfloat16 -- the dequantized values themselves when the scales are powers of two
-// (exact, no scaling after the gemm), else the code values (scaled after the gemm).
-// column_amax: see detail::cast_2d (gathered by a Row cast, used by a Col cast).
+// The operand for cast config cc. emulate: float8 codes (dequantized to float32 by the gemm);
+// fast: bfloat16 -- the dequantized values themselves when the scales are powers of two (exact,
+// no scaling after the gemm), else the code values (scaled after the gemm).
 Operand operand(const Tensor& m, const CastConfig& cc, ScaleAxis axis, bool pow2, bool emulate,
                 std::vector<float>* column_amax = nullptr) {
-  if (!cc.enabled()) return {m, std::nullopt};
-  const Tensor f = m.dtype() == kFloat32 ? m : m.to(kFloat32);
-  const ScaleAxis ax = cc.scaling_granularity == ScalingGranularity::Tensorwise ? ScaleAxis::Tensor : axis;
+  if (!cc.enabled()) return {m, std::nullopt, DType::Float8_e4m3fn, cc, axis, pow2};
   const detail::CastOutput out = emulate ? detail::CastOutput::Codes
                                  : pow2  ? detail::CastOutput::Bf16Dequantized
                                          : detail::CastOutput::Bf16Codes;
-  return {m,
-          detail::cast_2d(f.data_ptr<float>(), f.size(0), f.size(1), *cc.target_dtype, ax, pow2, out,
-                          ax == ScaleAxis::Tensor ? nullptr : column_amax),
-          *cc.target_dtype};
+  return {m, cast_operand(m, cc, axis, pow2, out, column_amax), *cc.target_dtype, cc, axis, pow2};
 }
 
 // The multipliers of op(X)'s rows (left operand, `outer_axis` = the axis that runs along the
@@ -61,8 +78,11 @@ Tensor run_gemm(const Operand& a, bool ta, const Operand& b, bool tb, DType out_
     if (a.hp.dtype() == kFloat32) return gemm(a.hp, ta, b.hp.to(kFloat32), tb);
     return gemm_bf16(a.hp, ta, b.hp.to(kBFloat16), tb).to(out_dtype);
   }
-  if (emulate) {  // torchao: mm(fp32(a_fp8) / a_scale, fp32(b_fp8) / b_scale).to(orig)
-    const Tensor c = gemm(detail::dequantize_f32(*a.q, a.fp8), ta, detail::dequantize_f32(*b.q, b.fp8), tb);
+  // emulate -- and the fast mode when a bfloat16 operand would hold denormals the bf16 gemm
+  // flushes (scales above about 2^117; Cast2D::bf16_subnormal): torchao's
+  // mm(fp32(a_fp8) / a_scale, fp32(b_fp8) / b_scale).to(orig)
+  if (emulate || a.q->bf16_subnormal || b.q->bf16_subnormal) {
+    const Tensor c = gemm(detail::dequantize_f32(a.codes(), a.fp8), ta, detail::dequantize_f32(b.codes(), b.fp8), tb);
     return out_dtype == kFloat32 ? c : c.to(out_dtype);
   }
   // bfloat16 operands (exact), float32 accumulation, then the scales: (1/s_a[i]) * (1/s_b[j])
@@ -131,11 +151,14 @@ Tensor Float8Linear::forward(const Tensor& x) {
     const Shape xs = x.shape();
     const bool gx = x.requires_grad(), gw = weight.requires_grad();
     const int64_t n_out = out_features;
-    // A tensorwise operand cast the same way for both of its gemms has one scale and the same
-    // codes in both: the backward reuses the forward's cast (torchao recasts the saved
-    // high-precision tensor, with bit-identical results) -- one cast and its amax pass fewer.
+    // A tensorwise or square-tiled operand cast the same way for both of its gemms has the same
+    // scales and codes in both (transposing it moves no element to another block): the backward
+    // reuses the forward's cast (torchao recasts the saved high-precision tensor, with
+    // bit-identical results) -- one cast and its amax pass fewer.
     auto same_tensorwise = [](const CastConfig& a, const CastConfig& b) {
-      return a == b && a.enabled() && a.scaling_granularity == ScalingGranularity::Tensorwise;
+      return a == b && a.enabled() &&
+             (a.scaling_granularity == ScalingGranularity::Tensorwise ||
+              (a.scaling_granularity == ScalingGranularity::Blockwise && a.block_dims == 2));
     };
     const std::optional<Operand> x_for_gw =
         same_tensorwise(c.cast_config_input, *c.cast_config_input_for_grad_weight) ? std::optional(ox) : std::nullopt;
@@ -215,8 +238,9 @@ std::shared_ptr<nn::Module> convert_to_float8_training(const std::shared_ptr<nn:
 
 ModuleFilter auto_filter_for_recipe(const std::string& recipe, const std::vector<std::string>& filter_fqns) {
   Float8LinearConfig::from_recipe_name(recipe);  // an unknown name fails naming the valid ones
-  LOWBIT_CHECK(recipe == "tensorwise" || recipe == "rowwise",
-               "auto_filter_for_recipe: unsupported recipe '{}' (torchao's auto filter knows tensorwise and rowwise)",
+  LOWBIT_CHECK(recipe == "tensorwise" || recipe == "rowwise" || recipe == "blockwise",
+               "auto_filter_for_recipe: unsupported recipe '{}' (torchao's auto filter knows tensorwise and rowwise; "
+               "blockwise uses rowwise's thresholds)",
                recipe);
   const bool tensorwise = recipe == "tensorwise";
   return [filter_fqns, tensorwise](const nn::Linear& m, const std::string& fqn) {

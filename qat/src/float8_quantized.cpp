@@ -22,15 +22,28 @@ DType float8_dtype_of(const std::string& s, const char* what) {
   return s == "float8_e5m2" ? kFloat8_e5m2 : kFloat8_e4m3fn;
 }
 std::string opt_str(const std::optional<double>& v) { return v ? fmt::format("{}", *v) : "None"; }
+// the QAT options, where not the defaults
+std::string qat_options(Float8FakeQuantizeConfig::Backward b, bool guard) {
+  std::string s;
+  if (b == Float8FakeQuantizeConfig::Backward::TorchaoParity) s += ", qat_backward=torchao_parity";
+  if (guard) s += ", qat_guard_zero_blocks=True";
+  return s;
+}
+std::shared_ptr<Float8FakeQuantizeConfig> with_qat_options(std::shared_ptr<Float8FakeQuantizeConfig> c,
+                                                           Float8FakeQuantizeConfig::Backward b, bool guard) {
+  c->backward = b;
+  c->guard_zero_blocks = guard;
+  return c;
+}
 }  // namespace
 
 // ---- configs ----
 std::string Float8DynamicActivationFloat8WeightConfig::to_string() const {
   return fmt::format(
       "Float8DynamicActivationFloat8WeightConfig(activation_dtype=torch.{}, weight_dtype=torch.{}, granularity={}, "
-      "activation_value_lb={}, activation_value_ub={})",
+      "activation_value_lb={}, activation_value_ub={}{})",
       dtype_name(activation_dtype), dtype_name(weight_dtype), qat::to_string(granularity), opt_str(activation_value_lb),
-      opt_str(activation_value_ub));
+      opt_str(activation_value_ub), qat_options(qat_backward, qat_guard_zero_blocks));
 }
 void Float8DynamicActivationFloat8WeightConfig::validate() const {
   fake_quantize_configs();  // the fake-quantize configs check dtypes, granularity and bounds
@@ -38,15 +51,18 @@ void Float8DynamicActivationFloat8WeightConfig::validate() const {
 FakeQuantizeConfigs Float8DynamicActivationFloat8WeightConfig::fake_quantize_configs() const {
   auto a = std::make_shared<Float8FakeQuantizeConfig>(activation_dtype, granularity, activation_value_lb,
                                                       activation_value_ub);
-  return {a, std::make_shared<Float8FakeQuantizeConfig>(weight_dtype, granularity)};
+  return {with_qat_options(a, qat_backward, qat_guard_zero_blocks),
+          with_qat_options(std::make_shared<Float8FakeQuantizeConfig>(weight_dtype, granularity), qat_backward,
+                           qat_guard_zero_blocks)};
 }
 std::string Float8WeightOnlyConfig::to_string() const {
-  return fmt::format("Float8WeightOnlyConfig(weight_dtype=torch.{}, granularity={})", dtype_name(weight_dtype),
-                     qat::to_string(granularity));
+  return fmt::format("Float8WeightOnlyConfig(weight_dtype=torch.{}, granularity={}{})", dtype_name(weight_dtype),
+                     qat::to_string(granularity), qat_options(qat_backward, qat_guard_zero_blocks));
 }
 void Float8WeightOnlyConfig::validate() const { fake_quantize_configs(); }
 FakeQuantizeConfigs Float8WeightOnlyConfig::fake_quantize_configs() const {
-  return {nullptr, std::make_shared<Float8FakeQuantizeConfig>(weight_dtype, granularity)};
+  return {nullptr, with_qat_options(std::make_shared<Float8FakeQuantizeConfig>(weight_dtype, granularity), qat_backward,
+                                    qat_guard_zero_blocks)};
 }
 
 std::shared_ptr<nn::Module> Float8FakeQuantizeConfig::quantized_linear(const nn::Linear& linear,

@@ -253,6 +253,40 @@ TEST(Train, ResumeMidQatIsBitExact) {
   }
 }
 
+// quantize.float8_qat_backward / float8_guard_zero_blocks reach the fake quantizers of the float8
+// recipes (and are printed with the config); the defaults are lowbit's straight-through backward.
+TEST(Train, Float8QatOptionsReachTheFakeQuantizers) {
+  using B = qat::Float8FakeQuantizeConfig::Backward;
+  for (const char* recipe : {"float8-dyn", "float8-dyn-row", "float8-weight-only"}) {
+    SCOPED_TRACE(recipe);
+    RunConfig cfg;
+    cfg.apply_overrides({"--quantize.recipe", recipe});
+    auto fq = build_quantize_config(cfg)->fake_quantize_configs();
+    for (const auto& c : {fq.activation, fq.weight}) {
+      if (!c) continue;
+      const auto* f = dynamic_cast<const qat::Float8FakeQuantizeConfig*>(c.get());
+      ASSERT_NE(f, nullptr);
+      EXPECT_EQ(f->backward, B::StraightThrough);
+      EXPECT_FALSE(f->guard_zero_blocks);
+    }
+    cfg.apply_overrides(
+        {"--quantize.float8_qat_backward", "torchao_parity", "--quantize.float8_guard_zero_blocks", "true"});
+    validate_config(cfg);
+    const auto q = build_quantize_config(cfg);
+    EXPECT_NE(q->to_string().find(", qat_backward=torchao_parity, qat_guard_zero_blocks=True)"), std::string::npos)
+        << q->to_string();
+    fq = q->fake_quantize_configs();
+    EXPECT_TRUE(fq.weight != nullptr);
+    for (const auto& c : {fq.activation, fq.weight}) {
+      if (!c) continue;
+      const auto* f = dynamic_cast<const qat::Float8FakeQuantizeConfig*>(c.get());
+      ASSERT_NE(f, nullptr);
+      EXPECT_EQ(f->backward, B::TorchaoParity);
+      EXPECT_TRUE(f->guard_zero_blocks);
+    }
+  }
+}
+
 // [float8]: the shipped float8 config trains a tiny GPT, says which layers it converted and kept,
 // resumes from a mid-run checkpoint to the same bits, and exports a model load_model rebuilds
 // with its Float8Linear layers; config errors name the key.
@@ -312,6 +346,19 @@ TEST(Train, Float8RunResumesBitExactAndExports) {
   auto model = io::load_model(full.export_path);
   EXPECT_EQ(model->get_submodule("blocks.0.attn.qkv")->type_name(), "Float8Linear");
   EXPECT_EQ(model->get_submodule("lm_head")->type_name(), "Linear");
+
+  // the blockwise recipe (beyond torchao) trains, exports and rebuilds the same way
+  auto bw = cfg;
+  bw.apply_overrides({"--float8.recipe_name", "blockwise", "--training.max_steps", "4", "--checkpoint.enabled", "false",
+                      "--training.run_dir", dir + "_blockwise"});
+  ::testing::internal::CaptureStdout();
+  const auto bw_run = train(bw, false, "", ro);
+  const std::string bw_out = ::testing::internal::GetCapturedStdout();
+  EXPECT_NE(bw_out.find("float8 (blockwise): 4 layers converted"), std::string::npos) << bw_out;
+  EXPECT_TRUE(std::isfinite(bw_run.final_train_loss));
+  const std::string repr = io::load_model(bw_run.export_path)->get_submodule("blocks.0.mlp.0")->to_string();
+  EXPECT_NE(repr.find("cast_configs=i:dyn_b1x128_e4m3,w:dyn_b128x128_e4m3,go:dyn_b1x128_e4m3"), std::string::npos)
+      << repr;
 
   auto bad = cfg;
   bad.apply_overrides({"--float8.recipe_name", "rowwize"});

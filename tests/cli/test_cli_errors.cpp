@@ -98,6 +98,13 @@ TEST(CliErrors, ConfigIsValidatedBeforeAnyWork) {
       {{"--quantize.recipe", "8da4w", "--quantize.mode", "qta"}, "quantize.mode: unknown value 'qta'"},
       {{"--quantize.recipe", "8da-intx", "--quantize.weight_dtype", "int9"}, "unknown target dtype 'int9'"},
       {{"--quantize.recipe", "8da4w", "--quantize.group_size", "-2"}, "group_size must be positive"},
+      {{"--quantize.recipe", "float8-dyn-row", "--quantize.float8_qat_backward", "parity"},
+       "quantize.float8_qat_backward must be 'straight_through' or 'torchao_parity', got 'parity'"},
+      {{"--quantize.recipe", "8da4w", "--quantize.float8_qat_backward", "torchao_parity"},
+       "apply to the float8 recipes only (float8-dyn, float8-dyn-row, float8-weight-only), not to quantize.recipe "
+       "'8da4w'"},
+      {{"--quantize.float8_guard_zero_blocks", "true"},
+       "apply to the float8 recipes only, and quantize.recipe is 'none'"},
       {{"--training.epochs", "0"}, "training.epochs must be positive, got 0"},
       {{"--training.max_steps", "-1"}, "training.max_steps must be >= 0"},
       {{"--training.threads", "-1"}, "training.threads must be >= 0"},

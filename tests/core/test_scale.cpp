@@ -70,6 +70,32 @@ TEST(ScaleRules, SpecExamples) {
               rounded_up);
 }
 
+// TransformerEngine's current-scaling rule (Float8BlockScaling): float32 division, special amax
+// values give 1, an overflowing quotient FLT_MAX, pow2 clears the mantissa exactly (no log2f edge).
+TEST(ScaleRules, TransformerEngineAmaxToScale) {
+  const Format& e4m3 = elem("float8_e4m3fn");
+  const Format& e5m2 = elem("float8_e5m2");
+  EXPECT_EQ(te_amax_to_scale(2.0f, e4m3, false), 224.0f);
+  EXPECT_EQ(te_amax_to_scale(2.0f, e4m3, true), 128.0f);
+  EXPECT_EQ(te_amax_to_scale(3.0f, e5m2, false), 57344.0f / 3.0f);  // one float32 division
+  EXPECT_EQ(te_amax_to_scale(448.0f, e4m3, true), 1.0f);
+  EXPECT_EQ(te_amax_to_scale(449.0f, e4m3, true), 0.5f);
+  for (float special : {0.0f, INFINITY, -INFINITY, NAN}) {
+    EXPECT_EQ(te_amax_to_scale(special, e4m3, false), 1.0f) << special;
+    EXPECT_EQ(te_amax_to_scale(special, e4m3, true), 1.0f) << special;
+  }
+  EXPECT_EQ(te_amax_to_scale(1e-45f, e4m3, false), FLT_MAX);  // 448 / 2^-149 overflows
+  EXPECT_EQ(te_amax_to_scale(1e-45f, e4m3, true), std::ldexp(1.0f, 127));
+  EXPECT_EQ(te_amax_to_scale(0.0f, e4m3, false, 1.0f), 448.0f);  // the epsilon floor comes first
+  // just below 2^k the mantissa is cleared: 2^(k-1), never the log2f round-up of §9 item 3
+  for (int j = 1; j <= 64; ++j) {
+    const float amax = 448.0f / std::ldexp(1.0f - static_cast<float>(j) * std::ldexp(1.0f, -24), 3);
+    const float s = te_amax_to_scale(amax, e4m3, true), q = 448.0f / amax;
+    EXPECT_EQ(s, std::ldexp(1.0f, std::ilogb(q))) << amax;
+    EXPECT_LE(s, q);
+  }
+}
+
 TEST(ScaleRules, EveryToMxCaseOfMxH5) {
   namespace t = lowbit::testing;
   LOWBIT_GOLDEN_FILE(path, "mx.h5");

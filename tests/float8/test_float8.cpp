@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "golden.h"
+#include "lowbit/core/scale.h"
 #include "test_util.h"
 
 using namespace lowbit;
@@ -364,6 +365,185 @@ TEST(Float8, SubnormalCodesAreExactInTheBf16Gemm) {
   }
 }
 
+namespace {
+// The blockwise cast composed of engine ops: zero-pad to whole blocks (zeros change no amax),
+// view as (R/br, br, C/bc, bc), amax per block, the scale rule per block (core::te_amax_to_scale,
+// pow2), clamp(x * s, +-448), cast to e4m3 and back, divide by s, cut the padding off.
+Tensor blockwise_dequant_composed(const Tensor& x, int64_t br, int64_t bc) {
+  NoGradGuard ng;
+  const int64_t R = x.size(0), C = x.size(1), Rp = (R + br - 1) / br * br, Cp = (C + bc - 1) / bc * bc;
+  Tensor xp = x;
+  if (Cp > C) xp = cat({xp, zeros({R, Cp - C})}, 1);
+  if (Rp > R) xp = cat({xp, zeros({Rp - R, Cp})}, 0);
+  const Tensor blocks = reshape(xp, {Rp / br, br, Cp / bc, bc});
+  Tensor s = amax(abs(blocks), {1, 3}, true);  // (R/br, 1, C/bc, 1)
+  const core::Format& e4m3 = core::format(core::FormatId::Float8E4M3FN);
+  for (int64_t i = 0; i < s.numel(); ++i)
+    s.data_ptr<float>()[i] = core::te_amax_to_scale(s.data_ptr<float>()[i], e4m3, true);
+  const Tensor q = clamp(mul(blocks, s), -448.0, 448.0).to(kFloat8_e4m3fn).to(kFloat32);
+  return narrow(narrow(reshape(div(q, s), {Rp, Cp}), 0, 0, R), 1, 0, C);
+}
+// ... with blocks running down the columns (br x 1): the composition of the transpose
+Tensor column_blockwise_dequant_composed(const Tensor& x, int64_t b) {
+  return transpose(blockwise_dequant_composed(transpose(x, 0, 1), 1, b), 0, 1);
+}
+// x whose magnitudes vary by powers of two across rows and columns, so that every blocking gives
+// other scales (and other codes)
+Tensor varied(const Shape& shape, Generator& g) {
+  Tensor x = randn(shape, &g);
+  const int64_t C = shape.back(), R = x.numel() / C;
+  float* p = x.data_ptr<float>();
+  for (int64_t r = 0; r < R; ++r)
+    for (int64_t c = 0; c < C; ++c)
+      p[r * C + c] = std::ldexp(p[r * C + c], static_cast<int>((r * 7 + c * 3) / 37 % 21) - 10);
+  return x;
+}
+// Elements of c = a · b (float32 products summed in some order) outside the worst-case bound of
+// recursive float32 summation against the float64-accurate ref: |c - ref| <= k 2^-24 (|a| · |b|).
+int64_t outside_sum_bound(const Tensor& c, const Tensor& ref, const Tensor& a, const Tensor& b) {
+  NoGradGuard ng;
+  const Tensor mag = matmul(abs(a), abs(b));
+  const double k = static_cast<double>(a.size(1)) * std::ldexp(1.0, -24);
+  int64_t bad = 0;
+  const Tensor cf = c.to(kFloat32).reshape({-1}), rf = ref.reshape({-1}), mf = mag.reshape({-1});
+  for (int64_t i = 0; i < cf.numel(); ++i)
+    bad += std::fabs(static_cast<double>(cf.data_ptr<float>()[i]) - rf.data_ptr<float>()[i]) >
+           2.0 * k * mf.data_ptr<float>()[i] + 1e-38;
+  return bad;
+}
+}  // namespace
+
+// to_float8_blockwise against the composition: 1 x B runs and B x B tiles, ragged blocks,
+// codes and dequantized values; bfloat16 input promotes to float32 (a block scale is not 0-dim).
+TEST(Float8, BlockwiseCastMatchesItsComposition) {
+  Generator g(61);
+  for (auto [R, C, br, bc] : {std::array<int64_t, 4>{4, 256, 1, 128},
+                              {5, 200, 1, 128},
+                              {3, 77, 1, 16},
+                              {256, 384, 128, 128},
+                              {150, 200, 128, 128},
+                              {33, 17, 8, 8}}) {
+    SCOPED_TRACE(fmt::format("{}x{} blocks {}x{}", R, C, br, bc));
+    const Tensor x = varied({R, C}, g);
+    const Float8Tensor t = to_float8_blockwise(x, kFloat8_e4m3fn, br, bc);
+    EXPECT_EQ(t.scale.shape(), (Shape{(R + br - 1) / br, (C + bc - 1) / bc}));
+    const Tensor ref = blockwise_dequant_composed(x, br, bc);
+    EXPECT_EQ(t::count_mismatches(t.dequantize(), ref), 0);
+    const Float8Tensor tb = to_float8_blockwise(x.to(kBFloat16), kFloat8_e4m3fn, br, bc);
+    EXPECT_EQ(tb.dequantize().dtype(), kFloat32);
+    EXPECT_EQ(t::count_mismatches(tb.dequantize(), blockwise_dequant_composed(x.to(kBFloat16).to(kFloat32), br, bc)),
+              0);
+  }
+  // 3-D input: rows = the leading dims' product
+  const Tensor x3 = varied({2, 3, 130}, g);
+  const Float8Tensor t3 = to_float8_blockwise(x3, kFloat8_e4m3fn);
+  EXPECT_EQ(t3.data.shape(), x3.shape());
+  EXPECT_EQ(t::count_mismatches(t3.dequantize(),
+                                blockwise_dequant_composed(x3.reshape({6, 130}), 1, 128).reshape({2, 3, 130})),
+            0);
+  // special blocks: all zero (scale 1, codes 0), an inf (scale 1, saturates), a NaN (scale 1, NaN code)
+  Tensor sp = ones({3, 16});
+  sp.data_ptr<float>()[0] = 0.0f;
+  for (int j = 0; j < 16; ++j) sp.data_ptr<float>()[j] = 0.0f;
+  sp.data_ptr<float>()[16] = INFINITY;
+  sp.data_ptr<float>()[33] = NAN;
+  const Float8Tensor ts = to_float8_blockwise(sp, kFloat8_e4m3fn, 1, 16);
+  for (int r = 0; r < 3; ++r) EXPECT_EQ(ts.scale.data_ptr<float>()[r], 1.0f);
+  const Tensor d = ts.dequantize();
+  EXPECT_EQ(d.data_ptr<float>()[0], 0.0f);
+  EXPECT_EQ(d.data_ptr<float>()[16], 448.0f);
+  EXPECT_EQ(d.data_ptr<float>()[17], 1.0f);
+  EXPECT_TRUE(std::isnan(d.data_ptr<float>()[33]));
+  EXPECT_EQ(d.data_ptr<float>()[34], 1.0f);
+  t::expect_error([&] { to_float8_blockwise(x3, kFloat8_e4m3fn, 2, 128); }, {"to_float8_blockwise", "2 x 128"});
+  t::expect_error([&] { to_float8_blockwise(x3, kFloat8_e4m3fn, 1, 0); }, {"to_float8_blockwise", "1 x 0"});
+  t::expect_error([&] { to_float8_blockwise(x3.to(kFloat64), kFloat8_e4m3fn); }, {"to_float8_blockwise", "float64"});
+}
+
+// The blockwise recipe's three gemms against their composition (spec: TransformerEngine's
+// Float8BlockScaling): output = deq(X; 1x128 runs of rows) · deq(W; 128x128)ᵀ, grad_input =
+// deq(G; 1x128 of rows) · deq(W; 128x128), grad_weight = deq(G; 128x1 of columns)ᵀ ·
+// deq(X; 128x1 of columns). Emulate: the same float32 values through the same gemm (a few
+// ulps); fast: exact products, float32 sums in another order (2^-18 of the largest magnitude).
+// Ragged shapes, 3-D input, bias.
+TEST(Float8, BlockwiseRecipeMatchesItsComposition) {
+  Generator g(62);
+  for (auto [B, T, K, N] : {std::array<int64_t, 4>{2, 150, 256, 136}, {1, 64, 200, 260}}) {
+    const Tensor x = varied({B, T, K}, g), w = mul(varied({N, K}, g), 0.05), b = randn({N}, &g);
+    const Tensor up = varied({B, T, N}, g);
+    const Tensor x2 = x.reshape({B * T, K}), g2 = up.reshape({B * T, N});
+    // the dequantized operands; the grad_weight ones blocked down the columns (and, to show the
+    // data tells the blockings apart, along the rows)
+    Tensor xq, wq, gq, xq_col, gq_col, xq_row_wrong;
+    {
+      NoGradGuard ng;
+      xq = blockwise_dequant_composed(x2, 1, 128);
+      wq = blockwise_dequant_composed(w, 128, 128);
+      gq = blockwise_dequant_composed(g2, 1, 128);
+      xq_col = column_blockwise_dequant_composed(x2, 128);
+      gq_col = column_blockwise_dequant_composed(g2, 128);
+    }
+    EXPECT_GT(t::count_mismatches(xq_col, xq), 0);
+    EXPECT_GT(t::count_mismatches(gq_col, gq), 0);
+    struct Gemm {
+      Tensor a, b;
+    };
+    const Gemm fwd{xq, transpose(wq, 0, 1)}, dgrad{gq, wq}, wgrad{transpose(gq_col, 0, 1), xq_col};
+    Tensor y_ref, dx_ref, dw_ref;
+    {
+      NoGradGuard ng;  // float64 sums of the exact float32 products
+      auto mm64 = [](const Gemm& gm) { return matmul(gm.a.to(kFloat64), gm.b.to(kFloat64)).to(kFloat32); };
+      y_ref = mm64(fwd);
+      dx_ref = mm64(dgrad);
+      dw_ref = mm64(wgrad);
+    }
+    for (bool emulate : {true, false}) {
+      SCOPED_TRACE(fmt::format("B={} T={} K={} N={} emulate={}", B, T, K, N, emulate));
+      Float8LinearConfig c = Float8LinearConfig::from_recipe_name("blockwise");
+      c.emulate = emulate;
+      const LinearRun r = run_float8_linear(x, w, Tensor(), up, c);
+      EXPECT_EQ(outside_sum_bound(r.output.reshape({B * T, N}), y_ref, fwd.a, fwd.b), 0);
+      EXPECT_EQ(outside_sum_bound(r.grad_input.reshape({B * T, K}), dx_ref, dgrad.a, dgrad.b), 0);
+      EXPECT_EQ(outside_sum_bound(r.grad_weight, dw_ref, wgrad.a, wgrad.b), 0);
+      // a grad_weight blocked along the rows is told apart
+      NoGradGuard ng;
+      EXPECT_GT(outside_sum_bound(matmul(transpose(gq, 0, 1), xq), dw_ref, wgrad.a, wgrad.b), 0);
+    }
+    // with a bias and a bfloat16 input: the bias outside the gemm, one bfloat16 rounding
+    const LinearRun rb = run_float8_linear(x.to(kBFloat16), w.to(kBFloat16), b.to(kBFloat16), up.to(kBFloat16),
+                                           Float8LinearConfig::from_recipe_name("blockwise"));
+    EXPECT_EQ(rb.output.dtype(), kBFloat16);
+    EXPECT_EQ(rb.grad_weight.dtype(), kBFloat16);
+    {
+      NoGradGuard ng;
+      const Tensor xb = x2.to(kBFloat16).to(kFloat32), wb = w.to(kBFloat16).to(kFloat32);
+      const Tensor yb =
+          add(matmul(blockwise_dequant_composed(xb, 1, 128), transpose(blockwise_dequant_composed(wb, 128, 128), 0, 1)),
+              b.to(kBFloat16).to(kFloat32));
+      EXPECT_LE(max_rel_to_max(rb.output.reshape({B * T, N}).to(kFloat32), yb), std::ldexp(1.0, -7));
+    }
+  }
+}
+
+// A block scale above about 2^117 would make some dequantized bfloat16 operand values denormal,
+// which the bf16 gemm flushes: the fast mode then runs that gemm as emulate does (bit-identical),
+// and the tiny rows keep their products.
+TEST(Float8, TinyBlocksFallBackToTheFloat32Gemm) {
+  Generator g(63);
+  {
+    const char* recipe = "blockwise";
+    Tensor x = randn({8, 128}, &g);
+    for (int j = 0; j < 128; ++j) x.data_ptr<float>()[j] = std::ldexp(x.data_ptr<float>()[j], -130);  // row 0
+    const Tensor w = mul(randn({16, 128}, &g), 1e30);  // lifts row 0's outputs to about 1e-9
+    Float8LinearConfig ce = Float8LinearConfig::from_recipe_name(recipe), cf = ce;
+    ce.emulate = true;
+    const Tensor up = randn({8, 16}, &g);
+    const LinearRun e = run_float8_linear(x, w, Tensor(), up, ce), f = run_float8_linear(x, w, Tensor(), up, cf);
+    EXPECT_NE(e.output.data_ptr<float>()[0], 0.0f);
+    EXPECT_EQ(t::count_mismatches(f.output, e.output), 0);
+  }
+}
+
 // torchao's __post_init__ rules and the recipe table.
 TEST(Float8, ConfigRulesAndRecipes) {
   const Float8LinearConfig d = Float8LinearConfig{}.resolved();
@@ -376,9 +556,13 @@ TEST(Float8, ConfigRulesAndRecipes) {
   EXPECT_TRUE(Float8LinearConfig::from_recipe_name("rowwise").round_scales_to_power_of_2);
   std::vector<std::string> names;
   for (const auto& r : float8_recipes()) names.push_back(r.name);
-  EXPECT_EQ(names, (std::vector<std::string>{"tensorwise", "rowwise", "rowwise_with_gw_hp"}));
-  t::expect_error([] { Float8LinearConfig::from_recipe_name("fastest"); },
-                  {"float8 recipe_name 'fastest' is not one of 'tensorwise', 'rowwise', 'rowwise_with_gw_hp'"});
+  EXPECT_EQ(names, (std::vector<std::string>{"tensorwise", "rowwise", "rowwise_with_gw_hp", "blockwise"}));
+  t::expect_error(
+      [] { Float8LinearConfig::from_recipe_name("fastest"); },
+      {"float8 recipe_name 'fastest' is not one of 'tensorwise', 'rowwise', 'rowwise_with_gw_hp', 'blockwise'"});
+  const Float8LinearConfig bw = Float8LinearConfig::from_recipe_name("blockwise").resolved();
+  EXPECT_EQ(bw.cast_configs_str(), "i:dyn_b1x128_e4m3,w:dyn_b128x128_e4m3,go:dyn_b1x128_e4m3");
+  EXPECT_TRUE(bw.round_scales_to_power_of_2);
   Float8LinearConfig c;
   c.cast_config_input.scaling_type = ScalingType::Disabled;  // the output gemm's operands disagree
   t::expect_error([&] { c.resolved(); }, {"incompatible operand precision for output"});
@@ -397,8 +581,29 @@ TEST(Float8, ConfigRulesAndRecipes) {
   c = Float8LinearConfig::from_recipe_name("rowwise");
   c.enable_fsdp_float8_all_gather = true;
   t::expect_error([&] { c.resolved(); }, {"enable_fsdp_float8_all_gather only supports tensorwise"});
-  for (const char* s : {"dyn_ten_e4m3", "dis_axs_e5m2"}) EXPECT_EQ(CastConfig::parse(s).short_str(), s);
-  t::expect_error([] { CastConfig::parse("dyn_row_e4m3"); }, {"cast config 'dyn_row_e4m3'"});
+  for (const char* s : {"dyn_ten_e4m3", "dis_axs_e5m2", "dyn_b1x128_e4m3", "dyn_b64x64_e5m2", "dyn_b1x7_e4m3"})
+    EXPECT_EQ(CastConfig::parse(s).short_str(), s);
+  EXPECT_EQ(CastConfig::parse("dyn_b32x32_e4m3").block_dims, 2);
+  EXPECT_EQ(CastConfig::parse("dyn_b1x32_e4m3").block_size, 32);
+  for (const char* bad : {"dyn_row_e4m3", "dyn_b2x128_e4m3", "dyn_b0x0_e4m3", "dyn_b1x_e4m3", "dyn_bx128_e4m3",
+                          "dyn_b1x-5_e4m3", "dyn_b1x1234567_e4m3", "dyn_ten_e4m3_x", "dyn_b1x128", ""})
+    t::expect_error([&] { CastConfig::parse(bad); }, {fmt::format("cast config '{}'", bad)});
+  // blockwise: dynamic only, block_dims 1 or 2, a sane block size, power-of-2 scales unless emulated
+  c = Float8LinearConfig::from_recipe_name("blockwise");
+  c.round_scales_to_power_of_2 = false;
+  t::expect_error([&] { c.resolved(); }, {"blockwise scaling needs round_scales_to_power_of_2", "emulate = true"});
+  c.emulate = true;
+  EXPECT_NO_THROW(c.resolved());
+  c = Float8LinearConfig::from_recipe_name("blockwise");
+  c.cast_config_weight.block_dims = 3;
+  t::expect_error([&] { c.resolved(); }, {"block_dims must be 1", "got 3"});
+  c = Float8LinearConfig::from_recipe_name("blockwise");
+  c.cast_config_grad_output.block_size = 0;
+  t::expect_error([&] { c.resolved(); }, {"block_size must be in [1, 65536], got 0"});
+  c = Float8LinearConfig::from_recipe_name("blockwise");
+  c.cast_config_input = CastConfig{ScalingType::Disabled, ScalingGranularity::Blockwise, {}};
+  c.cast_config_weight.scaling_type = ScalingType::Disabled;
+  t::expect_error([&] { c.resolved(); }, {"only dynamic scaling type is supported for blockwise"});
   // a bad config fails before any module is swapped
   auto model =
       std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{std::make_shared<nn::Linear>(16, 16)});
