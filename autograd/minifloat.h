@@ -54,6 +54,13 @@ void minifloat_encode_n(const MinifloatSpec& spec, const float* x, uint8_t* code
 /// themselves (float8's dynamic casts).
 void minifloat_encode_scaled(const MinifloatSpec& spec, const float* x, float scale, const float* scales,
                              uint8_t* codes, int64_t n, bool saturate);
+/// The bfloat16 bits of decode(encode(fp32(x[i]) * scale, saturating)) * mult (scales / mults:
+/// per element instead, when not null; mults only with scales), without the codes: the saturating RNE rounding done on
+/// the float itself, on the calling thread. Bit-identical to encoding, decoding (a NaN decodes to
+/// the quiet NaN 0x7FC00000), multiplying by mult and keeping the top 16 bits -- exact bfloat16
+/// values when mult is a power of two (a minifloat value has at most 4 significant bits).
+void minifloat_round_scaled_bf16(const MinifloatSpec& spec, const float* x, float scale, const float* scales,
+                                 float mult, const float* mults, uint16_t* out, int64_t n);
 /// n values through a 256-entry table.
 void minifloat_decode_n(const MinifloatSpec& spec, const uint8_t* codes, float* out, int64_t n);
 

@@ -133,11 +133,64 @@ void encode_scaled_range(const EncodeParams p, const float* __restrict x, float 
     for (int64_t i = 0; i < n; ++i) codes[i] = encode_lane(p, bits_of(x[i] * s));
   }
 }
+
+// The rounding of minifloat_round_scaled_bf16 on float bits, branch-free.
+struct RoundParams {
+  uint32_t shift, round_add, keep_mask, min_normal_bits, magic_bits, max_bits, nan_bits;
+  bool has_negative_zero;
+  explicit RoundParams(const MinifloatSpec& f) {
+    const int M = f.mant_bits;
+    shift = static_cast<uint32_t>(23 - M);
+    round_add = (1u << (22 - M)) - 1;
+    keep_mask = ~((1u << (23 - M)) - 1);
+    min_normal_bits = static_cast<uint32_t>(127 - f.bias + 1) << 23;
+    magic_bits = static_cast<uint32_t>((127 - f.bias) + (23 - M) + 1) << 23;
+    max_bits = bits_of(static_cast<float>(f.max_finite));
+    // a NaN input: the format's NaN (decoded: the quiet NaN), or its largest magnitude
+    nan_bits = f.has_nan ? 0x7fc00000u : max_bits;
+    has_negative_zero = f.has_negative_zero;
+  }
+};
+inline float round_lane(const RoundParams& p, uint32_t u) {
+  const uint32_t a = u & 0x7fffffffu, sign = u & 0x80000000u;
+  // normal: the mantissa rounded to M bits in place (ties to even; a carry moves the exponent);
+  // subnormal: adding the magic number makes the FPU round to a multiple of the smallest subnormal
+  const uint32_t r_normal = (a + p.round_add + ((a >> p.shift) & 1u)) & p.keep_mask;
+  const uint32_t r_sub = bits_of((float_of(a) + float_of(p.magic_bits)) - float_of(p.magic_bits));
+  uint32_t r = a >= p.min_normal_bits ? r_normal : r_sub;
+  r = r > p.max_bits ? p.max_bits : r;  // saturate (inf included)
+  r = (r == 0 && !p.has_negative_zero) ? 0u : (r | sign);
+  const uint32_t nan_r = p.nan_bits == 0x7fc00000u ? p.nan_bits : (p.nan_bits | sign);
+  return float_of(a > 0x7f800000u ? nan_r : r);
+}
+void round_scaled_bf16_range(const RoundParams p, const float* __restrict x, float s, const float* __restrict each,
+                             float mult, const float* __restrict mults, uint16_t* __restrict out, int64_t n) {
+  if (each && mults) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i)
+      out[i] = static_cast<uint16_t>(bits_of(round_lane(p, bits_of(x[i] * each[i])) * mults[i]) >> 16);
+  } else if (each) {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i)
+      out[i] = static_cast<uint16_t>(bits_of(round_lane(p, bits_of(x[i] * each[i])) * mult) >> 16);
+  } else {
+#pragma omp simd
+    for (int64_t i = 0; i < n; ++i)
+      out[i] = static_cast<uint16_t>(bits_of(round_lane(p, bits_of(x[i] * s)) * mult) >> 16);
+  }
+}
 }  // namespace
 
 void minifloat_encode_scaled(const MinifloatSpec& f, const float* x, float scale, const float* scales, uint8_t* codes,
                              int64_t n, bool saturate) {
   encode_scaled_range(EncodeParams(f, saturate), x, scale, scales, codes, n);
+}
+
+void minifloat_round_scaled_bf16(const MinifloatSpec& f, const float* x, float scale, const float* scales, float mult,
+                                 const float* mults, uint16_t* out, int64_t n) {
+  LOWBIT_CHECK(scales != nullptr || mults == nullptr,
+               "minifloat_round_scaled_bf16: per-element multipliers need per-element scales");
+  round_scaled_bf16_range(RoundParams(f), x, scale, scales, mult, mults, out, n);
 }
 
 void minifloat_encode_n(const MinifloatSpec& f, const float* x, uint8_t* codes, int64_t n, bool saturate) {

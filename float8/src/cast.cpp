@@ -62,23 +62,15 @@ void combine_column_max(const std::vector<float>& part, int64_t parts, int64_t c
       out[static_cast<size_t>(j)] = nan_max(out[static_cast<size_t>(j)], part[static_cast<size_t>(p * cols + j)]);
 }
 
-// Writes the codes of n values x * s (one scale, or s[i] per element) at element offset `at` of
-// the output, as codes, bfloat16 code values or bfloat16 dequantized values (code * (1/s), exact
-// for power-of-2 s), through small stack buffers.
-constexpr int64_t kChunk = 512;
+// Writes n values x * s (one scale, or s[i] per element) at element offset `at` of the output,
+// as codes, bfloat16 code values or bfloat16 dequantized values (code * (1/s), exact for
+// power-of-2 s). The bfloat16 forms round on the float itself (minifloat_round_scaled_bf16:
+// bit-identical to encoding and decoding, no code bytes in between).
 struct Emitter {
   const MinifloatSpec& spec;
   CastOutput output;
   void* out;
-  uint16_t bf16_of_code[256];  // bfloat16 bits of each code's value
-  float value_of_code[256];
-  Emitter(const MinifloatSpec& sp, CastOutput o, void* dst) : spec(sp), output(o), out(dst) {
-    for (uint32_t c = 0; c < 256; ++c) {
-      value_of_code[c] = minifloat_decode(spec, c);
-      const BFloat16 b(value_of_code[c]);
-      std::memcpy(&bf16_of_code[c], &b, 2);
-    }
-  }
+  Emitter(const MinifloatSpec& sp, CastOutput o, void* dst) : spec(sp), output(o), out(dst) {}
   // kEach: s (and inv = 1 / s, exact for powers of two, used by Bf16Dequantized) per element
   template <bool kEach>
   void run(const float* x, const float* s, int64_t n, int64_t at, const float* inv = nullptr) const {
@@ -86,23 +78,11 @@ struct Emitter {
       minifloat_encode_scaled(spec, x, s[0], kEach ? s : nullptr, static_cast<uint8_t*>(out) + at, n, true);
       return;
     }
-    uint8_t q[kChunk];
-    for (int64_t o = 0; o < n; o += kChunk) {
-      const int64_t len = std::min(kChunk, n - o);
-      minifloat_encode_scaled(spec, x + o, s[0], kEach ? s + o : nullptr, q, len, true);
-      uint16_t* dst = static_cast<uint16_t*>(out) + at + o;
-      if (output == CastOutput::Bf16Codes) {
-        for (int64_t i = 0; i < len; ++i) dst[i] = bf16_of_code[q[i]];
-      } else {  // exact: a float8 value times a power of two; its bfloat16 bits are its float32 top half
-        const float inv0 = 1.0f / s[0];
-        for (int64_t i = 0; i < len; ++i) {
-          const float v = value_of_code[q[i]] * (kEach ? inv[o + i] : inv0);
-          uint32_t bits;
-          std::memcpy(&bits, &v, 4);
-          dst[i] = static_cast<uint16_t>(bits >> 16);
-        }
-      }
-    }
+    uint16_t* dst = static_cast<uint16_t*>(out) + at;
+    if (output == CastOutput::Bf16Codes)
+      minifloat_round_scaled_bf16(spec, x, s[0], kEach ? s : nullptr, 1.0f, nullptr, dst, n);
+    else
+      minifloat_round_scaled_bf16(spec, x, s[0], kEach ? s : nullptr, 1.0f / s[0], kEach ? inv : nullptr, dst, n);
   }
 };
 }  // namespace

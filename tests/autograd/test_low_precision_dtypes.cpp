@@ -4,6 +4,7 @@
 // against the scalar reference, packing, printing, views, errors, checkpoints.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -176,6 +177,60 @@ TEST(LowPrecisionDTypes, VectorizedCodecMatchesScalar) {
         ASSERT_EQ(static_cast<uint32_t>(bulk[i]), minifloat_encode(*s, x[i], sat))
             << "x bits " << std::bit_cast<uint32_t>(x[i]) << " E" << s->exp_bits << "M" << s->mant_bits;
     }
+  }
+}
+
+// The fused round-to-bfloat16 path (float8 casts writing bf16 operands) against encode, decode,
+// multiply, keep the top half: one scale or one per element, multipliers 1 or powers of two.
+TEST(LowPrecisionDTypes, RoundScaledBf16MatchesEncodeDecode) {
+  const MinifloatSpec* specs[] = {&kFloat8E4M3FN, &kFloat8E5M2,   &kFloat8E4M3FNUZ, &kFloat8E5M2FNUZ,
+                                  &kFloat6E2M3FN, &kFloat6E3M2FN, &kFloat4E2M1FN};
+  std::mt19937 rng(8);
+  std::vector<float> x;
+  for (int i = 0; i < 100000; ++i) x.push_back(std::bit_cast<float>(static_cast<uint32_t>(rng())));
+  std::uniform_real_distribution<float> u(-70000.0f, 70000.0f);
+  for (int i = 0; i < 100000; ++i) x.push_back(u(rng) * std::ldexp(1.0f, -static_cast<int>(rng() % 40)));
+  for (float v : {0.0f, -0.0f, INFINITY, -INFINITY, NAN, -NAN, std::numeric_limits<float>::denorm_min(), FLT_MIN,
+                  FLT_MAX, -FLT_MAX})
+    x.push_back(v);
+  const int64_t n = static_cast<int64_t>(x.size());
+  std::vector<float> scales(x.size()), mults(x.size());
+  for (size_t i = 0; i < x.size(); ++i) {
+    scales[i] = std::ldexp(1.0f + static_cast<float>(rng() % 1000) / 1000.0f, static_cast<int>(rng() % 40) - 20);
+    mults[i] = std::ldexp(1.0f, static_cast<int>(rng() % 60) - 30);
+  }
+  std::vector<uint16_t> out(x.size());
+  auto want = [](const MinifloatSpec& s, float v, float mult) {
+    const float d = minifloat_decode(s, minifloat_encode(s, v, true)) * mult;
+    return static_cast<uint16_t>(std::bit_cast<uint32_t>(d) >> 16);
+  };
+  for (const MinifloatSpec* s : specs) {
+    SCOPED_TRACE(fmt::format("E{}M{} bias {}", s->exp_bits, s->mant_bits, s->bias));
+    // the ties: every midpoint of two neighbouring values (and its neighbours), both signs
+    std::vector<float> ties, values;
+    for (uint32_t c = 0; c < (1u << (s->bits() - 1)); ++c) {
+      const float v = minifloat_decode(*s, c);
+      if (std::isfinite(v)) values.push_back(v);
+    }
+    std::sort(values.begin(), values.end());
+    for (size_t i = 0; i + 1 < values.size(); ++i) {
+      const float mid = values[i] + (values[i + 1] - values[i]) / 2.0f;
+      for (float t : {mid, std::nextafter(mid, 0.0f), std::nextafter(mid, INFINITY)})
+        ties.push_back(t), ties.push_back(-t);
+    }
+    minifloat_round_scaled_bf16(*s, ties.data(), 1.0f, nullptr, 1.0f, nullptr, out.data(),
+                                static_cast<int64_t>(ties.size()));
+    for (size_t i = 0; i < ties.size(); ++i) ASSERT_EQ(out[i], want(*s, ties[i], 1.0f)) << "tie " << ties[i];
+    for (float scale : {1.0f, 3.7f, 1.0f / 448.0f}) {
+      for (float mult : {1.0f, 0.125f, std::ldexp(1.0f, 20)}) {
+        minifloat_round_scaled_bf16(*s, x.data(), scale, nullptr, mult, nullptr, out.data(), n);
+        for (size_t i = 0; i < x.size(); ++i)
+          ASSERT_EQ(out[i], want(*s, x[i] * scale, mult)) << "x bits " << std::bit_cast<uint32_t>(x[i]);
+      }
+    }
+    minifloat_round_scaled_bf16(*s, x.data(), 0.0f, scales.data(), 0.0f, mults.data(), out.data(), n);
+    for (size_t i = 0; i < x.size(); ++i)
+      ASSERT_EQ(out[i], want(*s, x[i] * scales[i], mults[i])) << "x bits " << std::bit_cast<uint32_t>(x[i]);
   }
 }
 
