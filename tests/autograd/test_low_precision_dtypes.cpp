@@ -157,18 +157,26 @@ TEST(LowPrecisionDTypes, EveryBoundaryRoundsToNearestEven) {
   }
 }
 
-TEST(LowPrecisionDTypes, VectorizedCodecMatchesScalar) {
-  const MinifloatSpec* specs[] = {&kFloat8E4M3FN, &kFloat8E5M2,   &kFloat8E4M3FNUZ, &kFloat8E5M2FNUZ,
-                                  &kFloat6E2M3FN, &kFloat6E3M2FN, &kFloat4E2M1FN};
-  // random bit patterns (every exponent), values near each format's range, specials
-  std::mt19937 rng(7);
+namespace {
+const MinifloatSpec* const kSpecs[] = {&kFloat8E4M3FN, &kFloat8E5M2,   &kFloat8E4M3FNUZ, &kFloat8E5M2FNUZ,
+                                       &kFloat6E2M3FN, &kFloat6E3M2FN, &kFloat4E2M1FN};
+// codec inputs: random bit patterns (every exponent), values near each format's range, specials
+std::vector<float> codec_inputs(std::mt19937& rng, int n_bits) {
   std::vector<float> x;
-  for (int i = 0; i < 200000; ++i) x.push_back(std::bit_cast<float>(static_cast<uint32_t>(rng())));
+  for (int i = 0; i < n_bits; ++i) x.push_back(std::bit_cast<float>(static_cast<uint32_t>(rng())));
   std::uniform_real_distribution<float> u(-70000.0f, 70000.0f);
   for (int i = 0; i < 100000; ++i) x.push_back(u(rng) * std::ldexp(1.0f, -static_cast<int>(rng() % 40)));
   for (float v : {0.0f, -0.0f, INFINITY, -INFINITY, NAN, -NAN, std::numeric_limits<float>::denorm_min(), FLT_MIN,
                   FLT_MAX, -FLT_MAX})
     x.push_back(v);
+  return x;
+}
+}  // namespace
+
+TEST(LowPrecisionDTypes, VectorizedCodecMatchesScalar) {
+  const auto& specs = kSpecs;
+  std::mt19937 rng(7);
+  const std::vector<float> x = codec_inputs(rng, 200000);
   std::vector<uint8_t> bulk(x.size());
   for (const MinifloatSpec* s : specs) {
     for (bool sat : {true, false}) {
@@ -183,16 +191,9 @@ TEST(LowPrecisionDTypes, VectorizedCodecMatchesScalar) {
 // The fused round-to-bfloat16 path (float8 casts writing bf16 operands) against encode, decode,
 // multiply, keep the top half: one scale or one per element, multipliers 1 or powers of two.
 TEST(LowPrecisionDTypes, RoundScaledBf16MatchesEncodeDecode) {
-  const MinifloatSpec* specs[] = {&kFloat8E4M3FN, &kFloat8E5M2,   &kFloat8E4M3FNUZ, &kFloat8E5M2FNUZ,
-                                  &kFloat6E2M3FN, &kFloat6E3M2FN, &kFloat4E2M1FN};
+  const auto& specs = kSpecs;
   std::mt19937 rng(8);
-  std::vector<float> x;
-  for (int i = 0; i < 100000; ++i) x.push_back(std::bit_cast<float>(static_cast<uint32_t>(rng())));
-  std::uniform_real_distribution<float> u(-70000.0f, 70000.0f);
-  for (int i = 0; i < 100000; ++i) x.push_back(u(rng) * std::ldexp(1.0f, -static_cast<int>(rng() % 40)));
-  for (float v : {0.0f, -0.0f, INFINITY, -INFINITY, NAN, -NAN, std::numeric_limits<float>::denorm_min(), FLT_MIN,
-                  FLT_MAX, -FLT_MAX})
-    x.push_back(v);
+  const std::vector<float> x = codec_inputs(rng, 100000);
   const int64_t n = static_cast<int64_t>(x.size());
   std::vector<float> scales(x.size()), mults(x.size());
   for (size_t i = 0; i < x.size(); ++i) {

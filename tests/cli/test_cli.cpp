@@ -257,33 +257,29 @@ TEST(Train, ResumeMidQatIsBitExact) {
 // recipes (and are printed with the config); the defaults are lowbit's straight-through backward.
 TEST(Train, Float8QatOptionsReachTheFakeQuantizers) {
   using B = qat::Float8FakeQuantizeConfig::Backward;
-  for (const char* recipe : {"float8-dyn", "float8-dyn-row", "float8-weight-only"}) {
-    SCOPED_TRACE(recipe);
-    RunConfig cfg;
-    cfg.apply_overrides({"--quantize.recipe", recipe});
-    auto fq = build_quantize_config(cfg)->fake_quantize_configs();
+  auto expect_options = [](const qat::QuantConfigBase& q, B backward, bool guard) {
+    const auto fq = q.fake_quantize_configs();
+    EXPECT_TRUE(fq.weight != nullptr);
     for (const auto& c : {fq.activation, fq.weight}) {
       if (!c) continue;
       const auto* f = dynamic_cast<const qat::Float8FakeQuantizeConfig*>(c.get());
       ASSERT_NE(f, nullptr);
-      EXPECT_EQ(f->backward, B::StraightThrough);
-      EXPECT_FALSE(f->guard_zero_blocks);
+      EXPECT_EQ(f->backward, backward);
+      EXPECT_EQ(f->guard_zero_blocks, guard);
     }
+  };
+  for (const char* recipe : {"float8-dyn", "float8-dyn-row", "float8-weight-only"}) {
+    SCOPED_TRACE(recipe);
+    RunConfig cfg;
+    cfg.apply_overrides({"--quantize.recipe", recipe});
+    expect_options(*build_quantize_config(cfg), B::StraightThrough, false);
     cfg.apply_overrides(
         {"--quantize.float8_qat_backward", "torchao_parity", "--quantize.float8_guard_zero_blocks", "true"});
     validate_config(cfg);
     const auto q = build_quantize_config(cfg);
     EXPECT_NE(q->to_string().find(", qat_backward=torchao_parity, qat_guard_zero_blocks=True)"), std::string::npos)
         << q->to_string();
-    fq = q->fake_quantize_configs();
-    EXPECT_TRUE(fq.weight != nullptr);
-    for (const auto& c : {fq.activation, fq.weight}) {
-      if (!c) continue;
-      const auto* f = dynamic_cast<const qat::Float8FakeQuantizeConfig*>(c.get());
-      ASSERT_NE(f, nullptr);
-      EXPECT_EQ(f->backward, B::TorchaoParity);
-      EXPECT_TRUE(f->guard_zero_blocks);
-    }
+    expect_options(*q, B::TorchaoParity, true);
   }
 }
 
