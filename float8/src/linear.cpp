@@ -155,16 +155,18 @@ Tensor Float8Linear::forward(const Tensor& x) {
     // scales and codes in both (transposing it moves no element to another block): the backward
     // reuses the forward's cast (torchao recasts the saved high-precision tensor, with
     // bit-identical results) -- one cast and its amax pass fewer.
-    auto same_tensorwise = [](const CastConfig& a, const CastConfig& b) {
+    auto transpose_invariant = [](const CastConfig& a, const CastConfig& b) {
       return a == b && a.enabled() &&
              (a.scaling_granularity == ScalingGranularity::Tensorwise ||
               (a.scaling_granularity == ScalingGranularity::Blockwise && a.block_dims == 2));
     };
     const std::optional<Operand> x_for_gw =
-        same_tensorwise(c.cast_config_input, *c.cast_config_input_for_grad_weight) ? std::optional(ox) : std::nullopt;
+        transpose_invariant(c.cast_config_input, *c.cast_config_input_for_grad_weight) ? std::optional(ox)
+                                                                                       : std::nullopt;
     const std::optional<Operand> w_for_gi =
-        same_tensorwise(c.cast_config_weight, *c.cast_config_weight_for_grad_input) ? std::optional(ow) : std::nullopt;
-    const bool one_g = same_tensorwise(c.cast_config_grad_output, *c.cast_config_grad_output_for_grad_weight);
+        transpose_invariant(c.cast_config_weight, *c.cast_config_weight_for_grad_input) ? std::optional(ow)
+                                                                                        : std::nullopt;
+    const bool one_g = transpose_invariant(c.cast_config_grad_output, *c.cast_config_grad_output_for_grad_weight);
     const bool gather_g = axiswise(c.cast_config_grad_output) && axiswise(*c.cast_config_grad_output_for_grad_weight);
     lowbit::detail::record(
         y2, "Float8LinearBackward0", {x, weight},

@@ -563,6 +563,17 @@ TEST(Float8, ConfigRulesAndRecipes) {
   const Float8LinearConfig bw = Float8LinearConfig::from_recipe_name("blockwise").resolved();
   EXPECT_EQ(bw.cast_configs_str(), "i:dyn_b1x128_e4m3,w:dyn_b128x128_e4m3,go:dyn_b1x128_e4m3");
   EXPECT_TRUE(bw.round_scales_to_power_of_2);
+  {  // the blockwise auto filter decides as rowwise's (torchao has none for blockwise)
+    const ModuleFilter fb = auto_filter_for_recipe("blockwise", {"head"}),
+                       fr = auto_filter_for_recipe("rowwise", {"head"});
+    for (auto [k, n] : {std::pair<int64_t, int64_t>{2064, 2064}, {1024, 4096}, {2048, 4096}, {2064, 2056}})
+      for (const char* fqn : {"layers.0.w", "head"}) {
+        const nn::Linear lin(k, n, false);
+        EXPECT_EQ(fb(lin, fqn), fr(lin, fqn)) << k << "x" << n << " " << fqn;
+      }
+    EXPECT_TRUE(fb(nn::Linear(2064, 2064, false), "layers.0.w"));
+    EXPECT_FALSE(fb(nn::Linear(2064, 2064, false), "head"));
+  }
   Float8LinearConfig c;
   c.cast_config_input.scaling_type = ScalingType::Disabled;  // the output gemm's operands disagree
   t::expect_error([&] { c.resolved(); }, {"incompatible operand precision for output"});
