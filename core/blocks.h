@@ -6,6 +6,8 @@
 // (ragged) block.
 #pragma once
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <cstdint>
 #include <vector>
 
@@ -67,6 +69,20 @@ struct Runs {
   }
 };
 Runs block_runs(const Shape& shape, const Shape& block);
+
+/// The largest magnitude of n floats, NaN when any is NaN (torch.amax(abs(x)) of a block): the
+/// amax every scale rule starts from.
+inline float amax_of_run(const float* x, int64_t n) {
+  float m = 0.0f;
+  int nan = 0;
+#pragma omp simd reduction(max : m) reduction(| : nan)
+  for (int64_t i = 0; i < n; ++i) {
+    const float a = std::fabs(x[i]);
+    m = a > m ? a : m;
+    nan |= x[i] != x[i];
+  }
+  return nan ? std::numeric_limits<float>::quiet_NaN() : m;
+}
 
 /// Blocks per thread task for runs of `len` elements: about 32 Ki elements per task.
 inline int64_t grain_for(int64_t len) { return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(len, 1)); }

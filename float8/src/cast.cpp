@@ -8,6 +8,7 @@
 #include "lowbit/autograd/autograd.h"
 #include "lowbit/autograd/kernel.h"
 #include "lowbit/autograd/ops.h"
+#include "lowbit/core/blocks.h"
 #include "lowbit/core/format.h"
 #include "lowbit/core/scale.h"
 
@@ -27,18 +28,6 @@ const core::Format& format_of(DType d) {
   for (size_t i = 0; i < core::kNumFormats; ++i)
     if (core::formats()[i].storage_dtype == d && core::formats()[i].minifloat) return core::formats()[i];
   throw Error(fmt::format("no float8 format for dtype {}", dtype_name(d)));
-}
-// largest magnitude; NaN when any element is NaN (torch.amax(abs(x)))
-inline float amax_run(const float* x, int64_t n) {
-  float m = 0.0f;
-  int nan = 0;
-#pragma omp simd reduction(max : m) reduction(| : nan)
-  for (int64_t i = 0; i < n; ++i) {
-    const float a = std::fabs(x[i]);
-    m = a > m ? a : m;
-    nan |= x[i] != x[i];
-  }
-  return nan ? std::numeric_limits<float>::quiet_NaN() : m;
 }
 inline float nan_max(float a, float b) {
   return (a != a || b != b) ? std::numeric_limits<float>::quiet_NaN() : std::max(a, b);
@@ -112,7 +101,7 @@ Cast2D cast_2d_impl(const float* x, int64_t rows, int64_t cols, DType fp8, Scale
     if (!column_amax) {
       lowbit::detail::parallel_for(rows, grain_rows, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {  // the row stays in cache between its amax and its cast
-          sp[r] = to_scale(amax_run(x + r * cols, cols), f, pow2);
+          sp[r] = to_scale(core::amax_of_run(x + r * cols, cols), f, pow2);
           em.run<false>(x + r * cols, sp + r, cols, r * cols);
         }
       });
@@ -124,7 +113,7 @@ Cast2D cast_2d_impl(const float* x, int64_t rows, int64_t cols, DType fp8, Scale
     lowbit::detail::parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p)
         for (int64_t r = rows * p / parts; r < rows * (p + 1) / parts; ++r) {
-          sp[r] = to_scale(amax_run(x + r * cols, cols), f, pow2);
+          sp[r] = to_scale(core::amax_of_run(x + r * cols, cols), f, pow2);
           em.run<false>(x + r * cols, sp + r, cols, r * cols);
           column_max_update(x + r * cols, cols, part.data() + p * cols);
         }
@@ -138,7 +127,7 @@ Cast2D cast_2d_impl(const float* x, int64_t rows, int64_t cols, DType fp8, Scale
     lowbit::detail::parallel_for(nt, 1, [&](int64_t t0, int64_t t1) {
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t b = n * t / nt, e = n * (t + 1) / nt;
-        part[static_cast<size_t>(t) * 16] = amax_run(x + b, e - b);
+        part[static_cast<size_t>(t) * 16] = core::amax_of_run(x + b, e - b);
       }
     });
     float amax = 0.0f;
@@ -207,7 +196,7 @@ Cast2D cast_blocked_2d(const float* x, int64_t rows, int64_t cols, DType fp8, Sc
         for (int64_t b = 0; b < cb; ++b) {
           const int64_t o = r * cols + b * block, n = std::min(block, cols - b * block);
           float* s = sp + r * cb + b;
-          *s = scale_of(amax_run(x + o, n));
+          *s = scale_of(core::amax_of_run(x + o, n));
           em.run<false>(x + o, s, n, o);
         }
     });
@@ -223,8 +212,9 @@ Cast2D cast_blocked_2d(const float* x, int64_t rows, int64_t cols, DType fp8, Sc
             column_max_update(x + r * cols, cols, m.data());
           } else {
             for (int64_t b = 0; b < cb; ++b)
-              m[static_cast<size_t>(b)] = nan_max(
-                  m[static_cast<size_t>(b)], amax_run(x + r * cols + b * block, std::min(block, cols - b * block)));
+              m[static_cast<size_t>(b)] =
+                  nan_max(m[static_cast<size_t>(b)],
+                          core::amax_of_run(x + r * cols + b * block, std::min(block, cols - b * block)));
           }
         }
         float* s = sp + st * static_cast<int64_t>(m.size());
