@@ -14,6 +14,7 @@
 #include "lowbit/data/dataset.h"
 #include "lowbit/float8/float8.h"
 #include "lowbit/io/checkpoint.h"
+#include "lowbit/mx/linear.h"
 #include "lowbit/mx/mx.h"
 #include "lowbit/nn/layers.h"
 #include "lowbit/nn/module.h"

@@ -9,6 +9,7 @@
 #include "lowbit/autograd/kernel.h"
 #include "lowbit/autograd/ops.h"
 #include "lowbit/core/blocks.h"
+#include "lowbit/core/cast2d.h"
 #include "lowbit/core/format.h"
 #include "lowbit/core/scale.h"
 
@@ -23,76 +24,35 @@ const MinifloatSpec& float8_spec(DType d, const char* what) {
   return *minifloat_spec(d);
 }
 
-namespace {
-const core::Format& format_of(DType d) {
+const core::Format& float8_format(DType d) {
+  float8_spec(d, "float8 format");
   for (size_t i = 0; i < core::kNumFormats; ++i)
     if (core::formats()[i].storage_dtype == d && core::formats()[i].minifloat) return core::formats()[i];
   throw Error(fmt::format("no float8 format for dtype {}", dtype_name(d)));
 }
-inline float nan_max(float a, float b) {
-  return (a != a || b != b) ? std::numeric_limits<float>::quiet_NaN() : std::max(a, b);
-}
+
+namespace {
 float to_scale(float amax, const core::Format& f, bool pow2) {
   const float s = core::float8_amax_to_scale(static_cast<double>(amax), f);
   return pow2 ? core::round_scale_to_power_of_2(s) : s;
-}
-// m[j] = max(m[j], |x[j]|), NaN sticky ((a > m || a != a) keeps it once it is in)
-inline void column_max_update(const float* x, int64_t n, float* m) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) {
-    const float v = std::fabs(x[j]);
-    m[j] = (v > m[j] || v != v) ? v : m[j];
-  }
 }
 void combine_column_max(const std::vector<float>& part, int64_t parts, int64_t cols, std::vector<float>& out) {
   out.assign(static_cast<size_t>(cols), 0.0f);
   for (int64_t p = 0; p < parts; ++p)
     for (int64_t j = 0; j < cols; ++j)
-      out[static_cast<size_t>(j)] = nan_max(out[static_cast<size_t>(j)], part[static_cast<size_t>(p * cols + j)]);
+      out[static_cast<size_t>(j)] = core::nan_max(out[static_cast<size_t>(j)], part[static_cast<size_t>(p * cols + j)]);
 }
 
-// Writes n values x * s (one scale, or s[i] per element) at element offset `at` of the output,
-// as codes, bfloat16 code values or bfloat16 dequantized values (code * (1/s), exact for
-// power-of-2 s). The bfloat16 forms round on the float itself (minifloat_round_scaled_bf16:
-// bit-identical to encoding and decoding, no code bytes in between).
-struct Emitter {
-  const MinifloatSpec& spec;
-  CastOutput output;
-  void* out;
-  Emitter(const MinifloatSpec& sp, CastOutput o, void* dst) : spec(sp), output(o), out(dst) {}
-  // kEach: s (and inv = 1 / s, exact for powers of two, used by Bf16Dequantized) per element
-  template <bool kEach>
-  void run(const float* x, const float* s, int64_t n, int64_t at, const float* inv = nullptr) const {
-    if (output == CastOutput::Codes) {
-      minifloat_encode_scaled(spec, x, s[0], kEach ? s : nullptr, static_cast<uint8_t*>(out) + at, n, true);
-      return;
-    }
-    uint16_t* dst = static_cast<uint16_t*>(out) + at;
-    if (output == CastOutput::Bf16Codes)
-      minifloat_round_scaled_bf16(spec, x, s[0], kEach ? s : nullptr, 1.0f, nullptr, dst, n);
-    else
-      minifloat_round_scaled_bf16(spec, x, s[0], kEach ? s : nullptr, 1.0f / s[0], kEach ? inv : nullptr, dst, n);
-  }
-};
 }  // namespace
 
 namespace {
-// Flags a Bf16Dequantized cast whose smallest nonzero code, dequantized, falls below bfloat16's
-// smallest normal 2^-126 under some scale (so a gemm would flush it).
-void mark_bf16_subnormal(Cast2D& c, const MinifloatSpec& spec) {
-  if (c.output != CastOutput::Bf16Dequantized) return;
-  const double smallest = minifloat_decode(spec, 1), limit = std::ldexp(1.0, -126);
-  const float* s = c.scale.data_ptr<float>();
-  for (int64_t i = 0; i < c.scale.numel() && !c.bf16_subnormal; ++i) c.bf16_subnormal = smallest / s[i] < limit;
-}
-
 Cast2D cast_2d_impl(const float* x, int64_t rows, int64_t cols, DType fp8, ScaleAxis axis, bool pow2, CastOutput output,
                     std::vector<float>* column_amax) {
-  const MinifloatSpec& spec = float8_spec(fp8, "float8 cast");
+  float8_spec(fp8, "float8 cast");
   LOWBIT_ASSERT(output != CastOutput::Bf16Dequantized || pow2);
-  const core::Format& f = format_of(fp8);
-  Cast2D c{empty({rows, cols}, output == CastOutput::Codes ? fp8 : kBFloat16), Tensor(), axis, output};
-  const Emitter em(spec, output, c.values.raw_data());
+  const core::Format& f = float8_format(fp8);
+  Cast2D c{empty({rows, cols}, output == CastOutput::Codes ? fp8 : kBFloat16), Tensor(), axis, output, 0, false, &f};
+  void* out = c.values.raw_data();
   const int64_t grain_rows = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(cols, 1));
   const int nt = std::max(1, get_num_threads());
   if (axis == ScaleAxis::Row) {
@@ -102,7 +62,7 @@ Cast2D cast_2d_impl(const float* x, int64_t rows, int64_t cols, DType fp8, Scale
       lowbit::detail::parallel_for(rows, grain_rows, [&](int64_t r0, int64_t r1) {
         for (int64_t r = r0; r < r1; ++r) {  // the row stays in cache between its amax and its cast
           sp[r] = to_scale(core::amax_of_run(x + r * cols, cols), f, pow2);
-          em.run<false>(x + r * cols, sp + r, cols, r * cols);
+          core::cast_run(f, output, out, x + r * cols, sp + r, false, cols, r * cols);
         }
       });
       return c;
@@ -114,8 +74,8 @@ Cast2D cast_2d_impl(const float* x, int64_t rows, int64_t cols, DType fp8, Scale
       for (int64_t p = p0; p < p1; ++p)
         for (int64_t r = rows * p / parts; r < rows * (p + 1) / parts; ++r) {
           sp[r] = to_scale(core::amax_of_run(x + r * cols, cols), f, pow2);
-          em.run<false>(x + r * cols, sp + r, cols, r * cols);
-          column_max_update(x + r * cols, cols, part.data() + p * cols);
+          core::cast_run(f, output, out, x + r * cols, sp + r, false, cols, r * cols);
+          core::column_max_update(x + r * cols, cols, part.data() + p * cols);
         }
     });
     combine_column_max(part, parts, cols, *column_amax);
@@ -131,10 +91,11 @@ Cast2D cast_2d_impl(const float* x, int64_t rows, int64_t cols, DType fp8, Scale
       }
     });
     float amax = 0.0f;
-    for (int t = 0; t < nt; ++t) amax = nan_max(amax, part[static_cast<size_t>(t) * 16]);
+    for (int t = 0; t < nt; ++t) amax = core::nan_max(amax, part[static_cast<size_t>(t) * 16]);
     const float s = to_scale(amax, f, pow2);
     c.scale = full({1}, s, kFloat32);
-    lowbit::detail::parallel_for(n, kParallelGrain, [&](int64_t b, int64_t e) { em.run<false>(x + b, &s, e - b, b); });
+    lowbit::detail::parallel_for(
+        n, kParallelGrain, [&](int64_t b, int64_t e) { core::cast_run(f, output, out, x + b, &s, false, e - b, b); });
     return c;
   }
   // per column: each thread keeps the maxima of every column over its block of rows (walking
@@ -150,7 +111,7 @@ Cast2D cast_2d_impl(const float* x, int64_t rows, int64_t cols, DType fp8, Scale
     lowbit::detail::parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p)
         for (int64_t r = rows * p / parts; r < rows * (p + 1) / parts; ++r)
-          column_max_update(x + r * cols, cols, part.data() + p * cols);
+          core::column_max_update(x + r * cols, cols, part.data() + p * cols);
     });
     combine_column_max(part, parts, cols, cm);
   }
@@ -160,7 +121,8 @@ Cast2D cast_2d_impl(const float* x, int64_t rows, int64_t cols, DType fp8, Scale
     inv[static_cast<size_t>(j)] = 1.0f / sp[j];
   }
   lowbit::detail::parallel_for(rows, grain_rows, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; ++r) em.run<true>(x + r * cols, sp, cols, r * cols, inv.data());
+    for (int64_t r = r0; r < r1; ++r)
+      core::cast_run(f, output, out, x + r * cols, sp, true, cols, r * cols, inv.data());
   });
   return c;
 }
@@ -170,118 +132,17 @@ Cast2D cast_2d(const float* x, int64_t rows, int64_t cols, DType fp8, ScaleAxis 
                std::vector<float>* column_amax) {
   LOWBIT_ASSERT(axis != ScaleAxis::Tile);
   Cast2D c = cast_2d_impl(x, rows, cols, fp8, axis, pow2, output, column_amax);
-  mark_bf16_subnormal(c, *minifloat_spec(fp8));
+  core::flag_bf16_subnormal(c);
   return c;
 }
 
 Cast2D cast_blocked_2d(const float* x, int64_t rows, int64_t cols, DType fp8, ScaleAxis axis, int64_t block, bool pow2,
                        CastOutput output) {
-  const MinifloatSpec& spec = float8_spec(fp8, "float8 blockwise cast");
+  float8_spec(fp8, "float8 blockwise cast");
   LOWBIT_ASSERT(output != CastOutput::Bf16Dequantized || pow2);
-  LOWBIT_ASSERT(block > 0 && axis != ScaleAxis::Tensor);
-  const core::Format& f = format_of(fp8);
-  const int64_t rb = (rows + block - 1) / block, cb = (cols + block - 1) / block;
-  const Shape sshape = axis == ScaleAxis::Row   ? Shape{rows, cb}
-                       : axis == ScaleAxis::Col ? Shape{rb, cols}
-                                                : Shape{rb, cb};
-  Cast2D c{empty({rows, cols}, output == CastOutput::Codes ? fp8 : kBFloat16), empty(sshape, kFloat32), axis, output,
-           block};
-  const Emitter em(spec, output, c.values.raw_data());
-  float* sp = c.scale.data_ptr<float>();
-  auto scale_of = [&](float amax) { return core::te_amax_to_scale(amax, f, pow2); };
-  if (axis == ScaleAxis::Row) {  // each 1 x block run: amax, then its cast while in cache
-    const int64_t grain = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(cols, 1));
-    lowbit::detail::parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r)
-        for (int64_t b = 0; b < cb; ++b) {
-          const int64_t o = r * cols + b * block, n = std::min(block, cols - b * block);
-          float* s = sp + r * cb + b;
-          *s = scale_of(core::amax_of_run(x + o, n));
-          em.run<false>(x + o, s, n, o);
-        }
-    });
-  } else {  // a strip of `block` rows at a time: the column (Col) or tile (Tile) maxima over the
-            // strip, then its rows cast with them -- the strip is still in cache
-    lowbit::detail::parallel_for(rb, 1, [&](int64_t s0, int64_t s1) {
-      std::vector<float> m(static_cast<size_t>(axis == ScaleAxis::Col ? cols : cb)), inv(m.size());
-      for (int64_t st = s0; st < s1; ++st) {
-        const int64_t r_begin = st * block, r_end = std::min(rows, r_begin + block);
-        std::fill(m.begin(), m.end(), 0.0f);
-        for (int64_t r = r_begin; r < r_end; ++r) {
-          if (axis == ScaleAxis::Col) {
-            column_max_update(x + r * cols, cols, m.data());
-          } else {
-            for (int64_t b = 0; b < cb; ++b)
-              m[static_cast<size_t>(b)] =
-                  nan_max(m[static_cast<size_t>(b)],
-                          core::amax_of_run(x + r * cols + b * block, std::min(block, cols - b * block)));
-          }
-        }
-        float* s = sp + st * static_cast<int64_t>(m.size());
-        for (size_t j = 0; j < m.size(); ++j) {
-          s[j] = scale_of(m[j]);
-          inv[j] = 1.0f / s[j];
-        }
-        for (int64_t r = r_begin; r < r_end; ++r) {
-          if (axis == ScaleAxis::Col) {
-            em.run<true>(x + r * cols, s, cols, r * cols, inv.data());
-          } else {
-            for (int64_t b = 0; b < cb; ++b) {
-              const int64_t o = r * cols + b * block;
-              em.run<false>(x + o, s + b, std::min(block, cols - b * block), o);
-            }
-          }
-        }
-      }
-    });
-  }
-  mark_bf16_subnormal(c, spec);
-  return c;
-}
-
-float Cast2D::scale_at(int64_t r, int64_t col) const {
-  const float* s = scale.data_ptr<float>();
-  const int64_t cols = values.size(1);
-  if (block == 0) return axis == ScaleAxis::Row ? s[r] : axis == ScaleAxis::Col ? s[col] : s[0];
-  const int64_t cb = (cols + block - 1) / block;
-  switch (axis) {
-    case ScaleAxis::Row: return s[r * cb + col / block];
-    case ScaleAxis::Col: return s[(r / block) * cols + col];
-    default: return s[(r / block) * cb + col / block];
-  }
-}
-
-Tensor dequantize_f32(const Cast2D& c, DType fp8) {
-  const MinifloatSpec& spec = float8_spec(fp8, "float8 dequantize");
-  float table[256];
-  for (uint32_t code = 0; code < 256; ++code) table[code] = minifloat_decode(spec, code);
-  const int64_t rows = c.values.size(0), cols = c.values.size(1);
-  Tensor out = empty({rows, cols}, kFloat32);
-  LOWBIT_ASSERT(c.output == CastOutput::Codes);
-  const uint8_t* q = static_cast<const uint8_t*>(c.values.raw_data());
-  float* o = out.data_ptr<float>();
-  lowbit::detail::parallel_for(rows, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(cols, 1)),
-                               [&](int64_t r0, int64_t r1) {
-                                 std::vector<float> buf(static_cast<size_t>(cols));
-                                 const float* sp = c.scale.data_ptr<float>();
-                                 for (int64_t r = r0; r < r1; ++r) {
-                                   const float* s = buf.data();  // the row's multipliers
-                                   if (c.axis == ScaleAxis::Col) {
-                                     s = sp + (c.block > 0 ? (r / c.block) * cols : 0);
-                                   } else if (c.block == 0) {
-                                     std::fill(buf.begin(), buf.end(), c.axis == ScaleAxis::Row ? sp[r] : sp[0]);
-                                   } else {
-                                     const int64_t cb = (cols + c.block - 1) / c.block;
-                                     const float* row = sp + (c.axis == ScaleAxis::Row ? r : r / c.block) * cb;
-                                     for (int64_t j = 0; j < cols; ++j) buf[static_cast<size_t>(j)] = row[j / c.block];
-                                   }
-                                   const uint8_t* qr = q + r * cols;
-                                   float* orow = o + r * cols;
-#pragma omp simd
-                                   for (int64_t j = 0; j < cols; ++j) orow[j] = table[qr[j]] / s[j];
-                                 }
-                               });
-  return out;
+  const core::Format& f = float8_format(fp8);
+  return core::cast_blocked_2d(
+      x, rows, cols, f, axis, block, [&f, pow2](float amax) { return core::te_amax_to_scale(amax, f, pow2); }, output);
 }
 
 }  // namespace detail
@@ -386,9 +247,10 @@ Tensor Float8Tensor::dequantize() const {
   NoGradGuard ng;
   if (block_cols > 0) {  // blockwise: the codes as a rows x cols matrix, one scale per block
     const int64_t cols = data.size(-1), rows = cols == 0 ? 0 : data.numel() / cols;
-    Cast2D c{data.reshape({rows, cols}), scale, block_rows == 1 ? ScaleAxis::Row : ScaleAxis::Tile,
-             detail::CastOutput::Codes, block_cols};
-    return detail::dequantize_f32(c, data.dtype()).reshape(data.shape());
+    const Cast2D c{data.reshape({rows, cols}),          scale,      block_rows == 1 ? ScaleAxis::Row : ScaleAxis::Tile,
+                   detail::CastOutput::Codes,           block_cols, false,
+                   &detail::float8_format(data.dtype())};
+    return core::dequantize_f32(c).reshape(data.shape());
   }
   const bool tensorwise = scale.dim() == 0;
   // data.to(orig) is exact; the division runs in float32 and rounds to the result dtype

@@ -82,7 +82,7 @@ Tensor run_gemm(const Operand& a, bool ta, const Operand& b, bool tb, DType out_
   // flushes (scales above about 2^117; Cast2D::bf16_subnormal): torchao's
   // mm(fp32(a_fp8) / a_scale, fp32(b_fp8) / b_scale).to(orig)
   if (emulate || a.q->bf16_subnormal || b.q->bf16_subnormal) {
-    const Tensor c = gemm(detail::dequantize_f32(a.codes(), a.fp8), ta, detail::dequantize_f32(b.codes(), b.fp8), tb);
+    const Tensor c = gemm(core::dequantize_f32(a.codes()), ta, core::dequantize_f32(b.codes()), tb);
     return out_dtype == kFloat32 ? c : c.to(out_dtype);
   }
   // bfloat16 operands (exact), float32 accumulation, then the scales: (1/s_a[i]) * (1/s_b[j])

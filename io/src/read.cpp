@@ -10,6 +10,7 @@
 #include "lowbit/autograd/generator.h"
 #include "lowbit/data/dataset.h"
 #include "lowbit/float8/float8.h"
+#include "lowbit/mx/linear.h"
 #include "lowbit/qat/quantized_linear.h"
 
 namespace lowbit::io {
@@ -212,6 +213,7 @@ nn::Attributes module_attributes(hid_t g, const std::string& file, const std::st
 std::shared_ptr<nn::Module> load_model(const std::string& path) {
   qat::register_module_types();
   float8::register_module_types();
+  mx::register_module_types();
   OpenedFile f = open_checkpoint(path);
   Hid model = h5::open_group(f.file, "/model", path);
   LOWBIT_CHECK(h5::has_attr(model, "module_type"),
