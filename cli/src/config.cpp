@@ -11,6 +11,7 @@
 #include "lowbit/autograd/error.h"
 #include "lowbit/core/format.h"
 #include "lowbit/float8/float8.h"
+#include "lowbit/mx/linear.h"
 #include "lowbit/qat/recipes.h"
 
 namespace lowbit::cli {
@@ -88,6 +89,11 @@ const std::vector<KeySpec>& config_schema() {
       {"float8.emulate", false, "float8: torchao's float32 reference gemms instead of the bf16 fast mode"},
       {"float8.auto_filter", false,
        "float8: also skip layers torchao's _auto_filter_for_recipe skips (small or not multiples of 16)"},
+      {"mx.recipe_name", std::string("none"),
+       "none, or an MX training recipe (torchao's names): " + mx::mx_recipe_names()},
+      {"mx.filter_fqns", std::vector<std::string>{},
+       "layers whose name contains one of these strings stay in high precision (e.g. [\"lm_head\"])"},
+      {"mx.emulate", false, "mx: torchao's float32 reference gemms instead of the bf16 fast mode"},
       {"training.export", true, "write <run_dir>/model.h5 (the final, possibly converted, model)"},
       {"checkpoint.interval", int64_t{0},
        "save a checkpoint every this many steps, and at the end (0 = only at the end)"},

@@ -12,6 +12,7 @@
 
 #include "lowbit/io/checkpoint.h"
 #include "lowbit/float8/float8.h"
+#include "lowbit/mx/linear.h"
 #include "lowbit/qat/recipes.h"
 
 #include "lowbit/cli/config.h"
@@ -53,7 +54,7 @@ int main(int argc, char** argv) {
   convert->add_option("--recipe", recipe, "recipe name (see `lowbit recipes`)");
   convert->add_option("--weight-dtype", wdtype, "intN weights for 8da-intx / intx-weight-only");
   convert->add_option("--group-size", group_size, "weight group size");
-  auto* recipes = app.add_subcommand("recipes", "list the quantization and float8 training recipes");
+  auto* recipes = app.add_subcommand("recipes", "list the quantization, float8 and MX training recipes");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -84,6 +85,8 @@ int main(int argc, char** argv) {
         std::printf("  %-20s %s\n", r.name.c_str(), r.description.c_str());
       std::printf("float8 training recipes ([float8] recipe_name):\n");
       for (const auto& r : lowbit::float8::float8_recipes()) std::printf("  %-20s %s\n", r.name, r.description);
+      std::printf("MX training recipes ([mx] recipe_name):\n");
+      for (const auto& r : lowbit::mx::mx_recipes()) std::printf("  %-26s %s\n", r.name, r.description);
     } else if (eval->parsed()) {
       lowbit::io::verify_file(eval_path);
       const auto [loss, acc] = lowbit::cli::evaluate_file(eval_path, data_dir);

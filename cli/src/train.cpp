@@ -18,6 +18,7 @@
 #include "lowbit/autograd/parallel.h"
 #include "lowbit/data/dataset.h"
 #include "lowbit/float8/float8.h"
+#include "lowbit/mx/linear.h"
 #include "lowbit/io/checkpoint.h"
 #include "lowbit/nn/layers.h"
 #include "lowbit/nn/transformer.h"
@@ -37,18 +38,20 @@ double metric(const train::Metrics& m, const std::string& name) {
     if (k == name) return v;
   return 0.0;
 }
-// [float8]: every Linear becomes a Float8Linear unless its name contains one of filter_fqns or,
-// with auto_filter, torchao's _auto_filter_for_recipe skips it; says which layers were converted
-// and which were kept (and why).
-std::shared_ptr<nn::Module> convert_for_float8(const std::shared_ptr<nn::Module>& model, const RunConfig& cfg,
-                                               train::Reporter& progress) {
-  const std::string recipe = cfg.get_string("float8.recipe_name");
+// [float8] / [mx]: every Linear becomes a Float8Linear / MXLinear unless its name contains one of
+// filter_fqns or, with float8's auto_filter, torchao's _auto_filter_for_recipe skips it; says
+// which layers were converted and which were kept (and why).
+std::shared_ptr<nn::Module> convert_for_training_recipe(const std::shared_ptr<nn::Module>& model, const RunConfig& cfg,
+                                                        train::Reporter& progress) {
+  const bool is_mx = cfg.get_string("mx.recipe_name") != "none";
+  const std::string section = is_mx ? "mx" : "float8";
+  const std::string recipe = cfg.get_string(section + ".recipe_name");
   if (recipe == "none") return model;
-  float8::Float8LinearConfig config = float8::Float8LinearConfig::from_recipe_name(recipe);
-  config.emulate = cfg.get_bool("float8.emulate");
-  const std::vector<std::string> fqns = cfg.get_string_list("float8.filter_fqns");
-  const float8::ModuleFilter autof =
-      cfg.get_bool("float8.auto_filter") ? float8::auto_filter_for_recipe(recipe, {}) : float8::ModuleFilter();
+  const bool emulate = cfg.get_bool(section + ".emulate");
+  const std::vector<std::string> fqns = cfg.get_string_list(section + ".filter_fqns");
+  const float8::ModuleFilter autof = !is_mx && cfg.get_bool("float8.auto_filter")
+                                         ? float8::auto_filter_for_recipe(recipe, {})
+                                         : float8::ModuleFilter();
   std::vector<std::string> converted, kept;
   auto filter = [&](const nn::Linear& m, const std::string& fqn) {
     const std::string name = fqn.empty() ? "(root)" : fqn;
@@ -64,15 +67,24 @@ std::shared_ptr<nn::Module> convert_for_float8(const std::shared_ptr<nn::Module>
     converted.push_back(name);
     return true;
   };
-  auto out = float8::convert_to_float8_training(model, config, filter);
+  std::shared_ptr<nn::Module> out;
+  if (is_mx) {
+    mx::MXLinearConfig config = mx::MXLinearConfig::from_recipe_name(recipe);
+    config.emulate = config.emulate || emulate;
+    out = mx::convert_to_mx_training(model, config, filter);
+  } else {
+    float8::Float8LinearConfig config = float8::Float8LinearConfig::from_recipe_name(recipe);
+    config.emulate = emulate;
+    out = float8::convert_to_float8_training(model, config, filter);
+  }
   auto join = [](const std::vector<std::string>& v) {
     std::string s;
     for (const auto& x : v) s += (s.empty() ? "" : ", ") + x;
     return s.empty() ? std::string("none") : s;
   };
-  progress.line(fmt::format("float8 ({}{}): {} layers converted: {}", recipe, config.emulate ? ", emulate" : "",
+  progress.line(fmt::format("{} ({}{}): {} layers converted: {}", section, recipe, emulate ? ", emulate" : "",
                             converted.size(), join(converted)));
-  if (!kept.empty()) progress.line(fmt::format("float8: kept in high precision: {}", join(kept)));
+  if (!kept.empty()) progress.line(fmt::format("{}: kept in high precision: {}", section, join(kept)));
   return out;
 }
 }  // namespace
@@ -178,7 +190,7 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
   } else {
     throw Error(fmt::format("data.dataset: unknown dataset '{}' (fashion_mnist, chars)", dataset));
   }
-  model = convert_for_float8(model, cfg, progress);
+  model = convert_for_training_recipe(model, cfg, progress);
   const int64_t float_steps = o.total_steps;
   auto opt = build_optimizer(cfg, model->parameters());
   auto sched = build_scheduler(cfg, *opt, float_steps);

@@ -12,6 +12,7 @@
 #include "lowbit/autograd/generator.h"
 #include "lowbit/autograd/ops.h"
 #include "lowbit/float8/float8.h"
+#include "lowbit/mx/linear.h"
 #include "lowbit/autograd/parallel.h"
 #include "lowbit/data/dataset.h"
 #include "lowbit/io/checkpoint.h"
@@ -154,6 +155,23 @@ void validate_config(const RunConfig& cfg) {
   }
   for (const auto& f : cfg.get_string_list("float8.filter_fqns"))
     LOWBIT_CHECK(!f.empty(), "float8.filter_fqns: an empty string would match every layer");
+  // MX training: a recipe of the table; one low-precision training recipe at a time
+  const std::string mxr = cfg.get_string("mx.recipe_name");
+  if (mxr != "none") {
+    try {
+      mx::MXLinearConfig::from_recipe_name(mxr);
+    } catch (const Error& e) {
+      throw Error(fmt::format("[mx]: {}", e.what()));
+    }
+    LOWBIT_CHECK(f8 == "none",
+                 "mx.recipe_name '{}' and float8.recipe_name '{}' cannot be combined: one training recipe", mxr, f8);
+    LOWBIT_CHECK(recipe == "none",
+                 "mx.recipe_name '{}' and quantize.recipe '{}' cannot be combined: train in MX or quantize with a "
+                 "recipe, not both",
+                 mxr, recipe);
+  }
+  for (const auto& f : cfg.get_string_list("mx.filter_fqns"))
+    LOWBIT_CHECK(!f.empty(), "mx.filter_fqns: an empty string would match every layer");
   LOWBIT_CHECK(recipe != "none" || (cfg.get_string("quantize.float8_qat_backward") == "straight_through" &&
                                     !cfg.get_bool("quantize.float8_guard_zero_blocks")),
                "quantize.float8_qat_backward / float8_guard_zero_blocks apply to the float8 recipes only, and "

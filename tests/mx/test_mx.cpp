@@ -4,8 +4,12 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <filesystem>
 
 #include "golden.h"
+#include "lowbit/autograd/ops.h"
+#include "lowbit/io/checkpoint.h"
+#include "lowbit/nn/layers.h"
 #include "lowbit/mx/linear.h"
 #include "lowbit/mx/mx.h"
 #include "test_util.h"
@@ -206,4 +210,86 @@ TEST(MXGolden, MXLinearMatchesTorchaoEmulated) {
   std::printf(
       "  %d MX linear cases; largest error / max|torchao|: fp32 emulate %.3g fast %.3g, bf16 emulate %.3g fast %.3g\n",
       cases, worst[0][0], worst[0][1], worst[1][0], worst[1][1]);
+}
+
+// The fast mode against emulate for every recipe, with ragged blocks (dimensions that are not
+// multiples of 32, beyond torchao), 3-D input, bias, float32 and bfloat16: the same exact operand
+// values, float32 sums in another order (2^-18 of the largest magnitude; bf16 one rounding).
+TEST(MX, FastModeWithinItsBoundOfEmulateForEveryRecipe) {
+  Generator g(70);
+  const int64_t B = 2, T = 25, K = 80, N = 40;
+  for (const auto& r : mx_recipes())
+    for (DType dt : {kFloat32, kBFloat16}) {
+      SCOPED_TRACE(fmt::format("{} {}", r.name, dtype_name(dt)));
+      const Tensor x = mul(randn({B, T, K}, &g), 3.0).to(dt), w = mul(randn({N, K}, &g), 0.05).to(dt);
+      const Tensor b = randn({N}, &g).to(dt), up = randn({B, T, N}, &g).to(dt);
+      MXLinearConfig ce = r.config(), cf = r.config();
+      ce.emulate = true;
+      cf.emulate = false;
+      const LinearRun e = run_mx_linear(x, w, b, up, ce), f = run_mx_linear(x, w, b, up, cf);
+      const double tol = dt == kBFloat16 ? std::ldexp(1.0, -7) : std::ldexp(1.0, -18);
+      EXPECT_LE(max_rel_to_max(f.output, e.output), tol);
+      EXPECT_LE(max_rel_to_max(f.grad_input, e.grad_input), tol);
+      EXPECT_LE(max_rel_to_max(f.grad_weight, e.grad_weight), tol);
+      EXPECT_EQ(t::count_mismatches(f.grad_bias.to(kFloat32), e.grad_bias.to(kFloat32)), 0);
+      // and near the float32 linear (fp4's 1 mantissa bit is the loosest)
+      NoGradGuard ng;
+      const Tensor ref = linear(x.to(kFloat32), w.to(kFloat32), b.to(kFloat32));
+      EXPECT_LE(max_rel_to_max(e.output, ref), r.config().elem_dtype == FormatId::Float4E2M1FN ? 0.35 : 0.15);
+    }
+}
+
+// A block scale that would make some dequantized bfloat16 operand value denormal (flushed by the
+// bf16 gemm) sends that gemm to the float32 path: bit-identical to emulate.
+TEST(MX, TinyBlocksFallBackToTheFloat32Gemm) {
+  Generator g(71);
+  Tensor x = randn({8, 128}, &g);
+  for (int j = 0; j < 128; ++j) x.data_ptr<float>()[j] = std::ldexp(x.data_ptr<float>()[j], -130);  // row 0
+  const Tensor w = mul(randn({16, 128}, &g), 1e30);  // lifts row 0's outputs to about 1e-9
+  MXLinearConfig ce = MXLinearConfig::from_recipe_name("mxfp8_rceil"), cf = ce;
+  ce.emulate = true;
+  const Tensor up = randn({8, 16}, &g);
+  const LinearRun e = run_mx_linear(x, w, Tensor(), up, ce), f = run_mx_linear(x, w, Tensor(), up, cf);
+  EXPECT_NE(e.output.data_ptr<float>()[0], 0.0f);
+  EXPECT_EQ(t::count_mismatches(f.output, e.output), 0);
+}
+
+// Configs, recipes and conversion: errors name the problem; MXLinear saves and rebuilds itself.
+TEST(MX, ConfigsConvertAndRebuild) {
+  std::vector<std::string> names;
+  for (const auto& r : mx_recipes()) names.push_back(r.name);
+  EXPECT_EQ(names.front(), "mxfp8_emulated");
+  t::expect_error([] { MXLinearConfig::from_recipe_name("mxfp9"); }, {"MX recipe_name 'mxfp9'", "mxfp8_rceil"});
+  MXLinearConfig bad;
+  bad.elem_dtype = FormatId::Int8;
+  t::expect_error([&] { bad.validate(); }, {"MX element format", "int8"});
+  bad = {};
+  bad.block_size = 0;
+  t::expect_error([&] { convert_to_mx_training(std::make_shared<nn::Linear>(8, 8), bad); },
+                  {"block_size must be in [1, 2^20], got 0"});
+  EXPECT_EQ(MXLinearConfig::from_recipe_name("mxfp8_hybrid").grad_output_elem(), FormatId::Float8E5M2);
+  // convert: every plain Linear passing the filter; an exported model rebuilds with its config
+  manual_seed(72);
+  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(64, 48), std::make_shared<nn::GELU>(), std::make_shared<nn::Linear>(48, 16)});
+  const MXLinearConfig cfg = MXLinearConfig::from_recipe_name("mxfp8_hybrid");
+  convert_to_mx_training(model, cfg, [](const nn::Linear&, const std::string& fqn) { return fqn != "2"; });
+  EXPECT_EQ(model->get_submodule("0")->type_name(), "MXLinear");
+  EXPECT_EQ(model->get_submodule("2")->type_name(), "Linear");
+  EXPECT_NE(model->to_string().find("elem_dtype=float8_e4m3fn, w=float8_e4m3fn, go=float8_e5m2, block_size=32, "
+                                    "scale_calculation_mode=RCEIL"),
+            std::string::npos)
+      << model->to_string();
+  const std::string path = (std::filesystem::temp_directory_path() / "lowbit_mx_model.h5").string();
+  io::export_model(path, *model);
+  auto back = io::load_model(path);
+  EXPECT_EQ(back->to_string(), model->to_string());
+  auto* mxl = dynamic_cast<MXLinear*>(back->get_submodule("0").get());
+  ASSERT_NE(mxl, nullptr);
+  EXPECT_EQ(mxl->config(), cfg);
+  const Tensor x = randn({5, 64});
+  NoGradGuard ng;
+  EXPECT_EQ(t::count_mismatches(back->forward(x), model->forward(x)), 0);
+  t::expect_error([&] { model->forward(randn({2, 64}).to(kBFloat16)); }, {"MXLinear", "float32", "bfloat16"});
+  std::filesystem::remove(path);
 }
