@@ -283,42 +283,42 @@ TEST(Train, Float8QatOptionsReachTheFakeQuantizers) {
   }
 }
 
-// [float8]: the shipped float8 config trains a tiny GPT, says which layers it converted and kept,
+// [float8] / [mx]: the shipped float8 and MXFP8 configs train a tiny GPT, say which layers they converted and kept,
 // resumes from a mid-run checkpoint to the same bits, and exports a model load_model rebuilds
 // with its Float8Linear layers; config errors name the key.
-TEST(Train, Float8RunResumesBitExactAndExports) {
+TEST(Train, Float8AndMXRunsResumeBitExactAndExport) {
   const std::string corpus_dir = corpus_in("float8_corpus", "a small corpus line for a tiny float8 model", 100);
   auto cfg = RunConfig::from_file(std::string(LOWBIT_SOURCE_DIR) + "/configs/gpt_chars_float8.toml");
   EXPECT_EQ(cfg.get_string("float8.recipe_name"), "rowwise");
   const std::string dir = tmpdir("float8_run");
-  cfg.apply_overrides({"--data.path",
-                       corpus_dir + "/corpus.txt",
-                       "--model.context",
-                       "16",
-                       "--model.d_model",
-                       "32",
-                       "--model.n_layers",
-                       "1",
-                       "--data.batch_size",
-                       "4",
-                       "--training.max_steps",
-                       "8",
-                       "--training.eval_interval",
-                       "4",
-                       "--training.eval_batches",
-                       "1",
-                       "--lr_scheduler.warmup_steps",
-                       "1",
-                       "--training.sample_tokens",
-                       "8",
-                       "--checkpoint.enabled",
-                       "true",
-                       "--checkpoint.interval",
-                       "4",
-                       "--checkpoint.keep_last",
-                       "10",
-                       "--training.run_dir",
-                       dir});
+  const std::vector<std::string> tiny = {"--data.path",
+                                         corpus_dir + "/corpus.txt",
+                                         "--model.context",
+                                         "16",
+                                         "--model.d_model",
+                                         "32",
+                                         "--model.n_layers",
+                                         "1",
+                                         "--data.batch_size",
+                                         "4",
+                                         "--training.max_steps",
+                                         "8",
+                                         "--training.eval_interval",
+                                         "4",
+                                         "--training.eval_batches",
+                                         "1",
+                                         "--lr_scheduler.warmup_steps",
+                                         "1",
+                                         "--training.sample_tokens",
+                                         "8",
+                                         "--checkpoint.enabled",
+                                         "true",
+                                         "--checkpoint.interval",
+                                         "4",
+                                         "--checkpoint.keep_last",
+                                         "10"};
+  cfg.apply_overrides(tiny);
+  cfg.apply_overrides({"--training.run_dir", dir});
   ::testing::internal::CaptureStdout();
   const auto full = train(cfg, false);
   const std::string out = ::testing::internal::GetCapturedStdout();
@@ -355,6 +355,36 @@ TEST(Train, Float8RunResumesBitExactAndExports) {
   const std::string repr = io::load_model(bw_run.export_path)->get_submodule("blocks.0.mlp.0")->to_string();
   EXPECT_NE(repr.find("cast_configs=i:dyn_b1x128_e4m3,w:dyn_b128x128_e4m3,go:dyn_b1x128_e4m3"), std::string::npos)
       << repr;
+
+  // MX training runs through the same path: [mx] recipe, converted layers listed, resumable, rebuilt
+  auto mxc = RunConfig::from_file(std::string(LOWBIT_SOURCE_DIR) + "/configs/gpt_chars_mxfp8.toml");
+  EXPECT_EQ(mxc.get_string("mx.recipe_name"), "mxfp8_rceil");
+  mxc.apply_overrides(tiny);
+  mxc.apply_overrides({"--training.run_dir", dir + "_mx"});
+  ::testing::internal::CaptureStdout();
+  const auto mx_full = train(mxc, false, "", ro);
+  const std::string mx_out = ::testing::internal::GetCapturedStdout();
+  EXPECT_NE(mx_out.find("mx (mxfp8_rceil): 4 layers converted: blocks.0.attn.qkv"), std::string::npos) << mx_out;
+  EXPECT_NE(mx_out.find("mx: kept in high precision: lm_head (filter_fqns: 'lm_head')"), std::string::npos);
+  const std::string mx_saved = corpus_dir + "/mx_step4.h5";
+  std::filesystem::copy_file(dir + "_mx/checkpoints/step_00000004.h5", mx_saved,
+                             std::filesystem::copy_options::overwrite_existing);
+  const auto mx_resumed = train(mxc, false, mx_saved, ro);
+  EXPECT_EQ(mx_resumed.sample, mx_full.sample);
+  const auto ma = io::read_model_tensors(mx_full.export_path), mb = io::read_model_tensors(mx_resumed.export_path);
+  ASSERT_EQ(ma.size(), mb.size());
+  for (size_t i = 0; i < ma.size(); ++i)
+    EXPECT_EQ(std::memcmp(ma[i].second.raw_data(), mb[i].second.raw_data(), ma[i].second.nbytes()), 0) << ma[i].first;
+  EXPECT_EQ(io::load_model(mx_full.export_path)->get_submodule("blocks.0.mlp.2")->type_name(), "MXLinear");
+  auto mbad = mxc;
+  mbad.apply_overrides({"--mx.recipe_name", "mxfp9"});
+  lowbit::testing::expect_error([&] { validate_config(mbad); }, {"[mx]", "'mxfp9'", "mxfp8_rceil"});
+  mbad = mxc;
+  mbad.apply_overrides({"--float8.recipe_name", "rowwise"});
+  lowbit::testing::expect_error([&] { validate_config(mbad); }, {"mx.recipe_name 'mxfp8_rceil'", "float8"});
+  mbad = mxc;
+  mbad.apply_overrides({"--quantize.recipe", "8da4w", "--quantize.qat_steps", "5"});
+  lowbit::testing::expect_error([&] { validate_config(mbad); }, {"mx.recipe_name", "cannot be combined"});
 
   auto bad = cfg;
   bad.apply_overrides({"--float8.recipe_name", "rowwize"});
