@@ -23,6 +23,7 @@
 #include "lowbit/qat/affine.h"
 #include "lowbit/qat/fake_quantizer.h"
 #include "lowbit/qat/float8_quantized.h"
+#include "lowbit/qat/mx_quantized.h"
 #include "lowbit/qat/quantize.h"
 #include "lowbit/qat/quantized_linear.h"
 #include "lowbit/qat/recipes.h"

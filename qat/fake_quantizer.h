@@ -14,6 +14,8 @@
 #include <variant>
 
 #include "lowbit/nn/layers.h"
+#include "lowbit/core/format.h"
+#include "lowbit/core/scale.h"
 #include "lowbit/qat/affine.h"
 
 namespace lowbit::qat {
@@ -56,6 +58,9 @@ struct FakeQuantizeConfigBase {
   /// `activation` (may be null) its activation config. Throws for configs without one.
   virtual std::shared_ptr<nn::Module> quantized_linear(const nn::Linear& linear,
                                                        const FakeQuantizeConfigBase* activation) const;
+  /// Whether a FakeQuantizedLinear whose weight has this config passes a gradient to its bias
+  /// (false only in torchao's MX parity mode, whose autograd function returns none).
+  virtual bool bias_gets_gradient() const { return true; }
 };
 using FakeQuantizeConfigPtr = std::shared_ptr<const FakeQuantizeConfigBase>;
 
@@ -147,6 +152,36 @@ struct Float8FakeQuantizeConfig : FakeQuantizeConfigBase {
   /// A Float8QuantizedLinear (float8 codes + scales; activation: null or a Float8FakeQuantizeConfig).
   std::shared_ptr<nn::Module> quantized_linear(const nn::Linear& linear,
                                                const FakeQuantizeConfigBase* activation) const override;
+};
+
+/// torchao's MXFakeQuantizeConfig (prototype/qat/mx.py): fake quantization to an MX format --
+/// blocks of block_size along the last dim with an e8m0 scale (scaling_mode, default RCEIL), the
+/// elements cast to `dtype` (fp8 e4m3fn / e5m2, fp6 e2m3 / e3m2, fp4 e2m1; default fp4 as torchao
+/// on PyTorch >= 2.8); forward = MXTensor dequantization in the input's dtype, bit-exact with
+/// to_mx + dequantize. Backward: straight through (torchao's MXFakeQuantizedLinear uses the
+/// dequantized operands: grad_input = G·W_fq, grad_weight = Gᵀ·X_fq). torchao's linear gives the
+/// bias no gradient; lowbit does, unless torchao_bias_parity. A last block along the last dim may
+/// be shorter (torchao requires a multiple of block_size).
+struct MXFakeQuantizeConfig : FakeQuantizeConfigBase {
+  core::FormatId dtype = core::FormatId::Float4E2M1FN;
+  int64_t block_size = 32;
+  core::E8M0Rounding scaling_mode = core::E8M0Rounding::RCeil;
+  bool torchao_bias_parity = false;
+
+  MXFakeQuantizeConfig() = default;
+  MXFakeQuantizeConfig(core::FormatId dtype, int64_t block_size = 32,
+                       core::E8M0Rounding scaling_mode = core::E8M0Rounding::RCeil);
+  /// "MXFakeQuantizeConfig(dtype=fp4_e2m1, block_size=32, scaling_mode=RCEIL, kernel_preference=EMULATED)"
+  std::string to_string() const override;
+  void validate() const override;
+  std::unique_ptr<FakeQuantizeConfigBase> clone() const override {
+    return std::make_unique<MXFakeQuantizeConfig>(*this);
+  }
+  Tensor fake_quantize(const Tensor& x, FakeQuantizer& quantizer) const override;
+  /// An MXQuantizedLinear (MX codes + e8m0 scales; activation: null or an MXFakeQuantizeConfig).
+  std::shared_ptr<nn::Module> quantized_linear(const nn::Linear& linear,
+                                               const FakeQuantizeConfigBase* activation) const override;
+  bool bias_gets_gradient() const override { return !torchao_bias_parity; }
 };
 
 /// nn::Module applying a fake-quantize config. enabled = false makes it the identity.

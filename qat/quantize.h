@@ -108,6 +108,19 @@ struct Float8WeightOnlyConfig : QuantConfigBase {
   FakeQuantizeConfigs fake_quantize_configs() const override;
 };
 
+/// torchao's MXDynamicActivationMXWeightConfig (spec §4.6): MX weights quantized once, activations
+/// quantized per call with the same settings (block_size, one element dtype for both, scaling
+/// mode RCEIL by default). QAT prepares MXFakeQuantizeConfig quantizers; convert (or PTQ) gives an
+/// MXQuantizedLinear.
+struct MXDynamicActivationMXWeightConfig : QuantConfigBase {
+  int64_t block_size = 32;
+  core::FormatId activation_dtype = core::FormatId::Float8E4M3FN, weight_dtype = core::FormatId::Float8E4M3FN;
+  core::E8M0Rounding scaling_mode = core::E8M0Rounding::RCeil;
+  std::string to_string() const override;
+  void validate() const override;
+  FakeQuantizeConfigs fake_quantize_configs() const override;
+};
+
 /// QATConfig(base_config) or QATConfig(activation_config, weight_config); step "prepare"/"convert".
 struct QATConfig : QuantConfigBase {
   std::shared_ptr<QuantConfigBase> base_config;

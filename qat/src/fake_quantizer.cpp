@@ -327,7 +327,8 @@ std::shared_ptr<nn::Linear> FakeQuantizedLinear::to_linear() const {
 Tensor FakeQuantizedLinear::forward(const Tensor& x) {
   const Tensor xq = activation_fake_quantizer ? activation_fake_quantizer->forward(x) : x;
   const Tensor wq = weight_fake_quantizer ? weight_fake_quantizer->forward(weight) : weight;
-  return linear(xq, wq, bias);
+  const bool bias_grad = !weight_fake_quantizer || weight_fake_quantizer->config().bias_gets_gradient();
+  return linear(xq, wq, bias.defined() && !bias_grad ? bias.detach() : bias);
 }
 void FakeQuantizedLinear::enable_fake_quant(bool on) {
   if (activation_fake_quantizer) activation_fake_quantizer->enabled = on;

@@ -1,6 +1,7 @@
 #include "lowbit/qat/quantized_linear.h"
 
 #include "lowbit/qat/float8_quantized.h"
+#include "lowbit/qat/mx_quantized.h"
 
 #include <algorithm>
 
@@ -198,6 +199,9 @@ void register_module_types() {
   });
   nn::register_module_type("Float8QuantizedLinear", [](const nn::Attributes& a, const nn::NamedTensors& t) {
     return std::static_pointer_cast<nn::Module>(Float8QuantizedLinear::from_attributes(a, t));
+  });
+  nn::register_module_type("MXQuantizedLinear", [](const nn::Attributes& a, const nn::NamedTensors& t) {
+    return std::static_pointer_cast<nn::Module>(MXQuantizedLinear::from_attributes(a, t));
   });
 }
 

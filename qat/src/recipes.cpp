@@ -13,6 +13,13 @@ std::shared_ptr<QuantConfigBase> make_8da(const std::string& weight_dtype, int64
   c->weight_granularity = weight_granularity(group_size);
   return c;
 }
+// MX: one element format for activations and weights, blocks of group_size along K, RCEIL scales
+std::shared_ptr<QuantConfigBase> mx_recipe(core::FormatId elem, int64_t group_size) {
+  auto c = std::make_shared<MXDynamicActivationMXWeightConfig>();
+  c->activation_dtype = c->weight_dtype = elem;
+  c->block_size = group_size;
+  return c;
+}
 }  // namespace
 
 // The recipe table: one row per named recipe (`lowbit recipes`, [quantize] recipe, validation and
@@ -64,6 +71,12 @@ const std::vector<RecipeInfo>& list_recipes() {
        [](const std::string&, int64_t) -> std::shared_ptr<QuantConfigBase> {
          return std::make_shared<Float8WeightOnlyConfig>();
        }},
+      {"mxfp8", "MXFP8: e4m3 activations and weights in blocks of group_size (32) with e8m0 scales, RCEIL", false, true,
+       false, [](const std::string&, int64_t g) { return mx_recipe(core::FormatId::Float8E4M3FN, g); }},
+      {"mxfp6", "MXFP6: fp6 e2m3 activations and weights, e8m0 block scales, RCEIL", false, true, false,
+       [](const std::string&, int64_t g) { return mx_recipe(core::FormatId::Float6E2M3FN, g); }},
+      {"mxfp4", "MXFP4: fp4 e2m1 activations and weights, e8m0 block scales, RCEIL", false, true, false,
+       [](const std::string&, int64_t g) { return mx_recipe(core::FormatId::Float4E2M1FN, g); }},
   };
   return r;
 }

@@ -1,0 +1,262 @@
+// MX QAT and inference (torchao's prototype/qat/mx.py and MXDynamicActivationMXWeightConfig; spec
+// §4.6, §9 item 8): MXFakeQuantizeConfig, the config that prepares and converts with it, and
+// MXQuantizedLinear, the module MX QAT converts to.
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstring>
+
+#include "lowbit/autograd/autograd.h"
+#include "lowbit/autograd/kernel.h"
+#include "lowbit/autograd/ops.h"
+#include "lowbit/core/cast2d.h"
+#include "lowbit/mx/mx.h"
+#include "lowbit/qat/mx_quantized.h"
+#include "lowbit/qat/quantize.h"
+
+namespace lowbit::qat {
+
+namespace {
+using core::Cast2D;
+using core::CastOutput;
+using core::ScaleAxis;
+
+// The MX cast of a rows x cols float32 matrix along its rows (blocks of the config's size).
+Cast2D mx_cast(const Tensor& x32, const MXFakeQuantizeConfig& c, CastOutput out) {
+  const core::Format& e = mx::mx_element(c.dtype);
+  const core::E8M0Rounding mode = c.scaling_mode;
+  return core::cast_blocked_2d(
+      x32.data_ptr<float>(), x32.size(0), x32.size(1), e, ScaleAxis::Row, c.block_size,
+      [&e, mode](float amax) { return core::e8m0_scale(amax, e, mode).multiplier; }, out);
+}
+// the e8m0 byte of a multiplier 2^(127 - b) (NaN: 255)
+uint8_t e8m0_byte(float multiplier) {
+  if (std::isnan(multiplier)) return 255;
+  int exp;
+  std::frexp(multiplier, &exp);  // multiplier = 0.5 * 2^exp
+  return static_cast<uint8_t>(127 - (exp - 1));
+}
+float e8m0_value(uint8_t b) {
+  return b == 255 ? std::numeric_limits<float>::quiet_NaN() : std::ldexp(1.0f, static_cast<int>(b) - 127);
+}
+core::FormatId element_of(const std::string& name, const char* what) { return mx::mx_element(name).id; }
+}  // namespace
+
+// ---- MXFakeQuantizeConfig ----
+MXFakeQuantizeConfig::MXFakeQuantizeConfig(core::FormatId d, int64_t b, core::E8M0Rounding m)
+    : dtype(d), block_size(b), scaling_mode(m) {
+  validate();
+}
+
+std::string MXFakeQuantizeConfig::to_string() const {
+  return fmt::format("MXFakeQuantizeConfig(dtype={}, block_size={}, scaling_mode={}, kernel_preference=EMULATED{})",
+                     mx::element_name(dtype), block_size, core::to_string(scaling_mode),
+                     torchao_bias_parity ? ", torchao_bias_parity=True" : "");
+}
+
+void MXFakeQuantizeConfig::validate() const {
+  mx::mx_element(dtype);
+  LOWBIT_CHECK(block_size >= 1 && block_size <= (int64_t{1} << 20),
+               "MXFakeQuantizeConfig: block_size must be in [1, 2^20], got {}", block_size);
+}
+
+Tensor MXFakeQuantizeConfig::fake_quantize(const Tensor& x_in, FakeQuantizer&) const {
+  LOWBIT_CHECK(x_in.defined() && (x_in.dtype() == kFloat32 || x_in.dtype() == kBFloat16) && x_in.dim() >= 1,
+               "{}: input must be a float32 or bfloat16 tensor, got {}", to_string(),
+               x_in.defined() ? detail::desc(x_in) : "undefined");
+  const Tensor x32 = x_in.detach().to(kFloat32);
+  const int64_t k = x32.size(-1), rows = k ? x32.numel() / k : 0;
+  Tensor y32 = core::dequantize_f32(mx_cast(x32.reshape({rows, k}), *this, CastOutput::Codes)).reshape(x32.shape());
+  Tensor y = x_in.dtype() == kFloat32 ? y32 : y32.to(x_in.dtype());  // torchao dequantizes to the input dtype
+  if (!detail::any_requires_grad({&x_in})) return y;
+  const DType dt = x_in.dtype();
+  detail::record(y, "MXFakeQuantizeBackward", {x_in},
+                 [dt](const Tensor& g) { return std::vector<Tensor>{g.dtype() == dt ? g : g.to(dt)}; });
+  return y;
+}
+
+std::shared_ptr<nn::Module> MXFakeQuantizeConfig::quantized_linear(const nn::Linear& linear,
+                                                                   const FakeQuantizeConfigBase* activation) const {
+  std::optional<MXFakeQuantizeConfig> act;
+  if (activation) {
+    const auto* a = dynamic_cast<const MXFakeQuantizeConfig*>(activation);
+    LOWBIT_CHECK(a != nullptr, "convert: an MX weight needs an MX activation config (or none), got {}",
+                 activation->to_string());
+    act = *a;
+  }
+  return std::make_shared<MXQuantizedLinear>(linear, *this, act);
+}
+
+// ---- MXDynamicActivationMXWeightConfig ----
+std::string MXDynamicActivationMXWeightConfig::to_string() const {
+  return fmt::format(
+      "MXDynamicActivationMXWeightConfig(block_size={}, activation_dtype={}, weight_dtype={}, "
+      "kernel_preference=EMULATED, scaling_mode={})",
+      block_size, mx::element_name(activation_dtype), mx::element_name(weight_dtype), core::to_string(scaling_mode));
+}
+void MXDynamicActivationMXWeightConfig::validate() const {
+  LOWBIT_CHECK(activation_dtype == weight_dtype,
+               "MXDynamicActivationMXWeightConfig: activation_dtype ({}) and weight_dtype ({}) must be equal",
+               mx::element_name(activation_dtype), mx::element_name(weight_dtype));
+  fake_quantize_configs();
+}
+FakeQuantizeConfigs MXDynamicActivationMXWeightConfig::fake_quantize_configs() const {
+  return {std::make_shared<MXFakeQuantizeConfig>(activation_dtype, block_size, scaling_mode),
+          std::make_shared<MXFakeQuantizeConfig>(weight_dtype, block_size, scaling_mode)};
+}
+
+// ---- MXQuantizedLinear ----
+MXQuantizedLinear::MXQuantizedLinear(const nn::Linear& linear, const MXFakeQuantizeConfig& wc,
+                                     std::optional<MXFakeQuantizeConfig> ac)
+    : in_features(linear.in_features), out_features(linear.out_features), weight_config(wc), activation_config(ac) {
+  NoGradGuard ng;
+  const core::Format& e = mx::mx_element(wc.dtype);
+  LOWBIT_CHECK(e.per_byte != 2 || in_features % 2 == 0,
+               "MXQuantizedLinear: {} packs two elements per byte; in_features must be even, got {}",
+               mx::element_name(wc.dtype), in_features);
+  const Cast2D c = mx_cast(linear.weight.detach().to(kFloat32), wc, CastOutput::Codes);
+  Tensor scale = empty(c.scale.shape(), kFloat8_e8m0fnu);
+  const float* m = c.scale.data_ptr<float>();
+  uint8_t* sb = static_cast<uint8_t*>(scale.raw_data());
+  for (int64_t i = 0; i < scale.numel(); ++i) sb[i] = e8m0_byte(m[i]);
+  Tensor codes;
+  if (e.per_byte == 2) {
+    codes = empty({out_features, in_features / 2}, kFloat4_e2m1fn_x2);
+    core::pack(e, static_cast<const uint8_t*>(c.values.raw_data()), static_cast<uint8_t*>(codes.raw_data()),
+               c.values.numel());
+  } else {
+    codes = c.values;  // float8 dtype, or uint8 fp6 codes
+  }
+  weight = register_buffer("weight", codes);
+  weight_scale = register_buffer("weight_scale", scale);
+  if (linear.bias.defined()) bias = register_buffer("bias", linear.bias.detach().clone());
+}
+
+MXQuantizedLinear::MXQuantizedLinear(Tensor codes, Tensor scale, Tensor b, int64_t in, MXFakeQuantizeConfig wc,
+                                     std::optional<MXFakeQuantizeConfig> ac)
+    : in_features(in), weight_config(wc), activation_config(ac) {
+  const char* ty = "MXQuantizedLinear";
+  wc.validate();
+  if (ac) ac->validate();
+  const core::Format& e = mx::mx_element(wc.dtype);
+  const DType want = e.per_byte == 2 ? kFloat4_e2m1fn_x2 : core::code_dtype(e);
+  LOWBIT_CHECK(in >= 1 && (e.per_byte != 2 || in % 2 == 0), "{}: in_features must be positive (even for fp4), got {}",
+               ty, in);
+  LOWBIT_CHECK(
+      codes.defined() && codes.dim() == 2 && codes.dtype() == want && codes.size(1) == (e.per_byte == 2 ? in / 2 : in),
+      "{}: weight must be a matrix of {} codes with {} columns, got {}", ty, dtype_name(want),
+      e.per_byte == 2 ? in / 2 : in, codes.defined() ? detail::desc(codes) : "undefined");
+  out_features = codes.size(0);
+  const Shape sshape{out_features, (in + wc.block_size - 1) / wc.block_size};
+  LOWBIT_CHECK(scale.defined() && scale.dtype() == kFloat8_e8m0fnu && scale.shape() == sshape,
+               "{}: weight_scale must be float8_e8m0fnu of shape {}, got {}", ty, shape_str(sshape),
+               scale.defined() ? detail::desc(scale) : "undefined");
+  if (e.bits < 8) {  // fp6 codes live in the low 6 bits; fp4 nibbles are always valid
+    const uint8_t* p = static_cast<const uint8_t*>(codes.raw_data());
+    int64_t bad = 0;
+    if (e.per_byte == 1)
+      for (int64_t i = 0; i < codes.numel(); ++i) bad += p[i] >> e.bits != 0;
+    LOWBIT_CHECK(bad == 0, "{}: {} weight codes do not fit {} bits", ty, bad, e.bits);
+  }
+  LOWBIT_CHECK(!b.defined() || (b.dim() == 1 && b.size(0) == out_features && is_floating(b.dtype())),
+               "{}: bias must be a floating vector of out_features={}, got {}", ty, out_features, detail::desc(b));
+  weight = register_buffer("weight", codes);
+  weight_scale = register_buffer("weight_scale", scale);
+  if (b.defined()) bias = register_buffer("bias", b);
+}
+
+std::string MXQuantizedLinear::extra_repr() const {
+  return fmt::format("in_features={}, out_features={}, bias={}, weight={}, activation={}", in_features, out_features,
+                     bias.defined() ? "True" : "False", weight_config.to_string(),
+                     activation_config ? activation_config->to_string() : "None");
+}
+
+Tensor MXQuantizedLinear::dequantized_weight() const {
+  NoGradGuard ng;
+  const core::Format& e = mx::mx_element(weight_config.dtype);
+  const int64_t n = out_features, k = in_features, bs = weight_config.block_size, nb = weight_scale.size(1);
+  std::vector<uint8_t> codes(static_cast<size_t>(n * k));
+  if (e.per_byte == 2)
+    core::unpack(e, static_cast<const uint8_t*>(weight.raw_data()), codes.data(), n * k);
+  else
+    std::memcpy(codes.data(), weight.raw_data(), codes.size());
+  float value[256];
+  for (uint32_t c = 0; c < 256; ++c) value[c] = c < (1u << e.bits) ? core::decode(e, c) : 0.0f;
+  Tensor out = empty({n, k}, kFloat32);
+  float* o = out.data_ptr<float>();
+  const uint8_t* sb = static_cast<const uint8_t*>(weight_scale.raw_data());
+  detail::parallel_for(n, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(k, 1)), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r)
+      for (int64_t j = 0; j < k; ++j)
+        o[r * k + j] = value[codes[static_cast<size_t>(r * k + j)]] * e8m0_value(sb[r * nb + j / bs]);
+  });
+  return out;
+}
+
+Tensor MXQuantizedLinear::forward(const Tensor& x) {
+  LOWBIT_CHECK(
+      x.defined() && (x.dtype() == kFloat32 || x.dtype() == kBFloat16) && x.dim() >= 1 && x.size(-1) == in_features,
+      "MXQuantizedLinear: input must be float32 or bfloat16 ending in in_features={}, got {}", in_features,
+      x.defined() ? detail::desc(x) : "undefined");
+  NoGradGuard ng;
+  Shape out_shape = x.shape();
+  out_shape.back() = out_features;
+  const Tensor x2 = x.reshape({-1, in_features}).to(kFloat32);
+  const Tensor w = dequantized_weight();
+  // the weight's values are exact in bfloat16 unless one is below bfloat16's normal range
+  const core::Format& we = mx::mx_element(weight_config.dtype);
+  const double smallest = core::decode(we, 1);
+  bool w_sub = false;
+  const uint8_t* sb = static_cast<const uint8_t*>(weight_scale.raw_data());
+  for (int64_t i = 0; i < weight_scale.numel() && !w_sub; ++i)
+    w_sub = sb[i] != 255 && smallest * std::ldexp(1.0, sb[i] - 127) < std::ldexp(1.0, -126);
+  Tensor acc;
+  if (!activation_config) {
+    acc = x.dtype() == kFloat32 ? gemm(x2, false, w, true) : gemm_bf16(x2.to(kBFloat16), false, w.to(kBFloat16), true);
+  } else {
+    const Cast2D q = mx_cast(x2, *activation_config, CastOutput::Bf16Dequantized);
+    if (q.bf16_subnormal || w_sub)
+      acc = gemm(core::dequantize_f32(mx_cast(x2, *activation_config, CastOutput::Codes)), false, w, true);
+    else
+      acc = gemm_bf16(q.values, false, w.to(kBFloat16), true);
+  }
+  Tensor out = bias.defined() ? add(acc, bias.to(kFloat32)) : acc;
+  return out.to(x.dtype()).reshape(out_shape);
+}
+
+nn::Attributes MXQuantizedLinear::checkpoint_attributes() const {
+  nn::Attributes a = {{"quant_scheme", std::string("mx")},
+                      {"weight_dtype", std::string(mx::element_name(weight_config.dtype))},
+                      {"block_size", weight_config.block_size},
+                      {"scaling_mode", std::string(core::to_string(weight_config.scaling_mode))},
+                      {"in_features", in_features},
+                      {"activation", std::string(activation_config ? "dynamic" : "none")}};
+  if (activation_config) {
+    a["activation_dtype"] = std::string(mx::element_name(activation_config->dtype));
+    a["activation_block_size"] = activation_config->block_size;
+    a["activation_scaling_mode"] = std::string(core::to_string(activation_config->scaling_mode));
+  }
+  return a;
+}
+
+std::shared_ptr<MXQuantizedLinear> MXQuantizedLinear::from_attributes(const nn::Attributes& a,
+                                                                      const nn::NamedTensors& t) {
+  const char* ty = "MXQuantizedLinear";
+  LOWBIT_CHECK(nn::attr_string(a, "quant_scheme", ty) == "mx", "{}: quant_scheme must be 'mx'", ty);
+  for (const auto& [name, _] : t)
+    LOWBIT_CHECK(name == "weight" || name == "weight_scale" || name == "bias", "{}: unexpected tensor '{}'", ty, name);
+  const MXFakeQuantizeConfig wc(element_of(nn::attr_string(a, "weight_dtype", ty), ty),
+                                nn::attr_int(a, "block_size", ty),
+                                mx::parse_scale_mode(nn::attr_string(a, "scaling_mode", ty)));
+  std::optional<MXFakeQuantizeConfig> ac;
+  const std::string act = nn::attr_string(a, "activation", ty);
+  LOWBIT_CHECK(act == "none" || act == "dynamic", "{}: activation must be 'none' or 'dynamic', got '{}'", ty, act);
+  if (act == "dynamic")
+    ac = MXFakeQuantizeConfig(element_of(nn::attr_string(a, "activation_dtype", ty), ty),
+                              nn::attr_int(a, "activation_block_size", ty),
+                              mx::parse_scale_mode(nn::attr_string(a, "activation_scaling_mode", ty)));
+  return std::make_shared<MXQuantizedLinear>(nn::find_tensor(t, "weight"), nn::find_tensor(t, "weight_scale"),
+                                             nn::find_tensor(t, "bias"), nn::attr_int(a, "in_features", ty), wc, ac);
+}
+
+}  // namespace lowbit::qat
