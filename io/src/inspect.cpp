@@ -64,8 +64,8 @@ FileInfo inspect(const std::string& path) {
                    "reads; quantize the float model again",
                    path, parent_path);
       const std::string scheme = h5::read_attr_string(pg, "quant_scheme", path, parent_path);
-      // integer layouts name their format "weight_format", float8 ones "weight_dtype"
-      const char* fmt_key = scheme == "float8" ? "weight_dtype" : "weight_format";
+      // integer layouts name their format "weight_format", float8 and MX ones "weight_dtype"
+      const char* fmt_key = scheme == "float8" || scheme == "mx" ? "weight_dtype" : "weight_format";
       ti.scheme = scheme + " " + h5::read_attr_string(pg, fmt_key, path, parent_path);
     }
     Hid ds = h5::open_dataset(model, e.path, path);
@@ -84,6 +84,15 @@ FileInfo inspect(const std::string& path) {
       // at least one bit per code: a group cannot describe more weights than 8 per stored byte
       LOWBIT_CHECK(logical <= 8 * n, "{}: '{}' claims a {}-element weight but stores {} bytes of codes", path,
                    parent_path, logical, n);
+    }
+    if (quantized && leaf == "weight" && h5::read_attr_string(pg, "quant_scheme", path, parent_path) == "mx" &&
+        h5::has_attr(pg, "in_features") && !ti.shape.empty()) {
+      // MX codes: fp4 packs two per byte; the weight is out_features x in_features elements
+      const int64_t in = h5::read_attr_int(pg, "in_features", path, parent_path);
+      LOWBIT_CHECK(in >= 0 && in <= 2 * std::max<int64_t>(ti.shape.back(), 1),
+                   "{}: '{}' claims in_features {} but stores rows of {} codes", path, parent_path, in,
+                   ti.shape.back());
+      logical = ti.shape.front() * in;
     }
     info.parameters += logical;
     info.stored_bytes += ti.bytes;

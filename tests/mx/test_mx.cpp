@@ -379,10 +379,51 @@ TEST(MX, QatPrepareConvertExportRebuild) {
     auto back = io::load_model(path);
     EXPECT_EQ(back->to_string(), model->to_string());
     EXPECT_EQ(t::count_mismatches(back->forward(x), y), 0);
+    // inspect (and lowbit eval, which reads it) counts the logical weights and names the format
+    const io::FileInfo info = io::inspect(path);
+    EXPECT_EQ(info.parameters, 64 * 48 + 48 + 48 * 10 + 10);
+    int mx_tensors = 0;
+    for (const auto& ti : info.tensors) mx_tensors += ti.scheme.rfind("mx ", 0) == 0;
+    EXPECT_EQ(mx_tensors, 6);  // weight, weight_scale, bias of both layers
     std::filesystem::remove(path);
   }
   t::expect_error([] { qat::MXFakeQuantizeConfig(FormatId::Int4); }, {"MX element format", "int4"});
   qat::MXDynamicActivationMXWeightConfig mixed;
   mixed.weight_dtype = FormatId::Float4E2M1FN;
   t::expect_error([&] { mixed.validate(); }, {"activation_dtype (float8_e4m3fn) and weight_dtype (fp4_e2m1)"});
+}
+
+// A file's MXQuantizedLinear is checked before it is built: scheme, formats, shapes, scale dtype
+// and shape, fp6 codes that do not fit 6 bits, odd in_features for fp4.
+TEST(MX, HostileMXQuantizedLinearAttributesAreRefused) {
+  const Tensor scale = full({4, 1}, 127.0).to(kFloat8_e8m0fnu);
+  nn::NamedTensors t = {{"weight", zeros({4, 32}).to(kFloat4_e2m1fn_x2)}, {"weight_scale", scale}};  // 4 x 16 bytes
+  nn::Attributes a = {{"quant_scheme", std::string("mx")}, {"weight_dtype", std::string("fp4_e2m1")},
+                      {"block_size", int64_t{32}},         {"scaling_mode", std::string("RCEIL")},
+                      {"in_features", int64_t{32}},        {"activation", std::string("none")}};
+  EXPECT_NO_THROW(qat::MXQuantizedLinear::from_attributes(a, t));
+  auto bad = a;
+  bad["weight_dtype"] = std::string("int4");
+  t::expect_error([&] { qat::MXQuantizedLinear::from_attributes(bad, t); }, {"MX element format", "int4"});
+  bad = a;
+  bad["in_features"] = int64_t{33};
+  t::expect_error([&] { qat::MXQuantizedLinear::from_attributes(bad, t); }, {"MXQuantizedLinear", "got 33"});
+  bad = a;
+  bad["in_features"] = int64_t{64};
+  t::expect_error([&] { qat::MXQuantizedLinear::from_attributes(bad, t); }, {"MXQuantizedLinear", "32 columns"});
+  bad = a;
+  bad["scaling_mode"] = std::string("round");
+  t::expect_error([&] { qat::MXQuantizedLinear::from_attributes(bad, t); }, {"FLOOR, CEIL, EVEN or RCEIL", "'round'"});
+  bad = a;
+  bad["activation"] = std::string("static");
+  t::expect_error([&] { qat::MXQuantizedLinear::from_attributes(bad, t); }, {"activation must be 'none' or 'dynamic'"});
+  auto t2 = t;
+  t2[1].second = ones({4, 1});
+  t::expect_error([&] { qat::MXQuantizedLinear::from_attributes(a, t2); },
+                  {"weight_scale must be float8_e8m0fnu of shape [4, 1]"});
+  // fp6: codes above 6 bits
+  nn::Attributes a6 = a;
+  a6["weight_dtype"] = std::string("fp6_e2m3");
+  nn::NamedTensors t6 = {{"weight", full({4, 32}, 64.0).to(kUInt8)}, {"weight_scale", scale}};
+  t::expect_error([&] { qat::MXQuantizedLinear::from_attributes(a6, t6); }, {"128 weight codes do not fit 6 bits"});
 }
