@@ -74,7 +74,7 @@ MXTensor to_mx(const Tensor& x_in, FormatId elem, int64_t block_size, E8M0Roundi
   LOWBIT_CHECK(e.per_byte != 2 || K % 2 == 0, "{}: {} packs two elements per byte; the last dim must be even, got {}",
                op, element_name(elem), K);
   const Tensor x = x_in.dtype() == kFloat32 ? x_in : x_in.to(kFloat32);
-  const int64_t n = x.numel(), nb = block_size > 0 ? n / block_size : 0;
+  const int64_t nb = x.numel() / block_size;
   MXTensor t;
   t.elem = elem;
   t.block_size = block_size;
@@ -84,31 +84,40 @@ MXTensor to_mx(const Tensor& x_in, FormatId elem, int64_t block_size, E8M0Roundi
   sshape.back() = K / block_size;
   t.scale = empty(sshape, kFloat8_e8m0fnu);
   const bool packed = e.per_byte == 2;
-  Tensor codes = empty(t.shape, packed ? kUInt8 : e.storage_dtype);
+  Shape qshape = t.shape;
+  if (packed) qshape.back() = K / 2;
+  t.qdata = empty(qshape, packed ? kFloat4_e2m1fn_x2 : e.storage_dtype);
   const MinifloatSpec& spec = *e.minifloat;
   // fp8: FLOOR/CEIL/EVEN clamp to +-max before PyTorch's cast, RCEIL does not; fp6/fp4 saturate
   const bool saturate = mode != E8M0Rounding::RCeil || e.bits < 8;
   const float* xp = x.data_ptr<float>();
   uint8_t* sb = static_cast<uint8_t*>(t.scale.raw_data());
-  uint8_t* qp = static_cast<uint8_t*>(codes.raw_data());
-  lowbit::detail::parallel_for(nb, core::grain_for(block_size), [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      const float* blk = xp + b * block_size;
-      const core::E8M0Scale s = core::e8m0_scale(core::amax_of_run(blk, block_size), e, mode);
-      sb[b] = s.byte;
-      minifloat_encode_scaled(spec, blk, s.multiplier, nullptr, qp + b * block_size, block_size, saturate);
+  uint8_t* qp = static_cast<uint8_t*>(t.qdata.raw_data());
+  // chunks of whole blocks (about 4096 elements): each block's amax and scale, the multipliers
+  // spread per element, then one vectorized encode (and, for fp4, the nibble packing) per chunk
+  // while the chunk is in cache -- not one encoder call per 32-element block
+  int64_t per_chunk = std::max<int64_t>(1, 4096 / block_size);
+  if (packed && per_chunk * block_size % 2 != 0) ++per_chunk;  // chunks start on whole bytes
+  const int64_t chunks = (nb + per_chunk - 1) / per_chunk;
+  lowbit::detail::parallel_for(chunks, std::max<int64_t>(1, 8), [&](int64_t c0, int64_t c1) {
+    std::vector<float> mult(static_cast<size_t>(per_chunk * block_size));
+    std::vector<uint8_t> tmp(packed ? mult.size() : 0);
+    for (int64_t c = c0; c < c1; ++c) {
+      const int64_t b0 = c * per_chunk, b1 = std::min(nb, b0 + per_chunk), len = (b1 - b0) * block_size;
+      const float* cx = xp + b0 * block_size;
+      for (int64_t b = b0; b < b1; ++b) {
+        const core::E8M0Scale s = core::e8m0_scale(core::amax_of_run(xp + b * block_size, block_size), e, mode);
+        sb[b] = s.byte;
+        std::fill_n(mult.data() + (b - b0) * block_size, block_size, s.multiplier);
+      }
+      uint8_t* dst = packed ? tmp.data() : qp + b0 * block_size;
+      minifloat_encode_scaled(spec, cx, 0.0f, mult.data(), dst, len, saturate);
+      if (packed) {
+        uint8_t* out = qp + b0 * block_size / 2;
+        for (int64_t i = 0; i < len / 2; ++i)
+          out[i] = static_cast<uint8_t>(tmp[static_cast<size_t>(2 * i)] | (tmp[static_cast<size_t>(2 * i + 1)] << 4));
+      }
     }
-  });
-  if (!packed) {
-    t.qdata = codes;
-    return t;
-  }
-  Shape pshape = t.shape;
-  pshape.back() = K / 2;
-  t.qdata = empty(pshape, kFloat4_e2m1fn_x2);
-  uint8_t* out = static_cast<uint8_t*>(t.qdata.raw_data());
-  lowbit::detail::parallel_for(n / 2, kParallelGrain, [&](int64_t i0, int64_t i1) {
-    for (int64_t i = i0; i < i1; ++i) out[i] = static_cast<uint8_t>(qp[2 * i] | (qp[2 * i + 1] << 4));
   });
   return t;
 }
