@@ -51,21 +51,34 @@ Cast2D cast_blocked_2d(const float* x, int64_t rows, int64_t cols, const Format&
            &elem};
   void* out = c.values.raw_data();
   float* sp = c.scale.data_ptr<float>();
-  if (axis == ScaleAxis::Row) {  // each 1 x block run: amax, then its cast while in cache
+  if (axis == ScaleAxis::Row) {  // a row's runs: amax and multiplier, cast while the row is in cache --
+                                 // run by run for long runs; for short ones (MX's 32) the row's
+                                 // multipliers spread per element and one cast of the whole row,
+                                 // since a kernel call per 32 elements costs more than the work
     const int64_t grain = std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(cols, 1));
+    const bool spread = block < 128;
     lowbit::detail::parallel_for(rows, grain, [&](int64_t r0, int64_t r1) {
-      for (int64_t r = r0; r < r1; ++r)
+      std::vector<float> mult(spread ? static_cast<size_t>(cols) : 0), inv(mult.size());
+      for (int64_t r = r0; r < r1; ++r) {
         for (int64_t b = 0; b < cb; ++b) {
-          const int64_t o = r * cols + b * block, n = std::min(block, cols - b * block);
+          const int64_t o = b * block, n = std::min(block, cols - o);
           float* s = sp + r * cb + b;
-          *s = rule(amax_of_run(x + o, n));
-          cast_run(elem, output, out, x + o, s, false, n, o);
+          *s = rule(amax_of_run(x + r * cols + o, n));
+          if (!spread) {
+            cast_run(elem, output, out, x + r * cols + o, s, false, n, r * cols + o);
+            continue;
+          }
+          std::fill_n(mult.data() + o, n, *s);
+          std::fill_n(inv.data() + o, n, 1.0f / *s);
         }
+        if (spread) cast_run(elem, output, out, x + r * cols, mult.data(), true, cols, r * cols, inv.data());
+      }
     });
   } else {  // a strip of `block` rows at a time: the column (Col) or tile (Tile) maxima over the
             // strip, then its rows cast with them -- the strip is still in cache
     lowbit::detail::parallel_for(rb, 1, [&](int64_t s0, int64_t s1) {
-      std::vector<float> m(static_cast<size_t>(axis == ScaleAxis::Col ? cols : cb)), inv(m.size());
+      std::vector<float> m(static_cast<size_t>(axis == ScaleAxis::Col ? cols : cb));
+      std::vector<float> mult(static_cast<size_t>(cols)), inv(static_cast<size_t>(cols));
       for (int64_t st = s0; st < s1; ++st) {
         const int64_t r_begin = st * block, r_end = std::min(rows, r_begin + block);
         std::fill(m.begin(), m.end(), 0.0f);
@@ -78,21 +91,15 @@ Cast2D cast_blocked_2d(const float* x, int64_t rows, int64_t cols, const Format&
                   m[static_cast<size_t>(b)], amax_of_run(x + r * cols + b * block, std::min(block, cols - b * block)));
           }
         }
+        // the strip's multiplier of every column (the same for each of its rows)
         float* s = sp + st * static_cast<int64_t>(m.size());
-        for (size_t j = 0; j < m.size(); ++j) {
-          s[j] = rule(m[j]);
-          inv[j] = 1.0f / s[j];
+        for (size_t j = 0; j < m.size(); ++j) s[j] = rule(m[j]);
+        for (int64_t j = 0; j < cols; ++j) {
+          mult[static_cast<size_t>(j)] = axis == ScaleAxis::Col ? s[j] : s[j / block];
+          inv[static_cast<size_t>(j)] = 1.0f / mult[static_cast<size_t>(j)];
         }
-        for (int64_t r = r_begin; r < r_end; ++r) {
-          if (axis == ScaleAxis::Col) {
-            cast_run(elem, output, out, x + r * cols, s, true, cols, r * cols, inv.data());
-          } else {
-            for (int64_t b = 0; b < cb; ++b) {
-              const int64_t o = r * cols + b * block;
-              cast_run(elem, output, out, x + o, s + b, false, std::min(block, cols - b * block), o);
-            }
-          }
-        }
+        for (int64_t r = r_begin; r < r_end; ++r)
+          cast_run(elem, output, out, x + r * cols, mult.data(), true, cols, r * cols, inv.data());
       }
     });
   }
