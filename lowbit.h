@@ -16,6 +16,7 @@
 #include "lowbit/io/checkpoint.h"
 #include "lowbit/mx/linear.h"
 #include "lowbit/mx/mx.h"
+#include "lowbit/mx/nvfp4.h"
 #include "lowbit/nn/layers.h"
 #include "lowbit/nn/module.h"
 #include "lowbit/nn/transformer.h"

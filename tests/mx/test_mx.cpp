@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstring>
 #include <filesystem>
 
 #include "golden.h"
@@ -15,6 +16,7 @@
 #include "lowbit/qat/recipes.h"
 #include "lowbit/mx/linear.h"
 #include "lowbit/mx/mx.h"
+#include "lowbit/mx/nvfp4.h"
 #include "test_util.h"
 
 using namespace lowbit;
@@ -426,4 +428,56 @@ TEST(MX, HostileMXQuantizedLinearAttributesAreRefused) {
   a6["weight_dtype"] = std::string("fp6_e2m3");
   nn::NamedTensors t6 = {{"weight", full({4, 32}, 64.0).to(kUInt8)}, {"weight_scale", scale}};
   t::expect_error([&] { qat::MXQuantizedLinear::from_attributes(a6, t6); }, {"128 weight codes do not fit 6 bits"});
+}
+
+// NVFP4Tensor against torchao (nvfp4.h5, 18 quantize cases: single level, two level with the
+// per-tensor scale from the amax or given, random / edge / non-finite / 3-D / bf16 inputs): e4m3
+// scale bytes, hp scales, fp4 codes (outside NaN blocks), float32 and bfloat16 dequantization.
+TEST(MXGolden, EveryNvfp4QuantizeCase) {
+  LOWBIT_GOLDEN_FILE(path, "nvfp4.h5");
+  hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  ASSERT_GE(f, 0);
+  int cases = 0;
+  int64_t codes = 0;
+  const core::Format& fp4 = core::format(FormatId::Float4E2M1FN);
+  for (const auto& name : t::golden_cases(f)) {
+    if (name.rfind("quantize/", 0) != 0) continue;
+    SCOPED_TRACE(name);
+    hid_t g = H5Gopen2(f, name.c_str(), H5P_DEFAULT);
+    const Tensor x = input_of(g);
+    std::optional<float> pts;
+    if (has_dataset(g, "per_tensor_scale")) {
+      pts = t::dataset(g, "per_tensor_scale", kFloat32).data_ptr<float>()[0];
+      if (name.find("pts_from_amax") != std::string::npos) {
+        const float ours = nvfp4_per_tensor_scale_of(x);
+        EXPECT_TRUE(ours == *pts || (std::isnan(ours) && std::isnan(*pts))) << ours << " vs " << *pts;
+      }
+    }
+    const NVFP4Tensor n = to_nvfp4(x, pts);
+    const Tensor sb = t::dataset(g, "scale_e4m3_bits", kUInt8), qb = t::dataset(g, "qdata_packed", kUInt8);
+    ASSERT_EQ(n.scale.numel(), sb.numel());
+    ASSERT_EQ(n.qdata.numel(), qb.numel());
+    EXPECT_EQ(std::memcmp(n.scale.raw_data(), sb.raw_data(), static_cast<size_t>(sb.numel())), 0);
+    EXPECT_EQ(t::count_mismatches(n.hp_scales(), t::dataset(g, "hp_scales", kFloat32)), 0);
+    const Tensor hp = n.hp_scales();
+    std::vector<uint8_t> ours(static_cast<size_t>(x.numel())), theirs(ours.size());
+    core::unpack(fp4, bytes(n.qdata), ours.data(), x.numel());
+    core::unpack(fp4, bytes(qb), theirs.data(), x.numel());
+    for (int64_t b = 0; b < sb.numel(); ++b) {
+      if (std::isnan(hp.data_ptr<float>()[b])) continue;  // NaN blocks: codes unspecified
+      for (int64_t i = b * 16; i < (b + 1) * 16; ++i, ++codes)
+        ASSERT_EQ(ours[static_cast<size_t>(i)], theirs[static_cast<size_t>(i)]) << "element " << i;
+    }
+    EXPECT_EQ(t::count_mismatches(n.dequantize(kFloat32), t::dataset(g, "dequant_f32", kFloat32)), 0);
+    if (has_dataset(g, "dequant_orig_dtype"))
+      EXPECT_EQ(t::count_mismatches(n.dequantize().to(kFloat32), t::dataset(g, "dequant_orig_dtype", kFloat32)), 0);
+    H5Gclose(g);
+    ++cases;
+  }
+  H5Fclose(f);
+  EXPECT_EQ(cases, 18);
+  std::printf("  nvfp4.h5: %d quantize cases, %lld fp4 codes, scales and dequantized values bit-exact\n", cases,
+              static_cast<long long>(codes));
+  t::expect_error([] { to_nvfp4(randn({2, 24})); }, {"to_nvfp4", "multiple of the block size 16"});
+  t::expect_error([] { to_nvfp4(randn({2, 32}), 0.0f); }, {"per_tensor_scale must be positive", "got 0"});
 }
