@@ -184,6 +184,28 @@ struct MXFakeQuantizeConfig : FakeQuantizeConfigBase {
   bool bias_gets_gradient() const override { return !torchao_bias_parity; }
 };
 
+/// torchao's NVFP4FakeQuantizeConfig (prototype/qat/nvfp4.py): fake quantization to NVFP4 --
+/// 16-element blocks of fp4 e2m1 with e4m3 block scales and, with use_per_tensor_scale, a dynamic
+/// float32 per-tensor scale amax / (448 * 6) -- forward = NVFP4Tensor dequantization in the input's
+/// dtype (bit-exact with to_nvfp4 + dequantize), backward straight through. torchao has no CPU
+/// path for it (its linear always calls _scaled_mm); lowbit's follows the formulas (spec §4.7).
+/// The last dim must be a multiple of 16.
+struct NVFP4FakeQuantizeConfig : FakeQuantizeConfigBase {
+  bool use_per_tensor_scale = true;
+  NVFP4FakeQuantizeConfig() = default;
+  explicit NVFP4FakeQuantizeConfig(bool use_per_tensor_scale) : use_per_tensor_scale(use_per_tensor_scale) {}
+  /// "NVFP4FakeQuantizeConfig(use_per_tensor_scale=True)"
+  std::string to_string() const override;
+  void validate() const override {}
+  std::unique_ptr<FakeQuantizeConfigBase> clone() const override {
+    return std::make_unique<NVFP4FakeQuantizeConfig>(*this);
+  }
+  Tensor fake_quantize(const Tensor& x, FakeQuantizer& quantizer) const override;
+  /// An NVFP4QuantizedLinear (activation: null or an NVFP4FakeQuantizeConfig).
+  std::shared_ptr<nn::Module> quantized_linear(const nn::Linear& linear,
+                                               const FakeQuantizeConfigBase* activation) const override;
+};
+
 /// nn::Module applying a fake-quantize config. enabled = false makes it the identity.
 class FakeQuantizer : public nn::Module {
  public:

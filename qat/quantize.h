@@ -121,6 +121,15 @@ struct MXDynamicActivationMXWeightConfig : QuantConfigBase {
   FakeQuantizeConfigs fake_quantize_configs() const override;
 };
 
+/// torchao's NVFP4DynamicActivationNVFP4WeightConfig: NVFP4 weights (quantized once) and
+/// activations (per call), with dynamic per-tensor scales when use_dynamic_per_tensor_scale. QAT
+/// prepares NVFP4FakeQuantizeConfig quantizers; convert gives an NVFP4QuantizedLinear.
+struct NVFP4DynamicActivationNVFP4WeightConfig : QuantConfigBase {
+  bool use_dynamic_per_tensor_scale = true;
+  std::string to_string() const override;
+  FakeQuantizeConfigs fake_quantize_configs() const override;
+};
+
 /// QATConfig(base_config) or QATConfig(activation_config, weight_config); step "prepare"/"convert".
 struct QATConfig : QuantConfigBase {
   std::shared_ptr<QuantConfigBase> base_config;

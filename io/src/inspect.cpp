@@ -65,7 +65,8 @@ FileInfo inspect(const std::string& path) {
                    path, parent_path);
       const std::string scheme = h5::read_attr_string(pg, "quant_scheme", path, parent_path);
       // integer layouts name their format "weight_format", float8 and MX ones "weight_dtype"
-      const char* fmt_key = scheme == "float8" || scheme == "mx" ? "weight_dtype" : "weight_format";
+      const char* fmt_key =
+          scheme == "float8" || scheme == "mx" || scheme == "nvfp4" ? "weight_dtype" : "weight_format";
       ti.scheme = scheme + " " + h5::read_attr_string(pg, fmt_key, path, parent_path);
     }
     Hid ds = h5::open_dataset(model, e.path, path);
@@ -78,22 +79,17 @@ FileInfo inspect(const std::string& path) {
     // a quantized module's codes stand for its logical weight ("shape" attribute); its scales and
     // zero points are overhead, not parameters
     int64_t logical = n;
-    if (quantized && (leaf == "scale" || leaf == "zero_point" || leaf == "weight_scale")) logical = 0;
+    if (quantized &&
+        (leaf == "scale" || leaf == "zero_point" || leaf == "weight_scale" || leaf == "weight_per_tensor_scale"))
+      logical = 0;
     if (quantized && leaf == "qdata" && h5::has_attr(pg, "shape")) {
       logical = logical_elements(pg, path, parent_path);
       // at least one bit per code: a group cannot describe more weights than 8 per stored byte
       LOWBIT_CHECK(logical <= 8 * n, "{}: '{}' claims a {}-element weight but stores {} bytes of codes", path,
                    parent_path, logical, n);
     }
-    if (quantized && leaf == "weight" && h5::read_attr_string(pg, "quant_scheme", path, parent_path) == "mx" &&
-        h5::has_attr(pg, "in_features") && !ti.shape.empty()) {
-      // MX codes: fp4 packs two per byte; the weight is out_features x in_features elements
-      const int64_t in = h5::read_attr_int(pg, "in_features", path, parent_path);
-      LOWBIT_CHECK(in >= 0 && in <= 2 * std::max<int64_t>(ti.shape.back(), 1),
-                   "{}: '{}' claims in_features {} but stores rows of {} codes", path, parent_path, in,
-                   ti.shape.back());
-      logical = ti.shape.front() * in;
-    }
+    // packed fp4 codes (MX, NVFP4): two weights per stored element
+    if (quantized && leaf == "weight" && m.dtype == kFloat4_e2m1fn_x2) logical = 2 * n;
     info.parameters += logical;
     info.stored_bytes += ti.bytes;
     info.float32_bytes += static_cast<uint64_t>(logical) * 4;

@@ -11,6 +11,7 @@
 #include "lowbit/autograd/ops.h"
 #include "lowbit/core/cast2d.h"
 #include "lowbit/mx/mx.h"
+#include "lowbit/mx/nvfp4.h"
 #include "lowbit/qat/mx_quantized.h"
 #include "lowbit/qat/quantize.h"
 
@@ -257,6 +258,159 @@ std::shared_ptr<MXQuantizedLinear> MXQuantizedLinear::from_attributes(const nn::
                               mx::parse_scale_mode(nn::attr_string(a, "activation_scaling_mode", ty)));
   return std::make_shared<MXQuantizedLinear>(nn::find_tensor(t, "weight"), nn::find_tensor(t, "weight_scale"),
                                              nn::find_tensor(t, "bias"), nn::attr_int(a, "in_features", ty), wc, ac);
+}
+
+// ---- NVFP4 ----
+namespace {
+// an NVFP4 tensor of x (per-tensor scale from x's amax when asked)
+mx::NVFP4Tensor nvfp4_of(const Tensor& x, bool per_tensor) {
+  return mx::to_nvfp4(x, per_tensor ? std::optional<float>(mx::nvfp4_per_tensor_scale_of(x)) : std::nullopt);
+}
+// fp4 value x e4m3 block scale, without the per-tensor scale (float32)
+Tensor block_scaled(mx::NVFP4Tensor t) {
+  t.per_tensor_scale.reset();
+  return t.dequantize(kFloat32);
+}
+}  // namespace
+
+std::string NVFP4FakeQuantizeConfig::to_string() const {
+  return fmt::format("NVFP4FakeQuantizeConfig(use_per_tensor_scale={})", use_per_tensor_scale ? "True" : "False");
+}
+
+Tensor NVFP4FakeQuantizeConfig::fake_quantize(const Tensor& x_in, FakeQuantizer&) const {
+  LOWBIT_CHECK(x_in.defined() && (x_in.dtype() == kFloat32 || x_in.dtype() == kBFloat16) && x_in.dim() >= 1,
+               "{}: input must be a float32 or bfloat16 tensor, got {}", to_string(),
+               x_in.defined() ? detail::desc(x_in) : "undefined");
+  Tensor y = nvfp4_of(x_in.detach(), use_per_tensor_scale).dequantize();  // in the input's dtype
+  if (!detail::any_requires_grad({&x_in})) return y;
+  const DType dt = x_in.dtype();
+  detail::record(y, "NVFP4FakeQuantizeBackward", {x_in},
+                 [dt](const Tensor& g) { return std::vector<Tensor>{g.dtype() == dt ? g : g.to(dt)}; });
+  return y;
+}
+
+std::shared_ptr<nn::Module> NVFP4FakeQuantizeConfig::quantized_linear(const nn::Linear& linear,
+                                                                      const FakeQuantizeConfigBase* activation) const {
+  std::optional<NVFP4FakeQuantizeConfig> act;
+  if (activation) {
+    const auto* a = dynamic_cast<const NVFP4FakeQuantizeConfig*>(activation);
+    LOWBIT_CHECK(a != nullptr, "convert: an NVFP4 weight needs an NVFP4 activation config (or none), got {}",
+                 activation->to_string());
+    act = *a;
+  }
+  return std::make_shared<NVFP4QuantizedLinear>(linear, *this, act);
+}
+
+std::string NVFP4DynamicActivationNVFP4WeightConfig::to_string() const {
+  return fmt::format("NVFP4DynamicActivationNVFP4WeightConfig(use_dynamic_per_tensor_scale={})",
+                     use_dynamic_per_tensor_scale ? "True" : "False");
+}
+FakeQuantizeConfigs NVFP4DynamicActivationNVFP4WeightConfig::fake_quantize_configs() const {
+  return {std::make_shared<NVFP4FakeQuantizeConfig>(use_dynamic_per_tensor_scale),
+          std::make_shared<NVFP4FakeQuantizeConfig>(use_dynamic_per_tensor_scale)};
+}
+
+NVFP4QuantizedLinear::NVFP4QuantizedLinear(const nn::Linear& linear, const NVFP4FakeQuantizeConfig& wc,
+                                           std::optional<NVFP4FakeQuantizeConfig> ac)
+    : in_features(linear.in_features), out_features(linear.out_features), weight_config(wc), activation_config(ac) {
+  NoGradGuard ng;
+  LOWBIT_CHECK(in_features % 16 == 0, "NVFP4QuantizedLinear: in_features must be a multiple of 16, got {}",
+               in_features);
+  const mx::NVFP4Tensor t = nvfp4_of(linear.weight.detach(), wc.use_per_tensor_scale);
+  weight = register_buffer("weight", t.qdata);
+  weight_scale = register_buffer("weight_scale", t.scale);
+  if (t.per_tensor_scale)
+    weight_per_tensor_scale = register_buffer("weight_per_tensor_scale", full({1}, *t.per_tensor_scale));
+  if (linear.bias.defined()) bias = register_buffer("bias", linear.bias.detach().clone());
+}
+
+NVFP4QuantizedLinear::NVFP4QuantizedLinear(Tensor codes, Tensor scale, Tensor pts, Tensor b, NVFP4FakeQuantizeConfig wc,
+                                           std::optional<NVFP4FakeQuantizeConfig> ac)
+    : weight_config(wc), activation_config(ac) {
+  const char* ty = "NVFP4QuantizedLinear";
+  LOWBIT_CHECK(codes.defined() && codes.dim() == 2 && codes.dtype() == kFloat4_e2m1fn_x2 && codes.size(1) % 8 == 0,
+               "{}: weight must be a float4_e2m1fn_x2 matrix of rows of 8k bytes, got {}", ty,
+               codes.defined() ? detail::desc(codes) : "undefined");
+  out_features = codes.size(0);
+  in_features = codes.size(1) * 2;
+  const Shape sshape{out_features, in_features / 16};
+  LOWBIT_CHECK(scale.defined() && scale.dtype() == kFloat8_e4m3fn && scale.shape() == sshape,
+               "{}: weight_scale must be float8_e4m3fn of shape {}, got {}", ty, shape_str(sshape),
+               scale.defined() ? detail::desc(scale) : "undefined");
+  LOWBIT_CHECK(wc.use_per_tensor_scale == pts.defined(),
+               "{}: weight_per_tensor_scale must be present exactly when use_per_tensor_scale is set", ty);
+  LOWBIT_CHECK(!pts.defined() || (pts.dtype() == kFloat32 && pts.numel() == 1),
+               "{}: weight_per_tensor_scale must be one float32 value, got {}", ty, detail::desc(pts));
+  LOWBIT_CHECK(!b.defined() || (b.dim() == 1 && b.size(0) == out_features && is_floating(b.dtype())),
+               "{}: bias must be a floating vector of out_features={}, got {}", ty, out_features, detail::desc(b));
+  weight = register_buffer("weight", codes);
+  weight_scale = register_buffer("weight_scale", scale);
+  if (pts.defined()) weight_per_tensor_scale = register_buffer("weight_per_tensor_scale", pts);
+  if (b.defined()) bias = register_buffer("bias", b);
+}
+
+std::string NVFP4QuantizedLinear::extra_repr() const {
+  return fmt::format("in_features={}, out_features={}, bias={}, weight={}, activation={}", in_features, out_features,
+                     bias.defined() ? "True" : "False", weight_config.to_string(),
+                     activation_config ? activation_config->to_string() : "None");
+}
+
+Tensor NVFP4QuantizedLinear::forward(const Tensor& x) {
+  LOWBIT_CHECK(
+      x.defined() && (x.dtype() == kFloat32 || x.dtype() == kBFloat16) && x.dim() >= 1 && x.size(-1) == in_features,
+      "NVFP4QuantizedLinear: input must be float32 or bfloat16 ending in in_features={}, got {}", in_features,
+      x.defined() ? detail::desc(x) : "undefined");
+  NoGradGuard ng;
+  const DType dt = x.dtype();
+  Shape out_shape = x.shape();
+  out_shape.back() = out_features;
+  mx::NVFP4Tensor w;
+  w.qdata = weight;
+  w.scale = weight_scale;
+  w.shape = {out_features, in_features};
+  if (weight_per_tensor_scale.defined()) w.per_tensor_scale = weight_per_tensor_scale.data_ptr<float>()[0];
+  const Tensor x2 = x.reshape({-1, in_features});
+  Tensor out;
+  if (!activation_config) {  // the weight dequantized (with its per-tensor scale) in x's dtype
+    const Tensor wd = w.dequantize(dt);
+    out = dt == kFloat32 ? gemm(x2, false, wd, true) : gemm_bf16(x2, false, wd, true).to(dt);
+  } else {
+    const mx::NVFP4Tensor a = nvfp4_of(x2, activation_config->use_per_tensor_scale);
+    // block-scaled values are exact in bfloat16 (2 x 4 significant bits, e4m3 scales >= 2^-6)
+    out = gemm_bf16(block_scaled(a).to(kBFloat16), false, block_scaled(w).to(kBFloat16), true).to(dt);
+    if (a.per_tensor_scale || w.per_tensor_scale) {
+      const float p = a.per_tensor_scale.value_or(1.0f) * w.per_tensor_scale.value_or(1.0f);
+      out = mul(out, full({}, p, kFloat32).to(dt));  // torchao: result * (pts_a * pts_b).to(out_dtype)
+    }
+  }
+  if (bias.defined()) out = add(out, bias.to(dt));
+  return out.reshape(out_shape);
+}
+
+nn::Attributes NVFP4QuantizedLinear::checkpoint_attributes() const {
+  nn::Attributes a = {{"quant_scheme", std::string("nvfp4")},
+                      {"weight_dtype", std::string("fp4_e2m1")},
+                      {"use_per_tensor_scale", int64_t{weight_config.use_per_tensor_scale ? 1 : 0}},
+                      {"activation", std::string(activation_config ? "dynamic" : "none")}};
+  if (activation_config) a["activation_per_tensor_scale"] = int64_t{activation_config->use_per_tensor_scale ? 1 : 0};
+  return a;
+}
+
+std::shared_ptr<NVFP4QuantizedLinear> NVFP4QuantizedLinear::from_attributes(const nn::Attributes& a,
+                                                                            const nn::NamedTensors& t) {
+  const char* ty = "NVFP4QuantizedLinear";
+  LOWBIT_CHECK(nn::attr_string(a, "quant_scheme", ty) == "nvfp4", "{}: quant_scheme must be 'nvfp4'", ty);
+  for (const auto& [name, _] : t)
+    LOWBIT_CHECK(name == "weight" || name == "weight_scale" || name == "weight_per_tensor_scale" || name == "bias",
+                 "{}: unexpected tensor '{}'", ty, name);
+  const NVFP4FakeQuantizeConfig wc(nn::attr_flag(a, "use_per_tensor_scale", ty));
+  std::optional<NVFP4FakeQuantizeConfig> ac;
+  const std::string act = nn::attr_string(a, "activation", ty);
+  LOWBIT_CHECK(act == "none" || act == "dynamic", "{}: activation must be 'none' or 'dynamic', got '{}'", ty, act);
+  if (act == "dynamic") ac = NVFP4FakeQuantizeConfig(nn::attr_flag(a, "activation_per_tensor_scale", ty));
+  return std::make_shared<NVFP4QuantizedLinear>(nn::find_tensor(t, "weight"), nn::find_tensor(t, "weight_scale"),
+                                                nn::find_tensor(t, "weight_per_tensor_scale"),
+                                                nn::find_tensor(t, "bias"), wc, ac);
 }
 
 }  // namespace lowbit::qat

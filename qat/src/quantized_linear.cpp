@@ -203,6 +203,9 @@ void register_module_types() {
   nn::register_module_type("MXQuantizedLinear", [](const nn::Attributes& a, const nn::NamedTensors& t) {
     return std::static_pointer_cast<nn::Module>(MXQuantizedLinear::from_attributes(a, t));
   });
+  nn::register_module_type("NVFP4QuantizedLinear", [](const nn::Attributes& a, const nn::NamedTensors& t) {
+    return std::static_pointer_cast<nn::Module>(NVFP4QuantizedLinear::from_attributes(a, t));
+  });
 }
 
 // Whether every zero point is 0 (symmetric weights), cached per zero_point (storage, version).

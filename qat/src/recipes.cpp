@@ -77,6 +77,11 @@ const std::vector<RecipeInfo>& list_recipes() {
        [](const std::string&, int64_t g) { return mx_recipe(core::FormatId::Float6E2M3FN, g); }},
       {"mxfp4", "MXFP4: fp4 e2m1 activations and weights, e8m0 block scales, RCEIL", false, true, false,
        [](const std::string&, int64_t g) { return mx_recipe(core::FormatId::Float4E2M1FN, g); }},
+      {"nvfp4", "NVFP4: fp4 e2m1 activations and weights, 16-element e4m3 block scales, dynamic per-tensor scales",
+       false, false, false,
+       [](const std::string&, int64_t) -> std::shared_ptr<QuantConfigBase> {
+         return std::make_shared<NVFP4DynamicActivationNVFP4WeightConfig>();
+       }},
   };
   return r;
 }

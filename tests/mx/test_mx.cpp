@@ -13,6 +13,7 @@
 #include "lowbit/nn/layers.h"
 #include "lowbit/qat/mx_quantized.h"
 #include "lowbit/qat/quantize.h"
+#include "lowbit/qat/fake_quantizer.h"
 #include "lowbit/qat/recipes.h"
 #include "lowbit/mx/linear.h"
 #include "lowbit/mx/mx.h"
@@ -480,4 +481,61 @@ TEST(MXGolden, EveryNvfp4QuantizeCase) {
               static_cast<long long>(codes));
   t::expect_error([] { to_nvfp4(randn({2, 24})); }, {"to_nvfp4", "multiple of the block size 16"});
   t::expect_error([] { to_nvfp4(randn({2, 32}), 0.0f); }, {"per_tensor_scale must be positive", "got 0"});
+}
+
+// NVFP4 QAT -> convert (torchao has no CPU path for NVFP4 fake quantization: nvfp4.h5's two linear
+// cases are "raised"; tested against the formulas): the fake quantizer is to_nvfp4 + dequantize
+// with the tensor's own per-tensor scale; the converted linear follows torchao's dispatch order
+// (gemm on block-scaled values, rounded, times pts_x * pts_w, plus bias) and matches the prepared
+// model to float32 rounding; files rebuild it; inspect counts its weights.
+TEST(MX, Nvfp4QatConvertFollowsTheFormulas) {
+  Generator g(74);
+  const Tensor x = mul(randn({8, 64}, &g), 3.0);
+  qat::NVFP4FakeQuantizeConfig c;
+  qat::FakeQuantizer fq(c);
+  const Tensor y = fq.forward(x);
+  EXPECT_EQ(t::count_mismatches(y, to_nvfp4(x, nvfp4_per_tensor_scale_of(x)).dequantize()), 0);
+  qat::NVFP4FakeQuantizeConfig single(false);
+  qat::FakeQuantizer fq1(single);
+  EXPECT_EQ(t::count_mismatches(fq1.forward(x), to_nvfp4(x).dequantize()), 0);
+  Tensor xr = x.clone().requires_grad_();
+  sum(fq.forward(xr)).backward();  // straight through
+  EXPECT_EQ(t::count_mismatches(xr.grad(), ones({8, 64})), 0);
+
+  manual_seed(75);
+  auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+      std::make_shared<nn::Linear>(64, 32), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(32, 16)});
+  const auto base = qat::recipe_config("nvfp4", "int4", 32);
+  qat::quantize_(model, qat::QATConfig(base, "prepare"));
+  Tensor y_prepared;
+  {
+    NoGradGuard ng;
+    y_prepared = model->forward(x);
+  }
+  qat::quantize_(model, qat::QATConfig(base, "convert"));
+  ASSERT_EQ(model->get_submodule("0")->type_name(), "NVFP4QuantizedLinear");
+  NoGradGuard ng;
+  const Tensor yc = model->forward(x);
+  EXPECT_LE(max_rel_to_max(yc, y_prepared), 1e-5);
+  // the dispatch order by hand for the first layer
+  auto* q = dynamic_cast<qat::NVFP4QuantizedLinear*>(model->get_submodule("0").get());
+  const NVFP4Tensor a = to_nvfp4(x, nvfp4_per_tensor_scale_of(x));
+  NVFP4Tensor w;
+  w.qdata = q->weight;
+  w.scale = q->weight_scale;
+  w.shape = {32, 64};
+  NVFP4Tensor a_unscaled = a;
+  a_unscaled.per_tensor_scale.reset();
+  const float p = *a.per_tensor_scale * q->weight_per_tensor_scale.data_ptr<float>()[0];
+  const Tensor by_hand =
+      add(mul(matmul(a_unscaled.dequantize(), transpose(w.dequantize(), 0, 1)), full({}, p)), q->bias);
+  EXPECT_LE(max_rel_to_max(q->forward(x), by_hand), std::ldexp(1.0, -20));
+  const std::string path = (std::filesystem::temp_directory_path() / "lowbit_nvfp4.h5").string();
+  io::export_model(path, *model);
+  auto back = io::load_model(path);
+  EXPECT_EQ(back->to_string(), model->to_string());
+  EXPECT_EQ(t::count_mismatches(back->forward(x), yc), 0);
+  EXPECT_EQ(io::inspect(path).parameters, 64 * 32 + 32 + 32 * 16 + 16);
+  std::filesystem::remove(path);
+  t::expect_error([&] { fq.forward(randn({2, 24})); }, {"to_nvfp4", "multiple of the block size 16"});
 }

@@ -200,10 +200,11 @@ TEST(Quantize, EveryRecipeOfTheTable) {
       y_converted = converted->forward(x);
     }
     EXPECT_LT(rel_err(y_converted, y_prepared), 1e-5);
-    EXPECT_EQ(converted->named_modules().back().second->type_name(), r.name.rfind("float8", 0) == 0
-                                                                         ? "Float8QuantizedLinear"
-                                                                     : r.name.rfind("mx", 0) == 0 ? "MXQuantizedLinear"
-                                                                                                  : "QuantizedLinear");
+    const char* want = r.name.rfind("float8", 0) == 0 ? "Float8QuantizedLinear"
+                       : r.name.rfind("mx", 0) == 0   ? "MXQuantizedLinear"
+                       : r.name == "nvfp4"            ? "NVFP4QuantizedLinear"
+                                                      : "QuantizedLinear";
+    EXPECT_EQ(converted->named_modules().back().second->type_name(), want);
     // group_size 0 (per-channel) only where the row allows it
     if (r.per_channel_ok)
       EXPECT_NO_THROW(recipe_config(r.name, "int4", 0));
