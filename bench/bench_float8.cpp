@@ -24,18 +24,7 @@ void linear_step(benchmark::State& st, const std::string& recipe, bool emulate) 
     c.emulate = emulate;
     m = float8::convert_to_float8_training(m, c);
   }
-  Tensor x = randn({kM, kK}).requires_grad_();
-  const Tensor g = randn({kM, kN});
-  auto* lin = dynamic_cast<nn::Linear*>(m.get());
-  for (auto _ : st) {
-    x.set_grad(Tensor());
-    lin->weight.set_grad(Tensor());
-    lin->bias.set_grad(Tensor());
-    m->forward(x).backward(g);
-    benchmark::DoNotOptimize(x.grad().raw_data());
-  }
-  st.counters["GFLOP/s"] = benchmark::Counter(3.0 * 2.0 * kM * kK * kN, benchmark::Counter::kIsIterationInvariantRate,
-                                              benchmark::Counter::kIs1000);
+  lowbit::bench::linear_fwd_bwd(st, m, kM, kK, kN);
 }
 void BM_linear_fp32(benchmark::State& st) { linear_step(st, "", false); }
 void BM_float8_tensorwise(benchmark::State& st) { linear_step(st, "tensorwise", false); }

@@ -17,18 +17,7 @@ void linear_step(benchmark::State& st, const std::string& recipe) {
   manual_seed(0);
   std::shared_ptr<nn::Module> m = std::make_shared<nn::Linear>(kK, kN);
   if (!recipe.empty()) m = mx::convert_to_mx_training(m, mx::MXLinearConfig::from_recipe_name(recipe));
-  Tensor x = randn({kM, kK}).requires_grad_();
-  const Tensor g = randn({kM, kN});
-  auto* lin = dynamic_cast<nn::Linear*>(m.get());
-  for (auto _ : st) {
-    x.set_grad(Tensor());
-    lin->weight.set_grad(Tensor());
-    lin->bias.set_grad(Tensor());
-    m->forward(x).backward(g);
-    benchmark::DoNotOptimize(x.grad().raw_data());
-  }
-  st.counters["GFLOP/s"] = benchmark::Counter(3.0 * 2.0 * kM * kK * kN, benchmark::Counter::kIsIterationInvariantRate,
-                                              benchmark::Counter::kIs1000);
+  lowbit::bench::linear_fwd_bwd(st, m, kM, kK, kN);
 }
 void BM_linear_fp32(benchmark::State& st) { linear_step(st, ""); }
 void BM_mxfp8_rceil(benchmark::State& st) { linear_step(st, "mxfp8_rceil"); }

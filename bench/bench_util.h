@@ -2,6 +2,9 @@
 // program can print "ours vs reference" ratios measured in the same run.
 #pragma once
 #include <benchmark/benchmark.h>
+#include <lowbit/autograd/autograd.h>
+#include <lowbit/autograd/tensor.h>
+#include <lowbit/nn/layers.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -62,6 +65,25 @@ inline CollectingReporter run_all(int argc, char** argv, void (*set_threads)(int
   CollectingReporter rep;
   benchmark::RunSpecifiedBenchmarks(&rep);
   return rep;
+}
+
+/// A benchmark body: forward + backward of a linear layer module m (an nn::Linear or a module
+/// replacing one) on an M x K input with upstream gradient G, reporting "GFLOP/s" (its three
+/// gemms, 3 x 2 M K N).
+template <typename Module>
+inline void linear_fwd_bwd(benchmark::State& st, const std::shared_ptr<Module>& m, int64_t M, int64_t K, int64_t N) {
+  lowbit::Tensor x = lowbit::randn({M, K}).requires_grad_();
+  const lowbit::Tensor g = lowbit::randn({M, N});
+  auto* lin = dynamic_cast<lowbit::nn::Linear*>(m.get());
+  for (auto _ : st) {
+    x.set_grad(lowbit::Tensor());
+    lin->weight.set_grad(lowbit::Tensor());
+    lin->bias.set_grad(lowbit::Tensor());
+    m->forward(x).backward(g);
+    benchmark::DoNotOptimize(x.grad().raw_data());
+  }
+  st.counters["GFLOP/s"] = benchmark::Counter(3.0 * 2.0 * M * K * N, benchmark::Counter::kIsIterationInvariantRate,
+                                              benchmark::Counter::kIs1000);
 }
 
 /// The STREAM triad a = b + s*c over n floats with every thread (the bandwidth reference).

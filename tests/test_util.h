@@ -9,6 +9,7 @@
 
 #include <lowbit/autograd/error.h>
 #include <lowbit/autograd/tensor.h>
+#include <lowbit/nn/layers.h>
 
 namespace lowbit::testing {
 
@@ -31,6 +32,41 @@ inline double rel_err(const Tensor& a, const Tensor& b) {
     den += static_cast<double>(b.data_ptr<float>()[i]) * b.data_ptr<float>()[i];
   }
   return std::sqrt(num / den);
+}
+
+/// max |a - b| / max |b| (any float dtypes, computed in float64); NaN where only one side has one
+/// gives infinity, NaN on both sides is skipped.
+inline double max_rel_to_max(const Tensor& a, const Tensor& b) {
+  const Tensor x = a.to(kFloat64), y = b.to(kFloat64);
+  double d = 0, m = 0;
+  for (int64_t i = 0; i < y.numel(); ++i) {
+    const double p = x.data_ptr<double>()[i], q = y.data_ptr<double>()[i];
+    if (std::isnan(p) || std::isnan(q)) {
+      if (std::isnan(p) != std::isnan(q)) return INFINITY;
+      continue;
+    }
+    d = std::max(d, std::fabs(p - q));
+    m = std::max(m, std::fabs(q));
+  }
+  return m > 0 ? d / m : d;
+}
+
+/// A linear layer's forward and backward through a module that replaces nn::Linear(w0, b0)
+/// (Float8Linear, MXLinear, ...): convert gets the Linear and returns the replacement.
+struct LinearRun {
+  Tensor output, grad_input, grad_weight, grad_bias;
+};
+inline LinearRun run_converted_linear(
+    const Tensor& x0, const Tensor& w0, const Tensor& b0, const Tensor& upstream,
+    const std::function<std::shared_ptr<nn::Module>(const std::shared_ptr<nn::Linear>&)>& convert) {
+  auto lin =
+      std::make_shared<nn::Linear>(w0.clone().requires_grad_(), b0.defined() ? b0.clone().requires_grad_() : Tensor());
+  auto m = convert(lin);
+  Tensor x = x0.clone().requires_grad_();
+  Tensor y = m->forward(x);
+  y.backward(upstream);
+  auto* l = dynamic_cast<nn::Linear*>(m.get());
+  return {y, x.grad(), l->weight.grad(), b0.defined() ? l->bias.grad() : Tensor()};
 }
 
 }  // namespace lowbit::testing

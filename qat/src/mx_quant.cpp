@@ -41,6 +41,13 @@ float e8m0_value(uint8_t b) {
   return b == 255 ? std::numeric_limits<float>::quiet_NaN() : std::ldexp(1.0f, static_cast<int>(b) - 127);
 }
 core::FormatId element_of(const std::string& name, const char* what) { return mx::mx_element(name).id; }
+// y (x's fake quantization) with a straight-through gradient to x, in x's dtype
+Tensor straight_through(Tensor y, const Tensor& x, const char* node) {
+  if (!detail::any_requires_grad({&x})) return y;
+  const DType dt = x.dtype();
+  detail::record(y, node, {x}, [dt](const Tensor& g) { return std::vector<Tensor>{g.dtype() == dt ? g : g.to(dt)}; });
+  return y;
+}
 }  // namespace
 
 // ---- MXFakeQuantizeConfig ----
@@ -68,12 +75,8 @@ Tensor MXFakeQuantizeConfig::fake_quantize(const Tensor& x_in, FakeQuantizer&) c
   const Tensor x32 = x_in.detach().to(kFloat32);
   const int64_t k = x32.size(-1), rows = k ? x32.numel() / k : 0;
   Tensor y32 = core::dequantize_f32(mx_cast(x32.reshape({rows, k}), *this, CastOutput::Codes)).reshape(x32.shape());
-  Tensor y = x_in.dtype() == kFloat32 ? y32 : y32.to(x_in.dtype());  // torchao dequantizes to the input dtype
-  if (!detail::any_requires_grad({&x_in})) return y;
-  const DType dt = x_in.dtype();
-  detail::record(y, "MXFakeQuantizeBackward", {x_in},
-                 [dt](const Tensor& g) { return std::vector<Tensor>{g.dtype() == dt ? g : g.to(dt)}; });
-  return y;
+  // torchao dequantizes to the input dtype
+  return straight_through(x_in.dtype() == kFloat32 ? y32 : y32.to(x_in.dtype()), x_in, "MXFakeQuantizeBackward");
 }
 
 std::shared_ptr<nn::Module> MXFakeQuantizeConfig::quantized_linear(const nn::Linear& linear,
@@ -281,12 +284,9 @@ Tensor NVFP4FakeQuantizeConfig::fake_quantize(const Tensor& x_in, FakeQuantizer&
   LOWBIT_CHECK(x_in.defined() && (x_in.dtype() == kFloat32 || x_in.dtype() == kBFloat16) && x_in.dim() >= 1,
                "{}: input must be a float32 or bfloat16 tensor, got {}", to_string(),
                x_in.defined() ? detail::desc(x_in) : "undefined");
-  Tensor y = nvfp4_of(x_in.detach(), use_per_tensor_scale).dequantize();  // in the input's dtype
-  if (!detail::any_requires_grad({&x_in})) return y;
-  const DType dt = x_in.dtype();
-  detail::record(y, "NVFP4FakeQuantizeBackward", {x_in},
-                 [dt](const Tensor& g) { return std::vector<Tensor>{g.dtype() == dt ? g : g.to(dt)}; });
-  return y;
+  // in the input's dtype
+  return straight_through(nvfp4_of(x_in.detach(), use_per_tensor_scale).dequantize(), x_in,
+                          "NVFP4FakeQuantizeBackward");
 }
 
 std::shared_ptr<nn::Module> NVFP4FakeQuantizeConfig::quantized_linear(const nn::Linear& linear,

@@ -188,27 +188,15 @@ TEST(Float8Golden, PowerOfTwoScaleEdges) {
 
 namespace {
 // max |a - b| / bound where bound = tol * (max |b| over the tensor): <= 1 passes
-double max_rel_to_max(const Tensor& a, const Tensor& b) {
-  const Tensor x = a.to(kFloat64), y = b.to(kFloat64);
-  double m = 0, d = 0;
-  for (int64_t i = 0; i < y.numel(); ++i) m = std::max(m, std::fabs(y.data_ptr<double>()[i]));
-  for (int64_t i = 0; i < y.numel(); ++i) d = std::max(d, std::fabs(x.data_ptr<double>()[i] - y.data_ptr<double>()[i]));
-  return m > 0 ? d / m : d;
-}
-struct LinearRun {
-  Tensor output, grad_input, grad_weight, grad_bias;
-};
+using t::LinearRun;
+using t::max_rel_to_max;
 LinearRun run_float8_linear(const Tensor& x0, const Tensor& w0, const Tensor& b0, const Tensor& g,
                             const Float8LinearConfig& cfg) {
-  auto lin =
-      std::make_shared<nn::Linear>(w0.clone().requires_grad_(), b0.defined() ? b0.clone().requires_grad_() : Tensor());
-  auto m = convert_to_float8_training(lin, cfg);
-  EXPECT_EQ(m->type_name(), "Float8Linear");
-  Tensor x = x0.clone().requires_grad_();
-  Tensor y = m->forward(x);
-  y.backward(g);
-  auto* f8 = dynamic_cast<Float8Linear*>(m.get());
-  return {y, x.grad(), f8->weight.grad(), b0.defined() ? f8->bias.grad() : Tensor()};
+  return t::run_converted_linear(x0, w0, b0, g, [&](const std::shared_ptr<nn::Linear>& lin) {
+    auto m = convert_to_float8_training(lin, cfg);
+    EXPECT_EQ(m->type_name(), "Float8Linear");
+    return m;
+  });
 }
 }  // namespace
 

@@ -118,20 +118,6 @@ TEST(MX, ToMxRefusesBadInputs) {
 }
 
 namespace {
-double max_rel_to_max(const Tensor& a, const Tensor& b) {
-  const Tensor x = a.to(kFloat32), y = b.to(kFloat32);
-  double d = 0, m = 0;
-  for (int64_t i = 0; i < x.numel(); ++i) {
-    const double p = x.data_ptr<float>()[i], q = y.data_ptr<float>()[i];
-    if (std::isnan(p) || std::isnan(q)) {
-      if (std::isnan(p) != std::isnan(q)) return INFINITY;
-      continue;
-    }
-    d = std::max(d, std::fabs(p - q));
-    m = std::max(m, std::fabs(q));
-  }
-  return m > 0 ? d / m : d;
-}
 // a golden tensor in the case's dtype (bf16 cases: the exact float32 upcast, cast back)
 Tensor golden_in(hid_t g, const std::string& name, DType dt) {
   const Tensor f = t::dataset(g, name, kFloat32);
@@ -142,20 +128,15 @@ FormatId elem_of(std::string s) {
   if (s == "float4_e2m1fn_x2") return FormatId::Float4E2M1FN;
   return mx_element(s).id;
 }
-struct LinearRun {
-  Tensor output, grad_input, grad_weight, grad_bias;
-};
+using t::LinearRun;
+using t::max_rel_to_max;
 LinearRun run_mx_linear(const Tensor& x0, const Tensor& w0, const Tensor& b0, const Tensor& up,
                         const MXLinearConfig& c) {
-  auto lin =
-      std::make_shared<nn::Linear>(w0.clone().requires_grad_(), b0.defined() ? b0.clone().requires_grad_() : Tensor());
-  auto m = convert_to_mx_training(lin, c);
-  EXPECT_EQ(m->type_name(), "MXLinear");
-  Tensor x = x0.clone().requires_grad_();
-  Tensor y = m->forward(x);
-  y.backward(up);
-  auto* mx = dynamic_cast<MXLinear*>(m.get());
-  return {y, x.grad(), mx->weight.grad(), b0.defined() ? mx->bias.grad() : Tensor()};
+  return t::run_converted_linear(x0, w0, b0, up, [&](const std::shared_ptr<nn::Linear>& lin) {
+    auto m = convert_to_mx_training(lin, c);
+    EXPECT_EQ(m->type_name(), "MXLinear");
+    return m;
+  });
 }
 }  // namespace
 
