@@ -4,6 +4,7 @@
 //   lowbit eval FILE.h5
 //   lowbit convert IN.h5 OUT.h5 --recipe 8da4w [--weight-dtype int4] [--group-size 32]
 //   lowbit recipes
+#include <algorithm>
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -138,9 +139,16 @@ int main(int argc, char** argv) {
                     info.model_type.empty()
                         ? "(no module types: rebuilt from the run config)"
                         : (info.model_type + " (module tree stored: rebuilt from the file)").c_str());
-        std::printf("\n  %-48s %-9s %-16s %12s  %s\n", "tensor", "dtype", "shape", "bytes", "scheme");
+        // columns as wide as their widest entry (float4_e2m1fn_x2, long paths)
+        int wp = 48, wd = 9, ws = 16;
+        for (const auto& t : info.tensors) {
+          wp = std::max(wp, static_cast<int>(t.path.size()));
+          wd = std::max(wd, static_cast<int>(t.dtype.size()));
+          ws = std::max(ws, static_cast<int>(lowbit::shape_str(t.shape).size()));
+        }
+        std::printf("\n  %-*s %-*s %-*s %12s  %s\n", wp, "tensor", wd, "dtype", ws, "shape", "bytes", "scheme");
         for (const auto& t : info.tensors)
-          std::printf("  %-48s %-9s %-16s %12llu  %s\n", t.path.c_str(), t.dtype.c_str(),
+          std::printf("  %-*s %-*s %-*s %12llu  %s\n", wp, t.path.c_str(), wd, t.dtype.c_str(), ws,
                       lowbit::shape_str(t.shape).c_str(), static_cast<unsigned long long>(t.bytes),
                       t.scheme.empty() ? "-" : t.scheme.c_str());
         std::printf("\n  %lld parameters, %llu bytes stored (%llu in the file), %.2fx vs float32\n",
