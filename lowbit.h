@@ -11,6 +11,7 @@
 #include "lowbit/core/blocks.h"
 #include "lowbit/core/format.h"
 #include "lowbit/core/scale.h"
+#include "lowbit/core/stochastic.h"
 #include "lowbit/data/dataset.h"
 #include "lowbit/float8/float8.h"
 #include "lowbit/io/checkpoint.h"
