@@ -1,5 +1,6 @@
 // Layers with PyTorch's names, shapes, default initializations and reprs.
 #pragma once
+#include <functional>
 #include <map>
 #include <optional>
 
@@ -139,5 +140,17 @@ class ModuleDict : public Module {
   bool contains(const std::string& key) const;
   size_t size() const { return named_children().size(); }
 };
+
+/// Replaces every plain Linear (type_name "Linear": not a fake-quantized, float8, MX or quantized
+/// one) for which make(linear, fqn) returns a module ("" is the root's fqn; nullptr keeps the
+/// Linear). All replacements are built before any is installed; a root Linear's replacement is
+/// returned as the new root, else the model itself.
+std::shared_ptr<Module> replace_linears(
+    const std::shared_ptr<Module>& model,
+    const std::function<std::shared_ptr<Module>(const Linear&, const std::string& fqn)>& make);
+/// The weight and bias of a Linear-like module read from a file: only tensors "weight" and
+/// "bias"; the weight a float32 or bfloat16 matrix; the bias, if any, a vector of out_features of
+/// the weight's dtype. Errors name `type`.
+std::pair<Tensor, Tensor> linear_tensors_from_file(const NamedTensors& tensors, const char* type);
 
 }  // namespace lowbit::nn

@@ -220,22 +220,10 @@ std::shared_ptr<nn::Module> convert_to_float8_training(const std::shared_ptr<nn:
                                                        const Float8LinearConfig& config, const ModuleFilter& filter) {
   LOWBIT_CHECK(model != nullptr, "convert_to_float8_training: model is null");
   const Float8LinearConfig cfg = config.resolved();  // a bad config fails before anything is swapped
-  auto convertible = [&](nn::Module& m, const std::string& fqn) -> nn::Linear* {
-    if (m.type_name() != "Linear") return nullptr;  // not FakeQuantizedLinear, Float8Linear, QuantizedLinear
-    auto* lin = dynamic_cast<nn::Linear*>(&m);
-    return lin && (!filter || filter(*lin, fqn)) ? lin : nullptr;
-  };
-  std::vector<std::pair<std::string, std::shared_ptr<Float8Linear>>> swaps;
-  for (auto& [fqn, m] : model->named_modules())
-    if (nn::Linear* lin = convertible(*m, fqn)) swaps.emplace_back(fqn, Float8Linear::from_linear(*lin, cfg));
-  std::shared_ptr<nn::Module> root = model;
-  for (auto& [fqn, f8] : swaps) {
-    if (fqn.empty())
-      root = f8;
-    else
-      root->replace_module(fqn, f8);
-  }
-  return root;
+  return nn::replace_linears(model, [&](const nn::Linear& lin, const std::string& fqn) -> std::shared_ptr<nn::Module> {
+    if (filter && !filter(lin, fqn)) return nullptr;
+    return Float8Linear::from_linear(lin, cfg);
+  });
 }
 
 ModuleFilter auto_filter_for_recipe(const std::string& recipe, const std::vector<std::string>& filter_fqns) {
@@ -260,11 +248,7 @@ void register_module_types() {
   std::call_once(once, [] {
     nn::register_module_type("Float8Linear", [](const nn::Attributes& a, const nn::NamedTensors& t) {
       const char* ty = "Float8Linear";
-      for (const auto& [name, _] : t)
-        LOWBIT_CHECK(name == "weight" || name == "bias", "{}: unexpected tensor '{}'", ty, name);
-      const Tensor w = nn::find_tensor(t, "weight"), b = nn::find_tensor(t, "bias");
-      LOWBIT_CHECK(w.defined() && w.dim() == 2 && (w.dtype() == kFloat32 || w.dtype() == kBFloat16),
-                   "{}: weight must be a float32 or bfloat16 matrix", ty);
+      const auto [w, b] = nn::linear_tensors_from_file(t, ty);
       Float8LinearConfig c;
       c.cast_config_input = CastConfig::parse(nn::attr_string(a, "cast_config_input", ty));
       c.cast_config_input_for_grad_weight =
@@ -283,8 +267,6 @@ void register_module_types() {
       c.round_scales_to_power_of_2 = nn::attr_flag(a, "round_scales_to_power_of_2", ty);
       c.emulate = nn::attr_flag(a, "emulate", ty);
       c.pad_inner_dim = nn::attr_flag(a, "pad_inner_dim", ty);
-      LOWBIT_CHECK(!b.defined() || (b.dim() == 1 && b.size(0) == w.size(0) && b.dtype() == w.dtype()),
-                   "{}: bias must be a vector of out_features={} of the weight's dtype", ty, w.size(0));
       return std::make_shared<Float8Linear>(w, b, c);
     });
   });

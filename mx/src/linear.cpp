@@ -228,13 +228,7 @@ void register_module_types() {
   std::call_once(once, [] {
     nn::register_module_type("MXLinear", [](const nn::Attributes& a, const nn::NamedTensors& t) {
       const char* ty = "MXLinear";
-      for (const auto& [name, _] : t)
-        LOWBIT_CHECK(name == "weight" || name == "bias", "{}: unexpected tensor '{}'", ty, name);
-      const Tensor w = nn::find_tensor(t, "weight"), b = nn::find_tensor(t, "bias");
-      LOWBIT_CHECK(w.defined() && w.dim() == 2 && (w.dtype() == kFloat32 || w.dtype() == kBFloat16),
-                   "{}: weight must be a float32 or bfloat16 matrix", ty);
-      LOWBIT_CHECK(!b.defined() || (b.dim() == 1 && b.size(0) == w.size(0) && b.dtype() == w.dtype()),
-                   "{}: bias must be a vector of out_features={} of the weight's dtype", ty, w.size(0));
+      const auto [w, b] = nn::linear_tensors_from_file(t, ty);
       MXLinearConfig c;
       c.block_size = nn::attr_int(a, "block_size", ty);
       c.elem_dtype = mx_element(nn::attr_string(a, "elem_dtype", ty)).id;

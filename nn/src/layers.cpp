@@ -131,4 +131,35 @@ std::shared_ptr<Module> ModuleDict::operator[](const std::string& key) const {
   throw Error(fmt::format("ModuleDict: no module named '{}'", key));
 }
 
+std::shared_ptr<Module> replace_linears(
+    const std::shared_ptr<Module>& model,
+    const std::function<std::shared_ptr<Module>(const Linear&, const std::string& fqn)>& make) {
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>> swaps;
+  for (auto& [fqn, m] : model->named_modules()) {
+    if (m->type_name() != "Linear") continue;
+    const auto* lin = dynamic_cast<const Linear*>(m.get());
+    if (!lin) continue;
+    if (auto r = make(*lin, fqn)) swaps.emplace_back(fqn, std::move(r));
+  }
+  std::shared_ptr<Module> root = model;
+  for (auto& [fqn, r] : swaps) {
+    if (fqn.empty())
+      root = r;
+    else
+      root->replace_module(fqn, r);
+  }
+  return root;
+}
+
+std::pair<Tensor, Tensor> linear_tensors_from_file(const NamedTensors& t, const char* ty) {
+  for (const auto& [name, _] : t)
+    LOWBIT_CHECK(name == "weight" || name == "bias", "{}: unexpected tensor '{}'", ty, name);
+  const Tensor w = find_tensor(t, "weight"), b = find_tensor(t, "bias");
+  LOWBIT_CHECK(w.defined() && w.dim() == 2 && (w.dtype() == kFloat32 || w.dtype() == kBFloat16),
+               "{}: weight must be a float32 or bfloat16 matrix", ty);
+  LOWBIT_CHECK(!b.defined() || (b.dim() == 1 && b.size(0) == w.size(0) && b.dtype() == w.dtype()),
+               "{}: bias must be a vector of out_features={} of the weight's dtype", ty, w.size(0));
+  return {w, b};
+}
+
 }  // namespace lowbit::nn

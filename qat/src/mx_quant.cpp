@@ -40,7 +40,6 @@ uint8_t e8m0_byte(float multiplier) {
 float e8m0_value(uint8_t b) {
   return b == 255 ? std::numeric_limits<float>::quiet_NaN() : std::ldexp(1.0f, static_cast<int>(b) - 127);
 }
-core::FormatId element_of(const std::string& name, const char* what) { return mx::mx_element(name).id; }
 // y (x's fake quantization) with a straight-through gradient to x, in x's dtype
 Tensor straight_through(Tensor y, const Tensor& x, const char* node) {
   if (!detail::any_requires_grad({&x})) return y;
@@ -249,14 +248,14 @@ std::shared_ptr<MXQuantizedLinear> MXQuantizedLinear::from_attributes(const nn::
   LOWBIT_CHECK(nn::attr_string(a, "quant_scheme", ty) == "mx", "{}: quant_scheme must be 'mx'", ty);
   for (const auto& [name, _] : t)
     LOWBIT_CHECK(name == "weight" || name == "weight_scale" || name == "bias", "{}: unexpected tensor '{}'", ty, name);
-  const MXFakeQuantizeConfig wc(element_of(nn::attr_string(a, "weight_dtype", ty), ty),
+  const MXFakeQuantizeConfig wc(mx::mx_element(nn::attr_string(a, "weight_dtype", ty)).id,
                                 nn::attr_int(a, "block_size", ty),
                                 mx::parse_scale_mode(nn::attr_string(a, "scaling_mode", ty)));
   std::optional<MXFakeQuantizeConfig> ac;
   const std::string act = nn::attr_string(a, "activation", ty);
   LOWBIT_CHECK(act == "none" || act == "dynamic", "{}: activation must be 'none' or 'dynamic', got '{}'", ty, act);
   if (act == "dynamic")
-    ac = MXFakeQuantizeConfig(element_of(nn::attr_string(a, "activation_dtype", ty), ty),
+    ac = MXFakeQuantizeConfig(mx::mx_element(nn::attr_string(a, "activation_dtype", ty)).id,
                               nn::attr_int(a, "activation_block_size", ty),
                               mx::parse_scale_mode(nn::attr_string(a, "activation_scaling_mode", ty)));
   return std::make_shared<MXQuantizedLinear>(nn::find_tensor(t, "weight"), nn::find_tensor(t, "weight_scale"),
