@@ -10,7 +10,7 @@
 //    layout) and its float32 matmul on the same 256 x 4096 x 4096 problem — the int8/fp32 ratio
 //    this CPU's VNNI allows for the GEMM alone.
 //   ./build/bench/bench_qat [--threads=N] [--benchmark_filter=...]
-#include <dnnl.hpp>
+#include "onednn_peer.h"
 
 #include "bench_util.h"
 #include <lowbit/lowbit.h>
@@ -94,33 +94,8 @@ void BM_stack8_fp32_b1(benchmark::State& st) { stack_forward(st, ""); }
 void BM_stack8_int4wo_b1(benchmark::State& st) { stack_forward(st, "int4-weight-only"); }
 void BM_linear_int4wo_b1(benchmark::State& st) { linear_forward(st, converted("int4-weight-only"), 1); }
 void BM_linear_int8wo_b1(benchmark::State& st) { linear_forward(st, converted("int8-weight-only"), 1); }
-// oneDNN matmul 256 x 4096 x 4096 with prepacked weights (format_tag::any + one reorder)
-void onednn_gemm(benchmark::State& st, bool int8) {
-  using dt = dnnl::memory::data_type;
-  using tag = dnnl::memory::format_tag;
-  const int64_t m = 256, k = 4096, n = 4096;
-  dnnl::engine eng(dnnl::engine::kind::cpu, 0);
-  dnnl::stream strm(eng);
-  const dnnl::memory::desc a_md({m, k}, int8 ? dt::u8 : dt::f32, tag::ab),
-      c_md({m, n}, int8 ? dt::s32 : dt::f32, tag::ab);
-  const dnnl::memory::desc b_user({k, n}, int8 ? dt::s8 : dt::f32, tag::ba),
-      b_any({k, n}, int8 ? dt::s8 : dt::f32, tag::any);
-  dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_any, c_md), eng);
-  Tensor a = int8 ? full({m, k}, 131, kUInt8) : randn({m, k}), b = int8 ? full({n, k}, -3, kInt8) : randn({n, k});
-  Tensor c = empty({m, n}, int8 ? kInt32 : kFloat32),
-         packed = empty({static_cast<int64_t>(pd.weights_desc().get_size())}, kUInt8);
-  dnnl::memory bm(b_user, eng, b.raw_data()), bpm(pd.weights_desc(), eng, packed.raw_data());
-  dnnl::reorder(bm, bpm).execute(strm, bm, bpm);
-  dnnl::matmul mm(pd);
-  dnnl::memory am(a_md, eng, a.raw_data()), cm(c_md, eng, c.raw_data());
-  for (auto _ : st) {
-    mm.execute(strm, {{DNNL_ARG_SRC, am}, {DNNL_ARG_WEIGHTS, bpm}, {DNNL_ARG_DST, cm}});
-    strm.wait();
-  }
-  st.SetLabel(pd.impl_info_str());
-}
-void BM_onednn_u8s8_s32_b256(benchmark::State& st) { onednn_gemm(st, true); }
-void BM_onednn_f32_b256(benchmark::State& st) { onednn_gemm(st, false); }
+void BM_onednn_u8s8_s32_b256(benchmark::State& st) { lowbit::bench::onednn_gemm(st, true); }
+void BM_onednn_f32_b256(benchmark::State& st) { lowbit::bench::onednn_gemm(st, false); }
 }  // namespace
 
 BENCHMARK(BM_triad)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);

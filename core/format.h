@@ -126,4 +126,9 @@ void unpack(const Format& f, const uint8_t* packed, uint8_t* codes, int64_t n);
 /// Bytes that n packed elements take.
 int64_t packed_bytes(const Format& f, int64_t n);
 
+/// The power of two m for which every finite value of f times m is an integer in [-128, 127]
+/// (int8-exact: fp4 e2m1 -> 2, fp6 e2m3 -> 8, integers of up to 8 bits -> 1), or 0 when none
+/// exists (fp6 e3m2, float8, e8m0). The MX integer GEMM runs on such values.
+int int8_value_multiplier(const Format& f);
+
 }  // namespace lowbit::core

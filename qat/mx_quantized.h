@@ -1,18 +1,30 @@
 // MXQuantizedLinear: the real module MX QAT converts to (MXDynamicActivationMXWeightConfig;
 // qat/quantize.h).
 #pragma once
+#include <mutex>
 #include <optional>
+#include <vector>
 
 #include "lowbit/qat/fake_quantizer.h"
 
 namespace lowbit::qat {
 
+namespace kernels {
+struct MXInt8Weight;
+}
+
 /// A Linear whose weight is stored in an MX format: element codes (fp8: its float8 dtype; fp6:
 /// uint8 codes; fp4: float4_e2m1fn_x2, two per byte, low nibble first) and e8m0 scales
 /// (float8_e8m0fnu, N x ceil(K / block_size)) -- exactly what the weight's MXFakeQuantizeConfig
-/// rounds it to. The activation is quantized per call with its config (or kept when null); the gemm
-/// runs on the dequantized values as a bfloat16 gemm (exact products, float32 sums; the float32
-/// path where a value would be a bfloat16 denormal), then the bias in x's dtype.
+/// rounds it to. The activation is quantized per call with its config (or kept when null). Two
+/// ways to run the gemm (`kernel`):
+///  * Kernel::Integer (default) where both element formats are int8-exact (fp4 e2m1 values x 2,
+///    fp6 e2m3 x 8), the block sizes agree, K % block == 0 and N % 16 == 0 on an AVX-512 VNNI CPU:
+///    the int8 VNNI GEMM (one exact int32 sum per block, scaled by the product of the two
+///    power-of-two scales, float32 sum over blocks: within K/block float32 roundings of exact).
+///  * Kernel::Dequantize, and the fallback otherwise: a bfloat16 gemm on the dequantized values
+///    (exact products, float32 sums; the float32 path where a value would be a bfloat16 denormal).
+/// Then the bias in float32 and the output in x's dtype.
 class MXQuantizedLinear : public nn::Module {
  public:
   MXQuantizedLinear(const nn::Linear& linear, const MXFakeQuantizeConfig& weight_config,
@@ -28,10 +40,22 @@ class MXQuantizedLinear : public nn::Module {
                                                             const nn::NamedTensors& tensors);
   /// The dequantized weight, float32 (N x K).
   Tensor dequantized_weight() const;
+  enum class Kernel { Integer, Dequantize };
+  Kernel kernel = Kernel::Integer;
+  /// The path forward takes: "int8 GEMM (VNNI)" or "dequantize + bfloat16 GEMM".
+  std::string kernel_name() const;
   int64_t in_features, out_features;
   Tensor weight, weight_scale, bias;  // weight: element codes as above
   MXFakeQuantizeConfig weight_config;
   std::optional<MXFakeQuantizeConfig> activation_config;
+
+ private:
+  bool integer_gemm_ok() const;
+  Tensor forward_integer_gemm(const Tensor& x2d) const;
+  std::shared_ptr<const kernels::MXInt8Weight> packed_weight() const;
+  mutable std::mutex pack_mutex_;
+  mutable std::shared_ptr<const kernels::MXInt8Weight> packed_;
+  mutable std::vector<std::pair<const void*, uint64_t>> packed_key_;  // (storage, version) of weight, weight_scale
 };
 
 /// A Linear whose weight is stored in NVFP4: fp4 codes (float4_e2m1fn_x2, two per byte), e4m3

@@ -197,6 +197,19 @@ int64_t packed_bytes(const Format& f, int64_t n) {
   return n * f.storage_bytes;
 }
 
+int int8_value_multiplier(const Format& f) {
+  if (f.bits > 8 || !(f.min_subnormal > 0.0) || f.min_subnormal < 1.0 / 128) return 0;
+  const double m = 1.0 / f.min_subnormal;
+  if (m != std::ldexp(1.0, std::ilogb(m))) return 0;  // a power of two
+  for (uint32_t c = 0; c < (1u << f.bits); ++c) {
+    const double v = decode(f, c);
+    if (std::isnan(v)) continue;
+    const double q = v * m;
+    if (!std::isfinite(q) || q != std::nearbyint(q) || q < -128.0 || q > 127.0) return 0;
+  }
+  return static_cast<int>(m);
+}
+
 void pack(const Format& f, const uint8_t* codes, uint8_t* packed, int64_t n) {
   LOWBIT_CHECK(f.per_byte >= 1, "pack: {} is not a one-byte format", f.name);
   if (f.per_byte == 1) {

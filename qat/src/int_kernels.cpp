@@ -10,12 +10,7 @@
 
 #include "lowbit/autograd/kernel.h"
 
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VNNI__)
-#include <immintrin.h>
-#define LOWBIT_QAT_SIMD 1
-#else
-#define LOWBIT_QAT_SIMD 0
-#endif
+#include "simd_internal.h"
 
 namespace lowbit::qat::kernels {
 
@@ -156,13 +151,6 @@ GroupedS8Weight pack_grouped_s8(const int8_t* codes, const float* scales, int64_
 }
 
 namespace {
-#if LOWBIT_QAT_SIMD
-// acc += u8 a . s8 b per 32-bit lane, in place. GCC 12 models _mm512_dpbusd_epi32 with a separate
-// destination and adds a register copy after every vpdpbusd in the micro-kernel's loop (plus
-// spills); the inline-asm form keeps the accumulator in its register.
-inline void dpbusd(__m512i& acc, __m512i a, __m512i b) { asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b)); }
-#endif
-
 // out = rs * (acc - off * corr) + bias, rounded step by step (the SIMD epilogue does the same)
 inline float epilogue(float acc, float rs, float off, float corr, float bias) { return rs * (acc - off * corr) + bias; }
 

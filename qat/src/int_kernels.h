@@ -10,6 +10,11 @@
 // * gemv_weight_only: float activations (a few rows) x int4 (nibble-packed, low nibble first) or
 //   int8 weight codes with per-group scales and zero points, reading the packed codes directly
 //   (the batch-1 decode path: memory-bound on the codes).
+// * gemm_mx_int8: MX activations x MX weights whose element values are integers once multiplied by
+//   a power of two (fp4 e2m1 x 2, fp6 e2m3 x 8: int8), one power-of-two scale per block of K on
+//   each side. Activations come as u8 (value + 128), weights as int8 -- fp4 weights stay two per
+//   byte and are expanded per 48-column panel with a byte shuffle. Each block's int32 sum is exact;
+//   it is scaled by (activation scale x weight scale) and summed over blocks in float32.
 // Each has a scalar reference implementation (used where AVX-512 VNNI is not compiled in and by
 // the tests).
 #pragma once
@@ -50,5 +55,34 @@ bool weight_only_supported(int bits, bool is_signed, int64_t k, int64_t group);
 void gemv_weight_only(const float* x, int64_t rows, const uint8_t* qdata, int bits, int64_t n, int64_t k, int64_t group,
                       const float* scales, const int8_t* zero_points, const float* bias, float* out,
                       bool reference = false);
+
+/// An MX weight in the VNNI kernel's layout. Values are int8 (the element value x a power of two);
+/// `nibbles`: 4-bit codes packed [N/16][K/8][16][4] (low nibbles: K-steps 2p, high nibbles: 2p + 1)
+/// and decoded through `lut`; else int8 values [N/16][K/4][16][4].
+struct MXInt8Weight {
+  int64_t n = 0, k = 0, block = 0;
+  bool nibbles = false;
+  int8_t lut[16] = {};  // nibble code -> int8 value (nibbles only)
+  Tensor packed;        // uint8 nibbles or int8 values, as above
+  Tensor scales;        // float32 [N/16][K/block][16]: each block's scale / the value multiplier
+  Tensor comp;          // int32 [N/16][K/block][16]: -128 x the block's sum of values (the u8 offset)
+  /// The int8 value of element (row, col) (reference path, tests).
+  int8_t value_at(int64_t row, int64_t col) const;
+};
+/// Whether (n, k, block) fits the layout: n % 16 == 0, k % block == 0, block % 8 == 0 (nibbles)
+/// or % 4 == 0.
+bool mx_int8_supported(int64_t n, int64_t k, int64_t block, bool nibbles);
+/// codes: N x K element codes, one per byte; lut: code -> int8 value (lut_size entries; 16 packs
+/// nibbles); scales: N x K/block floats (the block's scale already divided by the multiplier that
+/// made the values integers).
+MXInt8Weight pack_mx_int8(const uint8_t* codes, const int8_t* lut, int lut_size, const float* scales, int64_t n,
+                          int64_t k, int64_t block);
+/// out[i] = lut[codes[i]] for codes below 64 (the activation's codes -> u8 values + 128).
+void lookup_u8(const uint8_t* codes, int64_t n, const uint8_t lut[64], uint8_t* out);
+/// out[m, n] = sum_b (sa[m,b] * sw[n,b]) * (sum_{k in b} (a[m,k] - 128) w[n,k]) + bias[n], the
+/// products of scales and the float32 sum over blocks b in order (one fma per block). a: M x K
+/// u8 (value + 128); a_scales: M x K/block (scale / multiplier, as the weight's). bias may be null.
+void gemm_mx_int8(const uint8_t* a, int64_t m, const float* a_scales, const MXInt8Weight& w, const float* bias,
+                  float* out, bool reference = false);
 
 }  // namespace lowbit::qat::kernels

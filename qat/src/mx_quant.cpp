@@ -14,6 +14,7 @@
 #include "lowbit/mx/nvfp4.h"
 #include "lowbit/qat/mx_quantized.h"
 #include "lowbit/qat/quantize.h"
+#include "int_kernels.h"
 
 namespace lowbit::qat {
 
@@ -196,6 +197,66 @@ Tensor MXQuantizedLinear::dequantized_weight() const {
   return out;
 }
 
+bool MXQuantizedLinear::integer_gemm_ok() const {
+  if (!kernels::simd_available() || !activation_config) return false;
+  const core::Format &we = mx::mx_element(weight_config.dtype), &ae = mx::mx_element(activation_config->dtype);
+  return core::int8_value_multiplier(we) > 0 && core::int8_value_multiplier(ae) > 0 &&
+         activation_config->block_size == weight_config.block_size &&
+         kernels::mx_int8_supported(out_features, in_features, weight_config.block_size, we.per_byte == 2);
+}
+
+std::string MXQuantizedLinear::kernel_name() const {
+  return kernel == Kernel::Integer && integer_gemm_ok() ? "int8 GEMM (VNNI)" : "dequantize + bfloat16 GEMM";
+}
+
+std::shared_ptr<const kernels::MXInt8Weight> MXQuantizedLinear::packed_weight() const {
+  std::lock_guard<std::mutex> lock(pack_mutex_);
+  std::vector<std::pair<const void*, uint64_t>> key;
+  for (const Tensor* t : {&weight, &weight_scale}) key.emplace_back(t->raw_data(), t->version());
+  if (!packed_ || key != packed_key_) {
+    const core::Format& e = mx::mx_element(weight_config.dtype);
+    const int mult = core::int8_value_multiplier(e);
+    const int64_t n = out_features, k = in_features;
+    std::vector<uint8_t> codes(static_cast<size_t>(n * k));
+    core::unpack(e, static_cast<const uint8_t*>(weight.raw_data()), codes.data(), n * k);
+    const int lut_size = 1 << e.bits;
+    std::vector<int8_t> lut(static_cast<size_t>(lut_size));
+    for (int c = 0; c < lut_size; ++c) lut[c] = static_cast<int8_t>(std::lrint(core::decode(e, c) * mult));
+    std::vector<float> scales(static_cast<size_t>(weight_scale.numel()));
+    const uint8_t* sb = static_cast<const uint8_t*>(weight_scale.raw_data());
+    for (size_t i = 0; i < scales.size(); ++i) scales[i] = e8m0_value(sb[i]) / static_cast<float>(mult);
+    packed_ = std::make_shared<const kernels::MXInt8Weight>(
+        kernels::pack_mx_int8(codes.data(), lut.data(), lut_size, scales.data(), n, k, weight_config.block_size));
+    packed_key_ = key;
+  }
+  return packed_;
+}
+
+// the activation's MX cast as u8 (value x multiplier + 128) and its block scales / multiplier
+Tensor MXQuantizedLinear::forward_integer_gemm(const Tensor& x2) const {
+  const core::Format& e = mx::mx_element(activation_config->dtype);
+  const int mult = core::int8_value_multiplier(e);
+  const Cast2D q = mx_cast(x2, *activation_config, CastOutput::Codes);
+  const int64_t m = x2.size(0), k = in_features, g = q.scale.size(1);
+  uint8_t lut[64] = {};  // MX elements of up to 6 bits (int8_value_multiplier excludes float8)
+  for (uint32_t c = 0; c < (1u << e.bits); ++c)
+    lut[c] = static_cast<uint8_t>(std::lrint(core::decode(e, c) * mult) + 128);
+  const Tensor a = empty({m, k}, kUInt8), as = empty({m, g}, kFloat32);
+  const uint8_t* codes = static_cast<const uint8_t*>(q.values.raw_data());
+  uint8_t* ap = a.data_ptr<uint8_t>();
+  const float* qm = q.scale.data_ptr<float>();
+  float* asp = as.data_ptr<float>();
+  detail::parallel_for(m, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(k, 1)), [&](int64_t r0, int64_t r1) {
+    kernels::lookup_u8(codes + r0 * k, (r1 - r0) * k, lut, ap + r0 * k);
+    for (int64_t i = r0 * g; i < r1 * g; ++i) asp[i] = 1.0f / qm[i] / static_cast<float>(mult);  // exact: powers of 2
+  });
+  Tensor out = empty({m, out_features}, kFloat32);
+  const Tensor b = bias.defined() ? bias.to(kFloat32) : Tensor();
+  kernels::gemm_mx_int8(ap, m, asp, *packed_weight(), b.defined() ? b.data_ptr<float>() : nullptr,
+                        out.data_ptr<float>());
+  return out;
+}
+
 Tensor MXQuantizedLinear::forward(const Tensor& x) {
   LOWBIT_CHECK(
       x.defined() && (x.dtype() == kFloat32 || x.dtype() == kBFloat16) && x.dim() >= 1 && x.size(-1) == in_features,
@@ -205,6 +266,8 @@ Tensor MXQuantizedLinear::forward(const Tensor& x) {
   Shape out_shape = x.shape();
   out_shape.back() = out_features;
   const Tensor x2 = x.reshape({-1, in_features}).to(kFloat32);
+  if (kernel == Kernel::Integer && integer_gemm_ok() && x2.size(0) > 0)
+    return forward_integer_gemm(x2).to(x.dtype()).reshape(out_shape);
   const Tensor w = dequantized_weight();
   // the weight's values are exact in bfloat16 unless one is below bfloat16's normal range
   const core::Format& we = mx::mx_element(weight_config.dtype);
