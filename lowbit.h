@@ -18,6 +18,7 @@
 #include "lowbit/mx/linear.h"
 #include "lowbit/mx/mx.h"
 #include "lowbit/mx/nvfp4.h"
+#include "lowbit/mx/nvfp4_training.h"
 #include "lowbit/nn/layers.h"
 #include "lowbit/nn/module.h"
 #include "lowbit/nn/transformer.h"

@@ -78,7 +78,8 @@ std::shared_ptr<nn::Module> convert_to_mx_training(const std::shared_ptr<nn::Mod
                                                    const MXLinearConfig& config = {},
                                                    const ModuleFilter& filter = nullptr);
 
-/// Registers MXLinear with the module factories (io::load_model rebuilds it); idempotent.
+/// Registers MXLinear and NVFP4Linear with the module factories (io::load_model rebuilds them);
+/// idempotent.
 void register_module_types();
 
 }  // namespace lowbit::mx

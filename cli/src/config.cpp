@@ -90,7 +90,9 @@ const std::vector<KeySpec>& config_schema() {
       {"float8.auto_filter", false,
        "float8: also skip layers torchao's _auto_filter_for_recipe skips (small or not multiples of 16)"},
       {"mx.recipe_name", std::string("none"),
-       "none, or an MX training recipe (torchao's names): " + mx::mx_recipe_names()},
+       "none, or an MX training recipe (torchao's names): " + mx::mx_recipe_names() +
+           ", or nvfp4 (NVFP4 training: TransformerEngine's scales, 16x16 weight tiles, RHT and stochastic "
+           "rounding in the backward)"},
       {"mx.filter_fqns", std::vector<std::string>{},
        "layers whose name contains one of these strings stay in high precision (e.g. [\"lm_head\"])"},
       {"mx.emulate", false, "mx: torchao's float32 reference gemms instead of the bf16 fast mode"},

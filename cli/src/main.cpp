@@ -88,6 +88,9 @@ int main(int argc, char** argv) {
       for (const auto& r : lowbit::float8::float8_recipes()) std::printf("  %-20s %s\n", r.name, r.description);
       std::printf("MX training recipes ([mx] recipe_name):\n");
       for (const auto& r : lowbit::mx::mx_recipes()) std::printf("  %-26s %s\n", r.name, r.description);
+      std::printf("  %-26s %s\n", "nvfp4",
+                  "NVFP4 training (TransformerEngine's scales; 1x16 activation/gradient blocks, 16x16 weight tiles; "
+                  "RHT + stochastic rounding for the gradients); `emulate` does not apply");
     } else if (eval->parsed()) {
       lowbit::io::verify_file(eval_path);
       const auto [loss, acc] = lowbit::cli::evaluate_file(eval_path, data_dir);

@@ -19,6 +19,7 @@
 #include "lowbit/data/dataset.h"
 #include "lowbit/float8/float8.h"
 #include "lowbit/mx/linear.h"
+#include "lowbit/mx/nvfp4_training.h"
 #include "lowbit/io/checkpoint.h"
 #include "lowbit/nn/layers.h"
 #include "lowbit/nn/transformer.h"
@@ -68,7 +69,11 @@ std::shared_ptr<nn::Module> convert_for_training_recipe(const std::shared_ptr<nn
     return true;
   };
   std::shared_ptr<nn::Module> out;
-  if (is_mx) {
+  if (is_mx && recipe == "nvfp4") {
+    std::vector<std::string> shapes;
+    out = mx::convert_to_nvfp4_training(model, {}, filter, &shapes);
+    kept.insert(kept.end(), shapes.begin(), shapes.end());
+  } else if (is_mx) {
     mx::MXLinearConfig config = mx::MXLinearConfig::from_recipe_name(recipe);
     config.emulate = config.emulate || emulate;
     out = mx::convert_to_mx_training(model, config, filter);

@@ -159,9 +159,9 @@ void validate_config(const RunConfig& cfg) {
   const std::string mxr = cfg.get_string("mx.recipe_name");
   if (mxr != "none") {
     try {
-      mx::MXLinearConfig::from_recipe_name(mxr);
+      if (mxr != "nvfp4") mx::MXLinearConfig::from_recipe_name(mxr);  // nvfp4: NVFP4 training, no MX config
     } catch (const Error& e) {
-      throw Error(fmt::format("[mx]: {}", e.what()));
+      throw Error(fmt::format("[mx]: {} or nvfp4", e.what()));
     }
     LOWBIT_CHECK(f8 == "none",
                  "mx.recipe_name '{}' and float8.recipe_name '{}' cannot be combined: one training recipe", mxr, f8);

@@ -1,6 +1,7 @@
 // MXLinear (spec §4.5, §9 item 7): the three gemms on MX operands, the recipe table, convert, the
 // module factory.
 #include "lowbit/mx/linear.h"
+#include "lowbit/mx/nvfp4_training.h"
 
 #include <fmt/format.h>
 
@@ -224,6 +225,7 @@ std::shared_ptr<nn::Module> convert_to_mx_training(const std::shared_ptr<nn::Mod
 }
 
 void register_module_types() {
+  register_nvfp4_module_types();
   static std::once_flag once;
   std::call_once(once, [] {
     nn::register_module_type("MXLinear", [](const nn::Attributes& a, const nn::NamedTensors& t) {

@@ -332,10 +332,12 @@ TEST(Train, Float8AndMXRunsResumeBitExactAndExport) {
                              std::filesystem::copy_options::overwrite_existing);
   RunOptions ro;
   ro.overwrite = true;
+  // the resumed run writes the same run_dir: read the full run's export first
+  const auto a = io::read_model_tensors(full.export_path);
   const auto resumed = train(cfg, false, saved, ro);
   EXPECT_EQ(resumed.steps, 8);
   EXPECT_EQ(resumed.sample, full.sample);
-  const auto a = io::read_model_tensors(full.export_path), b = io::read_model_tensors(resumed.export_path);
+  const auto b = io::read_model_tensors(resumed.export_path);
   ASSERT_EQ(a.size(), b.size());
   for (size_t i = 0; i < a.size(); ++i)
     EXPECT_EQ(std::memcmp(a[i].second.raw_data(), b[i].second.raw_data(), a[i].second.nbytes()), 0) << a[i].first;
@@ -369,16 +371,40 @@ TEST(Train, Float8AndMXRunsResumeBitExactAndExport) {
   const std::string mx_saved = corpus_dir + "/mx_step4.h5";
   std::filesystem::copy_file(dir + "_mx/checkpoints/step_00000004.h5", mx_saved,
                              std::filesystem::copy_options::overwrite_existing);
+  const auto ma = io::read_model_tensors(mx_full.export_path);
   const auto mx_resumed = train(mxc, false, mx_saved, ro);
+  EXPECT_EQ(mx_resumed.steps, 8);
   EXPECT_EQ(mx_resumed.sample, mx_full.sample);
-  const auto ma = io::read_model_tensors(mx_full.export_path), mb = io::read_model_tensors(mx_resumed.export_path);
+  const auto mb = io::read_model_tensors(mx_resumed.export_path);
   ASSERT_EQ(ma.size(), mb.size());
   for (size_t i = 0; i < ma.size(); ++i)
     EXPECT_EQ(std::memcmp(ma[i].second.raw_data(), mb[i].second.raw_data(), ma[i].second.nbytes()), 0) << ma[i].first;
   EXPECT_EQ(io::load_model(mx_full.export_path)->get_submodule("blocks.0.mlp.2")->type_name(), "MXLinear");
+
+  // NVFP4 training ([mx] recipe_name = "nvfp4"): resumes bit-exactly -- the stochastic rounding
+  // streams continue from the checkpointed sr_state -- and rebuilds as NVFP4Linear
+  auto nvc = mxc;
+  nvc.apply_overrides({"--mx.recipe_name", "nvfp4", "--training.run_dir", dir + "_nvfp4"});
+  ::testing::internal::CaptureStdout();
+  const auto nv_full = train(nvc, false, "", ro);
+  const std::string nv_out = ::testing::internal::GetCapturedStdout();
+  EXPECT_NE(nv_out.find("mx (nvfp4): 4 layers converted: blocks.0.attn.qkv"), std::string::npos) << nv_out;
+  const std::string nv_saved = corpus_dir + "/nv_step4.h5";
+  std::filesystem::copy_file(dir + "_nvfp4/checkpoints/step_00000004.h5", nv_saved,
+                             std::filesystem::copy_options::overwrite_existing);
+  const auto na = io::read_model_tensors(nv_full.export_path);
+  const auto nv_resumed = train(nvc, false, nv_saved, ro);
+  EXPECT_EQ(nv_resumed.steps, 8);
+  EXPECT_EQ(nv_resumed.sample, nv_full.sample);
+  const auto nb = io::read_model_tensors(nv_resumed.export_path);
+  ASSERT_EQ(na.size(), nb.size());
+  for (size_t i = 0; i < na.size(); ++i)
+    EXPECT_EQ(std::memcmp(na[i].second.raw_data(), nb[i].second.raw_data(), na[i].second.nbytes()), 0) << na[i].first;
+  EXPECT_EQ(io::load_model(nv_full.export_path)->get_submodule("blocks.0.mlp.2")->type_name(), "NVFP4Linear");
+
   auto mbad = mxc;
   mbad.apply_overrides({"--mx.recipe_name", "mxfp9"});
-  lowbit::testing::expect_error([&] { validate_config(mbad); }, {"[mx]", "'mxfp9'", "mxfp8_rceil"});
+  lowbit::testing::expect_error([&] { validate_config(mbad); }, {"[mx]", "'mxfp9'", "mxfp8_rceil", "or nvfp4"});
   mbad = mxc;
   mbad.apply_overrides({"--float8.recipe_name", "rowwise"});
   lowbit::testing::expect_error([&] { validate_config(mbad); }, {"mx.recipe_name 'mxfp8_rceil'", "float8"});
