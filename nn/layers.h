@@ -23,6 +23,13 @@ class Linear : public Module {
   void reset_parameters(Generator* gen = nullptr);
   int64_t in_features, out_features;
   Tensor weight, bias;
+
+ protected:
+  /// For linears that run their gemms in low precision (float8, MX, NVFP4): x must be float32 or
+  /// bfloat16 of the weight's dtype and end in in_features; errors name `op`.
+  void check_low_precision_input(const Tensor& x, const char* op) const;
+  /// The gemm's (rows, out_features) result y2 in x's leading shape, plus the bias in y2's dtype.
+  Tensor output_with_bias(const Tensor& y2, const Tensor& x) const;
 };
 
 /// Lookup table (num_embeddings, embedding_dim); init N(0, 1) as torch.

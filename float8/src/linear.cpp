@@ -127,11 +127,7 @@ std::string Float8Linear::extra_repr() const {
 
 Tensor Float8Linear::forward(const Tensor& x) {
   const char* op = "Float8Linear";
-  LOWBIT_CHECK(x.defined() && (x.dtype() == kFloat32 || x.dtype() == kBFloat16) && x.dtype() == weight.dtype(),
-               "{}: input must be float32 or bfloat16 of the weight's dtype ({}), got {}", op,
-               dtype_name(weight.dtype()), x.defined() ? lowbit::detail::desc(x) : "undefined");
-  LOWBIT_CHECK(x.dim() >= 1 && x.size(-1) == in_features, "{}: input {} does not end in in_features={}", op,
-               shape_str(x.shape()), in_features);
+  check_low_precision_input(x, op);
   const Float8LinearConfig& c = config_;
   const bool pow2 = c.round_scales_to_power_of_2, emu = c.emulate;
   const Tensor x2 = x.detach().reshape({-1, in_features});
@@ -193,11 +189,7 @@ Tensor Float8Linear::forward(const Tensor& x) {
           return std::vector<Tensor>{dx, dw};
         });
   }
-  Shape out_shape = x.shape();
-  out_shape.back() = out_features;
-  Tensor y = y2.reshape(out_shape);
-  if (bias.defined()) y = add(y, bias.dtype() == y.dtype() ? bias : bias.to(y.dtype()));
-  return y;
+  return output_with_bias(y2, x);
 }
 
 nn::Attributes Float8Linear::checkpoint_attributes() const {

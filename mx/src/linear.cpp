@@ -147,11 +147,7 @@ std::string MXLinear::extra_repr() const {
 
 Tensor MXLinear::forward(const Tensor& x) {
   const char* op = "MXLinear";
-  LOWBIT_CHECK(x.defined() && (x.dtype() == kFloat32 || x.dtype() == kBFloat16) && x.dtype() == weight.dtype(),
-               "{}: input must be float32 or bfloat16 of the weight's dtype ({}), got {}", op,
-               dtype_name(weight.dtype()), x.defined() ? lowbit::detail::desc(x) : "undefined");
-  LOWBIT_CHECK(x.dim() >= 1 && x.size(-1) == in_features, "{}: input {} does not end in in_features={}", op,
-               shape_str(x.shape()), in_features);
+  check_low_precision_input(x, op);
   const MXLinearConfig c = config_;
   const DType dt = x.dtype();
   const Tensor x2 = x.detach().reshape({-1, in_features}).to(kFloat32);
@@ -185,11 +181,7 @@ Tensor MXLinear::forward(const Tensor& x) {
       return std::vector<Tensor>{dx, dw};
     });
   }
-  Shape out_shape = x.shape();
-  out_shape.back() = out_features;
-  Tensor y = y2.reshape(out_shape);
-  if (bias.defined()) y = add(y, bias);
-  return y;
+  return output_with_bias(y2, x);
 }
 
 nn::Attributes MXLinear::checkpoint_attributes() const {
@@ -207,21 +199,10 @@ std::shared_ptr<nn::Module> convert_to_mx_training(const std::shared_ptr<nn::Mod
                                                    const MXLinearConfig& config, const ModuleFilter& filter) {
   LOWBIT_CHECK(model != nullptr, "convert_to_mx_training: model is null");
   config.validate();  // a bad config fails before anything is swapped
-  std::vector<std::pair<std::string, std::shared_ptr<MXLinear>>> swaps;
-  for (auto& [fqn, m] : model->named_modules()) {
-    if (m->type_name() != "Linear") continue;  // not FakeQuantizedLinear, Float8Linear, MXLinear, ...
-    auto* lin = dynamic_cast<nn::Linear*>(m.get());
-    if (lin && (!filter || filter(*lin, fqn)))
-      swaps.emplace_back(fqn, std::make_shared<MXLinear>(lin->weight, lin->bias, config));
-  }
-  std::shared_ptr<nn::Module> root = model;
-  for (auto& [fqn, mx] : swaps) {
-    if (fqn.empty())
-      root = mx;
-    else
-      root->replace_module(fqn, mx);
-  }
-  return root;
+  return nn::replace_linears(model, [&](const nn::Linear& lin, const std::string& fqn) -> std::shared_ptr<nn::Module> {
+    if (filter && !filter(lin, fqn)) return nullptr;
+    return std::make_shared<MXLinear>(lin.weight, lin.bias, config);
+  });
 }
 
 void register_module_types() {

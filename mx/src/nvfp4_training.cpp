@@ -270,11 +270,7 @@ std::string NVFP4Linear::extra_repr() const {
 
 Tensor NVFP4Linear::forward(const Tensor& x) {
   const char* op = "NVFP4Linear";
-  LOWBIT_CHECK(x.defined() && (x.dtype() == kFloat32 || x.dtype() == kBFloat16) && x.dtype() == weight.dtype(),
-               "{}: input must be float32 or bfloat16 of the weight's dtype ({}), got {}", op,
-               dtype_name(weight.dtype()), x.defined() ? lowbit::detail::desc(x) : "undefined");
-  LOWBIT_CHECK(x.dim() >= 1 && x.size(-1) == in_features, "{}: input {} does not end in in_features={}", op,
-               shape_str(x.shape()), in_features);
+  check_low_precision_input(x, op);
   LOWBIT_CHECK(sr_state.defined() && sr_state.dtype() == kInt64 && sr_state.numel() == 2,
                "{}: sr_state must be an int64 buffer of 2 elements, got {}", op, lowbit::detail::desc(sr_state));
   const NVFP4TrainingConfig c = config_;
@@ -317,11 +313,7 @@ Tensor NVFP4Linear::forward(const Tensor& x) {
           return std::vector<Tensor>{dx, dw};
         });
   }
-  Shape out_shape = x.shape();
-  out_shape.back() = out_features;
-  Tensor y = y2.reshape(out_shape);
-  if (bias.defined()) y = add(y, bias);
-  return y;
+  return output_with_bias(y2, x);
 }
 
 nn::Attributes NVFP4Linear::checkpoint_attributes() const {

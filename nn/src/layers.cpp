@@ -131,6 +131,22 @@ std::shared_ptr<Module> ModuleDict::operator[](const std::string& key) const {
   throw Error(fmt::format("ModuleDict: no module named '{}'", key));
 }
 
+void Linear::check_low_precision_input(const Tensor& x, const char* op) const {
+  LOWBIT_CHECK(x.defined() && (x.dtype() == kFloat32 || x.dtype() == kBFloat16) && x.dtype() == weight.dtype(),
+               "{}: input must be float32 or bfloat16 of the weight's dtype ({}), got {}", op,
+               dtype_name(weight.dtype()), x.defined() ? detail::desc(x) : "undefined");
+  LOWBIT_CHECK(x.dim() >= 1 && x.size(-1) == in_features, "{}: input {} does not end in in_features={}", op,
+               shape_str(x.shape()), in_features);
+}
+
+Tensor Linear::output_with_bias(const Tensor& y2, const Tensor& x) const {
+  Shape out_shape = x.shape();
+  out_shape.back() = out_features;
+  Tensor y = y2.reshape(out_shape);
+  if (bias.defined()) y = add(y, bias.dtype() == y.dtype() ? bias : bias.to(y.dtype()));
+  return y;
+}
+
 std::shared_ptr<Module> replace_linears(
     const std::shared_ptr<Module>& model,
     const std::function<std::shared_ptr<Module>(const Linear&, const std::string& fqn)>& make) {

@@ -327,20 +327,26 @@ TEST(Train, Float8AndMXRunsResumeBitExactAndExport) {
             std::string::npos)
       << out;
   EXPECT_NE(out.find("float8: kept in high precision: lm_head (filter_fqns: 'lm_head')"), std::string::npos) << out;
-  const std::string saved = corpus_dir + "/step4.h5";
-  std::filesystem::copy_file(dir + "/checkpoints/step_00000004.h5", saved,
-                             std::filesystem::copy_options::overwrite_existing);
   RunOptions ro;
   ro.overwrite = true;
-  // the resumed run writes the same run_dir: read the full run's export first
-  const auto a = io::read_model_tensors(full.export_path);
-  const auto resumed = train(cfg, false, saved, ro);
-  EXPECT_EQ(resumed.steps, 8);
-  EXPECT_EQ(resumed.sample, full.sample);
-  const auto b = io::read_model_tensors(resumed.export_path);
-  ASSERT_EQ(a.size(), b.size());
-  for (size_t i = 0; i < a.size(); ++i)
-    EXPECT_EQ(std::memcmp(a[i].second.raw_data(), b[i].second.raw_data(), a[i].second.nbytes()), 0) << a[i].first;
+  // resuming from the step-4 checkpoint of `full` (run in run_dir) gives the same 8-step run:
+  // the same sample and bit-identical exported tensors (read before the resumed run overwrites them)
+  auto expect_resume_bit_exact = [&](const RunConfig& c, const TrainResult& full_run, const std::string& run_dir,
+                                     const std::string& name) {
+    SCOPED_TRACE(name);
+    const std::string saved = corpus_dir + "/" + name + "_step4.h5";
+    std::filesystem::copy_file(run_dir + "/checkpoints/step_00000004.h5", saved,
+                               std::filesystem::copy_options::overwrite_existing);
+    const auto a = io::read_model_tensors(full_run.export_path);
+    const auto resumed = train(c, false, saved, ro);
+    EXPECT_EQ(resumed.steps, 8);
+    EXPECT_EQ(resumed.sample, full_run.sample);
+    const auto b = io::read_model_tensors(resumed.export_path);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i)
+      EXPECT_EQ(std::memcmp(a[i].second.raw_data(), b[i].second.raw_data(), a[i].second.nbytes()), 0) << a[i].first;
+  };
+  expect_resume_bit_exact(cfg, full, dir, "float8");
   auto model = io::load_model(full.export_path);
   EXPECT_EQ(model->get_submodule("blocks.0.attn.qkv")->type_name(), "Float8Linear");
   EXPECT_EQ(model->get_submodule("lm_head")->type_name(), "Linear");
@@ -368,17 +374,7 @@ TEST(Train, Float8AndMXRunsResumeBitExactAndExport) {
   const std::string mx_out = ::testing::internal::GetCapturedStdout();
   EXPECT_NE(mx_out.find("mx (mxfp8_rceil): 4 layers converted: blocks.0.attn.qkv"), std::string::npos) << mx_out;
   EXPECT_NE(mx_out.find("mx: kept in high precision: lm_head (filter_fqns: 'lm_head')"), std::string::npos);
-  const std::string mx_saved = corpus_dir + "/mx_step4.h5";
-  std::filesystem::copy_file(dir + "_mx/checkpoints/step_00000004.h5", mx_saved,
-                             std::filesystem::copy_options::overwrite_existing);
-  const auto ma = io::read_model_tensors(mx_full.export_path);
-  const auto mx_resumed = train(mxc, false, mx_saved, ro);
-  EXPECT_EQ(mx_resumed.steps, 8);
-  EXPECT_EQ(mx_resumed.sample, mx_full.sample);
-  const auto mb = io::read_model_tensors(mx_resumed.export_path);
-  ASSERT_EQ(ma.size(), mb.size());
-  for (size_t i = 0; i < ma.size(); ++i)
-    EXPECT_EQ(std::memcmp(ma[i].second.raw_data(), mb[i].second.raw_data(), ma[i].second.nbytes()), 0) << ma[i].first;
+  expect_resume_bit_exact(mxc, mx_full, dir + "_mx", "mx");
   EXPECT_EQ(io::load_model(mx_full.export_path)->get_submodule("blocks.0.mlp.2")->type_name(), "MXLinear");
 
   // NVFP4 training ([mx] recipe_name = "nvfp4"): resumes bit-exactly -- the stochastic rounding
@@ -389,17 +385,7 @@ TEST(Train, Float8AndMXRunsResumeBitExactAndExport) {
   const auto nv_full = train(nvc, false, "", ro);
   const std::string nv_out = ::testing::internal::GetCapturedStdout();
   EXPECT_NE(nv_out.find("mx (nvfp4): 4 layers converted: blocks.0.attn.qkv"), std::string::npos) << nv_out;
-  const std::string nv_saved = corpus_dir + "/nv_step4.h5";
-  std::filesystem::copy_file(dir + "_nvfp4/checkpoints/step_00000004.h5", nv_saved,
-                             std::filesystem::copy_options::overwrite_existing);
-  const auto na = io::read_model_tensors(nv_full.export_path);
-  const auto nv_resumed = train(nvc, false, nv_saved, ro);
-  EXPECT_EQ(nv_resumed.steps, 8);
-  EXPECT_EQ(nv_resumed.sample, nv_full.sample);
-  const auto nb = io::read_model_tensors(nv_resumed.export_path);
-  ASSERT_EQ(na.size(), nb.size());
-  for (size_t i = 0; i < na.size(); ++i)
-    EXPECT_EQ(std::memcmp(na[i].second.raw_data(), nb[i].second.raw_data(), na[i].second.nbytes()), 0) << na[i].first;
+  expect_resume_bit_exact(nvc, nv_full, dir + "_nvfp4", "nvfp4");
   EXPECT_EQ(io::load_model(nv_full.export_path)->get_submodule("blocks.0.mlp.2")->type_name(), "NVFP4Linear");
 
   auto mbad = mxc;
