@@ -31,3 +31,4 @@
 #include "lowbit/qat/quantized_linear.h"
 #include "lowbit/qat/recipes.h"
 #include "lowbit/optim/optimizer.h"
+#include "lowbit/optim/lowbit.h"

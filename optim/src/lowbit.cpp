@@ -1,0 +1,225 @@
+// Low-bit Adam (optim/lowbit.h).
+#include "lowbit/optim/lowbit.h"
+
+#include <fmt/format.h>
+
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+#include "lowbit/autograd/autograd.h"
+#include "lowbit/autograd/generator.h"
+#include "lowbit/autograd/kernel.h"
+#include "lowbit/core/codebook.h"
+#include "lowbit/core/stochastic.h"
+
+namespace lowbit::optim {
+
+namespace {
+int64_t default_block(StateFormat f) { return f == StateFormat::Int4 ? 128 : 256; }
+const char* format_name(StateFormat f) {
+  return f == StateFormat::Int8 ? "8bit" : f == StateFormat::Int4 ? "4bit" : "Fp8";
+}
+Options low_bit_defaults(const LowBitAdamOptions& o, bool decoupled) {
+  const double wd = std::isnan(o.weight_decay) ? (decoupled ? 1e-2 : 0.0) : o.weight_decay;
+  return {{"lr", o.lr},   {"beta1", o.beta1},   {"beta2", o.beta2},
+          {"eps", o.eps}, {"weight_decay", wd}, {"amsgrad", o.amsgrad ? 1.0 : 0.0}};
+}
+std::string class_name(StateFormat f, bool decoupled) {
+  return fmt::format("Adam{}{}", decoupled ? "W" : "", format_name(f));
+}
+
+// one state of one parameter over a block [i0, i0 + n): dequantized into buf, quantized back
+struct StateRef {
+  const core::Codebook* cb = nullptr;  // Int8 / Int4
+  bool fp8 = false, nibbles = false;
+  Tensor codes, scale, plain;  // quantized, or plain (the parameter's dtype)
+  int64_t block = 0;
+  void load(int64_t i0, int64_t n, float* buf) const {
+    if (plain.defined()) {
+      if (plain.dtype() == kFloat32)
+        std::memcpy(buf, plain.data_ptr<float>() + i0, static_cast<size_t>(n) * 4);
+      else
+        for (int64_t i = 0; i < n; ++i)
+          buf[i] = BFloat16::to_float(static_cast<const uint16_t*>(plain.raw_data())[i0 + i]);
+      return;
+    }
+    uint8_t c[256];
+    const uint8_t* src = codes.data_ptr<uint8_t>();
+    const uint8_t* cp = src + i0;
+    if (nibbles) {
+      core::unpack_nibbles_high_first(src + i0 / 2, c, n);
+      cp = c;
+    }
+    const float* s = scale.data_ptr<float>() + i0 / block;
+    if (fp8)
+      core::fp8_state_dequantize_blocks(cp, s, n, block, buf);
+    else
+      core::codebook_dequantize_blocks(*cb, cp, s, n, block, buf);
+  }
+  void store(int64_t i0, int64_t n, const float* buf) const {
+    if (plain.defined()) {
+      if (plain.dtype() == kFloat32)
+        std::memcpy(plain.data_ptr<float>() + i0, buf, static_cast<size_t>(n) * 4);
+      else
+        for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(plain.raw_data())[i0 + i] = BFloat16::from_float(buf[i]);
+      return;
+    }
+    uint8_t c[256];
+    uint8_t* dst = codes.data_ptr<uint8_t>();
+    float* s = scale.data_ptr<float>() + i0 / block;
+    uint8_t* cp = nibbles ? c : dst + i0;
+    if (fp8)
+      core::fp8_state_quantize_blocks(buf, n, block, cp, s);
+    else
+      core::codebook_quantize_blocks(*cb, buf, n, block, cp, s);
+    if (nibbles) core::pack_nibbles_high_first(c, dst + i0 / 2, n);
+  }
+};
+}  // namespace
+
+LowBitAdam::LowBitAdam(std::vector<ParamGroup> groups, LowBitAdamOptions o, StateFormat format, bool decoupled)
+    : Optimizer(std::move(groups), low_bit_defaults(o, decoupled), class_name(format, decoupled)),
+      format_(format),
+      block_(o.block_size > 0 ? o.block_size : default_block(format)),
+      decoupled_(decoupled),
+      stochastic_round_(o.bf16_stochastic_round) {
+  LOWBIT_CHECK(o.block_size >= 0 && block_ <= 256 && (format != StateFormat::Int4 || block_ % 2 == 0),
+               "{}: block_size must be in [1, 256]{}, got {}", name(), format == StateFormat::Int4 ? " and even" : "",
+               o.block_size);
+  for (const auto& g : groups_)
+    for (const auto& p : g.params)
+      LOWBIT_CHECK(p.dtype() == kFloat32 || p.dtype() == kBFloat16,
+                   "{}: parameters must be float32 or bfloat16, got {} of shape {}", name(), dtype_name(p.dtype()),
+                   shape_str(p.shape()));
+}
+
+bool LowBitAdam::quantizes(const Tensor& p) const { return p.numel() >= 4096 && p.numel() % block_ == 0; }
+
+int64_t LowBitAdam::state_bytes() const {
+  int64_t b = 0;
+  for (const auto& [_, st] : state_)
+    for (const auto& [name, t] : st.tensors) b += t.nbytes();
+  return b;
+}
+
+void LowBitAdam::step() {
+  NoGradGuard ng;
+  for (auto& g : groups_) {
+    const double lr = opt(g, "lr"), b1 = opt(g, "beta1"), b2 = opt(g, "beta2"), eps = opt(g, "eps"),
+                 wd = opt(g, "weight_decay");
+    const bool amsgrad = opt(g, "amsgrad") != 0;
+    for (auto& p : g.params) {
+      if (!p.grad().defined()) continue;
+      LOWBIT_CHECK(p.grad().shape() == p.shape(), "{}: gradient {} does not match its parameter {}", name(),
+                   shape_str(p.grad().shape()), shape_str(p.shape()));
+      const int64_t n = p.numel();
+      ParamState& st = state_of(p);
+      const bool q = quantizes(p);
+      const char* names[3] = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
+      const int nstates = amsgrad ? 3 : 2;
+      if (st.tensors.empty()) {  // torchao's _new_buffer: zero codes and scales, or zeros_like(p)
+        for (int s = 0; s < nstates; ++s) {
+          if (q) {
+            st.tensors[std::string(names[s]) + "_codes"] = zeros({format_ == StateFormat::Int4 ? n / 2 : n}, kUInt8);
+            st.tensors[std::string(names[s]) + "_scale"] = zeros({n / block_});
+          } else {
+            st.tensors[names[s]] = zeros(p.shape(), p.dtype());
+          }
+        }
+      }
+      StateRef refs[3];
+      for (int s = 0; s < nstates; ++s) {
+        StateRef& r = refs[s];
+        r.block = block_;
+        if (q) {
+          auto c = st.tensors.find(std::string(names[s]) + "_codes"),
+               sc = st.tensors.find(std::string(names[s]) + "_scale");
+          LOWBIT_CHECK(c != st.tensors.end() && sc != st.tensors.end(),
+                       "{}: state '{}' of a parameter of shape {} is missing (amsgrad switched on mid-run?)", name(),
+                       names[s], shape_str(p.shape()));
+          r.codes = c->second;
+          r.scale = sc->second;
+          r.fp8 = format_ == StateFormat::Fp8;
+          r.nibbles = format_ == StateFormat::Int4;
+          if (!r.fp8)
+            r.cb =
+                &core::codebook(format_ == StateFormat::Int8
+                                    ? (s == 0 ? core::CodebookId::Dynamic8Signed : core::CodebookId::Dynamic8Unsigned)
+                                    : (s == 0 ? core::CodebookId::Dynamic4Signed : core::CodebookId::Linear4Unsigned));
+        } else {
+          auto it = st.tensors.find(names[s]);
+          LOWBIT_CHECK(it != st.tensors.end(), "{}: state '{}' of a parameter of shape {} is missing", name(), names[s],
+                       shape_str(p.shape()));
+          r.plain = it->second;
+        }
+      }
+      st.step += 1;
+      // float32 scalars as torchao's compiled step forms them
+      const float step_f = static_cast<float>(st.step);
+      const float bc1 = 1.0f - std::pow(static_cast<float>(b1), step_f);
+      const float bc2_sqrt = std::sqrt(1.0f - std::pow(static_cast<float>(b2), step_f));
+      const float lr_f = static_cast<float>(lr), wd_f = static_cast<float>(wd), lr_wd = lr_f * wd_f;
+      const float w1 = static_cast<float>(1.0 - b1), w2 = static_cast<float>(1.0 - b2), eps_f = static_cast<float>(eps);
+      const bool decoupled = decoupled_;
+      const bool bf16 = p.dtype() == kBFloat16;
+      const Tensor grad = p.grad().dtype() == kFloat32 ? p.grad() : p.grad().to(kFloat32);
+      const float* gr = grad.data_ptr<float>();
+      // bf16 parameters: float32 results gathered, then written back (RNE or stochastically)
+      Tensor p32 = bf16 ? p.detach().to(kFloat32) : p.detach();
+      float* w = p32.data_ptr<float>();
+      const int64_t unit = q ? block_ : 256;
+      const int64_t units = (n + unit - 1) / unit;
+      detail::parallel_for(units, std::max<int64_t>(1, 65536 / unit), [&](int64_t u0, int64_t u1) {
+        float m[256], v[256], vm[256];
+        for (int64_t u = u0; u < u1; ++u) {
+          const int64_t i0 = u * unit, len = std::min(unit, n - i0);
+          refs[0].load(i0, len, m);
+          refs[1].load(i0, len, v);
+          if (amsgrad) refs[2].load(i0, len, vm);
+          for (int64_t j = 0; j < len; ++j) {
+            float pi = w[i0 + j], gi = gr[i0 + j];
+            if (decoupled)
+              pi = pi - lr_wd * pi;
+            else
+              gi = gi + wd_f * pi;
+            const float mi = m[j] + w1 * (gi - m[j]);
+            const float vi = v[j] + w2 * (gi * gi - v[j]);
+            m[j] = mi;
+            v[j] = vi;
+            float d = vi;
+            if (amsgrad) {
+              vm[j] = std::max(vm[j], vi);  // NaN in the stored max stays (torch.maximum propagates)
+              if (std::isnan(vi)) vm[j] = vi;
+              d = vm[j];
+            }
+            const float denom = std::sqrt(d) / bc2_sqrt + eps_f;
+            w[i0 + j] = pi - lr_f * (mi / bc1) / denom;
+          }
+          refs[0].store(i0, len, m);
+          refs[1].store(i0, len, v);
+          if (amsgrad) refs[2].store(i0, len, vm);
+        }
+      });
+      if (bf16) {
+        uint16_t* dst = static_cast<uint16_t*>(p.raw_data());
+        if (stochastic_round_) {
+          core::stochastic_round_bf16(w, dst, n, default_generator());
+        } else {
+          for (int64_t i = 0; i < n; ++i) dst[i] = BFloat16::from_float(w[i]);
+        }
+      }
+    }
+  }
+}
+
+std::unique_ptr<LowBitAdam> make_low_bit_adam(const std::string& name, std::vector<ParamGroup> groups,
+                                              LowBitAdamOptions o) {
+  for (const StateFormat f : {StateFormat::Int8, StateFormat::Int4, StateFormat::Fp8})
+    for (const bool d : {false, true})
+      if (name == class_name(f, d)) return std::make_unique<LowBitAdam>(std::move(groups), o, f, d);
+  throw Error(fmt::format(
+      "low-bit optimizer '{}' is not one of Adam8bit, AdamW8bit, Adam4bit, AdamW4bit, AdamFp8, AdamWFp8", name));
+}
+
+}  // namespace lowbit::optim
