@@ -34,7 +34,8 @@ struct OptimizerState {
 
 class Optimizer {
  public:
-  Optimizer(std::vector<ParamGroup> groups, Options defaults, std::string name);
+  /// bf16_params: the optimizer also updates bfloat16 parameters (the low-bit Adams).
+  Optimizer(std::vector<ParamGroup> groups, Options defaults, std::string name, bool bf16_params = false);
   virtual ~Optimizer() = default;
   virtual void step() = 0;
   /// Clears the gradients of all parameters (set_to_none, PyTorch's default) or zeroes them.
@@ -63,6 +64,7 @@ class Optimizer {
 
  private:
   std::string name_;
+  bool bf16_params_ = false;
 };
 
 struct SGDOptions {

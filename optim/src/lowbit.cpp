@@ -79,7 +79,7 @@ struct StateRef {
 }  // namespace
 
 LowBitAdam::LowBitAdam(std::vector<ParamGroup> groups, LowBitAdamOptions o, StateFormat format, bool decoupled)
-    : Optimizer(std::move(groups), low_bit_defaults(o, decoupled), class_name(format, decoupled)),
+    : Optimizer(std::move(groups), low_bit_defaults(o, decoupled), class_name(format, decoupled), true),
       format_(format),
       block_(o.block_size > 0 ? o.block_size : default_block(format)),
       decoupled_(decoupled),
@@ -87,11 +87,6 @@ LowBitAdam::LowBitAdam(std::vector<ParamGroup> groups, LowBitAdamOptions o, Stat
   LOWBIT_CHECK(o.block_size >= 0 && block_ <= 256 && (format != StateFormat::Int4 || block_ % 2 == 0),
                "{}: block_size must be in [1, 256]{}, got {}", name(), format == StateFormat::Int4 ? " and even" : "",
                o.block_size);
-  for (const auto& g : groups_)
-    for (const auto& p : g.params)
-      LOWBIT_CHECK(p.dtype() == kFloat32 || p.dtype() == kBFloat16,
-                   "{}: parameters must be float32 or bfloat16, got {} of shape {}", name(), dtype_name(p.dtype()),
-                   shape_str(p.shape()));
 }
 
 bool LowBitAdam::quantizes(const Tensor& p) const { return p.numel() >= 4096 && p.numel() % block_ == 0; }

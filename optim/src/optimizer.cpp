@@ -19,15 +19,16 @@ namespace {
 // elementwise updates: tensors of at least kGrain elements split over the threads (the engine's
 // detail::parallel_for) on kAlign-element boundaries, so each thread's vector loop stays aligned
 constexpr int64_t kGrain = 65536, kAlign = 16;
-void check_param(const Tensor& p, const char* opt) {
-  LOWBIT_CHECK(p.defined() && p.dtype() == kFloat32, "{}: parameters must be float32 tensors, got {}", opt,
+void check_param(const Tensor& p, const char* opt, bool bf16_ok) {
+  LOWBIT_CHECK(p.defined() && (p.dtype() == kFloat32 || (bf16_ok && p.dtype() == kBFloat16)),
+               "{}: parameters must be float32{} tensors, got {}", opt, bf16_ok ? " or bfloat16" : "",
                p.defined() ? dtype_name(p.dtype()) : "undefined");
   LOWBIT_CHECK(p.is_leaf(), "{}: can't optimize a non-leaf Tensor (shape {})", opt, shape_str(p.shape()));
 }
 }  // namespace
 
-Optimizer::Optimizer(std::vector<ParamGroup> groups, Options defaults, std::string name)
-    : defaults_(std::move(defaults)), name_(std::move(name)) {
+Optimizer::Optimizer(std::vector<ParamGroup> groups, Options defaults, std::string name, bool bf16_params)
+    : defaults_(std::move(defaults)), name_(std::move(name)), bf16_params_(bf16_params) {
   LOWBIT_CHECK(!groups.empty(), "{}: optimizer got an empty parameter list", name_);
   for (auto& g : groups) add_param_group(std::move(g));
 }
@@ -39,7 +40,7 @@ void Optimizer::add_param_group(ParamGroup g) {
     if (!g.options.count(k)) g.options[k] = v;
   for (size_t i = 0; i < g.params.size(); ++i) {
     const Tensor& p = g.params[i];
-    check_param(p, name_.c_str());
+    check_param(p, name_.c_str(), bf16_params_);
     for (size_t j = 0; j < i; ++j)
       LOWBIT_CHECK(g.params[j].impl() != p.impl(),
                    "{}: parameter group {} contains the same parameter twice (positions {} and {})", name_,
