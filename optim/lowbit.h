@@ -44,6 +44,9 @@ class LowBitAdam : public Optimizer {
   bool quantizes(const Tensor& p) const;
   /// Bytes of optimizer state now held (codes, scales and plain states; code books excluded).
   int64_t state_bytes() const;
+  /// "<state>_codes" uint8 (numel, or numel/2 for 4-bit) and "<state>_scale" float32 (numel /
+  /// block) for quantized parameters; "<state>" in the parameter's shape and dtype otherwise.
+  bool state_layout(const Tensor& p, const std::string& key, Shape& shape, DType& dtype) const override;
 
  private:
   StateFormat format_;

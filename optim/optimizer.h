@@ -52,6 +52,10 @@ class Optimizer {
   /// Restores groups' options and per-parameter state; throws naming the first mismatch
   /// (group count, parameter count per group, state tensor shapes).
   void load_state_dict(const OptimizerState& s);
+  /// The shape and dtype a state tensor `key` of parameter p must have (load_state_dict and
+  /// checkpoint reading check it before anything is allocated); false for a key this optimizer
+  /// does not keep. Default: the parameter's shape, float32, any key.
+  virtual bool state_layout(const Tensor& p, const std::string& key, Shape& shape, DType& dtype) const;
   /// State of one parameter (created empty on first use).
   ParamState& state_of(const Tensor& p);
   const ParamState* find_state(const Tensor& p) const;

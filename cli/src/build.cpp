@@ -9,6 +9,7 @@
 #include <set>
 
 #include "lowbit/autograd/autograd.h"
+#include "lowbit/optim/lowbit.h"
 #include "lowbit/autograd/generator.h"
 #include "lowbit/autograd/ops.h"
 #include "lowbit/autograd/parallel.h"
@@ -86,7 +87,24 @@ std::unique_ptr<optim::Optimizer> build_optimizer(const RunConfig& cfg, const st
     o.weight_decay = cfg.get_float("optimizer.weight_decay");
     return std::make_unique<optim::SGD>(params, o);
   }
-  throw Error(fmt::format("optimizer.name: unknown optimizer '{}' (adamw, adam, sgd)", name));
+  for (const char* cls : {"AdamW8bit", "Adam8bit", "AdamW4bit", "Adam4bit", "AdamWFp8", "AdamFp8"}) {
+    std::string lower = cls;
+    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    if (name != lower) continue;
+    optim::LowBitAdamOptions o;
+    o.lr = cfg.get_float("optimizer.lr");
+    o.beta1 = cfg.get_float("optimizer.beta1");
+    o.beta2 = cfg.get_float("optimizer.beta2");
+    o.eps = cfg.get_float("optimizer.eps");
+    o.weight_decay = cfg.get_float("optimizer.weight_decay");
+    o.amsgrad = cfg.get_bool("optimizer.amsgrad");
+    o.block_size = cfg.get_int("optimizer.block_size");
+    return optim::make_low_bit_adam(cls, {{params, {}}}, o);
+  }
+  throw Error(fmt::format(
+      "optimizer.name: unknown optimizer '{}' (adamw, adam, sgd, adamw8bit, adam8bit, adamw4bit, adam4bit, adamwfp8, "
+      "adamfp8)",
+      name));
 }
 
 std::shared_ptr<qat::QuantConfigBase> build_quantize_config(const RunConfig& cfg) {

@@ -37,7 +37,11 @@ const std::vector<KeySpec>& config_schema() {
       {"data.shuffle", true, "reshuffle every epoch (seeded)"},
       {"data.drop_last", false, "drop the last incomplete batch"},
       {"data.val_fraction", 0.1, "chars: share of the corpus held out for validation"},
-      {"optimizer.name", std::string("adamw"), "adamw | adam | sgd"},
+      {"optimizer.name", std::string("adamw"),
+       "adamw | adam | sgd, or torchao's low-bit Adams: adamw8bit | adam8bit | adamw4bit | adam4bit | adamwfp8 | "
+       "adamfp8 (states quantized for parameters of >= 4096 elements)"},
+      {"optimizer.block_size", int64_t{0},
+       "low-bit Adams: elements per quantization block (0 = the default: 8bit/fp8 256, 4bit 128)"},
       {"optimizer.lr", 1e-3, "learning rate"},
       {"optimizer.weight_decay", 1e-2, "weight decay (decoupled for adamw)"},
       {"optimizer.beta1", 0.9, "adam: beta1"},

@@ -95,7 +95,15 @@ void validate_config(const RunConfig& cfg) {
         cfg.get_int("model.input_dim"), cfg.get_int("model.num_classes"));
   }
   // optimizer and schedule
-  check_one_of(cfg, "optimizer.name", {"adamw", "adam", "sgd"});
+  check_one_of(cfg, "optimizer.name",
+               {"adamw", "adam", "sgd", "adamw8bit", "adam8bit", "adamw4bit", "adam4bit", "adamwfp8", "adamfp8"});
+  {
+    const int64_t bs = cfg.get_int("optimizer.block_size");
+    const bool int4 = cfg.get_string("optimizer.name").find("4bit") != std::string::npos;
+    LOWBIT_CHECK(bs == 0 || (bs >= 1 && bs <= 256 && (!int4 || bs % 2 == 0)),
+                 "optimizer.block_size must be 0 (the optimizer's default) or in [1, 256]{}, got {}",
+                 int4 ? " and even" : "", bs);
+  }
   check_finite_positive(cfg, "optimizer.lr");
   check_finite_positive(cfg, "optimizer.weight_decay", true);
   check_finite_positive(cfg, "optimizer.eps");

@@ -381,10 +381,15 @@ LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Op
             LOWBIT_CHECK(tn.find('.') == std::string::npos, "{}: unexpected nested group in '{}'", path, spath);
             const std::string tpath = spath + "/" + tn;
             // the declared dtype and shape are checked before anything is allocated
+            Shape want;
+            DType wdt;
+            LOWBIT_CHECK(opt->state_layout(params[i], tn, want, wdt), "{}: unexpected optimizer state '{}' for {}",
+                         path, tpath, opt->name());
             ps.tensors[tn] = read_tensor(f.file, tpath, path, [&](const TensorMeta& m) {
-              LOWBIT_CHECK(m.dtype == kFloat32 && m.shape == params[i].shape(),
-                           "{}: optimizer state '{}' is {} {}, the parameter is {} float32", path, tpath,
-                           shape_str(m.shape), dtype_name(m.dtype), shape_str(params[i].shape()));
+              LOWBIT_CHECK(m.dtype == wdt && m.shape == want,
+                           "{}: optimizer state '{}' is {} {}, {} keeps it as {} {} (the parameter is {} {})", path,
+                           tpath, shape_str(m.shape), dtype_name(m.dtype), opt->name(), shape_str(want),
+                           dtype_name(wdt), shape_str(params[i].shape()), dtype_name(params[i].dtype()));
             });
           }
           s.state[index] = std::move(ps);

@@ -91,6 +91,28 @@ LowBitAdam::LowBitAdam(std::vector<ParamGroup> groups, LowBitAdamOptions o, Stat
 
 bool LowBitAdam::quantizes(const Tensor& p) const { return p.numel() >= 4096 && p.numel() % block_ == 0; }
 
+bool LowBitAdam::state_layout(const Tensor& p, const std::string& key, Shape& shape, DType& dtype) const {
+  for (const char* s : {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}) {
+    const std::string st(s);
+    if (!quantizes(p) && key == st) {
+      shape = p.shape();
+      dtype = p.dtype();
+      return true;
+    }
+    if (quantizes(p) && key == st + "_codes") {
+      shape = {format_ == StateFormat::Int4 ? p.numel() / 2 : p.numel()};
+      dtype = kUInt8;
+      return true;
+    }
+    if (quantizes(p) && key == st + "_scale") {
+      shape = {p.numel() / block_};
+      dtype = kFloat32;
+      return true;
+    }
+  }
+  return false;
+}
+
 int64_t LowBitAdam::state_bytes() const {
   int64_t b = 0;
   for (const auto& [_, st] : state_)

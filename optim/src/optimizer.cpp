@@ -88,6 +88,12 @@ OptimizerState Optimizer::state_dict() const {
   }
   return s;
 }
+bool Optimizer::state_layout(const Tensor& p, const std::string&, Shape& shape, DType& dtype) const {
+  shape = p.shape();
+  dtype = kFloat32;
+  return true;
+}
+
 void Optimizer::load_state_dict(const OptimizerState& s) {
   LOWBIT_CHECK(s.groups.size() == groups_.size() && s.group_params.size() == groups_.size(),
                "{}.load_state_dict: loaded state has {} parameter groups, the optimizer has {}", name_, s.groups.size(),
@@ -106,11 +112,15 @@ void Optimizer::load_state_dict(const OptimizerState& s) {
       ParamState st;
       st.step = it->second.step;
       for (auto& [name, t] : it->second.tensors) {
-        LOWBIT_CHECK(t.defined() && t.shape() == p.shape(),
-                     "{}.load_state_dict: state '{}' of parameter {} has shape {}, the parameter has shape {}", name_,
-                     name, s.group_params[g][i], t.defined() ? shape_str(t.shape()) : "undefined",
-                     shape_str(p.shape()));
-        st.tensors[name] = t.to(kFloat32).clone();
+        Shape want;
+        DType wdt;
+        LOWBIT_CHECK(state_layout(p, name, want, wdt), "{}.load_state_dict: unexpected state '{}' of parameter {}",
+                     name_, name, s.group_params[g][i]);
+        LOWBIT_CHECK(t.defined() && t.shape() == want && t.dtype() == wdt,
+                     "{}.load_state_dict: state '{}' of parameter {} is {}, expected {} {}", name_, name,
+                     s.group_params[g][i], t.defined() ? detail::desc(t) : "undefined", shape_str(want),
+                     dtype_name(wdt));
+        st.tensors[name] = t.clone();
       }
       fresh[p.impl()] = std::move(st);
     }

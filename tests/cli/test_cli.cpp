@@ -388,6 +388,24 @@ TEST(Train, Float8AndMXRunsResumeBitExactAndExport) {
   expect_resume_bit_exact(nvc, nv_full, dir + "_nvfp4", "nvfp4");
   EXPECT_EQ(io::load_model(nv_full.export_path)->get_submodule("blocks.0.mlp.2")->type_name(), "NVFP4Linear");
 
+  // the low-bit Adams from a run config: quantized states travel through checkpoints, the run
+  // resumes bit-exactly (the MLP's 32x128 weights have 4096 elements: quantized; the rest plain)
+  for (const char* o : {"adamw8bit", "adamw4bit", "adamwfp8"}) {
+    auto oc = mxc;
+    oc.apply_overrides({"--mx.recipe_name", "none", "--optimizer.name", o, "--training.run_dir", dir + "_" + o});
+    ::testing::internal::CaptureStdout();
+    const auto o_full = train(oc, false, "", ro);
+    ::testing::internal::GetCapturedStdout();
+    EXPECT_TRUE(std::isfinite(o_full.final_train_loss)) << o;
+    expect_resume_bit_exact(oc, o_full, dir + "_" + o, o);
+  }
+  auto obad = mxc;
+  obad.apply_overrides({"--optimizer.name", "adamw2bit"});
+  lowbit::testing::expect_error([&] { validate_config(obad); }, {"optimizer.name", "adamw2bit", "adamwfp8"});
+  obad = mxc;
+  obad.apply_overrides({"--optimizer.name", "adamw4bit", "--optimizer.block_size", "33"});
+  lowbit::testing::expect_error([&] { validate_config(obad); }, {"optimizer.block_size", "and even", "33"});
+
   auto mbad = mxc;
   mbad.apply_overrides({"--mx.recipe_name", "mxfp9"});
   lowbit::testing::expect_error([&] { validate_config(mbad); }, {"[mx]", "'mxfp9'", "mxfp8_rceil", "or nvfp4"});

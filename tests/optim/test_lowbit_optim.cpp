@@ -16,6 +16,8 @@
 
 #include "golden.h"
 #include "lowbit/core/codebook.h"
+#include "lowbit/io/checkpoint.h"
+#include "lowbit/nn/layers.h"
 #include "lowbit/optim/lowbit.h"
 #include "test_util.h"
 
@@ -309,4 +311,47 @@ TEST(LowBitAdam, AmsgradWithQuantizedStatesFollowsItsComposition) {
         optim::make_low_bit_adam("AdamW8bit", {{{zeros({4}, kInt32)}, {}}});
       },
       {"float32 or bfloat16", "int32"});
+}
+
+// Checkpoints: a run saved mid-way and resumed into a fresh model and optimizer continues bit for
+// bit (codes, scales and plain states travel as the optimizer's state tensors)
+TEST(LowBitAdam, CheckpointResumeIsBitExact) {
+  for (const char* cls : {"AdamW8bit", "AdamW4bit", "AdamWFp8"}) {
+    SCOPED_TRACE(cls);
+    auto make = [] {
+      manual_seed(5);
+      return std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
+          std::make_shared<nn::Linear>(128, 64), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(64, 3)});
+    };
+    Generator data(9);
+    std::vector<Tensor> xs;
+    for (int i = 0; i < 6; ++i) xs.push_back(randn({8, 128}, &data));
+    auto train_steps = [&](nn::Module& m, optim::Optimizer& o, int from, int to) {
+      for (int i = from; i < to; ++i) {
+        o.zero_grad();
+        sum(mul(m.forward(xs[static_cast<size_t>(i)]), m.forward(xs[static_cast<size_t>(i)]))).backward();
+        o.step();
+      }
+    };
+    auto a = make();
+    auto oa = optim::make_low_bit_adam(cls, {{a->parameters(), {}}});
+    train_steps(*a, *oa, 0, 3);
+    const std::string path = (std::filesystem::temp_directory_path() / "lowbit_lowbit_adam.h5").string();
+    io::save_checkpoint(path, *a, oa.get(), nullptr, nullptr, io::TrainingState{});
+    train_steps(*a, *oa, 3, 6);
+    auto b = make();
+    auto ob = optim::make_low_bit_adam(cls, {{b->parameters(), {}}});
+    io::load_checkpoint(path, *b, ob.get());
+    train_steps(*b, *ob, 3, 6);
+    const auto pa = a->parameters(), pb = b->parameters();
+    for (size_t i = 0; i < pa.size(); ++i) EXPECT_EQ(t::count_mismatches(pa[i], pb[i]), 0) << i;
+    EXPECT_GT(oa->state_bytes(), 0);
+    EXPECT_EQ(oa->state_bytes(), ob->state_bytes());
+    // loading into another low-bit class is refused by name
+    auto c = make();
+    auto oc =
+        optim::make_low_bit_adam(std::string(cls) == "AdamW8bit" ? "AdamW4bit" : "AdamW8bit", {{c->parameters(), {}}});
+    t::expect_error([&] { io::load_checkpoint(path, *c, oc.get()); }, {"optimizer state was saved by", cls});
+    std::filesystem::remove(path);
+  }
 }
