@@ -17,6 +17,7 @@
 #pragma once
 #include <memory>
 
+#include "lowbit/core/codebook.h"
 #include "lowbit/optim/optimizer.h"
 
 namespace lowbit::optim {
@@ -53,6 +54,9 @@ class LowBitAdam : public Optimizer {
   int64_t block_;
   bool decoupled_, stochastic_round_;
 };
+
+/// The code book of a state: exp_avg (signed) or the squares (unsigned), for Int8 / Int4.
+const core::Codebook& state_codebook(StateFormat format, bool is_signed);
 
 /// torchao's classes by name: "Adam8bit", "AdamW8bit", "Adam4bit", "AdamW4bit", "AdamFp8",
 /// "AdamWFp8"; throws naming them.

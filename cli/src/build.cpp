@@ -68,14 +68,17 @@ std::shared_ptr<nn::Module> build_model(const RunConfig& cfg, int64_t vocab_size
 
 std::unique_ptr<optim::Optimizer> build_optimizer(const RunConfig& cfg, const std::vector<Tensor>& params) {
   const std::string name = cfg.get_string("optimizer.name");
-  if (name == "adamw" || name == "adam") {
-    optim::AdamOptions o;
+  auto adam_keys = [&](auto& o) {  // the keys every Adam shares
     o.lr = cfg.get_float("optimizer.lr");
     o.beta1 = cfg.get_float("optimizer.beta1");
     o.beta2 = cfg.get_float("optimizer.beta2");
     o.eps = cfg.get_float("optimizer.eps");
     o.weight_decay = cfg.get_float("optimizer.weight_decay");
     o.amsgrad = cfg.get_bool("optimizer.amsgrad");
+  };
+  if (name == "adamw" || name == "adam") {
+    optim::AdamOptions o;
+    adam_keys(o);
     if (name == "adamw") return std::make_unique<optim::AdamW>(params, o);
     return std::make_unique<optim::Adam>(params, o);
   }
@@ -92,12 +95,7 @@ std::unique_ptr<optim::Optimizer> build_optimizer(const RunConfig& cfg, const st
     for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     if (name != lower) continue;
     optim::LowBitAdamOptions o;
-    o.lr = cfg.get_float("optimizer.lr");
-    o.beta1 = cfg.get_float("optimizer.beta1");
-    o.beta2 = cfg.get_float("optimizer.beta2");
-    o.eps = cfg.get_float("optimizer.eps");
-    o.weight_decay = cfg.get_float("optimizer.weight_decay");
-    o.amsgrad = cfg.get_bool("optimizer.amsgrad");
+    adam_keys(o);
     o.block_size = cfg.get_int("optimizer.block_size");
     return optim::make_low_bit_adam(cls, {{params, {}}}, o);
   }

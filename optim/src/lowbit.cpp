@@ -159,11 +159,7 @@ void LowBitAdam::step() {
           r.scale = sc->second;
           r.fp8 = format_ == StateFormat::Fp8;
           r.nibbles = format_ == StateFormat::Int4;
-          if (!r.fp8)
-            r.cb =
-                &core::codebook(format_ == StateFormat::Int8
-                                    ? (s == 0 ? core::CodebookId::Dynamic8Signed : core::CodebookId::Dynamic8Unsigned)
-                                    : (s == 0 ? core::CodebookId::Dynamic4Signed : core::CodebookId::Linear4Unsigned));
+          if (!r.fp8) r.cb = &state_codebook(format_, s == 0);
         } else {
           auto it = st.tensors.find(names[s]);
           LOWBIT_CHECK(it != st.tensors.end(), "{}: state '{}' of a parameter of shape {} is missing", name(), names[s],
@@ -228,6 +224,13 @@ void LowBitAdam::step() {
       }
     }
   }
+}
+
+const core::Codebook& state_codebook(StateFormat format, bool is_signed) {
+  LOWBIT_CHECK(format != StateFormat::Fp8, "state_codebook: fp8 states have no code book");
+  if (format == StateFormat::Int8)
+    return core::codebook(is_signed ? core::CodebookId::Dynamic8Signed : core::CodebookId::Dynamic8Unsigned);
+  return core::codebook(is_signed ? core::CodebookId::Dynamic4Signed : core::CodebookId::Linear4Unsigned);
 }
 
 std::unique_ptr<LowBitAdam> make_low_bit_adam(const std::string& name, std::vector<ParamGroup> groups,

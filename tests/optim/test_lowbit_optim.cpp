@@ -100,13 +100,8 @@ TEST(LowBitAdamGolden, TrajectoriesMatchTorchao) {
             if (opt->format() == optim::StateFormat::Fp8)
               core::fp8_state_dequantize_blocks(codes.data(), gs.data_ptr<float>(), wd.numel(), blk, ours.data());
             else
-              core::codebook_dequantize_blocks(
-                  core::codebook(std::string(s) == "exp_avg"
-                                     ? (opt->format() == optim::StateFormat::Int8 ? core::CodebookId::Dynamic8Signed
-                                                                                  : core::CodebookId::Dynamic4Signed)
-                                     : (opt->format() == optim::StateFormat::Int8 ? core::CodebookId::Dynamic8Unsigned
-                                                                                  : core::CodebookId::Linear4Unsigned)),
-                  codes.data(), gs.data_ptr<float>(), wd.numel(), blk, ours.data());
+              core::codebook_dequantize_blocks(optim::state_codebook(opt->format(), std::string(s) == "exp_avg"),
+                                               codes.data(), gs.data_ptr<float>(), wd.numel(), blk, ours.data());
             for (int64_t k = 0; k < wd.numel(); ++k) deq_off += std::memcmp(&ours[k], wd.data_ptr<float>() + k, 4) != 0;
           }
         }
@@ -238,10 +233,8 @@ TEST(LowBitAdam, AmsgradWithQuantizedStatesFollowsItsComposition) {
       if (fp8)
         core::fp8_state_dequantize_blocks(c.data(), sc, n, blk, out.data());
       else
-        core::codebook_dequantize_blocks(
-            core::codebook(int4 ? (is_signed ? core::CodebookId::Dynamic4Signed : core::CodebookId::Linear4Unsigned)
-                                : (is_signed ? core::CodebookId::Dynamic8Signed : core::CodebookId::Dynamic8Unsigned)),
-            c.data(), sc, n, blk, out.data());
+        core::codebook_dequantize_blocks(optim::state_codebook(opt->format(), is_signed), c.data(), sc, n, blk,
+                                         out.data());
       return out;
     };
     std::vector<float> m(static_cast<size_t>(n), 0.0f), v = m, vmax = m;
@@ -283,10 +276,8 @@ TEST(LowBitAdam, AmsgradWithQuantizedStatesFollowsItsComposition) {
         if (fp8)
           core::fp8_state_quantize_blocks(x->data(), n, blk, c.data(), sc.data());
         else
-          core::codebook_quantize_blocks(
-              core::codebook(int4 ? (sgn ? core::CodebookId::Dynamic4Signed : core::CodebookId::Linear4Unsigned)
-                                  : (sgn ? core::CodebookId::Dynamic8Signed : core::CodebookId::Dynamic8Unsigned)),
-              x->data(), n, blk, c.data(), sc.data());
+          core::codebook_quantize_blocks(optim::state_codebook(opt->format(), sgn), x->data(), n, blk, c.data(),
+                                         sc.data());
         if (int4) {
           std::vector<uint8_t> packed(static_cast<size_t>(n / 2));
           core::pack_nibbles_high_first(c.data(), packed.data(), n);
