@@ -10,6 +10,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include <unistd.h>
+
 #include "golden.h"
 #include "lowbit/autograd/ops.h"
 #include "lowbit/core/format.h"
@@ -317,7 +319,8 @@ TEST(NVFP4Training, ConvertSaveRebuildAndHostileFiles) {
   const Tensor x = randn({4, 32});
   Tensor xr = x.clone().requires_grad_();
   sum(conv->forward(xr)).backward();  // advances the stream
-  const std::string path = (std::filesystem::temp_directory_path() / "lowbit_nvfp4_train.h5").string();
+  const std::string path =
+      (std::filesystem::temp_directory_path() / ("lowbit_nvfp4_train_" + std::to_string(::getpid()) + ".h5")).string();
   io::export_model(path, *conv);
   auto back = io::load_model(path);
   EXPECT_EQ(back->to_string(), conv->to_string());

@@ -14,6 +14,8 @@
 #include <cstring>
 #include <filesystem>
 
+#include <unistd.h>
+
 #include "golden.h"
 #include "lowbit/core/codebook.h"
 #include "lowbit/io/checkpoint.h"
@@ -327,7 +329,9 @@ TEST(LowBitAdam, CheckpointResumeIsBitExact) {
     auto a = make();
     auto oa = optim::make_low_bit_adam(cls, {{a->parameters(), {}}});
     train_steps(*a, *oa, 0, 3);
-    const std::string path = (std::filesystem::temp_directory_path() / "lowbit_lowbit_adam.h5").string();
+    // a name of this process: concurrent runs of the suite must not share the file
+    const std::string path =
+        (std::filesystem::temp_directory_path() / fmt::format("lowbit_lowbit_adam_{}.h5", ::getpid())).string();
     io::save_checkpoint(path, *a, oa.get(), nullptr, nullptr, io::TrainingState{});
     train_steps(*a, *oa, 3, 6);
     auto b = make();
