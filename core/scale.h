@@ -58,4 +58,15 @@ struct NVFP4BlockScale {
 };
 NVFP4BlockScale nvfp4_block_scale(float block_amax, float per_tensor_scale = 0.0f);
 
+/// TransformerEngine's NVFP4 scales (torchao's NVFP4 training; spec §9 item 10), not
+/// NVFP4Tensor's: the global encode scale enc = 2688 / amax_tensor (float32 division) capped at
+/// FLT_MAX, 1 when amax is 0 or the quotient underflows to 0 (NaN stays NaN) ...
+float te_nvfp4_encode_scale(float global_amax);
+/// ... and per block s8 = e4m3(min(amax_block * (enc * fp32(1/6)), 448)) -- no 2^-6 floor -- and
+/// the element multiplier min(1 / (fp32(s8) * dec), FLT_MAX), dec = 1 / enc.
+struct TENVFP4BlockScale {
+  float s8, mult;
+};
+TENVFP4BlockScale te_nvfp4_block_scale(float block_amax, float enc, float dec);
+
 }  // namespace lowbit::core

@@ -25,6 +25,7 @@
 #include <functional>
 #include <string>
 
+#include "lowbit/core/scale.h"
 #include "lowbit/nn/layers.h"
 
 namespace lowbit::mx {
@@ -45,9 +46,8 @@ struct NVFP4TrainingConfig {
   bool operator==(const NVFP4TrainingConfig&) const = default;
 };
 
-/// TransformerEngine's global encode scale: 2688 / amax (float32 division) capped at FLT_MAX; 1
-/// when amax is 0 or the quotient underflows to 0.
-float te_nvfp4_encode_scale(float global_amax);
+/// TransformerEngine's global encode scale (core/scale.h).
+using core::te_nvfp4_encode_scale;
 
 enum class NVFP4Blocks { Row1x16, Tile16x16 };
 

@@ -287,4 +287,16 @@ class FakeQuantizedEmbedding : public nn::Embedding, public QATModule {
   std::shared_ptr<FakeQuantizer> weight_fake_quantizer;
 };
 
+/// For quantized_linear(): the activation config as the weight config's own type (none when
+/// null); another kind is refused ("convert: <kind> weight needs <kind> activation config (or
+/// none), got ...", kind e.g. "an MX").
+template <typename Config>
+std::optional<Config> activation_of_kind(const FakeQuantizeConfigBase* activation, const char* kind) {
+  if (!activation) return std::nullopt;
+  const auto* a = dynamic_cast<const Config*>(activation);
+  LOWBIT_CHECK(a != nullptr, "convert: {} weight needs {} activation config (or none), got {}", kind, kind,
+               activation->to_string());
+  return *a;
+}
+
 }  // namespace lowbit::qat

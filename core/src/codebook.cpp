@@ -103,6 +103,14 @@ void codebook_encode(const Codebook& cb, const float* x, uint8_t* codes, int64_t
 }
 
 namespace {
+// a block's normalized values: on the stack up to 256 (the optimizers' blocks: they quantize one
+// block per call), else on the heap
+struct ScratchBlock {
+  float small[256];
+  std::vector<float> big;
+  float* p;
+  explicit ScratchBlock(int64_t n) : big(n > 256 ? static_cast<size_t>(n) : 0), p(n > 256 ? big.data() : small) {}
+};
 void check_blocks(const char* op, int64_t n, int64_t block) {
   LOWBIT_CHECK(block > 0 && n >= 0 && n % block == 0, "{}: {} values do not split into blocks of {}", op, n, block);
 }
@@ -113,14 +121,14 @@ void codebook_quantize_blocks(const Codebook& cb, const float* x, int64_t n, int
   check_blocks("codebook_quantize_blocks", n, block);
   const int64_t nb = n / block;
   detail::parallel_for(nb, std::max<int64_t>(1, 16384 / block), [&](int64_t b0, int64_t b1) {
-    std::vector<float> xn(static_cast<size_t>(block));
+    ScratchBlock xn(block);
     for (int64_t b = b0; b < b1; ++b) {
       const float* xb = x + b * block;
       const float amax = amax_of_run(xb, block);
       const float s = std::isnan(amax) ? amax : std::max(amax, 1e-12f);
       scales[b] = s;
-      for (int64_t i = 0; i < block; ++i) xn[static_cast<size_t>(i)] = xb[i] / s;
-      codebook_encode(cb, xn.data(), codes + b * block, block);
+      for (int64_t i = 0; i < block; ++i) xn.p[i] = xb[i] / s;
+      codebook_encode(cb, xn.p, codes + b * block, block);
     }
   });
 }
@@ -140,14 +148,14 @@ void fp8_state_quantize_blocks(const float* x, int64_t n, int64_t block, uint8_t
   check_blocks("fp8_state_quantize_blocks", n, block);
   const Format& e4m3 = format(FormatId::Float8E4M3FN);
   detail::parallel_for(n / block, std::max<int64_t>(1, 16384 / block), [&](int64_t b0, int64_t b1) {
-    std::vector<float> xn(static_cast<size_t>(block));
+    ScratchBlock xn(block);
     for (int64_t b = b0; b < b1; ++b) {
       const float* xb = x + b * block;
       const float amax = amax_of_run(xb, block);
       const float s = (std::isnan(amax) ? amax : std::max(amax, 1e-12f)) / 448.0f;
       scales[b] = s;
-      for (int64_t i = 0; i < block; ++i) xn[static_cast<size_t>(i)] = xb[i] / s;
-      encode_n(e4m3, xn.data(), codes + b * block, block, true);
+      for (int64_t i = 0; i < block; ++i) xn.p[i] = xb[i] / s;
+      encode_n(e4m3, xn.p, codes + b * block, block, true);
     }
   });
 }

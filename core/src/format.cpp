@@ -197,7 +197,8 @@ int64_t packed_bytes(const Format& f, int64_t n) {
   return n * f.storage_bytes;
 }
 
-int int8_value_multiplier(const Format& f) {
+namespace {
+int compute_int8_value_multiplier(const Format& f) {
   if (f.bits > 8 || !(f.min_subnormal > 0.0) || f.min_subnormal < 1.0 / 128) return 0;
   const double m = 1.0 / f.min_subnormal;
   if (m != std::ldexp(1.0, std::ilogb(m))) return 0;  // a power of two
@@ -208,6 +209,16 @@ int int8_value_multiplier(const Format& f) {
     if (!std::isfinite(q) || q != std::nearbyint(q) || q < -128.0 || q > 127.0) return 0;
   }
   return static_cast<int>(m);
+}
+}  // namespace
+
+int int8_value_multiplier(const Format& f) {  // per format, computed once (MX linears ask per call)
+  static const std::vector<int> table = [] {
+    std::vector<int> t(kNumFormats);
+    for (size_t i = 0; i < kNumFormats; ++i) t[i] = compute_int8_value_multiplier(formats()[i]);
+    return t;
+  }();
+  return table[static_cast<size_t>(f.id)];
 }
 
 void pack(const Format& f, const uint8_t* codes, uint8_t* packed, int64_t n) {

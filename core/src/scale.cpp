@@ -76,6 +76,24 @@ float te_amax_to_scale(float amax, const Format& fp8, bool pow2, float epsilon) 
   return pow2 ? float_of(bits_of(s) & 0xFF800000u) : s;
 }
 
+float te_nvfp4_encode_scale(float amax) {
+  if (amax == 0.0f) return 1.0f;
+  float c = 2688.0f / amax;  // 448 * 6, float32 division rounded to nearest
+  if (std::isnan(c)) return c;
+  c = std::min(c, std::numeric_limits<float>::max());
+  return c == 0.0f ? 1.0f : c;
+}
+
+TENVFP4BlockScale te_nvfp4_block_scale(float block_amax, float enc, float dec) {
+  static const Format& e4m3 = format(FormatId::Float8E4M3FN);
+  float pv = block_amax * (enc * (1.0f / 6.0f));  // one rounding of amax * (enc / 6), as TE
+  if (!std::isnan(pv)) pv = std::min(pv, 448.0f);
+  const float s8 = decode(e4m3, encode(e4m3, pv));
+  float mult = 1.0f / (s8 * dec);
+  if (!std::isnan(mult)) mult = std::min(mult, std::numeric_limits<float>::max());
+  return {s8, mult};
+}
+
 float nvfp4_per_tensor_scale(float amax) { return amax / (448.0f * 6.0f); }
 
 NVFP4BlockScale nvfp4_block_scale(float block_amax, float pts) {

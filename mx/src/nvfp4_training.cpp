@@ -4,7 +4,6 @@
 
 #include <fmt/format.h>
 
-#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -37,31 +36,8 @@ std::string NVFP4TrainingConfig::to_string() const {
                      rht ? "True" : "False", stochastic_rounding ? "True" : "False", s);
 }
 
-float te_nvfp4_encode_scale(float amax) {
-  if (amax == 0.0f) return 1.0f;
-  float c = 2688.0f / amax;  // 448 * 6, float32 division rounded to nearest
-  if (std::isnan(c)) return c;
-  c = std::min(c, FLT_MAX);
-  return c == 0.0f ? 1.0f : c;
-}
-
 namespace {
-inline float nan_amax(const float* x, int64_t n) { return core::amax_of_run(x, n); }
-
-struct TEScales {
-  float s8, mult;
-};
-// block scale and element multiplier (TransformerEngine's, no 2^-6 floor)
-inline TEScales te_block(float block_amax, float enc, float dec) {
-  static const core::Format& e4m3 = core::format(core::FormatId::Float8E4M3FN);
-  float pv = block_amax * (enc * (1.0f / 6.0f));
-  if (!std::isnan(pv)) pv = std::min(pv, 448.0f);
-  const float s8 = core::decode(e4m3, core::encode(e4m3, pv));
-  const float denom = s8 * dec;
-  float mult = 1.0f / denom;
-  if (!std::isnan(mult)) mult = std::min(mult, FLT_MAX);
-  return {s8, mult};
-}
+using TEScales = core::TENVFP4BlockScale;
 // |y| <= 6 rounded to the fp4 e2m1 grid {0, .5, 1, 1.5, 2, 3, 4, 6} -- to nearest even, or
 // stochastically with 16 random bits r -- branch-free so that loops over it vectorize: the grid's
 // spacing (0.5 below 2, 1 below 4, 2 up to 6) is selected per element and t = |y| / spacing is
@@ -147,7 +123,7 @@ NVFP4TECast nvfp4_te_cast(const float* x, int64_t rows, int64_t cols, float glob
   NVFP4TECast c;
   c.global_amax = global_amax;
   c.per_tensor_scale = global_amax / (448.0f * 6.0f);
-  const float enc = te_nvfp4_encode_scale(global_amax), dec = 1.0f / enc;
+  const float enc = core::te_nvfp4_encode_scale(global_amax), dec = 1.0f / enc;
   const int64_t nb = cols / 16;
   c.values = empty({rows, cols}, kBFloat16);
   c.block_scales = empty({tiles ? rows / 16 : rows, nb}, kFloat32);
@@ -159,8 +135,8 @@ NVFP4TECast nvfp4_te_cast(const float* x, int64_t rows, int64_t cols, float glob
       for (int64_t b = 0; b < nb; ++b) {
         const int64_t r0 = tiles ? u * 16 : u, nr = tiles ? 16 : 1;
         float amax = 0.0f;
-        for (int64_t r = r0; r < r0 + nr; ++r) amax = core::nan_max(amax, nan_amax(x + r * cols + b * 16, 16));
-        const TEScales s = te_block(amax, enc, dec);
+        for (int64_t r = r0; r < r0 + nr; ++r) amax = core::nan_max(amax, core::amax_of_run(x + r * cols + b * 16, 16));
+        const TEScales s = core::te_nvfp4_block_scale(amax, enc, dec);
         bs[u * nb + b] = s.s8;
         for (int64_t r = r0; r < r0 + nr; ++r) {
           const int64_t at = r * cols + b * 16;
@@ -225,7 +201,7 @@ float tensor_amax(const Tensor& t) {
   const int64_t n = t.numel(), chunk = 1 << 16, nc = (n + chunk - 1) / chunk;
   std::vector<float> part(static_cast<size_t>(std::max<int64_t>(nc, 1)), 0.0f);
   detail::parallel_for(nc, 1, [&](int64_t c0, int64_t c1) {
-    for (int64_t ci = c0; ci < c1; ++ci) part[ci] = nan_amax(p + ci * chunk, std::min(chunk, n - ci * chunk));
+    for (int64_t ci = c0; ci < c1; ++ci) part[ci] = core::amax_of_run(p + ci * chunk, std::min(chunk, n - ci * chunk));
   });
   float a = 0.0f;
   for (float v : part) a = core::nan_max(a, v);

@@ -67,14 +67,8 @@ FakeQuantizeConfigs Float8WeightOnlyConfig::fake_quantize_configs() const {
 
 std::shared_ptr<nn::Module> Float8FakeQuantizeConfig::quantized_linear(const nn::Linear& linear,
                                                                        const FakeQuantizeConfigBase* activation) const {
-  std::optional<Float8FakeQuantizeConfig> act;
-  if (activation) {
-    const auto* a = dynamic_cast<const Float8FakeQuantizeConfig*>(activation);
-    LOWBIT_CHECK(a != nullptr, "convert: a float8 weight needs a float8 activation config (or none), got {}",
-                 activation->to_string());
-    act = *a;
-  }
-  return std::make_shared<Float8QuantizedLinear>(linear, *this, act);
+  return std::make_shared<Float8QuantizedLinear>(linear, *this,
+                                                 activation_of_kind<Float8FakeQuantizeConfig>(activation, "a float8"));
 }
 
 // ---- the module ----

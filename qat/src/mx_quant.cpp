@@ -8,6 +8,7 @@
 
 #include "lowbit/autograd/autograd.h"
 #include "lowbit/autograd/kernel.h"
+#include "lowbit/autograd/minifloat.h"
 #include "lowbit/autograd/ops.h"
 #include "lowbit/core/cast2d.h"
 #include "lowbit/mx/mx.h"
@@ -31,15 +32,22 @@ Cast2D mx_cast(const Tensor& x32, const MXFakeQuantizeConfig& c, CastOutput out)
       x32.data_ptr<float>(), x32.size(0), x32.size(1), e, ScaleAxis::Row, c.block_size,
       [&e, mode](float amax) { return core::e8m0_scale(amax, e, mode).multiplier; }, out);
 }
-// the e8m0 byte of a multiplier 2^(127 - b) (NaN: 255)
-uint8_t e8m0_byte(float multiplier) {
-  if (std::isnan(multiplier)) return 255;
-  int exp;
-  std::frexp(multiplier, &exp);  // multiplier = 0.5 * 2^exp
-  return static_cast<uint8_t>(127 - (exp - 1));
+// the float value of every e8m0 byte (2^(b - 127); 255: NaN)
+struct E8M0Table {
+  float v[256];
+  E8M0Table() {
+    for (uint32_t b = 0; b < 256; ++b) v[b] = e8m0_decode(b);
+  }
+};
+const E8M0Table& e8m0_values() {
+  static const E8M0Table t;
+  return t;
 }
-float e8m0_value(uint8_t b) {
-  return b == 255 ? std::numeric_limits<float>::quiet_NaN() : std::ldexp(1.0f, static_cast<int>(b) - 127);
+// the input check every MX / NVFP4 fake quantizer makes
+void check_fake_quant_input(const Tensor& x, const std::string& config) {
+  LOWBIT_CHECK(x.defined() && (x.dtype() == kFloat32 || x.dtype() == kBFloat16) && x.dim() >= 1,
+               "{}: input must be a float32 or bfloat16 tensor, got {}", config,
+               x.defined() ? detail::desc(x) : "undefined");
 }
 // y (x's fake quantization) with a straight-through gradient to x, in x's dtype
 Tensor straight_through(Tensor y, const Tensor& x, const char* node) {
@@ -69,9 +77,7 @@ void MXFakeQuantizeConfig::validate() const {
 }
 
 Tensor MXFakeQuantizeConfig::fake_quantize(const Tensor& x_in, FakeQuantizer&) const {
-  LOWBIT_CHECK(x_in.defined() && (x_in.dtype() == kFloat32 || x_in.dtype() == kBFloat16) && x_in.dim() >= 1,
-               "{}: input must be a float32 or bfloat16 tensor, got {}", to_string(),
-               x_in.defined() ? detail::desc(x_in) : "undefined");
+  check_fake_quant_input(x_in, to_string());
   const Tensor x32 = x_in.detach().to(kFloat32);
   const int64_t k = x32.size(-1), rows = k ? x32.numel() / k : 0;
   Tensor y32 = core::dequantize_f32(mx_cast(x32.reshape({rows, k}), *this, CastOutput::Codes)).reshape(x32.shape());
@@ -81,14 +87,8 @@ Tensor MXFakeQuantizeConfig::fake_quantize(const Tensor& x_in, FakeQuantizer&) c
 
 std::shared_ptr<nn::Module> MXFakeQuantizeConfig::quantized_linear(const nn::Linear& linear,
                                                                    const FakeQuantizeConfigBase* activation) const {
-  std::optional<MXFakeQuantizeConfig> act;
-  if (activation) {
-    const auto* a = dynamic_cast<const MXFakeQuantizeConfig*>(activation);
-    LOWBIT_CHECK(a != nullptr, "convert: an MX weight needs an MX activation config (or none), got {}",
-                 activation->to_string());
-    act = *a;
-  }
-  return std::make_shared<MXQuantizedLinear>(linear, *this, act);
+  return std::make_shared<MXQuantizedLinear>(linear, *this,
+                                             activation_of_kind<MXFakeQuantizeConfig>(activation, "an MX"));
 }
 
 // ---- MXDynamicActivationMXWeightConfig ----
@@ -122,7 +122,8 @@ MXQuantizedLinear::MXQuantizedLinear(const nn::Linear& linear, const MXFakeQuant
   Tensor scale = empty(c.scale.shape(), kFloat8_e8m0fnu);
   const float* m = c.scale.data_ptr<float>();
   uint8_t* sb = static_cast<uint8_t*>(scale.raw_data());
-  for (int64_t i = 0; i < scale.numel(); ++i) sb[i] = e8m0_byte(m[i]);
+  for (int64_t i = 0; i < scale.numel(); ++i)
+    sb[i] = static_cast<uint8_t>(e8m0_encode(1.0f / m[i]));  // the exact power of two the multiplier inverts
   Tensor codes;
   if (e.per_byte == 2) {
     codes = empty({out_features, in_features / 2}, kFloat4_e2m1fn_x2);
@@ -189,10 +190,11 @@ Tensor MXQuantizedLinear::dequantized_weight() const {
   Tensor out = empty({n, k}, kFloat32);
   float* o = out.data_ptr<float>();
   const uint8_t* sb = static_cast<const uint8_t*>(weight_scale.raw_data());
+  const float* scale_of = e8m0_values().v;
   detail::parallel_for(n, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(k, 1)), [&](int64_t r0, int64_t r1) {
     for (int64_t r = r0; r < r1; ++r)
       for (int64_t j = 0; j < k; ++j)
-        o[r * k + j] = value[codes[static_cast<size_t>(r * k + j)]] * e8m0_value(sb[r * nb + j / bs]);
+        o[r * k + j] = value[codes[static_cast<size_t>(r * k + j)]] * scale_of[sb[r * nb + j / bs]];
   });
   return out;
 }
@@ -224,7 +226,7 @@ std::shared_ptr<const kernels::MXInt8Weight> MXQuantizedLinear::packed_weight() 
     for (int c = 0; c < lut_size; ++c) lut[c] = static_cast<int8_t>(std::lrint(core::decode(e, c) * mult));
     std::vector<float> scales(static_cast<size_t>(weight_scale.numel()));
     const uint8_t* sb = static_cast<const uint8_t*>(weight_scale.raw_data());
-    for (size_t i = 0; i < scales.size(); ++i) scales[i] = e8m0_value(sb[i]) / static_cast<float>(mult);
+    for (size_t i = 0; i < scales.size(); ++i) scales[i] = e8m0_values().v[sb[i]] / static_cast<float>(mult);
     packed_ = std::make_shared<const kernels::MXInt8Weight>(
         kernels::pack_mx_int8(codes.data(), lut.data(), lut_size, scales.data(), n, k, weight_config.block_size));
     packed_key_ = key;
@@ -343,9 +345,7 @@ std::string NVFP4FakeQuantizeConfig::to_string() const {
 }
 
 Tensor NVFP4FakeQuantizeConfig::fake_quantize(const Tensor& x_in, FakeQuantizer&) const {
-  LOWBIT_CHECK(x_in.defined() && (x_in.dtype() == kFloat32 || x_in.dtype() == kBFloat16) && x_in.dim() >= 1,
-               "{}: input must be a float32 or bfloat16 tensor, got {}", to_string(),
-               x_in.defined() ? detail::desc(x_in) : "undefined");
+  check_fake_quant_input(x_in, to_string());
   // in the input's dtype
   return straight_through(nvfp4_of(x_in.detach(), use_per_tensor_scale).dequantize(), x_in,
                           "NVFP4FakeQuantizeBackward");
@@ -353,14 +353,8 @@ Tensor NVFP4FakeQuantizeConfig::fake_quantize(const Tensor& x_in, FakeQuantizer&
 
 std::shared_ptr<nn::Module> NVFP4FakeQuantizeConfig::quantized_linear(const nn::Linear& linear,
                                                                       const FakeQuantizeConfigBase* activation) const {
-  std::optional<NVFP4FakeQuantizeConfig> act;
-  if (activation) {
-    const auto* a = dynamic_cast<const NVFP4FakeQuantizeConfig*>(activation);
-    LOWBIT_CHECK(a != nullptr, "convert: an NVFP4 weight needs an NVFP4 activation config (or none), got {}",
-                 activation->to_string());
-    act = *a;
-  }
-  return std::make_shared<NVFP4QuantizedLinear>(linear, *this, act);
+  return std::make_shared<NVFP4QuantizedLinear>(linear, *this,
+                                                activation_of_kind<NVFP4FakeQuantizeConfig>(activation, "an NVFP4"));
 }
 
 std::string NVFP4DynamicActivationNVFP4WeightConfig::to_string() const {
