@@ -42,6 +42,11 @@ std::vector<float> create_dynamic_map(bool is_signed, int max_exponent_bits, int
 /// entry is <= x; 0 below the first entry), then one up when x - q[i] >= (q[i+1] - q[i]) / 2 (ties
 /// go up; capped at the last entry). NaN gives 0.
 void codebook_encode(const Codebook& cb, const float* x, uint8_t* codes, int64_t n);
+/// The same codes by the search itself, one value at a time (what codebook_encode's table is
+/// built from and tested against). codebook_encode uses a bucket table (one lookup per value) on
+/// AVX-512 builds when the code book allows it (codebook_has_fast_encode: all four do).
+void codebook_encode_reference(const Codebook& cb, const float* x, uint8_t* codes, int64_t n);
+bool codebook_has_fast_encode(const Codebook& cb);
 
 /// Blockwise state quantization (torchao's OptimState8bit / 4bit): per block of `block` values,
 /// scale = max(amax, 1e-12) (NaN stays NaN), codes of x / scale (true division). n % block == 0.

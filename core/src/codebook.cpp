@@ -4,8 +4,17 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <bit>
 #include <limits>
+
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
+#include <immintrin.h>
+#define LOWBIT_CODEBOOK_SIMD 1
+#else
+#define LOWBIT_CODEBOOK_SIMD 0
+#endif
 
 #include "lowbit/autograd/kernel.h"
 #include "lowbit/core/blocks.h"
@@ -88,19 +97,118 @@ const Codebook& codebook_by_name(std::string_view name) {
   throw Error(fmt::format("code book '{}' is not one of {}", name, codebook_names()));
 }
 
+namespace {
+// torchao's search for one value: the reference every faster path is built from and tested against
+int encode_reference(const float* q, int top, float v) {
+  int c = 0;
+  for (int step = (top + 1) / 2; step >= 1; step /= 2) c += v >= q[c + step] ? step : 0;
+  const int up = std::min(c + 1, top);
+  // residual >= half the gap: ties go up; NaN compares false everywhere and stays at 0
+  return v - q[c] >= (q[up] - q[c]) * 0.5f ? up : c;
+}
+
+// The search is monotone in x (the floor index is; within a gap the residual x - q[c] is, and the
+// half gap is fixed), so a code is the number of thresholds E_1 < ... < E_top at or below x, E_i
+// being the least float that encodes to >= i. The bucket table finds that count with one lookup:
+// x's magnitude, clamped to [2^-24, 2], minus 2^-24, split into a bucket (the high 16 bits: 8
+// exponent + 7 mantissa bits) and its low 16 bits; negative values use mirrored buckets with the
+// low bits complemented, so the order of (bucket, low) is the order of x. An entry holds the count
+// at the bucket's least value (<< 17) and the low bits of the one threshold inside the bucket
+// (0x10000: none); x's code = count + (low >= threshold low). Valid when no bucket holds two
+// thresholds and none lies within 2^-24 of zero -- checked when the table is built (the maps'
+// spacing is >= 0.007 where the buckets are 0.004 wide); otherwise the reference search is used.
+constexpr uint32_t kBucketLo = 0x33800000u;  // 2^-24
+constexpr uint32_t kBucketHi = 0x40000000u;  // 2.0
+constexpr int32_t kHalfBuckets = static_cast<int32_t>((kBucketHi - kBucketLo) >> 16) + 1;
+
+float bucket_value(int32_t idx, uint32_t lowp) {
+  if (idx >= kHalfBuckets)
+    return std::bit_cast<float>(kBucketLo + (static_cast<uint32_t>(idx - kHalfBuckets) << 16) + lowp);
+  const uint32_t bm = static_cast<uint32_t>(kHalfBuckets - 1 - idx);
+  return -std::bit_cast<float>(kBucketLo + (bm << 16) + (0xffffu - lowp));
+}
+
+std::vector<uint32_t> build_bucket_table(const Codebook& cb) {
+  const float* q = cb.values.data();
+  const int top = (1 << cb.bits) - 1;
+  auto f = [&](float x) { return encode_reference(q, top, x); };
+  const float lo = std::bit_cast<float>(kBucketLo);
+  if (f(-lo) != f(lo)) return {};
+  std::vector<uint32_t> t(static_cast<size_t>(2 * kHalfBuckets));
+  for (int32_t idx = 0; idx < 2 * kHalfBuckets; ++idx) {
+    const int base = f(bucket_value(idx, 0)), last = f(bucket_value(idx, 0xffff));
+    if (last - base > 1) return {};
+    uint32_t th = 0x10000;
+    if (last > base) {  // the least low bits that encode above base
+      uint32_t a = 0, b = 0xffff;
+      while (a < b) {
+        const uint32_t mid = (a + b) / 2;
+        if (f(bucket_value(idx, mid)) > base)
+          b = mid;
+        else
+          a = mid + 1;
+      }
+      th = a;
+    }
+    t[static_cast<size_t>(idx)] = static_cast<uint32_t>(base) << 17 | th;
+  }
+  return t;
+}
+
+// per code book, built on first use
+const std::vector<uint32_t>& bucket_table(const Codebook& cb) {
+  static const std::vector<std::vector<uint32_t>> tables = [] {
+    std::vector<std::vector<uint32_t>> v;
+    for (const auto& c : table()) v.push_back(build_bucket_table(c));
+    return v;
+  }();
+  return tables[static_cast<size_t>(cb.id)];
+}
+
+#if LOWBIT_CODEBOOK_SIMD
+// 16 codes (as int32 lanes) through the bucket table
+inline __m512i encode16(const uint32_t* tab, __m512 x) {
+  const __m512i u = _mm512_castps_si512(x);
+  const __m512i mag = _mm512_and_si512(u, _mm512_set1_epi32(0x7fffffff));
+  const __m512i m =
+      _mm512_sub_epi32(_mm512_min_epu32(_mm512_max_epu32(mag, _mm512_set1_epi32(static_cast<int>(kBucketLo))),
+                                        _mm512_set1_epi32(static_cast<int>(kBucketHi))),
+                       _mm512_set1_epi32(static_cast<int>(kBucketLo)));
+  const __m512i bm = _mm512_srli_epi32(m, 16);
+  const __m512i low = _mm512_and_si512(m, _mm512_set1_epi32(0xffff));
+  const __mmask16 neg = _mm512_movepi32_mask(u);
+  const __m512i idx = _mm512_mask_sub_epi32(_mm512_add_epi32(bm, _mm512_set1_epi32(kHalfBuckets)), neg,
+                                            _mm512_set1_epi32(kHalfBuckets - 1), bm);
+  const __m512i lowp = _mm512_mask_xor_epi32(low, neg, low, _mm512_set1_epi32(0xffff));
+  const __m512i e = _mm512_i32gather_epi32(idx, tab, 4);
+  __m512i c = _mm512_srli_epi32(e, 17);
+  c = _mm512_mask_add_epi32(c, _mm512_cmpge_epu32_mask(lowp, _mm512_and_si512(e, _mm512_set1_epi32(0x1ffff))), c,
+                            _mm512_set1_epi32(1));
+  return _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), c);  // NaN: code 0
+}
+#endif
+}  // namespace
+
 void codebook_encode(const Codebook& cb, const float* x, uint8_t* codes, int64_t n) {
   const float* q = cb.values.data();
   const int top = (1 << cb.bits) - 1;
-  for (int64_t i = 0; i < n; ++i) {
-    const float v = x[i];
-    int c = 0;
-    for (int step = (top + 1) / 2; step >= 1; step /= 2) c += v >= q[c + step] ? step : 0;
-    const int up = std::min(c + 1, top);
-    // residual >= half the gap: ties go up; NaN compares false everywhere and stays at 0
-    c = v - q[c] >= (q[up] - q[c]) * 0.5f ? up : c;
-    codes[i] = static_cast<uint8_t>(c);
-  }
+  int64_t i = 0;
+#if LOWBIT_CODEBOOK_SIMD
+  const std::vector<uint32_t>& tab = bucket_table(cb);
+  if (!tab.empty())
+    for (; i + 16 <= n; i += 16)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i),
+                       _mm512_cvtepi32_epi8(encode16(tab.data(), _mm512_loadu_ps(x + i))));
+#endif
+  for (; i < n; ++i) codes[i] = static_cast<uint8_t>(encode_reference(q, top, x[i]));
 }
+
+void codebook_encode_reference(const Codebook& cb, const float* x, uint8_t* codes, int64_t n) {
+  const int top = (1 << cb.bits) - 1;
+  for (int64_t i = 0; i < n; ++i) codes[i] = static_cast<uint8_t>(encode_reference(cb.values.data(), top, x[i]));
+}
+
+bool codebook_has_fast_encode(const Codebook& cb) { return !bucket_table(cb).empty(); }
 
 namespace {
 // a block's normalized values: on the stack up to 256 (the optimizers' blocks: they quantize one
@@ -133,15 +241,42 @@ void codebook_quantize_blocks(const Codebook& cb, const float* x, int64_t n, int
   });
 }
 
+namespace {
+// out[i] = table[codes[i] & mask] * scale of its block; 16 at a time by a gather (256 entries) or
+// a permute (16 entries)
+void lookup_blocks(const float* table, int bits, const uint8_t* codes, const float* scales, int64_t n, int64_t block,
+                   float* out) {
+  const int mask = (1 << bits) - 1;
+  detail::parallel_for(n / block, std::max<int64_t>(1, 16384 / block), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) {
+      int64_t i = b * block;
+      const int64_t e = (b + 1) * block;
+      const float s = scales[b];
+#if LOWBIT_CODEBOOK_SIMD
+      const __m512 vs = _mm512_set1_ps(s);
+      if (bits == 4) {
+        const __m512 t16 = _mm512_loadu_ps(table);
+        for (; i + 16 <= e; i += 16) {
+          const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i)));
+          _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_permutexvar_ps(c, t16), vs));
+        }
+      } else {
+        for (; i + 16 <= e; i += 16) {
+          const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i)));
+          _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_i32gather_ps(c, table, 4), vs));
+        }
+      }
+#endif
+      for (; i < e; ++i) out[i] = table[codes[i] & mask] * s;
+    }
+  });
+}
+}  // namespace
+
 void codebook_dequantize_blocks(const Codebook& cb, const uint8_t* codes, const float* scales, int64_t n, int64_t block,
                                 float* out) {
   check_blocks("codebook_dequantize_blocks", n, block);
-  const float* q = cb.values.data();
-  const int top = (1 << cb.bits) - 1;
-  detail::parallel_for(n / block, std::max<int64_t>(1, 16384 / block), [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      for (int64_t i = b * block; i < (b + 1) * block; ++i) out[i] = q[codes[i] & top] * scales[b];
-  });
+  lookup_blocks(cb.values.data(), cb.bits, codes, scales, n, block, out);
 }
 
 void fp8_state_quantize_blocks(const float* x, int64_t n, int64_t block, uint8_t* codes, float* scales) {
@@ -162,24 +297,40 @@ void fp8_state_quantize_blocks(const float* x, int64_t n, int64_t block, uint8_t
 
 void fp8_state_dequantize_blocks(const uint8_t* codes, const float* scales, int64_t n, int64_t block, float* out) {
   check_blocks("fp8_state_dequantize_blocks", n, block);
-  const Format& e4m3 = format(FormatId::Float8E4M3FN);
-  float value[256];
-  for (uint32_t c = 0; c < 256; ++c) value[c] = decode(e4m3, c);
-  detail::parallel_for(n / block, std::max<int64_t>(1, 16384 / block), [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      for (int64_t i = b * block; i < (b + 1) * block; ++i) out[i] = value[codes[i]] * scales[b];
-  });
+  static const std::array<float, 256> value = [] {
+    std::array<float, 256> v{};
+    for (uint32_t c = 0; c < 256; ++c) v[c] = decode(format(FormatId::Float8E4M3FN), c);
+    return v;
+  }();
+  lookup_blocks(value.data(), 8, codes, scales, n, block, out);
 }
 
 void pack_nibbles_high_first(const uint8_t* codes, uint8_t* packed, int64_t n) {
   LOWBIT_CHECK(n % 2 == 0, "pack_nibbles_high_first: an even count is needed, got {}", n);
-  for (int64_t k = 0; k < n / 2; ++k)
-    packed[k] = static_cast<uint8_t>(((codes[2 * k] & 0x0f) << 4) | (codes[2 * k + 1] & 0x0f));
+  int64_t k = 0;
+#if LOWBIT_CODEBOOK_SIMD
+  // per 16-bit lane: code[2k] * 16 + code[2k + 1], then narrowed to bytes
+  const __m128i lo4 = _mm_set1_epi8(0x0f), w = _mm_set1_epi16(0x0110);
+  for (; 2 * k + 16 <= n; k += 8) {
+    const __m128i c = _mm_and_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + 2 * k)), lo4);
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(packed + k), _mm_packus_epi16(_mm_maddubs_epi16(c, w), c));
+  }
+#endif
+  for (; k < n / 2; ++k) packed[k] = static_cast<uint8_t>(((codes[2 * k] & 0x0f) << 4) | (codes[2 * k + 1] & 0x0f));
 }
 
 void unpack_nibbles_high_first(const uint8_t* packed, uint8_t* codes, int64_t n) {
   LOWBIT_CHECK(n % 2 == 0, "unpack_nibbles_high_first: an even count is needed, got {}", n);
-  for (int64_t k = 0; k < n / 2; ++k) {
+  int64_t k = 0;
+#if LOWBIT_CODEBOOK_SIMD
+  const __m128i lo4 = _mm_set1_epi8(0x0f);
+  for (; 2 * k + 16 <= n; k += 8) {
+    const __m128i b = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(packed + k));
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(b, 4), lo4), lo = _mm_and_si128(b, lo4);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + 2 * k), _mm_unpacklo_epi8(hi, lo));
+  }
+#endif
+  for (; k < n / 2; ++k) {
     codes[2 * k] = packed[k] >> 4;
     codes[2 * k + 1] = packed[k] & 0x0f;
   }

@@ -5,6 +5,7 @@
 // must equal torchao's bit for bit.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -141,6 +142,57 @@ TEST(Codebook, EncoderSearchesTiesUpAndNaNGivesZero) {
   EXPECT_EQ(p[1], 0x3f);
   unpack_nibbles_high_first(p.data(), u.data(), 4);
   EXPECT_EQ(std::memcmp(u.data(), four, 4), 0);
+}
+
+// codebook_encode's bucket table (AVX-512 builds) against the search it is built from: a sweep of
+// every 251st float of [-2.5, 2.5] (both signs, subnormals and zero included), every float within
+// 300 ulps of each gap's midpoint and of each entry, and the special values. Lanes of 16 go
+// through the table; the comparison runs on whole arrays so every value is in a 16-lane group.
+TEST(Codebook, FastEncoderEqualsTheSearchEverywhere) {
+  for (const CodebookId id : {CodebookId::Dynamic8Signed, CodebookId::Dynamic8Unsigned, CodebookId::Dynamic4Signed,
+                              CodebookId::Linear4Unsigned}) {
+    const Codebook& cb = codebook(id);
+    SCOPED_TRACE(cb.name);
+    EXPECT_TRUE(codebook_has_fast_encode(cb));
+    std::vector<float> xs;
+    const uint32_t top = std::bit_cast<uint32_t>(2.5f);
+    for (uint32_t u = 0; u <= top; u += 251) {
+      xs.push_back(std::bit_cast<float>(u));
+      xs.push_back(-std::bit_cast<float>(u));
+    }
+    const auto& q = cb.values;
+    auto around = [&](float c) {
+      uint32_t u = std::bit_cast<uint32_t>(c);
+      for (int d = -300; d <= 300; ++d) xs.push_back(std::bit_cast<float>(u + static_cast<uint32_t>(d)));
+    };
+    for (size_t i = 0; i < q.size(); ++i) {
+      if (q[i] != 0.0f) around(q[i]);
+      if (i + 1 < q.size()) around(q[i] + (q[i + 1] - q[i]) * 0.5f);
+    }
+    for (const float v :
+         {0.0f, -0.0f, 1.0f, -1.0f, 1e-30f, -1e-30f, 1e-45f, -1e-45f, INFINITY, -INFINITY, NAN, -NAN, 3e38f, -3e38f})
+      xs.push_back(v);
+    while (xs.size() % 16) xs.push_back(0.5f);
+    std::vector<uint8_t> fast(xs.size()), ref(xs.size());
+    codebook_encode(cb, xs.data(), fast.data(), static_cast<int64_t>(xs.size()));
+    codebook_encode_reference(cb, xs.data(), ref.data(), static_cast<int64_t>(xs.size()));
+    int64_t bad = 0;
+    for (size_t i = 0; i < xs.size(); ++i)
+      if (fast[i] != ref[i] && bad++ < 5)
+        ADD_FAILURE() << "x = " << xs[i] << " (0x" << std::hex << std::bit_cast<uint32_t>(xs[i]) << std::dec
+                      << "): " << int(fast[i]) << " vs the search's " << int(ref[i]);
+    EXPECT_EQ(bad, 0) << "of " << xs.size();
+  }
+  // nibble packing in bulk (the vector path) against the formula
+  std::vector<uint8_t> codes(256), packed(128), back(256);
+  for (int i = 0; i < 256; ++i) codes[static_cast<size_t>(i)] = static_cast<uint8_t>((i * 7 + i / 16) & 15);
+  pack_nibbles_high_first(codes.data(), packed.data(), 256);
+  for (int k = 0; k < 128; ++k)
+    ASSERT_EQ(packed[static_cast<size_t>(k)],
+              (codes[2 * static_cast<size_t>(k)] << 4) | codes[2 * static_cast<size_t>(k) + 1])
+        << k;
+  unpack_nibbles_high_first(packed.data(), back.data(), 256);
+  EXPECT_EQ(back, codes);
 }
 
 // torchao's states after its first step, from the golden gradient: m = lerp(0, g, 1 - b1) =
