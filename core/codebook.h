@@ -57,10 +57,16 @@ void codebook_quantize_blocks(const Codebook& cb, const float* x, int64_t n, int
 void codebook_dequantize_blocks(const Codebook& cb, const uint8_t* codes, const float* scales, int64_t n, int64_t block,
                                 float* out);
 
+/// One block, on the calling thread: its codes, and its scale returned / given.
+float codebook_quantize_block(const Codebook& cb, const float* x, int64_t n, uint8_t* codes);
+void codebook_dequantize_block(const Codebook& cb, const uint8_t* codes, float scale, int64_t n, float* out);
+
 /// torchao's OptimStateFp8: per block scale = max(amax, 1e-12) / 448, codes = float8_e4m3fn(x / scale)
 /// (round to nearest even).
 void fp8_state_quantize_blocks(const float* x, int64_t n, int64_t block, uint8_t* codes, float* scales);
 void fp8_state_dequantize_blocks(const uint8_t* codes, const float* scales, int64_t n, int64_t block, float* out);
+float fp8_state_quantize_block(const float* x, int64_t n, uint8_t* codes);
+void fp8_state_dequantize_block(const uint8_t* codes, float scale, int64_t n, float* out);
 
 /// torchao's 4-bit state packing: byte k = (code[2k] << 4) | code[2k + 1] -- element 2k in the HIGH
 /// nibble (the opposite of MX fp4's packing). n even.

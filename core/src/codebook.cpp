@@ -165,7 +165,45 @@ const std::vector<uint32_t>& bucket_table(const Codebook& cb) {
   return tables[static_cast<size_t>(cb.id)];
 }
 
+// The thresholds themselves for 4-bit code books, E_1..E_15 in entries 1..15 (entry 0 unused):
+// the least float (in [-2, 2]) that encodes to >= i, found by bisection on the float order.
+std::array<float, 16> thresholds16(const Codebook& cb) {
+  std::array<float, 16> e{};
+  const float* q = cb.values.data();
+  auto key_of = [](float x) {  // order-preserving int
+    const int32_t u = std::bit_cast<int32_t>(x);
+    return u < 0 ? static_cast<int32_t>(0x80000000u - static_cast<uint32_t>(u)) : u;
+  };
+  auto float_of_key = [](int32_t k) {
+    return k < 0 ? std::bit_cast<float>(static_cast<int32_t>(0x80000000u - static_cast<uint32_t>(k)))
+                 : std::bit_cast<float>(k);
+  };
+  for (int i = 1; i < 16; ++i) {
+    int32_t a = key_of(-2.0f), b = key_of(2.0f);
+    while (a < b) {
+      const auto mid = static_cast<int32_t>((static_cast<int64_t>(a) + b) >> 1);  // floor: a <= mid < b
+      if (encode_reference(q, 15, float_of_key(mid)) >= i)
+        b = mid;
+      else
+        a = mid + 1;
+    }
+    e[static_cast<size_t>(i)] = float_of_key(a);
+  }
+  return e;
+}
+
 #if LOWBIT_CODEBOOK_SIMD
+// 4-bit codes: the number of thresholds <= x by a four-step search, each step one permute of the
+// 16 thresholds (x >= E_i is f(x) >= i: f is monotone; NaN compares false and stays at 0)
+inline __m512i encode16_small(__m512 e, __m512 x) {
+  __m512i p = _mm512_setzero_si512();
+  for (int step = 8; step >= 1; step /= 2) {
+    const __m512i c = _mm512_add_epi32(p, _mm512_set1_epi32(step));
+    p = _mm512_mask_mov_epi32(p, _mm512_cmp_ps_mask(x, _mm512_permutexvar_ps(c, e), _CMP_GE_OQ), c);
+  }
+  return p;
+}
+
 // 16 codes (as int32 lanes) through the bucket table
 inline __m512i encode16(const uint32_t* tab, __m512 x) {
   const __m512i u = _mm512_castps_si512(x);
@@ -194,6 +232,17 @@ void codebook_encode(const Codebook& cb, const float* x, uint8_t* codes, int64_t
   const int top = (1 << cb.bits) - 1;
   int64_t i = 0;
 #if LOWBIT_CODEBOOK_SIMD
+  if (cb.bits == 4) {
+    static const std::vector<std::array<float, 16>> small = [] {
+      std::vector<std::array<float, 16>> v;
+      for (const auto& c : table()) v.push_back(c.bits == 4 ? thresholds16(c) : std::array<float, 16>{});
+      return v;
+    }();
+    const __m512 e = _mm512_loadu_ps(small[static_cast<size_t>(cb.id)].data());
+    for (; i + 16 <= n; i += 16)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i),
+                       _mm512_cvtepi32_epi8(encode16_small(e, _mm512_loadu_ps(x + i))));
+  }
   const std::vector<uint32_t>& tab = bucket_table(cb);
   if (!tab.empty())
     for (; i + 16 <= n; i += 16)
@@ -219,90 +268,174 @@ struct ScratchBlock {
   float* p;
   explicit ScratchBlock(int64_t n) : big(n > 256 ? static_cast<size_t>(n) : 0), p(n > 256 ? big.data() : small) {}
 };
+void divide_run(const float* __restrict x, float s, float* __restrict out, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = x[i] / s;  // true division, as torchao
+}
 void check_blocks(const char* op, int64_t n, int64_t block) {
   LOWBIT_CHECK(block > 0 && n >= 0 && n % block == 0, "{}: {} values do not split into blocks of {}", op, n, block);
 }
 }  // namespace
 
+float codebook_quantize_block(const Codebook& cb, const float* x, int64_t n, uint8_t* codes) {
+  ScratchBlock xn(n);
+  const float amax = amax_of_run(x, n);
+  const float s = std::isnan(amax) ? amax : std::max(amax, 1e-12f);
+  divide_run(x, s, xn.p, n);
+  codebook_encode(cb, xn.p, codes, n);
+  return s;
+}
+
 void codebook_quantize_blocks(const Codebook& cb, const float* x, int64_t n, int64_t block, uint8_t* codes,
                               float* scales) {
   check_blocks("codebook_quantize_blocks", n, block);
-  const int64_t nb = n / block;
-  detail::parallel_for(nb, std::max<int64_t>(1, 16384 / block), [&](int64_t b0, int64_t b1) {
-    ScratchBlock xn(block);
-    for (int64_t b = b0; b < b1; ++b) {
-      const float* xb = x + b * block;
-      const float amax = amax_of_run(xb, block);
-      const float s = std::isnan(amax) ? amax : std::max(amax, 1e-12f);
-      scales[b] = s;
-      for (int64_t i = 0; i < block; ++i) xn.p[i] = xb[i] / s;
-      codebook_encode(cb, xn.p, codes + b * block, block);
-    }
+  detail::parallel_for(n / block, std::max<int64_t>(1, 16384 / block), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) scales[b] = codebook_quantize_block(cb, x + b * block, block, codes + b * block);
   });
 }
 
 namespace {
-// out[i] = table[codes[i] & mask] * scale of its block; 16 at a time by a gather (256 entries) or
-// a permute (16 entries)
-void lookup_blocks(const float* table, int bits, const uint8_t* codes, const float* scales, int64_t n, int64_t block,
-                   float* out) {
-  const int mask = (1 << bits) - 1;
-  detail::parallel_for(n / block, std::max<int64_t>(1, 16384 / block), [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) {
-      int64_t i = b * block;
-      const int64_t e = (b + 1) * block;
-      const float s = scales[b];
-#if LOWBIT_CODEBOOK_SIMD
-      const __m512 vs = _mm512_set1_ps(s);
-      if (bits == 4) {
-        const __m512 t16 = _mm512_loadu_ps(table);
-        for (; i + 16 <= e; i += 16) {
-          const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i)));
-          _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_permutexvar_ps(c, t16), vs));
-        }
-      } else {
-        for (; i + 16 <= e; i += 16) {
-          const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i)));
-          _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_i32gather_ps(c, table, 4), vs));
-        }
-      }
+#if LOWBIT_CODEBOOK_SIMD && defined(__AVX512VBMI__)
+// A 256-entry float table as four byte planes (byte k of every entry), 64 entries per register:
+// a lookup of 64 codes is two vpermi2b per plane (entries 0-127 and 128-255, picked by bit 7),
+// then the planes interleaved back into floats -- no gathers.
+struct BytePlanes {
+  __m512i q[4][4];  // [plane][quarter of the table]
+  explicit BytePlanes(const float* table) {
+    alignas(64) uint8_t b[256];
+    for (int k = 0; k < 4; ++k) {
+      for (int c = 0; c < 256; ++c) b[c] = static_cast<uint8_t>(std::bit_cast<uint32_t>(table[c]) >> (8 * k));
+      for (int j = 0; j < 4; ++j) q[k][j] = _mm512_load_si512(b + 64 * j);
+    }
+  }
+};
+// out[0..63] = table[codes[0..63]] * s
+inline void lookup64(const BytePlanes& t, const uint8_t* codes, __m512 s, float* out) {
+  // the unpacks below interleave within 128-bit lanes: lane l of result q holds input bytes
+  // 16l + 4q .. 16l + 4q + 3, so those must be codes 16q + 4l .. 16q + 4l + 3
+  static const __m512i order = [] {
+    alignas(64) uint8_t o[64];
+    for (int l = 0; l < 4; ++l)
+      for (int q = 0; q < 4; ++q)
+        for (int r = 0; r < 4; ++r) o[16 * l + 4 * q + r] = static_cast<uint8_t>(16 * q + 4 * l + r);
+    return _mm512_load_si512(o);
+  }();
+  const __m512i c = _mm512_permutexvar_epi8(order, _mm512_loadu_si512(codes));
+  const __mmask64 high = _mm512_movepi8_mask(c);
+  __m512i r[4];
+  for (int k = 0; k < 4; ++k)
+    r[k] = _mm512_mask_blend_epi8(high, _mm512_permutex2var_epi8(t.q[k][0], c, t.q[k][1]),
+                                  _mm512_permutex2var_epi8(t.q[k][2], c, t.q[k][3]));
+  const __m512i lo01 = _mm512_unpacklo_epi8(r[0], r[1]), hi01 = _mm512_unpackhi_epi8(r[0], r[1]);
+  const __m512i lo23 = _mm512_unpacklo_epi8(r[2], r[3]), hi23 = _mm512_unpackhi_epi8(r[2], r[3]);
+  _mm512_storeu_ps(out, _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(lo01, lo23)), s));
+  _mm512_storeu_ps(out + 16, _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(lo01, lo23)), s));
+  _mm512_storeu_ps(out + 32, _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpacklo_epi16(hi01, hi23)), s));
+  _mm512_storeu_ps(out + 48, _mm512_mul_ps(_mm512_castsi512_ps(_mm512_unpackhi_epi16(hi01, hi23)), s));
+}
+#define LOWBIT_CODEBOOK_PLANES 1
+#else
+struct BytePlanes {
+  explicit BytePlanes(const float*) {}
+};
+#define LOWBIT_CODEBOOK_PLANES 0
 #endif
-      for (; i < e; ++i) out[i] = table[codes[i] & mask] * s;
+
+// out[i] = table[codes[i] & mask] * s; 64 at a time through byte planes (256 entries), 16 at a
+// time by a permute (16 entries)
+void lookup_run(const float* table, const BytePlanes& planes, int bits, const uint8_t* codes, float s, int64_t n,
+                float* out) {
+  const int mask = (1 << bits) - 1;
+  int64_t i = 0;
+#if LOWBIT_CODEBOOK_SIMD
+  const __m512 vs = _mm512_set1_ps(s);
+  if (bits == 4) {
+    const __m512 t16 = _mm512_loadu_ps(table);
+    for (; i + 16 <= n; i += 16) {
+      const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i)));
+      _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_permutexvar_ps(c, t16), vs));
     }
-  });
-}
-}  // namespace
-
-void codebook_dequantize_blocks(const Codebook& cb, const uint8_t* codes, const float* scales, int64_t n, int64_t block,
-                                float* out) {
-  check_blocks("codebook_dequantize_blocks", n, block);
-  lookup_blocks(cb.values.data(), cb.bits, codes, scales, n, block, out);
-}
-
-void fp8_state_quantize_blocks(const float* x, int64_t n, int64_t block, uint8_t* codes, float* scales) {
-  check_blocks("fp8_state_quantize_blocks", n, block);
-  const Format& e4m3 = format(FormatId::Float8E4M3FN);
-  detail::parallel_for(n / block, std::max<int64_t>(1, 16384 / block), [&](int64_t b0, int64_t b1) {
-    ScratchBlock xn(block);
-    for (int64_t b = b0; b < b1; ++b) {
-      const float* xb = x + b * block;
-      const float amax = amax_of_run(xb, block);
-      const float s = (std::isnan(amax) ? amax : std::max(amax, 1e-12f)) / 448.0f;
-      scales[b] = s;
-      for (int64_t i = 0; i < block; ++i) xn.p[i] = xb[i] / s;
-      encode_n(e4m3, xn.p, codes + b * block, block, true);
+  } else {
+#if LOWBIT_CODEBOOK_PLANES
+    for (; i + 64 <= n; i += 64) lookup64(planes, codes + i, vs, out + i);
+#else
+    (void)planes;
+#endif
+    for (; i + 16 <= n; i += 16) {
+      const __m512i c = _mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(codes + i)));
+      _mm512_storeu_ps(out + i, _mm512_mul_ps(_mm512_i32gather_ps(c, table, 4), vs));
     }
-  });
+  }
+#else
+  (void)planes;
+#endif
+  for (; i < n; ++i) out[i] = table[codes[i] & mask] * s;
 }
-
-void fp8_state_dequantize_blocks(const uint8_t* codes, const float* scales, int64_t n, int64_t block, float* out) {
-  check_blocks("fp8_state_dequantize_blocks", n, block);
+const BytePlanes& codebook_planes(const Codebook& cb) {
+  static const std::vector<BytePlanes> planes = [] {
+    std::vector<BytePlanes> v;
+    for (const auto& c : table()) {
+      std::vector<float> t(256, 0.0f);
+      std::copy(c.values.begin(), c.values.end(), t.begin());
+      v.emplace_back(t.data());
+    }
+    return v;
+  }();
+  return planes[static_cast<size_t>(cb.id)];
+}
+const float* fp8_values() {
   static const std::array<float, 256> value = [] {
     std::array<float, 256> v{};
     for (uint32_t c = 0; c < 256; ++c) v[c] = decode(format(FormatId::Float8E4M3FN), c);
     return v;
   }();
-  lookup_blocks(value.data(), 8, codes, scales, n, block, out);
+  return value.data();
+}
+const BytePlanes& fp8_planes() {
+  static const BytePlanes planes(fp8_values());
+  return planes;
+}
+}  // namespace
+
+void codebook_dequantize_block(const Codebook& cb, const uint8_t* codes, float scale, int64_t n, float* out) {
+  lookup_run(cb.values.data(), codebook_planes(cb), cb.bits, codes, scale, n, out);
+}
+
+void codebook_dequantize_blocks(const Codebook& cb, const uint8_t* codes, const float* scales, int64_t n, int64_t block,
+                                float* out) {
+  check_blocks("codebook_dequantize_blocks", n, block);
+  detail::parallel_for(n / block, std::max<int64_t>(1, 16384 / block), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b)
+      codebook_dequantize_block(cb, codes + b * block, scales[b], block, out + b * block);
+  });
+}
+
+float fp8_state_quantize_block(const float* x, int64_t n, uint8_t* codes) {
+  ScratchBlock xn(n);
+  const float amax = amax_of_run(x, n);
+  const float s = (std::isnan(amax) ? amax : std::max(amax, 1e-12f)) / 448.0f;
+  divide_run(x, s, xn.p, n);
+  minifloat_encode_scaled(*format(FormatId::Float8E4M3FN).minifloat, xn.p, 1.0f, nullptr, codes, n,
+                          true);  // x * 1 is exact
+  return s;
+}
+
+void fp8_state_quantize_blocks(const float* x, int64_t n, int64_t block, uint8_t* codes, float* scales) {
+  check_blocks("fp8_state_quantize_blocks", n, block);
+  detail::parallel_for(n / block, std::max<int64_t>(1, 16384 / block), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) scales[b] = fp8_state_quantize_block(x + b * block, block, codes + b * block);
+  });
+}
+
+void fp8_state_dequantize_block(const uint8_t* codes, float scale, int64_t n, float* out) {
+  lookup_run(fp8_values(), fp8_planes(), 8, codes, scale, n, out);
+}
+
+void fp8_state_dequantize_blocks(const uint8_t* codes, const float* scales, int64_t n, int64_t block, float* out) {
+  check_blocks("fp8_state_dequantize_blocks", n, block);
+  detail::parallel_for(n / block, std::max<int64_t>(1, 16384 / block), [&](int64_t b0, int64_t b1) {
+    for (int64_t b = b0; b < b1; ++b) fp8_state_dequantize_block(codes + b * block, scales[b], block, out + b * block);
+  });
 }
 
 void pack_nibbles_high_first(const uint8_t* codes, uint8_t* packed, int64_t n) {

@@ -51,11 +51,11 @@ struct StateRef {
       core::unpack_nibbles_high_first(src + i0 / 2, c, n);
       cp = c;
     }
-    const float* s = scale.data_ptr<float>() + i0 / block;
+    const float s = scale.data_ptr<float>()[i0 / block];
     if (fp8)
-      core::fp8_state_dequantize_blocks(cp, s, n, block, buf);
+      core::fp8_state_dequantize_block(cp, s, n, buf);
     else
-      core::codebook_dequantize_blocks(*cb, cp, s, n, block, buf);
+      core::codebook_dequantize_block(*cb, cp, s, n, buf);
   }
   void store(int64_t i0, int64_t n, const float* buf) const {
     if (plain.defined()) {
@@ -67,12 +67,9 @@ struct StateRef {
     }
     uint8_t c[256];
     uint8_t* dst = codes.data_ptr<uint8_t>();
-    float* s = scale.data_ptr<float>() + i0 / block;
     uint8_t* cp = nibbles ? c : dst + i0;
-    if (fp8)
-      core::fp8_state_quantize_blocks(buf, n, block, cp, s);
-    else
-      core::codebook_quantize_blocks(*cb, buf, n, block, cp, s);
+    scale.data_ptr<float>()[i0 / block] =
+        fp8 ? core::fp8_state_quantize_block(buf, n, cp) : core::codebook_quantize_block(*cb, buf, n, cp);
     if (nibbles) core::pack_nibbles_high_first(c, dst + i0 / 2, n);
   }
 };
@@ -190,24 +187,44 @@ void LowBitAdam::step() {
           refs[0].load(i0, len, m);
           refs[1].load(i0, len, v);
           if (amsgrad) refs[2].load(i0, len, vm);
-          for (int64_t j = 0; j < len; ++j) {
-            float pi = w[i0 + j], gi = gr[i0 + j];
-            if (decoupled)
-              pi = pi - lr_wd * pi;
-            else
-              gi = gi + wd_f * pi;
-            const float mi = m[j] + w1 * (gi - m[j]);
-            const float vi = v[j] + w2 * (gi * gi - v[j]);
-            m[j] = mi;
-            v[j] = vi;
-            float d = vi;
-            if (amsgrad) {
+          float* wp = w + i0;
+          const float* gp = gr + i0;
+          if (amsgrad) {
+            for (int64_t j = 0; j < len; ++j) {
+              float pi = wp[j], gi = gp[j];
+              if (decoupled)
+                pi = pi - lr_wd * pi;
+              else
+                gi = gi + wd_f * pi;
+              const float mi = m[j] + w1 * (gi - m[j]);
+              const float vi = v[j] + w2 * (gi * gi - v[j]);
+              m[j] = mi;
+              v[j] = vi;
               vm[j] = std::max(vm[j], vi);  // NaN in the stored max stays (torch.maximum propagates)
               if (std::isnan(vi)) vm[j] = vi;
-              d = vm[j];
+              const float denom = std::sqrt(vm[j]) / bc2_sqrt + eps_f;
+              wp[j] = pi - lr_f * (mi / bc1) / denom;
             }
-            const float denom = std::sqrt(d) / bc2_sqrt + eps_f;
-            w[i0 + j] = pi - lr_f * (mi / bc1) / denom;
+          } else if (decoupled) {
+#pragma omp simd
+            for (int64_t j = 0; j < len; ++j) {
+              const float pi = wp[j] - lr_wd * wp[j], gi = gp[j];
+              const float mi = m[j] + w1 * (gi - m[j]);
+              const float vi = v[j] + w2 * (gi * gi - v[j]);
+              m[j] = mi;
+              v[j] = vi;
+              wp[j] = pi - lr_f * (mi / bc1) / (std::sqrt(vi) / bc2_sqrt + eps_f);
+            }
+          } else {
+#pragma omp simd
+            for (int64_t j = 0; j < len; ++j) {
+              const float pi = wp[j], gi = gp[j] + wd_f * wp[j];
+              const float mi = m[j] + w1 * (gi - m[j]);
+              const float vi = v[j] + w2 * (gi * gi - v[j]);
+              m[j] = mi;
+              v[j] = vi;
+              wp[j] = pi - lr_f * (mi / bc1) / (std::sqrt(vi) / bc2_sqrt + eps_f);
+            }
           }
           refs[0].store(i0, len, m);
           refs[1].store(i0, len, v);

@@ -183,6 +183,27 @@ TEST(Codebook, FastEncoderEqualsTheSearchEverywhere) {
                       << "): " << int(fast[i]) << " vs the search's " << int(ref[i]);
     EXPECT_EQ(bad, 0) << "of " << xs.size();
   }
+  // dequantization in bulk (byte-plane lookups of 64 codes, permutes for 4-bit): every code, in
+  // a shuffled order, against entry * scale
+  std::vector<uint8_t> all(256);
+  for (int i = 0; i < 256; ++i) all[static_cast<size_t>(i)] = static_cast<uint8_t>((i * 89 + 7) & 255);
+  std::vector<float> got(256);
+  const float s = 0.37f;
+  for (const CodebookId id : {CodebookId::Dynamic8Signed, CodebookId::Dynamic8Unsigned, CodebookId::Dynamic4Signed,
+                              CodebookId::Linear4Unsigned}) {
+    const Codebook& cb = codebook(id);
+    codebook_dequantize_block(cb, all.data(), s, 256, got.data());
+    for (size_t i = 0; i < 256; ++i)
+      ASSERT_EQ(got[i], cb.values[all[i] & ((1u << cb.bits) - 1)] * s) << cb.name << " code " << int(all[i]);
+  }
+  fp8_state_dequantize_block(all.data(), s, 256, got.data());
+  for (size_t i = 0; i < 256; ++i) {
+    const float want = decode(format(FormatId::Float8E4M3FN), all[i]) * s;
+    if (std::isnan(want))
+      ASSERT_TRUE(std::isnan(got[i])) << int(all[i]);
+    else
+      ASSERT_EQ(got[i], want) << "fp8 code " << int(all[i]);
+  }
   // nibble packing in bulk (the vector path) against the formula
   std::vector<uint8_t> codes(256), packed(128), back(256);
   for (int i = 0; i < 256; ++i) codes[static_cast<size_t>(i)] = static_cast<uint8_t>((i * 7 + i / 16) & 15);
