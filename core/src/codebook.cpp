@@ -165,6 +165,7 @@ const std::vector<uint32_t>& bucket_table(const Codebook& cb) {
   return tables[static_cast<size_t>(cb.id)];
 }
 
+#if LOWBIT_CODEBOOK_SIMD
 // The thresholds themselves for 4-bit code books, E_1..E_15 in entries 1..15 (entry 0 unused):
 // the least float (in [-2, 2]) that encodes to >= i, found by bisection on the float order.
 std::array<float, 16> thresholds16(const Codebook& cb) {
@@ -192,7 +193,6 @@ std::array<float, 16> thresholds16(const Codebook& cb) {
   return e;
 }
 
-#if LOWBIT_CODEBOOK_SIMD
 // 4-bit codes: the number of thresholds <= x by a four-step search, each step one permute of the
 // 16 thresholds (x >= E_i is f(x) >= i: f is monotone; NaN compares false and stays at 0)
 inline __m512i encode16_small(__m512 e, __m512 x) {
@@ -227,29 +227,44 @@ inline __m512i encode16(const uint32_t* tab, __m512 x) {
 #endif
 }  // namespace
 
-void codebook_encode(const Codebook& cb, const float* x, uint8_t* codes, int64_t n) {
+namespace {
+#if LOWBIT_CODEBOOK_SIMD
+const std::array<float, 16>& small_thresholds(const Codebook& cb) {
+  static const std::vector<std::array<float, 16>> small = [] {
+    std::vector<std::array<float, 16>> v;
+    for (const auto& c : table()) v.push_back(c.bits == 4 ? thresholds16(c) : std::array<float, 16>{});
+    return v;
+  }();
+  return small[static_cast<size_t>(cb.id)];
+}
+#endif
+// codes of x[i] / s (true division, as torchao), or of x[i] when !kDivide
+template <bool kDivide>
+void encode_divided(const Codebook& cb, const float* x, float s, uint8_t* codes, int64_t n) {
   const float* q = cb.values.data();
   const int top = (1 << cb.bits) - 1;
   int64_t i = 0;
 #if LOWBIT_CODEBOOK_SIMD
+  const __m512 vs = _mm512_set1_ps(s);
+  auto load = [&](int64_t k) { return kDivide ? _mm512_div_ps(_mm512_loadu_ps(x + k), vs) : _mm512_loadu_ps(x + k); };
   if (cb.bits == 4) {
-    static const std::vector<std::array<float, 16>> small = [] {
-      std::vector<std::array<float, 16>> v;
-      for (const auto& c : table()) v.push_back(c.bits == 4 ? thresholds16(c) : std::array<float, 16>{});
-      return v;
-    }();
-    const __m512 e = _mm512_loadu_ps(small[static_cast<size_t>(cb.id)].data());
+    const __m512 e = _mm512_loadu_ps(small_thresholds(cb).data());
     for (; i + 16 <= n; i += 16)
       _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i),
-                       _mm512_cvtepi32_epi8(encode16_small(e, _mm512_loadu_ps(x + i))));
+                       _mm512_cvtepi32_epi8(encode16_small(e, load(i))));
   }
   const std::vector<uint32_t>& tab = bucket_table(cb);
   if (!tab.empty())
     for (; i + 16 <= n; i += 16)
       _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i),
-                       _mm512_cvtepi32_epi8(encode16(tab.data(), _mm512_loadu_ps(x + i))));
+                       _mm512_cvtepi32_epi8(encode16(tab.data(), load(i))));
 #endif
-  for (; i < n; ++i) codes[i] = static_cast<uint8_t>(encode_reference(q, top, x[i]));
+  for (; i < n; ++i) codes[i] = static_cast<uint8_t>(encode_reference(q, top, kDivide ? x[i] / s : x[i]));
+}
+}  // namespace
+
+void codebook_encode(const Codebook& cb, const float* x, uint8_t* codes, int64_t n) {
+  encode_divided<false>(cb, x, 1.0f, codes, n);
 }
 
 void codebook_encode_reference(const Codebook& cb, const float* x, uint8_t* codes, int64_t n) {
@@ -278,11 +293,9 @@ void check_blocks(const char* op, int64_t n, int64_t block) {
 }  // namespace
 
 float codebook_quantize_block(const Codebook& cb, const float* x, int64_t n, uint8_t* codes) {
-  ScratchBlock xn(n);
   const float amax = amax_of_run(x, n);
   const float s = std::isnan(amax) ? amax : std::max(amax, 1e-12f);
-  divide_run(x, s, xn.p, n);
-  codebook_encode(cb, xn.p, codes, n);
+  encode_divided<true>(cb, x, s, codes, n);
   return s;
 }
 

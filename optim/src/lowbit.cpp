@@ -184,6 +184,11 @@ void LowBitAdam::step() {
         float m[256], v[256], vm[256];
         for (int64_t u = u0; u < u1; ++u) {
           const int64_t i0 = u * unit, len = std::min(unit, n - i0);
+          if (u + 2 < u1)  // the parameter and gradient two blocks ahead (the codes are small)
+            for (int64_t k = (u + 2) * unit; k < std::min((u + 3) * unit, n); k += 16) {
+              __builtin_prefetch(w + k, 1);
+              __builtin_prefetch(gr + k, 0);
+            }
           refs[0].load(i0, len, m);
           refs[1].load(i0, len, v);
           if (amsgrad) refs[2].load(i0, len, vm);
