@@ -32,3 +32,4 @@
 #include "lowbit/qat/recipes.h"
 #include "lowbit/optim/optimizer.h"
 #include "lowbit/optim/lowbit.h"
+#include "lowbit/optim/table.h"

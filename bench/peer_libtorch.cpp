@@ -2,7 +2,7 @@
 // use OpenBLAS rather than the reference BLAS). Same models, same initial weights, the identical
 // batch of real Fashion-MNIST images; median ms per training step (forward, backward, AdamW)
 // over >= 50 steps at 1 and 2 threads, and the ratio lowbit / libtorch.
-//   ./build/bench/peer_libtorch [mlp|transformer|adamw|fmnist]...   (default: the first three)
+//   ./build/bench/peer_libtorch [mlp|transformer|adamw|lowbit_adam|fmnist]...   (default: the first three)
 // "fmnist" runs the whole protocol of configs/fmnist_mlp.toml (5 epochs, AdamW 1e-3 with cosine
 // annealing, batch 256) in both, 3 seeds, and prints accuracy and training wall time.
 #include <torch/torch.h>
@@ -197,6 +197,39 @@ void bench_adamw() {
   }
 }
 
+// ---- the low-bit Adams (issue #13) next to lowbit's and libtorch's fp32 AdamW, 10.5M params ----
+// the parameters of bench_optim: 40 matrices of 512 x 512, all with quantized states
+void bench_lowbit_adam() {
+  for (int threads : {1, 2}) {
+    set_threads(threads);
+    std::vector<lb::Tensor> ps;
+    for (int i = 0; i < 40; ++i) {
+      lb::Tensor p = lb::mul(lb::randn({512, 512}), lb::full({1}, 0.1f)).requires_grad_();
+      p.set_grad(lb::mul(lb::randn({512, 512}), lb::full({1}, 0.01f)));
+      ps.push_back(p);
+    }
+    std::vector<torch::Tensor> tps;
+    for (auto& p : ps) {
+      auto t = to_torch(p).requires_grad_();
+      t.mutable_grad() = to_torch(p.grad());
+      tps.push_back(t);
+    }
+    torch::optim::AdamW topt(tps, torch::optim::AdamWOptions(1e-3).weight_decay(1e-2));
+    topt.step();
+    const double peer = median_ms([&] { topt.step(); });
+    lb::optim::AdamW fp32(ps, {.lr = 1e-3, .weight_decay = 1e-2});
+    fp32.step();
+    const double ours32 = median_ms([&] { fp32.step(); });
+    row("AdamW (fp32) step, 10.5M params", threads, ours32, peer);
+    for (const char* name : {"AdamW8bit", "AdamW4bit", "AdamWFp8"}) {
+      auto opt = lb::optim::make_low_bit_adam(name, {{ps, {}}});
+      opt->step();
+      const std::string label = std::string(name) + " step, 10.5M params";
+      row(label.c_str(), threads, median_ms([&] { opt->step(); }), peer);
+    }
+  }
+}
+
 // ---- the whole Fashion-MNIST protocol ----
 void fmnist_protocol() {
   auto train_set = lb::data::FashionMNIST::load("", true);
@@ -273,10 +306,12 @@ int main(int argc, char** argv) {
       bench_transformer();
     } else if (w == "adamw") {
       bench_adamw();
+    } else if (w == "lowbit_adam") {
+      bench_lowbit_adam();
     } else if (w == "fmnist") {
       fmnist_protocol();
     } else {
-      std::fprintf(stderr, "unknown case '%s' (mlp, transformer, adamw, fmnist)\n", w.c_str());
+      std::fprintf(stderr, "unknown case '%s' (mlp, transformer, adamw, lowbit_adam, fmnist)\n", w.c_str());
       return 2;
     }
   }

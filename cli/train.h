@@ -9,6 +9,7 @@
 #include "lowbit/nn/module.h"
 #include "lowbit/optim/lr_scheduler.h"
 #include "lowbit/optim/optimizer.h"
+#include "lowbit/optim/table.h"
 
 namespace lowbit::qat {
 struct QuantConfigBase;
@@ -40,7 +41,11 @@ void validate_config(const RunConfig& cfg);
 int64_t min_parameters(const RunConfig& cfg, int64_t vocab_size = 256);
 
 std::shared_ptr<nn::Module> build_model(const RunConfig& cfg, int64_t vocab_size = 0);
-std::unique_ptr<optim::Optimizer> build_optimizer(const RunConfig& cfg, const std::vector<Tensor>& params);
+/// The run's optimizer (optimizer.name from the optimizer table), with optimizer.full_precision_state
+/// applied to the parameters whose names contain one of its strings.
+std::unique_ptr<optim::Optimizer> build_optimizer(const RunConfig& cfg, const nn::Module& model);
+/// The optimizer.* keys as the table's settings.
+optim::OptimizerSettings optimizer_settings(const RunConfig& cfg);
 /// The quantize_ config of quantize.recipe with its weight_dtype, group_size and, for the float8
 /// recipes, quantize.float8_qat_backward / float8_guard_zero_blocks (an error naming the key when
 /// those are set for another recipe). Requires a recipe other than "none".

@@ -32,6 +32,13 @@ struct OptimizerState {
   std::map<int64_t, ParamState> state;
 };
 
+/// A checkpoint attribute of a state tensor (the code book's name, the block size): text, or an
+/// integer when `text` is empty.
+struct StateAttribute {
+  std::string name, text;
+  int64_t number = 0;
+};
+
 class Optimizer {
  public:
   /// bf16_params: the optimizer also updates bfloat16 parameters (the low-bit Adams).
@@ -56,6 +63,9 @@ class Optimizer {
   /// checkpoint reading check it before anything is allocated); false for a key this optimizer
   /// does not keep. Default: the parameter's shape, float32, any key.
   virtual bool state_layout(const Tensor& p, const std::string& key, Shape& shape, DType& dtype) const;
+  /// Attributes the state tensor `key` of p carries in checkpoints: written with it, and checked
+  /// when a checkpoint is read (a mismatch throws naming both). Default: none.
+  virtual std::vector<StateAttribute> state_attributes(const Tensor& p, const std::string& key) const;
   /// State of one parameter (created empty on first use).
   ParamState& state_of(const Tensor& p);
   const ParamState* find_state(const Tensor& p) const;

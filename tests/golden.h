@@ -68,6 +68,19 @@ inline std::string attr_string(hid_t obj, const char* name) {
   return out;
 }
 
+/// Writes a variable-length string attribute (hostile-file and tampering tests).
+inline void write_attr_string(hid_t obj, const char* name, const std::string& v) {
+  hid_t t = H5Tcopy(H5T_C_S1);
+  H5Tset_size(t, H5T_VARIABLE);
+  hid_t s = H5Screate(H5S_SCALAR);
+  hid_t a = H5Acreate2(obj, name, t, s, H5P_DEFAULT, H5P_DEFAULT);
+  const char* p = v.c_str();
+  H5Awrite(a, t, &p);
+  H5Aclose(a);
+  H5Sclose(s);
+  H5Tclose(t);
+}
+
 inline std::vector<int64_t> attr_ints(hid_t obj, const char* name) {
   hid_t a = H5Aopen(obj, name, H5P_DEFAULT);
   hid_t s = H5Aget_space(a);

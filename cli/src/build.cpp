@@ -10,6 +10,7 @@
 
 #include "lowbit/autograd/autograd.h"
 #include "lowbit/optim/lowbit.h"
+#include "lowbit/optim/table.h"
 #include "lowbit/autograd/generator.h"
 #include "lowbit/autograd/ops.h"
 #include "lowbit/autograd/parallel.h"
@@ -66,43 +67,45 @@ std::shared_ptr<nn::Module> build_model(const RunConfig& cfg, int64_t vocab_size
   throw Error(fmt::format("model.type: unknown model '{}' (mlp, gpt)", type));
 }
 
-std::unique_ptr<optim::Optimizer> build_optimizer(const RunConfig& cfg, const std::vector<Tensor>& params) {
+optim::OptimizerSettings optimizer_settings(const RunConfig& cfg) {
+  optim::OptimizerSettings s;
+  s.lr = cfg.get_float("optimizer.lr");
+  s.beta1 = cfg.get_float("optimizer.beta1");
+  s.beta2 = cfg.get_float("optimizer.beta2");
+  s.eps = cfg.get_float("optimizer.eps");
+  s.weight_decay = cfg.get_float("optimizer.weight_decay");
+  s.amsgrad = cfg.get_bool("optimizer.amsgrad");
+  s.momentum = cfg.get_float("optimizer.momentum");
+  s.dampening = cfg.get_float("optimizer.dampening");
+  s.nesterov = cfg.get_bool("optimizer.nesterov");
+  s.block_size = cfg.get_int("optimizer.block_size");
+  return s;
+}
+
+std::unique_ptr<optim::Optimizer> build_optimizer(const RunConfig& cfg, const nn::Module& model) {
   const std::string name = cfg.get_string("optimizer.name");
-  auto adam_keys = [&](auto& o) {  // the keys every Adam shares
-    o.lr = cfg.get_float("optimizer.lr");
-    o.beta1 = cfg.get_float("optimizer.beta1");
-    o.beta2 = cfg.get_float("optimizer.beta2");
-    o.eps = cfg.get_float("optimizer.eps");
-    o.weight_decay = cfg.get_float("optimizer.weight_decay");
-    o.amsgrad = cfg.get_bool("optimizer.amsgrad");
-  };
-  if (name == "adamw" || name == "adam") {
-    optim::AdamOptions o;
-    adam_keys(o);
-    if (name == "adamw") return std::make_unique<optim::AdamW>(params, o);
-    return std::make_unique<optim::Adam>(params, o);
+  const auto named = model.named_parameters();
+  std::vector<Tensor> params;
+  for (const auto& [n, p] : named) params.push_back(p);
+  auto opt = optim::make_optimizer(name, {{params, {}}}, optimizer_settings(cfg));
+  const auto& keep = cfg.get_string_list("optimizer.full_precision_state");
+  if (!keep.empty()) {
+    auto* lb = dynamic_cast<optim::LowBitOptimizer*>(opt.get());
+    LOWBIT_CHECK(lb, "optimizer.full_precision_state applies to the low-bit optimizers; '{}' keeps float32 states",
+                 name);
+    for (const auto& f : keep) {
+      bool hit = false;
+      for (const auto& [n, p] : named)
+        if (n.find(f) != std::string::npos) {
+          lb->keep_full_precision(p);
+          hit = true;
+        }
+      std::string names;
+      for (const auto& [n, p] : named) names += (names.empty() ? "" : ", ") + n;
+      LOWBIT_CHECK(hit, "optimizer.full_precision_state: '{}' is in no parameter name (parameters: {})", f, names);
+    }
   }
-  if (name == "sgd") {
-    optim::SGDOptions o;
-    o.lr = cfg.get_float("optimizer.lr");
-    o.momentum = cfg.get_float("optimizer.momentum");
-    o.nesterov = cfg.get_bool("optimizer.nesterov");
-    o.weight_decay = cfg.get_float("optimizer.weight_decay");
-    return std::make_unique<optim::SGD>(params, o);
-  }
-  for (const char* cls : {"AdamW8bit", "Adam8bit", "AdamW4bit", "Adam4bit", "AdamWFp8", "AdamFp8"}) {
-    std::string lower = cls;
-    for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    if (name != lower) continue;
-    optim::LowBitAdamOptions o;
-    adam_keys(o);
-    o.block_size = cfg.get_int("optimizer.block_size");
-    return optim::make_low_bit_adam(cls, {{params, {}}}, o);
-  }
-  throw Error(fmt::format(
-      "optimizer.name: unknown optimizer '{}' (adamw, adam, sgd, adamw8bit, adam8bit, adamw4bit, adam4bit, adamwfp8, "
-      "adamfp8)",
-      name));
+  return opt;
 }
 
 std::shared_ptr<qat::QuantConfigBase> build_quantize_config(const RunConfig& cfg) {

@@ -12,6 +12,7 @@
 #include "lowbit/core/format.h"
 #include "lowbit/float8/float8.h"
 #include "lowbit/mx/linear.h"
+#include "lowbit/optim/table.h"
 #include "lowbit/qat/recipes.h"
 
 namespace lowbit::cli {
@@ -38,18 +39,22 @@ const std::vector<KeySpec>& config_schema() {
       {"data.drop_last", false, "drop the last incomplete batch"},
       {"data.val_fraction", 0.1, "chars: share of the corpus held out for validation"},
       {"optimizer.name", std::string("adamw"),
-       "adamw | adam | sgd, or torchao's low-bit Adams: adamw8bit | adam8bit | adamw4bit | adam4bit | adamwfp8 | "
-       "adamfp8 (states quantized for parameters of >= 4096 elements)"},
+       optim::optimizer_names() +
+           " (see `lowbit optimizers`; the low-bit states are quantized for parameters of >= 4096 elements)"},
       {"optimizer.block_size", int64_t{0},
-       "low-bit Adams: elements per quantization block (0 = the default: 8bit/fp8 256, 4bit 128)"},
+       "low-bit optimizers: elements per quantization block (0 = the default: 8bit/fp8 256, 4bit 128)"},
+      {"optimizer.full_precision_state", std::vector<std::string>{},
+       "low-bit optimizers: parameters whose name contains one of these strings keep full-precision states (e.g. "
+       "[\"tok_emb\"])"},
       {"optimizer.lr", 1e-3, "learning rate"},
       {"optimizer.weight_decay", 1e-2, "weight decay (decoupled for adamw)"},
-      {"optimizer.beta1", 0.9, "adam: beta1"},
-      {"optimizer.beta2", 0.999, "adam: beta2"},
+      {"optimizer.beta1", 0.9, "adam, lion: beta1"},
+      {"optimizer.beta2", 0.999, "adam, lion: beta2 (lion: 0.99 is its paper default)"},
       {"optimizer.eps", 1e-8, "adam: epsilon"},
       {"optimizer.amsgrad", false, "adam: amsgrad"},
-      {"optimizer.momentum", 0.0, "sgd: momentum"},
+      {"optimizer.momentum", 0.0, "sgd, sgd8bit: momentum (sgd8bit: required, in (0, 1))"},
       {"optimizer.nesterov", false, "sgd: nesterov momentum"},
+      {"optimizer.dampening", 0.0, "sgd8bit: momentum dampening"},
       {"lr_scheduler.name", std::string("none"), "none | step | cosine | warmup_cosine | onecycle"},
       {"lr_scheduler.warmup_steps", int64_t{0}, "warmup_cosine: linear warmup steps"},
       {"lr_scheduler.min_lr", 0.0, "cosine, warmup_cosine: final learning rate"},

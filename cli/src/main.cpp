@@ -4,6 +4,7 @@
 //   lowbit eval FILE.h5
 //   lowbit convert IN.h5 OUT.h5 --recipe 8da4w [--weight-dtype int4] [--group-size 32]
 //   lowbit recipes
+//   lowbit optimizers
 #include <algorithm>
 #include <unistd.h>
 
@@ -14,6 +15,7 @@
 #include "lowbit/io/checkpoint.h"
 #include "lowbit/float8/float8.h"
 #include "lowbit/mx/linear.h"
+#include "lowbit/optim/table.h"
 #include "lowbit/qat/recipes.h"
 
 #include "lowbit/cli/config.h"
@@ -56,6 +58,8 @@ int main(int argc, char** argv) {
   convert->add_option("--weight-dtype", wdtype, "intN weights for 8da-intx / intx-weight-only");
   convert->add_option("--group-size", group_size, "weight group size");
   auto* recipes = app.add_subcommand("recipes", "list the quantization, float8 and MX training recipes");
+  auto* optimizers =
+      app.add_subcommand("optimizers", "list the optimizers (optimizer.name) with their state bytes and keys");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -91,6 +95,14 @@ int main(int argc, char** argv) {
       std::printf("  %-26s %s\n", "nvfp4",
                   "NVFP4 training (TransformerEngine's scales; 1x16 activation/gradient blocks, 16x16 weight tiles; "
                   "RHT + stochastic rounding for the gradients); `emulate` does not apply");
+    } else if (optimizers->parsed()) {
+      std::printf("%-10s %-10s %9s  %-68s %s\n", "name", "class", "B/param", "", "optimizer.* keys");
+      for (const auto& r : lowbit::optim::optimizer_table()) {
+        std::string keys;
+        for (const char* k : r.keys) keys += (keys.empty() ? "" : ", ") + std::string(k);
+        std::printf("%-10s %-10s %9.3f  %-68s %s\n", r.name, r.cls, r.state_bytes_per_param, r.summary, keys.c_str());
+      }
+      std::printf("B/param: optimizer state per float32 parameter whose states are quantized (>= 4096 elements)\n");
     } else if (eval->parsed()) {
       lowbit::io::verify_file(eval_path);
       const auto [loss, acc] = lowbit::cli::evaluate_file(eval_path, data_dir);

@@ -197,7 +197,7 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
   }
   model = convert_for_training_recipe(model, cfg, progress);
   const int64_t float_steps = o.total_steps;
-  auto opt = build_optimizer(cfg, model->parameters());
+  auto opt = build_optimizer(cfg, *model);
   auto sched = build_scheduler(cfg, *opt, float_steps);
 
   // ---- quantization settings; a checkpoint taken during QAT holds the prepared model ----

@@ -22,6 +22,7 @@
 #include "lowbit/qat/recipes.h"
 
 #include "internal.h"
+#include "lowbit/optim/table.h"
 
 namespace lowbit::cli {
 
@@ -95,14 +96,29 @@ void validate_config(const RunConfig& cfg) {
         cfg.get_int("model.input_dim"), cfg.get_int("model.num_classes"));
   }
   // optimizer and schedule
-  check_one_of(cfg, "optimizer.name",
-               {"adamw", "adam", "sgd", "adamw8bit", "adam8bit", "adamw4bit", "adam4bit", "adamwfp8", "adamfp8"});
   {
+    // the optimizer table: the name, and its constructor's own checks of the settings (built
+    // over a stand-in parameter, so a bad value fails here, before any data is read)
+    const std::string name = cfg.get_string("optimizer.name");
+    const auto& table = optim::optimizer_table();
+    LOWBIT_CHECK(std::any_of(table.begin(), table.end(), [&](const auto& r) { return name == r.name; }),
+                 "optimizer.name must be one of {}, got '{}'", optim::optimizer_names(", "), name);
+    const auto& row = optim::optimizer_row(name);
     const int64_t bs = cfg.get_int("optimizer.block_size");
-    const bool int4 = cfg.get_string("optimizer.name").find("4bit") != std::string::npos;
+    const bool int4 = name.find("4bit") != std::string::npos;
     LOWBIT_CHECK(bs == 0 || (bs >= 1 && bs <= 256 && (!int4 || bs % 2 == 0)),
                  "optimizer.block_size must be 0 (the optimizer's default) or in [1, 256]{}, got {}",
                  int4 ? " and even" : "", bs);
+    LOWBIT_CHECK(row.low_bit || cfg.get_string_list("optimizer.full_precision_state").empty(),
+                 "optimizer.full_precision_state applies to the low-bit optimizers; '{}' keeps full-precision states",
+                 name);
+    Tensor stand_in = zeros({1});
+    stand_in.requires_grad_();
+    try {
+      optim::make_optimizer(name, {{{stand_in}, {}}}, optimizer_settings(cfg));
+    } catch (const Error& e) {
+      throw Error(fmt::format("optimizer ({}): {}", name, e.what()));
+    }
   }
   check_finite_positive(cfg, "optimizer.lr");
   check_finite_positive(cfg, "optimizer.weight_decay", true);

@@ -391,6 +391,20 @@ LoadReport load_checkpoint(const std::string& path, nn::Module& model, optim::Op
                            tpath, shape_str(m.shape), dtype_name(m.dtype), opt->name(), shape_str(want),
                            dtype_name(wdt), shape_str(params[i].shape()), dtype_name(params[i].dtype()));
             });
+            // what the state's codes mean (code book, block size, packing): checked when the file
+            // records it (checkpoints written before these attributes existed carry none)
+            const auto attrs = opt->state_attributes(params[i], tn);
+            if (!attrs.empty()) {
+              Hid ds = h5::open_dataset(f.file, tpath, path);
+              for (const auto& a : attrs) {
+                if (!h5::has_attr(ds, a.name)) continue;
+                const std::string got = a.text.empty() ? std::to_string(h5::read_attr_int(ds, a.name, path, tpath))
+                                                       : h5::read_attr_string(ds, a.name, path, tpath);
+                const std::string want = a.text.empty() ? std::to_string(a.number) : a.text;
+                LOWBIT_CHECK(got == want, "{}: optimizer state '{}' has {} = {}, but {} uses {} = {}", path, tpath,
+                             a.name, got, opt->name(), a.name, want);
+              }
+            }
           }
           s.state[index] = std::move(ps);
         }

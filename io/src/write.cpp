@@ -269,6 +269,7 @@ void save_checkpoint(const std::string& path, const nn::Module& model, const opt
       const auto& groups = opt->param_groups();
       h5::write_attr(g, "num_groups", static_cast<int64_t>(groups.size()), path);
       std::vector<std::string> index_to_name;
+      std::vector<Tensor> index_to_param;
       for (size_t gi = 0; gi < groups.size(); ++gi) {
         const std::string gpath = fmt::format("/optimizer/param_groups/{}", gi);
         Hid lcpl = lcpl_intermediate();
@@ -284,6 +285,7 @@ void save_checkpoint(const std::string& path, const nn::Module& model, const opt
                        shape_str(p.shape()));
           names.push_back(it->second);
           index_to_name.push_back(it->second);
+          index_to_param.push_back(p);
         }
         h5::write_strings(gg, "params", names, path);
       }
@@ -294,7 +296,18 @@ void save_checkpoint(const std::string& path, const nn::Module& model, const opt
                          "cannot create '" + spath + "'"),
                H5Gclose);
         h5::write_attr(sg, "step", ps.step, path);
-        for (const auto& [name, t] : ps.tensors) write_tensor(file, spath + "/" + name, t, opts, path);
+        for (const auto& [name, t] : ps.tensors) {
+          write_tensor(file, spath + "/" + name, t, opts, path);
+          const auto attrs = opt->state_attributes(index_to_param[static_cast<size_t>(index)], name);
+          if (attrs.empty()) continue;
+          Hid ds = h5::open_dataset(file, spath + "/" + name, path);
+          for (const auto& a : attrs) {
+            if (a.text.empty())
+              h5::write_attr(ds, a.name, a.number, path);
+            else
+              h5::write_attr(ds, a.name, a.text, path);
+          }
+        }
       }
     }
   });

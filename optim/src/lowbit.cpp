@@ -1,4 +1,4 @@
-// Low-bit Adam (optim/lowbit.h).
+// Low-bit optimizers (optim/lowbit.h).
 #include "lowbit/optim/lowbit.h"
 
 #include <fmt/format.h>
@@ -18,7 +18,7 @@ namespace lowbit::optim {
 namespace {
 int64_t default_block(StateFormat f) { return f == StateFormat::Int4 ? 128 : 256; }
 const char* format_name(StateFormat f) {
-  return f == StateFormat::Int8 ? "8bit" : f == StateFormat::Int4 ? "4bit" : "Fp8";
+  return f == StateFormat::Int8 ? "8bit" : f == StateFormat::Int4 ? "4bit" : f == StateFormat::Fp8 ? "Fp8" : "";
 }
 Options low_bit_defaults(const LowBitAdamOptions& o, bool decoupled) {
   const double wd = std::isnan(o.weight_decay) ? (decoupled ? 1e-2 : 0.0) : o.weight_decay;
@@ -27,6 +27,11 @@ Options low_bit_defaults(const LowBitAdamOptions& o, bool decoupled) {
 }
 std::string class_name(StateFormat f, bool decoupled) {
   return fmt::format("Adam{}{}", decoupled ? "W" : "", format_name(f));
+}
+// second moments use the unsigned maps; first moments and momenta the signed ones
+bool signed_state(const std::string& s) { return s != "exp_avg_sq" && s != "max_exp_avg_sq"; }
+void check_unit(const std::string& opt, const char* what, double v) {
+  LOWBIT_CHECK(v >= 0 && v < 1, "{}: invalid {}: {} (must be in [0, 1))", opt, what, v);
 }
 
 // one state of one parameter over a block [i0, i0 + n): dequantized into buf, quantized back
@@ -75,33 +80,70 @@ struct StateRef {
 };
 }  // namespace
 
-LowBitAdam::LowBitAdam(std::vector<ParamGroup> groups, LowBitAdamOptions o, StateFormat format, bool decoupled)
-    : Optimizer(std::move(groups), low_bit_defaults(o, decoupled), class_name(format, decoupled), true),
+// ---------------- the shared machinery ----------------
+LowBitOptimizer::LowBitOptimizer(std::vector<ParamGroup> groups, Options defaults, std::string name, StateFormat format,
+                                 int64_t block_size, std::vector<std::string> state_names)
+    : Optimizer(std::move(groups), std::move(defaults), std::move(name), true),
       format_(format),
-      block_(o.block_size > 0 ? o.block_size : default_block(format)),
-      decoupled_(decoupled),
-      stochastic_round_(o.bf16_stochastic_round) {
-  LOWBIT_CHECK(o.block_size >= 0 && block_ <= 256 && (format != StateFormat::Int4 || block_ % 2 == 0),
-               "{}: block_size must be in [1, 256]{}, got {}", name(), format == StateFormat::Int4 ? " and even" : "",
-               o.block_size);
+      block_(block_size > 0 ? block_size : default_block(format)),
+      state_names_(std::move(state_names)) {
+  LOWBIT_CHECK(block_size >= 0 && block_ <= 256 && (format != StateFormat::Int4 || block_ % 2 == 0),
+               "{}: block_size must be in [1, 256]{}, got {}", this->name(),
+               format == StateFormat::Int4 ? " and even" : "", block_size);
+  for (const auto& g : groups_) {
+    LOWBIT_CHECK(opt(g, "lr") >= 0, "{}: invalid learning rate: {}", this->name(), opt(g, "lr"));
+    LOWBIT_CHECK(opt(g, "weight_decay") >= 0, "{}: invalid weight_decay value: {}", this->name(),
+                 opt(g, "weight_decay"));
+  }
 }
 
-bool LowBitAdam::quantizes(const Tensor& p) const { return p.numel() >= 4096 && p.numel() % block_ == 0; }
+bool LowBitOptimizer::quantizes(const Tensor& p) const {
+  return format_ != StateFormat::Fp32 && p.numel() >= 4096 && p.numel() % block_ == 0 &&
+         !full_precision_.count(p.impl());
+}
 
-bool LowBitAdam::state_layout(const Tensor& p, const std::string& key, Shape& shape, DType& dtype) const {
-  for (const char* s : {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}) {
-    const std::string st(s);
-    if (!quantizes(p) && key == st) {
+void LowBitOptimizer::keep_full_precision(const Tensor& p) {
+  bool found = false;
+  for (const auto& g : groups_)
+    for (const auto& q : g.params) found = found || q.impl() == p.impl();
+  LOWBIT_CHECK(found, "{}: keep_full_precision: the tensor (shape {}) is not one of this optimizer's parameters",
+               name(), shape_str(p.shape()));
+  const ParamState* st = find_state(p);
+  LOWBIT_CHECK(st == nullptr || st->tensors.empty(),
+               "{}: keep_full_precision must be called before the parameter's first step (shape {} has state)", name(),
+               shape_str(p.shape()));
+  full_precision_.insert(p.impl());
+}
+
+int64_t LowBitOptimizer::state_bytes() const {
+  int64_t b = 0;
+  for (const auto& [_, st] : state_)
+    for (const auto& [name, t] : st.tensors) b += t.nbytes();
+  return b;
+}
+
+int64_t LowBitOptimizer::state_bytes(const Tensor& p) const {
+  const ParamState* st = find_state(p);
+  int64_t b = 0;
+  if (st)
+    for (const auto& [name, t] : st->tensors) b += t.nbytes();
+  return b;
+}
+
+bool LowBitOptimizer::state_layout(const Tensor& p, const std::string& key, Shape& shape, DType& dtype) const {
+  const bool q = quantizes(p);
+  for (const std::string& st : state_names_) {
+    if (!q && key == st) {
       shape = p.shape();
       dtype = p.dtype();
       return true;
     }
-    if (quantizes(p) && key == st + "_codes") {
+    if (q && key == st + "_codes") {
       shape = {format_ == StateFormat::Int4 ? p.numel() / 2 : p.numel()};
       dtype = kUInt8;
       return true;
     }
-    if (quantizes(p) && key == st + "_scale") {
+    if (q && key == st + "_scale") {
       shape = {p.numel() / block_};
       dtype = kFloat32;
       return true;
@@ -110,11 +152,103 @@ bool LowBitAdam::state_layout(const Tensor& p, const std::string& key, Shape& sh
   return false;
 }
 
-int64_t LowBitAdam::state_bytes() const {
-  int64_t b = 0;
-  for (const auto& [_, st] : state_)
-    for (const auto& [name, t] : st.tensors) b += t.nbytes();
-  return b;
+std::vector<StateAttribute> LowBitOptimizer::state_attributes(const Tensor& p, const std::string& key) const {
+  if (!quantizes(p)) return {};
+  for (const std::string& st : state_names_) {
+    if (key != st + "_codes") continue;
+    std::vector<StateAttribute> a;
+    a.push_back({"codebook", format_ == StateFormat::Fp8 ? std::string("float8_e4m3fn") : codebook_of(st).name, 0});
+    a.push_back({"block_size", "", block_});
+    if (format_ == StateFormat::Int4) a.push_back({"packing", "two_per_byte_high_nibble_first", 0});
+    return a;
+  }
+  return {};
+}
+
+const core::Codebook& LowBitOptimizer::codebook_of(const std::string& state) const {
+  return state_codebook(format_, signed_state(state));
+}
+
+template <typename Fn>
+void LowBitOptimizer::update_blocks(Tensor& p, int nstates, bool stochastic_round, Fn&& fn) {
+  LOWBIT_CHECK(p.grad().shape() == p.shape(), "{}: gradient {} does not match its parameter {}", name(),
+               shape_str(p.grad().shape()), shape_str(p.shape()));
+  const int64_t n = p.numel();
+  ParamState& st = state_of(p);
+  const bool q = quantizes(p);
+  if (st.tensors.empty()) {  // torchao's _new_buffer: zero codes and scales, or zeros_like(p)
+    for (int s = 0; s < nstates; ++s) {
+      const std::string& nm = state_names_[static_cast<size_t>(s)];
+      if (q) {
+        st.tensors[nm + "_codes"] = zeros({format_ == StateFormat::Int4 ? n / 2 : n}, kUInt8);
+        st.tensors[nm + "_scale"] = zeros({n / block_});
+      } else {
+        st.tensors[nm] = zeros(p.shape(), p.dtype());
+      }
+    }
+  }
+  StateRef refs[3];
+  for (int s = 0; s < nstates; ++s) {
+    const std::string& nm = state_names_[static_cast<size_t>(s)];
+    StateRef& r = refs[s];
+    r.block = block_;
+    if (q) {
+      auto c = st.tensors.find(nm + "_codes"), sc = st.tensors.find(nm + "_scale");
+      LOWBIT_CHECK(c != st.tensors.end() && sc != st.tensors.end(),
+                   "{}: state '{}' of a parameter of shape {} is missing (amsgrad switched on mid-run?)", name(), nm,
+                   shape_str(p.shape()));
+      r.codes = c->second;
+      r.scale = sc->second;
+      r.fp8 = format_ == StateFormat::Fp8;
+      r.nibbles = format_ == StateFormat::Int4;
+      if (!r.fp8) r.cb = &codebook_of(nm);
+    } else {
+      auto it = st.tensors.find(nm);
+      LOWBIT_CHECK(it != st.tensors.end(), "{}: state '{}' of a parameter of shape {} is missing", name(), nm,
+                   shape_str(p.shape()));
+      r.plain = it->second;
+    }
+  }
+  const bool bf16 = p.dtype() == kBFloat16;
+  const Tensor grad = p.grad().dtype() == kFloat32 ? p.grad() : p.grad().to(kFloat32);
+  const float* gr = grad.data_ptr<float>();
+  // bf16 parameters: float32 results gathered, then written back (RNE or stochastically)
+  Tensor p32 = bf16 ? p.detach().to(kFloat32) : p.detach();
+  float* w = p32.data_ptr<float>();
+  const int64_t unit = q ? block_ : 256;
+  const int64_t units = (n + unit - 1) / unit;
+  detail::parallel_for(units, std::max<int64_t>(1, 65536 / unit), [&](int64_t u0, int64_t u1) {
+    float buf[3][256];
+    float* bufs[3] = {buf[0], buf[1], buf[2]};
+    for (int64_t u = u0; u < u1; ++u) {
+      const int64_t i0 = u * unit, len = std::min(unit, n - i0);
+      if (u + 2 < u1)  // the parameter and gradient two blocks ahead (the codes are small)
+        for (int64_t k = (u + 2) * unit; k < std::min((u + 3) * unit, n); k += 16) {
+          __builtin_prefetch(w + k, 1);
+          __builtin_prefetch(gr + k, 0);
+        }
+      for (int s = 0; s < nstates; ++s) refs[s].load(i0, len, bufs[s]);
+      fn(i0, len, w + i0, gr + i0, bufs);
+      for (int s = 0; s < nstates; ++s) refs[s].store(i0, len, bufs[s]);
+    }
+  });
+  if (bf16) {
+    uint16_t* dst = static_cast<uint16_t*>(p.raw_data());
+    if (stochastic_round) {
+      core::stochastic_round_bf16(w, dst, n, default_generator());
+    } else {
+      for (int64_t i = 0; i < n; ++i) dst[i] = BFloat16::from_float(w[i]);
+    }
+  }
+}
+
+// ---------------- Adam ----------------
+LowBitAdam::LowBitAdam(std::vector<ParamGroup> groups, LowBitAdamOptions o, StateFormat format, bool decoupled)
+    : LowBitOptimizer(std::move(groups), low_bit_defaults(o, decoupled), class_name(format, decoupled), format,
+                      o.block_size, {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}),
+      decoupled_(decoupled),
+      stochastic_round_(o.bf16_stochastic_round) {
+  LOWBIT_CHECK(format != StateFormat::Fp32, "LowBitAdam: use Adam / AdamW for float32 states");
 }
 
 void LowBitAdam::step() {
@@ -125,45 +259,7 @@ void LowBitAdam::step() {
     const bool amsgrad = opt(g, "amsgrad") != 0;
     for (auto& p : g.params) {
       if (!p.grad().defined()) continue;
-      LOWBIT_CHECK(p.grad().shape() == p.shape(), "{}: gradient {} does not match its parameter {}", name(),
-                   shape_str(p.grad().shape()), shape_str(p.shape()));
-      const int64_t n = p.numel();
       ParamState& st = state_of(p);
-      const bool q = quantizes(p);
-      const char* names[3] = {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"};
-      const int nstates = amsgrad ? 3 : 2;
-      if (st.tensors.empty()) {  // torchao's _new_buffer: zero codes and scales, or zeros_like(p)
-        for (int s = 0; s < nstates; ++s) {
-          if (q) {
-            st.tensors[std::string(names[s]) + "_codes"] = zeros({format_ == StateFormat::Int4 ? n / 2 : n}, kUInt8);
-            st.tensors[std::string(names[s]) + "_scale"] = zeros({n / block_});
-          } else {
-            st.tensors[names[s]] = zeros(p.shape(), p.dtype());
-          }
-        }
-      }
-      StateRef refs[3];
-      for (int s = 0; s < nstates; ++s) {
-        StateRef& r = refs[s];
-        r.block = block_;
-        if (q) {
-          auto c = st.tensors.find(std::string(names[s]) + "_codes"),
-               sc = st.tensors.find(std::string(names[s]) + "_scale");
-          LOWBIT_CHECK(c != st.tensors.end() && sc != st.tensors.end(),
-                       "{}: state '{}' of a parameter of shape {} is missing (amsgrad switched on mid-run?)", name(),
-                       names[s], shape_str(p.shape()));
-          r.codes = c->second;
-          r.scale = sc->second;
-          r.fp8 = format_ == StateFormat::Fp8;
-          r.nibbles = format_ == StateFormat::Int4;
-          if (!r.fp8) r.cb = &state_codebook(format_, s == 0);
-        } else {
-          auto it = st.tensors.find(names[s]);
-          LOWBIT_CHECK(it != st.tensors.end(), "{}: state '{}' of a parameter of shape {} is missing", name(), names[s],
-                       shape_str(p.shape()));
-          r.plain = it->second;
-        }
-      }
       st.step += 1;
       // float32 scalars as torchao's compiled step forms them
       const float step_f = static_cast<float>(st.step);
@@ -172,84 +268,139 @@ void LowBitAdam::step() {
       const float lr_f = static_cast<float>(lr), wd_f = static_cast<float>(wd), lr_wd = lr_f * wd_f;
       const float w1 = static_cast<float>(1.0 - b1), w2 = static_cast<float>(1.0 - b2), eps_f = static_cast<float>(eps);
       const bool decoupled = decoupled_;
-      const bool bf16 = p.dtype() == kBFloat16;
-      const Tensor grad = p.grad().dtype() == kFloat32 ? p.grad() : p.grad().to(kFloat32);
-      const float* gr = grad.data_ptr<float>();
-      // bf16 parameters: float32 results gathered, then written back (RNE or stochastically)
-      Tensor p32 = bf16 ? p.detach().to(kFloat32) : p.detach();
-      float* w = p32.data_ptr<float>();
-      const int64_t unit = q ? block_ : 256;
-      const int64_t units = (n + unit - 1) / unit;
-      detail::parallel_for(units, std::max<int64_t>(1, 65536 / unit), [&](int64_t u0, int64_t u1) {
-        float m[256], v[256], vm[256];
-        for (int64_t u = u0; u < u1; ++u) {
-          const int64_t i0 = u * unit, len = std::min(unit, n - i0);
-          if (u + 2 < u1)  // the parameter and gradient two blocks ahead (the codes are small)
-            for (int64_t k = (u + 2) * unit; k < std::min((u + 3) * unit, n); k += 16) {
-              __builtin_prefetch(w + k, 1);
-              __builtin_prefetch(gr + k, 0);
-            }
-          refs[0].load(i0, len, m);
-          refs[1].load(i0, len, v);
-          if (amsgrad) refs[2].load(i0, len, vm);
-          float* wp = w + i0;
-          const float* gp = gr + i0;
-          if (amsgrad) {
-            for (int64_t j = 0; j < len; ++j) {
-              float pi = wp[j], gi = gp[j];
-              if (decoupled)
-                pi = pi - lr_wd * pi;
-              else
-                gi = gi + wd_f * pi;
-              const float mi = m[j] + w1 * (gi - m[j]);
-              const float vi = v[j] + w2 * (gi * gi - v[j]);
-              m[j] = mi;
-              v[j] = vi;
-              vm[j] = std::max(vm[j], vi);  // NaN in the stored max stays (torch.maximum propagates)
-              if (std::isnan(vi)) vm[j] = vi;
-              const float denom = std::sqrt(vm[j]) / bc2_sqrt + eps_f;
-              wp[j] = pi - lr_f * (mi / bc1) / denom;
-            }
-          } else if (decoupled) {
+      update_blocks(p, amsgrad ? 3 : 2, stochastic_round_,
+                    [&](int64_t, int64_t len, float* wp, const float* gp, float* const* bufs) {
+                      float* m = bufs[0];
+                      float* v = bufs[1];
+                      float* vm = bufs[2];
+                      if (amsgrad) {
+                        for (int64_t j = 0; j < len; ++j) {
+                          float pi = wp[j], gi = gp[j];
+                          if (decoupled)
+                            pi = pi - lr_wd * pi;
+                          else
+                            gi = gi + wd_f * pi;
+                          const float mi = m[j] + w1 * (gi - m[j]);
+                          const float vi = v[j] + w2 * (gi * gi - v[j]);
+                          m[j] = mi;
+                          v[j] = vi;
+                          vm[j] = std::max(vm[j], vi);  // NaN in the stored max stays (torch.maximum propagates)
+                          if (std::isnan(vi)) vm[j] = vi;
+                          const float denom = std::sqrt(vm[j]) / bc2_sqrt + eps_f;
+                          wp[j] = pi - lr_f * (mi / bc1) / denom;
+                        }
+                      } else if (decoupled) {
 #pragma omp simd
-            for (int64_t j = 0; j < len; ++j) {
-              const float pi = wp[j] - lr_wd * wp[j], gi = gp[j];
-              const float mi = m[j] + w1 * (gi - m[j]);
-              const float vi = v[j] + w2 * (gi * gi - v[j]);
-              m[j] = mi;
-              v[j] = vi;
-              wp[j] = pi - lr_f * (mi / bc1) / (std::sqrt(vi) / bc2_sqrt + eps_f);
-            }
-          } else {
+                        for (int64_t j = 0; j < len; ++j) {
+                          const float pi = wp[j] - lr_wd * wp[j], gi = gp[j];
+                          const float mi = m[j] + w1 * (gi - m[j]);
+                          const float vi = v[j] + w2 * (gi * gi - v[j]);
+                          m[j] = mi;
+                          v[j] = vi;
+                          wp[j] = pi - lr_f * (mi / bc1) / (std::sqrt(vi) / bc2_sqrt + eps_f);
+                        }
+                      } else {
 #pragma omp simd
-            for (int64_t j = 0; j < len; ++j) {
-              const float pi = wp[j], gi = gp[j] + wd_f * wp[j];
-              const float mi = m[j] + w1 * (gi - m[j]);
-              const float vi = v[j] + w2 * (gi * gi - v[j]);
-              m[j] = mi;
-              v[j] = vi;
-              wp[j] = pi - lr_f * (mi / bc1) / (std::sqrt(vi) / bc2_sqrt + eps_f);
-            }
-          }
-          refs[0].store(i0, len, m);
-          refs[1].store(i0, len, v);
-          if (amsgrad) refs[2].store(i0, len, vm);
+                        for (int64_t j = 0; j < len; ++j) {
+                          const float pi = wp[j], gi = gp[j] + wd_f * wp[j];
+                          const float mi = m[j] + w1 * (gi - m[j]);
+                          const float vi = v[j] + w2 * (gi * gi - v[j]);
+                          m[j] = mi;
+                          v[j] = vi;
+                          wp[j] = pi - lr_f * (mi / bc1) / (std::sqrt(vi) / bc2_sqrt + eps_f);
+                        }
+                      }
+                    });
+    }
+  }
+}
+
+// ---------------- SGD with an 8-bit momentum buffer ----------------
+SGD8bit::SGD8bit(std::vector<ParamGroup> groups, SGD8bitOptions o)
+    : LowBitOptimizer(std::move(groups),
+                      {{"lr", o.lr},
+                       {"momentum", o.momentum},
+                       {"dampening", o.dampening},
+                       {"weight_decay", o.weight_decay},
+                       {"nesterov", o.nesterov ? 1.0 : 0.0}},
+                      "SGD8bit", StateFormat::Int8, o.block_size, {"momentum_buffer"}),
+      stochastic_round_(o.bf16_stochastic_round) {
+  for (const auto& g : groups_) {
+    LOWBIT_CHECK(opt(g, "momentum") > 0 && opt(g, "momentum") < 1,
+                 "SGD8bit: momentum must be in (0, 1) (its state is the momentum buffer), got {}", opt(g, "momentum"));
+    check_unit(name(), "dampening", opt(g, "dampening"));
+    LOWBIT_CHECK(opt(g, "nesterov") == 0 || opt(g, "dampening") == 0,
+                 "SGD8bit: nesterov momentum requires zero dampening");
+  }
+}
+
+void SGD8bit::step() {
+  NoGradGuard ng;
+  for (auto& g : groups_) {
+    const float lr = static_cast<float>(opt(g, "lr")), mom = static_cast<float>(opt(g, "momentum")),
+                keep = static_cast<float>(1.0 - opt(g, "dampening")), wd = static_cast<float>(opt(g, "weight_decay"));
+    const bool nesterov = opt(g, "nesterov") != 0;
+    for (auto& p : g.params) {
+      if (!p.grad().defined()) continue;
+      ParamState& st = state_of(p);
+      const bool first = ++st.step == 1;
+      update_blocks(p, 1, stochastic_round_, [&](int64_t, int64_t len, float* wp, const float* gp, float* const* bufs) {
+        float* buf = bufs[0];
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) {  // torch.optim.SGD's order
+          const float gi = wd != 0.0f ? gp[j] + wd * wp[j] : gp[j];
+          const float b = first ? gi : buf[j] * mom + keep * gi;
+          buf[j] = b;
+          wp[j] = wp[j] - lr * (nesterov ? gi + mom * b : b);
         }
       });
-      if (bf16) {
-        uint16_t* dst = static_cast<uint16_t*>(p.raw_data());
-        if (stochastic_round_) {
-          core::stochastic_round_bf16(w, dst, n, default_generator());
-        } else {
-          for (int64_t i = 0; i < n; ++i) dst[i] = BFloat16::from_float(w[i]);
+    }
+  }
+}
+
+// ---------------- Lion ----------------
+Lion::Lion(std::vector<ParamGroup> groups, LionOptions o, StateFormat format)
+    : LowBitOptimizer(std::move(groups),
+                      {{"lr", o.lr}, {"beta1", o.beta1}, {"beta2", o.beta2}, {"weight_decay", o.weight_decay}},
+                      format == StateFormat::Fp32 ? "Lion" : std::string("Lion") + format_name(format), format,
+                      o.block_size, {"exp_avg"}),
+      stochastic_round_(o.bf16_stochastic_round) {
+  LOWBIT_CHECK(format == StateFormat::Fp32 || format == StateFormat::Int8,
+               "Lion: state format must be Fp32 or Int8 (Lion8bit)");
+  for (const auto& g : groups_) {
+    check_unit(name(), "beta parameter at index 0", opt(g, "beta1"));
+    check_unit(name(), "beta parameter at index 1", opt(g, "beta2"));
+  }
+}
+
+void Lion::step() {
+  NoGradGuard ng;
+  for (auto& g : groups_) {
+    const float lr = static_cast<float>(opt(g, "lr")), b1 = static_cast<float>(opt(g, "beta1")),
+                b2 = static_cast<float>(opt(g, "beta2")),
+                decay = static_cast<float>(1.0 - opt(g, "lr") * opt(g, "weight_decay"));
+    const float w1 = static_cast<float>(1.0 - opt(g, "beta1")), w2 = static_cast<float>(1.0 - opt(g, "beta2"));
+    for (auto& p : g.params) {
+      if (!p.grad().defined()) continue;
+      ++state_of(p).step;
+      update_blocks(p, 1, stochastic_round_, [&](int64_t, int64_t len, float* wp, const float* gp, float* const* bufs) {
+        float* m = bufs[0];
+#pragma omp simd
+        for (int64_t j = 0; j < len; ++j) {
+          const float c = m[j] * b1 + gp[j] * w1;
+          // torch.sign: NaN stays NaN, zero gives zero
+          const float sign = c > 0.0f ? 1.0f : c < 0.0f ? -1.0f : c;
+          wp[j] = wp[j] * decay - lr * sign;
+          m[j] = m[j] * b2 + gp[j] * w2;
         }
-      }
+      });
     }
   }
 }
 
 const core::Codebook& state_codebook(StateFormat format, bool is_signed) {
-  LOWBIT_CHECK(format != StateFormat::Fp8, "state_codebook: fp8 states have no code book");
+  LOWBIT_CHECK(format == StateFormat::Int8 || format == StateFormat::Int4,
+               "state_codebook: only 8-bit and 4-bit states have code books");
   if (format == StateFormat::Int8)
     return core::codebook(is_signed ? core::CodebookId::Dynamic8Signed : core::CodebookId::Dynamic8Unsigned);
   return core::codebook(is_signed ? core::CodebookId::Dynamic4Signed : core::CodebookId::Linear4Unsigned);

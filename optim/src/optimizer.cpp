@@ -69,6 +69,7 @@ void Optimizer::set_lr(double lr) {
   for (auto& g : groups_) g.options["lr"] = lr;
 }
 ParamState& Optimizer::state_of(const Tensor& p) { return state_[p.impl()]; }
+std::vector<StateAttribute> Optimizer::state_attributes(const Tensor&, const std::string&) const { return {}; }
 const ParamState* Optimizer::find_state(const Tensor& p) const {
   auto it = state_.find(p.impl());
   return it == state_.end() ? nullptr : &it->second;

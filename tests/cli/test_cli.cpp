@@ -1,4 +1,5 @@
 #include <gtest/gtest.h>
+#include <hdf5.h>
 
 #include <cmath>
 #include <cstring>
@@ -390,16 +391,46 @@ TEST(Train, Float8AndMXRunsResumeBitExactAndExport) {
 
   // the low-bit Adams from a run config: quantized states travel through checkpoints, the run
   // resumes bit-exactly (the MLP's 32x128 weights have 4096 elements: quantized; the rest plain)
-  for (const char* o : {"adamw8bit", "adamw4bit", "adamwfp8"}) {
+  for (const char* o : {"adamw8bit", "adamw4bit", "adamwfp8", "sgd8bit", "lion8bit"}) {
     auto oc = mxc;
-    oc.apply_overrides({"--mx.recipe_name", "none", "--optimizer.name", o, "--training.run_dir", dir + "_" + o});
+    oc.apply_overrides({"--mx.recipe_name", "none", "--optimizer.name", o, "--optimizer.momentum", "0.9",
+                        "--training.run_dir", dir + "_" + o});
     ::testing::internal::CaptureStdout();
     const auto o_full = train(oc, false, "", ro);
     ::testing::internal::GetCapturedStdout();
     EXPECT_TRUE(std::isfinite(o_full.final_train_loss)) << o;
     expect_resume_bit_exact(oc, o_full, dir + "_" + o, o);
   }
+  // the per-parameter override: the named layer's states stay float32, the other 4096-element
+  // weight's are quantized (read back from the run's last checkpoint)
+  {
+    auto oc = mxc;
+    oc.apply_overrides({"--mx.recipe_name", "none", "--optimizer.name", "adamw8bit", "--optimizer.full_precision_state",
+                        "[\"blocks.0.mlp.0\"]", "--training.run_dir", dir + "_fp_state"});
+    ::testing::internal::CaptureStdout();
+    train(oc, false, "", ro);
+    ::testing::internal::GetCapturedStdout();
+    const std::string ck = dir + "_fp_state/checkpoints/step_00000008.h5";
+    hid_t f = H5Fopen(ck.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+    ASSERT_GE(f, 0) << ck;
+    auto exists = [&](const char* path) { return H5Lexists(f, path, H5P_DEFAULT) > 0; };
+    EXPECT_TRUE(exists("/optimizer/state/blocks/0/mlp/0/weight/exp_avg"));
+    EXPECT_FALSE(exists("/optimizer/state/blocks/0/mlp/0/weight/exp_avg_codes"));
+    EXPECT_TRUE(exists("/optimizer/state/blocks/0/mlp/2/weight/exp_avg_codes"));
+    H5Fclose(f);
+    auto nomatch = oc;
+    nomatch.apply_overrides({"--optimizer.full_precision_state", "[\"embeding\"]"});
+    lowbit::testing::expect_error([&] { train(nomatch, false, "", ro); },
+                                  {"optimizer.full_precision_state", "'embeding' is in no parameter name", "wte.weight"});
+    auto fp32 = oc;
+    fp32.apply_overrides({"--optimizer.name", "adamw"});
+    lowbit::testing::expect_error([&] { validate_config(fp32); },
+                                  {"optimizer.full_precision_state applies to the low-bit optimizers", "'adamw'"});
+  }
   auto obad = mxc;
+  obad.apply_overrides({"--optimizer.name", "sgd8bit", "--optimizer.momentum", "0"});
+  lowbit::testing::expect_error([&] { validate_config(obad); }, {"optimizer (sgd8bit)", "momentum must be in (0, 1)"});
+  obad = mxc;
   obad.apply_overrides({"--optimizer.name", "adamw2bit"});
   lowbit::testing::expect_error([&] { validate_config(obad); }, {"optimizer.name", "adamw2bit", "adamwfp8"});
   obad = mxc;

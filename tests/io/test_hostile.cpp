@@ -15,6 +15,7 @@
 #include "lowbit/cli/config.h"
 #include "lowbit/cli/train.h"
 #include "lowbit/io/checkpoint.h"
+#include "golden.h"
 #include "subprocess.h"
 
 using namespace lowbit;
@@ -38,17 +39,7 @@ struct File {
   ~File() { H5Fclose(id); }
   operator hid_t() const { return id; }
 };
-void attr_str(hid_t obj, const char* name, const std::string& v) {
-  hid_t t = H5Tcopy(H5T_C_S1);
-  H5Tset_size(t, H5T_VARIABLE);
-  hid_t s = H5Screate(H5S_SCALAR);
-  hid_t a = H5Acreate2(obj, name, t, s, H5P_DEFAULT, H5P_DEFAULT);
-  const char* p = v.c_str();
-  H5Awrite(a, t, &p);
-  H5Aclose(a);
-  H5Sclose(s);
-  H5Tclose(t);
-}
+void attr_str(hid_t obj, const char* name, const std::string& v) { lowbit::testing::write_attr_string(obj, name, v); }
 void attr_int(hid_t obj, const char* name, int64_t v) {
   hid_t s = H5Screate(H5S_SCALAR);
   hid_t a = H5Acreate2(obj, name, H5T_STD_I64LE, s, H5P_DEFAULT, H5P_DEFAULT);

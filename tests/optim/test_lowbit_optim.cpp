@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 
 #include <unistd.h>
 
@@ -21,6 +22,7 @@
 #include "lowbit/io/checkpoint.h"
 #include "lowbit/nn/layers.h"
 #include "lowbit/optim/lowbit.h"
+#include "lowbit/optim/table.h"
 #include "test_util.h"
 
 using namespace lowbit;
@@ -308,13 +310,23 @@ TEST(LowBitAdam, AmsgradWithQuantizedStatesFollowsItsComposition) {
 
 // Checkpoints: a run saved mid-way and resumed into a fresh model and optimizer continues bit for
 // bit (codes, scales and plain states travel as the optimizer's state tensors)
+// Checkpoints, for every low-bit row of the optimizer table: a run saved mid-way and resumed into a
+// fresh model and optimizer continues bit for bit (codes, scales and plain states travel as the
+// optimizer's state tensors); the codes carry their code book and block size as attributes, and a
+// file whose attribute disagrees with the optimizer is refused naming both.
 TEST(LowBitAdam, CheckpointResumeIsBitExact) {
-  for (const char* cls : {"AdamW8bit", "AdamW4bit", "AdamWFp8"}) {
-    SCOPED_TRACE(cls);
+  for (const char* name : {"adamw8bit", "adamw4bit", "adamwfp8", "sgd8bit", "lion", "lion8bit"}) {
+    SCOPED_TRACE(name);
+    optim::OptimizerSettings set;
+    set.momentum = 0.9;
     auto make = [] {
       manual_seed(5);
       return std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
           std::make_shared<nn::Linear>(128, 64), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(64, 3)});
+    };
+    auto make_opt = [&](nn::Module& m, const char* n) {
+      auto o = optim::make_optimizer(n, {{m.parameters(), {}}}, set);
+      return std::unique_ptr<optim::LowBitOptimizer>(dynamic_cast<optim::LowBitOptimizer*>(o.release()));
     };
     Generator data(9);
     std::vector<Tensor> xs;
@@ -327,7 +339,8 @@ TEST(LowBitAdam, CheckpointResumeIsBitExact) {
       }
     };
     auto a = make();
-    auto oa = optim::make_low_bit_adam(cls, {{a->parameters(), {}}});
+    auto oa = make_opt(*a, name);
+    ASSERT_TRUE(oa);
     train_steps(*a, *oa, 0, 3);
     // a name of this process: concurrent runs of the suite must not share the file
     const std::string path =
@@ -335,18 +348,170 @@ TEST(LowBitAdam, CheckpointResumeIsBitExact) {
     io::save_checkpoint(path, *a, oa.get(), nullptr, nullptr, io::TrainingState{});
     train_steps(*a, *oa, 3, 6);
     auto b = make();
-    auto ob = optim::make_low_bit_adam(cls, {{b->parameters(), {}}});
+    auto ob = make_opt(*b, name);
     io::load_checkpoint(path, *b, ob.get());
     train_steps(*b, *ob, 3, 6);
     const auto pa = a->parameters(), pb = b->parameters();
     for (size_t i = 0; i < pa.size(); ++i) EXPECT_EQ(t::count_mismatches(pa[i], pb[i]), 0) << i;
     EXPECT_GT(oa->state_bytes(), 0);
     EXPECT_EQ(oa->state_bytes(), ob->state_bytes());
-    // loading into another low-bit class is refused by name
+    if (oa->format() == optim::StateFormat::Fp32) {
+      std::filesystem::remove(path);
+      continue;
+    }
+    // the first layer's weight (8192 elements) is quantized: its first state's codes say how
+    const std::string state = optim::optimizer_row(name).cls == std::string("SGD8bit") ? "momentum_buffer" : "exp_avg";
+    const std::string ds_path = "/optimizer/state/0/weight/" + state + "_codes";
+    const std::string book = oa->format() == optim::StateFormat::Fp8 ? "float8_e4m3fn" : oa->codebook_of(state).name;
+    {
+      hid_t f = H5Fopen(path.c_str(), H5F_ACC_RDWR, H5P_DEFAULT);
+      ASSERT_GE(f, 0);
+      hid_t ds = H5Dopen2(f, ds_path.c_str(), H5P_DEFAULT);
+      ASSERT_GE(ds, 0) << ds_path;
+      EXPECT_EQ(t::attr_string(ds, "codebook"), book);
+      EXPECT_EQ(t::attr_ints(ds, "block_size").at(0), oa->block_size());
+      // tampered: another code book
+      H5Adelete(ds, "codebook");
+      t::write_attr_string(ds, "codebook", "linear4_unsigned");
+      H5Dclose(ds);
+      H5Fclose(f);
+      // as another tool would leave it: without lowbit's integrity header (whose CRC would
+      // otherwise refuse the edited file before its contents are read)
+      std::fstream raw(path, std::ios::in | std::ios::out | std::ios::binary);
+      raw.write("\0\0\0\0\0\0\0\0", 8);
+    }
     auto c = make();
-    auto oc =
-        optim::make_low_bit_adam(std::string(cls) == "AdamW8bit" ? "AdamW4bit" : "AdamW8bit", {{c->parameters(), {}}});
-    t::expect_error([&] { io::load_checkpoint(path, *c, oc.get()); }, {"optimizer state was saved by", cls});
+    auto oc = make_opt(*c, name);
+    t::expect_error([&] { io::load_checkpoint(path, *c, oc.get()); },
+                    {ds_path, "codebook = linear4_unsigned", "codebook = " + book});
+    // loading into another class is refused by name
+    auto d = make();
+    auto od = make_opt(*d, std::string(name) == "adamw8bit" ? "adamw4bit" : "adamw8bit");
+    t::expect_error([&] { io::load_checkpoint(path, *d, od.get()); }, {"optimizer state was saved by"});
     std::filesystem::remove(path);
+  }
+}
+
+// SGD8bit and Lion8bit follow their float32 formulas on the dequantized state, and store the
+// quantization of the new state; Lion with float32 state is the formula itself, bit for bit.
+TEST(LowBitOptimizers, SgdAndLionFollowTheirCompositions) {
+  for (const char* name : {"sgd8bit", "lion8bit", "lion"}) {
+    SCOPED_TRACE(name);
+    Generator gen(3);
+    Tensor p = mul(randn({64, 64}, &gen), full({1}, 0.1f));
+    optim::OptimizerSettings set;
+    set.lr = 1e-2;
+    set.momentum = 0.9;
+    set.dampening = 0.1;
+    set.beta2 = 0.99;
+    set.weight_decay = 0.05;
+    auto base = optim::make_optimizer(name, {{{p}, {}}}, set);
+    auto* opt = dynamic_cast<optim::LowBitOptimizer*>(base.get());
+    ASSERT_TRUE(opt);
+    const bool sgd = std::string(name) == "sgd8bit", q = opt->quantizes(p);
+    EXPECT_EQ(q, std::string(name) != "lion");
+    const int64_t n = p.numel(), blk = opt->block_size();
+    const std::string st_name = sgd ? "momentum_buffer" : "exp_avg";
+    const core::Codebook& cb = core::codebook(core::CodebookId::Dynamic8Signed);
+    std::vector<float> m(static_cast<size_t>(n), 0.0f);
+    for (int step = 1; step <= 4; ++step) {
+      Tensor g = mul(randn({64, 64}, &gen), full({1}, 0.01f));
+      if (step == 3) g.data_ptr<float>()[5] = 0.0f;
+      p.set_grad(g);
+      const std::vector<float> p0(p.data_ptr<float>(), p.data_ptr<float>() + n);
+      if (step > 1) {
+        const optim::ParamState& st = *opt->find_state(p);
+        if (q)
+          core::codebook_dequantize_blocks(cb, st.tensors.at(st_name + "_codes").data_ptr<uint8_t>(),
+                                           st.tensors.at(st_name + "_scale").data_ptr<float>(), n, blk, m.data());
+        else
+          std::memcpy(m.data(), st.tensors.at(st_name).raw_data(), static_cast<size_t>(n) * 4);
+      }
+      opt->step();
+      std::vector<float> m1(static_cast<size_t>(n));
+      int64_t bad = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const float gi0 = g.data_ptr<float>()[i];
+        float pi = p0[static_cast<size_t>(i)];
+        const float mi = m[static_cast<size_t>(i)];
+        if (sgd) {  // torch.optim.SGD: L2 decay, buf = g first, then momentum * buf + (1 - dampening) * g
+          const float gi = gi0 + 0.05f * pi;
+          m1[static_cast<size_t>(i)] = step == 1 ? gi : mi * 0.9f + static_cast<float>(1.0 - 0.1) * gi;
+          pi = pi - 1e-2f * m1[static_cast<size_t>(i)];
+        } else {  // Lion: sign of the interpolation, decoupled decay, then the momentum update
+          const float c = mi * 0.9f + gi0 * static_cast<float>(1.0 - 0.9);
+          const float sign = c > 0 ? 1.0f : c < 0 ? -1.0f : 0.0f;
+          pi = pi * static_cast<float>(1.0 - 1e-2 * 0.05) - 1e-2f * sign;
+          m1[static_cast<size_t>(i)] = mi * 0.99f + gi0 * static_cast<float>(1.0 - 0.99);
+        }
+        bad += std::memcmp(&pi, p.data_ptr<float>() + i, 4) != 0;
+      }
+      EXPECT_EQ(bad, 0) << "step " << step;
+      const optim::ParamState& st = *opt->find_state(p);
+      if (q) {
+        std::vector<uint8_t> c(static_cast<size_t>(n));
+        std::vector<float> sc(static_cast<size_t>(n / blk));
+        core::codebook_quantize_blocks(cb, m1.data(), n, blk, c.data(), sc.data());
+        EXPECT_EQ(std::memcmp(c.data(), st.tensors.at(st_name + "_codes").raw_data(), c.size()), 0) << step;
+        EXPECT_EQ(std::memcmp(sc.data(), st.tensors.at(st_name + "_scale").raw_data(), sc.size() * 4), 0) << step;
+        EXPECT_EQ(opt->state_bytes(p), n + n / blk * 4);
+      } else {
+        EXPECT_EQ(std::memcmp(m1.data(), st.tensors.at(st_name).raw_data(), m1.size() * 4), 0) << step;
+        EXPECT_EQ(opt->state_bytes(p), n * 4);
+      }
+    }
+  }
+  // settings the constructors refuse
+  Tensor p = zeros({8});
+  optim::OptimizerSettings bad;
+  t::expect_error(
+      [&] {
+        optim::make_optimizer("sgd8bit", {{{p}, {}}}, bad);
+      },
+      {"SGD8bit", "momentum must be in (0, 1)"});
+  bad.momentum = 0.9;
+  bad.nesterov = true;
+  bad.dampening = 0.5;
+  t::expect_error([&] { optim::make_optimizer("sgd8bit", {{{p}, {}}}, bad); }, {"nesterov", "zero dampening"});
+  optim::OptimizerSettings lion;
+  lion.beta1 = 1.5;
+  t::expect_error([&] { optim::make_optimizer("lion8bit", {{{p}, {}}}, lion); }, {"Lion8bit", "beta", "1.5"});
+  t::expect_error(
+      [&] {
+        optim::make_optimizer("adamw2bit", {{{p}, {}}}, lion);
+      },
+      {"unknown optimizer 'adamw2bit'", "lion8bit"});
+}
+
+// bitsandbytes' per-parameter override: a kept parameter's states stay float32 whatever its size;
+// the others are still quantized; too late (after a step) or a foreign tensor is refused.
+TEST(LowBitOptimizers, FullPrecisionOverride) {
+  Tensor emb = mul(randn({64, 128}), full({1}, 0.1f)), w = mul(randn({64, 128}), full({1}, 0.1f));
+  auto opt = optim::make_low_bit_adam("AdamW8bit", {{{emb, w}, {}}});
+  opt->keep_full_precision(emb);
+  EXPECT_FALSE(opt->quantizes(emb));
+  EXPECT_TRUE(opt->quantizes(w));
+  emb.set_grad(full(emb.shape(), 0.01f));
+  w.set_grad(full(w.shape(), 0.01f));
+  opt->step();
+  EXPECT_EQ(opt->find_state(emb)->tensors.count("exp_avg"), 1u);
+  EXPECT_EQ(opt->find_state(w)->tensors.count("exp_avg_codes"), 1u);
+  EXPECT_EQ(opt->state_bytes(emb), 2 * emb.numel() * 4);
+  EXPECT_EQ(opt->state_bytes(w), 2 * (w.numel() + w.numel() / 256 * 4));
+  t::expect_error([&] { opt->keep_full_precision(w); }, {"before the parameter's first step"});
+  t::expect_error([&] { opt->keep_full_precision(zeros({3})); }, {"not one of this optimizer's parameters"});
+  // every row of the table builds and steps
+  for (const auto& row : optim::optimizer_table()) {
+    SCOPED_TRACE(row.name);
+    Tensor q = mul(randn({64, 64}), full({1}, 0.1f));
+    q.requires_grad_();
+    optim::OptimizerSettings set;
+    set.momentum = 0.9;
+    auto o = optim::make_optimizer(row.name, {{{q}, {}}}, set);
+    EXPECT_EQ(o->name(), row.cls);
+    const Tensor before = q.detach().clone();
+    q.set_grad(full(q.shape(), 0.5f));
+    o->step();
+    EXPECT_GT(t::count_mismatches(before, q.detach()), 0);
   }
 }
