@@ -95,6 +95,14 @@ struct TensorInfo {
   std::string scheme;                // quantization scheme for quantized-tensor groups, "" otherwise
   std::vector<std::string> aliases;  // other paths of the same dataset (hard links: tied weights)
 };
+/// One parameter's optimizer state in a training checkpoint.
+struct OptimizerStateInfo {
+  std::string param;  // the parameter's name (dotted)
+  int64_t numel = 0;  // its elements (0 when the model part of the file does not hold it)
+  int64_t step = 0;
+  uint64_t bytes = 0;               // logical bytes of its state tensors
+  std::vector<TensorInfo> tensors;  // path, dtype, shape, bytes; scheme = the tensor's attributes as text
+};
 struct FileInfo {
   std::map<std::string, std::string> attributes;  // root attributes as text
   std::string model_type;                         // /model's module_type ("" in files without one)
@@ -102,6 +110,8 @@ struct FileInfo {
   int64_t parameters = 0;
   uint64_t stored_bytes = 0, float32_bytes = 0, file_bytes = 0;
   bool integrity_checked = false;
+  std::string optimizer;  // the optimizer's class ("" in files without optimizer state)
+  std::vector<OptimizerStateInfo> optimizer_states;
 };
 FileInfo inspect(const std::string& path);
 

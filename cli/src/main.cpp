@@ -10,6 +10,8 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+
+#include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "lowbit/io/checkpoint.h"
@@ -141,6 +143,25 @@ int main(int argc, char** argv) {
                                   {"logical_bytes", t.logical_bytes},
                                   {"scheme", t.scheme},
                                   {"aliases", t.aliases}});
+        if (!info.optimizer.empty()) {
+          j["optimizer"] = info.optimizer;
+          j["optimizer_states"] = nlohmann::json::array();
+          for (const auto& o : info.optimizer_states) {
+            nlohmann::json tj = nlohmann::json::array();
+            for (const auto& t : o.tensors)
+              tj.push_back({{"name", t.path},
+                            {"dtype", t.dtype},
+                            {"shape", t.shape},
+                            {"bytes", t.logical_bytes},
+                            {"attributes", t.scheme}});
+            j["optimizer_states"].push_back({{"param", o.param},
+                                             {"numel", o.numel},
+                                             {"step", o.step},
+                                             {"bytes", o.bytes},
+                                             {"bytes_per_param", o.numel ? double(o.bytes) / double(o.numel) : 0.0},
+                                             {"tensors", tj}});
+          }
+        }
         std::printf("%s\n", j.dump(2).c_str());
       } else {
         std::printf("%s\n", inspect_path.c_str());
@@ -169,6 +190,28 @@ int main(int argc, char** argv) {
         std::printf("\n  %lld parameters, %llu bytes stored (%llu in the file), %.2fx vs float32\n",
                     static_cast<long long>(info.parameters), static_cast<unsigned long long>(info.stored_bytes),
                     static_cast<unsigned long long>(info.file_bytes), ratio);
+        if (!info.optimizer.empty()) {
+          int wq = 32;
+          for (const auto& o : info.optimizer_states) wq = std::max(wq, static_cast<int>(o.param.size()));
+          std::printf("\n  optimizer %s: state per parameter\n  %-*s %10s %12s %8s  %s\n", info.optimizer.c_str(), wq,
+                      "parameter", "elements", "state bytes", "B/param", "state tensors");
+          uint64_t total = 0;
+          int64_t elems = 0;
+          for (const auto& o : info.optimizer_states) {
+            std::string ts;
+            for (const auto& t : o.tensors)
+              ts += (ts.empty() ? "" : "; ") + t.path + " " + t.dtype + " " + lowbit::shape_str(t.shape) +
+                    (t.scheme.empty() ? "" : " (" + t.scheme + ")");
+            std::printf("  %-*s %10lld %12llu %8s  %s\n", wq, o.param.c_str(), static_cast<long long>(o.numel),
+                        static_cast<unsigned long long>(o.bytes),
+                        o.numel ? fmt::format("{:.3f}", double(o.bytes) / double(o.numel)).c_str() : "-", ts.c_str());
+            total += o.bytes;
+            elems += o.numel;
+          }
+          std::printf("  %-*s %10lld %12llu %8s\n", wq, "total", static_cast<long long>(elems),
+                      static_cast<unsigned long long>(total),
+                      elems ? fmt::format("{:.3f}", double(total) / double(elems)).c_str() : "-");
+        }
         if (info.attributes.count("config") && !info.attributes.at("config").empty())
           std::printf("\n  run config:\n%s\n", info.attributes.at("config").c_str());
       }

@@ -95,6 +95,51 @@ FileInfo inspect(const std::string& path) {
     info.float32_bytes += static_cast<uint64_t>(logical) * 4;
     info.tensors.push_back(ti);
   }
+  // optimizer state, per parameter: what it costs (state bytes per parameter element) and what its
+  // tensors are (a low-bit optimizer's codes carry their code book and block size)
+  if (h5::hard_path_exists(f.file, "/optimizer", path)) {
+    Hid og = h5::open_group(f.file, "/optimizer", path);
+    info.optimizer = h5::read_attr_string(og, "name", path, "/optimizer");
+    if (h5::hard_path_exists(f.file, "/optimizer/state", path)) {
+      Hid sg = h5::open_group(f.file, "/optimizer/state", path);
+      std::map<std::string, size_t> by_param;
+      for (const auto& e : h5::walk(sg, "/optimizer/state", path)) {
+        if (e.type != H5O_TYPE_DATASET) continue;
+        const auto slash = e.path.rfind('/');
+        LOWBIT_CHECK(slash != std::string::npos, "{}: '/optimizer/state/{}' is not inside a parameter's group", path,
+                     e.path);
+        const std::string param_path = e.path.substr(0, slash);
+        auto it = by_param.find(param_path);
+        if (it == by_param.end()) {
+          OptimizerStateInfo oi;
+          oi.param = param_path;
+          for (char& c : oi.param) c = c == '/' ? '.' : c;
+          Hid pg = h5::open_group(sg, param_path, path);
+          oi.step = h5::read_attr_int(pg, "step", path, "/optimizer/state/" + param_path);
+          if (h5::hard_path_exists(f.file, "/model/" + param_path, path)) {
+            Hid md = h5::open_dataset(f.file, "/model/" + param_path, path);
+            oi.numel = lowbit::detail::numel_of(probe_tensor(md, path, "/model/" + param_path).shape);
+          }
+          it = by_param.emplace(param_path, info.optimizer_states.size()).first;
+          info.optimizer_states.push_back(oi);
+        }
+        OptimizerStateInfo& oi = info.optimizer_states[it->second];
+        TensorInfo ti;
+        ti.path = e.path.substr(slash + 1);
+        Hid ds = h5::open_dataset(sg, e.path, path);
+        const TensorMeta m = probe_tensor(ds, path, "/optimizer/state/" + e.path);
+        ti.dtype = dtype_name(m.dtype);
+        ti.shape = m.shape;
+        ti.bytes = m.stored_bytes;
+        ti.logical_bytes = static_cast<uint64_t>(lowbit::detail::numel_of(m.shape)) * element_size(m.dtype);
+        for (const auto& [k, v] : h5::attrs_as_text(ds))
+          if (k == "codebook" || k == "block_size" || k == "packing")
+            ti.scheme += (ti.scheme.empty() ? "" : ", ") + k + "=" + v;
+        oi.bytes += ti.logical_bytes;
+        oi.tensors.push_back(ti);
+      }
+    }
+  }
   return info;
 }
 

@@ -355,6 +355,30 @@ TEST(LowBitAdam, CheckpointResumeIsBitExact) {
     for (size_t i = 0; i < pa.size(); ++i) EXPECT_EQ(t::count_mismatches(pa[i], pb[i]), 0) << i;
     EXPECT_GT(oa->state_bytes(), 0);
     EXPECT_EQ(oa->state_bytes(), ob->state_bytes());
+    {  // inspect reports each parameter's state bytes as the optimizer counted them (at step 3)
+      auto o3 = make_opt(*b, name);
+      io::load_checkpoint(path, *b, o3.get());
+      const auto info = io::inspect(path);
+      EXPECT_EQ(info.optimizer, oa->name());
+      ASSERT_EQ(info.optimizer_states.size(), 4u);
+      const auto bp = b->parameters();
+      for (size_t i = 0; i < 4; ++i) {
+        const auto& st = info.optimizer_states[i];
+        SCOPED_TRACE(st.param);
+        const Tensor& prm = st.param == "0.weight"   ? bp[0]
+                            : st.param == "0.bias"   ? bp[1]
+                            : st.param == "2.weight" ? bp[2]
+                                                     : bp[3];
+        EXPECT_EQ(st.numel, prm.numel());
+        EXPECT_EQ(static_cast<int64_t>(st.bytes), o3->state_bytes(prm));
+        EXPECT_EQ(st.step, 3);
+      }
+      for (const auto& st : info.optimizer_states)  // the 8192-element weight's codes say how they were made
+        if (st.param == "0.weight" && o3->quantizes(bp[0])) {
+          EXPECT_NE(st.tensors.at(0).scheme.find("block_size=" + std::to_string(o3->block_size())), std::string::npos);
+          EXPECT_NE(st.tensors.at(0).scheme.find("codebook="), std::string::npos);
+        }
+    }
     if (oa->format() == optim::StateFormat::Fp32) {
       std::filesystem::remove(path);
       continue;
