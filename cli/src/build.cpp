@@ -79,6 +79,7 @@ optim::OptimizerSettings optimizer_settings(const RunConfig& cfg) {
   s.dampening = cfg.get_float("optimizer.dampening");
   s.nesterov = cfg.get_bool("optimizer.nesterov");
   s.block_size = cfg.get_int("optimizer.block_size");
+  s.bf16_stochastic_round = cfg.get_bool("optimizer.bf16_stochastic_round");
   return s;
 }
 

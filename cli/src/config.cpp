@@ -46,6 +46,9 @@ const std::vector<KeySpec>& config_schema() {
       {"optimizer.full_precision_state", std::vector<std::string>{},
        "low-bit optimizers: parameters whose name contains one of these strings keep full-precision states (e.g. "
        "[\"tok_emb\"])"},
+      {"optimizer.bf16_stochastic_round", false,
+       "low-bit optimizers with training.param_dtype = bf16: write parameters with stochastic rounding (seeded, "
+       "unbiased) instead of round-to-nearest-even"},
       {"optimizer.lr", 1e-3, "learning rate"},
       {"optimizer.weight_decay", 1e-2, "weight decay (decoupled for adamw)"},
       {"optimizer.beta1", 0.9, "adam, lion: beta1"},
@@ -76,6 +79,10 @@ const std::vector<KeySpec>& config_schema() {
       {"training.precision", std::string("fp32"),
        "fp32 | bf16: bf16 runs every GEMM (linear, attention, backward) on bfloat16-rounded operands with float32 "
        "accumulation, weights and optimizer state in float32 (torch.set_float32_matmul_precision('medium'))"},
+      {"training.param_dtype", std::string("fp32"),
+       "fp32 | bf16: bf16 keeps the model's parameters in bfloat16 (no float32 master copy; needs a low-bit "
+       "optimizer, which writes them back rounded to nearest even or, with optimizer.bf16_stochastic_round, "
+       "stochastically)"},
       {"quantize.recipe", std::string("none"), "none, or a recipe of `lowbit recipes`: " + qat::recipe_names()},
       {"quantize.mode", std::string("qat"),
        "qat: fine-tune with fake quantization, then convert | ptq: convert the float model"},

@@ -196,6 +196,7 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
     throw Error(fmt::format("data.dataset: unknown dataset '{}' (fashion_mnist, chars)", dataset));
   }
   model = convert_for_training_recipe(model, cfg, progress);
+  if (cfg.get_string("training.param_dtype") == "bf16") model->to(kBFloat16);  // no float32 master copy
   const int64_t float_steps = o.total_steps;
   auto opt = build_optimizer(cfg, *model);
   auto sched = build_scheduler(cfg, *opt, float_steps);

@@ -112,13 +112,21 @@ void validate_config(const RunConfig& cfg) {
     LOWBIT_CHECK(row.low_bit || cfg.get_string_list("optimizer.full_precision_state").empty(),
                  "optimizer.full_precision_state applies to the low-bit optimizers; '{}' keeps full-precision states",
                  name);
-    Tensor stand_in = zeros({1});
+    const bool bf16 = cfg.get_string("training.param_dtype") == "bf16";
+    Tensor stand_in = zeros({1}, bf16 ? kBFloat16 : kFloat32);
     stand_in.requires_grad_();
     try {
       optim::make_optimizer(name, {{{stand_in}, {}}}, optimizer_settings(cfg));
     } catch (const Error& e) {
-      throw Error(fmt::format("optimizer ({}): {}", name, e.what()));
+      throw Error(fmt::format("optimizer ({}{}): {}", name, bf16 ? ", training.param_dtype = bf16" : "", e.what()));
     }
+    LOWBIT_CHECK(bf16 || !cfg.get_bool("optimizer.bf16_stochastic_round"),
+                 "optimizer.bf16_stochastic_round applies to bfloat16 parameters (training.param_dtype = \"bf16\")");
+    LOWBIT_CHECK(
+        !bf16 || (cfg.get_string("quantize.recipe") == "none" && cfg.get_string("float8.recipe_name") == "none" &&
+                  cfg.get_string("mx.recipe_name") == "none"),
+        "training.param_dtype = \"bf16\" is for plain training: it cannot be combined with quantize.recipe, "
+        "float8.recipe_name or mx.recipe_name (their layers keep float32 weights)");
   }
   check_finite_positive(cfg, "optimizer.lr");
   check_finite_positive(cfg, "optimizer.weight_decay", true);
@@ -154,6 +162,7 @@ void validate_config(const RunConfig& cfg) {
   check_finite_positive(cfg, "training.temperature");
   LOWBIT_CHECK(!cfg.get_string("training.run_dir").empty(), "training.run_dir must not be empty");
   check_one_of(cfg, "training.precision", {"fp32", "bf16"});
+  check_one_of(cfg, "training.param_dtype", {"fp32", "bf16"});
   check_int(cfg, "checkpoint.interval", 0, ">= 0 (0 = only at the end)");
   check_int(cfg, "checkpoint.keep_last", 1, "at least 1");
   // quantization: the recipe with its dtype and group size (a group size that does not divide a

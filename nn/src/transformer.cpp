@@ -142,7 +142,7 @@ Tensor GPT::generate(const Tensor& idx_in, int64_t max_new_tokens, double temper
   for (int64_t s = 0; s < max_new_tokens; ++s) {
     const int64_t T = idx.size(1), B = idx.size(0);
     Tensor ctx = T > cfg.context ? narrow(idx, 1, T - cfg.context, cfg.context) : idx;
-    Tensor logits = forward(ctx).select(1, -1);  // (B, V)
+    Tensor logits = forward(ctx).select(1, -1).to(kFloat32);  // (B, V); a bfloat16 model samples in float32
     logits = mul(logits, 1.0 / temperature);
     const int64_t V = logits.size(-1);
     Tensor probs = softmax(logits, -1);

@@ -401,6 +401,40 @@ TEST(Train, Float8AndMXRunsResumeBitExactAndExport) {
     EXPECT_TRUE(std::isfinite(o_full.final_train_loss)) << o;
     expect_resume_bit_exact(oc, o_full, dir + "_" + o, o);
   }
+  // bfloat16 parameters (training.param_dtype): no float32 copy -- the export holds bfloat16 weights --
+  // written back stochastically; the rounding draws continue after a resume (bit-exact)
+  {
+    auto bc = mxc;
+    bc.apply_overrides({"--mx.recipe_name", "none", "--optimizer.name", "adamw8bit", "--training.param_dtype", "bf16",
+                        "--optimizer.bf16_stochastic_round", "true", "--training.run_dir", dir + "_bf16"});
+    ::testing::internal::CaptureStdout();
+    const auto b_full = train(bc, false, "", ro);
+    ::testing::internal::GetCapturedStdout();
+    EXPECT_TRUE(std::isfinite(b_full.final_train_loss));
+    for (const auto& [name, tensor] : io::read_model_tensors(b_full.export_path))
+      EXPECT_EQ(tensor.dtype(), kBFloat16) << name;
+    expect_resume_bit_exact(bc, b_full, dir + "_bf16", "bf16_sr");
+    auto rne = bc;  // round to nearest even: another run
+    rne.apply_overrides({"--optimizer.bf16_stochastic_round", "false", "--training.run_dir", dir + "_bf16_rne"});
+    ::testing::internal::CaptureStdout();
+    const auto r_full = train(rne, false, "", ro);
+    ::testing::internal::GetCapturedStdout();
+    const auto sr_w = io::read_model_tensors(b_full.export_path), rne_w = io::read_model_tensors(r_full.export_path);
+    int64_t differ = 0;
+    for (size_t i = 0; i < sr_w.size(); ++i)
+      differ += std::memcmp(sr_w[i].second.raw_data(), rne_w[i].second.raw_data(), sr_w[i].second.nbytes()) != 0;
+    EXPECT_GT(differ, 0);
+    auto bad_bf16 = bc;
+    bad_bf16.apply_overrides({"--optimizer.name", "adamw"});
+    lowbit::testing::expect_error([&] { validate_config(bad_bf16); },
+                                  {"training.param_dtype = bf16", "AdamW", "must be float32"});
+    bad_bf16 = bc;
+    bad_bf16.apply_overrides({"--mx.recipe_name", "mxfp8_rceil"});
+    lowbit::testing::expect_error([&] { validate_config(bad_bf16); }, {"param_dtype", "mx.recipe_name"});
+    bad_bf16 = mxc;
+    bad_bf16.apply_overrides({"--optimizer.bf16_stochastic_round", "true"});
+    lowbit::testing::expect_error([&] { validate_config(bad_bf16); }, {"bf16_stochastic_round", "param_dtype"});
+  }
   // the per-parameter override: the named layer's states stay float32, the other 4096-element
   // weight's are quantized (read back from the run's last checkpoint)
   {
@@ -420,8 +454,9 @@ TEST(Train, Float8AndMXRunsResumeBitExactAndExport) {
     H5Fclose(f);
     auto nomatch = oc;
     nomatch.apply_overrides({"--optimizer.full_precision_state", "[\"embeding\"]"});
-    lowbit::testing::expect_error([&] { train(nomatch, false, "", ro); },
-                                  {"optimizer.full_precision_state", "'embeding' is in no parameter name", "wte.weight"});
+    lowbit::testing::expect_error(
+        [&] { train(nomatch, false, "", ro); },
+        {"optimizer.full_precision_state", "'embeding' is in no parameter name", "wte.weight"});
     auto fp32 = oc;
     fp32.apply_overrides({"--optimizer.name", "adamw"});
     lowbit::testing::expect_error([&] { validate_config(fp32); },

@@ -84,3 +84,21 @@ TEST(StochasticRounding, DeterministicAcrossThreadCountsAndSpecialValues) {
   for (size_t i = 6; i < special.size(); ++i) EXPECT_TRUE(std::isnan(bf16_value(s[i]))) << i;  // torchao may give inf
   EXPECT_TRUE(std::signbit(bf16_value(s[8])));
 }
+
+// torchao's saturation: a value within one bfloat16 step of the largest finite one rounds to the
+// largest finite value or, with probability low16 / 65536, to infinity (the bit arithmetic carries
+// into the exponent); nothing else
+TEST(StochasticRounding, LargestFiniteRoundsToItselfOrInfinity) {
+  const float x = std::bit_cast<float>(0x7F7F8000u);  // bf16 max + half a step: P(inf) = 1/2
+  std::vector<float> xs(200000, x);
+  std::vector<uint16_t> out(xs.size());
+  core::stochastic_round_bf16(xs.data(), out.data(), static_cast<int64_t>(xs.size()), 3, 0);
+  int64_t inf = 0, other = 0;
+  for (uint16_t o : out) {
+    inf += o == 0x7F80u;
+    other += o != 0x7F80u && o != 0x7F7Fu;
+  }
+  EXPECT_EQ(other, 0);
+  const double p = static_cast<double>(inf) / static_cast<double>(xs.size()), sd = std::sqrt(0.25 / xs.size());
+  EXPECT_NEAR(p, 0.5, 5 * sd);
+}
