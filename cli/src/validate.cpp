@@ -102,7 +102,7 @@ void validate_config(const RunConfig& cfg) {
     const std::string name = cfg.get_string("optimizer.name");
     const auto& table = optim::optimizer_table();
     LOWBIT_CHECK(std::any_of(table.begin(), table.end(), [&](const auto& r) { return name == r.name; }),
-                 "optimizer.name must be one of {}, got '{}'", optim::optimizer_names(", "), name);
+                 "optimizer.name: unknown value '{}' (one of: {})", name, optim::optimizer_names(", "));
     const auto& row = optim::optimizer_row(name);
     const int64_t bs = cfg.get_int("optimizer.block_size");
     const bool int4 = name.find("4bit") != std::string::npos;
@@ -112,6 +112,14 @@ void validate_config(const RunConfig& cfg) {
     LOWBIT_CHECK(row.low_bit || cfg.get_string_list("optimizer.full_precision_state").empty(),
                  "optimizer.full_precision_state applies to the low-bit optimizers; '{}' keeps full-precision states",
                  name);
+  }
+  check_finite_positive(cfg, "optimizer.lr");
+  check_finite_positive(cfg, "optimizer.weight_decay", true);
+  check_finite_positive(cfg, "optimizer.eps");
+  check_finite_positive(cfg, "optimizer.momentum", true);
+  check_finite_positive(cfg, "optimizer.dampening", true);
+  {  // the optimizer's own checks of its settings, over a stand-in parameter
+    const std::string name = cfg.get_string("optimizer.name");
     const bool bf16 = cfg.get_string("training.param_dtype") == "bf16";
     Tensor stand_in = zeros({1}, bf16 ? kBFloat16 : kFloat32);
     stand_in.requires_grad_();
@@ -128,10 +136,6 @@ void validate_config(const RunConfig& cfg) {
         "training.param_dtype = \"bf16\" is for plain training: it cannot be combined with quantize.recipe, "
         "float8.recipe_name or mx.recipe_name (their layers keep float32 weights)");
   }
-  check_finite_positive(cfg, "optimizer.lr");
-  check_finite_positive(cfg, "optimizer.weight_decay", true);
-  check_finite_positive(cfg, "optimizer.eps");
-  check_finite_positive(cfg, "optimizer.momentum", true);
   for (const char* k : {"optimizer.beta1", "optimizer.beta2"}) {
     const double b = cfg.get_float(k);
     LOWBIT_CHECK(b >= 0 && b < 1, "{} must be in [0, 1), got {}", k, b);
