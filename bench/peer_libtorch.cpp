@@ -154,6 +154,17 @@ void bench_transformer() {
   }
 }
 
+// libtorch copies of parameters with their gradients
+std::vector<torch::Tensor> torch_params(const std::vector<lb::Tensor>& ps) {
+  std::vector<torch::Tensor> tps;
+  for (const auto& p : ps) {
+    auto t = to_torch(p).requires_grad_();
+    t.mutable_grad() = to_torch(p.grad());
+    tps.push_back(t);
+  }
+  return tps;
+}
+
 // ---- AdamW over 10M parameters (10 tensors of 1M) ----
 void bench_adamw() {
   for (int threads : {1, 2}) {
@@ -166,12 +177,7 @@ void bench_adamw() {
     }
     lb::optim::AdamW opt(ps, {.lr = 1e-3, .weight_decay = 1e-2});
     const double ours = median_ms([&] { opt.step(); });
-    std::vector<torch::Tensor> tps;
-    for (auto& p : ps) {
-      auto t = to_torch(p).requires_grad_();
-      t.mutable_grad() = to_torch(p.grad());
-      tps.push_back(t);
-    }
+    std::vector<torch::Tensor> tps = torch_params(ps);
     torch::optim::AdamW topt(tps, torch::optim::AdamWOptions(1e-3).weight_decay(1e-2));
     const double peer_optim = median_ms([&] { topt.step(); });
     // the same update written with in-place tensor ops (torch.optim's single-tensor path)
@@ -208,12 +214,7 @@ void bench_lowbit_adam() {
       p.set_grad(lb::mul(lb::randn({512, 512}), lb::full({1}, 0.01f)));
       ps.push_back(p);
     }
-    std::vector<torch::Tensor> tps;
-    for (auto& p : ps) {
-      auto t = to_torch(p).requires_grad_();
-      t.mutable_grad() = to_torch(p.grad());
-      tps.push_back(t);
-    }
+    std::vector<torch::Tensor> tps = torch_params(ps);
     torch::optim::AdamW topt(tps, torch::optim::AdamWOptions(1e-3).weight_decay(1e-2));
     topt.step();
     const double peer = median_ms([&] { topt.step(); });
