@@ -1,7 +1,7 @@
-// Low-bit Adam (issue #13): one optimizer step over 10M parameters (40 x 512 x 512 matrices, all
-// quantized) for lowbit's fp32 AdamW and AdamW8bit / AdamW4bit / AdamWFp8, in one run, with the
-// bytes each moves per parameter turned into GB/s against the triad, and the state bytes per
-// parameter.
+// Low-bit optimizers (issue #13): one optimizer step over 10M parameters (40 x 512 x 512 matrices,
+// all quantized) for lowbit's fp32 AdamW and AdamW8bit / AdamW4bit / AdamWFp8 / SGD8bit / Lion8bit,
+// in one run, with the bytes each moves per parameter turned into GB/s against the triad, and the
+// state bytes per parameter.
 //   ./build/bench/bench_optim [--threads=N]
 #include "bench_util.h"
 #include <lowbit/lowbit.h>
@@ -26,24 +26,24 @@ std::vector<Tensor> params_with_grads() {
 // bytes one step moves per parameter: p read+write 8, g read 4, states read+write
 void run(benchmark::State& st, const std::string& name, double state_bytes_rw) {
   auto ps = params_with_grads();
-  std::unique_ptr<optim::Optimizer> opt;
-  if (name == "AdamW")
-    opt = std::make_unique<optim::AdamW>(ps);
-  else
-    opt = optim::make_low_bit_adam(name, {{ps, {}}});
+  optim::OptimizerSettings set;
+  set.momentum = 0.9;
+  auto opt = optim::make_optimizer(name, {{ps, {}}}, set);
   opt->step();  // states exist
   for (auto _ : st) opt->step();
   st.counters["GB/s"] = benchmark::Counter((12.0 + state_bytes_rw) * kParams,
                                            benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
-  if (auto* lb = dynamic_cast<optim::LowBitAdam*>(opt.get()))
+  if (auto* lb = dynamic_cast<optim::LowBitOptimizer*>(opt.get()))
     st.counters["state_B/param"] = static_cast<double>(lb->state_bytes()) / kParams;
   else
     st.counters["state_B/param"] = 8.0;
 }
-void BM_adamw_fp32(benchmark::State& st) { run(st, "AdamW", 16.0); }  // m, v: 4 + 4 read and written
-void BM_adamw_8bit(benchmark::State& st) { run(st, "AdamW8bit", 2 * 2 * (1 + 4.0 / 256)); }
-void BM_adamw_4bit(benchmark::State& st) { run(st, "AdamW4bit", 2 * 2 * (0.5 + 4.0 / 128)); }
-void BM_adamw_fp8(benchmark::State& st) { run(st, "AdamWFp8", 2 * 2 * (1 + 4.0 / 256)); }
+void BM_adamw_fp32(benchmark::State& st) { run(st, "adamw", 16.0); }  // m, v: 4 + 4 read and written
+void BM_adamw_8bit(benchmark::State& st) { run(st, "adamw8bit", 2 * 2 * (1 + 4.0 / 256)); }
+void BM_adamw_4bit(benchmark::State& st) { run(st, "adamw4bit", 2 * 2 * (0.5 + 4.0 / 128)); }
+void BM_adamw_fp8(benchmark::State& st) { run(st, "adamwfp8", 2 * 2 * (1 + 4.0 / 256)); }
+void BM_sgd_8bit(benchmark::State& st) { run(st, "sgd8bit", 2 * (1 + 4.0 / 256)); }
+void BM_lion_8bit(benchmark::State& st) { run(st, "lion8bit", 2 * (1 + 4.0 / 256)); }
 void BM_triad(benchmark::State& st) { lowbit::bench::triad_benchmark(st, int64_t{1} << 24, get_num_threads()); }
 }  // namespace
 
@@ -52,6 +52,8 @@ BENCHMARK(BM_adamw_fp32)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(
 BENCHMARK(BM_adamw_8bit)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 BENCHMARK(BM_adamw_4bit)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 BENCHMARK(BM_adamw_fp8)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
+BENCHMARK(BM_sgd_8bit)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
+BENCHMARK(BM_lion_8bit)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 
 int main(int argc, char** argv) {
   const auto rep = lowbit::bench::run_all(argc, argv, [](int n) { set_num_threads(n); });
@@ -61,6 +63,7 @@ int main(int argc, char** argv) {
   for (const auto& [what, bm, goal] :
        {std::tuple{"AdamW8bit step", "BM_adamw_8bit", "<= 0.80x"},
         std::tuple{"AdamW4bit step", "BM_adamw_4bit", "<= 0.90x"}, std::tuple{"AdamWFp8 step", "BM_adamw_fp8", ""},
+        std::tuple{"SGD8bit step (momentum)", "BM_sgd_8bit", ""}, std::tuple{"Lion8bit step", "BM_lion_8bit", ""},
         std::tuple{"fp32 AdamW step (lowbit)", "BM_adamw_fp32", "(reference)"}}) {
     const double t = rep.seconds(bm) * 1e3;
     if (t > 0 && fp32 > 0 && tr > 0)
