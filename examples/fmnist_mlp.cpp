@@ -1,8 +1,10 @@
 // Fashion-MNIST with a 784-1024-1024-10 MLP, AdamW, 5 epochs: the C++ version of
-// `lowbit train configs/fmnist_mlp.toml`.   ./build/examples/fmnist_mlp [epochs] [seed]
+// `lowbit train configs/fmnist_mlp.toml`.   ./build/examples/fmnist_mlp [epochs] [seed] [optimizer]
+// optimizer: any name of `lowbit optimizers` (adamw, adamw8bit, adamw4bit, lion8bit, ...).
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <string>
 
 #include <lowbit/lowbit.h>
 
@@ -11,6 +13,7 @@ using namespace lowbit;
 int main(int argc, char** argv) {
   const int epochs = argc > 1 ? std::atoi(argv[1]) : 5;
   const uint64_t seed = argc > 2 ? std::strtoull(argv[2], nullptr, 10) : 0;
+  const std::string opt_name = argc > 3 ? argv[3] : "adamw";
   manual_seed(seed);
   auto train_set = data::FashionMNIST::load("", /*train=*/true);
   auto test_set = data::FashionMNIST::load("", /*train=*/false);
@@ -19,9 +22,19 @@ int main(int argc, char** argv) {
   auto model = std::make_shared<nn::Sequential>(std::vector<std::shared_ptr<nn::Module>>{
       std::make_shared<nn::Linear>(784, 1024), std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(1024, 1024),
       std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(1024, 10)});
-  optim::AdamW opt(model->parameters(), {.lr = 1e-3, .weight_decay = 1e-2});
+  // the optimizer table builds any of them; the low-bit ones quantize the states of the weights
+  // (>= 4096 elements) and keep the biases' in float32
+  std::unique_ptr<optim::Optimizer> opt_ptr;
+  try {
+    opt_ptr = optim::make_optimizer(opt_name, {{model->parameters(), {}}}, {.lr = 1e-3, .weight_decay = 1e-2});
+  } catch (const Error& e) {
+    std::fprintf(stderr, "fmnist_mlp: %s\n", e.what());
+    return 2;
+  }
+  optim::Optimizer& opt = *opt_ptr;
 
   const auto t0 = std::chrono::steady_clock::now();
+  std::printf("optimizer %s\n", opt.name().c_str());
   for (int epoch = 0; epoch < epochs; ++epoch) {
     model->train();
     double total = 0;
