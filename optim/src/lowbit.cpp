@@ -249,6 +249,11 @@ LowBitAdam::LowBitAdam(std::vector<ParamGroup> groups, LowBitAdamOptions o, Stat
       decoupled_(decoupled),
       stochastic_round_(o.bf16_stochastic_round) {
   LOWBIT_CHECK(format != StateFormat::Fp32, "LowBitAdam: use Adam / AdamW for float32 states");
+  for (const auto& g : groups_) {
+    check_unit(name(), "beta parameter at index 0", opt(g, "beta1"));
+    check_unit(name(), "beta parameter at index 1", opt(g, "beta2"));
+    LOWBIT_CHECK(opt(g, "eps") >= 0, "{}: invalid epsilon value: {}", name(), opt(g, "eps"));
+  }
 }
 
 void LowBitAdam::step() {
