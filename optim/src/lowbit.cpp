@@ -169,6 +169,8 @@ const core::Codebook& LowBitOptimizer::codebook_of(const std::string& state) con
   return state_codebook(format_, signed_state(state));
 }
 
+// fn captures its scalars by value ([=]): captured by reference, GCC reloads each through its
+// pointer in the vectorized loops (a gather per vector: measured 0.66 of SGD8bit's 1.7 ns/param)
 template <typename Fn>
 void LowBitOptimizer::update_blocks(Tensor& p, int nstates, bool stochastic_round, Fn&& fn) {
   LOWBIT_CHECK(p.grad().shape() == p.shape(), "{}: gradient {} does not match its parameter {}", name(),
@@ -274,7 +276,7 @@ void LowBitAdam::step() {
       const float w1 = static_cast<float>(1.0 - b1), w2 = static_cast<float>(1.0 - b2), eps_f = static_cast<float>(eps);
       const bool decoupled = decoupled_;
       update_blocks(p, amsgrad ? 3 : 2, stochastic_round_,
-                    [&](int64_t, int64_t len, float* wp, const float* gp, float* const* bufs) {
+                    [=](int64_t, int64_t len, float* wp, const float* gp, float* const* bufs) {
                       float* m = bufs[0];
                       float* v = bufs[1];
                       float* vm = bufs[2];
@@ -349,7 +351,7 @@ void SGD8bit::step() {
       if (!p.grad().defined()) continue;
       ParamState& st = state_of(p);
       const bool first = ++st.step == 1;
-      update_blocks(p, 1, stochastic_round_, [&](int64_t, int64_t len, float* wp, const float* gp, float* const* bufs) {
+      update_blocks(p, 1, stochastic_round_, [=](int64_t, int64_t len, float* wp, const float* gp, float* const* bufs) {
         float* buf = bufs[0];
 #pragma omp simd
         for (int64_t j = 0; j < len; ++j) {  // torch.optim.SGD's order
@@ -388,7 +390,7 @@ void Lion::step() {
     for (auto& p : g.params) {
       if (!p.grad().defined()) continue;
       ++state_of(p).step;
-      update_blocks(p, 1, stochastic_round_, [&](int64_t, int64_t len, float* wp, const float* gp, float* const* bufs) {
+      update_blocks(p, 1, stochastic_round_, [=](int64_t, int64_t len, float* wp, const float* gp, float* const* bufs) {
         float* m = bufs[0];
 #pragma omp simd
         for (int64_t j = 0; j < len; ++j) {
