@@ -250,14 +250,12 @@ void encode_divided(const Codebook& cb, const float* x, float s, uint8_t* codes,
   if (cb.bits == 4) {
     const __m512 e = _mm512_loadu_ps(small_thresholds(cb).data());
     for (; i + 16 <= n; i += 16)
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i),
-                       _mm512_cvtepi32_epi8(encode16_small(e, load(i))));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(encode16_small(e, load(i))));
   }
   const std::vector<uint32_t>& tab = bucket_table(cb);
   if (!tab.empty())
     for (; i + 16 <= n; i += 16)
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i),
-                       _mm512_cvtepi32_epi8(encode16(tab.data(), load(i))));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(encode16(tab.data(), load(i))));
 #endif
   for (; i < n; ++i) codes[i] = static_cast<uint8_t>(encode_reference(q, top, kDivide ? x[i] / s : x[i]));
 }
