@@ -45,7 +45,7 @@ const std::vector<KeySpec>& config_schema() {
        "low-bit optimizers: elements per quantization block (0 = the default: 8bit/fp8 256, 4bit 128)"},
       {"optimizer.full_precision_state", std::vector<std::string>{},
        "low-bit optimizers: parameters whose name contains one of these strings keep full-precision states (e.g. "
-       "[\"tok_emb\"])"},
+       "[\"wte\"])"},
       {"optimizer.bf16_stochastic_round", false,
        "low-bit optimizers with training.param_dtype = bf16: write parameters with stochastic rounding (seeded, "
        "unbiased) instead of round-to-nearest-even"},

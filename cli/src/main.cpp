@@ -70,7 +70,7 @@ int main(int argc, char** argv) {
   try {
     if (train->parsed()) {
       if (list_keys) {
-        for (const auto& s : lowbit::cli::config_schema()) std::printf("%-28s %s\n", s.key.c_str(), s.help.c_str());
+        for (const auto& s : lowbit::cli::config_schema()) std::printf("%-32s %s\n", s.key.c_str(), s.help.c_str());
         return 0;
       }
       if (config_path.empty()) {
