@@ -35,6 +35,8 @@ struct OptimizerRow {
 const std::vector<OptimizerRow>& optimizer_table();
 /// The row of a run-config name; throws listing every name.
 const OptimizerRow& optimizer_row(std::string_view name);
+/// The same, or nullptr for an unknown name.
+const OptimizerRow* find_optimizer_row(std::string_view name);
 /// "adamw | adam | sgd | ..." in table order.
 std::string optimizer_names(const char* sep = " | ");
 /// Builds the named optimizer (the constructors check the settings: a bad value throws naming it).

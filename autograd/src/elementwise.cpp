@@ -61,8 +61,7 @@ std::vector<int64_t> broadcast_strides(const Shape& in, const Shape& out) {
 namespace {
 using detail::parallel_for;
 
-// Converts bfloat16 to float32 (other dtypes unchanged) for computation.
-Tensor upcast(const Tensor& t) { return t.dtype() == kBFloat16 ? t.to(kFloat32) : t; }
+using detail::upcast;
 
 // ---------- broadcasting N-ary loop ----------
 // Visits every output element with the element offsets of each operand (row-wise: the last

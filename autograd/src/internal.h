@@ -36,4 +36,7 @@ void softmax_row_f32(const float* x, float* y, int64_t n, bool log);
 /// gx = y * (g - sum(g * y)) over one float32 row, softmax's backward per row; gx may be g
 void softmax_backward_row_f32(const float* y, const float* g, float* gx, int64_t n);
 
+/// bfloat16 converted to float32 for computation (other dtypes unchanged).
+inline Tensor upcast(const Tensor& t) { return t.dtype() == kBFloat16 ? t.to(kFloat32) : t; }
+
 }  // namespace lowbit::detail

@@ -355,7 +355,7 @@ Tensor index_rows(const Tensor& a, int64_t d, const std::vector<int64_t>& idx, c
     const Shape in_shape = a.shape();
     detail::record(out, name, {a}, [in_shape, idx, outer, size, inner](const Tensor& g_in) {
       // bfloat16 (a bf16 embedding table): summed in float32, rounded once
-      const Tensor g = g_in.dtype() == kBFloat16 ? g_in.to(kFloat32) : g_in;
+      const Tensor g = detail::upcast(g_in);
       Tensor full = zeros(in_shape, g.dtype());
       LOWBIT_DISPATCH_FLOAT(g.dtype(), T,
                             scatter_add_rows<T>(g.data_ptr<T>(), full.data_ptr<T>(), idx, outer, size, inner));

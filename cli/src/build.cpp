@@ -101,9 +101,11 @@ std::unique_ptr<optim::Optimizer> build_optimizer(const RunConfig& cfg, const nn
           lb->keep_full_precision(p);
           hit = true;
         }
+      if (hit) continue;
       std::string names;
       for (const auto& [n, p] : named) names += (names.empty() ? "" : ", ") + n;
-      LOWBIT_CHECK(hit, "optimizer.full_precision_state: '{}' is in no parameter name (parameters: {})", f, names);
+      throw Error(
+          fmt::format("optimizer.full_precision_state: '{}' is in no parameter name (parameters: {})", f, names));
     }
   }
   return opt;

@@ -100,16 +100,14 @@ void validate_config(const RunConfig& cfg) {
     // the optimizer table: the name, and its constructor's own checks of the settings (built
     // over a stand-in parameter, so a bad value fails here, before any data is read)
     const std::string name = cfg.get_string("optimizer.name");
-    const auto& table = optim::optimizer_table();
-    LOWBIT_CHECK(std::any_of(table.begin(), table.end(), [&](const auto& r) { return name == r.name; }),
-                 "optimizer.name: unknown value '{}' (one of: {})", name, optim::optimizer_names(", "));
-    const auto& row = optim::optimizer_row(name);
+    const optim::OptimizerRow* row = optim::find_optimizer_row(name);
+    LOWBIT_CHECK(row, "optimizer.name: unknown value '{}' (one of: {})", name, optim::optimizer_names(", "));
     const int64_t bs = cfg.get_int("optimizer.block_size");
     const bool int4 = name.find("4bit") != std::string::npos;
     LOWBIT_CHECK(bs == 0 || (bs >= 1 && bs <= 256 && (!int4 || bs % 2 == 0)),
                  "optimizer.block_size must be 0 (the optimizer's default) or in [1, 256]{}, got {}",
                  int4 ? " and even" : "", bs);
-    LOWBIT_CHECK(row.low_bit || cfg.get_string_list("optimizer.full_precision_state").empty(),
+    LOWBIT_CHECK(row->low_bit || cfg.get_string_list("optimizer.full_precision_state").empty(),
                  "optimizer.full_precision_state applies to the low-bit optimizers; '{}' keeps full-precision states",
                  name);
   }

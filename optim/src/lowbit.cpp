@@ -115,19 +115,23 @@ void LowBitOptimizer::keep_full_precision(const Tensor& p) {
   full_precision_.insert(p.impl());
 }
 
+namespace {
+int64_t bytes_of(const ParamState& st) {
+  int64_t b = 0;
+  for (const auto& [name, t] : st.tensors) b += t.nbytes();
+  return b;
+}
+}  // namespace
+
 int64_t LowBitOptimizer::state_bytes() const {
   int64_t b = 0;
-  for (const auto& [_, st] : state_)
-    for (const auto& [name, t] : st.tensors) b += t.nbytes();
+  for (const auto& [_, st] : state_) b += bytes_of(st);
   return b;
 }
 
 int64_t LowBitOptimizer::state_bytes(const Tensor& p) const {
   const ParamState* st = find_state(p);
-  int64_t b = 0;
-  if (st)
-    for (const auto& [name, t] : st->tensors) b += t.nbytes();
-  return b;
+  return st ? bytes_of(*st) : 0;
 }
 
 bool LowBitOptimizer::state_layout(const Tensor& p, const std::string& key, Shape& shape, DType& dtype) const {

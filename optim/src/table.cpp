@@ -126,9 +126,14 @@ std::string optimizer_names(const char* sep) {
   return s;
 }
 
-const OptimizerRow& optimizer_row(std::string_view name) {
+const OptimizerRow* find_optimizer_row(std::string_view name) {
   for (const auto& r : optimizer_table())
-    if (name == r.name) return r;
+    if (name == r.name) return &r;
+  return nullptr;
+}
+
+const OptimizerRow& optimizer_row(std::string_view name) {
+  if (const OptimizerRow* r = find_optimizer_row(name)) return *r;
   throw Error(fmt::format("unknown optimizer '{}' ({})", name, optimizer_names(", ")));
 }
 
