@@ -9,6 +9,7 @@
 #include <cmath>
 #include <limits>
 #include <cstdint>
+#include <cstring>
 #include <vector>
 
 #include "lowbit/autograd/error.h"
@@ -82,6 +83,21 @@ inline float amax_of_run(const float* x, int64_t n) {
     nan |= x[i] != x[i];
   }
   return nan ? std::numeric_limits<float>::quiet_NaN() : m;
+}
+
+/// The bits of amax_of_run's result, by an integer max over |x|'s bits (non-negative floats
+/// order as their bits, and every NaN's bits exceed inf's): no NaN flag, so it vectorizes to a
+/// max per vector; any NaN in the run gives a NaN bit pattern.
+inline uint32_t amax_bits_of_run(const float* x, int64_t n) {
+  uint32_t m = 0;
+#pragma omp simd reduction(max : m)
+  for (int64_t i = 0; i < n; ++i) {
+    uint32_t u;
+    std::memcpy(&u, x + i, 4);
+    u &= 0x7FFFFFFFu;
+    m = u > m ? u : m;
+  }
+  return m;
 }
 
 /// Blocks per thread task for runs of `len` elements: about 32 Ki elements per task.

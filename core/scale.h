@@ -28,6 +28,11 @@ int max_pow2(const Format& element);
 /// amax. RCEIL: d = amax * (1/max_finite) in fp32, its exponent rounded up (for an fp32-subnormal
 /// d only when its mantissa exceeds half), 255 when d is not finite.
 E8M0Scale e8m0_scale(float amax, const Format& element, E8M0Rounding mode);
+/// e8m0_scale over n blocks at once, branch-free and vectorized (to_mx's hot loop): amax_bits[i]
+/// are the bits of block i's |amax| (any NaN bit pattern for a block holding a NaN); writes each
+/// block's byte and multiplier, equal to e8m0_scale's for the same amax.
+void e8m0_scales(const uint32_t* amax_bits, int64_t n, const Format& element, E8M0Rounding mode, uint8_t* bytes,
+                 float* multipliers);
 
 /// float8 training scale (a multiplier: x_fp8 = cast(x * scale)): max_finite / max(amax, 1e-12)
 /// computed in float64, then rounded to float32. amax = 0 gives max_finite * 1e12; amax = inf

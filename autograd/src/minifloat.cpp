@@ -82,7 +82,7 @@ struct EncodeParams {
   bool neg_nan;       // NaN keeps the sign bit (formats with -0)
   bool has_nan, has_negative_zero;
   uint32_t nan_code;
-  EncodeParams(const MinifloatSpec& f, bool saturate) {
+  constexpr EncodeParams(const MinifloatSpec& f, bool saturate) {
     const int E = f.exp_bits, M = f.mant_bits;
     shift = static_cast<uint32_t>(23 - M);
     round_add = (1u << (22 - M)) - 1;
@@ -181,8 +181,35 @@ void round_scaled_bf16_range(const RoundParams p, const float* __restrict x, flo
 }
 }  // namespace
 
+namespace {
+// encode_scaled_range with the parameters known at compile time: the selects a format does not
+// need (NaN codes, overflow to NaN, negative zero) fold away and the shifts become immediates
+template <const MinifloatSpec& F, bool Sat>
+void encode_scaled_fixed(const float* x, float s, const float* each, uint8_t* codes, int64_t n) {
+  static constexpr EncodeParams p(F, Sat);
+  encode_scaled_range(p, x, s, each, codes, n);
+}
+constexpr bool same_spec(const MinifloatSpec& a, const MinifloatSpec& b) {
+  return a.exp_bits == b.exp_bits && a.mant_bits == b.mant_bits && a.bias == b.bias && a.has_inf == b.has_inf &&
+         a.has_nan == b.has_nan && a.has_negative_zero == b.has_negative_zero && a.nan_code == b.nan_code &&
+         a.max_finite == b.max_finite && a.overflow == b.overflow;
+}
+using EncodeScaledFn = void (*)(const float*, float, const float*, uint8_t*, int64_t);
+template <const MinifloatSpec& F>
+bool pick_fixed(const MinifloatSpec& f, bool saturate, EncodeScaledFn& fn) {
+  if (!same_spec(f, F)) return false;
+  fn = saturate ? &encode_scaled_fixed<F, true> : &encode_scaled_fixed<F, false>;
+  return true;
+}
+}  // namespace
+
 void minifloat_encode_scaled(const MinifloatSpec& f, const float* x, float scale, const float* scales, uint8_t* codes,
                              int64_t n, bool saturate) {
+  EncodeScaledFn fn = nullptr;
+  if (pick_fixed<kFloat8E4M3FN>(f, saturate, fn) || pick_fixed<kFloat8E5M2>(f, saturate, fn) ||
+      pick_fixed<kFloat6E2M3FN>(f, saturate, fn) || pick_fixed<kFloat6E3M2FN>(f, saturate, fn) ||
+      pick_fixed<kFloat4E2M1FN>(f, saturate, fn))
+    return fn(x, scale, scales, codes, n);
   encode_scaled_range(EncodeParams(f, saturate), x, scale, scales, codes, n);
 }
 

@@ -62,6 +62,55 @@ E8M0Scale e8m0_scale(float amax, const Format& element, E8M0Rounding mode) {
   return {static_cast<uint8_t>(b), b == 255 ? std::numeric_limits<float>::quiet_NaN() : e8m0_value(254 - b)};
 }
 
+namespace {
+// one lane of e8m0_scales: the same rules as e8m0_scale on an amax's bits, as selects
+inline uint32_t e8m0_byte_lane(uint32_t u, E8M0Rounding mode, float inv_max, uint32_t even_add, int emax) {
+  uint32_t b;
+  if (mode == E8M0Rounding::RCeil) {
+    const uint32_t d = bits_of(float_of(u) * inv_max), exp = (d >> 23) & 0xFF, mant = d & 0x7FFFFF;
+    const uint32_t up = exp == 0 ? (mant > 0x400000 ? 1u : 0u) : (mant != 0 ? 1u : 0u);
+    b = (d & 0x7FFFFFFFu) >= 0x7F800000u ? 255u : exp + up;
+  } else {
+    const bool nan = (u & 0x7FFFFFFFu) > 0x7F800000u;
+    if (mode == E8M0Rounding::Even) u = nan ? u : (u + even_add) & 0xFF800000u;
+    const int e = static_cast<int>((u >> 23) & 0xFF) - 127;
+    const int ceil = mode == E8M0Rounding::Ceil && (u & 0x7FFFFF) != 0 ? 1 : 0;
+    int s = e + ceil - emax;
+    s = s < -127 ? -127 : (s > 128 ? 128 : s);
+    b = (u & 0x7FFFFFFFu) >= 0x7F800000u ? 255u : static_cast<uint32_t>(s + 127);
+  }
+  return b > 255u ? 255u : b;
+}
+template <E8M0Rounding M>
+void e8m0_scales_as(const uint32_t* __restrict amax_bits, int64_t n, float inv_max, uint32_t even_add, int emax,
+                    uint8_t* __restrict bytes, float* __restrict multipliers) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) {
+    const uint32_t b = e8m0_byte_lane(amax_bits[i], M, inv_max, even_add, emax);
+    bytes[i] = static_cast<uint8_t>(b);
+    // e8m0_value(254 - b): normal for b <= 253, the subnormal 2^-127 for 254, NaN for 255
+    multipliers[i] = float_of(b == 255u ? 0x7FC00000u : (b == 254u ? 0x00400000u : (254u - b) << 23));
+  }
+}
+}  // namespace
+
+void e8m0_scales(const uint32_t* amax_bits, int64_t n, const Format& element, E8M0Rounding mode, uint8_t* bytes,
+                 float* multipliers) {
+  const float inv_max = 1.0f / static_cast<float>(element.max_finite);
+  const uint32_t even_add = 1u << (22 - element.mant_bits);
+  const int emax = max_pow2(element);
+  switch (mode) {
+    case E8M0Rounding::Floor:
+      return e8m0_scales_as<E8M0Rounding::Floor>(amax_bits, n, inv_max, even_add, emax, bytes, multipliers);
+    case E8M0Rounding::Ceil:
+      return e8m0_scales_as<E8M0Rounding::Ceil>(amax_bits, n, inv_max, even_add, emax, bytes, multipliers);
+    case E8M0Rounding::Even:
+      return e8m0_scales_as<E8M0Rounding::Even>(amax_bits, n, inv_max, even_add, emax, bytes, multipliers);
+    case E8M0Rounding::RCeil:
+      return e8m0_scales_as<E8M0Rounding::RCeil>(amax_bits, n, inv_max, even_add, emax, bytes, multipliers);
+  }
+}
+
 float float8_amax_to_scale(double amax, const Format& fp8) {
   return static_cast<float>(fp8.max_finite / std::max(amax, 1e-12));
 }

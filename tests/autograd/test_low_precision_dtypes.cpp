@@ -184,6 +184,15 @@ TEST(LowPrecisionDTypes, VectorizedCodecMatchesScalar) {
       for (size_t i = 0; i < x.size(); ++i)
         ASSERT_EQ(static_cast<uint32_t>(bulk[i]), minifloat_encode(*s, x[i], sat))
             << "x bits " << std::bit_cast<uint32_t>(x[i]) << " E" << s->exp_bits << "M" << s->mant_bits;
+      // the scaled encoder (compiled per MX element format, generic for the others): x * 0.5 with
+      // one scale and with per-element scales
+      const std::vector<float> half(x.size(), 0.5f);
+      for (const float* each : {static_cast<const float*>(nullptr), half.data()}) {
+        minifloat_encode_scaled(*s, x.data(), 0.5f, each, bulk.data(), static_cast<int64_t>(x.size()), sat);
+        for (size_t i = 0; i < x.size(); ++i)
+          ASSERT_EQ(static_cast<uint32_t>(bulk[i]), minifloat_encode(*s, x[i] * 0.5f, sat))
+              << "scaled, x bits " << std::bit_cast<uint32_t>(x[i]) << " E" << s->exp_bits << "M" << s->mant_bits;
+      }
     }
   }
 }

@@ -3,10 +3,14 @@
 // and, with the format table's codecs, the same element codes.
 #include <gtest/gtest.h>
 
+#include <bit>
 #include <cmath>
 #include <limits>
+#include <vector>
 
 #include "golden.h"
+#include "lowbit/core/blocks.h"
+#include "lowbit/core/scale.h"
 
 using namespace lowbit;
 using namespace lowbit::core;
@@ -68,6 +72,41 @@ TEST(ScaleRules, SpecExamples) {
   }
   std::printf("  values 2^3(1 - j 2^-24), j = 1..64, whose fp32 log2 rounds up to 3: %d (spec §9 item 3: 1)\n",
               rounded_up);
+}
+
+// The batch rule to_mx runs (branch-free, vectorized) equals the scalar rule on every exponent,
+// mantissas at the rounding edges, subnormals, 0, inf and NaN payloads, for every element format
+// and mode; amax_bits_of_run's bits order magnitudes and flag a NaN anywhere in the run.
+TEST(ScaleRules, BatchE8M0ScalesEqualTheScalarRule) {
+  std::vector<uint32_t> bits;
+  for (uint32_t e = 0; e <= 255; ++e)
+    for (uint32_t m : {0u, 1u, 0x3FFFFFu, 0x400000u, 0x400001u, 0x7FFFFFu, 0x0FFFFFu, 0x100000u, 0x7BFFFFu, 0x7C0000u})
+      bits.push_back(e << 23 | m);
+  for (uint32_t u = 0; u < 200000; ++u) bits.push_back(u * 10733u & 0x7FFFFFFFu);  // spread over all patterns
+  const int64_t n = static_cast<int64_t>(bits.size());
+  std::vector<uint8_t> bytes(bits.size());
+  std::vector<float> mult(bits.size());
+  int64_t checked = 0;
+  for (const char* name : {"float8_e4m3fn", "float8_e5m2", "fp6_e2m3", "fp6_e3m2", "fp4_e2m1"})
+    for (auto mode : {E8M0Rounding::Floor, E8M0Rounding::Ceil, E8M0Rounding::Even, E8M0Rounding::RCeil}) {
+      e8m0_scales(bits.data(), n, elem(name), mode, bytes.data(), mult.data());
+      for (int64_t i = 0; i < n; ++i) {
+        const E8M0Scale want = e8m0_scale(std::bit_cast<float>(bits[i]), elem(name), mode);
+        ASSERT_EQ(bytes[i], want.byte) << name << " " << to_string(mode) << " amax bits 0x" << std::hex << bits[i];
+        ASSERT_EQ(std::bit_cast<uint32_t>(mult[i]) == std::bit_cast<uint32_t>(want.multiplier) ||
+                      (std::isnan(mult[i]) && std::isnan(want.multiplier)),
+                  true)
+            << name << " " << to_string(mode) << " amax bits 0x" << std::hex << bits[i];
+        ++checked;
+      }
+    }
+  EXPECT_EQ(checked, 20 * n);
+  const float run[5] = {1.0f, -7.5f, 3.0f, -0.0f, 2.0f};
+  EXPECT_EQ(std::bit_cast<float>(amax_bits_of_run(run, 5)), 7.5f);
+  float with_nan[5] = {1.0f, -INFINITY, 3.0f, -NAN, 2.0f};
+  EXPECT_TRUE(std::isnan(std::bit_cast<float>(amax_bits_of_run(with_nan, 5))));
+  with_nan[3] = 0.0f;
+  EXPECT_EQ(std::bit_cast<float>(amax_bits_of_run(with_nan, 5)), INFINITY);
 }
 
 // TransformerEngine's current-scaling rule (Float8BlockScaling): float32 division, special amax
