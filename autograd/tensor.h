@@ -94,6 +94,12 @@ class Tensor {
   bool is_leaf() const;
   /// Keep .grad for this non-leaf after backward.
   void retain_grad() const;
+  /// PyTorch's register_post_accumulate_grad_hook: on a leaf that requires grad, `hook(leaf)`
+  /// runs each time a backward has accumulated this leaf's gradient (all of its contributions:
+  /// the gradient is final for that backward). Hooks run in registration order on the thread
+  /// running the backward; returns an id for remove_post_accumulate_grad_hook.
+  uint64_t register_post_accumulate_grad_hook(std::function<void(const Tensor&)> hook) const;
+  void remove_post_accumulate_grad_hook(uint64_t id) const;
   /// Same storage, no history, requires_grad = false.
   Tensor detach() const;
   /// Name of the node that produced this tensor ("AddBackward0"), or "" for leaves.
@@ -133,7 +139,8 @@ struct TensorImpl {
   bool retains_grad = false;
   Tensor grad;
   std::shared_ptr<Node> grad_fn;
-  std::weak_ptr<Node> grad_accumulator;  // leaves only
+  std::weak_ptr<Node> grad_accumulator;                                                        // leaves only
+  std::vector<std::pair<uint64_t, std::function<void(const Tensor&)>>> post_accumulate_hooks;  // leaves only
 };
 
 // ---- factories ----

@@ -29,6 +29,10 @@ struct TrainResult {
   double qat_accuracy = 0;    // fake-quantized, after QAT fine-tuning
   int64_t model_bytes = 0;    // bytes of the final model's parameters and buffers
   std::string export_path;
+  // under mpirun: ranks, this rank's optimizer state bytes, seconds in collectives
+  int ranks = 1;
+  int64_t optimizer_state_bytes = 0;
+  double comm_seconds = 0;
 };
 
 /// Checks everything about a run config that can be checked before any data is read or any step

@@ -46,6 +46,11 @@ struct DataLoaderOptions {
   uint64_t seed = 0;
   bool drop_last = false;
   bool prefetch = true;  // prepare the next batch on a background thread
+  /// Data parallelism: the batches are the global ones (batch_size, order, drop_last as in one
+  /// process) and this loader returns rank's contiguous share of each: examples
+  /// [len*rank/num_replicas, len*(rank+1)/num_replicas) of a batch of len.
+  int64_t num_replicas = 1;
+  int64_t rank = 0;
 };
 
 /// Iterates epochs of batches:  while (auto b = loader.next()) { ... }  — next() returns
@@ -59,6 +64,8 @@ class DataLoader {
 
   std::optional<Batch> next();
   int64_t num_batches() const;
+  /// Examples in global batch b of an epoch (all ranks' shares together).
+  int64_t global_batch_size(int64_t b) const;
   int64_t epoch() const { return epoch_; }
   /// Batches already returned in the current epoch.
   int64_t position() const { return position_; }

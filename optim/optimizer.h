@@ -123,5 +123,11 @@ class AdamW : public Adam {
 /// clipping (norm_type 2 or infinity). Non-finite total norms throw when error_if_nonfinite.
 double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type = 2.0,
                        bool error_if_nonfinite = false);
+/// The second half of clip_grad_norm_, from one term per parameter (its squared 2-norm, or its
+/// max-abs for norm_type inf; 0 without a gradient) -- for callers that assemble the terms
+/// elsewhere (data-parallel ranks that each hold part of the gradients). Scales the gradients
+/// that are present.
+double clip_grad_norm_from_terms(const std::vector<Tensor>& params, const std::vector<double>& terms, double max_norm,
+                                 double norm_type = 2.0, bool error_if_nonfinite = false);
 
 }  // namespace lowbit::optim

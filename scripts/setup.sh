@@ -14,6 +14,7 @@ PACKAGES=(
   libtomlplusplus-dev libcli11-dev nlohmann-json3-dev
   dataset-fashion-mnist fortunes
   python3-h5py python3-numpy hdf5-tools
+  libopenmpi-dev openmpi-bin
 )
 # Debian's libdnnl-dev is built with the OpenCL GPU runtime: its dnnl-config.cmake runs
 # find_package(OpenCL REQUIRED) and its target links OpenCL::OpenCL, so the OpenCL loader's

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "lowbit/data/dataset.h"
+#include "lowbit/dist/ddp.h"
 #include "lowbit/nn/module.h"
 #include "lowbit/optim/lr_scheduler.h"
 #include "lowbit/optim/optimizer.h"
@@ -74,6 +75,10 @@ struct Options {
   int64_t samples_per_batch_item = 1;  // throughput unit: 1 (examples) or the context length (tokens)
   std::string metrics_path;            // metrics.jsonl to append to ("" = none)
   CheckpointOptions checkpoint;
+  /// Data parallel (null: one process). The loader must hand out this rank's shards; the
+  /// loss, throughput and metrics are the global batch's; checkpoints are written by rank 0
+  /// (ZeRO-1: from optimizer state gathered there) and every rank returns the same path.
+  dist::DistributedDataParallel* ddp = nullptr;
 };
 
 struct Result {
@@ -96,7 +101,7 @@ Result fit(nn::Module& model, optim::Optimizer& optimizer, optim::LRScheduler* s
 
 /// Saves a training checkpoint under options.checkpoint (keeping keep_last step files); returns
 /// its path ("" when checkpoints are disabled).
-std::string save_step_checkpoint(int64_t step, const nn::Module& model, const optim::Optimizer& optimizer,
+std::string save_step_checkpoint(int64_t step, const nn::Module& model, optim::Optimizer& optimizer,
                                  const optim::LRScheduler* scheduler, const data::DataLoader& loader,
                                  const Options& options);
 

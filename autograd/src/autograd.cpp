@@ -2,6 +2,8 @@
 // topological order (Kahn's algorithm on dependency counts), accumulating input gradients.
 #include "lowbit/autograd/autograd.h"
 
+#include <algorithm>
+#include <atomic>
 #include <unordered_map>
 #include <unordered_set>
 
@@ -26,6 +28,12 @@ struct AccumulateGrad : Node {
     } else {
       Tensor add = g.dtype() == cur.dtype() ? g : g.to(cur.dtype());
       cur = lowbit::add(cur, add);
+    }
+    if (!leaf_->post_accumulate_hooks.empty()) {
+      const Tensor leaf(leaf_);
+      // a copy: a hook may register or remove hooks
+      const auto hooks = leaf_->post_accumulate_hooks;
+      for (const auto& [id, hook] : hooks) hook(leaf);
     }
     return {};
   }
@@ -132,6 +140,20 @@ void Tensor::retain_grad() const {
   if (is_leaf() || impl_->retains_grad) return;
   impl_->retains_grad = true;
   impl_->grad_fn->retained.push_back(impl_);
+}
+uint64_t Tensor::register_post_accumulate_grad_hook(std::function<void(const Tensor&)> hook) const {
+  LOWBIT_CHECK(defined() && is_leaf() && requires_grad(),
+               "register_post_accumulate_grad_hook: only leaf tensors that require grad accumulate gradients");
+  LOWBIT_CHECK(hook != nullptr, "register_post_accumulate_grad_hook: the hook is empty");
+  static std::atomic<uint64_t> next_id{1};
+  const uint64_t id = next_id++;
+  impl_->post_accumulate_hooks.emplace_back(id, std::move(hook));
+  return id;
+}
+void Tensor::remove_post_accumulate_grad_hook(uint64_t id) const {
+  if (!defined()) return;
+  auto& h = impl_->post_accumulate_hooks;
+  h.erase(std::remove_if(h.begin(), h.end(), [id](const auto& e) { return e.first == id; }), h.end());
 }
 Tensor Tensor::detach() const {
   LOWBIT_CHECK(defined(), "detach: called on an undefined tensor");

@@ -118,11 +118,28 @@ const std::vector<KeySpec>& config_schema() {
       {"checkpoint.keep_last", int64_t{3}, "keep this many periodic checkpoints (older ones are deleted)"},
       {"checkpoint.dir", std::string(""), "checkpoint directory ('' = <run_dir>/checkpoints)"},
       {"checkpoint.enabled", true, "write checkpoints at all"},
+      {"distributed.shard_optimizer_state", false,
+       "under mpirun: ZeRO-1, each rank keeps the optimizer state of its share of the parameters (reduce of "
+       "gradients to their owner, all-gather of updated parameters); see docs/distributed.md"},
+      {"distributed.bucket_cap_mb", 4.0, "under mpirun: gradients are summed across ranks in buckets of this many MiB"},
+      {"distributed.timeout_s", 600.0,
+       "under mpirun: a collective that does not complete in this many seconds ends the job (a rank died or hangs)"},
   };
   return schema;
 }
 
 namespace {
+// the sections of the schema, in order: "model, data, ..."
+std::string section_names() {
+  std::vector<std::string> sections;
+  for (const auto& s : config_schema()) {
+    const std::string sec = s.key.substr(0, s.key.find('.'));
+    if (std::find(sections.begin(), sections.end(), sec) == sections.end()) sections.push_back(sec);
+  }
+  std::string out;
+  for (const auto& sec : sections) out += (out.empty() ? "" : ", ") + sec;
+  return out;
+}
 const KeySpec* find_spec(const std::string& key) {
   for (const auto& s : config_schema())
     if (s.key == key) return &s;
@@ -221,14 +238,10 @@ RunConfig RunConfig::from_string(const std::string& text, const std::string& sou
   for (auto&& [section_key, section_node] : root) {
     const std::string section(section_key.str());
     const auto* table = section_node.as_table();
-    LOWBIT_CHECK(table != nullptr,
-                 "{}: top-level key '{}' must be a [section]; sections are model, data, optimizer, lr_scheduler, "
-                 "training, quantize, checkpoint",
-                 source, section);
-    LOWBIT_CHECK(
-        !known_keys(section).empty(),
-        "{}: unknown section [{}]; sections are model, data, optimizer, lr_scheduler, training, quantize, checkpoint",
-        source, section);
+    LOWBIT_CHECK(table != nullptr, "{}: top-level key '{}' must be a [section]; sections are {}", source, section,
+                 section_names());
+    LOWBIT_CHECK(!known_keys(section).empty(), "{}: unknown section [{}]; sections are {}", source, section,
+                 section_names());
     for (auto&& [k, node] : *table) {
       const std::string key = section + "." + std::string(k.str());
       const KeySpec* spec = find_spec(key);

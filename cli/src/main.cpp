@@ -22,6 +22,7 @@
 
 #include "lowbit/cli/config.h"
 #include "lowbit/cli/train.h"
+#include "lowbit/dist/comm.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"lowbit: low-precision neural-network training"};
@@ -217,6 +218,9 @@ int main(int argc, char** argv) {
       }
     }
   } catch (const std::exception& e) {
+    // under mpirun the other ranks may be waiting in a collective: end the whole job now
+    if (lowbit::dist::launched_by_mpi() && lowbit::dist::Comm::world().size() > 1)
+      lowbit::dist::Comm::world().abort(std::string("error: ") + e.what(), 1);
     std::fprintf(stderr, "lowbit: error: %s\n", e.what());
     return 1;
   }

@@ -26,13 +26,16 @@
 namespace lowbit::cli {
 
 std::vector<std::string> resume_config_changes(const RunConfig& stored, const RunConfig& now) {
-  // keys that only affect logging, evaluation, sampling, output locations or thread count (the
-  // kernels are thread-count independent) may change on resume
-  static const std::set<std::string> free_keys = {
-      "training.log_interval", "training.run_dir",       "training.threads",     "training.eval_interval",
-      "training.eval_batches", "training.sample_tokens", "training.temperature", "training.top_k",
-      "training.export",       "checkpoint.interval",    "checkpoint.keep_last", "checkpoint.dir",
-      "checkpoint.enabled"};
+  // keys that only affect logging, evaluation, sampling, output locations, thread count (the
+  // kernels are thread-count independent) or how ranks communicate may change on resume
+  static const std::set<std::string> free_keys = {"training.log_interval", "training.run_dir",
+                                                  "training.threads",      "training.eval_interval",
+                                                  "training.eval_batches", "training.sample_tokens",
+                                                  "training.temperature",  "training.top_k",
+                                                  "training.export",       "checkpoint.interval",
+                                                  "checkpoint.keep_last",  "checkpoint.dir",
+                                                  "checkpoint.enabled",    "distributed.bucket_cap_mb",
+                                                  "distributed.timeout_s", "distributed.shard_optimizer_state"};
   std::vector<std::string> out;
   for (const auto& spec : config_schema()) {
     if (free_keys.count(spec.key)) continue;

@@ -17,6 +17,7 @@
 #include "lowbit/autograd/ops.h"
 #include "lowbit/autograd/parallel.h"
 #include "lowbit/data/dataset.h"
+#include "lowbit/dist/ddp.h"
 #include "lowbit/float8/float8.h"
 #include "lowbit/mx/linear.h"
 #include "lowbit/mx/nvfp4_training.h"
@@ -92,6 +93,40 @@ std::shared_ptr<nn::Module> convert_for_training_recipe(const std::shared_ptr<nn
   if (!kept.empty()) progress.line(fmt::format("{}: kept in high precision: {}", section, join(kept)));
   return out;
 }
+// Runs fn on rank 0 only; every rank then learns whether it succeeded and throws rank 0's error
+// if not (the others would otherwise wait for it in the next collective).
+template <typename F>
+void on_root(dist::Comm* comm, const char* what, F&& fn) {
+  if (!comm) return fn();
+  std::string error;
+  if (comm->is_root()) {
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  int64_t len = static_cast<int64_t>(error.size());
+  comm->broadcast(&len, sizeof len, 0, what);
+  error.resize(static_cast<size_t>(len));
+  comm->broadcast(error.data(), len, 0, what);
+  if (!error.empty()) throw Error(comm->is_root() ? error : fmt::format("rank 0 failed ({}): {}", what, error));
+}
+
+// Every rank must run the same config (and resume the same checkpoint): hashes compared at start.
+void check_same_run(dist::Comm& comm, const RunConfig& cfg, const std::string& resume) {
+  const std::string text = cfg.to_toml() + "\nresume=" + resume;
+  uint64_t h = 14695981039346656037ull;
+  for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
+  const std::vector<uint64_t> all = comm.allgather(h, "the run config check");
+  std::string differ;
+  for (size_t r = 1; r < all.size(); ++r)
+    if (all[r] != all[0]) differ += (differ.empty() ? "" : ", ") + std::to_string(r);
+  LOWBIT_CHECK(differ.empty(),
+               "data parallel: rank(s) {} were started with a different run config or --resume than rank 0; every "
+               "rank must run the same command (compare `lowbit train ... --print-config` on each host)",
+               differ);
+}
 }  // namespace
 
 TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, const RunOptions& ro) {
@@ -121,8 +156,18 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
     resume_step = std::stoll(st->second);
     if (auto ph = info.attributes.find("phase"); ph != info.attributes.end()) resume_phase = ph->second;
   }
-  prepare_run_dir(cfg, resume, resume_step, ro, notes);
-  if (cfg.get_int("training.threads") > 0) set_num_threads(static_cast<int>(cfg.get_int("training.threads")));
+  // ---- data parallel under mpirun: same config everywhere, rank 0 owns the run directory ----
+  dist::Comm* comm = dist::launched_by_mpi() ? &dist::Comm::world() : nullptr;
+  if (comm && comm->size() == 1) comm = nullptr;  // mpirun -np 1: a plain run
+  if (comm) {
+    comm->set_timeout(cfg.get_float("distributed.timeout_s"));
+    check_same_run(*comm, cfg, resume);
+  }
+  on_root(comm, "preparing the run directory", [&] { prepare_run_dir(cfg, resume, resume_step, ro, notes); });
+  if (cfg.get_int("training.threads") > 0)
+    set_num_threads(static_cast<int>(cfg.get_int("training.threads")));
+  else if (comm)
+    set_num_threads(dist::default_threads_per_rank(*comm));
   // the run's GEMM precision, restored when the run ends (tests and library users run several)
   struct PrecisionScope {
     std::string saved = get_float32_matmul_precision();
@@ -132,8 +177,11 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
   const uint64_t seed = static_cast<uint64_t>(cfg.get_int("training.seed"));
   manual_seed(seed);
   const std::string run_dir = cfg.get_string("training.run_dir");
-  io::write_file_atomic(run_dir + "/config.toml", cfg.to_toml());
-  train::Reporter progress(tty, cfg.get_int("training.log_interval"));
+  on_root(comm, "writing config.toml", [&] { io::write_file_atomic(run_dir + "/config.toml", cfg.to_toml()); });
+  // progress and logs from rank 0 only
+  train::Reporter progress =
+      comm && !comm->is_root() ? train::Reporter(false, cfg.get_int("training.log_interval"), [](const std::string&) {})
+                               : train::Reporter(tty, cfg.get_int("training.log_interval"));
   for (const auto& n : notes) progress.line(n);
   if (!allowed_changes.empty())
     for (const auto& c : allowed_changes) progress.line("--resume-allow-changes: " + c);
@@ -145,7 +193,7 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
   // ---- the data, the model and what it is judged on ----
   train::Options o;
   o.grad_clip = cfg.get_float("training.grad_clip");
-  o.metrics_path = run_dir + "/metrics.jsonl";
+  o.metrics_path = comm && !comm->is_root() ? "" : run_dir + "/metrics.jsonl";
   o.checkpoint = {cfg.get_bool("checkpoint.enabled"),  checkpoint_dir(cfg), cfg.get_int("checkpoint.interval"),
                   cfg.get_int("checkpoint.keep_last"), cfg.to_toml(),       cfg.get_string("lr_scheduler.name")};
   std::shared_ptr<nn::Module> model;
@@ -162,7 +210,9 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
                                                 data::DataLoaderOptions{.batch_size = batch,
                                                                         .shuffle = cfg.get_bool("data.shuffle"),
                                                                         .seed = seed,
-                                                                        .drop_last = cfg.get_bool("data.drop_last")});
+                                                                        .drop_last = cfg.get_bool("data.drop_last"),
+                                                                        .num_replicas = comm ? comm->size() : 1,
+                                                                        .rank = comm ? comm->rank() : 0});
     model = build_model(cfg);
     task = train::classification_task(test_set, 1000);
     const int64_t epochs = cfg.get_int("training.epochs"), max_steps = cfg.get_int("training.max_steps");
@@ -182,8 +232,13 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
     const int64_t ctx = cfg.get_int("model.context");
     train_set = std::make_shared<data::CharDataset>(corpus.train_tokens, ctx);
     auto val_set = std::make_shared<data::CharDataset>(corpus.val_tokens, ctx);
-    loader = std::make_unique<data::DataLoader>(
-        train_set, data::DataLoaderOptions{.batch_size = batch, .shuffle = true, .seed = seed, .drop_last = true});
+    loader =
+        std::make_unique<data::DataLoader>(train_set, data::DataLoaderOptions{.batch_size = batch,
+                                                                              .shuffle = true,
+                                                                              .seed = seed,
+                                                                              .drop_last = true,
+                                                                              .num_replicas = comm ? comm->size() : 1,
+                                                                              .rank = comm ? comm->rank() : 0});
     model = build_model(cfg, static_cast<int64_t>(corpus.vocab.size()));
     task = train::language_model_task(val_set, batch, cfg.get_int("training.eval_batches"), seed + 1);
     o.total_steps = cfg.get_int("training.max_steps");
@@ -228,6 +283,22 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
                               in_qat ? " of QAT fine-tuning" : "", loader->epoch() + 1, loader->position()));
   }
   progress.line(what);
+  // ---- data parallel: hooks, buckets, rank 0's parameters everywhere; ZeRO-1 keeps this rank's share ----
+  std::unique_ptr<dist::DistributedDataParallel> ddp;
+  if (comm) {
+    ddp = std::make_unique<dist::DistributedDataParallel>(
+        *model, *comm,
+        dist::DDPOptions{.bucket_cap_mb = cfg.get_float("distributed.bucket_cap_mb"),
+                         .shard_optimizer_state = cfg.get_bool("distributed.shard_optimizer_state")});
+    ddp->drop_unowned_state(*opt);
+    o.ddp = ddp.get();
+    progress.line(fmt::format("data parallel: {} ranks x {} threads, global batch {} ({} per rank), {}bucket {} MiB",
+                              comm->size(), get_num_threads(), batch, batch / comm->size(),
+                              ddp->options().shard_optimizer_state ? "ZeRO-1 optimizer state sharding, " : "",
+                              cfg.get_float("distributed.bucket_cap_mb")));
+    comm->comm_seconds = 0;
+    comm->comm_bytes = 0;
+  }
 
   // ---- the float phase ----
   if (!in_qat) {
@@ -262,7 +333,7 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
     for (const auto& [k, v] : qr.converted_eval) j[k] = v;
     for (const auto& [k, v] : qr.float_eval) j["float_" + k] = v;
     j["model_bytes"] = model_bytes(*model);
-    io::append_file(o.metrics_path, j.dump() + "\n");
+    if (!o.metrics_path.empty()) io::append_file(o.metrics_path, j.dump() + "\n");
   }
   result.model_bytes = model_bytes(*model);
   if (dataset == "chars") {  // a sample from the final (possibly quantized) model
@@ -275,9 +346,20 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
     result.sample = corpus.decode(ids);
     progress.line("sample:\n" + result.sample);
   }
+  if (ddp) {
+    result.ranks = comm->size();
+    result.optimizer_state_bytes = dist::DistributedDataParallel::state_bytes(*opt);
+    result.comm_seconds = comm->comm_seconds;
+    double worst[2] = {static_cast<double>(result.optimizer_state_bytes), result.comm_seconds};
+    comm->allreduce_max(worst, 2, "the run summary");
+    progress.line(
+        fmt::format("data parallel: optimizer state {} bytes on the largest rank; {:.2f} s in collectives "
+                    "(the slowest rank)",
+                    static_cast<int64_t>(worst[0]), worst[1]));
+  }
   if (cfg.get_bool("training.export")) {
     result.export_path = run_dir + "/model.h5";
-    io::export_model(result.export_path, *model, cfg.to_toml());
+    on_root(comm, "exporting the model", [&] { io::export_model(result.export_path, *model, cfg.to_toml()); });
     progress.line("exported: " + result.export_path);
   }
   result.train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();

@@ -167,6 +167,12 @@ void validate_config(const RunConfig& cfg) {
   check_one_of(cfg, "training.param_dtype", {"fp32", "bf16"});
   check_int(cfg, "checkpoint.interval", 0, ">= 0 (0 = only at the end)");
   check_int(cfg, "checkpoint.keep_last", 1, "at least 1");
+  check_finite_positive(cfg, "distributed.bucket_cap_mb");
+  LOWBIT_CHECK(cfg.get_float("distributed.bucket_cap_mb") <= 4096,
+               "distributed.bucket_cap_mb must be at most 4096, got {}", cfg.get_float("distributed.bucket_cap_mb"));
+  check_finite_positive(cfg, "distributed.timeout_s");
+  LOWBIT_CHECK(cfg.get_float("distributed.timeout_s") <= 1e6, "distributed.timeout_s must be at most 1e6, got {}",
+               cfg.get_float("distributed.timeout_s"));
   // quantization: the recipe with its dtype and group size (a group size that does not divide a
   // layer's in_features gives its rows a shorter last group)
   const std::string recipe = cfg.get_string("quantize.recipe");

@@ -45,6 +45,18 @@ Batch TensorDataset::get_batch(const std::vector<int64_t>& idx) const {
 DataLoader::DataLoader(std::shared_ptr<const Dataset> ds, DataLoaderOptions o) : dataset_(std::move(ds)), opts_(o) {
   LOWBIT_CHECK(dataset_ != nullptr, "DataLoader: dataset is null");
   LOWBIT_CHECK(opts_.batch_size > 0, "DataLoader: batch_size must be positive, got {}", opts_.batch_size);
+  LOWBIT_CHECK(opts_.num_replicas >= 1 && opts_.rank >= 0 && opts_.rank < opts_.num_replicas,
+               "DataLoader: rank {} of {} replicas is out of range", opts_.rank, opts_.num_replicas);
+  if (opts_.num_replicas > 1) {
+    const int64_t n = dataset_->size(), tail = opts_.drop_last ? 0 : n % opts_.batch_size;
+    LOWBIT_CHECK(opts_.batch_size >= opts_.num_replicas,
+                 "DataLoader: a batch of {} examples cannot be shared by {} ranks (batch_size is the global batch)",
+                 opts_.batch_size, opts_.num_replicas);
+    LOWBIT_CHECK(tail == 0 || tail >= opts_.num_replicas,
+                 "DataLoader: the last batch of an epoch has {} examples ({} % {}), fewer than the {} ranks: set "
+                 "drop_last or change the batch size",
+                 tail, n, opts_.batch_size, opts_.num_replicas);
+  }
   start_epoch();
   if (opts_.prefetch) worker_ = std::thread([this] { worker_loop(); });
 }
@@ -75,9 +87,18 @@ std::vector<int64_t> DataLoader::order(int64_t epoch) const {
   return o;
 }
 void DataLoader::start_epoch() { order_ = order(epoch_); }
+int64_t DataLoader::global_batch_size(int64_t b) const {
+  const int64_t begin = b * opts_.batch_size;
+  return std::max<int64_t>(0, std::min<int64_t>(opts_.batch_size, dataset_->size() - begin));
+}
 std::vector<int64_t> DataLoader::batch_indices(int64_t b) const {
-  const int64_t begin = b * opts_.batch_size,
-                end = std::min<int64_t>(begin + opts_.batch_size, static_cast<int64_t>(order_.size()));
+  int64_t begin = b * opts_.batch_size,
+          end = std::min<int64_t>(begin + opts_.batch_size, static_cast<int64_t>(order_.size()));
+  if (opts_.num_replicas > 1) {  // this rank's contiguous share
+    const int64_t len = end - begin, r = opts_.rank, n = opts_.num_replicas;
+    end = begin + len * (r + 1) / n;
+    begin = begin + len * r / n;
+  }
   return std::vector<int64_t>(order_.begin() + begin, order_.begin() + end);
 }
 void DataLoader::worker_loop() {

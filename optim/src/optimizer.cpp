@@ -289,15 +289,23 @@ double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, doubl
   LOWBIT_CHECK(norm_type == 2.0 || std::isinf(norm_type), "clip_grad_norm_: norm_type must be 2 or inf, got {}",
                norm_type);
   NoGradGuard ng;
-  double total = 0;
-  for (const auto& p : params) {
+  std::vector<double> terms(params.size(), 0.0);
+  for (size_t i = 0; i < params.size(); ++i) {
+    const Tensor& p = params[i];
     if (!p.grad().defined()) continue;
     const Tensor g = p.grad().to(kFloat32);
-    if (std::isinf(norm_type))
-      total = std::max(total, static_cast<double>(amax(abs(g)).item<float>()));
-    else
-      total += sum(mul(g, g)).item<double>();
+    terms[i] = std::isinf(norm_type) ? static_cast<double>(amax(abs(g)).item<float>()) : sum(mul(g, g)).item<double>();
   }
+  return clip_grad_norm_from_terms(params, terms, max_norm, norm_type, error_if_nonfinite);
+}
+
+double clip_grad_norm_from_terms(const std::vector<Tensor>& params, const std::vector<double>& terms, double max_norm,
+                                 double norm_type, bool error_if_nonfinite) {
+  LOWBIT_CHECK(terms.size() == params.size(), "clip_grad_norm_from_terms: {} terms for {} parameters", terms.size(),
+               params.size());
+  NoGradGuard ng;
+  double total = 0;
+  for (double t : terms) total = std::isinf(norm_type) ? std::max(total, t) : total + t;
   if (!std::isinf(norm_type)) total = std::sqrt(total);
   LOWBIT_CHECK(!error_if_nonfinite || std::isfinite(total),
                "clip_grad_norm_: the total norm of order {} for gradients is non-finite, so it cannot be clipped",

@@ -116,7 +116,14 @@ void Reporter::line(const std::string& text) {
 }
 
 // ---------------- checkpoints ----------------
-std::string save_step_checkpoint(int64_t step, const nn::Module& model, const optim::Optimizer& optimizer,
+namespace {
+void prune_step_files(const CheckpointOptions& c);
+std::string save_distributed(const std::string& path, const nn::Module& model, optim::Optimizer& optimizer,
+                             const optim::LRScheduler* scheduler, const data::DataLoader& loader, const Options& o,
+                             const io::TrainingState& st);
+}  // namespace
+
+std::string save_step_checkpoint(int64_t step, const nn::Module& model, optim::Optimizer& optimizer,
                                  const optim::LRScheduler* scheduler, const data::DataLoader& loader,
                                  const Options& o) {
   const CheckpointOptions& c = o.checkpoint;
@@ -128,7 +135,15 @@ std::string save_step_checkpoint(int64_t step, const nn::Module& model, const op
   st.config_toml = c.config_toml;
   st.scheduler_name = c.scheduler_name;
   st.phase = o.phase;
+  if (o.ddp) return save_distributed(path, model, optimizer, scheduler, loader, o, st);
   io::save_checkpoint(path, model, &optimizer, scheduler, &loader, st);
+  prune_step_files(c);
+  return path;
+}
+
+namespace {
+// keeps the newest keep_last step files of the checkpoint directory
+void prune_step_files(const CheckpointOptions& c) {
   std::vector<std::string> files;
   for (auto& e : std::filesystem::directory_iterator(c.dir)) {
     const auto n = e.path().filename().string();
@@ -137,8 +152,41 @@ std::string save_step_checkpoint(int64_t step, const nn::Module& model, const op
   std::sort(files.begin(), files.end());
   for (size_t i = 0; i + static_cast<size_t>(std::max<int64_t>(1, c.keep_last)) < files.size(); ++i)
     std::filesystem::remove(files[i]);
+}
+
+// Data parallel: the replicas must agree (their parameters' checksums), ZeRO-1 state is gathered
+// on rank 0, rank 0 writes, and every rank learns whether it could (a failed write ends every
+// rank with rank 0's message instead of leaving them waiting).
+std::string save_distributed(const std::string& path, const nn::Module& model, optim::Optimizer& optimizer,
+                             const optim::LRScheduler* scheduler, const data::DataLoader& loader, const Options& o,
+                             const io::TrainingState& st) {
+  dist::DistributedDataParallel& ddp = *o.ddp;
+  dist::Comm& comm = ddp.comm();
+  const std::vector<uint64_t> sums = comm.allgather(ddp.parameter_checksum(), "the replica check");
+  for (size_t r = 1; r < sums.size(); ++r)
+    LOWBIT_CHECK(sums[r] == sums[0],
+                 "data parallel: rank {}'s parameters differ from rank 0's at step {} (the replicas diverged; "
+                 "checkpoint not written)",
+                 r, st.step);
+  ddp.gather_optimizer_state(optimizer);
+  std::string error;
+  if (comm.is_root()) {
+    try {
+      io::save_checkpoint(path, model, &optimizer, scheduler, &loader, st);
+      prune_step_files(o.checkpoint);
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  ddp.drop_unowned_state(optimizer);
+  int64_t len = static_cast<int64_t>(error.size());
+  comm.broadcast(&len, sizeof len, 0, "the checkpoint status");
+  error.resize(static_cast<size_t>(len));
+  comm.broadcast(error.data(), len, 0, "the checkpoint status");
+  LOWBIT_CHECK(error.empty(), "rank 0 could not write checkpoint {}: {}", path, error);
   return path;
 }
+}  // namespace
 
 // ---------------- the loop ----------------
 Metrics evaluate(nn::Module& model, const Task& task) {
@@ -195,24 +243,34 @@ Result fit(nn::Module& model, optim::Optimizer& opt, optim::LRScheduler* sched, 
       epoch_open = false;
       continue;
     }
+    const int64_t global_examples = o.ddp ? loader.global_batch_size(loader.position() - 1) : b->data.size(0);
+    if (o.ddp) o.ddp->begin_step(b->data.size(0), global_examples);
     Tensor loss = task.loss(model, *b);
     opt.zero_grad();
     loss.backward();
-    if (o.grad_clip > 0) optim::clip_grad_norm_(model.parameters(), o.grad_clip);
+    if (o.ddp) o.ddp->finish_gradient_sync();
+    if (o.grad_clip > 0) {
+      if (o.ddp)
+        o.ddp->clip_grad_norm(o.grad_clip);
+      else
+        optim::clip_grad_norm_(model.parameters(), o.grad_clip);
+    }
     opt.step();
+    if (o.ddp) o.ddp->after_optimizer_step();
     if (sched && o.step_scheduler) sched->step();
-    window_loss += loss.item<double>();
+    window_loss += o.ddp ? o.ddp->global_loss(loss.item<double>()) : loss.item<double>();
     ++window_n;
     ++r.step;
     ++run_steps;
     epoch_open = true;
-    samples += b->data.size(0) * o.samples_per_batch_item;
+    samples += global_examples * o.samples_per_batch_item;
     const double rate = static_cast<double>(samples) / std::max(1e-9, since(te));
     const double eta = since(t0) / static_cast<double>(run_steps) * static_cast<double>(o.total_steps - r.step);
     if (by_epoch)
       rep.update(epoch_name(), loader.position(), loader.num_batches(), window_loss / window_n, rate, eta);
     else
       rep.update(o.label, r.step, o.total_steps, window_loss / window_n, rate, eta);
+    if (o.ddp) dist::maybe_inject_fault(o.ddp->comm(), r.step);
     if (o.checkpoint.enabled && o.checkpoint.interval > 0 && r.step % o.checkpoint.interval == 0)
       r.last_checkpoint = save_step_checkpoint(r.step, model, opt, sched, loader, o);
     if (!by_epoch && (r.step % o.eval_interval == 0 || r.step == o.total_steps))
