@@ -74,6 +74,11 @@ struct Options {
   bool step_scheduler = true;
   int64_t samples_per_batch_item = 1;  // throughput unit: 1 (examples) or the context length (tokens)
   std::string metrics_path;            // metrics.jsonl to append to ("" = none)
+  /// steps.jsonl to append to ("" = none): every log_interval steps (and the phase's last) a line
+  /// with the step, that step's loss (the global batch's), the running mean since the last
+  /// evaluation, the learning rate, throughput and the wall time since the phase started.
+  std::string steps_path;
+  int64_t log_interval = 50;
   CheckpointOptions checkpoint;
   /// Data parallel (null: one process). The loader must hand out this rank's shards; the
   /// loss, throughput and metrics are the global batch's; checkpoints are written by rank 0

@@ -88,7 +88,7 @@ std::string checkpoint_dir(const RunConfig& cfg) {
 
 // One run per run directory: a new run refuses a directory that holds another run's outputs
 // (unless --overwrite deletes them); a resume refuses outputs newer than its checkpoint (they
-// belong to the trajectory being replaced) and drops later records from metrics.jsonl.
+// belong to the trajectory being replaced) and drops later records from metrics.jsonl and steps.jsonl.
 void prepare_run_dir(const RunConfig& cfg, const std::string& resume, int64_t resume_step, const RunOptions& ro,
                      std::vector<std::string>& notes) {
   namespace fs = std::filesystem;
@@ -98,7 +98,7 @@ void prepare_run_dir(const RunConfig& cfg, const std::string& resume, int64_t re
   const fs::path resume_path = resume.empty() ? fs::path() : fs::weakly_canonical(resume, ec);
   std::vector<fs::path> conflicting;
   if (resume.empty()) {
-    for (const char* f : {"config.toml", "metrics.jsonl", "model.h5"})
+    for (const char* f : {"config.toml", "metrics.jsonl", "steps.jsonl", "model.h5"})
       if (fs::exists(fs::path(run_dir) / f)) conflicting.push_back(fs::path(run_dir) / f);
     for (const auto& [step, p] : step_checkpoints(ckpt_dir)) conflicting.push_back(p);
   } else {
@@ -132,9 +132,11 @@ void prepare_run_dir(const RunConfig& cfg, const std::string& resume, int64_t re
   ensure_writable_dir(run_dir, "training.run_dir");
   if (cfg.get_bool("checkpoint.enabled"))
     ensure_writable_dir(ckpt_dir, cfg.get_string("checkpoint.dir").empty() ? "checkpoint directory" : "checkpoint.dir");
-  const std::string metrics = run_dir + "/metrics.jsonl";
-  if (!resume.empty() && fs::exists(metrics)) {  // keep the records up to the resumed step
-    std::ifstream in(metrics);
+  for (const char* name : {"metrics.jsonl", "steps.jsonl"}) {
+    const std::string path = run_dir + "/" + name;
+    if (resume.empty() || !fs::exists(path)) continue;
+    // keep the records up to the resumed step
+    std::ifstream in(path);
     std::string line, kept;
     int64_t dropped = 0;
     while (std::getline(in, line)) {
@@ -147,8 +149,8 @@ void prepare_run_dir(const RunConfig& cfg, const std::string& resume, int64_t re
       kept += line + "\n";
     }
     if (dropped) {
-      io::write_file_atomic(metrics, kept);
-      notes.push_back(fmt::format("metrics.jsonl: dropped {} record(s) after step {}", dropped, resume_step));
+      io::write_file_atomic(path, kept);
+      notes.push_back(fmt::format("{}: dropped {} record(s) after step {}", name, dropped, resume_step));
     }
   }
 }

@@ -194,6 +194,8 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
   train::Options o;
   o.grad_clip = cfg.get_float("training.grad_clip");
   o.metrics_path = comm && !comm->is_root() ? "" : run_dir + "/metrics.jsonl";
+  o.steps_path = comm && !comm->is_root() ? "" : run_dir + "/steps.jsonl";
+  o.log_interval = cfg.get_int("training.log_interval");
   o.checkpoint = {cfg.get_bool("checkpoint.enabled"),  checkpoint_dir(cfg), cfg.get_int("checkpoint.interval"),
                   cfg.get_int("checkpoint.keep_last"), cfg.to_toml(),       cfg.get_string("lr_scheduler.name")};
   std::shared_ptr<nn::Module> model;

@@ -96,8 +96,10 @@ void Comm::wait(void* request, const char* what) {
   const auto t0 = clk::now();
   int64_t polls = 0;
   while (!test(request)) {
-    // spin briefly (shared-memory collectives finish in microseconds), then poll gently
-    if (++polls > 2000) std::this_thread::sleep_for(std::chrono::microseconds(50));
+    // MPI's non-blocking collectives advance only inside MPI calls (a multi-round schedule
+    // needs a test per round: a sleep between tests costs a sleep per round), so poll without
+    // sleeping, yielding the core to other runnable processes (oversubscribed ranks)
+    if (++polls > 1000) sched_yield();
     if (polls % 64 == 0 && std::chrono::duration<double>(clk::now() - t0).count() > timeout_s_)
       abort(
           fmt::format("{} did not complete within {:g} s: another rank died, hangs, or is at a different "

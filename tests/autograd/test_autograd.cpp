@@ -4,6 +4,8 @@
 
 #include <lowbit/lowbit.h>
 
+#include "test_util.h"
+
 using namespace lowbit;
 
 namespace {
@@ -17,6 +19,36 @@ TEST(Autograd, GradientsAccumulateAcrossBackwards) {
   EXPECT_FLOAT_EQ(at(x.grad(), 1), 4.0f);
   sum(mul(x, 3.0)).backward();
   EXPECT_FLOAT_EQ(at(x.grad(), 1), 7.0f);
+}
+
+// Post-accumulate hooks (what data parallelism sends buckets from) run once per backward per
+// leaf, after every contribution has been summed, in registration order; removal works.
+TEST(Autograd, PostAccumulateGradHooks) {
+  Tensor w = from_vector<float>({1, 2, 3}).requires_grad_();
+  std::vector<std::vector<float>> seen;
+  std::vector<int> order;
+  const uint64_t id = w.register_post_accumulate_grad_hook([&](const Tensor& leaf) {
+    const float* g = leaf.grad().data_ptr<float>();
+    seen.emplace_back(g, g + 3);
+    order.push_back(1);
+  });
+  w.register_post_accumulate_grad_hook([&](const Tensor&) { order.push_back(2); });
+  // w is used twice: the hook sees the sum of both paths, once
+  Tensor loss = add(sum(mul(w, w)), sum(mul(w, full({3}, 3.0))));
+  loss.backward();
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_EQ(seen[0], (std::vector<float>{5, 7, 9}));  // 2w + 3
+  EXPECT_EQ(order, (std::vector<int>{1, 2}));
+  // a second backward accumulates; the hook sees the accumulated gradient
+  sum(w).backward();
+  ASSERT_EQ(seen.size(), 2u);
+  EXPECT_EQ(seen[1], (std::vector<float>{6, 8, 10}));
+  w.remove_post_accumulate_grad_hook(id);
+  sum(w).backward();
+  EXPECT_EQ(seen.size(), 2u);
+  EXPECT_EQ(order.size(), 5u);
+  Tensor y = mul(w, w);
+  lowbit::testing::expect_error([&] { y.register_post_accumulate_grad_hook([](const Tensor&) {}); }, {"leaf"});
 }
 
 TEST(Autograd, SharedSubexpressionSumsBothPaths) {

@@ -63,6 +63,46 @@ TEST(DataLoader, DeterministicShuffleBySeedAndEpoch) {
   EXPECT_EQ(epoch_targets(sync), e0);  // prefetching does not change the order
 }
 
+// Data-parallel shards: each rank's batches, concatenated in rank order, are the one-process
+// batches (same order, same global batch sizes, the last partial batch split too); shares that
+// some rank would get empty are refused at construction.
+TEST(DataLoader, ShardsConcatenateToTheGlobalBatch) {
+  auto ds = toy(103);
+  for (int64_t n : {2, 3}) {
+    DataLoader whole(ds, {.batch_size = 10, .shuffle = true, .seed = 3});
+    std::vector<std::unique_ptr<DataLoader>> ranks;
+    for (int64_t r = 0; r < n; ++r)
+      ranks.push_back(std::make_unique<DataLoader>(
+          ds, DataLoaderOptions{.batch_size = 10, .shuffle = true, .seed = 3, .num_replicas = n, .rank = r}));
+    for (int epoch = 0; epoch < 2; ++epoch) {
+      int64_t b = 0;
+      while (auto g = whole.next()) {
+        std::vector<int64_t> joined;
+        for (auto& l : ranks) {
+          auto part = l->next();
+          ASSERT_TRUE(part.has_value());
+          EXPECT_GE(part->target.numel(), g->target.numel() / n);
+          for (int64_t i = 0; i < part->target.numel(); ++i) joined.push_back(part->target.data_ptr<int64_t>()[i]);
+        }
+        const std::vector<int64_t> want(g->target.data_ptr<int64_t>(),
+                                        g->target.data_ptr<int64_t>() + g->target.numel());
+        EXPECT_EQ(joined, want) << n << " ranks, batch " << b;
+        EXPECT_EQ(ranks[0]->global_batch_size(b), g->target.numel());
+        ++b;
+      }
+      for (auto& l : ranks) EXPECT_FALSE(l->next().has_value());  // the epoch ends on every rank together
+    }
+  }
+  expect_error([&] { DataLoader bad(ds, {.batch_size = 10, .num_replicas = 4, .rank = 4}); }, {"rank 4 of 4"});
+  expect_error([&] { DataLoader bad(ds, {.batch_size = 2, .num_replicas = 3, .rank = 0}); },
+               {"cannot be shared by 3 ranks"});
+  // 103 % 10 = 3 examples in the last batch: not enough for 4 ranks unless it is dropped
+  expect_error([&] { DataLoader bad(ds, {.batch_size = 10, .num_replicas = 4, .rank = 0}); },
+               {"fewer than the 4 ranks"});
+  DataLoader dropped(ds, {.batch_size = 10, .drop_last = true, .num_replicas = 4, .rank = 0});
+  EXPECT_EQ(dropped.num_batches(), 10);
+}
+
 TEST(DataLoader, DropLastAndSeek) {
   auto ds = toy(25);
   DataLoader keep(ds, {.batch_size = 10, .shuffle = false});

@@ -258,7 +258,8 @@ Result fit(nn::Module& model, optim::Optimizer& opt, optim::LRScheduler* sched, 
     opt.step();
     if (o.ddp) o.ddp->after_optimizer_step();
     if (sched && o.step_scheduler) sched->step();
-    window_loss += o.ddp ? o.ddp->global_loss(loss.item<double>()) : loss.item<double>();
+    const double step_loss = o.ddp ? o.ddp->global_loss(loss.item<double>()) : loss.item<double>();
+    window_loss += step_loss;
     ++window_n;
     ++r.step;
     ++run_steps;
@@ -270,6 +271,13 @@ Result fit(nn::Module& model, optim::Optimizer& opt, optim::LRScheduler* sched, 
       rep.update(epoch_name(), loader.position(), loader.num_batches(), window_loss / window_n, rate, eta);
     else
       rep.update(o.label, r.step, o.total_steps, window_loss / window_n, rate, eta);
+    if (!o.steps_path.empty() && (r.step % std::max<int64_t>(1, o.log_interval) == 0 || r.step == o.total_steps)) {
+      const nlohmann::json j = {{"phase", o.phase},      {"step", r.step},
+                                {"loss", step_loss},     {"train_loss", window_loss / static_cast<double>(window_n)},
+                                {"lr", opt.lr()},        {"samples_per_s", rate},
+                                {"elapsed_s", since(t0)}};
+      io::append_file(o.steps_path, j.dump() + "\n");
+    }
     if (o.ddp) dist::maybe_inject_fault(o.ddp->comm(), r.step);
     if (o.checkpoint.enabled && o.checkpoint.interval > 0 && r.step % o.checkpoint.interval == 0)
       r.last_checkpoint = save_step_checkpoint(r.step, model, opt, sched, loader, o);
