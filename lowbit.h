@@ -13,6 +13,8 @@
 #include "lowbit/core/scale.h"
 #include "lowbit/core/stochastic.h"
 #include "lowbit/data/dataset.h"
+#include "lowbit/dist/comm.h"
+#include "lowbit/dist/ddp.h"
 #include "lowbit/float8/float8.h"
 #include "lowbit/io/checkpoint.h"
 #include "lowbit/mx/linear.h"

@@ -287,6 +287,7 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
   progress.line(what);
   // ---- data parallel: hooks, buckets, rank 0's parameters everywhere; ZeRO-1 keeps this rank's share ----
   std::unique_ptr<dist::DistributedDataParallel> ddp;
+  const int64_t ddp_start_step = result.steps;
   if (comm) {
     ddp = std::make_unique<dist::DistributedDataParallel>(
         *model, *comm,
@@ -352,12 +353,14 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
     result.ranks = comm->size();
     result.optimizer_state_bytes = dist::DistributedDataParallel::state_bytes(*opt);
     result.comm_seconds = comm->comm_seconds;
-    double worst[2] = {static_cast<double>(result.optimizer_state_bytes), result.comm_seconds};
-    comm->allreduce_max(worst, 2, "the run summary");
+    const double steps = static_cast<double>(std::max<int64_t>(1, result.steps - ddp_start_step));
+    double worst[3] = {static_cast<double>(result.optimizer_state_bytes), result.comm_seconds,
+                       static_cast<double>(comm->comm_bytes) / steps};
+    comm->allreduce_max(worst, 3, "the run summary");
     progress.line(
-        fmt::format("data parallel: optimizer state {} bytes on the largest rank; {:.2f} s in collectives "
-                    "(the slowest rank)",
-                    static_cast<int64_t>(worst[0]), worst[1]));
+        fmt::format("data parallel: optimizer state {} bytes on the largest rank; {:.2f} s waiting in "
+                    "collectives, {:.2f} MB sent per step (the largest rank)",
+                    static_cast<int64_t>(worst[0]), worst[1], worst[2] / 1e6));
   }
   if (cfg.get_bool("training.export")) {
     result.export_path = run_dir + "/model.h5";

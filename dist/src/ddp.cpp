@@ -23,6 +23,11 @@ uint64_t fnv1a(uint64_t h, const void* data, size_t n) {
   return h;
 }
 constexpr uint64_t kFnvBasis = 14695981039346656037ull;
+// dst = src * w (a gradient into its bucket, weighted by this rank's share of the batch)
+void scaled_copy(const float* __restrict src, float w, float* __restrict dst, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) dst[i] = src[i] * w;
+}
 
 void put(std::string& s, const void* p, size_t n) { s.append(static_cast<const char*>(p), n); }
 template <typename T>
@@ -186,10 +191,7 @@ void DistributedDataParallel::begin_step(int64_t local_examples, int64_t global_
             Impl::Bucket& b = im.buckets[static_cast<size_t>(im.bucket_of[static_cast<size_t>(k)])];
             const int slot = im.slot_of[static_cast<size_t>(k)];
             const Tensor g = leaf.grad().dtype() == kFloat32 ? leaf.grad() : leaf.grad().to(kFloat32);
-            const float* src = g.data_ptr<float>();
-            float* dst = b.buf.data() + b.offsets[static_cast<size_t>(slot)];
-            const float w = im.weight;
-            for (int64_t i = 0; i < g.numel(); ++i) dst[i] = src[i] * w;
+            scaled_copy(g.data_ptr<float>(), im.weight, b.buf.data() + b.offsets[static_cast<size_t>(slot)], g.numel());
             b.buf[static_cast<size_t>(b.numel) + static_cast<size_t>(slot)] = 1.0f;
             ++b.arrived;
             // send every bucket that is complete, in bucket order; poll the ones in flight
@@ -214,10 +216,10 @@ void DistributedDataParallel::begin_step(int64_t local_examples, int64_t global_
   }
   m.arrived.assign(m.params.size(), 0);
   m.next_launch = 0;
-  for (auto& b : m.buckets) {
+  for (auto& b : m.buckets) {  // the gradients are overwritten by the hooks; the presence flags start at 0
     b.arrived = 0;
     b.launched = b.done = false;
-    std::fill(b.buf.begin(), b.buf.end(), 0.0f);
+    std::fill(b.buf.begin() + b.numel, b.buf.end(), 0.0f);
   }
 }
 
@@ -229,7 +231,10 @@ void DistributedDataParallel::finish_gradient_sync() {
   for (size_t k = 0; k < m.params.size(); ++k)
     if (!m.arrived[k]) {
       m.arrived[k] = 1;
-      ++m.buckets[static_cast<size_t>(m.bucket_of[k])].arrived;
+      Impl::Bucket& b = m.buckets[static_cast<size_t>(m.bucket_of[k])];
+      const int64_t at = b.offsets[static_cast<size_t>(m.slot_of[k])];
+      std::fill(b.buf.begin() + at, b.buf.begin() + at + m.params[k].numel(), 0.0f);
+      ++b.arrived;
     }
   for (; m.next_launch < m.buckets.size(); ++m.next_launch) {
     Impl::Bucket& b = m.buckets[m.next_launch];
@@ -256,8 +261,14 @@ void DistributedDataParallel::finish_gradient_sync() {
         p.set_grad(Tensor());
         continue;
       }
+      const float* sum = b.buf.data() + b.offsets[s];
+      const Tensor cur = p.grad();
+      if (cur.defined() && cur.dtype() == kFloat32) {  // in place, as torch's DDP
+        std::memcpy(cur.raw_data(), sum, static_cast<size_t>(p.numel()) * 4);
+        continue;
+      }
       Tensor g = empty(p.shape(), kFloat32);
-      std::memcpy(g.raw_data(), b.buf.data() + b.offsets[s], static_cast<size_t>(p.numel()) * 4);
+      std::memcpy(g.raw_data(), sum, static_cast<size_t>(p.numel()) * 4);
       p.set_grad(p.dtype() == kFloat32 ? g : g.to(p.dtype()));
     }
   }
