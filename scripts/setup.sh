@@ -4,6 +4,8 @@
 #   scripts/setup.sh          install what is missing
 #   scripts/setup.sh --list   print the package names, one per line (installs nothing); CI feeds
 #                             them to ../shared/tools/setup-audit
+#   scripts/setup.sh --with-chromium   also install Debian's chromium (optional: the report tests
+#                             take a headless screenshot with it; the build never uses it)
 set -euo pipefail
 
 PACKAGES=(
@@ -25,9 +27,10 @@ case "${1:-}" in
     printf '%s\n' "${PACKAGES[@]}"
     exit 0
     ;;
+  --with-chromium) PACKAGES+=(chromium) ;;
   "") ;;
   *)
-    echo "usage: scripts/setup.sh [--list]" >&2
+    echo "usage: scripts/setup.sh [--list | --with-chromium]" >&2
     exit 2
     ;;
 esac

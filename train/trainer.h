@@ -3,6 +3,7 @@
 // convert -> evaluate) built on it. `lowbit train` is a thin layer over these; C++ users call them
 // with their own model, data and Task.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -110,6 +111,22 @@ std::string save_step_checkpoint(int64_t step, const nn::Module& model, optim::O
                                  const optim::LRScheduler* scheduler, const data::DataLoader& loader,
                                  const Options& options);
 
+/// Quantization error of one tensor against its reference: SQNR = 10 log10(|x|^2 / |x - q|^2) in
+/// dB (inf when equal: stored as NaN-free +inf) and the relative error |x - q| / |x|.
+struct QuantError {
+  double weight_sqnr_db = NAN, weight_rel_err = NAN, output_sqnr_db = NAN, output_rel_err = NAN;
+};
+/// Per quantized Linear (lowbit report): its error before QAT fine-tuning (the trained float
+/// weights fake-quantized as they are), after it, and of the converted inference module's
+/// outputs against the float layer's, on the layer's own inputs from a held-out batch; bytes of
+/// the float and the converted layer.
+struct LayerQuantStats {
+  std::string name;
+  Shape shape;
+  int64_t float_bytes = 0, converted_bytes = 0;
+  QuantError before, after, converted;
+};
+
 /// The QAT driver's settings.
 struct QatOptions {
   std::shared_ptr<qat::QuantConfigBase> config;  // the base config (a recipe's)
@@ -118,12 +135,14 @@ struct QatOptions {
   int64_t epochs = 1;                            // fine-tuning epochs (qat) ...
   int64_t steps = 0;                             // ... or steps, when positive
   double lr = 1e-4;                              // fine-tuning learning rate (qat)
+  Tensor stats_input;  // a held-out batch's model input: per-layer statistics (undefined: none)
 };
 struct QatResult {
   std::shared_ptr<nn::Module> model;  // the converted model
   Metrics float_eval, fake_quant_eval, converted_eval;
   int64_t step = 0;
   std::string last_checkpoint;
+  std::vector<LayerQuantStats> layer_stats;  // with QatOptions::stats_input (qat mode: before/after/converted)
 };
 /// prepare -> fine-tune -> convert -> evaluate, through fit() (phase "qat", checkpoints and
 /// metrics as `options` say). Fine-tuning ends at options.total_steps (the float phase's steps +

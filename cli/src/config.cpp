@@ -113,6 +113,7 @@ const std::vector<KeySpec>& config_schema() {
        "layers whose name contains one of these strings stay in high precision (e.g. [\"lm_head\"])"},
       {"mx.emulate", false, "mx: torchao's float32 reference gemms instead of the bf16 fast mode"},
       {"training.export", true, "write <run_dir>/model.h5 (the final, possibly converted, model)"},
+      {"training.report", false, "write <run_dir>/report.html at the end (what `lowbit report RUN_DIR` writes)"},
       {"checkpoint.interval", int64_t{0},
        "save a checkpoint every this many steps, and at the end (0 = only at the end)"},
       {"checkpoint.keep_last", int64_t{3}, "keep this many periodic checkpoints (older ones are deleted)"},

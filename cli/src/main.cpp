@@ -3,6 +3,8 @@
 //   lowbit inspect FILE.h5 [--json]
 //   lowbit eval FILE.h5
 //   lowbit convert IN.h5 OUT.h5 --recipe 8da4w [--weight-dtype int4] [--group-size 32]
+//   lowbit report RUN_DIR [-o report.html] [--text]
+//   lowbit compare RUN_DIR... [-o compare.html] [--text]
 //   lowbit recipes
 //   lowbit optimizers
 #include <algorithm>
@@ -21,6 +23,7 @@
 #include "lowbit/qat/recipes.h"
 
 #include "lowbit/cli/config.h"
+#include "lowbit/cli/report.h"
 #include "lowbit/cli/train.h"
 #include "lowbit/dist/comm.h"
 
@@ -60,6 +63,21 @@ int main(int argc, char** argv) {
   convert->add_option("--recipe", recipe, "recipe name (see `lowbit recipes`)");
   convert->add_option("--weight-dtype", wdtype, "intN weights for 8da-intx / intx-weight-only");
   convert->add_option("--group-size", group_size, "weight group size");
+  auto* report = app.add_subcommand(
+      "report",
+      "a run's report: one self-contained HTML page (curves, quantization error per layer, checkpoints, config)");
+  std::string report_dir, report_out;
+  bool report_text = false;
+  report->add_option("run_dir", report_dir, "the run directory (training.run_dir)")->required();
+  report->add_option("-o,--output", report_out, "HTML file to write (default: RUN_DIR/report.html)");
+  report->add_flag("--text", report_text, "print the tables instead");
+  auto* compare = app.add_subcommand("compare", "compare runs: curves overlaid, final metrics, config differences");
+  std::vector<std::string> compare_dirs;
+  std::string compare_out;
+  bool compare_text = false;
+  compare->add_option("run_dirs", compare_dirs, "run directories")->required();
+  compare->add_option("-o,--output", compare_out, "HTML file to write (default: compare.html)");
+  compare->add_flag("--text", compare_text, "print the tables instead");
   auto* recipes = app.add_subcommand("recipes", "list the quantization, float8 and MX training recipes");
   auto* optimizers =
       app.add_subcommand("optimizers", "list the optimizers (optimizer.name) with their state bytes and keys");
@@ -87,6 +105,12 @@ int main(int argc, char** argv) {
       }
       if (!resume.empty()) lowbit::io::verify_file(resume);  // a malformed file fails here, in a child process
       lowbit::cli::train(cfg, isatty(STDOUT_FILENO) != 0, resume, run_options);
+    } else if (report->parsed()) {
+      const std::string path = lowbit::cli::report_command(report_dir, report_out, report_text);
+      if (!path.empty()) std::printf("report: %s\n", path.c_str());
+    } else if (compare->parsed()) {
+      const std::string path = lowbit::cli::compare_command(compare_dirs, compare_out, compare_text);
+      if (!path.empty()) std::printf("comparison: %s\n", path.c_str());
     } else if (recipes->parsed()) {
       std::printf("quantization recipes ([quantize] recipe):\n");
       for (const auto& r : lowbit::qat::list_recipes())

@@ -28,14 +28,23 @@ namespace lowbit::cli {
 std::vector<std::string> resume_config_changes(const RunConfig& stored, const RunConfig& now) {
   // keys that only affect logging, evaluation, sampling, output locations, thread count (the
   // kernels are thread-count independent) or how ranks communicate may change on resume
-  static const std::set<std::string> free_keys = {"training.log_interval", "training.run_dir",
-                                                  "training.threads",      "training.eval_interval",
-                                                  "training.eval_batches", "training.sample_tokens",
-                                                  "training.temperature",  "training.top_k",
-                                                  "training.export",       "checkpoint.interval",
-                                                  "checkpoint.keep_last",  "checkpoint.dir",
-                                                  "checkpoint.enabled",    "distributed.bucket_cap_mb",
-                                                  "distributed.timeout_s", "distributed.shard_optimizer_state"};
+  static const std::set<std::string> free_keys = {"training.log_interval",
+                                                  "training.run_dir",
+                                                  "training.threads",
+                                                  "training.eval_interval",
+                                                  "training.eval_batches",
+                                                  "training.sample_tokens",
+                                                  "training.temperature",
+                                                  "training.top_k",
+                                                  "training.export",
+                                                  "training.report",
+                                                  "checkpoint.interval",
+                                                  "checkpoint.keep_last",
+                                                  "checkpoint.dir",
+                                                  "checkpoint.enabled",
+                                                  "distributed.bucket_cap_mb",
+                                                  "distributed.timeout_s",
+                                                  "distributed.shard_optimizer_state"};
   std::vector<std::string> out;
   for (const auto& spec : config_schema()) {
     if (free_keys.count(spec.key)) continue;
@@ -98,7 +107,7 @@ void prepare_run_dir(const RunConfig& cfg, const std::string& resume, int64_t re
   const fs::path resume_path = resume.empty() ? fs::path() : fs::weakly_canonical(resume, ec);
   std::vector<fs::path> conflicting;
   if (resume.empty()) {
-    for (const char* f : {"config.toml", "metrics.jsonl", "steps.jsonl", "model.h5"})
+    for (const char* f : {"config.toml", "metrics.jsonl", "steps.jsonl", "quant_stats.json", "report.html", "model.h5"})
       if (fs::exists(fs::path(run_dir) / f)) conflicting.push_back(fs::path(run_dir) / f);
     for (const auto& [step, p] : step_checkpoints(ckpt_dir)) conflicting.push_back(p);
   } else {

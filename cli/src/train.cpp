@@ -3,6 +3,8 @@
 // then the QAT driver), handling resume (also mid-QAT), the GPT sample and the export.
 #include "lowbit/cli/train.h"
 
+#include "lowbit/cli/report.h"
+
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -203,7 +205,8 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
   train::Task task;
   std::shared_ptr<data::Dataset> train_set;
   data::CharCorpus corpus;
-  std::string what;  // "training ..." line
+  std::string what;    // "training ..." line
+  Tensor stats_input;  // a held-out batch for the quantization statistics
   if (dataset == "fashion_mnist") {
     auto train_images = data::FashionMNIST::load(cfg.get_string("data.path"), true);
     auto test_set = data::FashionMNIST::load(cfg.get_string("data.path"), false);
@@ -217,6 +220,7 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
                                                                         .rank = comm ? comm->rank() : 0});
     model = build_model(cfg);
     task = train::classification_task(test_set, 1000);
+    stats_input = narrow(test_set->data(), 0, 0, std::min<int64_t>(256, test_set->size())).clone();
     const int64_t epochs = cfg.get_int("training.epochs"), max_steps = cfg.get_int("training.max_steps");
     o.total_steps =
         max_steps > 0 ? std::min(max_steps, epochs * loader->num_batches()) : epochs * loader->num_batches();
@@ -242,6 +246,11 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
                                                                               .num_replicas = comm ? comm->size() : 1,
                                                                               .rank = comm ? comm->rank() : 0});
     model = build_model(cfg, static_cast<int64_t>(corpus.vocab.size()));
+    {  // 8 validation windows for the per-layer quantization statistics
+      std::vector<int64_t> starts;
+      for (int64_t i = 0; i < 8; ++i) starts.push_back(i * (val_set->size() / 8));
+      stats_input = val_set->get_batch(starts).data;
+    }
     task = train::language_model_task(val_set, batch, cfg.get_int("training.eval_batches"), seed + 1);
     o.total_steps = cfg.get_int("training.max_steps");
     o.label = "gpt";
@@ -268,6 +277,7 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
     q.epochs = cfg.get_int("quantize.qat_epochs");
     q.steps = cfg.get_int("quantize.qat_steps");
     q.lr = cfg.get_float("quantize.qat_lr");
+    q.stats_input = stats_input;
   }
   bool in_qat = false;
   if (!resume.empty()) {
@@ -337,6 +347,25 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
     for (const auto& [k, v] : qr.float_eval) j["float_" + k] = v;
     j["model_bytes"] = model_bytes(*model);
     if (!o.metrics_path.empty()) io::append_file(o.metrics_path, j.dump() + "\n");
+    if (!qr.layer_stats.empty() && (!comm || comm->is_root())) {  // for `lowbit report`
+      auto err = [](const train::QuantError& e) {
+        return nlohmann::json{{"weight_sqnr_db", e.weight_sqnr_db},
+                              {"weight_rel_err", e.weight_rel_err},
+                              {"output_sqnr_db", e.output_sqnr_db},
+                              {"output_rel_err", e.output_rel_err}};
+      };
+      nlohmann::json layers = nlohmann::json::array();
+      for (const auto& l : qr.layer_stats)
+        layers.push_back({{"name", l.name},
+                          {"shape", l.shape},
+                          {"float_bytes", l.float_bytes},
+                          {"converted_bytes", l.converted_bytes},
+                          {"before", err(l.before)},
+                          {"after", err(l.after)},
+                          {"converted", err(l.converted)}});
+      const nlohmann::json stats = {{"recipe", recipe}, {"mode", q.mode}, {"step", result.steps}, {"layers", layers}};
+      io::write_file_atomic(run_dir + "/quant_stats.json", stats.dump(1) + "\n");
+    }
   }
   result.model_bytes = model_bytes(*model);
   if (dataset == "chars") {  // a sample from the final (possibly quantized) model
@@ -368,6 +397,8 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
     progress.line("exported: " + result.export_path);
   }
   result.train_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (cfg.get_bool("training.report"))
+    on_root(comm, "writing report.html", [&] { progress.line("report: " + report_command(run_dir, "", false)); });
   return result;
 }
 

@@ -5,6 +5,7 @@
 #include <chrono>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 
 #include <nlohmann/json.hpp>
 
@@ -12,6 +13,7 @@
 #include "lowbit/autograd/generator.h"
 #include "lowbit/autograd/ops.h"
 #include "lowbit/io/checkpoint.h"
+#include "lowbit/qat/fake_quantizer.h"
 
 namespace lowbit::train {
 
@@ -290,6 +292,86 @@ Result fit(nn::Module& model, optim::Optimizer& opt, optim::LRScheduler* sched, 
   return r;
 }
 
+// ---------------- QAT statistics ----------------
+namespace {
+// records its input, then runs the module it stands in for
+struct InputRecorder : nn::Module {
+  InputRecorder(std::shared_ptr<nn::Module> m, Tensor* slot) : inner(std::move(m)), slot(slot) {}
+  std::string type_name() const override { return "InputRecorder"; }
+  Tensor forward(const Tensor& x) override {
+    *slot = x.detach().clone();
+    return inner->forward(x);
+  }
+  std::shared_ptr<nn::Module> inner;
+  Tensor* slot;
+};
+// the inputs each named module receives when `input` runs through the model (eval, no grad)
+std::map<std::string, Tensor> capture_inputs(nn::Module& model, const std::vector<std::string>& names,
+                                             const Tensor& input) {
+  std::map<std::string, Tensor> got;
+  std::vector<std::pair<std::string, std::shared_ptr<nn::Module>>> saved;
+  for (const auto& n : names) {
+    auto m = model.get_submodule(n);
+    saved.emplace_back(n, m);
+    model.replace_module(n, std::make_shared<InputRecorder>(m, &got[n]));
+  }
+  NoGradGuard ng;
+  const bool was = model.is_training();
+  model.eval();
+  try {
+    model.forward(input);
+  } catch (...) {
+    for (auto& [n, m] : saved) model.replace_module(n, m);
+    model.train(was);
+    throw;
+  }
+  for (auto& [n, m] : saved) model.replace_module(n, m);
+  model.train(was);
+  return got;
+}
+void error_of(const Tensor& ref, const Tensor& q, double& sqnr_db, double& rel) {
+  const Tensor a = ref.to(kFloat32), b = q.to(kFloat32);
+  const double signal = sum(mul(a, a)).item<double>();
+  const Tensor d = sub(a, b);
+  const double noise = sum(mul(d, d)).item<double>();
+  sqnr_db = noise == 0 ? INFINITY : 10.0 * std::log10(signal / noise);
+  rel = signal == 0 ? NAN : std::sqrt(noise / signal);
+}
+int64_t module_bytes(nn::Module& m) {
+  int64_t b = 0;
+  for (auto& [n, t] : m.named_parameters()) b += static_cast<int64_t>(t.nbytes());
+  for (auto& [n, t] : m.named_buffers()) b += static_cast<int64_t>(t.nbytes());
+  return b;
+}
+// the fake-quantized Linears of a prepared model, by name
+std::vector<std::pair<std::string, std::shared_ptr<qat::FakeQuantizedLinear>>> fake_quant_linears(nn::Module& model) {
+  std::vector<std::pair<std::string, std::shared_ptr<qat::FakeQuantizedLinear>>> out;
+  for (auto& [n, m] : model.named_modules())
+    if (auto f = std::dynamic_pointer_cast<qat::FakeQuantizedLinear>(m)) out.emplace_back(n, f);
+  return out;
+}
+// weight and output error of every fake-quantized Linear on its inputs from `input`
+std::map<std::string, QuantError> fake_quant_errors(nn::Module& model, const Tensor& input,
+                                                    std::map<std::string, Tensor>* inputs_out = nullptr) {
+  const auto layers = fake_quant_linears(model);
+  std::vector<std::string> names;
+  for (auto& [n, m] : layers) names.push_back(n);
+  const auto inputs = capture_inputs(model, names, input);
+  NoGradGuard ng;
+  std::map<std::string, QuantError> out;
+  for (auto& [n, m] : layers) {
+    QuantError e;
+    const Tensor wq = m->weight_fake_quantizer ? m->weight_fake_quantizer->forward(m->weight) : m->weight;
+    error_of(m->weight, wq, e.weight_sqnr_db, e.weight_rel_err);
+    const Tensor& x = inputs.at(n);
+    if (x.defined()) error_of(linear(x, m->weight, m->bias), m->forward(x), e.output_sqnr_db, e.output_rel_err);
+    out[n] = e;
+  }
+  if (inputs_out) *inputs_out = inputs;
+  return out;
+}
+}  // namespace
+
 // ---------------- QAT ----------------
 std::shared_ptr<nn::Module> prepare_for_qat(std::shared_ptr<nn::Module> model, const QatOptions& q) {
   LOWBIT_CHECK(q.config != nullptr, "train::prepare_for_qat: no quantization config");
@@ -306,9 +388,11 @@ QatResult quantize_model(std::shared_ptr<nn::Module> model, optim::Optimizer& op
   res.step = start_step;
   auto eval = [&](nn::Module& m) { return evaluate(m, task); };
   if (q.mode == "qat") {
+    std::map<std::string, QuantError> before;
     if (!already_prepared) {
       res.float_eval = eval(*model);
       model = prepare_for_qat(model, q);  // the prepared modules share the trained parameters and their state
+      if (q.stats_input.defined()) before = fake_quant_errors(*model, q.stats_input);
     }
     // fine-tuning runs at the constant qat.lr (also after a resume, whose scheduler state may have
     // set the schedule's rate when it was loaded)
@@ -329,7 +413,31 @@ QatResult quantize_model(std::shared_ptr<nn::Module> model, optim::Optimizer& op
     res.fake_quant_eval = r.eval;
     res.step = r.step;
     res.last_checkpoint = r.last_checkpoint;
+    // statistics after fine-tuning, and the float layers (weights shared) for the converted ones
+    std::map<std::string, Tensor> inputs;
+    std::map<std::string, QuantError> after;
+    std::vector<std::pair<std::string, std::shared_ptr<qat::FakeQuantizedLinear>>> layers;
+    if (q.stats_input.defined()) {
+      after = fake_quant_errors(*model, q.stats_input, &inputs);
+      layers = fake_quant_linears(*model);
+    }
     model = qat::quantize_(model, qat::QATConfig(q.config, "convert"));
+    NoGradGuard ng;
+    for (auto& [n, f] : layers) {
+      LayerQuantStats st;
+      st.name = n;
+      st.shape = f->weight.shape();
+      st.float_bytes = static_cast<int64_t>(f->weight.nbytes() + (f->bias.defined() ? f->bias.nbytes() : 0));
+      if (before.count(n)) st.before = before[n];
+      st.after = after[n];
+      auto conv = model->get_submodule(n);
+      st.converted_bytes = module_bytes(*conv);
+      const Tensor& x = inputs[n];
+      if (x.defined())
+        error_of(linear(x, f->weight, f->bias), conv->forward(x), st.converted.output_sqnr_db,
+                 st.converted.output_rel_err);
+      res.layer_stats.push_back(st);
+    }
   } else {
     res.float_eval = eval(*model);
     model = qat::quantize_(model, *q.config, qat::compatible_linears(*q.config));
