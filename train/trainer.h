@@ -142,7 +142,8 @@ struct QatResult {
   Metrics float_eval, fake_quant_eval, converted_eval;
   int64_t step = 0;
   std::string last_checkpoint;
-  std::vector<LayerQuantStats> layer_stats;  // with QatOptions::stats_input (qat mode: before/after/converted)
+  std::vector<LayerQuantStats>
+      layer_stats;  // with QatOptions::stats_input (qat: before/after/converted; ptq: converted)
 };
 /// prepare -> fine-tune -> convert -> evaluate, through fit() (phase "qat", checkpoints and
 /// metrics as `options` say). Fine-tuning ends at options.total_steps (the float phase's steps +

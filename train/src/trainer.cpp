@@ -440,7 +440,33 @@ QatResult quantize_model(std::shared_ptr<nn::Module> model, optim::Optimizer& op
     }
   } else {
     res.float_eval = eval(*model);
+    // PTQ statistics: each converted Linear's outputs against the float layer's on its inputs
+    std::vector<std::pair<std::string, std::shared_ptr<nn::Linear>>> linears;
+    std::map<std::string, Tensor> inputs;
+    if (q.stats_input.defined()) {
+      std::vector<std::string> names;
+      for (auto& [n, m] : model->named_modules())
+        if (auto l = std::dynamic_pointer_cast<nn::Linear>(m); l && !n.empty()) {
+          linears.emplace_back(n, l);
+          names.push_back(n);
+        }
+      inputs = capture_inputs(*model, names, q.stats_input);
+    }
     model = qat::quantize_(model, *q.config, qat::compatible_linears(*q.config));
+    NoGradGuard ng;
+    for (auto& [n, l] : linears) {
+      auto conv = model->get_submodule(n);
+      if (std::dynamic_pointer_cast<nn::Linear>(conv)) continue;  // kept in float
+      LayerQuantStats st;
+      st.name = n;
+      st.shape = l->weight.shape();
+      st.float_bytes = static_cast<int64_t>(l->weight.nbytes() + (l->bias.defined() ? l->bias.nbytes() : 0));
+      st.converted_bytes = module_bytes(*conv);
+      if (inputs[n].defined())
+        error_of(linear(inputs[n], l->weight, l->bias), conv->forward(inputs[n]), st.converted.output_sqnr_db,
+                 st.converted.output_rel_err);
+      res.layer_stats.push_back(st);
+    }
   }
   res.converted_eval = eval(*model);
   res.model = model;
