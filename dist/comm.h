@@ -41,6 +41,9 @@ class Comm {
   void broadcast(void* data, int64_t bytes, int root, const char* what);
   /// Every rank's value, in rank order.
   std::vector<uint64_t> allgather(uint64_t value, const char* what);
+  /// The ranks whose `value` differs from rank 0's ("1, 3"; "" when all agree): the start-up
+  /// checks (same config, same parameters, replicas in step) compare hashes with it.
+  std::string ranks_differing_from_root(uint64_t value, const char* what);
   /// Variable-size byte blocks: rank r contributes counts[r] bytes, which land at the offsets
   /// of the exclusive prefix sum of counts in `all` (the caller's own block must already be there).
   void allgatherv_inplace(void* all, const std::vector<int64_t>& counts, const char* what);
@@ -66,6 +69,14 @@ class Comm {
   bool mpi_ = false;
   double timeout_s_ = 600;
 };
+
+/// FNV-1a over bytes, continuing from h (start with kFnvBasis): the hashes those checks compare.
+inline constexpr uint64_t kFnvBasis = 14695981039346656037ull;
+inline uint64_t fnv1a(uint64_t h, const void* data, size_t n) {
+  const auto* p = static_cast<const unsigned char*>(data);
+  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
+  return h;
+}
 
 /// Threads a rank should use when the run does not set them: the CPUs this process may run on
 /// (its affinity mask: mpirun binds ranks to cores when there are no more ranks than cores), or,

@@ -118,12 +118,8 @@ void on_root(dist::Comm* comm, const char* what, F&& fn) {
 // Every rank must run the same config (and resume the same checkpoint): hashes compared at start.
 void check_same_run(dist::Comm& comm, const RunConfig& cfg, const std::string& resume) {
   const std::string text = cfg.to_toml() + "\nresume=" + resume;
-  uint64_t h = 14695981039346656037ull;
-  for (unsigned char c : text) h = (h ^ c) * 1099511628211ull;
-  const std::vector<uint64_t> all = comm.allgather(h, "the run config check");
-  std::string differ;
-  for (size_t r = 1; r < all.size(); ++r)
-    if (all[r] != all[0]) differ += (differ.empty() ? "" : ", ") + std::to_string(r);
+  const std::string differ =
+      comm.ranks_differing_from_root(dist::fnv1a(dist::kFnvBasis, text.data(), text.size()), "the run config check");
   LOWBIT_CHECK(differ.empty(),
                "data parallel: rank(s) {} were started with a different run config or --resume than rank 0; every "
                "rank must run the same command (compare `lowbit train ... --print-config` on each host)",

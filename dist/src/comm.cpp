@@ -109,24 +109,30 @@ void Comm::wait(void* request, const char* what) {
   comm_seconds += std::chrono::duration<double>(clk::now() - t0).count();
 }
 
+namespace {
+int reduce_in_place(void* values, int64_t n, MPI_Datatype type, MPI_Op op, MPI_Request* r) {
+  return MPI_Iallreduce(MPI_IN_PLACE, values, static_cast<int>(n), type, op, MPI_COMM_WORLD, r);
+}
+}  // namespace
+
 void Comm::allreduce_sum(double* values, int64_t n, const char* what) {
   if (!mpi_ || n == 0) return;
   MPI_Request r;
-  check_mpi(MPI_Iallreduce(MPI_IN_PLACE, values, static_cast<int>(n), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD, &r), what);
+  check_mpi(reduce_in_place(values, n, MPI_DOUBLE, MPI_SUM, &r), what);
   comm_bytes += n * 8;
   wait(&r, what);
 }
 void Comm::allreduce_sum(float* values, int64_t n, const char* what) {
   if (!mpi_ || n == 0) return;
   MPI_Request r;
-  check_mpi(MPI_Iallreduce(MPI_IN_PLACE, values, static_cast<int>(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD, &r), what);
+  check_mpi(reduce_in_place(values, n, MPI_FLOAT, MPI_SUM, &r), what);
   comm_bytes += n * 4;
   wait(&r, what);
 }
 void Comm::allreduce_max(double* values, int64_t n, const char* what) {
   if (!mpi_ || n == 0) return;
   MPI_Request r;
-  check_mpi(MPI_Iallreduce(MPI_IN_PLACE, values, static_cast<int>(n), MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD, &r), what);
+  check_mpi(reduce_in_place(values, n, MPI_DOUBLE, MPI_MAX, &r), what);
   comm_bytes += n * 8;
   wait(&r, what);
 }
@@ -145,6 +151,13 @@ std::vector<uint64_t> Comm::allgather(uint64_t value, const char* what) {
   check_mpi(MPI_Iallgather(&value, 1, MPI_UINT64_T, all.data(), 1, MPI_UINT64_T, MPI_COMM_WORLD, &r), what);
   wait(&r, what);
   return all;
+}
+std::string Comm::ranks_differing_from_root(uint64_t value, const char* what) {
+  const std::vector<uint64_t> all = allgather(value, what);
+  std::string differ;
+  for (size_t r = 1; r < all.size(); ++r)
+    if (all[r] != all[0]) differ += (differ.empty() ? "" : ", ") + std::to_string(r);
+  return differ;
 }
 void Comm::allgatherv_inplace(void* all, const std::vector<int64_t>& counts, const char* what) {
   LOWBIT_CHECK(static_cast<int>(counts.size()) == size_, "{}: {} counts for {} ranks", what, counts.size(), size_);

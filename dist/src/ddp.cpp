@@ -17,12 +17,6 @@
 namespace lowbit::dist {
 
 namespace {
-uint64_t fnv1a(uint64_t h, const void* data, size_t n) {
-  const auto* p = static_cast<const unsigned char*>(data);
-  for (size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 1099511628211ull;
-  return h;
-}
-constexpr uint64_t kFnvBasis = 14695981039346656037ull;
 // dst = src * w (a gradient into its bucket, weighted by this rank's share of the batch)
 void scaled_copy(const float* __restrict src, float w, float* __restrict dst, int64_t n) {
 #pragma omp simd
@@ -97,10 +91,7 @@ DistributedDataParallel::DistributedDataParallel(nn::Module& module, Comm& comm,
     const auto dt = static_cast<uint8_t>(p.dtype());
     h = fnv1a(h, &dt, 1);
   }
-  const std::vector<uint64_t> all = comm_.allgather(h, "the parameter check");
-  std::string differ;
-  for (size_t r = 0; r < all.size(); ++r)
-    if (all[r] != all[0]) differ += (differ.empty() ? "" : ", ") + std::to_string(r);
+  const std::string differ = comm_.ranks_differing_from_root(h, "the parameter check");
   LOWBIT_CHECK(differ.empty(),
                "DistributedDataParallel: rank(s) {} hold different parameters (names, shapes or dtypes) than rank 0; "
                "every rank must build the same model",

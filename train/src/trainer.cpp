@@ -164,12 +164,11 @@ std::string save_distributed(const std::string& path, const nn::Module& model, o
                              const io::TrainingState& st) {
   dist::DistributedDataParallel& ddp = *o.ddp;
   dist::Comm& comm = ddp.comm();
-  const std::vector<uint64_t> sums = comm.allgather(ddp.parameter_checksum(), "the replica check");
-  for (size_t r = 1; r < sums.size(); ++r)
-    LOWBIT_CHECK(sums[r] == sums[0],
-                 "data parallel: rank {}'s parameters differ from rank 0's at step {} (the replicas diverged; "
-                 "checkpoint not written)",
-                 r, st.step);
+  const std::string differ = comm.ranks_differing_from_root(ddp.parameter_checksum(), "the replica check");
+  LOWBIT_CHECK(differ.empty(),
+               "data parallel: the parameters of rank(s) {} differ from rank 0's at step {} (the replicas diverged; "
+               "checkpoint not written)",
+               differ, st.step);
   ddp.gather_optimizer_state(optimizer);
   std::string error;
   if (comm.is_root()) {
