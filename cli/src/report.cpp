@@ -397,7 +397,13 @@ RunData load_run(const std::string& dir) {
   if (fs::exists(d / "config.toml")) r.config_toml = read_text(d / "config.toml");
   r.metrics = read_jsonl(d / "metrics.jsonl");
   r.steps = read_jsonl(d / "steps.jsonl");
-  if (fs::exists(d / "quant_stats.json")) r.quant_stats_json = read_text(d / "quant_stats.json");
+  if (fs::exists(d / "quant_stats.json")) {
+    r.quant_stats_json = read_text(d / "quant_stats.json");
+    const json q = json::parse(r.quant_stats_json, nullptr, false);
+    LOWBIT_CHECK(q.is_object() && q.contains("layers") && q["layers"].is_array(),
+                 "{}: not a lowbit quantization-statistics file (a JSON object with a 'layers' array)",
+                 (d / "quant_stats.json").string());
+  }
   const auto cfg = config_map(r.config_toml);
   std::string ck = cfg.count("checkpoint.dir") ? cfg.at("checkpoint.dir") : "\"\"";
   ck = ck.size() >= 2 ? ck.substr(1, ck.size() - 2) : "";
@@ -561,14 +567,29 @@ std::string render_compare_text(const std::vector<RunData>& runs) {
   return s;
 }
 
+namespace {
+// a record of the right JSON syntax but the wrong types (a hand-edited or foreign file) is an
+// error naming the run directory, not an exception from the JSON library
+template <typename F>
+auto naming_the_run(const std::string& dirs, F&& f) {
+  try {
+    return f();
+  } catch (const json::exception& e) {
+    throw Error(fmt::format("{}: a record of metrics.jsonl, steps.jsonl or quant_stats.json has an unexpected "
+                            "type or shape ({})",
+                            dirs, e.what()));
+  }
+}
+}  // namespace
+
 std::string report_command(const std::string& run_dir, const std::string& out, bool text) {
   const RunData r = load_run(run_dir);
   if (text) {
-    std::fputs(render_report_text(r).c_str(), stdout);
+    std::fputs(naming_the_run(run_dir, [&] { return render_report_text(r); }).c_str(), stdout);
     return "";
   }
   const std::string path = out.empty() ? (fs::path(run_dir) / "report.html").string() : out;
-  io::write_file_atomic(path, render_report_html(r));
+  io::write_file_atomic(path, naming_the_run(run_dir, [&] { return render_report_html(r); }));
   return path;
 }
 
@@ -576,12 +597,14 @@ std::string compare_command(const std::vector<std::string>& run_dirs, const std:
   LOWBIT_CHECK(run_dirs.size() >= 1, "lowbit compare: give one or more run directories");
   std::vector<RunData> runs;
   for (const auto& d : run_dirs) runs.push_back(load_run(d));
+  std::string dirs;
+  for (const auto& d : run_dirs) dirs += (dirs.empty() ? "" : ", ") + d;
   if (text) {
-    std::fputs(render_compare_text(runs).c_str(), stdout);
+    std::fputs(naming_the_run(dirs, [&] { return render_compare_text(runs); }).c_str(), stdout);
     return "";
   }
   const std::string path = out.empty() ? std::string("compare.html") : out;
-  io::write_file_atomic(path, render_compare_html(runs));
+  io::write_file_atomic(path, naming_the_run(dirs, [&] { return render_compare_html(runs); }));
   return path;
 }
 

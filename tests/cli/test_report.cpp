@@ -206,6 +206,19 @@ TEST(Report, Fp32AndQatRunsAndTheirComparison) {
   std::ofstream(f32 + "/steps.jsonl", std::ios::app) << "{broken\n";
   expect_error([&] { load_run(f32); }, {"steps.jsonl:", "not a JSON object"});
 
+  // hostile files: wrong JSON types and a foreign quant_stats.json give errors naming the run
+  const std::string bad = tmpdir("hostile");
+  std::filesystem::create_directories(bad);
+  std::ofstream(bad + "/config.toml") << "[training]\nseed = 0\n";
+  std::ofstream(bad + "/metrics.jsonl") << "{\"phase\": 7, \"step\": \"x\"}\n";
+  expect_error([&] { report_command(bad, "", false); }, {bad, "unexpected type"});
+  std::ofstream(bad + "/metrics.jsonl", std::ios::trunc) << "{\"phase\": \"train\", \"step\": 1}\n";
+  EXPECT_NE(report_command(bad, "", false), "");  // a sparse but well-typed run renders
+  std::ofstream(bad + "/quant_stats.json") << "[1, 2, 3]\n";
+  expect_error([&] { load_run(bad); }, {"quant_stats.json", "not a lowbit quantization-statistics file"});
+  std::ofstream(bad + "/quant_stats.json", std::ios::trunc) << "{\"layers\": [{\"name\": 5, \"shape\": 2}]}\n";
+  expect_error([&] { report_command(bad, "", false); }, {bad, "unexpected type"});
+
   // a browser draws it: a headless chromium screenshot that is not blank (optional tool)
   const char* chromium = "/usr/bin/chromium";
   if (!std::filesystem::exists(chromium)) GTEST_SKIP() << "chromium not installed: screenshot check skipped";
