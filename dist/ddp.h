@@ -68,6 +68,10 @@ class DistributedDataParallel {
   static int64_t state_bytes(const optim::Optimizer& optimizer);
   /// A checksum of the parameters, equal on all ranks when replicas agree (tests, checkpoints).
   uint64_t parameter_checksum() const;
+  /// Seconds this rank has waited for gradient buckets in finish_gradient_sync() (the exposed
+  /// part of the gradient all-reduce / reduce), and in the ZeRO-1 parameter all-gather.
+  double gradient_wait_seconds() const { return gradient_wait_s_; }
+  double gather_wait_seconds() const { return gather_wait_s_; }
 
  private:
   struct Impl;
@@ -75,6 +79,7 @@ class DistributedDataParallel {
   nn::Module& module_;
   Comm& comm_;
   DDPOptions opts_;
+  double gradient_wait_s_ = 0, gather_wait_s_ = 0;
 };
 
 }  // namespace lowbit::dist

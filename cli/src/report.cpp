@@ -575,9 +575,10 @@ auto naming_the_run(const std::string& dirs, F&& f) {
   try {
     return f();
   } catch (const json::exception& e) {
-    throw Error(fmt::format("{}: a record of metrics.jsonl, steps.jsonl or quant_stats.json has an unexpected "
-                            "type or shape ({})",
-                            dirs, e.what()));
+    throw Error(
+        fmt::format("{}: a record of metrics.jsonl, steps.jsonl or quant_stats.json has an unexpected "
+                    "type or shape ({})",
+                    dirs, e.what()));
   }
 }
 }  // namespace

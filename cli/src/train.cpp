@@ -379,13 +379,15 @@ TrainResult train(const RunConfig& cfg, bool tty, const std::string& resume, con
     result.optimizer_state_bytes = dist::DistributedDataParallel::state_bytes(*opt);
     result.comm_seconds = comm->comm_seconds;
     const double steps = static_cast<double>(std::max<int64_t>(1, result.steps - ddp_start_step));
-    double worst[3] = {static_cast<double>(result.optimizer_state_bytes), result.comm_seconds,
-                       static_cast<double>(comm->comm_bytes) / steps};
-    comm->allreduce_max(worst, 3, "the run summary");
+    double worst[5] = {static_cast<double>(result.optimizer_state_bytes), result.comm_seconds,
+                       static_cast<double>(comm->comm_bytes) / steps, ddp->gradient_wait_seconds(),
+                       ddp->gather_wait_seconds()};
+    comm->allreduce_max(worst, 5, "the run summary");
     progress.line(
         fmt::format("data parallel: optimizer state {} bytes on the largest rank; {:.2f} s waiting in "
-                    "collectives, {:.2f} MB sent per step (the largest rank)",
-                    static_cast<int64_t>(worst[0]), worst[1], worst[2] / 1e6));
+                    "collectives (gradient sync {:.2f} s, ZeRO-1 all-gather {:.2f} s), {:.2f} MB sent per "
+                    "step (the largest rank)",
+                    static_cast<int64_t>(worst[0]), worst[1], worst[3], worst[4], worst[2] / 1e6));
   }
   if (cfg.get_bool("training.export")) {
     result.export_path = run_dir + "/model.h5";

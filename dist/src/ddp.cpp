@@ -279,11 +279,13 @@ void DistributedDataParallel::finish_gradient_sync() {
                  "DistributedDataParallel: starting a gradient bucket failed (MPI)");
     comm_.comm_bytes += static_cast<int64_t>(b.buf.size()) * 4;
   }
+  const double waited = comm_.comm_seconds;
   for (auto& b : m.buckets) {
     for (auto& r : b.reqs) comm_.wait(&r, b.owner < 0 ? "the gradient all-reduce" : "the ZeRO-1 gradient reduce");
     b.done = true;
     if (b.owner == comm_.rank()) Impl::sum_in_rank_order(b, comm_.rank(), comm_.size());
   }
+  gradient_wait_s_ += comm_.comm_seconds - waited;
   for (auto& b : m.buckets) {
     const bool mine = b.owner < 0 || b.owner == comm_.rank();
     for (size_t s = 0; s < b.params.size(); ++s) {
@@ -333,7 +335,9 @@ void DistributedDataParallel::after_optimizer_step() {
   for (size_t k = 0; k < m.params.size(); ++k)
     if (m.owner[k] == comm_.rank())
       std::memcpy(m.gather_buf.data() + m.param_byte_offset[k], m.params[k].raw_data(), m.params[k].nbytes());
+  const double waited = comm_.comm_seconds;
   comm_.allgatherv_inplace(m.gather_buf.data(), m.rank_bytes, "the ZeRO-1 parameter all-gather");
+  gather_wait_s_ += comm_.comm_seconds - waited;
   for (size_t k = 0; k < m.params.size(); ++k)
     if (m.owner[k] != comm_.rank())
       std::memcpy(m.params[k].raw_data(), m.gather_buf.data() + m.param_byte_offset[k], m.params[k].nbytes());
