@@ -6,6 +6,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -50,6 +51,10 @@ class Comm {
   /// Gathers every rank's bytes on root (empty elsewhere), in rank order.
   std::vector<std::string> gather_bytes(const std::string& mine, int root, const char* what);
   void barrier(const char* what);
+  /// Runs fn on rank 0 only (everywhere in a group of one); then every rank learns whether it
+  /// succeeded and throws if not -- rank 0 its own error, the others "rank 0 failed (what): ..."
+  /// -- instead of waiting for rank 0 in the next collective.
+  void on_root(const std::string& what, const std::function<void()>& fn);
   /// Ends every rank of the job: prints "lowbit: rank R: message" and calls MPI_Abort (exit(code)
   /// in a group of one).
   [[noreturn]] void abort(const std::string& message, int code = 3);

@@ -9,6 +9,7 @@
 #include <string>
 
 #include <lowbit/lowbit.h>
+#include <lowbit/train/trainer.h>
 
 using namespace lowbit;
 
@@ -32,12 +33,12 @@ int main(int argc, char** argv) {
         std::make_shared<nn::ReLU>(), std::make_shared<nn::Linear>(1024, 10)});
     auto opt = optim::make_optimizer(opt_name, {{model->parameters(), {}}}, {.lr = 1e-3, .weight_decay = 1e-2});
     dist::DistributedDataParallel ddp(*model, comm, {.shard_optimizer_state = zero1});
+    const train::Task task = train::classification_task(test_set);
     if (root)
       std::printf("%d rank(s) x %d thread(s), %s%s\n", comm.size(), get_num_threads(), opt->name().c_str(),
                   zero1 ? ", ZeRO-1" : "");
     const auto t0 = std::chrono::steady_clock::now();
     for (int epoch = 0; epoch < epochs; ++epoch) {
-      model->train();
       double total = 0;
       int64_t steps = 0;
       while (auto batch = loader.next()) {
@@ -52,18 +53,14 @@ int main(int argc, char** argv) {
         total += ddp.global_loss(loss.item<double>());
         ++steps;
       }
-      model->eval();
-      NoGradGuard ng;
-      const Tensor pred = argmax(model->forward(test_set->data()), 1);
-      int64_t correct = 0;
-      for (int64_t i = 0; i < pred.numel(); ++i)
-        correct += pred.data_ptr<int64_t>()[i] == test_set->target().data_ptr<int64_t>()[i];
+      // the library's classification evaluation (eval mode, no gradients), on every rank
+      const double accuracy = train::evaluate(*model, task)[1].second;
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       if (root)
         std::printf(
             "epoch %d  train loss %.4f  test accuracy %.2f%%  (%.1f s; optimizer state on this rank %lld "
             "bytes)\n",
-            epoch + 1, total / static_cast<double>(steps), 100.0 * correct / pred.numel(), secs,
+            epoch + 1, total / static_cast<double>(steps), 100.0 * accuracy, secs,
             static_cast<long long>(dist::DistributedDataParallel::state_bytes(*opt)));
     }
   } catch (const std::exception& e) {

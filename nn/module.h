@@ -84,6 +84,8 @@ class Module : public std::enable_shared_from_this<Module> {
   LoadResult load_state_dict(const NamedTensors& state, bool strict = true);
   /// Total number of parameter elements.
   int64_t num_parameters() const;
+  /// Bytes of the state_dict's tensors (parameters and buffers, as stored).
+  int64_t num_bytes() const;
 
   /// What rebuilds this module besides its tensors: constructor arguments (Dropout's p,
   /// LayerNorm's eps) and, for quantized modules, their scheme as structured values. A

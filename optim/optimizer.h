@@ -123,6 +123,9 @@ class AdamW : public Adam {
 /// clipping (norm_type 2 or infinity). Non-finite total norms throw when error_if_nonfinite.
 double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, double norm_type = 2.0,
                        bool error_if_nonfinite = false);
+/// One parameter's term of clip_grad_norm_: its gradient's squared 2-norm (float32 sum of
+/// squares, as a double), or its max-abs for norm_type inf.
+double grad_norm_term(const Tensor& grad, double norm_type = 2.0);
 /// The second half of clip_grad_norm_, from one term per parameter (its squared 2-norm, or its
 /// max-abs for norm_type inf; 0 without a gradient) -- for callers that assemble the terms
 /// elsewhere (data-parallel ranks that each hold part of the gradients). Scales the gradients

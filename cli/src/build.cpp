@@ -151,10 +151,6 @@ std::unique_ptr<optim::LRScheduler> build_scheduler(const RunConfig& cfg, optim:
       fmt::format("lr_scheduler.name: unknown scheduler '{}' (none, step, cosine, warmup_cosine, onecycle)", name));
 }
 
-int64_t model_bytes(const nn::Module& m) {
-  int64_t b = 0;
-  for (const auto& [_, t] : m.state_dict()) b += static_cast<int64_t>(t.nbytes());
-  return b;
-}
+int64_t model_bytes(const nn::Module& m) { return m.num_bytes(); }
 
 }  // namespace lowbit::cli

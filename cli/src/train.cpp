@@ -97,22 +97,11 @@ std::shared_ptr<nn::Module> convert_for_training_recipe(const std::shared_ptr<nn
 }
 // Runs fn on rank 0 only; every rank then learns whether it succeeded and throws rank 0's error
 // if not (the others would otherwise wait for it in the next collective).
+// fn on rank 0 only under mpirun (dist::Comm::on_root), else here
 template <typename F>
 void on_root(dist::Comm* comm, const char* what, F&& fn) {
   if (!comm) return fn();
-  std::string error;
-  if (comm->is_root()) {
-    try {
-      fn();
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
-  }
-  int64_t len = static_cast<int64_t>(error.size());
-  comm->broadcast(&len, sizeof len, 0, what);
-  error.resize(static_cast<size_t>(len));
-  comm->broadcast(error.data(), len, 0, what);
-  if (!error.empty()) throw Error(comm->is_root() ? error : fmt::format("rank 0 failed ({}): {}", what, error));
+  comm->on_root(what, fn);
 }
 
 // Every rank must run the same config (and resume the same checkpoint): hashes compared at start.

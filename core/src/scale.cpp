@@ -11,13 +11,6 @@ namespace lowbit::core {
 namespace {
 uint32_t bits_of(float x) { return std::bit_cast<uint32_t>(x); }
 float float_of(uint32_t u) { return std::bit_cast<float>(u); }
-// the e8m0 value of byte c (c = 255: NaN)
-float e8m0_value(uint32_t c) {
-  if (c == 255) return std::numeric_limits<float>::quiet_NaN();
-  // 2^(c - 127) from its bits (libm's ldexp costs more than the rest of a block's scale):
-  // c >= 1 is the normal float with biased exponent c; c = 0 is the subnormal 2^-127
-  return c == 0 ? float_of(0x00400000u) : float_of(c << 23);
-}
 }  // namespace
 
 const char* to_string(E8M0Rounding mode) {
@@ -32,38 +25,8 @@ const char* to_string(E8M0Rounding mode) {
 
 int max_pow2(const Format& element) { return static_cast<int>(std::floor(std::log2(element.max_finite))); }
 
-E8M0Scale e8m0_scale(float amax, const Format& element, E8M0Rounding mode) {
-  uint32_t b;
-  if (mode == E8M0Rounding::RCeil) {
-    const float d = amax * (1.0f / static_cast<float>(element.max_finite));
-    if (!std::isfinite(d)) {
-      b = 255;
-    } else {
-      const uint32_t u = bits_of(d), exp = (u >> 23) & 0xFF, mant = u & 0x7FFFFF;
-      b = exp + (exp == 0 ? (mant > 0x400000 ? 1u : 0u) : (mant != 0 ? 1u : 0u));
-    }
-  } else {
-    uint32_t u = bits_of(amax);
-    if (mode == E8M0Rounding::Even && !std::isnan(amax)) {
-      // round the mantissa to the element's width (the carry may reach the exponent, even to inf)
-      u = (u + (1u << (22 - element.mant_bits))) & 0xFF800000u;
-    }
-    const float a = float_of(u);
-    if (!std::isfinite(a)) {
-      b = 255;
-    } else {
-      const int e = static_cast<int>((u >> 23) & 0xFF) - 127;  // zero or fp32-subnormal amax: -127
-      const int ceil = mode == E8M0Rounding::Ceil && (u & 0x7FFFFF) != 0 ? 1 : 0;
-      const int s = std::clamp(e + ceil - max_pow2(element), -127, 128);
-      b = static_cast<uint32_t>(s + 127);
-    }
-  }
-  b = std::min<uint32_t>(b, 255);
-  return {static_cast<uint8_t>(b), b == 255 ? std::numeric_limits<float>::quiet_NaN() : e8m0_value(254 - b)};
-}
-
 namespace {
-// one lane of e8m0_scales: the same rules as e8m0_scale on an amax's bits, as selects
+// one lane of e8m0_scales (and e8m0_scale): the rules of core/scale.h on an amax's bits, as selects
 inline uint32_t e8m0_byte_lane(uint32_t u, E8M0Rounding mode, float inv_max, uint32_t even_add, int emax) {
   uint32_t b;
   if (mode == E8M0Rounding::RCeil) {
@@ -93,6 +56,15 @@ void e8m0_scales_as(const uint32_t* __restrict amax_bits, int64_t n, float inv_m
   }
 }
 }  // namespace
+
+// the scalar rule is the batch rule on one block: one statement of it
+E8M0Scale e8m0_scale(float amax, const Format& element, E8M0Rounding mode) {
+  uint8_t byte;
+  float multiplier;
+  const uint32_t u = bits_of(amax);
+  e8m0_scales(&u, 1, element, mode, &byte, &multiplier);
+  return {byte, multiplier};
+}
 
 void e8m0_scales(const uint32_t* amax_bits, int64_t n, const Format& element, E8M0Rounding mode, uint8_t* bytes,
                  float* multipliers) {

@@ -202,6 +202,23 @@ std::vector<std::string> Comm::gather_bytes(const std::string& mine, int root, c
     for (size_t i = 0; i < sizes.size(); ++i) out.push_back(all.substr(static_cast<size_t>(d[i]), sizes[i]));
   return out;
 }
+void Comm::on_root(const std::string& what, const std::function<void()>& fn) {
+  if (!mpi_) return fn();
+  std::string error;
+  if (is_root()) {
+    try {
+      fn();
+    } catch (const std::exception& e) {
+      error = e.what();
+    }
+  }
+  int64_t len = static_cast<int64_t>(error.size());
+  broadcast(&len, sizeof len, 0, what.c_str());
+  error.resize(static_cast<size_t>(len));
+  broadcast(error.data(), len, 0, what.c_str());
+  if (!error.empty()) throw Error(is_root() ? error : fmt::format("rank 0 failed ({}): {}", what, error));
+}
+
 void Comm::barrier(const char* what) {
   if (!mpi_) return;
   MPI_Request r;

@@ -319,10 +319,7 @@ double DistributedDataParallel::clip_grad_norm(double max_norm) {
   // one term per parameter (only its owner has it), summed in parameter order as clip_grad_norm_
   std::vector<double> terms(m.params.size(), 0.0);
   for (size_t k = 0; k < m.params.size(); ++k) {
-    const Tensor& p = m.params[k];
-    if (!p.grad().defined()) continue;
-    const Tensor g = p.grad().to(kFloat32);
-    terms[k] = sum(mul(g, g)).item<double>();
+    if (m.params[k].grad().defined()) terms[k] = optim::grad_norm_term(m.params[k].grad());
   }
   if (opts_.shard_optimizer_state) comm_.allreduce_sum(terms.data(), static_cast<int64_t>(terms.size()), "grad norm");
   return optim::clip_grad_norm_from_terms(m.params, terms, max_norm);

@@ -119,17 +119,19 @@ MXTensor to_mx(const Tensor& x_in, FormatId elem, int64_t block_size, E8M0Roundi
     for (int64_t c = c0; c < c1; ++c) {
       const int64_t b0 = c * per_chunk, b1 = std::min(nb, b0 + per_chunk), len = (b1 - b0) * block_size;
       const float* cx = xp + b0 * block_size;
-      if (block_size == 32) {  // the default: fixed trip counts unroll into a few vector ops
-        blocks_amax<32>(cx, b1 - b0, amax.data());
-        core::e8m0_scales(amax.data(), b1 - b0, e, mode, sb + b0, block_mult.data());
-        spread<32>(block_mult.data(), b1 - b0, mult.data());
-      } else {
-        for (int64_t b = 0; b < b1 - b0; ++b)
+      const int64_t nbk = b1 - b0;
+      // the default block of 32: fixed trip counts unroll into a few vector ops
+      if (block_size == 32)
+        blocks_amax<32>(cx, nbk, amax.data());
+      else
+        for (int64_t b = 0; b < nbk; ++b)
           amax[static_cast<size_t>(b)] = core::amax_bits_of_run(cx + b * block_size, block_size);
-        core::e8m0_scales(amax.data(), b1 - b0, e, mode, sb + b0, block_mult.data());
-        for (int64_t b = 0; b < b1 - b0; ++b)
+      core::e8m0_scales(amax.data(), nbk, e, mode, sb + b0, block_mult.data());
+      if (block_size == 32)
+        spread<32>(block_mult.data(), nbk, mult.data());
+      else
+        for (int64_t b = 0; b < nbk; ++b)
           std::fill_n(mult.data() + b * block_size, block_size, block_mult[static_cast<size_t>(b)]);
-      }
       uint8_t* dst = packed ? tmp.data() : qp + b0 * block_size;
       minifloat_encode_scaled(spec, cx, 0.0f, mult.data(), dst, len, saturate);
       if (packed) core::pack(e, tmp.data(), qp + b0 * block_size / 2, len);

@@ -228,6 +228,12 @@ int64_t Module::num_parameters() const {
   return n;
 }
 
+int64_t Module::num_bytes() const {
+  int64_t b = 0;
+  for (const auto& [_, t] : state_dict()) b += static_cast<int64_t>(t.nbytes());
+  return b;
+}
+
 std::string Module::to_string() const {
   const std::string extra = extra_repr();
   if (children_.empty()) return type_name() + "(" + extra + ")";

@@ -292,11 +292,15 @@ double clip_grad_norm_(const std::vector<Tensor>& params, double max_norm, doubl
   std::vector<double> terms(params.size(), 0.0);
   for (size_t i = 0; i < params.size(); ++i) {
     const Tensor& p = params[i];
-    if (!p.grad().defined()) continue;
-    const Tensor g = p.grad().to(kFloat32);
-    terms[i] = std::isinf(norm_type) ? static_cast<double>(amax(abs(g)).item<float>()) : sum(mul(g, g)).item<double>();
+    if (p.grad().defined()) terms[i] = grad_norm_term(p.grad(), norm_type);
   }
   return clip_grad_norm_from_terms(params, terms, max_norm, norm_type, error_if_nonfinite);
+}
+
+double grad_norm_term(const Tensor& grad, double norm_type) {
+  NoGradGuard ng;
+  const Tensor g = grad.to(kFloat32);
+  return std::isinf(norm_type) ? static_cast<double>(amax(abs(g)).item<float>()) : sum(mul(g, g)).item<double>();
 }
 
 double clip_grad_norm_from_terms(const std::vector<Tensor>& params, const std::vector<double>& terms, double max_norm,

@@ -10,6 +10,8 @@
 #include <regex>
 #include <sstream>
 
+#include <fmt/format.h>
+
 #include "lowbit/cli/config.h"
 #include "lowbit/cli/report.h"
 #include "lowbit/cli/train.h"
@@ -135,7 +137,7 @@ TEST(Report, XmlCheckerCatchesBrokenMarkup) {  // the structural check can fail
 }
 
 TEST(Report, Fp32AndQatRunsAndTheirComparison) {
-  if (!have_fmnist()) GTEST_SKIP() << "dataset-fashion-mnist not installed";
+  if (!have_fmnist()) LOWBIT_SKIP_OR_FAIL("dataset-fashion-mnist not installed");
   const std::string f32 = tmpdir("fp32"), q = tmpdir("qat");
   auto a = RunConfig::from_file(std::string(LOWBIT_SOURCE_DIR) + "/configs/fmnist_mlp.toml");
   a.apply_overrides({"--training.max_steps", "30", "--training.epochs", "1", "--model.hidden", "[64]",
@@ -218,10 +220,35 @@ TEST(Report, Fp32AndQatRunsAndTheirComparison) {
   expect_error([&] { load_run(bad); }, {"quant_stats.json", "not a lowbit quantization-statistics file"});
   std::ofstream(bad + "/quant_stats.json", std::ios::trunc) << "{\"layers\": [{\"name\": 5, \"shape\": 2}]}\n";
   expect_error([&] { report_command(bad, "", false); }, {bad, "unexpected type"});
+}
 
-  // a browser draws it: a headless chromium screenshot that is not blank (optional tool)
+// A browser draws it: a headless chromium screenshot of a report that is not blank (chromium is an
+// optional tool: scripts/setup.sh --with-chromium; CI installs it).
+TEST(Report, ChromiumScreenshotIsNotBlank) {
+  // a small run directory written by hand: curves, one quantized layer, the config
+  const std::string run = tmpdir("shot_run");
+  std::filesystem::create_directories(run);
+  std::ofstream(run + "/config.toml") << "[training]\nseed = 0\n";
+  {
+    std::ofstream m(run + "/metrics.jsonl"), st(run + "/steps.jsonl");
+    for (int k = 1; k <= 20; ++k) {
+      st << fmt::format(
+                R"({{"phase":"train","step":{},"loss":{},"train_loss":{},"lr":0.001,"samples_per_s":{},"elapsed_s":{}}})",
+                k, 2.0 / k, 2.0 / k, 1000 + 10 * k, 0.1 * k)
+         << "\n";
+      if (k % 5 == 0)
+        m << fmt::format(R"({{"phase":"train","step":{},"train_loss":{},"test_loss":{},"test_accuracy":{}}})", k,
+                         2.0 / k, 2.2 / k, 0.5 + 0.02 * k)
+          << "\n";
+    }
+    std::ofstream(run + "/quant_stats.json")
+        << R"({"recipe":"8da4w","mode":"qat","layers":[{"name":"0","shape":[4,8],"float_bytes":144,"converted_bytes":40,)"
+        << R"("before":{"weight_sqnr_db":20,"output_sqnr_db":25},"after":{"weight_sqnr_db":21,"output_sqnr_db":27}}]})";
+  }
+  const std::string qpath = report_command(run, "", false);
   const char* chromium = "/usr/bin/chromium";
-  if (!std::filesystem::exists(chromium)) GTEST_SKIP() << "chromium not installed: screenshot check skipped";
+  if (!std::filesystem::exists(chromium))
+    LOWBIT_SKIP_OR_FAIL("chromium not installed (scripts/setup.sh --with-chromium): screenshot check skipped");
   const std::string blank = tmpdir("blank") + ".html", shot_blank = tmpdir("blank") + ".png",
                     shot = tmpdir("shot") + ".png";
   std::ofstream(blank) << "<!DOCTYPE html><html><body></body></html>\n";

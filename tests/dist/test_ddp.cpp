@@ -15,6 +15,7 @@
 #include "lowbit/dist/ddp.h"
 #include "lowbit/nn/layers.h"
 #include "lowbit/optim/table.h"
+#include "test_util.h"
 
 using namespace lowbit;
 
@@ -22,7 +23,7 @@ namespace {
 dist::Comm& comm() { return dist::Comm::world(); }
 
 #define NEED_RANKS() \
-  if (comm().size() < 2) GTEST_SKIP() << "needs mpirun -np 2 (or more): run by ctest as test dist_mpi"
+  if (comm().size() < 2) LOWBIT_SKIP_OR_FAIL("needs mpirun -np 2 (or more): run by ctest as test dist_mpi")
 
 // a small MLP whose first layer is large enough for 8-bit optimizer states (>= 4096 elements)
 std::shared_ptr<nn::Module> make_mlp(uint64_t seed) {

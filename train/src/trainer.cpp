@@ -170,21 +170,17 @@ std::string save_distributed(const std::string& path, const nn::Module& model, o
                "checkpoint not written)",
                differ, st.step);
   ddp.gather_optimizer_state(optimizer);
-  std::string error;
-  if (comm.is_root()) {
-    try {
+  // ZeRO-1 state is dropped again even when the write fails
+  try {
+    comm.on_root(fmt::format("writing checkpoint {}", path), [&] {
       io::save_checkpoint(path, model, &optimizer, scheduler, &loader, st);
       prune_step_files(o.checkpoint);
-    } catch (const std::exception& e) {
-      error = e.what();
-    }
+    });
+  } catch (...) {
+    ddp.drop_unowned_state(optimizer);
+    throw;
   }
   ddp.drop_unowned_state(optimizer);
-  int64_t len = static_cast<int64_t>(error.size());
-  comm.broadcast(&len, sizeof len, 0, "the checkpoint status");
-  error.resize(static_cast<size_t>(len));
-  comm.broadcast(error.data(), len, 0, "the checkpoint status");
-  LOWBIT_CHECK(error.empty(), "rank 0 could not write checkpoint {}: {}", path, error);
   return path;
 }
 }  // namespace
@@ -336,12 +332,6 @@ void error_of(const Tensor& ref, const Tensor& q, double& sqnr_db, double& rel) 
   sqnr_db = noise == 0 ? INFINITY : 10.0 * std::log10(signal / noise);
   rel = signal == 0 ? NAN : std::sqrt(noise / signal);
 }
-int64_t module_bytes(nn::Module& m) {
-  int64_t b = 0;
-  for (auto& [n, t] : m.named_parameters()) b += static_cast<int64_t>(t.nbytes());
-  for (auto& [n, t] : m.named_buffers()) b += static_cast<int64_t>(t.nbytes());
-  return b;
-}
 // the fake-quantized Linears of a prepared model, by name
 std::vector<std::pair<std::string, std::shared_ptr<qat::FakeQuantizedLinear>>> fake_quant_linears(nn::Module& model) {
   std::vector<std::pair<std::string, std::shared_ptr<qat::FakeQuantizedLinear>>> out;
@@ -430,7 +420,7 @@ QatResult quantize_model(std::shared_ptr<nn::Module> model, optim::Optimizer& op
       if (before.count(n)) st.before = before[n];
       st.after = after[n];
       auto conv = model->get_submodule(n);
-      st.converted_bytes = module_bytes(*conv);
+      st.converted_bytes = conv->num_bytes();
       const Tensor& x = inputs[n];
       if (x.defined())
         error_of(linear(x, f->weight, f->bias), conv->forward(x), st.converted.output_sqnr_db,
@@ -460,7 +450,7 @@ QatResult quantize_model(std::shared_ptr<nn::Module> model, optim::Optimizer& op
       st.name = n;
       st.shape = l->weight.shape();
       st.float_bytes = static_cast<int64_t>(l->weight.nbytes() + (l->bias.defined() ? l->bias.nbytes() : 0));
-      st.converted_bytes = module_bytes(*conv);
+      st.converted_bytes = conv->num_bytes();
       if (inputs[n].defined())
         error_of(linear(inputs[n], l->weight, l->bias), conv->forward(inputs[n]), st.converted.output_sqnr_db,
                  st.converted.output_rel_err);
