@@ -44,6 +44,26 @@ void BM_adamw_4bit(benchmark::State& st) { run(st, "adamw4bit", 2 * 2 * (0.5 + 4
 void BM_adamw_fp8(benchmark::State& st) { run(st, "adamwfp8", 2 * 2 * (1 + 4.0 / 256)); }
 void BM_sgd_8bit(benchmark::State& st) { run(st, "sgd8bit", 2 * (1 + 4.0 / 256)); }
 void BM_lion_8bit(benchmark::State& st) { run(st, "lion8bit", 2 * (1 + 4.0 / 256)); }
+// The block quantizer alone, on one L1-resident block (one thread): ns per value
+void BM_quantize_block(benchmark::State& st) {
+  const bool fp8 = st.range(0) == 2;
+  const core::Codebook& cb =
+      core::codebook(st.range(0) == 0 ? core::CodebookId::Dynamic8Signed : core::CodebookId::Dynamic8Unsigned);
+  std::vector<float> x(256);
+  manual_seed(1);
+  Tensor r = randn({256});
+  for (int i = 0; i < 256; ++i)
+    x[static_cast<size_t>(i)] =
+        st.range(0) == 1 ? r.data_ptr<float>()[i] * r.data_ptr<float>()[i] : r.data_ptr<float>()[i];
+  std::vector<uint8_t> codes(256);
+  for (auto _ : st) {
+    benchmark::DoNotOptimize(fp8 ? core::fp8_state_quantize_block(x.data(), 256, codes.data())
+                                 : core::codebook_quantize_block(cb, x.data(), 256, codes.data()));
+    benchmark::ClobberMemory();
+  }
+  st.counters["ns/value"] =
+      benchmark::Counter(256, benchmark::Counter::kIsIterationInvariantRate | benchmark::Counter::kInvert);
+}
 void BM_triad(benchmark::State& st) { lowbit::bench::triad_benchmark(st, int64_t{1} << 24, get_num_threads()); }
 }  // namespace
 
@@ -54,6 +74,7 @@ BENCHMARK(BM_adamw_4bit)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(
 BENCHMARK(BM_adamw_fp8)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 BENCHMARK(BM_sgd_8bit)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 BENCHMARK(BM_lion_8bit)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
+BENCHMARK(BM_quantize_block)->Arg(0)->Arg(1)->Arg(2)->Unit(benchmark::kNanosecond);
 
 int main(int argc, char** argv) {
   const auto rep = lowbit::bench::run_all(argc, argv, [](int n) { set_num_threads(n); });

@@ -47,6 +47,10 @@ void codebook_encode(const Codebook& cb, const float* x, uint8_t* codes, int64_t
 /// AVX-512 builds when the code book allows it (codebook_has_fast_encode: all four do).
 void codebook_encode_reference(const Codebook& cb, const float* x, uint8_t* codes, int64_t n);
 bool codebook_has_fast_encode(const Codebook& cb);
+/// 8-bit maps also have an arithmetic encoder (runs of equally spaced entries, no lookup per
+/// value; the bucket table only for values within `margin` of a threshold, in units of the local
+/// spacing): its margin, or 0 where the code book does not qualify (4-bit maps).
+float codebook_segment_margin(const Codebook& cb);
 
 /// Blockwise state quantization (torchao's OptimState8bit / 4bit): per block of `block` values,
 /// scale = max(amax, 1e-12) (NaN stays NaN), codes of x / scale (true division). n % block == 0.

@@ -24,6 +24,7 @@
 // "<state>" (the parameter's dtype). <state>: exp_avg, exp_avg_sq, max_exp_avg_sq (Adam);
 // momentum_buffer (SGD8bit); exp_avg (Lion).
 #pragma once
+#include <functional>
 #include <limits>
 #include <memory>
 #include <set>
@@ -65,12 +66,18 @@ class LowBitOptimizer : public Optimizer {
  protected:
   LowBitOptimizer(std::vector<ParamGroup> groups, Options defaults, std::string name, StateFormat format,
                   int64_t block_size, std::vector<std::string> state_names);
-  /// One update of p (a float32 view: bf16 parameters are copied and written back, stochastically
-  /// rounded when asked) with its `states` (a prefix of state_names()) dequantized per block:
-  /// fn(i0, len, w, g, bufs) updates w[0..len), g[0..len) read-only, bufs[s][0..len) in place;
-  /// blocks run in parallel and are re-quantized after fn.
-  template <typename Fn>
-  void update_blocks(Tensor& p, int nstates, bool stochastic_round, Fn&& fn);
+  /// fn(i0, len, w, g, bufs): one block's update -- w[0..len) updated, g[0..len) read-only,
+  /// bufs[s][0..len) the dequantized states, updated in place and re-quantized after fn.
+  using BlockFn = std::function<void(int64_t i0, int64_t len, float* w, const float* g, float* const* bufs)>;
+  /// Queues one update of p (a float32 view: bf16 parameters are copied and written back,
+  /// stochastically rounded when asked) with its first `nstates` states (state_names() order);
+  /// states are created here. run_updates() then runs every queued parameter's blocks in one
+  /// parallel region (threads take chunks of blocks as they finish: one barrier per step, not
+  /// one per parameter) and writes bf16 parameters back in queue order.
+  void update_blocks(Tensor& p, int nstates, bool stochastic_round, BlockFn fn);
+  void run_updates();
+  struct PendingUpdate;
+  std::vector<std::shared_ptr<PendingUpdate>> pending_;
   StateFormat format_;
   int64_t block_;
   std::vector<std::string> state_names_;

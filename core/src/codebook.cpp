@@ -18,6 +18,7 @@
 
 #include "lowbit/autograd/kernel.h"
 #include "lowbit/core/blocks.h"
+#include "lowbit/core/exact_div.h"
 #include "lowbit/core/format.h"
 
 namespace lowbit::core {
@@ -165,31 +166,145 @@ const std::vector<uint32_t>& bucket_table(const Codebook& cb) {
   return tables[static_cast<size_t>(cb.id)];
 }
 
+// order-preserving int of a float, and back
+int32_t order_key(float x) {
+  const int32_t u = std::bit_cast<int32_t>(x);
+  return u < 0 ? static_cast<int32_t>(0x80000000u - static_cast<uint32_t>(u)) : u;
+}
+float float_of_key(int32_t k) {
+  return k < 0 ? std::bit_cast<float>(static_cast<int32_t>(0x80000000u - static_cast<uint32_t>(k)))
+               : std::bit_cast<float>(k);
+}
+// E_i: the least float in [-2, 2] that encodes to >= i, by bisection on the float order
+float threshold_of(const Codebook& cb, int i) {
+  const int top = (1 << cb.bits) - 1;
+  int32_t a = order_key(-2.0f), b = order_key(2.0f);
+  while (a < b) {
+    const auto mid = static_cast<int32_t>((static_cast<int64_t>(a) + b) >> 1);  // floor: a <= mid < b
+    if (encode_reference(cb.values.data(), top, float_of_key(mid)) >= i)
+      b = mid;
+    else
+      a = mid + 1;
+  }
+  return float_of_key(a);
+}
+
+// ---- the segment encoder (8-bit maps): a code by arithmetic, no lookup per value ----
+// The entries at or above zero are runs of equally spaced values (the dynamic maps' decades, and
+// the single gaps between decades). In a run starting at entry P0 with spacing D, an x from P0 up
+// to the next run has code base + round(t), t = fma(x, 1/D, -P0/D) -- up to the float32 rounding
+// of the entries and of the search's midpoints, which moves each threshold off its half-integer.
+// t is monotone in x, so with every true threshold E (the least float whose code is >= c) checked
+// when the table is built to lie within margin/2 of its half-integer, a t farther than `margin`
+// from every half-integer has the true code: t(x) < t(E) implies x < E and t(x) > t(E) implies
+// x > E. Lanes within the margin (about 1 in 10^4) take the bucket table instead. A run is found
+// per binade of x: the run at the binade's start plus up to two run starts inside it. Signed maps
+// are symmetric: code(x < 0) = 254 - code(|x|), floored at 0 (there is no -1), with the negative
+// thresholds checked the same way against the mirrored runs.
+struct SegmentTable {
+  bool valid = false;
+  bool mirrored = false;
+  float margin = 0.0f;
+  alignas(64) int32_t seglo[32]{};
+  alignas(64) float split1[32]{};
+  alignas(64) float split2[32]{};
+  alignas(64) float a[16]{};
+  alignas(64) float b[16]{};
+  alignas(64) int32_t base[16]{};
+};
+constexpr int kSegmentBinadeBias = 96;  // binade index 31 holds [1, 2); index 0 everything below 2^-30
+
+int segment_of(const SegmentTable& t, float a) {  // 0 <= a < 2
+  const int idx = std::clamp(static_cast<int>(std::bit_cast<uint32_t>(a) >> 23) - kSegmentBinadeBias, 0, 31);
+  return t.seglo[idx] + (a >= t.split1[idx]) + (a >= t.split2[idx]);
+}
+
+SegmentTable build_segment_table(const Codebook& cb) {
+  SegmentTable t;
+  const std::vector<float>& v = cb.values;
+  if (cb.bits != 8 || v.size() != 256) return t;
+  const int z = static_cast<int>(std::lower_bound(v.begin(), v.end(), 0.0f) - v.begin());
+  if (v[static_cast<size_t>(z)] != 0.0f || v[255] > 1.0f) return t;
+  if (cb.is_signed) {
+    if (z != 127) return t;
+    for (int j = 1; j <= 127; ++j)
+      if (v[static_cast<size_t>(127 - j)] != -v[static_cast<size_t>(127 + j)]) return t;
+    t.mirrored = true;
+  } else if (z != 0) {
+    return t;
+  }
+  struct Run {
+    int i0, k;  // entries i0 .. i0 + k
+  };
+  std::vector<Run> runs;
+  for (int i = z; i < 255;) {
+    const double g = static_cast<double>(v[static_cast<size_t>(i + 1)]) - v[static_cast<size_t>(i)];
+    int k = 1;
+    while (i + k < 255 &&
+           std::fabs((static_cast<double>(v[static_cast<size_t>(i + k + 1)]) - v[static_cast<size_t>(i + k)]) / g - 1) <
+               1e-3)
+      ++k;
+    runs.push_back({i, k});
+    i += k;
+  }
+  if (runs.size() > 16) return t;
+  for (size_t s = 0; s < runs.size(); ++s) {
+    const double p0 = v[static_cast<size_t>(runs[s].i0)];
+    const double d = (static_cast<double>(v[static_cast<size_t>(runs[s].i0 + runs[s].k)]) - p0) / runs[s].k;
+    t.a[s] = static_cast<float>(1.0 / d);
+    t.b[s] = static_cast<float>(runs[s].i0 - p0 / d);  // the code itself: base + (x - P0) / D
+    t.base[s] = runs[s].i0;
+  }
+  for (int idx = 0; idx < 32; ++idx) {
+    const double lo = idx == 0 ? 0.0 : std::ldexp(1.0, idx - 31), hi = std::ldexp(1.0, idx - 30);
+    int inside = 0;
+    t.split1[idx] = t.split2[idx] = std::numeric_limits<float>::infinity();
+    for (size_t s = 0; s < runs.size(); ++s) {
+      const double start = v[static_cast<size_t>(runs[s].i0)];
+      if (start <= lo) t.seglo[idx] = static_cast<int32_t>(s);
+      if (start > lo && start < hi) {
+        if (inside == 2) return SegmentTable{};
+        (inside++ == 0 ? t.split1 : t.split2)[idx] = static_cast<float>(start);
+      }
+    }
+  }
+  // every threshold against its half-integer: positive ones, then the mirrored negative ones
+  double dev = 0.0;
+  auto check = [&](float e, int code_above) {  // e >= 0: codes >= code_above from e on (positive side)
+    const int s = segment_of(t, e);
+    const double h = code_above - 0.5;
+    const float te = std::fma(e, t.a[s], t.b[s]);
+    if (code_above - t.base[s] < 1 || code_above - t.base[s] > runs[static_cast<size_t>(s)].k) return false;
+    dev = std::max(dev, std::fabs(te - h));
+    return true;
+  };
+  for (int c = z + 1; c <= 255; ++c)
+    if (!check(threshold_of(cb, c), c)) return SegmentTable{};
+  if (t.mirrored)  // the threshold between negative codes c - 1 and c mirrors positive codes 254 - c, 255 - c
+    for (int c = 1; c <= 127; ++c)
+      if (!check(-threshold_of(cb, c), 255 - c)) return SegmentTable{};
+  float m = 1.0f / 65536;
+  while (m < 2 * dev) m *= 2;
+  if (m > 1.0f / 256) return SegmentTable{};
+  t.margin = m;
+  t.valid = true;
+  return t;
+}
+
+const SegmentTable& segment_table(const Codebook& cb) {
+  static const std::vector<SegmentTable> tables = [] {
+    std::vector<SegmentTable> v;
+    for (const auto& c : table()) v.push_back(build_segment_table(c));
+    return v;
+  }();
+  return tables[static_cast<size_t>(cb.id)];
+}
+
 #if LOWBIT_CODEBOOK_SIMD
-// The thresholds themselves for 4-bit code books, E_1..E_15 in entries 1..15 (entry 0 unused):
-// the least float (in [-2, 2]) that encodes to >= i, found by bisection on the float order.
+// The thresholds themselves for 4-bit code books, E_1..E_15 in entries 1..15 (entry 0 unused).
 std::array<float, 16> thresholds16(const Codebook& cb) {
   std::array<float, 16> e{};
-  const float* q = cb.values.data();
-  auto key_of = [](float x) {  // order-preserving int
-    const int32_t u = std::bit_cast<int32_t>(x);
-    return u < 0 ? static_cast<int32_t>(0x80000000u - static_cast<uint32_t>(u)) : u;
-  };
-  auto float_of_key = [](int32_t k) {
-    return k < 0 ? std::bit_cast<float>(static_cast<int32_t>(0x80000000u - static_cast<uint32_t>(k)))
-                 : std::bit_cast<float>(k);
-  };
-  for (int i = 1; i < 16; ++i) {
-    int32_t a = key_of(-2.0f), b = key_of(2.0f);
-    while (a < b) {
-      const auto mid = static_cast<int32_t>((static_cast<int64_t>(a) + b) >> 1);  // floor: a <= mid < b
-      if (encode_reference(q, 15, float_of_key(mid)) >= i)
-        b = mid;
-      else
-        a = mid + 1;
-    }
-    e[static_cast<size_t>(i)] = float_of_key(a);
-  }
+  for (int i = 1; i < 16; ++i) e[static_cast<size_t>(i)] = threshold_of(cb, i);
   return e;
 }
 
@@ -224,6 +339,58 @@ inline __m512i encode16(const uint32_t* tab, __m512 x) {
                             _mm512_set1_epi32(1));
   return _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), c);  // NaN: code 0
 }
+
+// The segment table in registers, loaded once per run of values (code stores are bytes, which may
+// alias the table: read through memory, every entry would be reloaded per vector).
+struct SegmentRegs {
+  __m512i seglo0, seglo1;
+  __m512 split10, split11, split20, split21, a, b;
+  __m512 limit;  // 0.5 - margin
+  bool mirrored;
+  explicit SegmentRegs(const SegmentTable& t)
+      : seglo0(_mm512_load_si512(t.seglo)),
+        seglo1(_mm512_load_si512(t.seglo + 16)),
+        split10(_mm512_load_ps(t.split1)),
+        split11(_mm512_load_ps(t.split1 + 16)),
+        split20(_mm512_load_ps(t.split2)),
+        split21(_mm512_load_ps(t.split2 + 16)),
+        a(_mm512_load_ps(t.a)),
+        b(_mm512_load_ps(t.b)),
+        limit(_mm512_set1_ps(0.5f - t.margin)),
+        mirrored(t.mirrored) {}
+};
+
+// 16 codes through the segment table; `amb` gets the lanes within its margin. kGeneral: any x
+// (NaN -> 0, magnitudes clamped below 2 -- every code book ends at or below 1); otherwise the
+// caller guarantees |x| <= 1 and no NaN (a block divided by its finite absmax).
+template <bool kGeneral>
+inline __m512i encode16_segments(const SegmentRegs& t, __m512 x, __mmask16& amb) {
+  __m512 a = _mm512_abs_ps(x);
+  if (kGeneral) a = _mm512_min_ps(a, _mm512_set1_ps(std::bit_cast<float>(0x3FFFFFFFu)));
+  const __m512i idx =
+      _mm512_subs_epu16(_mm512_srli_epi32(_mm512_castps_si512(a), 23), _mm512_set1_epi32(kSegmentBinadeBias));
+  __m512i s = _mm512_permutex2var_epi32(t.seglo0, idx, t.seglo1);
+  const __m512i one = _mm512_set1_epi32(1);
+  s = _mm512_mask_add_epi32(s, _mm512_cmp_ps_mask(a, _mm512_permutex2var_ps(t.split10, idx, t.split11), _CMP_GE_OQ), s,
+                            one);
+  s = _mm512_mask_add_epi32(s, _mm512_cmp_ps_mask(a, _mm512_permutex2var_ps(t.split20, idx, t.split21), _CMP_GE_OQ), s,
+                            one);
+  // tt = the code as a real number; rounded by adding 1.5 * 2^23 (the sum's low bits are the
+  // nearest integer, ties to even), and within margin of a half-integer is ambiguous
+  const __m512 tt = _mm512_fmadd_ps(a, _mm512_permutexvar_ps(s, t.a), _mm512_permutexvar_ps(s, t.b));
+  const __m512 magic = _mm512_set1_ps(12582912.0f);
+  const __m512 tm = _mm512_add_ps(tt, magic);
+  amb = _mm512_cmp_ps_mask(_mm512_abs_ps(_mm512_sub_ps(tt, _mm512_sub_ps(tm, magic))), t.limit, _CMP_GE_OQ);
+  __m512i c = _mm512_sub_epi32(_mm512_castps_si512(tm), _mm512_castps_si512(magic));
+  if (kGeneral) c = _mm512_min_epi32(c, _mm512_set1_epi32(255));
+  const __mmask16 neg = _mm512_movepi32_mask(_mm512_castps_si512(x));
+  if (t.mirrored)
+    c = _mm512_max_epi32(_mm512_mask_sub_epi32(c, neg, _mm512_set1_epi32(254), c), _mm512_setzero_si512());
+  else
+    c = _mm512_maskz_mov_epi32(static_cast<__mmask16>(~neg), c);  // below the first entry (0): code 0
+  if (kGeneral) c = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(x, x, _CMP_ORD_Q), c);
+  return c;
+}
 #endif
 }  // namespace
 
@@ -238,21 +405,39 @@ const std::array<float, 16>& small_thresholds(const Codebook& cb) {
   return small[static_cast<size_t>(cb.id)];
 }
 #endif
-// codes of x[i] / s (true division, as torchao), or of x[i] when !kDivide
+// codes of x[i] / s (the quotients of torchao's true division), or of x[i] when !kDivide. With
+// kDivide, s is the block's scale: >= every |x[i]| (or not finite), so the quotients are at most 1.
 template <bool kDivide>
 void encode_divided(const Codebook& cb, const float* x, float s, uint8_t* codes, int64_t n) {
   const float* q = cb.values.data();
   const int top = (1 << cb.bits) - 1;
   int64_t i = 0;
 #if LOWBIT_CODEBOOK_SIMD
-  const __m512 vs = _mm512_set1_ps(s);
-  auto load = [&](int64_t k) { return kDivide ? _mm512_div_ps(_mm512_loadu_ps(x + k), vs) : _mm512_loadu_ps(x + k); };
+  // a finite scale divides by its reciprocal (core/exact_div.h): exact where it is proven, and the
+  // lanes it does not prove are below 2^-96 -- far below every code book's first threshold
+  const bool bounded = kDivide && std::isfinite(s);
+  const __m512 vs = _mm512_set1_ps(s), vy = _mm512_set1_ps(1.0f / s);
+  auto load = [&](int64_t k) {
+    const __m512 v = _mm512_loadu_ps(x + k);
+    return !kDivide ? v : bounded ? div_by_constant(v, vs, vy) : _mm512_div_ps(v, vs);
+  };
   if (cb.bits == 4) {
     const __m512 e = _mm512_loadu_ps(small_thresholds(cb).data());
     for (; i + 16 <= n; i += 16)
       _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(encode16_small(e, load(i))));
   }
   const std::vector<uint32_t>& tab = bucket_table(cb);
+  const SegmentTable& st = segment_table(cb);
+  if (!tab.empty() && st.valid && n >= 16) {
+    const SegmentRegs seg(st);
+    for (; i + 16 <= n; i += 16) {
+      const __m512 v = load(i);
+      __mmask16 amb;
+      __m512i c = bounded ? encode16_segments<false>(seg, v, amb) : encode16_segments<true>(seg, v, amb);
+      if (amb) c = encode16(tab.data(), v);  // within the margin of a threshold: the exact table
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(c));
+    }
+  }
   if (!tab.empty())
     for (; i + 16 <= n; i += 16)
       _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(encode16(tab.data(), load(i))));
@@ -272,6 +457,11 @@ void codebook_encode_reference(const Codebook& cb, const float* x, uint8_t* code
 
 bool codebook_has_fast_encode(const Codebook& cb) { return !bucket_table(cb).empty(); }
 
+float codebook_segment_margin(const Codebook& cb) {
+  const SegmentTable& t = segment_table(cb);
+  return t.valid ? t.margin : 0.0f;
+}
+
 namespace {
 // a block's normalized values: on the stack up to 256 (the optimizers' blocks: they quantize one
 // block per call), else on the heap
@@ -281,9 +471,18 @@ struct ScratchBlock {
   float* p;
   explicit ScratchBlock(int64_t n) : big(n > 256 ? static_cast<size_t>(n) : 0), p(n > 256 ? big.data() : small) {}
 };
+// out = x / s, the quotients of a true division (as torchao); s is the block's scale, so the lanes
+// exact_div.h does not prove are |x| < 2^-96, whose quotients lie far below any state format's
+// first threshold (1e-7 for the maps, 2^-10 for e4m3)
 void divide_run(const float* __restrict x, float s, float* __restrict out, int64_t n) {
-#pragma omp simd
-  for (int64_t i = 0; i < n; ++i) out[i] = x[i] / s;  // true division, as torchao
+  int64_t i = 0;
+#if LOWBIT_CODEBOOK_SIMD
+  if (std::isfinite(s)) {
+    const __m512 vs = _mm512_set1_ps(s), vy = _mm512_set1_ps(1.0f / s);
+    for (; i + 16 <= n; i += 16) _mm512_storeu_ps(out + i, div_by_constant(_mm512_loadu_ps(x + i), vs, vy));
+  }
+#endif
+  for (; i < n; ++i) out[i] = x[i] / s;
 }
 void check_blocks(const char* op, int64_t n, int64_t block) {
   LOWBIT_CHECK(block > 0 && n >= 0 && n % block == 0, "{}: {} values do not split into blocks of {}", op, n, block);

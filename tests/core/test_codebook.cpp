@@ -281,3 +281,18 @@ TEST(Codebook, FirstStepStatesEqualTorchao) {
   H5Fclose(in);
   EXPECT_GT(compared, 1000000);
 }
+
+// The 8-bit maps are encoded by arithmetic (runs of equal spacing), the bucket table taking only
+// values within the margin of a threshold; FastEncoderEqualsTheSearchEverywhere covers its codes
+// (+-300 ulps around every entry and midpoint reach far past the margin: 2^-16 of a spacing is a
+// few ulps), the golden trajectories its use inside the optimizers.
+TEST(Codebook, EightBitMapsUseTheSegmentEncoder) {
+  for (const CodebookId id : {CodebookId::Dynamic8Signed, CodebookId::Dynamic8Unsigned}) {
+    const float m = codebook_segment_margin(codebook(id));
+    EXPECT_GT(m, 0.0f) << codebook(id).name;
+    EXPECT_LE(m, 1.0f / 1024) << codebook(id).name;
+    std::cout << codebook(id).name << ": margin " << m << " of a spacing\n";
+  }
+  for (const CodebookId id : {CodebookId::Dynamic4Signed, CodebookId::Linear4Unsigned})
+    EXPECT_EQ(codebook_segment_margin(codebook(id)), 0.0f) << codebook(id).name;
+}
