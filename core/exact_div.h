@@ -1,11 +1,13 @@
 // Division by a value shared by many lanes, without a divider: q = x * y with y = 1/c (one true
 // division per constant), then one FMA correction (Markstein): r = x - q*c is exact, q' = q + r*y.
-// q' equals the true quotient RN(x / c) whenever |x| >= 2^-96 and 2^-100 <= |x / c| <= 2^100
-// (checked by tests/core/test_exact_div.cpp: exhaustively over every float x for the hardest
-// divisors -- significands 1.0 and 1.11...1 -- and on random pairs); outside that range (zeros,
-// tiny values, overflow) the residual is not representable and callers divide for real
-// (div_exact_or_divide) or show that a few ulps cannot matter (the code-book encoder: such
-// quotients lie far below its first threshold).
+// q' equals the true quotient RN(x / c) when y is the correctly rounded reciprocal and x and the
+// quotient are well inside the normal range (Markstein's theorem); lanes are claimed only for
+// 2^-96 <= |x|, |q'| <= 2^100 (div_by_constant_exact_lanes). Checked over all 2^32 x for
+// c = 0x3F7FFFFF (significand 1.1...1, the least accurate reciprocal) and c = 0.9990234375 when
+// written, and by tests/core/test_exact_div.cpp on a sweep of every bit pattern for 15 divisors.
+// Outside that range (zeros, whose sign the correction loses, tiny values, overflow) the residual
+// is not representable: callers divide for real (div_exact) or show that a few ulps cannot matter
+// (the block quantizers: such quotients lie far below any state format's first threshold).
 //
 // vdivps costs 5-10x an FMA here, and the low-bit optimizers divide four times per element by
 // such constants (two bias corrections, two block scales) -- bit-exactly as torchao does.
