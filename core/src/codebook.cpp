@@ -405,49 +405,77 @@ const std::array<float, 16>& small_thresholds(const Codebook& cb) {
   return small[static_cast<size_t>(cb.id)];
 }
 #endif
-// codes of x[i] / s (the quotients of torchao's true division), or of x[i] when !kDivide. With
-// kDivide, s is the block's scale: >= every |x[i]| (or not finite), so the quotients are at most 1.
-template <bool kDivide>
-void encode_divided(const Codebook& cb, const float* x, float s, uint8_t* codes, int64_t n) {
-  const float* q = cb.values.data();
-  const int top = (1 << cb.bits) - 1;
-  int64_t i = 0;
+// The encoder of one code book, its tables looked up and loaded once per run of blocks (a block
+// is 128 or 256 values: per-call set-up and loop exits cost as much as the block's codes).
+// encode<true>: codes of x[i] / s (the quotients of torchao's true division), s the block's scale:
+// >= every |x[i]| (or not finite), so the quotients are at most 1; encode<false>: codes of x[i].
+class Encoder {
+ public:
+  explicit Encoder(const Codebook& cb)
+      : cb_(cb)
 #if LOWBIT_CODEBOOK_SIMD
-  // a finite scale divides by its reciprocal (core/exact_div.h): exact where it is proven, and the
-  // lanes it does not prove are below 2^-96 -- far below every code book's first threshold
-  const bool bounded = kDivide && std::isfinite(s);
-  const __m512 vs = _mm512_set1_ps(s), vy = _mm512_set1_ps(1.0f / s);
-  auto load = [&](int64_t k) {
-    const __m512 v = _mm512_loadu_ps(x + k);
-    return !kDivide ? v : bounded ? div_by_constant(v, vs, vy) : _mm512_div_ps(v, vs);
-  };
-  if (cb.bits == 4) {
-    const __m512 e = _mm512_loadu_ps(small_thresholds(cb).data());
-    for (; i + 16 <= n; i += 16)
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(encode16_small(e, load(i))));
-  }
-  const std::vector<uint32_t>& tab = bucket_table(cb);
-  const SegmentTable& st = segment_table(cb);
-  if (!tab.empty() && st.valid && n >= 16) {
-    const SegmentRegs seg(st);
-    for (; i + 16 <= n; i += 16) {
-      const __m512 v = load(i);
-      __mmask16 amb;
-      __m512i c = bounded ? encode16_segments<false>(seg, v, amb) : encode16_segments<true>(seg, v, amb);
-      if (amb) c = encode16(tab.data(), v);  // within the margin of a threshold: the exact table
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(c));
-    }
-  }
-  if (!tab.empty())
-    for (; i + 16 <= n; i += 16)
-      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + i), _mm512_cvtepi32_epi8(encode16(tab.data(), load(i))));
+        ,
+        tab_(bucket_table(cb)),
+        seg_(segment_table(cb)),
+        regs_(seg_),
+        small_(cb.bits == 4 ? _mm512_loadu_ps(small_thresholds(cb).data()) : _mm512_setzero_ps())
 #endif
-  for (; i < n; ++i) codes[i] = static_cast<uint8_t>(encode_reference(q, top, kDivide ? x[i] / s : x[i]));
-}
+  {
+  }
+  template <bool kDivide>
+  void encode(const float* x, float s, uint8_t* codes, int64_t n) const {
+    const float* q = cb_.values.data();
+    const int top = (1 << cb_.bits) - 1;
+    int64_t i = 0;
+#if LOWBIT_CODEBOOK_SIMD
+    // a finite scale divides by its reciprocal (core/exact_div.h): exact where it is proven, and
+    // the lanes it does not prove are below 2^-96 -- far below every code book's first threshold
+    const bool bounded = kDivide && std::isfinite(s);
+    const __m512 vs = _mm512_set1_ps(s), vy = _mm512_set1_ps(1.0f / s);
+    auto load = [&](int64_t k) {
+      const __m512 v = _mm512_loadu_ps(x + k);
+      return !kDivide ? v : bounded ? div_by_constant(v, vs, vy) : _mm512_div_ps(v, vs);
+    };
+    auto store = [&](int64_t k, __m512i c) {
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + k), _mm512_cvtepi32_epi8(c));
+    };
+    if (cb_.bits == 4)
+      for (; i + 16 <= n; i += 16) store(i, encode16_small(small_, load(i)));
+    if (!tab_.empty() && seg_.valid) {
+      for (; i + 16 <= n; i += 16) {
+        const __m512 v = load(i);
+        __mmask16 amb;
+        __m512i c = bounded ? encode16_segments<false>(regs_, v, amb) : encode16_segments<true>(regs_, v, amb);
+        if (amb) c = encode16(tab_.data(), v);  // within the margin of a threshold: the exact table
+        store(i, c);
+      }
+    }
+    if (!tab_.empty())
+      for (; i + 16 <= n; i += 16) store(i, encode16(tab_.data(), load(i)));
+#endif
+    for (; i < n; ++i) codes[i] = static_cast<uint8_t>(encode_reference(q, top, kDivide ? x[i] / s : x[i]));
+  }
+  // one block: scale = max(amax, 1e-12) (NaN stays NaN), its codes; the scale returned
+  float quantize(const float* x, int64_t n, uint8_t* codes) const {
+    const float amax = amax_of_run(x, n);
+    const float s = std::isnan(amax) ? amax : std::max(amax, 1e-12f);
+    encode<true>(x, s, codes, n);
+    return s;
+  }
+
+ private:
+  const Codebook& cb_;
+#if LOWBIT_CODEBOOK_SIMD
+  const std::vector<uint32_t>& tab_;
+  const SegmentTable& seg_;
+  SegmentRegs regs_;
+  __m512 small_;
+#endif
+};
 }  // namespace
 
 void codebook_encode(const Codebook& cb, const float* x, uint8_t* codes, int64_t n) {
-  encode_divided<false>(cb, x, 1.0f, codes, n);
+  Encoder(cb).encode<false>(x, 1.0f, codes, n);
 }
 
 void codebook_encode_reference(const Codebook& cb, const float* x, uint8_t* codes, int64_t n) {
@@ -490,17 +518,15 @@ void check_blocks(const char* op, int64_t n, int64_t block) {
 }  // namespace
 
 float codebook_quantize_block(const Codebook& cb, const float* x, int64_t n, uint8_t* codes) {
-  const float amax = amax_of_run(x, n);
-  const float s = std::isnan(amax) ? amax : std::max(amax, 1e-12f);
-  encode_divided<true>(cb, x, s, codes, n);
-  return s;
+  return Encoder(cb).quantize(x, n, codes);
 }
 
 void codebook_quantize_blocks(const Codebook& cb, const float* x, int64_t n, int64_t block, uint8_t* codes,
                               float* scales) {
   check_blocks("codebook_quantize_blocks", n, block);
   detail::parallel_for(n / block, std::max<int64_t>(1, 16384 / block), [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b) scales[b] = codebook_quantize_block(cb, x + b * block, block, codes + b * block);
+    const Encoder enc(cb);
+    for (int64_t b = b0; b < b1; ++b) scales[b] = enc.quantize(x + b * block, block, codes + b * block);
   });
 }
 

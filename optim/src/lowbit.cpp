@@ -37,7 +37,12 @@ void check_unit(const std::string& opt, const char* what, double v) {
   LOWBIT_CHECK(v >= 0 && v < 1, "{}: invalid {}: {} (must be in [0, 1))", opt, what, v);
 }
 
-// one state of one parameter over a block [i0, i0 + n): dequantized into buf, quantized back
+// Elements per unit of work: whole blocks, about 2048 values (per-block calls cost as much as a
+// block's codes); the units' states live in stack buffers of this size.
+constexpr int64_t kUnit = 256;
+
+// one state of one parameter over [i0, i0 + n) (whole blocks when quantized): dequantized into
+// buf, quantized back
 struct StateRef {
   const core::Codebook* cb = nullptr;  // Int8 / Int4
   bool fp8 = false, nibbles = false;
@@ -52,18 +57,18 @@ struct StateRef {
           buf[i] = BFloat16::to_float(static_cast<const uint16_t*>(plain.raw_data())[i0 + i]);
       return;
     }
-    uint8_t c[256];
+    uint8_t c[kUnit];
     const uint8_t* src = codes.data_ptr<uint8_t>();
     const uint8_t* cp = src + i0;
     if (nibbles) {
       core::unpack_nibbles_high_first(src + i0 / 2, c, n);
       cp = c;
     }
-    const float s = scale.data_ptr<float>()[i0 / block];
+    const float* s = scale.data_ptr<float>() + i0 / block;
     if (fp8)
-      core::fp8_state_dequantize_block(cp, s, n, buf);
+      core::fp8_state_dequantize_blocks(cp, s, n, block, buf);
     else
-      core::codebook_dequantize_block(*cb, cp, s, n, buf);
+      core::codebook_dequantize_blocks(*cb, cp, s, n, block, buf);
   }
   void store(int64_t i0, int64_t n, const float* buf) const {
     if (plain.defined()) {
@@ -73,11 +78,14 @@ struct StateRef {
         for (int64_t i = 0; i < n; ++i) static_cast<uint16_t*>(plain.raw_data())[i0 + i] = BFloat16::from_float(buf[i]);
       return;
     }
-    uint8_t c[256];
+    uint8_t c[kUnit];
     uint8_t* dst = codes.data_ptr<uint8_t>();
     uint8_t* cp = nibbles ? c : dst + i0;
-    scale.data_ptr<float>()[i0 / block] =
-        fp8 ? core::fp8_state_quantize_block(buf, n, cp) : core::codebook_quantize_block(*cb, buf, n, cp);
+    float* s = scale.data_ptr<float>() + i0 / block;
+    if (fp8)
+      core::fp8_state_quantize_blocks(buf, n, block, cp, s);
+    else
+      core::codebook_quantize_blocks(*cb, buf, n, block, cp, s);
     if (nibbles) core::pack_nibbles_high_first(c, dst + i0 / 2, n);
   }
 };
@@ -235,7 +243,7 @@ void LowBitOptimizer::update_blocks(Tensor& p, int nstates, bool stochastic_roun
   u->p32 = p.dtype() == kBFloat16 ? p.detach().to(kFloat32) : p.detach();
   u->w = u->p32.data_ptr<float>();
   u->n = n;
-  u->unit = q ? block_ : 256;
+  u->unit = q ? block_ * std::max<int64_t>(1, kUnit / block_) : kUnit;
   u->units = (n + u->unit - 1) / u->unit;
   u->nstates = nstates;
   u->stochastic_round = stochastic_round;
@@ -254,17 +262,17 @@ void LowBitOptimizer::run_updates() {
   };
   std::vector<Chunk> chunks;
   for (const auto& j : jobs) {
-    const int64_t per = std::max<int64_t>(1, 65536 / j->unit);
+    const int64_t per = std::max<int64_t>(1, 32768 / j->unit);
     for (int64_t u0 = 0; u0 < j->units; u0 += per) chunks.push_back({j.get(), u0, std::min(j->units, u0 + per)});
   }
   auto run_chunk = [](const Chunk& c) {
     PendingUpdate& j = *c.job;
-    float buf[3][256];
+    float buf[3][kUnit];
     float* bufs[3] = {buf[0], buf[1], buf[2]};
     for (int64_t u = c.u0; u < c.u1; ++u) {
       const int64_t i0 = u * j.unit, len = std::min(j.unit, j.n - i0);
-      if (u + 2 < c.u1)  // the parameter and gradient two blocks ahead (the codes are small)
-        for (int64_t k = (u + 2) * j.unit; k < std::min((u + 3) * j.unit, j.n); k += 16) {
+      if (u + 1 < c.u1)  // the parameter and gradient one unit ahead (the codes are small)
+        for (int64_t k = (u + 1) * j.unit; k < std::min((u + 2) * j.unit, j.n); k += 16) {
           __builtin_prefetch(j.w + k, 1);
           __builtin_prefetch(j.gr + k, 0);
         }

@@ -36,7 +36,8 @@ void check_divisor(float c, uint64_t stride, uint64_t offset, Miss& m) {
         ++m.proven;
         m.proven_wrong += !same;
       }
-      m.exact_wrong += std::bit_cast<uint32_t>(t) != std::bit_cast<uint32_t>(e[l]) && !(std::isnan(t) && std::isnan(e[l]));
+      m.exact_wrong +=
+          std::bit_cast<uint32_t>(t) != std::bit_cast<uint32_t>(e[l]) && !(std::isnan(t) && std::isnan(e[l]));
       ++m.total;
     }
   }
@@ -48,11 +49,19 @@ void check_divisor(float c, uint64_t stride, uint64_t offset, Miss& m) {
 // pattern (stride 509; an exhaustive run over all 2^32 x for the first two divisors passed when
 // this was written, 18 s)
 TEST(ExactDiv, ReciprocalWithCorrectionEqualsTheDivisionWhereProven) {
-  std::vector<float> divisors = {1.0f, std::bit_cast<float>(0x3FFFFFFFu), std::bit_cast<float>(0x3F7FFFFFu),
-                                 0.1f, 1.0f - 0.999f, std::sqrt(1.0f - 0.999f), 1e-12f, 3e5f, 448.0f / 7.0f};
+  std::vector<float> divisors = {1.0f,
+                                 std::bit_cast<float>(0x3FFFFFFFu),
+                                 std::bit_cast<float>(0x3F7FFFFFu),
+                                 0.1f,
+                                 1.0f - 0.999f,
+                                 std::sqrt(1.0f - 0.999f),
+                                 1e-12f,
+                                 3e5f,
+                                 448.0f / 7.0f};
   std::mt19937 rng(7);
   for (int i = 0; i < 6; ++i)
-    divisors.push_back(std::bit_cast<float>(static_cast<uint32_t>((rng() & 0x007FFFFFu) | ((90u + rng() % 80u) << 23))));
+    divisors.push_back(
+        std::bit_cast<float>(static_cast<uint32_t>((rng() & 0x007FFFFFu) | ((90u + rng() % 80u) << 23))));
   for (const float c : divisors) {
     Miss m;
     check_divisor(c, 509, rng() % 509, m);
@@ -67,8 +76,8 @@ TEST(ExactDiv, ReciprocalWithCorrectionEqualsTheDivisionWhereProven) {
 // and non-finite inputs are not claimed, and div_exact divides them for real.
 TEST(ExactDiv, UnprovenLanesAreDividedForReal) {
   const float c = 0.37f;
-  alignas(64) float x[16] = {0.0f,    -0.0f, 1e-30f, -1e-30f, std::ldexp(1.0f, -97), 1e35f, INFINITY, -INFINITY,
-                             NAN,     1.0f,  -2.5f,  1e-20f,  std::ldexp(1.0f, -95), 1e29f, 3.0f,     -7.0f};
+  alignas(64) float x[16] = {0.0f, -0.0f, 1e-30f, -1e-30f, std::ldexp(1.0f, -97), 1e35f, INFINITY, -INFINITY,
+                             NAN,  1.0f,  -2.5f,  1e-20f,  std::ldexp(1.0f, -95), 1e29f, 3.0f,     -7.0f};
   const __m512 vx = _mm512_load_ps(x), vc = _mm512_set1_ps(c), vy = _mm512_set1_ps(1.0f / c);
   const __mmask16 ok = div_by_constant_exact_lanes(vx, div_by_constant(vx, vc, vy));
   EXPECT_EQ(ok & 0x01FF, 0) << std::hex << ok;  // the first nine are outside
