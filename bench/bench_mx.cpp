@@ -6,7 +6,8 @@
 //    VNNI kernel (mxfp4, mxfp6) and on the dequantize + bf16 path, at batch 256 and batch 1,
 //    against the float32 Linear at the same batch, and oneDNN's bare u8 x s8 GEMM (the VNNI ceiling);
 //  * to_mx (amax + e8m0 scale + cast, 16M floats; 5 bytes per element: 4 read, 1 written, plus a
-//    scale byte per 32) against the triad bandwidth.
+//    scale byte per 32) and its transposed variant (to_mx_transposed; and transpose + to_mx, the
+//    two-pass way) against the triad bandwidth.
 //   ./build/bench/bench_mx [--threads=N]
 #include "bench_util.h"
 #include "onednn_peer.h"
@@ -36,6 +37,26 @@ void to_mx_bench(benchmark::State& st, mx::FormatId elem) {
 }
 void BM_to_mx_fp8(benchmark::State& st) { to_mx_bench(st, mx::FormatId::Float8E4M3FN); }
 void BM_to_mx_fp4(benchmark::State& st) { to_mx_bench(st, mx::FormatId::Float4E2M1FN); }
+// the transposed variant (blocks down the columns, torchao's to_mx(x.t().contiguous())): one pass,
+// the same bytes counted
+void to_mx_t_bench(benchmark::State& st, mx::FormatId elem) {
+  const Tensor x = randn({kCastN / 4096, 4096});
+  for (auto _ : st)
+    benchmark::DoNotOptimize(mx::to_mx_transposed(x, elem, 32, mx::E8M0Rounding::RCeil).qdata.raw_data());
+  st.counters["GB/s"] =
+      benchmark::Counter(5.0 * kCastN, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
+void BM_to_mx_t_fp8(benchmark::State& st) { to_mx_t_bench(st, mx::FormatId::Float8E4M3FN); }
+void BM_to_mx_t_fp4(benchmark::State& st) { to_mx_t_bench(st, mx::FormatId::Float4E2M1FN); }
+// the two-pass way: transpose (a copy), then to_mx
+void BM_to_mx_t_copy_fp8(benchmark::State& st) {
+  const Tensor x = randn({kCastN / 4096, 4096});
+  for (auto _ : st)
+    benchmark::DoNotOptimize(
+        mx::to_mx(x.t(), mx::FormatId::Float8E4M3FN, 32, mx::E8M0Rounding::RCeil).qdata.raw_data());
+  st.counters["GB/s"] =
+      benchmark::Counter(5.0 * kCastN, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
 // converted 4096 x 4096 linears (PTQ through QATConfig: the same module QAT -> convert builds)
 std::shared_ptr<nn::Module> big_linear(const std::string& recipe, bool dequantize = false) {
   manual_seed(0);
@@ -83,6 +104,9 @@ BENCHMARK(BM_mxfp8_emulated_rceil)->Unit(benchmark::kMillisecond)->UseRealTime()
 BENCHMARK(BM_triad)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 BENCHMARK(BM_to_mx_fp8)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 BENCHMARK(BM_to_mx_fp4)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
+BENCHMARK(BM_to_mx_t_fp8)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
+BENCHMARK(BM_to_mx_t_fp4)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
+BENCHMARK(BM_to_mx_t_copy_fp8)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 BENCHMARK(BM_linear_fp32_b256)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 BENCHMARK(BM_mxfp4_int8_b256)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 BENCHMARK(BM_mxfp6_int8_b256)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
@@ -126,7 +150,7 @@ int main(int argc, char** argv) {
     if (a > 0 && b > 0) std::printf("%-46s %7.3f ms %9.3f ms %7.2fx %s\n", what, a, b, b / a, goal);
   }
   const double tr = rep.counter("BM_triad", "GB/s") / 1e9;
-  for (const char* bm : {"BM_to_mx_fp8", "BM_to_mx_fp4"}) {
+  for (const char* bm : {"BM_to_mx_fp8", "BM_to_mx_fp4", "BM_to_mx_t_fp8", "BM_to_mx_t_fp4", "BM_to_mx_t_copy_fp8"}) {
     const double gb = rep.counter(bm, "GB/s") / 1e9;
     if (gb > 0 && tr > 0)
       std::printf("%-46s %7.2f GB/s %6.2f GB/s %6.2fx %s\n", bm + 3, gb, tr, gb / tr, ">= 0.50x triad");

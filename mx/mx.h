@@ -58,4 +58,12 @@ struct MXTensor {
 /// NaN code; fp6/fp4: the largest magnitude), torchao's are unspecified; both dequantize to NaN.
 MXTensor to_mx(const Tensor& x, FormatId elem, int64_t block_size = 32, E8M0Rounding mode = E8M0Rounding::Floor);
 
+/// to_mx(x.t(), ...) (torchao: to_mx(x.t().contiguous())) for a 2-D x (rows x cols) without the transposed copy: the
+/// blocks run down x's columns (the operand torchao's mx_mm casts for grad_weight), the result
+/// has shape (cols, rows), bit-identical to to_mx of the transpose. rows must be a multiple of
+/// block_size (and even for fp4). One pass over x: strips of at least 256 rows, 16 columns
+/// transposed in registers at a time.
+MXTensor to_mx_transposed(const Tensor& x, FormatId elem, int64_t block_size = 32,
+                          E8M0Rounding mode = E8M0Rounding::Floor);
+
 }  // namespace lowbit::mx

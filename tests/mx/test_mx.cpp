@@ -520,3 +520,70 @@ TEST(MX, Nvfp4QatConvertFollowsTheFormulas) {
   std::filesystem::remove(path);
   t::expect_error([&] { fq.forward(randn({2, 24})); }, {"to_nvfp4", "multiple of the block size 16"});
 }
+
+// to_mx_transposed is to_mx of the transposed copy, byte for byte: every element format and
+// scale mode, block sizes 32 / 16 / 48 (a strip of 64, 64 and 96 rows), ragged column tiles and
+// strips, bf16 input, columns scaled from 2^-140 (subnormal blocks) to 2^100, zero and NaN blocks
+// and an infinity.
+TEST(MX, TransposedCastEqualsToMxOfTheTranspose) {
+  int cases = 0;
+  for (const auto& [rows, cols, bs] : std::vector<std::tuple<int64_t, int64_t, int64_t>>{
+           {64, 16, 32}, {96, 40, 32}, {32, 17, 32}, {256, 33, 32}, {160, 48, 16}, {144, 21, 48}, {2, 5, 2}}) {
+    manual_seed(rows * 131 + cols);
+    Tensor x = randn({rows, cols});
+    float* xp = x.data_ptr<float>();
+    for (int64_t c = 0; c < cols; ++c) {
+      const float scale = std::ldexp(1.0f, static_cast<int>(c * 240 / std::max<int64_t>(cols, 1)) - 140);
+      for (int64_t r = 0; r < rows; ++r) xp[r * cols + c] *= scale;
+    }
+    if (rows >= 2 * bs && cols >= 4) {
+      for (int64_t r = 0; r < bs; ++r) xp[r * cols + 1] = 0.0f;  // a zero block
+      xp[(bs + 3) * cols + 2] = NAN;                             // a NaN block
+      xp[5 * cols + 3] = INFINITY;
+    }
+    for (const DType dt : {kFloat32, kBFloat16}) {
+      const Tensor xd = x.to(dt);
+      for (const FormatId e : {FormatId::Float8E4M3FN, FormatId::Float8E5M2, FormatId::Float6E2M3FN,
+                               FormatId::Float6E3M2FN, FormatId::Float4E2M1FN})
+        for (const E8M0Rounding mode :
+             {E8M0Rounding::Floor, E8M0Rounding::Ceil, E8M0Rounding::Even, E8M0Rounding::RCeil}) {
+          SCOPED_TRACE(fmt::format("{}x{} block {} {} {} {}", rows, cols, bs, dtype_name(dt), element_name(e),
+                                   core::to_string(mode)));
+          const MXTensor a = to_mx_transposed(xd, e, bs, mode);
+          const MXTensor b = to_mx(xd.t(), e, bs, mode);
+          ASSERT_EQ(a.shape, b.shape);
+          ASSERT_EQ(a.qdata.shape(), b.qdata.shape());
+          ASSERT_EQ(a.scale.shape(), b.scale.shape());
+          EXPECT_EQ(a.orig_dtype, dt);
+          EXPECT_EQ(std::memcmp(a.qdata.raw_data(), b.qdata.raw_data(), static_cast<size_t>(a.qdata.nbytes())), 0);
+          EXPECT_EQ(std::memcmp(a.scale.raw_data(), b.scale.raw_data(), static_cast<size_t>(a.scale.nbytes())), 0);
+          ++cases;
+        }
+    }
+  }
+  std::printf("  %d transposed casts identical to to_mx of the transpose\n", cases);
+}
+
+TEST(MX, TransposedCastRefusesBadInputs) {
+  t::expect_error([] { to_mx_transposed(randn({64}), FormatId::Float8E4M3FN); }, {"to_mx_transposed", "2 dims"});
+  t::expect_error(
+      [] {
+        to_mx_transposed(randn({2, 32, 4}), FormatId::Float8E4M3FN);
+      },
+      {"to_mx_transposed", "must be 2-D", "[2, 32, 4]"});
+  t::expect_error(
+      [] {
+        to_mx_transposed(randn({48, 4}), FormatId::Float8E4M3FN, 32);
+      },
+      {"to_mx_transposed", "first dim (48)", "multiple of block_size 32"});
+  t::expect_error(
+      [] {
+        to_mx_transposed(randn({3, 4}), FormatId::Float4E2M1FN, 3);
+      },
+      {"two elements per byte", "first dim must be even", "got 3"});
+  t::expect_error(
+      [] {
+        to_mx_transposed(randn({4, 4}).to(kFloat64), FormatId::Float8E4M3FN, 4);
+      },
+      {"to_mx_transposed", "float64"});
+}
