@@ -18,6 +18,7 @@ struct OptimizerSettings {
   bool amsgrad = false, nesterov = false;
   int64_t block_size = 0;  // low-bit states: 0 = the format's default
   bool bf16_stochastic_round = false;
+  bool second_moment_floor = true;  // 8-bit / fp8 Adams (LowBitAdamOptions::second_moment_floor)
 };
 
 struct OptimizerRow {

@@ -80,6 +80,7 @@ optim::OptimizerSettings optimizer_settings(const RunConfig& cfg) {
   s.nesterov = cfg.get_bool("optimizer.nesterov");
   s.block_size = cfg.get_int("optimizer.block_size");
   s.bf16_stochastic_round = cfg.get_bool("optimizer.bf16_stochastic_round");
+  s.second_moment_floor = cfg.get_bool("optimizer.second_moment_floor");
   return s;
 }
 

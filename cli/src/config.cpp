@@ -49,6 +49,9 @@ const std::vector<KeySpec>& config_schema() {
       {"optimizer.bf16_stochastic_round", false,
        "low-bit optimizers with training.param_dtype = bf16: write parameters with stochastic rounding (seeded, "
        "unbiased) instead of round-to-nearest-even"},
+      {"optimizer.second_moment_floor", true,
+       "8-bit / fp8 Adams: a positive second moment keeps the smallest nonzero code instead of rounding to 0 (false: "
+       "torchao's codes bit for bit; its zeros make ~30x updates, docs/optim.md)"},
       {"optimizer.lr", 1e-3, "learning rate"},
       {"optimizer.weight_decay", 1e-2, "weight decay (decoupled for adamw)"},
       {"optimizer.beta1", 0.9, "adam, lion: beta1"},

@@ -128,6 +128,12 @@ void validate_config(const RunConfig& cfg) {
     }
     LOWBIT_CHECK(bf16 || !cfg.get_bool("optimizer.bf16_stochastic_round"),
                  "optimizer.bf16_stochastic_round applies to bfloat16 parameters (training.param_dtype = \"bf16\")");
+    LOWBIT_CHECK(cfg.get_bool("optimizer.second_moment_floor") ||
+                     (name.find("adam") == 0 &&
+                      (name.find("8bit") != std::string::npos || name.find("fp8") != std::string::npos)),
+                 "optimizer.second_moment_floor = false applies to adam8bit, adamw8bit, adamfp8 and adamwfp8 (whose "
+                 "second-moment states can round to zero), not to {}",
+                 name);
     LOWBIT_CHECK(
         !bf16 || (cfg.get_string("quantize.recipe") == "none" && cfg.get_string("float8.recipe_name") == "none" &&
                   cfg.get_string("mx.recipe_name") == "none"),

@@ -46,7 +46,8 @@ constexpr int64_t kUnit = 256;
 struct StateRef {
   const core::Codebook* cb = nullptr;  // Int8 / Int4
   bool fp8 = false, nibbles = false;
-  Tensor codes, scale, plain;  // quantized, or plain (the parameter's dtype)
+  bool floor_positive = false;  // positive values never take code 0 (the map's zero / e4m3's +0)
+  Tensor codes, scale, plain;   // quantized, or plain (the parameter's dtype)
   int64_t block = 0;
   void load(int64_t i0, int64_t n, float* buf) const {
     if (plain.defined()) {
@@ -86,6 +87,8 @@ struct StateRef {
       core::fp8_state_quantize_blocks(buf, n, block, cp, s);
     else
       core::codebook_quantize_blocks(*cb, buf, n, block, cp, s);
+    if (floor_positive)
+      for (int64_t i = 0; i < n; ++i) cp[i] = cp[i] == 0 && buf[i] > 0.0f ? uint8_t{1} : cp[i];
     if (nibbles) core::pack_nibbles_high_first(c, dst + i0 / 2, n);
   }
 };
@@ -229,6 +232,8 @@ void LowBitOptimizer::update_blocks(Tensor& p, int nstates, bool stochastic_roun
       r.fp8 = format_ == StateFormat::Fp8;
       r.nibbles = format_ == StateFormat::Int4;
       if (!r.fp8) r.cb = &codebook_of(nm);
+      // code 0 is zero in the unsigned 8-bit map and in e4m3, code 1 the smallest positive value
+      r.floor_positive = second_moment_floor_ && !signed_state(nm) && format_ != StateFormat::Int4;
     } else {
       auto it = st.tensors.find(nm);
       LOWBIT_CHECK(it != st.tensors.end(), "{}: state '{}' of a parameter of shape {} is missing", name(), nm,
@@ -344,6 +349,7 @@ LowBitAdam::LowBitAdam(std::vector<ParamGroup> groups, LowBitAdamOptions o, Stat
                       o.block_size, {"exp_avg", "exp_avg_sq", "max_exp_avg_sq"}),
       decoupled_(decoupled),
       stochastic_round_(o.bf16_stochastic_round) {
+  second_moment_floor_ = o.second_moment_floor;
   LOWBIT_CHECK(format != StateFormat::Fp32, "LowBitAdam: use Adam / AdamW for float32 states");
   for (const auto& g : groups_) {
     check_unit(name(), "beta parameter at index 0", opt(g, "beta1"));

@@ -29,6 +29,7 @@ LowBitAdamOptions low_bit_adam_options(const OptimizerSettings& s) {
   o.amsgrad = s.amsgrad;
   o.block_size = s.block_size;
   o.bf16_stochastic_round = s.bf16_stochastic_round;
+  o.second_moment_floor = s.second_moment_floor;
   return o;
 }
 template <StateFormat F, bool W>
@@ -48,8 +49,15 @@ std::unique_ptr<Optimizer> make_lion_row(std::vector<ParamGroup> g, const Optimi
 }
 
 const std::vector<const char*> kAdamKeys = {"lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad"};
-const std::vector<const char*> kLowBitAdamKeys = {"lr",           "beta1",   "beta2",      "eps",
-                                                  "weight_decay", "amsgrad", "block_size", "full_precision_state"};
+const std::vector<const char*> kLowBitAdamKeys = {"lr",
+                                                  "beta1",
+                                                  "beta2",
+                                                  "eps",
+                                                  "weight_decay",
+                                                  "amsgrad",
+                                                  "block_size",
+                                                  "full_precision_state",
+                                                  "second_moment_floor"};
 const std::vector<const char*> kLionKeys = {"lr",           "beta1",      "beta2",
                                             "weight_decay", "block_size", "full_precision_state"};
 }  // namespace

@@ -434,6 +434,20 @@ TEST(Train, Float8AndMXRunsResumeBitExactAndExport) {
     bad_bf16 = mxc;
     bad_bf16.apply_overrides({"--optimizer.bf16_stochastic_round", "true"});
     lowbit::testing::expect_error([&] { validate_config(bad_bf16); }, {"bf16_stochastic_round", "param_dtype"});
+    // torchao's zero codes are an 8-bit / fp8 Adam setting: refused elsewhere, naming the optimizer
+    for (const char* other : {"adamw", "adamw4bit", "lion8bit"}) {
+      auto floor_off = mxc;
+      floor_off.apply_overrides(
+          {"--mx.recipe_name", "none", "--optimizer.name", other, "--optimizer.second_moment_floor", "false"});
+      lowbit::testing::expect_error([&] { validate_config(floor_off); },
+                                    {"optimizer.second_moment_floor = false", "adamwfp8", other});
+    }
+    for (const char* ok : {"adamw8bit", "adam8bit", "adamwfp8", "adamfp8"}) {
+      auto floor_off = mxc;
+      floor_off.apply_overrides(
+          {"--mx.recipe_name", "none", "--optimizer.name", ok, "--optimizer.second_moment_floor", "false"});
+      EXPECT_NO_THROW(validate_config(floor_off)) << ok;
+    }
   }
   // the per-parameter override: the named layer's states stay float32, the other 4096-element
   // weight's are quantized (read back from the run's last checkpoint)

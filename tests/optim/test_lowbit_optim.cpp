@@ -53,8 +53,11 @@ TEST(LowBitAdamGolden, TrajectoriesMatchTorchao) {
     ASSERT_GE(f, 0);
     std::vector<Tensor> params;
     for (const char* n : names) params.push_back(t::dataset(in, std::string("params_init/") + n, kFloat32));
-    // torchao's defaults for the AdamW classes: lr 1e-3, betas (0.9, 0.999), eps 1e-8, wd 1e-2
-    auto opt = optim::make_low_bit_adam(group, {{params, {}}});
+    // torchao's defaults for the AdamW classes: lr 1e-3, betas (0.9, 0.999), eps 1e-8, wd 1e-2;
+    // torchao's zero codes for tiny second moments (lowbit's floor off)
+    optim::LowBitAdamOptions parity;
+    parity.second_moment_floor = false;
+    auto opt = optim::make_low_bit_adam(group, {{params, {}}}, parity);
     EXPECT_TRUE(opt->quantizes(params[0]) && opt->quantizes(params[1]) && !opt->quantizes(params[2]));
     double worst_ulps = 0.0;
     int64_t codes_total = 0, codes_off = 0, scales_off = 0, deq_off = 0;
@@ -163,6 +166,7 @@ TEST(LowBitAdamGolden, ExtendedCasesMatchTorchao) {
     optim::LowBitAdamOptions o;
     o.weight_decay = 0.01;  // every case passes weight_decay=0.01 (Adam* classes: L2)
     o.amsgrad = defaults.find("\"amsgrad\": \"True\"") != std::string::npos;
+    o.second_moment_floor = false;  // torchao's codes
     auto opt = optim::make_low_bit_adam(cls.substr(cls.rfind('.') + 1), {{params, {}}}, o);
     int64_t compared = 0, off = 0;
     for (int step = 1; step <= 5; ++step) {
@@ -221,6 +225,7 @@ TEST(LowBitAdam, AmsgradWithQuantizedStatesFollowsItsComposition) {
     Tensor p = mul(randn({64, 64}, &gen), full({1}, 0.1f));
     optim::LowBitAdamOptions o;
     o.amsgrad = true;
+    o.second_moment_floor = false;  // the composition below uses the plain state codecs
     auto opt = optim::make_low_bit_adam(cls, {{{p}, {}}}, o);
     ASSERT_TRUE(opt->quantizes(p));
     const int64_t n = p.numel(), blk = opt->block_size();
@@ -537,5 +542,46 @@ TEST(LowBitOptimizers, FullPrecisionOverride) {
     q.set_grad(full(q.shape(), 0.5f));
     o->step();
     EXPECT_GT(t::count_mismatches(before, q.detach()), 0);
+  }
+}
+
+// torchao rounds a positive second moment below half its map's smallest nonzero entry (relative to
+// the block's largest) to code 0 -- zero v, then a ~30x update for that element; lowbit keeps the
+// smallest nonzero code unless second_moment_floor = false. One block whose squared gradients
+// span 10 decades: 255 of its 256 second moments are below the 8-bit map's and e4m3's range.
+// The 4-bit unsigned map has no zero: the floor does not apply and its codes are the same.
+TEST(LowBitAdam, SecondMomentFloorKeepsPositiveStatesNonzero) {
+  for (const char* cls : {"AdamW8bit", "AdamWFp8", "AdamW4bit"}) {
+    SCOPED_TRACE(cls);
+    std::vector<uint8_t> codes[2];
+    for (const bool floor : {false, true}) {
+      Tensor p = zeros({64, 64});
+      p.requires_grad_();
+      Tensor g = full({64, 64}, 1e-5f);
+      g.data_ptr<float>()[0] = 1.0f;
+      p.set_grad(g);
+      optim::LowBitAdamOptions o;
+      o.second_moment_floor = floor;
+      auto opt = optim::make_low_bit_adam(cls, {{{p}, {}}}, o);
+      opt->step();
+      const optim::ParamState& st = *opt->find_state(p);
+      const Tensor c = st.tensors.at("exp_avg_sq_codes");
+      codes[floor].assign(c.data_ptr<uint8_t>(), c.data_ptr<uint8_t>() + c.numel());
+      const Tensor v = st.tensors.at("exp_avg_sq_scale");
+      EXPECT_GT(v.data_ptr<float>()[0], 0.0f);
+    }
+    const int64_t block = std::string(cls) == "AdamW4bit" ? 64 : 256;  // bytes of the first block (4-bit packed)
+    int64_t zero[2] = {0, 0};
+    for (int f = 0; f < 2; ++f)
+      for (int64_t i = 1; i < block; ++i) zero[f] += codes[f][static_cast<size_t>(i)] == 0;
+    if (std::string(cls) == "AdamW4bit") {
+      EXPECT_EQ(codes[0], codes[1]);
+    } else {
+      EXPECT_EQ(zero[0], block - 1) << "torchao's codes: the small second moments round to zero";
+      EXPECT_EQ(zero[1], 0) << "the floor: none of them";
+      for (int64_t i = 1; i < block; ++i) EXPECT_EQ(codes[1][static_cast<size_t>(i)], 1) << i;
+      // blocks with no small values are untouched
+      EXPECT_TRUE(std::equal(codes[0].begin() + block, codes[0].end(), codes[1].begin() + block));
+    }
   }
 }
