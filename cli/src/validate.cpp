@@ -1,6 +1,7 @@
 // Run-config validation before any work, and the parameter bound of a config's model.
 #include "lowbit/cli/train.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
@@ -128,9 +129,11 @@ void validate_config(const RunConfig& cfg) {
     }
     LOWBIT_CHECK(bf16 || !cfg.get_bool("optimizer.bf16_stochastic_round"),
                  "optimizer.bf16_stochastic_round applies to bfloat16 parameters (training.param_dtype = \"bf16\")");
-    LOWBIT_CHECK(cfg.get_bool("optimizer.second_moment_floor") ||
-                     (name.find("adam") == 0 &&
-                      (name.find("8bit") != std::string::npos || name.find("fp8") != std::string::npos)),
+    const optim::OptimizerRow* row = optim::find_optimizer_row(name);  // its keys: the settings it reads
+    const bool reads_floor = row != nullptr && std::any_of(row->keys.begin(), row->keys.end(), [](const char* k) {
+                               return std::string_view(k) == "second_moment_floor";
+                             });
+    LOWBIT_CHECK(cfg.get_bool("optimizer.second_moment_floor") || reads_floor,
                  "optimizer.second_moment_floor = false applies to adam8bit, adamw8bit, adamfp8 and adamwfp8 (whose "
                  "second-moment states can round to zero), not to {}",
                  name);

@@ -49,15 +49,14 @@ std::unique_ptr<Optimizer> make_lion_row(std::vector<ParamGroup> g, const Optimi
 }
 
 const std::vector<const char*> kAdamKeys = {"lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad"};
-const std::vector<const char*> kLowBitAdamKeys = {"lr",
-                                                  "beta1",
-                                                  "beta2",
-                                                  "eps",
-                                                  "weight_decay",
-                                                  "amsgrad",
-                                                  "block_size",
-                                                  "full_precision_state",
-                                                  "second_moment_floor"};
+const std::vector<const char*> kLowBitAdamKeys = {"lr",           "beta1",   "beta2",      "eps",
+                                                  "weight_decay", "amsgrad", "block_size", "full_precision_state"};
+// 8-bit and fp8 states: their second moments can round to zero (LowBitAdamOptions::second_moment_floor)
+const std::vector<const char*> kLowBitAdam8Keys = [] {
+  auto k = kLowBitAdamKeys;
+  k.push_back("second_moment_floor");
+  return k;
+}();
 const std::vector<const char*> kLionKeys = {"lr",           "beta1",      "beta2",
                                             "weight_decay", "block_size", "full_precision_state"};
 }  // namespace
@@ -87,17 +86,17 @@ const std::vector<OptimizerRow>& optimizer_table() {
          return std::make_unique<SGD>(std::move(g), o);
        }},
       {"adamw8bit", "AdamW8bit", "torchao: AdamW, states in 8-bit dynamic-map blocks of 256", 2.0 + 8.0 / 256, true,
-       kLowBitAdamKeys, make_low_bit_adam_row<StateFormat::Int8, true>},
+       kLowBitAdam8Keys, make_low_bit_adam_row<StateFormat::Int8, true>},
       {"adam8bit", "Adam8bit", "torchao: Adam (L2), states in 8-bit dynamic-map blocks of 256", 2.0 + 8.0 / 256, true,
-       kLowBitAdamKeys, make_low_bit_adam_row<StateFormat::Int8, false>},
+       kLowBitAdam8Keys, make_low_bit_adam_row<StateFormat::Int8, false>},
       {"adamw4bit", "AdamW4bit", "torchao: AdamW, states in 4-bit blocks of 128", 1.0 + 8.0 / 128, true,
        kLowBitAdamKeys, make_low_bit_adam_row<StateFormat::Int4, true>},
       {"adam4bit", "Adam4bit", "torchao: Adam (L2), states in 4-bit blocks of 128", 1.0 + 8.0 / 128, true,
        kLowBitAdamKeys, make_low_bit_adam_row<StateFormat::Int4, false>},
       {"adamwfp8", "AdamWFp8", "torchao: AdamW, states as float8 e4m3 in blocks of 256", 2.0 + 8.0 / 256, true,
-       kLowBitAdamKeys, make_low_bit_adam_row<StateFormat::Fp8, true>},
+       kLowBitAdam8Keys, make_low_bit_adam_row<StateFormat::Fp8, true>},
       {"adamfp8", "AdamFp8", "torchao: Adam (L2), states as float8 e4m3 in blocks of 256", 2.0 + 8.0 / 256, true,
-       kLowBitAdamKeys, make_low_bit_adam_row<StateFormat::Fp8, false>},
+       kLowBitAdam8Keys, make_low_bit_adam_row<StateFormat::Fp8, false>},
       {"sgd8bit",
        "SGD8bit",
        "bitsandbytes-style SGD with momentum, buffer in 8-bit blocks of 256",
