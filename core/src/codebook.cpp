@@ -409,6 +409,28 @@ const std::array<float, 16>& small_thresholds(const Codebook& cb) {
 // is 128 or 256 values: per-call set-up and loop exits cost as much as the block's codes).
 // encode<true>: codes of x[i] / s (the quotients of torchao's true division), s the block's scale:
 // >= every |x[i]| (or not finite), so the quotients are at most 1; encode<false>: codes of x[i].
+// The entry spacing of a map whose entries are k * step (k = 1, 2, ...) with step a power of two
+// (torchao's linear 4-bit map, k/16), else 0. For such a map 16x is exact, x - entry is exact
+// (Sterbenz) and the midpoints are exact, so the search's code is floor(x/step - 1/2) clamped to
+// [0, top]: t - 1/2 is exact for t = x/step >= 1, and below 1 every code is 0 anyway.
+float uniform_step(const Codebook& cb) {
+  const float step = cb.values[0];
+  int e = 0;
+  if (!(step > 0.0f) || std::frexp(step, &e) != 0.5f) return 0.0f;
+  for (size_t k = 0; k < cb.values.size(); ++k)
+    if (cb.values[k] != static_cast<float>(k + 1) * step) return 0.0f;
+  return step;
+}
+
+const std::vector<float>& uniform_steps() {  // per code book, computed once
+  static const std::vector<float> steps = [] {
+    std::vector<float> v;
+    for (const auto& c : table()) v.push_back(uniform_step(c));
+    return v;
+  }();
+  return steps;
+}
+
 class Encoder {
  public:
   explicit Encoder(const Codebook& cb)
@@ -418,7 +440,8 @@ class Encoder {
         tab_(bucket_table(cb)),
         seg_(segment_table(cb)),
         regs_(seg_),
-        small_(cb.bits == 4 ? _mm512_loadu_ps(small_thresholds(cb).data()) : _mm512_setzero_ps())
+        small_(cb.bits == 4 ? _mm512_loadu_ps(small_thresholds(cb).data()) : _mm512_setzero_ps()),
+        step_(uniform_steps()[static_cast<size_t>(cb.id)])
 #endif
   {
   }
@@ -439,6 +462,19 @@ class Encoder {
     auto store = [&](int64_t k, __m512i c) {
       _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + k), _mm512_cvtepi32_epi8(c));
     };
+    if (step_ > 0.0f) {
+      const __m512 inv = _mm512_set1_ps(1.0f / step_), half = _mm512_set1_ps(0.5f);
+      const __m512i hi = _mm512_set1_epi32(top);
+      for (; i + 16 <= n; i += 16) {
+        const __m512 v = load(i);
+        __m512 t = _mm512_mul_ps(v, inv);                                // exact: a power of two
+        if (!bounded) t = _mm512_min_ps(t, _mm512_set1_ps(8388608.0f));  // inf (NaN: masked below)
+        __m512i c = _mm512_cvt_roundps_epi32(_mm512_sub_ps(t, half), _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC);
+        c = _mm512_min_epi32(_mm512_max_epi32(c, _mm512_setzero_si512()), hi);
+        if (!bounded) c = _mm512_maskz_mov_epi32(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), c);  // NaN: code 0
+        store(i, c);
+      }
+    }
     if (cb_.bits == 4)
       for (; i + 16 <= n; i += 16) store(i, encode16_small(small_, load(i)));
     if (!tab_.empty() && seg_.valid) {
@@ -470,6 +506,7 @@ class Encoder {
   const SegmentTable& seg_;
   SegmentRegs regs_;
   __m512 small_;
+  float step_;  // uniform_step: codes by arithmetic
 #endif
 };
 }  // namespace
