@@ -42,9 +42,11 @@ std::vector<float> create_dynamic_map(bool is_signed, int max_exponent_bits, int
 /// entry is <= x; 0 below the first entry), then one up when x - q[i] >= (q[i+1] - q[i]) / 2 (ties
 /// go up; capped at the last entry). NaN gives 0.
 void codebook_encode(const Codebook& cb, const float* x, uint8_t* codes, int64_t n);
-/// The same codes by the search itself, one value at a time (what codebook_encode's table is
-/// built from and tested against). codebook_encode uses a bucket table (one lookup per value) on
-/// AVX-512 builds when the code book allows it (codebook_has_fast_encode: all four do).
+/// The same codes by the search itself, one value at a time (what codebook_encode's tables are
+/// built from and tested against). On AVX-512 builds codebook_encode computes the codes: the 8-bit
+/// maps by arithmetic over runs of equal spacing (codebook_segment_margin) with a bucket table
+/// (one lookup per value) near thresholds, the linear 4-bit map by floor(16x - 1/2), the signed
+/// 4-bit map by a four-step register search (codebook_has_fast_encode: all four have the table).
 void codebook_encode_reference(const Codebook& cb, const float* x, uint8_t* codes, int64_t n);
 bool codebook_has_fast_encode(const Codebook& cb);
 /// 8-bit maps also have an arithmetic encoder (runs of equally spaced entries, no lookup per

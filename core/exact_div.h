@@ -9,8 +9,8 @@
 // is not representable: callers divide for real (div_exact) or show that a few ulps cannot matter
 // (the block quantizers: such quotients lie far below any state format's first threshold).
 //
-// vdivps costs 5-10x an FMA here, and the low-bit optimizers divide four times per element by
-// such constants (two bias corrections, two block scales) -- bit-exactly as torchao does.
+// vdivps costs 5-10x an FMA here, and the low-bit optimizers' state quantizers divide every
+// element by its block's scale -- bit-exactly as torchao does.
 #pragma once
 
 #if defined(__AVX512F__)

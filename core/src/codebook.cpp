@@ -8,6 +8,7 @@
 #include <cmath>
 #include <bit>
 #include <limits>
+#include <type_traits>
 
 #if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512DQ__)
 #include <immintrin.h>
@@ -78,6 +79,14 @@ std::vector<Codebook> build_table() {
 const std::vector<Codebook>& table() {
   static const std::vector<Codebook> t = build_table();
   return t;
+}
+// f(c) for every code book, in table order: the derived tables (encoders, dequantizers), each
+// built once on first use and indexed by the code book's id
+template <typename F>
+auto per_codebook(F f) {
+  std::vector<std::decay_t<decltype(f(table()[0]))>> v;
+  for (const auto& c : table()) v.push_back(f(c));
+  return v;
 }
 }  // namespace
 
@@ -158,11 +167,7 @@ std::vector<uint32_t> build_bucket_table(const Codebook& cb) {
 
 // per code book, built on first use
 const std::vector<uint32_t>& bucket_table(const Codebook& cb) {
-  static const std::vector<std::vector<uint32_t>> tables = [] {
-    std::vector<std::vector<uint32_t>> v;
-    for (const auto& c : table()) v.push_back(build_bucket_table(c));
-    return v;
-  }();
+  static const auto tables = per_codebook(build_bucket_table);
   return tables[static_cast<size_t>(cb.id)];
 }
 
@@ -292,11 +297,7 @@ SegmentTable build_segment_table(const Codebook& cb) {
 }
 
 const SegmentTable& segment_table(const Codebook& cb) {
-  static const std::vector<SegmentTable> tables = [] {
-    std::vector<SegmentTable> v;
-    for (const auto& c : table()) v.push_back(build_segment_table(c));
-    return v;
-  }();
+  static const auto tables = per_codebook(build_segment_table);
   return tables[static_cast<size_t>(cb.id)];
 }
 
@@ -397,11 +398,8 @@ inline __m512i encode16_segments(const SegmentRegs& t, __m512 x, __mmask16& amb)
 namespace {
 #if LOWBIT_CODEBOOK_SIMD
 const std::array<float, 16>& small_thresholds(const Codebook& cb) {
-  static const std::vector<std::array<float, 16>> small = [] {
-    std::vector<std::array<float, 16>> v;
-    for (const auto& c : table()) v.push_back(c.bits == 4 ? thresholds16(c) : std::array<float, 16>{});
-    return v;
-  }();
+  static const auto small =
+      per_codebook([](const Codebook& c) { return c.bits == 4 ? thresholds16(c) : std::array<float, 16>{}; });
   return small[static_cast<size_t>(cb.id)];
 }
 #endif
@@ -422,12 +420,8 @@ float uniform_step(const Codebook& cb) {
   return step;
 }
 
-const std::vector<float>& uniform_steps() {  // per code book, computed once
-  static const std::vector<float> steps = [] {
-    std::vector<float> v;
-    for (const auto& c : table()) v.push_back(uniform_step(c));
-    return v;
-  }();
+const std::vector<float>& uniform_steps() {
+  static const auto steps = per_codebook(uniform_step);
   return steps;
 }
 
@@ -645,15 +639,11 @@ void lookup_run(const float* table, const BytePlanes& planes, int bits, const ui
   for (; i < n; ++i) out[i] = table[codes[i] & mask] * s;
 }
 const BytePlanes& codebook_planes(const Codebook& cb) {
-  static const std::vector<BytePlanes> planes = [] {
-    std::vector<BytePlanes> v;
-    for (const auto& c : table()) {
-      std::vector<float> t(256, 0.0f);
-      std::copy(c.values.begin(), c.values.end(), t.begin());
-      v.emplace_back(t.data());
-    }
-    return v;
-  }();
+  static const auto planes = per_codebook([](const Codebook& c) {
+    std::vector<float> t(256, 0.0f);  // 4-bit maps padded
+    std::copy(c.values.begin(), c.values.end(), t.begin());
+    return BytePlanes(t.data());
+  });
   return planes[static_cast<size_t>(cb.id)];
 }
 const float* fp8_values() {

@@ -13,7 +13,6 @@
 #include "lowbit/autograd/kernel.h"
 #include "lowbit/autograd/parallel.h"
 #include "lowbit/core/codebook.h"
-#include "lowbit/core/exact_div.h"
 #include "lowbit/core/stochastic.h"
 
 namespace lowbit::optim {
@@ -37,8 +36,8 @@ void check_unit(const std::string& opt, const char* what, double v) {
   LOWBIT_CHECK(v >= 0 && v < 1, "{}: invalid {}: {} (must be in [0, 1))", opt, what, v);
 }
 
-// Elements per unit of work: whole blocks, about 2048 values (per-block calls cost as much as a
-// block's codes); the units' states live in stack buffers of this size.
+// Elements per unit of work (whole blocks: one 256-value block, or two of 128; 2048-value units
+// measured no faster); the units' states live in stack buffers of this size.
 constexpr int64_t kUnit = 256;
 
 // one state of one parameter over [i0, i0 + n) (whole blocks when quantized): dequantized into
@@ -307,42 +306,6 @@ void LowBitOptimizer::run_updates() {
 }
 
 // ---------------- Adam ----------------
-namespace {
-// One block of the Adam update (no amsgrad) in AVX-512, the same float32 operations in the same
-// order as the loops in LowBitAdam::step, with the divisions by the bias corrections done by
-// core::div_exact (a reciprocal and an FMA correction, proven equal to the division): the
-// parameters stay bit-identical to torchao's. False where not compiled in (the loops run).
-bool adam_block_simd(int64_t len, float* wp, const float* gp, float* m, float* v, bool decoupled, float lr, float lr_wd,
-                     float wd, float w1, float w2, float bc1, float bc2_sqrt, float eps) {
-#if defined(__AVX512F__)
-  if (len % 16 != 0) return false;
-  const __m512 vlr = _mm512_set1_ps(lr), vlr_wd = _mm512_set1_ps(lr_wd), vwd = _mm512_set1_ps(wd),
-               vw1 = _mm512_set1_ps(w1), vw2 = _mm512_set1_ps(w2), veps = _mm512_set1_ps(eps);
-  const __m512 c1 = _mm512_set1_ps(bc1), y1 = _mm512_set1_ps(1.0f / bc1), c2 = _mm512_set1_ps(bc2_sqrt),
-               y2 = _mm512_set1_ps(1.0f / bc2_sqrt);
-  for (int64_t j = 0; j < len; j += 16) {
-    __m512 p = _mm512_loadu_ps(wp + j), g = _mm512_loadu_ps(gp + j);
-    if (decoupled)
-      p = _mm512_sub_ps(p, _mm512_mul_ps(vlr_wd, p));
-    else
-      g = _mm512_add_ps(g, _mm512_mul_ps(vwd, p));
-    const __m512 m0 = _mm512_loadu_ps(m + j), v0 = _mm512_loadu_ps(v + j);
-    const __m512 mi = _mm512_add_ps(m0, _mm512_mul_ps(vw1, _mm512_sub_ps(g, m0)));
-    const __m512 vi = _mm512_add_ps(v0, _mm512_mul_ps(vw2, _mm512_sub_ps(_mm512_mul_ps(g, g), v0)));
-    _mm512_storeu_ps(m + j, mi);
-    _mm512_storeu_ps(v + j, vi);
-    const __m512 denom = _mm512_add_ps(core::div_exact(_mm512_sqrt_ps(vi), c2, y2), veps);
-    const __m512 step = _mm512_mul_ps(vlr, core::div_exact(mi, c1, y1));
-    _mm512_storeu_ps(wp + j, _mm512_sub_ps(p, _mm512_div_ps(step, denom)));
-  }
-  return true;
-#else
-  (void)len, (void)wp, (void)gp, (void)m, (void)v, (void)decoupled, (void)lr, (void)lr_wd, (void)wd, (void)w1, (void)w2,
-      (void)bc1, (void)bc2_sqrt, (void)eps;
-  return false;
-#endif
-}
-}  // namespace
 
 LowBitAdam::LowBitAdam(std::vector<ParamGroup> groups, LowBitAdamOptions o, StateFormat format, bool decoupled)
     : LowBitOptimizer(std::move(groups), low_bit_defaults(o, decoupled), class_name(format, decoupled), format,
@@ -376,51 +339,49 @@ void LowBitAdam::step() {
       const float lr_f = static_cast<float>(lr), wd_f = static_cast<float>(wd), lr_wd = lr_f * wd_f;
       const float w1 = static_cast<float>(1.0 - b1), w2 = static_cast<float>(1.0 - b2), eps_f = static_cast<float>(eps);
       const bool decoupled = decoupled_;
-      update_blocks(
-          p, amsgrad ? 3 : 2, stochastic_round_,
-          [=](int64_t, int64_t len, float* wp, const float* gp, float* const* bufs) {
-            float* m = bufs[0];
-            float* v = bufs[1];
-            float* vm = bufs[2];
-            if (amsgrad) {
-              for (int64_t j = 0; j < len; ++j) {
-                float pi = wp[j], gi = gp[j];
-                if (decoupled)
-                  pi = pi - lr_wd * pi;
-                else
-                  gi = gi + wd_f * pi;
-                const float mi = m[j] + w1 * (gi - m[j]);
-                const float vi = v[j] + w2 * (gi * gi - v[j]);
-                m[j] = mi;
-                v[j] = vi;
-                vm[j] = std::max(vm[j], vi);  // NaN in the stored max stays (torch.maximum propagates)
-                if (std::isnan(vi)) vm[j] = vi;
-                const float denom = std::sqrt(vm[j]) / bc2_sqrt + eps_f;
-                wp[j] = pi - lr_f * (mi / bc1) / denom;
-              }
-            } else if (adam_block_simd(len, wp, gp, m, v, decoupled, lr_f, lr_wd, wd_f, w1, w2, bc1, bc2_sqrt, eps_f)) {
-            } else if (decoupled) {
+      update_blocks(p, amsgrad ? 3 : 2, stochastic_round_,
+                    [=](int64_t, int64_t len, float* wp, const float* gp, float* const* bufs) {
+                      float* m = bufs[0];
+                      float* v = bufs[1];
+                      float* vm = bufs[2];
+                      if (amsgrad) {
+                        for (int64_t j = 0; j < len; ++j) {
+                          float pi = wp[j], gi = gp[j];
+                          if (decoupled)
+                            pi = pi - lr_wd * pi;
+                          else
+                            gi = gi + wd_f * pi;
+                          const float mi = m[j] + w1 * (gi - m[j]);
+                          const float vi = v[j] + w2 * (gi * gi - v[j]);
+                          m[j] = mi;
+                          v[j] = vi;
+                          vm[j] = std::max(vm[j], vi);  // NaN in the stored max stays (torch.maximum propagates)
+                          if (std::isnan(vi)) vm[j] = vi;
+                          const float denom = std::sqrt(vm[j]) / bc2_sqrt + eps_f;
+                          wp[j] = pi - lr_f * (mi / bc1) / denom;
+                        }
+                      } else if (decoupled) {
 #pragma omp simd
-              for (int64_t j = 0; j < len; ++j) {
-                const float pi = wp[j] - lr_wd * wp[j], gi = gp[j];
-                const float mi = m[j] + w1 * (gi - m[j]);
-                const float vi = v[j] + w2 * (gi * gi - v[j]);
-                m[j] = mi;
-                v[j] = vi;
-                wp[j] = pi - lr_f * (mi / bc1) / (std::sqrt(vi) / bc2_sqrt + eps_f);
-              }
-            } else {
+                        for (int64_t j = 0; j < len; ++j) {
+                          const float pi = wp[j] - lr_wd * wp[j], gi = gp[j];
+                          const float mi = m[j] + w1 * (gi - m[j]);
+                          const float vi = v[j] + w2 * (gi * gi - v[j]);
+                          m[j] = mi;
+                          v[j] = vi;
+                          wp[j] = pi - lr_f * (mi / bc1) / (std::sqrt(vi) / bc2_sqrt + eps_f);
+                        }
+                      } else {
 #pragma omp simd
-              for (int64_t j = 0; j < len; ++j) {
-                const float pi = wp[j], gi = gp[j] + wd_f * wp[j];
-                const float mi = m[j] + w1 * (gi - m[j]);
-                const float vi = v[j] + w2 * (gi * gi - v[j]);
-                m[j] = mi;
-                v[j] = vi;
-                wp[j] = pi - lr_f * (mi / bc1) / (std::sqrt(vi) / bc2_sqrt + eps_f);
-              }
-            }
-          });
+                        for (int64_t j = 0; j < len; ++j) {
+                          const float pi = wp[j], gi = gp[j] + wd_f * wp[j];
+                          const float mi = m[j] + w1 * (gi - m[j]);
+                          const float vi = v[j] + w2 * (gi * gi - v[j]);
+                          m[j] = mi;
+                          v[j] = vi;
+                          wp[j] = pi - lr_f * (mi / bc1) / (std::sqrt(vi) / bc2_sqrt + eps_f);
+                        }
+                      }
+                    });
     }
   }
   run_updates();
