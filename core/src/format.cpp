@@ -231,6 +231,14 @@ void pack_pairs_low_first(const uint8_t* __restrict codes, uint8_t* __restrict p
     packed[k] = static_cast<uint8_t>((u & 0x0F) | ((u >> 4) & 0xF0));
   }
 }
+// its inverse: each byte -> (low nibble, high nibble) as two bytes
+void unpack_pairs_low_first(const uint8_t* __restrict packed, uint8_t* __restrict codes, int64_t pairs) {
+#pragma omp simd
+  for (int64_t k = 0; k < pairs; ++k) {
+    const uint16_t u = static_cast<uint16_t>((packed[k] & 0x0F) | ((packed[k] >> 4) << 8));
+    std::memcpy(codes + 2 * k, &u, 2);
+  }
+}
 }  // namespace
 
 void pack(const Format& f, const uint8_t* codes, uint8_t* packed, int64_t n) {
@@ -249,7 +257,8 @@ void unpack(const Format& f, const uint8_t* packed, uint8_t* codes, int64_t n) {
     std::memcpy(codes, packed, static_cast<size_t>(n));
     return;
   }
-  for (int64_t i = 0; i < n; ++i) codes[i] = (packed[i / 2] >> ((i % 2) * 4)) & 0x0F;
+  unpack_pairs_low_first(packed, codes, n / 2);
+  if (n % 2) codes[n - 1] = packed[n / 2] & 0x0F;  // an odd count's last code
 }
 
 }  // namespace lowbit::core

@@ -113,11 +113,16 @@ void gemm_mx_reference(const uint8_t* a, int64_t m, const float* as, const MXInt
 // MR rows x NT tiles of 16 columns over all of K, every accumulator in registers (4 x 3: 12 int32
 // + 12 float32 + 3 B vectors + the broadcast A). A block's int32 sums start at the weight's offset
 // correction, take block/4 vpdpbusd steps, then one convert, one scale product and one FMA each.
+// Operands in the layouts gemm_mx_simd packs them into, so that one pointer each reaches them
+// (with the 4 A rows and 3 B tiles as separate pointers GCC ran out of registers and parked them
+// in vector registers, 7% of the kernel's time in vmovq): ap -- the kMR rows' 4-byte groups of
+// each K-step side by side; asp -- their block scales, [block][kMR]; wsp / wcp -- the panel's
+// weight scales and offset corrections, [block][kNT][16].
 // STEPS > 0: block / 4 as a constant (the loop unrolled); 0: read from `steps_rt`.
+constexpr int kMR = 4, kNT = 3;
 template <int MR, int NT, int STEPS>
-void micro_mx(const uint8_t* a, int64_t lda, const float* as, int64_t g, const int8_t* bp, int64_t tile_stride,
-              const float* ws, const int32_t* wc, int64_t wtile_stride, int64_t steps_rt, const float* bias, float* c,
-              int64_t ldc) {
+void micro_mx(const uint8_t* ap, const float* asp, int64_t g, const int8_t* bp, int64_t tile_stride, const float* wsp,
+              const int32_t* wcp, int64_t steps_rt, const float* bias, float* c, int64_t ldc) {
   const int64_t steps = STEPS > 0 ? STEPS : steps_rt;
   __m512 f[MR][NT];
 #pragma GCC unroll 4
@@ -128,12 +133,12 @@ void micro_mx(const uint8_t* a, int64_t lda, const float* as, int64_t g, const i
     __m512i acc[MR][NT];
 #pragma GCC unroll 3
     for (int t = 0; t < NT; ++t) {
-      const __m512i c0 = _mm512_loadu_si512(wc + t * wtile_stride + gi * 16);
+      const __m512i c0 = _mm512_loadu_si512(wcp + (gi * kNT + t) * 16);
 #pragma GCC unroll 4
       for (int r = 0; r < MR; ++r) acc[r][t] = c0;
     }
     const int8_t* bg = bp + gi * steps * 64;
-    const uint8_t* ag = a + gi * steps * 4;
+    const uint8_t* ag = ap + gi * steps * (4 * kMR);
 #pragma GCC unroll 8
     for (int64_t q = 0; q < steps; ++q) {
       __m512i b[NT];
@@ -142,7 +147,7 @@ void micro_mx(const uint8_t* a, int64_t lda, const float* as, int64_t g, const i
 #pragma GCC unroll 4
       for (int r = 0; r < MR; ++r) {
         int32_t a4;
-        std::memcpy(&a4, ag + r * lda + q * 4, 4);
+        std::memcpy(&a4, ag + q * (4 * kMR) + r * 4, 4);
         const __m512i av = _mm512_set1_epi32(a4);
 #pragma GCC unroll 3
         for (int t = 0; t < NT; ++t) dpbusd(acc[r][t], av, b[t]);
@@ -150,11 +155,11 @@ void micro_mx(const uint8_t* a, int64_t lda, const float* as, int64_t g, const i
     }
 #pragma GCC unroll 3
     for (int t = 0; t < NT; ++t) {
-      const __m512 s = _mm512_loadu_ps(ws + t * wtile_stride + gi * 16);
+      const __m512 s = _mm512_loadu_ps(wsp + (gi * kNT + t) * 16);
 #pragma GCC unroll 4
       for (int r = 0; r < MR; ++r)
-        f[r][t] =
-            _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][t]), _mm512_mul_ps(s, _mm512_set1_ps(as[r * g + gi])), f[r][t]);
+        f[r][t] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(acc[r][t]), _mm512_mul_ps(s, _mm512_set1_ps(asp[gi * kMR + r])),
+                                  f[r][t]);
     }
   }
 #pragma GCC unroll 3
@@ -242,8 +247,8 @@ MicroRows micro_rows_for(int mr, int nt) {
   return table[mr - 1][nt - 1];
 }
 
-using MicroMx = void (*)(const uint8_t*, int64_t, const float*, int64_t, const int8_t*, int64_t, const float*,
-                         const int32_t*, int64_t, int64_t, const float*, float*, int64_t);
+using MicroMx = void (*)(const uint8_t*, const float*, int64_t, const int8_t*, int64_t, const float*, const int32_t*,
+                         int64_t, const float*, float*, int64_t);
 template <int STEPS>
 MicroMx micro_mx_for(int mr, int nt) {
   static const MicroMx table[4][3] = {
@@ -268,7 +273,6 @@ void expand_nibbles(const uint8_t* src, int64_t chunks, const int8_t* lut, int8_
 }
 
 void gemm_mx_simd(const uint8_t* a, int64_t m, const float* as, const MXInt8Weight& w, const float* bias, float* out) {
-  constexpr int kMR = 4, kNT = 3;
   const int64_t n = w.n, k = w.k, g = k / w.block, tiles = n / 16, steps = w.block / 4;
   const int64_t panels = (tiles + kNT - 1) / kNT;
   const float* ws = w.scales.data_ptr<float>();
@@ -286,6 +290,31 @@ void gemm_mx_simd(const uint8_t* a, int64_t m, const float* as, const MXInt8Weig
     });
     return;
   }
+  // the activations interleaved per block of kMR rows (zero rows pad the last) and their scales
+  // [row block][block][kMR], once per call for every panel
+  const int64_t mblocks = (m + kMR - 1) / kMR;
+  thread_local std::vector<uint32_t> apk;
+  thread_local std::vector<float> aspk;
+  apk.resize(static_cast<size_t>(mblocks * kMR * (k / 4)));
+  aspk.resize(static_cast<size_t>(mblocks * kMR * g));
+  uint32_t* const apk_p = apk.data();
+  float* const aspk_p = aspk.data();
+  detail::parallel_for(mblocks, 4, [&](int64_t b0, int64_t b1) {
+    for (int64_t mb = b0; mb < b1; ++mb)
+      for (int r = 0; r < kMR; ++r) {
+        const int64_t row = mb * kMR + r;
+        uint32_t* dst = apk_p + mb * kMR * (k / 4) + r;
+        float* sdst = aspk_p + mb * kMR * g + r;
+        if (row < m) {
+          const uint8_t* src = a + row * k;
+          for (int64_t q = 0; q < k / 4; ++q) std::memcpy(dst + q * kMR, src + q * 4, 4);
+          for (int64_t gi = 0; gi < g; ++gi) sdst[gi * kMR] = as[row * g + gi];
+        } else {
+          for (int64_t q = 0; q < k / 4; ++q) dst[q * kMR] = 0;
+          for (int64_t gi = 0; gi < g; ++gi) sdst[gi * kMR] = 0.0f;
+        }
+      }
+  });
   detail::parallel_for(panels, 1, [&](int64_t p0, int64_t p1) {
     // fp4: each 48-column panel expanded once to int8 (3 x K x 16 bytes, in L2) for all rows
     struct Free {
@@ -293,6 +322,8 @@ void gemm_mx_simd(const uint8_t* a, int64_t m, const float* as, const MXInt8Weig
     };
     const std::unique_ptr<int8_t[], Free> panel(
         w.nibbles ? static_cast<int8_t*>(std::aligned_alloc(64, static_cast<size_t>(kNT * k * 16))) : nullptr);
+    std::vector<float> wsp(static_cast<size_t>(g * kNT * 16));
+    std::vector<int32_t> wcp(wsp.size());
     for (int64_t pi = p0; pi < p1; ++pi) {
       const int64_t t0 = pi * kNT, nt = std::min<int64_t>(kNT, tiles - t0);
       const int8_t* bp;
@@ -304,11 +335,16 @@ void gemm_mx_simd(const uint8_t* a, int64_t m, const float* as, const MXInt8Weig
       } else {
         bp = w.packed.data_ptr<int8_t>() + t0 * k * 16;
       }
+      for (int64_t gi = 0; gi < g; ++gi)
+        for (int64_t t = 0; t < nt; ++t) {
+          std::memcpy(wsp.data() + (gi * kNT + t) * 16, ws + ((t0 + t) * g + gi) * 16, 64);
+          std::memcpy(wcp.data() + (gi * kNT + t) * 16, wc + ((t0 + t) * g + gi) * 16, 64);
+        }
       for (int64_t m0 = 0; m0 < m; m0 += kMR) {
         const int mr = static_cast<int>(std::min<int64_t>(kMR, m - m0));
         (steps == 8 ? micro_mx_for<8> : micro_mx_for<0>)(mr, static_cast<int>(nt))(
-            a + m0 * k, k, as + m0 * g, g, bp, k * 16, ws + t0 * g * 16, wc + t0 * g * 16, g * 16, steps,
-            bias ? bias + t0 * 16 : nullptr, out + m0 * n + t0 * 16, n);
+            reinterpret_cast<const uint8_t*>(apk_p + m0 * (k / 4)), aspk_p + m0 * g, g, bp, k * 16, wsp.data(),
+            wcp.data(), steps, bias ? bias + t0 * 16 : nullptr, out + m0 * n + t0 * 16, n);
       }
     }
   });

@@ -234,23 +234,27 @@ std::shared_ptr<const kernels::MXInt8Weight> MXQuantizedLinear::packed_weight() 
   return packed_;
 }
 
-// the activation's MX cast as u8 (value x multiplier + 128) and its block scales / multiplier
+// the activation's MX cast (to_mx: the same codes and scales as the fake quantizer's cast) as u8
+// (value x multiplier + 128) and its block scales / multiplier
 Tensor MXQuantizedLinear::forward_integer_gemm(const Tensor& x2) const {
   const core::Format& e = mx::mx_element(activation_config->dtype);
   const int mult = core::int8_value_multiplier(e);
-  const Cast2D q = mx_cast(x2, *activation_config, CastOutput::Codes);
+  const mx::MXTensor q =
+      mx::to_mx(x2, activation_config->dtype, activation_config->block_size, activation_config->scaling_mode);
+  const Tensor codes_t = q.codes();  // one code per byte (fp4 unpacked)
   const int64_t m = x2.size(0), k = in_features, g = q.scale.size(1);
   uint8_t lut[64] = {};  // MX elements of up to 6 bits (int8_value_multiplier excludes float8)
   for (uint32_t c = 0; c < (1u << e.bits); ++c)
     lut[c] = static_cast<uint8_t>(std::lrint(core::decode(e, c) * mult) + 128);
   const Tensor a = empty({m, k}, kUInt8), as = empty({m, g}, kFloat32);
-  const uint8_t* codes = static_cast<const uint8_t*>(q.values.raw_data());
+  const uint8_t* codes = static_cast<const uint8_t*>(codes_t.raw_data());
   uint8_t* ap = a.data_ptr<uint8_t>();
-  const float* qm = q.scale.data_ptr<float>();
+  const uint8_t* sb = static_cast<const uint8_t*>(q.scale.raw_data());
   float* asp = as.data_ptr<float>();
+  const E8M0Table& ev = e8m0_values();
   detail::parallel_for(m, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(k, 1)), [&](int64_t r0, int64_t r1) {
     kernels::lookup_u8(codes + r0 * k, (r1 - r0) * k, lut, ap + r0 * k);
-    for (int64_t i = r0 * g; i < r1 * g; ++i) asp[i] = 1.0f / qm[i] / static_cast<float>(mult);  // exact: powers of 2
+    for (int64_t i = r0 * g; i < r1 * g; ++i) asp[i] = ev.v[sb[i]] / static_cast<float>(mult);  // exact: powers of 2
   });
   Tensor out = empty({m, out_features}, kFloat32);
   const Tensor b = bias.defined() ? bias.to(kFloat32) : Tensor();

@@ -81,13 +81,23 @@ std::vector<float> run(const Problem& p, const Data& d, bool reference) {
 const std::vector<Problem>& problems() {
   using F = core::FormatId;
   static const std::vector<Problem> ps = {
-      {1, 16, 32, 32, F::Float4E2M1FN, false},   {4, 48, 256, 32, F::Float4E2M1FN, true},
-      {7, 80, 96, 32, F::Float4E2M1FN, true},    {9, 32, 128, 16, F::Float4E2M1FN, false},
-      {5, 64, 192, 64, F::Float4E2M1FN, true},   {3, 48, 64, 8, F::Float4E2M1FN, false},
-      {6, 48, 128, 32, F::Float6E2M3FN, true},   {13, 112, 160, 32, F::Float6E2M3FN, false},
-      {2, 16, 48, 12, F::Float6E2M3FN, true},    {1, 4096 / 16 * 16, 512, 32, F::Float4E2M1FN, true},
-      {33, 96, 1024, 32, F::Float6E2M3FN, true}, {2, 48, 256, 32, F::Float6E2M3FN, true},
-      {1, 32, 64, 16, F::Float6E2M3FN, false},   {2, 80, 128, 32, F::Float4E2M1FN, true},
+      {1, 16, 32, 32, F::Float4E2M1FN, false},
+      {4, 48, 256, 32, F::Float4E2M1FN, true},
+      {7, 80, 96, 32, F::Float4E2M1FN, true},
+      {9, 32, 128, 16, F::Float4E2M1FN, false},
+      {5, 64, 192, 64, F::Float4E2M1FN, true},
+      {3, 48, 64, 8, F::Float4E2M1FN, false},
+      {6, 48, 128, 32, F::Float6E2M3FN, true},
+      {13, 112, 160, 32, F::Float6E2M3FN, false},
+      {2, 16, 48, 12, F::Float6E2M3FN, true},
+      {1, 4096 / 16 * 16, 512, 32, F::Float4E2M1FN, true},
+      {33, 96, 1024, 32, F::Float6E2M3FN, true},
+      {2, 48, 256, 32, F::Float6E2M3FN, true},
+      {1, 32, 64, 16, F::Float6E2M3FN, false},
+      {2, 80, 128, 32, F::Float4E2M1FN, true},
+      // longer K (1184 = 37 blocks, 960 = 40 blocks of 24), ragged row blocks
+      {11, 48, 1184, 32, F::Float4E2M1FN, true},
+      {6, 32, 960, 24, F::Float6E2M3FN, true},
   };
   return ps;
 }
