@@ -61,6 +61,11 @@ void minifloat_encode_scaled(const MinifloatSpec& spec, const float* x, float sc
 /// values when mult is a power of two (a minifloat value has at most 4 significant bits).
 void minifloat_round_scaled_bf16(const MinifloatSpec& spec, const float* x, float scale, const float* scales,
                                  float mult, const float* mults, uint16_t* out, int64_t n);
+/// Blocked fake quantization in float32: for each of `blocks` runs of `block` values,
+/// out[i] = decode(encode(fp32(x[i]) * scales[b], saturating)) * mults[b] (b: the run's index),
+/// bit-identical to encoding, decoding and multiplying; the rounding is done on the float itself.
+void minifloat_round_blocks_f32(const MinifloatSpec& spec, const float* x, int64_t block, int64_t blocks,
+                                const float* scales, const float* mults, float* out);
 /// n values through a 256-entry table.
 void minifloat_decode_n(const MinifloatSpec& spec, const uint8_t* codes, float* out, int64_t n);
 

@@ -24,6 +24,7 @@ struct MXInt8Weight;
 ///    power-of-two scales, float32 sum over blocks: within K/block float32 roundings of exact).
 ///  * Kernel::Dequantize, and the fallback otherwise: a bfloat16 gemm on the dequantized values
 ///    (exact products, float32 sums; the float32 path where a value would be a bfloat16 denormal).
+///    The bfloat16 weight is made once and kept (2 bytes per weight) until the weight changes.
 /// Then the bias in float32 and the output in x's dtype.
 class MXQuantizedLinear : public nn::Module {
  public:
@@ -56,6 +57,13 @@ class MXQuantizedLinear : public nn::Module {
   mutable std::mutex pack_mutex_;
   mutable std::shared_ptr<const kernels::MXInt8Weight> packed_;
   mutable std::vector<std::pair<const void*, uint64_t>> packed_key_;  // (storage, version) of weight, weight_scale
+  // Kernel::Dequantize's operand: the dequantized weight in bfloat16 (2 bytes per weight, made on
+  // the first call and again after the weight or its scales change) and whether a value of it is
+  // below bfloat16's normal range (then the float32 gemm is used)
+  std::pair<Tensor, bool> bf16_weight() const;
+  mutable Tensor bf16_weight_;
+  mutable bool bf16_weight_sub_ = false;
+  mutable std::vector<std::pair<const void*, uint64_t>> bf16_key_;
 };
 
 /// A Linear whose weight is stored in NVFP4: fp4 codes (float4_e2m1fn_x2, two per byte), e4m3

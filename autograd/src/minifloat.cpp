@@ -179,6 +179,16 @@ void round_scaled_bf16_range(const RoundParams p, const float* __restrict x, flo
       out[i] = static_cast<uint16_t>(bits_of(round_lane(p, bits_of(x[i] * s)) * mult) >> 16);
   }
 }
+void round_blocks_f32(const RoundParams p, const float* __restrict x, int64_t block, int64_t blocks,
+                      const float* __restrict scales, const float* __restrict mults, float* __restrict out) {
+  for (int64_t b = 0; b < blocks; ++b) {
+    const float s = scales[b], m = mults[b];
+    const float* xb = x + b * block;
+    float* ob = out + b * block;
+#pragma omp simd
+    for (int64_t i = 0; i < block; ++i) ob[i] = round_lane(p, bits_of(xb[i] * s)) * m;
+  }
+}
 }  // namespace
 
 namespace {
@@ -218,6 +228,11 @@ void minifloat_round_scaled_bf16(const MinifloatSpec& f, const float* x, float s
   LOWBIT_CHECK(scales != nullptr || mults == nullptr,
                "minifloat_round_scaled_bf16: per-element multipliers need per-element scales");
   round_scaled_bf16_range(RoundParams(f), x, scale, scales, mult, mults, out, n);
+}
+
+void minifloat_round_blocks_f32(const MinifloatSpec& f, const float* x, int64_t block, int64_t blocks,
+                                const float* scales, const float* mults, float* out) {
+  round_blocks_f32(RoundParams(f), x, block, blocks, scales, mults, out);
 }
 
 void minifloat_encode_n(const MinifloatSpec& f, const float* x, uint8_t* codes, int64_t n, bool saturate) {

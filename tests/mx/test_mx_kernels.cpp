@@ -223,12 +223,18 @@ TEST(MXInt8, QuantizedLinearIntegerPathMatchesDequantizePath) {
       worst = std::max(worst, std::fabs(static_cast<double>(y_int.data_ptr<float>()[i]) - y_dq.data_ptr<float>()[i]) /
                                   (mag.data_ptr<float>()[i] + 1e-30));
     EXPECT_LE(worst, (c.in + c.in / 32 + 2) * std::ldexp(1.0, -24));
-    // an in-place change of the stored weight re-packs it
-    if (expect_int) {
+    // an in-place change of the stored weight re-packs it (integer path) and re-makes the cached
+    // bfloat16 weight (dequantize path)
+    double fill = 2.0;
+    for (const auto k : {qat::MXQuantizedLinear::Kernel::Integer, qat::MXQuantizedLinear::Kernel::Dequantize}) {
+      if (k == qat::MXQuantizedLinear::Kernel::Integer && !expect_int) continue;
+      mq->kernel = k;
       const Tensor before = mq->forward(x);
-      mq->weight_scale.fill_(2.0);  // every block scale 2.0
+      mq->weight_scale.fill_(fill);  // every block scale the same power of two
+      fill *= 2.0;
       const Tensor after = mq->forward(x);
-      EXPECT_GT(t::count_mismatches(before, after), 0);
+      EXPECT_GT(t::count_mismatches(before, after), 0) << mq->kernel_name();
     }
+    mq->kernel = qat::MXQuantizedLinear::Kernel::Integer;
   }
 }
