@@ -54,6 +54,11 @@ void minifloat_encode_n(const MinifloatSpec& spec, const float* x, uint8_t* code
 /// themselves (float8's dynamic casts).
 void minifloat_encode_scaled(const MinifloatSpec& spec, const float* x, float scale, const float* scales,
                              uint8_t* codes, int64_t n, bool saturate);
+/// minifloat_encode_scaled with the format resolved once: the kernel compiled for `spec` (one of
+/// the five built-in element formats), or nullptr for any other spec. For callers that encode
+/// many short runs.
+using MinifloatEncodeScaledFn = void (*)(const float* x, float scale, const float* scales, uint8_t* codes, int64_t n);
+MinifloatEncodeScaledFn minifloat_encoder_scaled(const MinifloatSpec& spec, bool saturate);
 /// The bfloat16 bits of decode(encode(fp32(x[i]) * scale, saturating)) * mult (scales / mults:
 /// per element instead, when not null; mults only with scales), without the codes: the saturating RNE rounding done on
 /// the float itself, on the calling thread. Bit-identical to encoding, decoding (a NaN decodes to

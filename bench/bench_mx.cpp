@@ -8,7 +8,7 @@
 //  * to_mx (amax + e8m0 scale + cast, 16M floats; 5 bytes per element: 4 read, 1 written, plus a
 //    scale byte per 32) and its transposed variant (to_mx_transposed; and transpose + to_mx, the
 //    two-pass way) against the triad bandwidth;
-//  * MX fake quantization (the QAT forward of a weight or activation) against the triad.
+//  * MX and NVFP4 fake quantization (the QAT forward of a weight or activation) against the triad.
 //   ./build/bench/bench_mx [--threads=N]
 #include "bench_util.h"
 #include "onednn_peer.h"
@@ -69,6 +69,15 @@ void BM_mx_fake_quant_fp4(benchmark::State& st) {
   st.counters["GB/s"] =
       benchmark::Counter(8.0 * kCastN, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
+void BM_nvfp4_fake_quant(benchmark::State& st) {  // per-tensor amax, e4m3 block scales, fp4, back
+  const Tensor x = randn({kCastN / 4096, 4096});
+  const qat::NVFP4FakeQuantizeConfig cfg(true);
+  qat::FakeQuantizer fq(cfg);
+  NoGradGuard ng;
+  for (auto _ : st) benchmark::DoNotOptimize(cfg.fake_quantize(x, fq).raw_data());
+  st.counters["GB/s"] =
+      benchmark::Counter(8.0 * kCastN, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
 // converted 4096 x 4096 linears (PTQ through QATConfig: the same module QAT -> convert builds)
 std::shared_ptr<nn::Module> big_linear(const std::string& recipe, bool dequantize = false) {
   manual_seed(0);
@@ -120,6 +129,7 @@ BENCHMARK(BM_to_mx_t_fp8)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime
 BENCHMARK(BM_to_mx_t_fp4)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 BENCHMARK(BM_to_mx_t_copy_fp8)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 BENCHMARK(BM_mx_fake_quant_fp4)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
+BENCHMARK(BM_nvfp4_fake_quant)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 BENCHMARK(BM_linear_fp32_b256)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 BENCHMARK(BM_mxfp4_int8_b256)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
 BENCHMARK(BM_mxfp6_int8_b256)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(1.0);
@@ -170,5 +180,7 @@ int main(int argc, char** argv) {
   }
   if (const double gb = rep.counter("BM_mx_fake_quant_fp4", "GB/s") / 1e9; gb > 0 && tr > 0)
     std::printf("%-46s %7.2f GB/s %6.2f GB/s %6.2fx %s\n", "MX fake quant fp4 (QAT forward)", gb, tr, gb / tr, "");
+  if (const double gb = rep.counter("BM_nvfp4_fake_quant", "GB/s") / 1e9; gb > 0 && tr > 0)
+    std::printf("%-46s %7.2f GB/s %6.2f GB/s %6.2fx %s\n", "NVFP4 fake quant (QAT forward)", gb, tr, gb / tr, "");
   return 0;
 }

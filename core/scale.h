@@ -62,6 +62,9 @@ struct NVFP4BlockScale {
   float dequant_scale;
 };
 NVFP4BlockScale nvfp4_block_scale(float block_amax, float per_tensor_scale = 0.0f);
+/// nvfp4_block_scale over n blocks at once (to_nvfp4's loop): the same bytes and multipliers,
+/// the e4m3 rounding vectorized.
+void nvfp4_block_scales(const float* block_amax, int64_t n, float per_tensor_scale, uint8_t* bytes, float* multipliers);
 
 /// TransformerEngine's NVFP4 scales (torchao's NVFP4 training; spec §9 item 10), not
 /// NVFP4Tensor's: the global encode scale enc = 2688 / amax_tensor (float32 division) capped at

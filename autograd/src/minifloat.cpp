@@ -204,22 +204,26 @@ constexpr bool same_spec(const MinifloatSpec& a, const MinifloatSpec& b) {
          a.has_nan == b.has_nan && a.has_negative_zero == b.has_negative_zero && a.nan_code == b.nan_code &&
          a.max_finite == b.max_finite && a.overflow == b.overflow;
 }
-using EncodeScaledFn = void (*)(const float*, float, const float*, uint8_t*, int64_t);
 template <const MinifloatSpec& F>
-bool pick_fixed(const MinifloatSpec& f, bool saturate, EncodeScaledFn& fn) {
+bool pick_fixed(const MinifloatSpec& f, bool saturate, MinifloatEncodeScaledFn& fn) {
   if (!same_spec(f, F)) return false;
   fn = saturate ? &encode_scaled_fixed<F, true> : &encode_scaled_fixed<F, false>;
   return true;
 }
 }  // namespace
 
-void minifloat_encode_scaled(const MinifloatSpec& f, const float* x, float scale, const float* scales, uint8_t* codes,
-                             int64_t n, bool saturate) {
-  EncodeScaledFn fn = nullptr;
+MinifloatEncodeScaledFn minifloat_encoder_scaled(const MinifloatSpec& f, bool saturate) {
+  MinifloatEncodeScaledFn fn = nullptr;
   if (pick_fixed<kFloat8E4M3FN>(f, saturate, fn) || pick_fixed<kFloat8E5M2>(f, saturate, fn) ||
       pick_fixed<kFloat6E2M3FN>(f, saturate, fn) || pick_fixed<kFloat6E3M2FN>(f, saturate, fn) ||
       pick_fixed<kFloat4E2M1FN>(f, saturate, fn))
-    return fn(x, scale, scales, codes, n);
+    return fn;
+  return nullptr;
+}
+
+void minifloat_encode_scaled(const MinifloatSpec& f, const float* x, float scale, const float* scales, uint8_t* codes,
+                             int64_t n, bool saturate) {
+  if (MinifloatEncodeScaledFn fn = minifloat_encoder_scaled(f, saturate)) return fn(x, scale, scales, codes, n);
   encode_scaled_range(EncodeParams(f, saturate), x, scale, scales, codes, n);
 }
 

@@ -1,6 +1,7 @@
 #include "lowbit/core/scale.h"
 
 #include <algorithm>
+#include <array>
 #include <bit>
 #include <cmath>
 #include <cstring>
@@ -128,6 +129,32 @@ NVFP4BlockScale nvfp4_block_scale(float block_amax, float pts) {
   const float s8 = decode(e4m3, byte);
   if (!two_level) return {byte, 1.0f / s8, s8};
   return {byte, (1.0f / pts) / s8, pts * s8};
+}
+
+void nvfp4_block_scales(const float* block_amax, int64_t n, float pts, uint8_t* bytes, float* multipliers) {
+  const Format& e4m3 = format(FormatId::Float8E4M3FN);
+  const bool two_level = pts > 0.0f || std::isnan(pts);
+  constexpr int64_t kRun = 256;
+  float s[kRun];
+  static const std::array<float, 256> table = [&e4m3] {  // e4m3's values, made once
+    std::array<float, 256> t{};
+    for (uint32_t c = 0; c < 256; ++c) t[c] = decode(e4m3, c);
+    return t;
+  }();
+  const float floor = std::ldexp(1.0f, -6), inv_pts = 1.0f / pts;
+  for (int64_t i0 = 0; i0 < n; i0 += kRun) {
+    const int64_t m = std::min(kRun, n - i0);
+    for (int64_t i = 0; i < m; ++i) {  // nvfp4_block_scale's arithmetic, element by element
+      float v = block_amax[i0 + i] / 6.0f;
+      if (two_level) v = v / pts;
+      s[i] = v != v ? v : std::min(std::max(v, floor), 448.0f);
+    }
+    minifloat_encode_scaled(*e4m3.minifloat, s, 1.0f, nullptr, bytes + i0, m, true);
+    for (int64_t i = 0; i < m; ++i) {
+      const float s8 = table[bytes[i0 + i]];
+      multipliers[i0 + i] = two_level ? inv_pts / s8 : 1.0f / s8;
+    }
+  }
 }
 
 }  // namespace lowbit::core

@@ -2,9 +2,14 @@
 // per-tensor scale.
 #include "lowbit/mx/nvfp4.h"
 
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 
 #include "lowbit/autograd/kernel.h"
 #include "lowbit/autograd/minifloat.h"
@@ -24,7 +29,19 @@ float nvfp4_per_tensor_scale_of(const Tensor& x) {
                "nvfp4_per_tensor_scale_of: input must be float32 or bfloat16, got {}",
                x.defined() ? lowbit::detail::desc(x) : "undefined");
   const Tensor f = as_f32(x);
-  return core::nvfp4_per_tensor_scale(core::amax_of_run(f.data_ptr<float>(), f.numel()));
+  // the tensor's amax as the largest |x| bits over the threads' parts (a NaN's bits exceed inf's,
+  // as amax_of_run's NaN result)
+  const float* fp = f.data_ptr<float>();
+  std::atomic<uint32_t> top{0};
+  lowbit::detail::parallel_for(f.numel(), int64_t{1} << 16, [&](int64_t i0, int64_t i1) {
+    const uint32_t a = core::amax_bits_of_run(fp + i0, i1 - i0);
+    uint32_t cur = top.load();
+    while (a > cur && !top.compare_exchange_weak(cur, a)) {}
+  });
+  const uint32_t bits = top.load();
+  float amax;
+  std::memcpy(&amax, &bits, 4);
+  return core::nvfp4_per_tensor_scale(amax);
 }
 
 NVFP4Tensor to_nvfp4(const Tensor& x_in, std::optional<float> pts) {
@@ -53,20 +70,24 @@ NVFP4Tensor to_nvfp4(const Tensor& x_in, std::optional<float> pts) {
   const float p = pts.value_or(0.0f);  // <= 0: single level (core::nvfp4_block_scale)
   LOWBIT_CHECK(!pts || !(*pts <= 0.0f), "{}: per_tensor_scale must be positive (or NaN/inf, which propagate), got {}",
                op, *pts);
-  lowbit::detail::parallel_for(nb, core::grain_for(kBlock), [&](int64_t b0, int64_t b1) {
-    float v[kBlock];
-    uint8_t c[kBlock];
-    for (int64_t b = b0; b < b1; ++b) {
-      const float* blk = xp + b * kBlock;
-      const core::NVFP4BlockScale s = core::nvfp4_block_scale(core::amax_of_run(blk, kBlock), p);
-      sb[b] = s.e4m3_byte;
-      for (int64_t i = 0; i < kBlock; ++i) {  // x * multiplier clamped to +-6 (NaN stays), then RNE
-        const float y = blk[i] * s.multiplier;
-        v[i] = y != y ? y : std::min(std::max(y, -6.0f), 6.0f);
+  // chunks of 64 blocks: each block's scale, its multiplier spread per element, then one
+  // saturating encode of the chunk (x * multiplier clamped to +-6 and rounded to nearest even is
+  // the saturating encode of x * multiplier: NaN -> the largest magnitude either way) and one pack
+  constexpr int64_t kPer = 64;
+  const MinifloatEncodeScaledFn encode = minifloat_encoder_scaled(*fp4.minifloat, true);
+  lowbit::detail::parallel_for((nb + kPer - 1) / kPer, 4, [&](int64_t c0, int64_t c1) {
+    float mult[kPer * kBlock], amax[kPer], bm[kPer];
+    uint8_t codes[kPer * kBlock];
+    for (int64_t ch = c0; ch < c1; ++ch) {
+      const int64_t b0 = ch * kPer, n = std::min(nb, b0 + kPer) - b0;
+      for (int64_t b = 0; b < n; ++b) {  // |x|'s largest bits: a NaN's bits exceed inf's (amax_of_run's NaN)
+        const uint32_t a = core::amax_bits_of_run(xp + (b0 + b) * kBlock, kBlock);
+        std::memcpy(amax + b, &a, 4);
       }
-      minifloat_encode_n(*fp4.minifloat, v, c, kBlock, true);
-      for (int64_t i = 0; i < kBlock / 2; ++i)
-        qp[b * kBlock / 2 + i] = static_cast<uint8_t>(c[2 * i] | (c[2 * i + 1] << 4));
+      core::nvfp4_block_scales(amax, n, p, sb + b0, bm);
+      for (int64_t b = 0; b < n; ++b) std::fill_n(mult + b * kBlock, kBlock, bm[b]);
+      encode(xp + b0 * kBlock, 0.0f, mult, codes, n * kBlock);
+      core::pack(fp4, codes, qp + b0 * kBlock / 2, n * kBlock);
     }
   });
   return t;
@@ -77,10 +98,13 @@ Tensor NVFP4Tensor::hp_scales() const {
   Tensor out = empty(scale.shape(), kFloat32);
   const uint8_t* sb = static_cast<const uint8_t*>(scale.raw_data());
   float* o = out.data_ptr<float>();
-  for (int64_t i = 0; i < out.numel(); ++i) {
-    const float s8 = minifloat_decode(e4m3, sb[i]);
-    o[i] = per_tensor_scale ? *per_tensor_scale * s8 : s8;  // RN(pts * s8) in float32
-  }
+  float table[256];
+  for (uint32_t c = 0; c < 256; ++c) table[c] = minifloat_decode(e4m3, c);
+  const float pts = per_tensor_scale.value_or(1.0f);
+  const bool two_level = per_tensor_scale.has_value();
+  lowbit::detail::parallel_for(out.numel(), 1 << 16, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; ++i) o[i] = two_level ? pts * table[sb[i]] : table[sb[i]];  // RN(pts * s8)
+  });
   return out;
 }
 
@@ -98,11 +122,27 @@ Tensor NVFP4Tensor::dequantize(std::optional<DType> dtype) const {
   float* o = out.data_ptr<float>();
   const int64_t nb = out.numel() / kBlock;
   lowbit::detail::parallel_for(nb, core::grain_for(kBlock), [&](int64_t b0, int64_t b1) {
-    for (int64_t b = b0; b < b1; ++b)
-      for (int64_t i = 0; i < kBlock; ++i) {
-        const int64_t e = b * kBlock + i;
-        const uint8_t byte = q[e / 2];
-        o[e] = value[(e % 2 ? byte >> 4 : byte) & 0xF] * h[b];
+    int64_t b = b0;
+#if defined(__AVX512F__)
+    // a block is 8 bytes of nibbles and one register of 16 floats: the nibbles in order (low
+    // first), widened to indices, looked up in the 16-entry table by a permute, times the scale
+    const __m512 table = _mm512_loadu_ps(value);
+    const __m128i low4 = _mm_set1_epi8(0x0F);
+    for (; b < b1; ++b) {
+      uint64_t bytes;
+      std::memcpy(&bytes, q + b * kBlock / 2, 8);
+      const __m128i v = _mm_cvtsi64_si128(static_cast<long long>(bytes));
+      const __m128i nib =
+          _mm_unpacklo_epi8(_mm_and_si128(v, low4), _mm_and_si128(_mm_srli_epi16(v, 4), low4));  // 16 codes
+      const __m512 vals = _mm512_permutexvar_ps(_mm512_cvtepu8_epi32(nib), table);
+      _mm512_storeu_ps(o + b * kBlock, _mm512_mul_ps(vals, _mm512_set1_ps(h[b])));
+    }
+#endif
+    for (; b < b1; ++b)
+      for (int64_t j = 0; j < kBlock / 2; ++j) {  // the low nibble first
+        const uint8_t byte = q[b * kBlock / 2 + j];
+        o[b * kBlock + 2 * j] = value[byte & 0xF] * h[b];
+        o[b * kBlock + 2 * j + 1] = value[byte >> 4] * h[b];
       }
   });
   return to == kFloat32 ? out : out.to(to);

@@ -5,6 +5,7 @@
 
 #include <bit>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -294,4 +295,32 @@ TEST(ScaleRules, EveryNvfp4QuantizeCaseOfNvfp4H5) {
   EXPECT_EQ(cases, 18);
   std::printf("  nvfp4.h5: %d quantize cases, %lld e4m3 block scales and %lld fp4 codes bit-exact\n", cases,
               static_cast<long long>(blocks), static_cast<long long>(codes));
+}
+
+// The batch form equals the scalar rule on every block amax bit pattern's neighbourhood: all
+// exponents (subnormal to inf), NaN, zero, and single- and two-level scaling (per-tensor scales
+// from tiny to huge, NaN and inf).
+TEST(NVFP4, BlockScalesBatchEqualsTheScalarRule) {
+  std::vector<float> amax;
+  for (int e = -149; e <= 128; ++e)
+    for (const float m : {1.0f, 1.1f, 1.5f, 1.75f, 1.999f})
+      amax.push_back(e == 128 ? std::numeric_limits<float>::infinity() : std::ldexp(m, e));
+  amax.push_back(0.0f);
+  amax.push_back(std::numeric_limits<float>::quiet_NaN());
+  amax.push_back(std::numeric_limits<float>::max());
+  int64_t checked = 0;
+  for (const float pts : {0.0f, 1.0f, 3.0e-5f, 0.37f, 2.5e4f, 1.0e-30f, std::numeric_limits<float>::quiet_NaN(),
+                          std::numeric_limits<float>::infinity()}) {
+    std::vector<uint8_t> bytes(amax.size());
+    std::vector<float> mult(amax.size());
+    nvfp4_block_scales(amax.data(), static_cast<int64_t>(amax.size()), pts, bytes.data(), mult.data());
+    for (size_t i = 0; i < amax.size(); ++i) {
+      const NVFP4BlockScale s = nvfp4_block_scale(amax[i], pts);
+      ASSERT_EQ(bytes[i], s.e4m3_byte) << "amax " << amax[i] << " pts " << pts;
+      ASSERT_TRUE(std::memcmp(&mult[i], &s.multiplier, 4) == 0 || (std::isnan(mult[i]) && std::isnan(s.multiplier)))
+          << "amax " << amax[i] << " pts " << pts << ": " << mult[i] << " vs " << s.multiplier;
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 10000);
 }

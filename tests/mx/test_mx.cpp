@@ -6,9 +6,11 @@
 #include <cmath>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 
 #include "golden.h"
 #include "lowbit/autograd/ops.h"
+#include "lowbit/core/blocks.h"
 #include "lowbit/core/cast2d.h"
 #include "lowbit/core/scale.h"
 #include "lowbit/io/checkpoint.h"
@@ -616,6 +618,25 @@ TEST(MX, FakeQuantizeEqualsTheDequantizedRowCast) {
     }
   }
   std::printf("  %d fake quantizations identical to the dequantized row cast\n", cases);
+}
+
+// The per-tensor scale of a tensor larger than one thread's part (the amax is reduced over the
+// parts) equals the scale of the whole run's amax: the largest magnitude first, in the middle or
+// last, negative, an infinity, a NaN in the last part.
+TEST(NVFP4, PerTensorScaleOfALargeTensorIsTheWholeAmaxs) {
+  const int64_t n = 300000;
+  for (const int64_t where : {int64_t{0}, n / 2, n - 1}) {
+    for (const float big :
+         {-1.0e4f, 7.5f, std::numeric_limits<float>::infinity(), std::numeric_limits<float>::quiet_NaN()}) {
+      manual_seed(where + 1);
+      Tensor x = randn({n});
+      x.data_ptr<float>()[where] = big;
+      const float want = core::nvfp4_per_tensor_scale(core::amax_of_run(x.data_ptr<float>(), n));
+      const float got = nvfp4_per_tensor_scale_of(x);
+      EXPECT_TRUE(got == want || (std::isnan(got) && std::isnan(want)))
+          << where << " " << big << ": " << got << " vs " << want;
+    }
+  }
 }
 
 TEST(MX, TransposedCastRefusesBadInputs) {
