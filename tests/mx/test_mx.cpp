@@ -42,6 +42,10 @@ E8M0Rounding mode_of(const std::string& s) {
                                                : E8M0Rounding::Floor;
 }
 const uint8_t* bytes(const Tensor& x) { return static_cast<const uint8_t*>(x.raw_data()); }
+// every MX element format and e8m0 scale mode
+constexpr FormatId kElements[] = {FormatId::Float8E4M3FN, FormatId::Float8E5M2, FormatId::Float6E2M3FN,
+                                  FormatId::Float6E3M2FN, FormatId::Float4E2M1FN};
+constexpr E8M0Rounding kModes[] = {E8M0Rounding::Floor, E8M0Rounding::Ceil, E8M0Rounding::Even, E8M0Rounding::RCeil};
 }  // namespace
 
 TEST(MXGolden, EveryToMxCase) {
@@ -547,10 +551,8 @@ TEST(MX, TransposedCastEqualsToMxOfTheTranspose) {
     }
     for (const DType dt : {kFloat32, kBFloat16}) {
       const Tensor xd = x.to(dt);
-      for (const FormatId e : {FormatId::Float8E4M3FN, FormatId::Float8E5M2, FormatId::Float6E2M3FN,
-                               FormatId::Float6E3M2FN, FormatId::Float4E2M1FN})
-        for (const E8M0Rounding mode :
-             {E8M0Rounding::Floor, E8M0Rounding::Ceil, E8M0Rounding::Even, E8M0Rounding::RCeil}) {
+      for (const FormatId e : kElements)
+        for (const E8M0Rounding mode : kModes) {
           SCOPED_TRACE(fmt::format("{}x{} block {} {} {} {}", rows, cols, bs, dtype_name(dt), element_name(e),
                                    core::to_string(mode)));
           const MXTensor a = to_mx_transposed(xd, e, bs, mode);
@@ -590,10 +592,8 @@ TEST(MX, FakeQuantizeEqualsTheDequantizedRowCast) {
     xp[4 * cols + 2] = 3.0e38f;
     for (const DType dt : {kFloat32, kBFloat16}) {
       const Tensor xd = x.to(dt), x32 = xd.to(kFloat32);
-      for (const FormatId e : {FormatId::Float8E4M3FN, FormatId::Float8E5M2, FormatId::Float6E2M3FN,
-                               FormatId::Float6E3M2FN, FormatId::Float4E2M1FN})
-        for (const E8M0Rounding mode :
-             {E8M0Rounding::Floor, E8M0Rounding::Ceil, E8M0Rounding::Even, E8M0Rounding::RCeil}) {
+      for (const FormatId e : kElements)
+        for (const E8M0Rounding mode : kModes) {
           SCOPED_TRACE(fmt::format("{}x{} block {} {} {} {}", rows, cols, bs, dtype_name(dt), element_name(e),
                                    core::to_string(mode)));
           const qat::MXFakeQuantizeConfig cfg(e, bs, mode);
