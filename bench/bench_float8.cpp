@@ -6,7 +6,7 @@
 //  * the training step of configs/gpt_chars.toml's GPT in float32, bf16 mixed precision
 //    (training.precision = "bf16") and float8 (rowwise, tensorwise, blockwise);
 //  * the cast kernels (amax + scale + cast, 16M floats; 5 bytes per element: 4 read, 1 written)
-//    against the triad bandwidth.
+//    and float8 QAT's fake quantization (13 bytes per element) against the triad bandwidth.
 //   ./build/bench/bench_float8 [--threads=N]
 #include "bench_util.h"
 #include <lowbit/lowbit.h>
@@ -97,6 +97,16 @@ void BM_cast_blockwise_128x128(benchmark::State& st) {
   st.counters["GB/s"] =
       benchmark::Counter(5.0 * kCastN, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
 }
+// float8 QAT's fake quantization (Float8FakeQuantizeConfig, per row; 13 bytes per element: x read,
+// y and the fp8 values written, the clamp mask)
+void BM_fake_quant_rowwise(benchmark::State& st) {
+  const Tensor x = randn({kCastN / 4096, 4096});
+  const qat::Float8FakeQuantizeConfig cfg(kFloat8_e4m3fn, qat::PerRow{});
+  qat::FakeQuantizer fq(cfg);
+  for (auto _ : st) benchmark::DoNotOptimize(cfg.fake_quantize(x, fq).raw_data());
+  st.counters["GB/s"] =
+      benchmark::Counter(13.0 * kCastN, benchmark::Counter::kIsIterationInvariantRate, benchmark::Counter::kIs1000);
+}
 void BM_triad(benchmark::State& st) { lowbit::bench::triad_benchmark(st, kCastN, get_num_threads()); }
 }  // namespace
 
@@ -118,6 +128,7 @@ BENCHMARK(BM_cast_colwise)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTim
 BENCHMARK(BM_cast_tensorwise)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 BENCHMARK(BM_cast_blockwise_1x128)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 BENCHMARK(BM_cast_blockwise_128x128)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
+BENCHMARK(BM_fake_quant_rowwise)->Unit(benchmark::kMillisecond)->UseRealTime()->MinTime(0.5);
 
 int main(int argc, char** argv) {
   const auto rep = lowbit::bench::run_all(argc, argv, [](int n) { set_num_threads(n); });
@@ -145,10 +156,11 @@ int main(int argc, char** argv) {
   }
   const double tr = rep.counter("BM_triad", "GB/s") / 1e9;
   for (const char* bm : {"BM_cast_rowwise", "BM_cast_colwise", "BM_cast_tensorwise", "BM_cast_blockwise_1x128",
-                         "BM_cast_blockwise_128x128"}) {
+                         "BM_cast_blockwise_128x128", "BM_fake_quant_rowwise"}) {
     const double gb = rep.counter(bm, "GB/s") / 1e9;
     if (gb > 0 && tr > 0)
-      std::printf("%-46s %7.2f GB/s %6.2f GB/s %6.2fx %s\n", bm + 3, gb, tr, gb / tr, ">= 0.50x triad");
+      std::printf("%-46s %7.2f GB/s %6.2f GB/s %6.2fx %s\n", bm + 3, gb, tr, gb / tr,
+                  std::string(bm).find("cast") != std::string::npos ? ">= 0.50x triad" : "(float8 QAT)");
   }
   return 0;
 }

@@ -1,12 +1,16 @@
 // Float8FakeQuantizeConfig (spec §2.2, §9 items 1-2): torchao's float8 fake quantization for QAT,
 // its measured backward (TorchaoParity) and lowbit's straight-through alternative.
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstring>
 #include <limits>
 
 #include "lowbit/autograd/autograd.h"
 #include "lowbit/autograd/kernel.h"
 #include "lowbit/autograd/minifloat.h"
 #include "lowbit/autograd/ops.h"
+#include "lowbit/core/blocks.h"
 #include "lowbit/qat/fake_quantizer.h"
 
 namespace lowbit::qat {
@@ -20,10 +24,6 @@ std::string py_float(double v) {
 }
 std::string py_opt(const std::optional<double>& v) { return v ? py_float(*v) : "None"; }
 float round_to(float v, bool bf16) { return bf16 ? static_cast<float>(BFloat16(v)) : v; }
-float nan_max_abs(float m, float v) {
-  const float a = std::fabs(v);
-  return (m != m || a != a) ? std::numeric_limits<float>::quiet_NaN() : (a > m ? a : m);
-}
 
 // Per block of `len` values: the amax, whether the hp bounds clamped it, whether the zero guard
 // applies, and the float32 scale = clamp(amax) / fp8max computed in the input's dtype.
@@ -37,10 +37,28 @@ BlockScales block_scales(const Float8FakeQuantizeConfig& c, const float* xp, int
                 std::vector<uint8_t>(static_cast<size_t>(blocks))};
   float* ap = r.amax.data_ptr<float>();
   float* sp = r.scale.data_ptr<float>();
+  // each block's amax as the largest |x| bits (a NaN's bits exceed inf's: nan_max_abs's NaN),
+  // vectorized, blocks over the threads -- one block (per tensor) split over them
+  if (blocks == 1 && len > (int64_t{1} << 16)) {
+    std::atomic<uint32_t> top{0};
+    detail::parallel_for(len, int64_t{1} << 16, [&](int64_t i0, int64_t i1) {
+      const uint32_t a = core::amax_bits_of_run(xp + i0, i1 - i0);
+      uint32_t cur = top.load();
+      while (a > cur && !top.compare_exchange_weak(cur, a)) {}
+    });
+    const uint32_t bits = top.load();
+    std::memcpy(ap, &bits, 4);
+  } else {
+    detail::parallel_for(blocks, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(len, 1)),
+                         [&](int64_t b0, int64_t b1) {
+                           for (int64_t b = b0; b < b1; ++b) {
+                             const uint32_t a = core::amax_bits_of_run(xp + b * len, len);
+                             std::memcpy(ap + b, &a, 4);
+                           }
+                         });
+  }
   for (int64_t b = 0; b < blocks; ++b) {
-    float m = 0.0f;
-    for (int64_t i = 0; i < len; ++i) m = nan_max_abs(m, xp[b * len + i]);
-    ap[b] = m;
+    const float m = ap[b];
     float cl = m;  // torch.clamp: NaN stays NaN; bounds in the input's dtype
     if (c.hp_value_lb && cl == cl) cl = std::max(cl, round_to(static_cast<float>(*c.hp_value_lb), bf));
     if (c.hp_value_ub && cl == cl) cl = std::min(cl, round_to(static_cast<float>(*c.hp_value_ub), bf));
@@ -141,32 +159,51 @@ Tensor Float8FakeQuantizeConfig::fake_quantize(const Tensor& x_in, FakeQuantizer
   std::vector<uint8_t> mask(static_cast<size_t>(n));
   float* yp = y32.data_ptr<float>();
   float* qp = q.data_ptr<float>();
+  uint8_t* maskp = mask.data();
   float table[256];  // code -> value
   for (uint32_t c = 0; c < 256; ++c) table[c] = minifloat_decode(spec, c);
-  detail::parallel_for(blocks, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(len, 1)),
-                       [&](int64_t b0, int64_t b1) {
-                         constexpr int64_t kChunk = 512;
-                         float t[kChunk];
-                         uint8_t code[kChunk];
-                         for (int64_t b = b0; b < b1; ++b) {
-                           const float s = sp[b];
-                           const bool guard = guarded[static_cast<size_t>(b)];
-                           for (int64_t o = b * len; o < (b + 1) * len; o += kChunk) {
-                             const int64_t m = std::min(kChunk, (b + 1) * len - o);
-                             // true division (torchao's x / scale), the clamp mask, the clamp
-                             for (int64_t i = 0; i < m; ++i) {
-                               const float v = guard ? 0.0f : xp[o + i] / s;
-                               mask[static_cast<size_t>(o + i)] = guard || (v >= -fmax && v <= fmax);
-                               t[i] = v != v ? v : std::min(std::max(v, -fmax), fmax);
-                             }
-                             minifloat_encode_n(spec, t, code, m, /*saturate=*/true);
-                             for (int64_t i = 0; i < m; ++i) {
-                               qp[o + i] = table[code[i]];
-                               yp[o + i] = guard ? 0.0f : qp[o + i] * s;
-                             }
-                           }
-                         }
-                       });
+  // the kernel compiled for the format where there is one (e4m3fn, e5m2), else the generic codec
+  const MinifloatEncodeScaledFn fixed = minifloat_encoder_scaled(spec, true);
+  auto encode = [&spec, fixed](const float* v, float one, const float* each, uint8_t* codes, int64_t m) {
+    if (fixed) return fixed(v, one, each, codes, m);
+    minifloat_encode_scaled(spec, v, one, each, codes, m, true);
+  };
+  // elements over the threads (a per-tensor block too), in runs of up to 512 inside one block
+  detail::parallel_for(n, kParallelGrain, [&](int64_t lo, int64_t hi) {
+    constexpr int64_t kChunk = 512;
+    float t[kChunk];
+    uint8_t code[kChunk];
+    for (int64_t o = lo; o < hi;) {
+      const int64_t b = o / len, m = std::min({kChunk, hi - o, (b + 1) * len - o});
+      const float s = sp[b];
+      const bool guard = guarded[static_cast<size_t>(b)];
+      // true division (torchao's x / scale), the clamp mask, the clamp -- restrict pointers and
+      // the guard outside the loops, so that they vectorize
+      const float* __restrict xo = xp + o;
+      uint8_t* __restrict mo = maskp + o;
+      float* __restrict qo = qp + o;
+      float* __restrict yo = yp + o;
+      if (guard) {
+        std::fill_n(t, m, 0.0f);
+        std::fill_n(mo, m, uint8_t{1});
+      } else {
+#pragma omp simd
+        for (int64_t i = 0; i < m; ++i) {
+          const float v = xo[i] / s;
+          mo[i] = static_cast<uint8_t>((v >= -fmax) & (v <= fmax));  // & not &&: GCC vectorizes no short circuit
+          t[i] = v != v ? v : std::min(std::max(v, -fmax), fmax);
+        }
+      }
+      encode(t, 1.0f, nullptr, code, m);  // saturating
+#pragma omp simd
+      for (int64_t i = 0; i < m; ++i) {
+        const float qv = table[code[i]];
+        qo[i] = qv;
+        yo[i] = guard ? 0.0f : qv * s;
+      }
+      o += m;
+    }
+  });
   fq.scale = shaped_scale(*this, scale, x32.shape());
   Tensor y = bf ? y32.to(kBFloat16) : y32;
   if (!detail::any_requires_grad({&x_in})) return y;

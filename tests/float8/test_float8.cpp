@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "golden.h"
+#include "lowbit/autograd/minifloat.h"
 #include "lowbit/core/scale.h"
 #include "test_util.h"
 
@@ -764,6 +765,45 @@ TEST(Float8Golden, FakeQuantizerMatchesTorchao) {
 
 // The straight-through mode (lowbit's default) and the zero-block guard: the gradient is the
 // upstream gradient where the clamp passed it, and an all-zero row gives zeros, not NaN.
+// Tensors larger than one thread's part (the amax reduced over threads; a per-tensor block
+// split over them; rows over them): the forward against the formula -- s = RN(amax / 448),
+// y = fp32(fp8(clamp(x / s))) * s, true division -- for the largest magnitude at the start, the
+// middle or the end; a NaN anywhere makes its block NaN.
+TEST(Float8, FakeQuantizerOfLargeTensorsFollowsTheFormula) {
+  const MinifloatSpec& e4m3 = *minifloat_spec(kFloat8_e4m3fn);
+  for (const bool per_tensor : {true, false})
+    for (const int64_t where : {int64_t{0}, int64_t{150000}, int64_t{299999}}) {
+      SCOPED_TRACE(::testing::Message() << (per_tensor ? "per tensor" : "per row") << ", extreme at " << where);
+      const int64_t rows = 3, cols = 100000;
+      manual_seed(where + 5);
+      Tensor x = randn({rows, cols});
+      float* xp = x.data_ptr<float>();
+      xp[where] = -37.0f;
+      const qat::Float8FakeQuantizeConfig cfg(kFloat8_e4m3fn,
+                                              per_tensor ? qat::Granularity{qat::PerTensor{}} : qat::PerRow{});
+      qat::FakeQuantizer fq(cfg);
+      NoGradGuard ng;
+      const Tensor y = fq.forward(x);
+      const int64_t len = per_tensor ? rows * cols : cols;
+      int64_t bad = 0;
+      for (int64_t b = 0; b < rows * cols / len; ++b) {
+        float amax = 0.0f;
+        for (int64_t i = b * len; i < (b + 1) * len; ++i) amax = std::max(amax, std::fabs(xp[i]));
+        const float sc = amax / 448.0f;
+        for (int64_t i = b * len; i < (b + 1) * len; ++i) {
+          const float v = std::min(std::max(xp[i] / sc, -448.0f), 448.0f);
+          const float want = minifloat_decode(e4m3, minifloat_encode(e4m3, v, true)) * sc;
+          bad += y.data_ptr<float>()[i] != want;
+        }
+      }
+      EXPECT_EQ(bad, 0);
+      xp[rows * cols - 1] = NAN;  // the last block becomes NaN
+      const Tensor yn = fq.forward(x);
+      EXPECT_TRUE(std::isnan(yn.data_ptr<float>()[per_tensor ? 0 : (rows - 1) * cols]));
+      EXPECT_EQ(std::isnan(yn.data_ptr<float>()[0]), per_tensor);
+    }
+}
+
 TEST(Float8, FakeQuantizerStraightThroughAndZeroGuard) {
   qat::Float8FakeQuantizeConfig cfg(kFloat8_e4m3fn, qat::PerRow{});
   cfg.backward = qat::Float8FakeQuantizeConfig::Backward::TorchaoParity;
