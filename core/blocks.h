@@ -99,6 +99,9 @@ inline uint32_t amax_bits_of_run(const float* x, int64_t n) {
   }
   return m;
 }
+/// amax_bits_of_run over a long run split across the threads (the parts' maxima reduced): for
+/// per-tensor scales of large tensors.
+uint32_t amax_bits_threaded(const float* x, int64_t n);
 
 /// Blocks per thread task for runs of `len` elements: about 32 Ki elements per task.
 inline int64_t grain_for(int64_t len) { return std::max<int64_t>(1, (int64_t{1} << 15) / std::max<int64_t>(len, 1)); }

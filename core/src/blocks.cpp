@@ -1,6 +1,20 @@
 #include "lowbit/core/blocks.h"
 
+#include <atomic>
+
+#include "lowbit/autograd/kernel.h"
+
 namespace lowbit::core {
+
+uint32_t amax_bits_threaded(const float* x, int64_t n) {
+  std::atomic<uint32_t> top{0};
+  lowbit::detail::parallel_for(n, int64_t{1} << 16, [&](int64_t i0, int64_t i1) {
+    const uint32_t a = amax_bits_of_run(x + i0, i1 - i0);
+    uint32_t cur = top.load();
+    while (a > cur && !top.compare_exchange_weak(cur, a)) {}
+  });
+  return top.load();
+}
 
 Shape blocks_shape(const Shape& shape, const Shape& block, const char* op) {
   LOWBIT_CHECK(block.size() == shape.size(), "{}: block_size {} must have the rank of the input {}", op,

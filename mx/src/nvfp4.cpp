@@ -2,7 +2,6 @@
 // per-tensor scale.
 #include "lowbit/mx/nvfp4.h"
 
-#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -29,16 +28,8 @@ float nvfp4_per_tensor_scale_of(const Tensor& x) {
                "nvfp4_per_tensor_scale_of: input must be float32 or bfloat16, got {}",
                x.defined() ? lowbit::detail::desc(x) : "undefined");
   const Tensor f = as_f32(x);
-  // the tensor's amax as the largest |x| bits over the threads' parts (a NaN's bits exceed inf's,
-  // as amax_of_run's NaN result)
-  const float* fp = f.data_ptr<float>();
-  std::atomic<uint32_t> top{0};
-  lowbit::detail::parallel_for(f.numel(), int64_t{1} << 16, [&](int64_t i0, int64_t i1) {
-    const uint32_t a = core::amax_bits_of_run(fp + i0, i1 - i0);
-    uint32_t cur = top.load();
-    while (a > cur && !top.compare_exchange_weak(cur, a)) {}
-  });
-  const uint32_t bits = top.load();
+  // the tensor's amax as the largest |x| bits (a NaN's bits exceed inf's, as amax_of_run's NaN)
+  const uint32_t bits = core::amax_bits_threaded(f.data_ptr<float>(), f.numel());
   float amax;
   std::memcpy(&amax, &bits, 4);
   return core::nvfp4_per_tensor_scale(amax);

@@ -1,7 +1,6 @@
 // Float8FakeQuantizeConfig (spec §2.2, §9 items 1-2): torchao's float8 fake quantization for QAT,
 // its measured backward (TorchaoParity) and lowbit's straight-through alternative.
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -40,13 +39,7 @@ BlockScales block_scales(const Float8FakeQuantizeConfig& c, const float* xp, int
   // each block's amax as the largest |x| bits (a NaN's bits exceed inf's: nan_max_abs's NaN),
   // vectorized, blocks over the threads -- one block (per tensor) split over them
   if (blocks == 1 && len > (int64_t{1} << 16)) {
-    std::atomic<uint32_t> top{0};
-    detail::parallel_for(len, int64_t{1} << 16, [&](int64_t i0, int64_t i1) {
-      const uint32_t a = core::amax_bits_of_run(xp + i0, i1 - i0);
-      uint32_t cur = top.load();
-      while (a > cur && !top.compare_exchange_weak(cur, a)) {}
-    });
-    const uint32_t bits = top.load();
+    const uint32_t bits = core::amax_bits_threaded(xp, len);
     std::memcpy(ap, &bits, 4);
   } else {
     detail::parallel_for(blocks, std::max<int64_t>(1, kParallelGrain / std::max<int64_t>(len, 1)),
