@@ -61,6 +61,7 @@ class MXQuantizedLinear : public nn::Module {
   // the first call and again after the weight or its scales change) and whether a value of it is
   // below bfloat16's normal range (then the float32 gemm is used)
   std::pair<Tensor, bool> bf16_weight() const;
+  std::vector<std::pair<const void*, uint64_t>> weight_key() const;
   mutable Tensor bf16_weight_;
   mutable bool bf16_weight_sub_ = false;
   mutable std::vector<std::pair<const void*, uint64_t>> bf16_key_;

@@ -38,7 +38,7 @@ BlockScales block_scales(const Float8FakeQuantizeConfig& c, const float* xp, int
   float* sp = r.scale.data_ptr<float>();
   // each block's amax as the largest |x| bits (a NaN's bits exceed inf's: nan_max_abs's NaN),
   // vectorized, blocks over the threads -- one block (per tensor) split over them
-  if (blocks == 1 && len > (int64_t{1} << 16)) {
+  if (blocks == 1) {
     const uint32_t bits = core::amax_bits_threaded(xp, len);
     std::memcpy(ap, &bits, 4);
   } else {
@@ -155,12 +155,6 @@ Tensor Float8FakeQuantizeConfig::fake_quantize(const Tensor& x_in, FakeQuantizer
   uint8_t* maskp = mask.data();
   float table[256];  // code -> value
   for (uint32_t c = 0; c < 256; ++c) table[c] = minifloat_decode(spec, c);
-  // the kernel compiled for the format where there is one (e4m3fn, e5m2), else the generic codec
-  const MinifloatEncodeScaledFn fixed = minifloat_encoder_scaled(spec, true);
-  auto encode = [&spec, fixed](const float* v, float one, const float* each, uint8_t* codes, int64_t m) {
-    if (fixed) return fixed(v, one, each, codes, m);
-    minifloat_encode_scaled(spec, v, one, each, codes, m, true);
-  };
   // elements over the threads (a per-tensor block too), in runs of up to 512 inside one block
   detail::parallel_for(n, kParallelGrain, [&](int64_t lo, int64_t hi) {
     constexpr int64_t kChunk = 512;
@@ -187,7 +181,7 @@ Tensor Float8FakeQuantizeConfig::fake_quantize(const Tensor& x_in, FakeQuantizer
           t[i] = v != v ? v : std::min(std::max(v, -fmax), fmax);
         }
       }
-      encode(t, 1.0f, nullptr, code, m);  // saturating
+      minifloat_encode_scaled(spec, t, 1.0f, nullptr, code, m, /*saturate=*/true);
 #pragma omp simd
       for (int64_t i = 0; i < m; ++i) {
         const float qv = table[code[i]];
